@@ -1,0 +1,122 @@
+//! The command line: one binary for the enclave, the operator, the publisher and the verifier.
+
+mod image;
+mod publish;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::oci::{OciError, Platform};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cidboot",
+    version,
+    about = "Run a content-addressed (IPFS CID) OCI image, verified end to end"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Pack an OCI image layout directory into a CARv1 and print its root CID.
+    Pack(publish::PackArgs),
+    /// Serve the blocks of CAR files as a trustless gateway (development, tests, air-gapped).
+    Gateway(publish::GatewayArgs),
+    /// Resolve and verify an image's index, manifest and config, and describe it.
+    Inspect(image::InspectArgs),
+    /// Fetch and verify a whole image and write it as an OCI image layout.
+    Pull(image::PullArgs),
+}
+
+/// How to reach content: gateways, trust anchors, platform.
+#[derive(Args, Debug, Clone)]
+pub struct FetchArgs {
+    /// Gateway base URL (repeatable; tried in order, with failover).
+    #[arg(long = "gateway", value_name = "URL")]
+    pub gateways: Vec<String>,
+    /// Extra CA certificate(s), PEM, trusted beside the built-in web PKI roots.
+    #[arg(long, value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// Platform to select from an image index.
+    #[arg(long, default_value = "linux/amd64", value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: String,
+}
+
+impl FetchArgs {
+    pub fn platform(&self) -> Result<Platform, OciError> {
+        self.platform.parse()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Ref(#[from] crate::reference::RefError),
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
+    #[error(transparent)]
+    Oci(#[from] OciError),
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    #[error(transparent)]
+    Pack(#[from] crate::publish::pack::PackError),
+    #[error(transparent)]
+    Serve(#[from] crate::publish::serve::ServeError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("starting the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let json = match &cli.command {
+        Command::Pack(a) => a.json,
+        Command::Inspect(a) => a.json,
+        Command::Pull(a) => a.json,
+        Command::Gateway(_) => false,
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if json {
+                let v = serde_json::json!({ "error": e.to_string() });
+                println!("{v}");
+            }
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_env("CIDBOOT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Pack(a) => publish::pack(a),
+        Command::Gateway(a) => runtime()?.block_on(publish::gateway(a)),
+        Command::Inspect(a) => runtime()?.block_on(image::inspect(a)),
+        Command::Pull(a) => runtime()?.block_on(image::pull(a)),
+    }
+}

@@ -1,0 +1,493 @@
+//! The trustless gateway client: verified blocks and verified file streams, with retries,
+//! failover across gateways, and resumption of large files by `entity-bytes`.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cid::Cid;
+use tokio::io::AsyncRead;
+use tracing::{debug, info, warn};
+
+use super::car::CarReader;
+use super::unixfs::{Directory, FileNode};
+use super::{BlobSink, FetchError, MAX_DAG_DEPTH};
+use crate::reference::{verify_block, CODEC_RAW, MAX_BLOCK_SIZE};
+use crate::transport::http::{HttpClient, Origin};
+
+const ACCEPT_RAW: &str = "application/vnd.ipld.raw";
+const ACCEPT_CAR: &str = "application/vnd.ipld.car; version=1; order=dfs; dups=y";
+
+/// Retry and failover policy. Every number here is documented in docs/limits.md.
+#[derive(Debug, Clone)]
+pub struct GatewayPolicy {
+    /// Tries per gateway for one object before failing over.
+    pub attempts_per_gateway: u32,
+    /// First backoff; doubles per try, with jitter.
+    pub backoff_base: Duration,
+    /// Longest backoff between tries.
+    pub backoff_max: Duration,
+    /// A Retry-After longer than this fails over instead of waiting.
+    pub max_retry_after: Duration,
+    /// Longest time spent on one object across all gateways and tries.
+    pub object_deadline: Duration,
+}
+
+impl Default for GatewayPolicy {
+    fn default() -> Self {
+        GatewayPolicy {
+            attempts_per_gateway: 3,
+            backoff_base: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(8),
+            max_retry_after: Duration::from_secs(30),
+            object_deadline: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+struct Gateway {
+    origin: Origin,
+    prefix: String,
+    label: String,
+}
+
+/// A set of gateways tried in order, the last healthy one first.
+pub struct Gateways {
+    client: HttpClient,
+    gateways: Vec<Gateway>,
+    policy: GatewayPolicy,
+    preferred: AtomicUsize,
+}
+
+/// What the caller knows about a file's size before fetching it.
+#[derive(Debug, Clone, Copy)]
+pub enum SizeRule {
+    Exact(u64),
+    AtMost(u64, &'static str),
+}
+
+impl Gateways {
+    /// `urls` are gateway base URLs such as `https://ipfs.io`; order is preference.
+    pub fn new(
+        client: HttpClient,
+        urls: &[String],
+        policy: GatewayPolicy,
+    ) -> Result<Arc<Self>, FetchError> {
+        let mut gateways = Vec::new();
+        for u in urls {
+            let (origin, prefix) = Origin::parse(u)?;
+            if !origin.tls {
+                warn!(gateway = %u, "gateway is plain HTTP: content is still verified, but requests are visible");
+            }
+            let label = format!("{origin}{prefix}");
+            if gateways.iter().any(|g: &Gateway| g.label == label) {
+                continue;
+            }
+            gateways.push(Gateway {
+                origin,
+                prefix,
+                label,
+            });
+        }
+        if gateways.is_empty() {
+            return Err(FetchError::Unsupported(
+                "no gateway configured (give at least one --gateway)".into(),
+            ));
+        }
+        Ok(Arc::new(Gateways {
+            client,
+            gateways,
+            policy,
+            preferred: AtomicUsize::new(0),
+        }))
+    }
+
+    pub fn labels(&self) -> Vec<String> {
+        self.gateways.iter().map(|g| g.label.clone()).collect()
+    }
+
+    fn order(&self) -> Vec<usize> {
+        let n = self.gateways.len();
+        let first = self.preferred.load(Ordering::Relaxed) % n;
+        (0..n).map(|i| (first + i) % n).collect()
+    }
+
+    /// Fetches one block with `?format=raw` and verifies it against `cid`.
+    pub async fn block(&self, cid: &Cid) -> Result<Bytes, FetchError> {
+        crate::reference::check_cid(cid)?;
+        let mut failures = Vec::new();
+        let started = Instant::now();
+        for gi in self.order() {
+            let gw = &self.gateways[gi];
+            let mut last = None;
+            for attempt in 0..self.policy.attempts_per_gateway {
+                self.check_deadline(cid, started)?;
+                match self.block_once(gw, cid).await {
+                    Ok(b) => {
+                        self.preferred.store(gi, Ordering::Relaxed);
+                        return Ok(b);
+                    }
+                    Err(e) => {
+                        if e.is_content_fault() {
+                            return Err(e);
+                        }
+                        let retry = self.pause(gw, cid, attempt, &e).await;
+                        last = Some(e);
+                        if !retry {
+                            break;
+                        }
+                    }
+                }
+            }
+            if let Some(e) = last {
+                failures.push((gw.label.clone(), e));
+            }
+        }
+        Err(FetchError::AllGatewaysFailed {
+            cid: cid.to_string(),
+            failures,
+        })
+    }
+
+    async fn block_once(&self, gw: &Gateway, cid: &Cid) -> Result<Bytes, FetchError> {
+        let path = format!("{}/ipfs/{cid}?format=raw", gw.prefix);
+        let resp = self
+            .client
+            .get(&gw.origin, &path, &[("accept", ACCEPT_RAW)])
+            .await?;
+        check_status(&resp)?;
+        check_content_type(&resp, ACCEPT_RAW, "raw block")?;
+        let data = resp
+            .bytes_limited(MAX_BLOCK_SIZE)
+            .await
+            .map_err(FetchError::from_io)?
+            .map_err(|size| FetchError::BlockTooLarge {
+                size: size as u64,
+                max: MAX_BLOCK_SIZE as u64,
+            })?;
+        verify_block(cid, &data)?;
+        Ok(data)
+    }
+
+    /// Reads a plain UnixFS directory.
+    pub async fn directory(&self, cid: &Cid) -> Result<Directory, FetchError> {
+        let block = self.block(cid).await?;
+        Directory::parse(cid, &block)
+    }
+
+    /// Streams the UnixFS file (or raw block) `cid` into `sink`, verifying every block on the
+    /// way, and returns its size. A broken transfer resumes where verified data ended.
+    pub async fn file<S: BlobSink>(
+        &self,
+        cid: &Cid,
+        rule: SizeRule,
+        sink: &mut S,
+    ) -> Result<u64, FetchError> {
+        crate::reference::check_cid(cid)?;
+        if cid.codec() == CODEC_RAW {
+            let data = self.block(cid).await?;
+            check_size(cid, rule, data.len() as u64)?;
+            sink.write(&data).await.map_err(FetchError::Sink)?;
+            return Ok(data.len() as u64);
+        }
+        let mut delivered = 0u64;
+        let mut size = None;
+        let mut failures = Vec::new();
+        let started = Instant::now();
+        for gi in self.order() {
+            let gw = &self.gateways[gi];
+            let mut last = None;
+            for attempt in 0..self.policy.attempts_per_gateway {
+                self.check_deadline(cid, started)?;
+                let before = delivered;
+                let r = self
+                    .file_once(gw, cid, rule, &mut delivered, &mut size, sink)
+                    .await;
+                match r {
+                    Ok(()) => {
+                        self.preferred.store(gi, Ordering::Relaxed);
+                        return Ok(delivered);
+                    }
+                    Err(e) => {
+                        if e.is_content_fault() {
+                            return Err(e);
+                        }
+                        if delivered > before {
+                            info!(gateway = %gw.label, %cid, verified = delivered, "transfer broke; will resume from verified offset");
+                        }
+                        let retry = self.pause(gw, cid, attempt, &e).await;
+                        last = Some(e);
+                        if !retry {
+                            break;
+                        }
+                    }
+                }
+            }
+            if let Some(e) = last {
+                failures.push((gw.label.clone(), e));
+            }
+        }
+        Err(FetchError::AllGatewaysFailed {
+            cid: cid.to_string(),
+            failures,
+        })
+    }
+
+    async fn file_once<S: BlobSink>(
+        &self,
+        gw: &Gateway,
+        cid: &Cid,
+        rule: SizeRule,
+        delivered: &mut u64,
+        size: &mut Option<u64>,
+        sink: &mut S,
+    ) -> Result<(), FetchError> {
+        let from = *delivered;
+        let mut path = format!("{}/ipfs/{cid}?format=car&dag-scope=entity", gw.prefix);
+        if from > 0 {
+            path.push_str(&format!("&entity-bytes={from}:*"));
+        }
+        debug!(gateway = %gw.label, %cid, from, "requesting CAR");
+        let resp = self
+            .client
+            .get(&gw.origin, &path, &[("accept", ACCEPT_CAR)])
+            .await?;
+        check_status(&resp)?;
+        check_content_type(&resp, "application/vnd.ipld.car", "CAR")?;
+        let car = CarReader::new(resp.into_reader()).await?;
+        let mut walk = Walk {
+            car,
+            lookahead: None,
+            seen: HashSet::new(),
+        };
+        // DFS pre-order stack of (cid, byte offset of its content, expected size, depth).
+        let mut stack: Vec<(Cid, u64, Option<u64>, usize)> = vec![(*cid, 0, *size, 0)];
+        while let Some((c, start, expect, depth)) = stack.pop() {
+            if depth > MAX_DAG_DEPTH {
+                return Err(FetchError::TooDeep {
+                    cid: cid.to_string(),
+                    max: MAX_DAG_DEPTH,
+                });
+            }
+            let pending: Vec<Cid> = stack.iter().map(|p| p.0).collect();
+            let block = match walk.expect(&c, &pending).await? {
+                Some(b) => b,
+                // The stream omitted a block it had already sent (dups=n): fetch it alone.
+                None => self.block(&c).await?,
+            };
+            let node = FileNode::parse(&c, block)?;
+            let actual = node.size();
+            if depth == 0 {
+                check_size(cid, rule, actual)?;
+                *size = Some(actual);
+            }
+            if let Some(e) = expect {
+                if e != actual {
+                    return Err(FetchError::SizeMismatch {
+                        cid: c.to_string(),
+                        expected: e,
+                        actual,
+                    });
+                }
+            }
+            match node {
+                FileNode::Leaf(data) => deliver(sink, &data, start, delivered).await?,
+                FileNode::Node {
+                    inline, children, ..
+                } => {
+                    deliver(sink, &inline, start, delivered).await?;
+                    let mut offset = start + inline.len() as u64;
+                    let mut kids = Vec::with_capacity(children.len());
+                    for (child, len) in children {
+                        if in_range(offset, len, from) {
+                            kids.push((child, offset, Some(len), depth + 1));
+                        }
+                        offset += len;
+                    }
+                    stack.extend(kids.into_iter().rev());
+                }
+            }
+        }
+        if let Some(extra) = walk.next().await? {
+            return Err(FetchError::ExtraBlock(extra.0.to_string()));
+        }
+        Ok(())
+    }
+
+    fn check_deadline(&self, cid: &Cid, started: Instant) -> Result<(), FetchError> {
+        if started.elapsed() > self.policy.object_deadline {
+            return Err(FetchError::Deadline {
+                cid: cid.to_string(),
+                secs: self.policy.object_deadline.as_secs(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Logs a failed try and sleeps before the next; returns false to fail over now.
+    async fn pause(&self, gw: &Gateway, cid: &Cid, attempt: u32, e: &FetchError) -> bool {
+        let last_try = attempt + 1 >= self.policy.attempts_per_gateway;
+        if !e.is_transient() || last_try {
+            warn!(gateway = %gw.label, %cid, error = %e, "gateway failed; trying the next one");
+            return false;
+        }
+        let backoff = self
+            .policy
+            .backoff_base
+            .saturating_mul(1 << attempt.min(16))
+            .min(self.policy.backoff_max);
+        let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
+        let wait = match e {
+            FetchError::Status {
+                retry_after: Some(ra),
+                ..
+            } => {
+                if *ra > self.policy.max_retry_after {
+                    warn!(gateway = %gw.label, %cid, retry_after = ra.as_secs(), "Retry-After too long; trying the next gateway");
+                    return false;
+                }
+                (*ra).max(backoff)
+            }
+            _ => backoff + jitter,
+        };
+        warn!(gateway = %gw.label, %cid, error = %e, wait_ms = wait.as_millis() as u64, "retrying");
+        tokio::time::sleep(wait).await;
+        true
+    }
+}
+
+/// Whether a child covering `[offset, offset+len)` is needed when reading from byte `from`.
+/// The dev gateway uses the same rule to choose which blocks an `entity-bytes` range sends.
+pub fn in_range(offset: u64, len: u64, from: u64) -> bool {
+    offset.saturating_add(len) > from || (len == 0 && offset >= from)
+}
+
+async fn deliver<S: BlobSink>(
+    sink: &mut S,
+    data: &[u8],
+    start: u64,
+    delivered: &mut u64,
+) -> Result<(), FetchError> {
+    let end = start + data.len() as u64;
+    if end <= *delivered {
+        return Ok(());
+    }
+    // Pieces arrive in file order and are contiguous, so a piece never starts past the end of
+    // what has been delivered; if it did, the sizes in the DAG were inconsistent.
+    let skip = delivered
+        .checked_sub(start)
+        .ok_or_else(|| FetchError::BadUnixfs {
+            cid: "(file)".into(),
+            reason: format!("gap in file content at byte {}", *delivered),
+        })?;
+    sink.write(&data[skip as usize..])
+        .await
+        .map_err(FetchError::Sink)?;
+    *delivered = end;
+    Ok(())
+}
+
+fn check_size(cid: &Cid, rule: SizeRule, actual: u64) -> Result<(), FetchError> {
+    match rule {
+        SizeRule::Exact(e) if e != actual => Err(FetchError::SizeMismatch {
+            cid: cid.to_string(),
+            expected: e,
+            actual,
+        }),
+        SizeRule::AtMost(max, what) if actual > max => Err(FetchError::TooLarge {
+            cid: cid.to_string(),
+            size: actual,
+            max,
+            what,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn check_status(resp: &crate::transport::http::Response) -> Result<(), FetchError> {
+    if resp.status == http::StatusCode::OK {
+        return Ok(());
+    }
+    let retry_after = resp.header("retry-after").and_then(parse_retry_after);
+    Err(FetchError::Status {
+        status: resp.status.as_u16(),
+        retry_after,
+    })
+}
+
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    if let Ok(secs) = v.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(v.trim()).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+fn check_content_type(
+    resp: &crate::transport::http::Response,
+    want: &str,
+    what: &'static str,
+) -> Result<(), FetchError> {
+    let ct = resp.header("content-type").unwrap_or("");
+    let base = ct.split(';').next().unwrap_or("").trim();
+    let want_base = want.split(';').next().unwrap_or("").trim();
+    if base.eq_ignore_ascii_case(want_base) {
+        Ok(())
+    } else {
+        Err(FetchError::ContentType(ct.to_string(), what))
+    }
+}
+
+/// The block stream of one CAR response, checked against the traversal's expectations.
+struct Walk<R> {
+    car: CarReader<R>,
+    lookahead: Option<(Cid, Bytes)>,
+    seen: HashSet<Cid>,
+}
+
+impl<R: AsyncRead + Unpin> Walk<R> {
+    async fn next(&mut self) -> Result<Option<(Cid, Bytes)>, FetchError> {
+        if let Some(b) = self.lookahead.take() {
+            return Ok(Some(b));
+        }
+        self.car.next_block().await
+    }
+
+    /// Takes the next block, which must be `want`. `Ok(None)` means the stream legitimately
+    /// skipped a block it had already sent.
+    async fn expect(&mut self, want: &Cid, pending: &[Cid]) -> Result<Option<Bytes>, FetchError> {
+        let next = self.next().await?;
+        let (got, data) = match next {
+            Some(b) => b,
+            None if self.seen.contains(want) => return Ok(None),
+            None => return Err(FetchError::Truncated(format!("CAR before block {want}"))),
+        };
+        if got != *want {
+            if self.seen.contains(want) {
+                self.lookahead = Some((got, data));
+                return Ok(None);
+            }
+            if self.seen.contains(&got) {
+                return Err(FetchError::DuplicateBlock(got.to_string()));
+            }
+            if pending.contains(&got) {
+                return Err(FetchError::OutOfOrder {
+                    expected: want.to_string(),
+                    got: got.to_string(),
+                });
+            }
+            return Err(FetchError::UnexpectedBlock {
+                expected: want.to_string(),
+                got: got.to_string(),
+            });
+        }
+        verify_block(want, &data)?;
+        self.seen.insert(*want);
+        Ok(Some(data))
+    }
+}

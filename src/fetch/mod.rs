@@ -1,0 +1,146 @@
+//! Trustless retrieval: CAR, dag-pb, UnixFS and the gateway client.
+//!
+//! Trust boundary: bytes from a gateway are untrusted until [`crate::reference::verify_block`]
+//! has matched them to the CID that the traversal expected at that position. Only verified
+//! bytes leave this module.
+
+pub mod car;
+pub mod dagpb;
+pub mod gateway;
+pub(crate) mod pb;
+pub mod unixfs;
+
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+pub use gateway::{GatewayPolicy, Gateways};
+
+use crate::reference::RefError;
+use crate::transport::TransportError;
+
+/// Deepest file or directory DAG followed. A balanced DAG of 1024-wide nodes over 1 MiB
+/// chunks needs depth 3 for a petabyte, so 32 only ever stops hostile chains.
+pub const MAX_DAG_DEPTH: usize = 32;
+
+/// Where verified bytes go, in order.
+pub trait BlobSink: Send {
+    fn write(&mut self, data: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// A sink that collects into memory; used only for documents already capped by size.
+impl BlobSink for Vec<u8> {
+    async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.extend_from_slice(data);
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Ref(#[from] RefError),
+    #[error("malformed {what}: {reason}")]
+    Decode { what: &'static str, reason: String },
+    #[error("malformed CAR stream: {0}")]
+    BadCar(String),
+    #[error("CAR section of {size} bytes exceeds the {max}-byte block limit")]
+    BlockTooLarge { size: u64, max: u64 },
+    #[error("truncated stream: {0} ended early")]
+    Truncated(String),
+    #[error("unexpected block {got}: the traversal expected {expected}, and {got} is not part of this DAG")]
+    UnexpectedBlock { expected: String, got: String },
+    #[error(
+        "blocks out of order: expected {expected} next but got {got}, which comes later in the DAG"
+    )]
+    OutOfOrder { expected: String, got: String },
+    #[error("duplicate block {0} in the stream")]
+    DuplicateBlock(String),
+    #[error("unexpected extra block {0} after the DAG was complete")]
+    ExtraBlock(String),
+    #[error("{cid} is not a UnixFS file (it is {kind})")]
+    NotAFile { cid: String, kind: String },
+    #[error("{cid} is not a UnixFS directory (it is {kind})")]
+    NotADirectory { cid: String, kind: String },
+    #[error("malformed UnixFS node {cid}: {reason}")]
+    BadUnixfs { cid: String, reason: String },
+    #[error("DAG under {cid} is deeper than {max} levels")]
+    TooDeep { cid: String, max: usize },
+    #[error("{cid} holds {actual} bytes but {expected} were expected")]
+    SizeMismatch {
+        cid: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{cid} holds {size} bytes, over the {max}-byte cap for {what}")]
+    TooLarge {
+        cid: String,
+        size: u64,
+        max: u64,
+        what: &'static str,
+    },
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    #[error("{path:?} not found in directory {cid}")]
+    NotFound { cid: String, path: String },
+    #[error("HTTP {status}{}", retry_after.map(|d| format!(" (Retry-After {}s)", d.as_secs())).unwrap_or_default())]
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    #[error("answered with content type {0:?} where a {1} was requested")]
+    ContentType(String, &'static str),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("reading the response failed: {0}")]
+    Read(io::Error),
+    #[error("storing verified data failed: {0}")]
+    Sink(io::Error),
+    #[error("gave up on {cid} after {secs}s (deadline)")]
+    Deadline { cid: String, secs: u64 },
+    #[error("no gateway could serve {cid}:{}", summarize(failures))]
+    AllGatewaysFailed {
+        cid: String,
+        failures: Vec<(String, FetchError)>,
+    },
+}
+
+fn summarize(failures: &[(String, FetchError)]) -> String {
+    failures
+        .iter()
+        .map(|(gw, e)| format!("\n  - {gw}: {e}"))
+        .collect()
+}
+
+impl FetchError {
+    pub(crate) fn from_io(e: io::Error) -> FetchError {
+        FetchError::Read(e)
+    }
+
+    /// True when the fault lies in content that hashed correctly: every gateway would serve
+    /// the same bytes, so trying another one cannot help.
+    pub fn is_content_fault(&self) -> bool {
+        matches!(
+            self,
+            FetchError::NotAFile { .. }
+                | FetchError::NotADirectory { .. }
+                | FetchError::BadUnixfs { .. }
+                | FetchError::TooDeep { .. }
+                | FetchError::SizeMismatch { .. }
+                | FetchError::TooLarge { .. }
+                | FetchError::Unsupported(_)
+                | FetchError::NotFound { .. }
+                | FetchError::Sink(_)
+                | FetchError::Decode { .. }
+        ) || matches!(self, FetchError::Ref(r) if !matches!(r, RefError::HashMismatch{..} | RefError::BlockTooLarge{..}))
+    }
+
+    /// True when the same gateway may do better on a second try (after a pause).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Status { status, .. } => *status == 429 || *status >= 500,
+            FetchError::Transport(_) | FetchError::Read(_) | FetchError::Truncated(_) => true,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! cidboot: boot an OCI image named by an IPFS CID, verified end to end.
+//!
+//! Modules follow the direction data flows: a [`reference`] names content, [`fetch`] retrieves
+//! it trustlessly over a [`transport`], [`oci`] checks it against its descriptors, and
+//! [`publish`] is the publisher's side (packing and serving CARs).
+
+pub mod cli;
+pub mod fetch;
+pub mod oci;
+pub mod publish;
+pub mod reference;
+pub mod transport;

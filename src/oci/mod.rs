@@ -1,0 +1,246 @@
+//! OCI: index, manifest and config, checked against their descriptors.
+//!
+//! Trust boundary: a document is parsed only after its bytes have matched the descriptor's
+//! sha256 and exact size, and only documents under a size cap are fetched at all.
+
+pub mod layout;
+pub mod resolve;
+
+use std::fmt;
+use std::str::FromStr;
+
+use oci_spec::image::{Descriptor, DigestAlgorithm, MediaType};
+use sha2::{Digest as _, Sha256};
+
+pub use resolve::{resolve, Blob, Resolved, RootKind};
+
+use crate::fetch::FetchError;
+
+pub const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MT_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const MT_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const MT_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// Size and count caps for image resolution (see docs/limits.md).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_index: u64,
+    pub max_manifest: u64,
+    pub max_config: u64,
+    /// The `oci-layout` file and a nerdctl root descriptor.
+    pub max_small_doc: u64,
+    pub max_blob: u64,
+    pub max_image: u64,
+    pub max_layers: usize,
+    /// Image indexes nested inside image indexes.
+    pub max_index_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_index: 4 << 20,
+            max_manifest: 4 << 20,
+            max_config: 8 << 20,
+            max_small_doc: 64 << 10,
+            max_blob: 8 << 30,
+            max_image: 16 << 30,
+            max_layers: 256,
+            max_index_depth: 4,
+        }
+    }
+}
+
+/// How a layer is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// The layer media types cidboot applies; anything else is refused by name.
+pub fn layer_compression(mt: &MediaType) -> Result<Compression, OciError> {
+    match mt {
+        MediaType::ImageLayer => Ok(Compression::None),
+        MediaType::ImageLayerGzip => Ok(Compression::Gzip),
+        MediaType::ImageLayerZstd => Ok(Compression::Zstd),
+        MediaType::Other(s) if s == MT_DOCKER_LAYER_GZIP => Ok(Compression::Gzip),
+        MediaType::ImageLayerNonDistributable
+        | MediaType::ImageLayerNonDistributableGzip
+        | MediaType::ImageLayerNonDistributableZstd => Err(OciError::MediaType {
+            what: "layer",
+            media_type: mt.to_string(),
+            reason: "non-distributable (foreign) layers are not fetched",
+        }),
+        _ => Err(OciError::MediaType {
+            what: "layer",
+            media_type: mt.to_string(),
+            reason: "supported: OCI tar, tar+gzip, tar+zstd and Docker rootfs.diff.tar.gzip",
+        }),
+    }
+}
+
+pub(crate) fn is_index(mt: &MediaType) -> bool {
+    matches!(mt, MediaType::ImageIndex) || matches!(mt, MediaType::Other(s) if s == MT_DOCKER_LIST)
+}
+
+pub(crate) fn is_manifest(mt: &MediaType) -> bool {
+    matches!(mt, MediaType::ImageManifest)
+        || matches!(mt, MediaType::Other(s) if s == MT_DOCKER_MANIFEST)
+}
+
+pub(crate) fn is_config(mt: &MediaType) -> bool {
+    matches!(mt, MediaType::ImageConfig)
+        || matches!(mt, MediaType::Other(s) if s == MT_DOCKER_CONFIG)
+}
+
+/// The sha256 hex of a descriptor, refusing other algorithms by name.
+pub fn sha256_hex(desc: &Descriptor) -> Result<&str, OciError> {
+    match desc.digest().algorithm() {
+        DigestAlgorithm::Sha256 => Ok(desc.digest().digest()),
+        other => Err(OciError::DigestAlgorithm {
+            digest: desc.digest().to_string(),
+            algorithm: other.to_string(),
+        }),
+    }
+}
+
+/// Checks bytes against a descriptor's exact size and sha256.
+pub fn check_bytes(desc: &Descriptor, what: &'static str, data: &[u8]) -> Result<(), OciError> {
+    if data.len() as u64 != desc.size() {
+        return Err(OciError::SizeMismatch {
+            what,
+            digest: desc.digest().to_string(),
+            expected: desc.size(),
+            actual: data.len() as u64,
+        });
+    }
+    let want = sha256_hex(desc)?;
+    let got = hex::encode(Sha256::digest(data));
+    if got != want {
+        return Err(OciError::DigestMismatch {
+            what,
+            expected: desc.digest().to_string(),
+            actual: format!("sha256:{got}"),
+        });
+    }
+    Ok(())
+}
+
+/// An `os/arch[/variant]` platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub arch: String,
+    pub variant: Option<String>,
+}
+
+impl Default for Platform {
+    fn default() -> Self {
+        Platform {
+            os: "linux".into(),
+            arch: "amd64".into(),
+            variant: None,
+        }
+    }
+}
+
+impl FromStr for Platform {
+    type Err = OciError;
+    fn from_str(s: &str) -> Result<Self, OciError> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let bad = || OciError::Platform(format!("{s:?} is not OS/ARCH[/VARIANT]"));
+        match parts.as_slice() {
+            [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
+                os: os.to_string(),
+                arch: arch.to_string(),
+                variant: None,
+            }),
+            [os, arch, v] if !os.is_empty() && !arch.is_empty() && !v.is_empty() => Ok(Platform {
+                os: os.to_string(),
+                arch: arch.to_string(),
+                variant: Some(v.to_string()),
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.arch)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Platform {
+    pub fn matches(&self, p: &oci_spec::image::Platform) -> bool {
+        if p.os().to_string() != self.os || p.architecture().to_string() != self.arch {
+            return false;
+        }
+        match (&self.variant, p.variant()) {
+            (Some(want), Some(have)) => want == have,
+            (Some(_), None) => false,
+            (None, _) => true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("{what} {digest}: size mismatch: the descriptor says {expected} bytes, the content has {actual}")]
+    SizeMismatch {
+        what: &'static str,
+        digest: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{what}: digest mismatch: the descriptor says {expected}, the content is {actual}")]
+    DigestMismatch {
+        what: &'static str,
+        expected: String,
+        actual: String,
+    },
+    #[error("{what} {digest} is {size} bytes, over the {max}-byte cap")]
+    TooLarge {
+        what: &'static str,
+        digest: String,
+        size: u64,
+        max: u64,
+    },
+    #[error("{digest}: digest algorithm {algorithm} is not supported (sha256 only)")]
+    DigestAlgorithm { digest: String, algorithm: String },
+    #[error("{what} has media type {media_type}: {reason}")]
+    MediaType {
+        what: &'static str,
+        media_type: String,
+        reason: &'static str,
+    },
+    #[error("{what} is not valid JSON of its kind: {reason}")]
+    Parse { what: &'static str, reason: String },
+    #[error("platform: {0}")]
+    Platform(String),
+    #[error("{0}")]
+    Layout(String),
+    #[error("{digest}: {reason}")]
+    Location { digest: String, reason: String },
+    #[error("the image has {count} layers, over the cap of {max}")]
+    TooManyLayers { count: usize, max: usize },
+    #[error("the image is {size} bytes compressed, over the {max}-byte cap")]
+    ImageTooLarge { size: u64, max: u64 },
+    #[error("writing the OCI layout at {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}

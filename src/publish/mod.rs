@@ -1,0 +1,5 @@
+//! The publisher's side: packing an OCI layout into a CAR, and serving CARs as a trustless
+//! gateway for development, tests and air-gapped operators.
+
+pub mod pack;
+pub mod serve;

@@ -1,0 +1,282 @@
+//! Packs a directory into a CARv1 exactly as `ipfs-car pack` does, so that the CID printed
+//! here is the CID any IPFS tool computes for the same directory: CIDv1, raw leaves, 1 MiB
+//! chunks, balanced file DAGs 1024 links wide, directory links sorted by name, dotfiles
+//! skipped.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use cid::Cid;
+
+use crate::fetch::car;
+use crate::fetch::dagpb::{self, PbLink, PbNode};
+use crate::fetch::unixfs::{Data, Kind};
+use crate::reference::{cid_for, raw_cid, CODEC_DAG_PB};
+
+pub const CHUNK_SIZE: usize = 1024 * 1024;
+pub const FILE_WIDTH: usize = 1024;
+/// ipfs-car switches to HAMT sharding above this many entries; cidboot does not shard.
+pub const MAX_DIR_ENTRIES: usize = 1000;
+/// Deepest directory nesting packed (an OCI layout needs 3).
+pub const MAX_DIR_DEPTH: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("{0}: not a directory")]
+    NotADirectory(String),
+    #[error("{path}: {reason}")]
+    Unsupported { path: String, reason: String },
+}
+
+fn ioe(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
+    move |source| PackError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// What was packed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Packed {
+    pub root_cid: String,
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+/// Packs `dir` into a CAR at `out`, atomically.
+pub fn pack_dir(dir: &Path, out: &Path) -> Result<Packed, PackError> {
+    if !dir.is_dir() {
+        return Err(PackError::NotADirectory(dir.display().to_string()));
+    }
+    let tmp = PathBuf::from(format!("{}.partial-{}", out.display(), std::process::id()));
+    let result = (|| {
+        let f = File::create(&tmp).map_err(ioe(&tmp))?;
+        let mut w = CarOut {
+            w: BufWriter::with_capacity(1 << 20, f),
+            blocks: 0,
+            path: tmp.clone(),
+        };
+        // The root of a directory is always a 36-byte CIDv1 dag-pb CID, so a placeholder
+        // header of the same length can be rewritten in place once the root is known.
+        let placeholder = cid_for(CODEC_DAG_PB, b"");
+        let header = car::encode_header(&placeholder);
+        w.w.write_all(&header).map_err(ioe(&tmp))?;
+        let (root, _) = pack_entry(&mut w, dir, 0)?.ok_or_else(|| PackError::Unsupported {
+            path: dir.display().to_string(),
+            reason: "nothing to pack".into(),
+        })?;
+        let mut f = w.w.into_inner().map_err(|e| PackError::Io {
+            path: tmp.display().to_string(),
+            source: e.into_error(),
+        })?;
+        let real = car::encode_header(&root);
+        if real.len() != header.len() {
+            return Err(PackError::Unsupported {
+                path: dir.display().to_string(),
+                reason: "root CID length changed".into(),
+            });
+        }
+        f.seek(SeekFrom::Start(0)).map_err(ioe(&tmp))?;
+        f.write_all(&real).map_err(ioe(&tmp))?;
+        f.sync_all().map_err(ioe(&tmp))?;
+        let bytes = f.metadata().map_err(ioe(&tmp))?.len();
+        Ok(Packed {
+            root_cid: root.to_string(),
+            blocks: w.blocks,
+            bytes,
+        })
+    })();
+    match result {
+        Ok(p) => {
+            std::fs::rename(&tmp, out).map_err(ioe(out))?;
+            Ok(p)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+struct CarOut {
+    w: BufWriter<File>,
+    blocks: u64,
+    path: PathBuf,
+}
+
+impl CarOut {
+    fn put(&mut self, cid: &Cid, block: &[u8]) -> Result<(), PackError> {
+        self.blocks += 1;
+        car::write_section(&mut self.w, cid, block).map_err(ioe(&self.path))
+    }
+}
+
+/// Returns the entry's CID and its cumulative DAG size (the `Tsize` its parent records), or
+/// `None` for a directory with nothing to pack: ipfs-car packs a list of files, so empty
+/// directories below the root do not appear.
+fn pack_entry(w: &mut CarOut, path: &Path, depth: usize) -> Result<Option<(Cid, u64)>, PackError> {
+    let meta = std::fs::symlink_metadata(path).map_err(ioe(path))?;
+    if meta.is_dir() {
+        if depth > MAX_DIR_DEPTH {
+            return Err(PackError::Unsupported {
+                path: path.display().to_string(),
+                reason: format!("nested deeper than {MAX_DIR_DEPTH} directories"),
+            });
+        }
+        pack_dir_node(w, path, depth)
+    } else if meta.is_file() {
+        pack_file(w, path).map(Some)
+    } else {
+        Err(PackError::Unsupported {
+            path: path.display().to_string(),
+            reason: "only regular files and directories can be packed".into(),
+        })
+    }
+}
+
+fn pack_dir_node(
+    w: &mut CarOut,
+    path: &Path,
+    depth: usize,
+) -> Result<Option<(Cid, u64)>, PackError> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(path).map_err(ioe(path))? {
+        let e = e.map_err(ioe(path))?;
+        let name = e
+            .file_name()
+            .into_string()
+            .map_err(|_| PackError::Unsupported {
+                path: e.path().display().to_string(),
+                reason: "name is not UTF-8".into(),
+            })?;
+        if !name.starts_with('.') {
+            names.push(name);
+        }
+    }
+    if names.len() > MAX_DIR_ENTRIES {
+        return Err(PackError::Unsupported {
+            path: path.display().to_string(),
+            reason: format!(
+                "{} entries would need a HAMT-sharded directory (at most {MAX_DIR_ENTRIES})",
+                names.len()
+            ),
+        });
+    }
+    names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    let mut links = Vec::with_capacity(names.len());
+    let mut total = 0u64;
+    for name in names {
+        let Some((cid, size)) = pack_entry(w, &path.join(&name), depth + 1)? else {
+            continue;
+        };
+        total += size;
+        links.push(PbLink {
+            cid,
+            name: Some(name.into_bytes()),
+            tsize: Some(size),
+        });
+    }
+    if links.is_empty() && depth > 0 {
+        return Ok(None);
+    }
+    let data = Data {
+        kind: Kind::Directory,
+        data: None,
+        filesize: None,
+        blocksizes: vec![],
+    };
+    let block = dagpb::encode(&PbNode {
+        links,
+        data: Some(data.encode().into()),
+    });
+    let cid = cid_for(CODEC_DAG_PB, &block);
+    w.put(&cid, &block)?;
+    Ok(Some((cid, total + block.len() as u64)))
+}
+
+/// One node of a file DAG: its CID, content size and cumulative DAG size.
+#[derive(Clone, Copy)]
+struct Part {
+    cid: Cid,
+    content: u64,
+    dag: u64,
+}
+
+fn pack_file(w: &mut CarOut, path: &Path) -> Result<(Cid, u64), PackError> {
+    let mut f = File::open(path).map_err(ioe(path))?;
+    let mut parts = Vec::new();
+    let mut buf = vec![0u8; CHUNK_SIZE];
+    loop {
+        let n = read_full(&mut f, &mut buf).map_err(ioe(path))?;
+        if n == 0 && !parts.is_empty() {
+            break;
+        }
+        let cid = raw_cid(&buf[..n]);
+        w.put(&cid, &buf[..n])?;
+        parts.push(Part {
+            cid,
+            content: n as u64,
+            dag: n as u64,
+        });
+        if n < CHUNK_SIZE {
+            break;
+        }
+    }
+    // Balanced layout: group FILE_WIDTH parts per node, level by level, until one remains.
+    while parts.len() > 1 {
+        let mut next = Vec::with_capacity(parts.len().div_ceil(FILE_WIDTH));
+        for group in parts.chunks(FILE_WIDTH) {
+            let data = Data {
+                kind: Kind::File,
+                data: None,
+                filesize: Some(group.iter().map(|p| p.content).sum()),
+                blocksizes: group.iter().map(|p| p.content).collect(),
+            };
+            let links = group
+                .iter()
+                .map(|p| PbLink {
+                    cid: p.cid,
+                    name: Some(Vec::new()),
+                    tsize: Some(p.dag),
+                })
+                .collect();
+            let block = dagpb::encode(&PbNode {
+                links,
+                data: Some(data.encode().into()),
+            });
+            let cid = cid_for(CODEC_DAG_PB, &block);
+            w.put(&cid, &block)?;
+            next.push(Part {
+                cid,
+                content: group.iter().map(|p| p.content).sum(),
+                dag: block.len() as u64 + group.iter().map(|p| p.dag).sum::<u64>(),
+            });
+        }
+        parts = next;
+    }
+    // parts always holds exactly one element here.
+    let p = parts
+        .first()
+        .copied()
+        .ok_or_else(|| PackError::Unsupported {
+            path: path.display().to_string(),
+            reason: "empty DAG".into(),
+        })?;
+    Ok((p.cid, p.dag))
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}

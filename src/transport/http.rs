@@ -1,0 +1,264 @@
+//! A minimal HTTP/1.1 client: one connection per request, TLS by rustls, every phase timed.
+//!
+//! One connection per request keeps failure handling simple (a broken connection never
+//! poisons a pool) and costs little: cidboot makes a few dozen large requests per boot.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::AsyncRead;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+
+use super::{BoxIo, Connector, TransportError};
+
+/// Per-request time limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP (or tunnel) connect plus TLS handshake.
+    pub connect: Duration,
+    /// From sending the request to the response headers.
+    pub first_byte: Duration,
+    /// Longest silence between two chunks of the body.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            first_byte: Duration::from_secs(30),
+            idle: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The parts of an `http(s)://host[:port]` URL that a request needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Origin {
+    pub fn parse(url: &str) -> Result<(Origin, String), TransportError> {
+        let bad = |reason: &str| TransportError::BadUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(bad("scheme must be https or http")),
+        };
+        let host = uri.host().ok_or_else(|| bad("no host"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let path = uri.path().trim_end_matches('/').to_string();
+        Ok((Origin { tls, host, port }, path))
+    }
+
+    fn authority(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}", self.authority())
+    }
+}
+
+#[derive(Clone)]
+pub struct HttpClient {
+    connector: Arc<dyn Connector>,
+    tls: Arc<rustls::ClientConfig>,
+    pub timeouts: Timeouts,
+}
+
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    body: Incoming,
+    idle: Duration,
+    addr: String,
+}
+
+impl HttpClient {
+    pub fn new(
+        connector: Arc<dyn Connector>,
+        tls: Arc<rustls::ClientConfig>,
+        timeouts: Timeouts,
+    ) -> Self {
+        HttpClient {
+            connector,
+            tls,
+            timeouts,
+        }
+    }
+
+    /// Sends `GET path_and_query` to `origin`.
+    pub async fn get(
+        &self,
+        origin: &Origin,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Response, TransportError> {
+        let addr = origin.to_string();
+        let io = self.open(origin, &addr).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| TransportError::Http {
+                addr: addr.clone(),
+                source,
+            })?;
+        // The connection task ends when the response body is dropped or finished.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::get(path_and_query)
+            .header(http::header::HOST, origin.authority())
+            .header(
+                http::header::USER_AGENT,
+                concat!("cidboot/", env!("CARGO_PKG_VERSION")),
+            );
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Empty::<Bytes>::new())?;
+        let resp = timeout(self.timeouts.first_byte, sender.send_request(req))
+            .await
+            .map_err(|_| TransportError::Timeout {
+                phase: "waiting for the response",
+                addr: addr.clone(),
+                secs: self.timeouts.first_byte.as_secs(),
+            })?
+            .map_err(|source| TransportError::Http {
+                addr: addr.clone(),
+                source,
+            })?;
+        let (parts, body) = resp.into_parts();
+        Ok(Response {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            idle: self.timeouts.idle,
+            addr,
+        })
+    }
+
+    async fn open(&self, origin: &Origin, addr: &str) -> Result<BoxIo, TransportError> {
+        let secs = self.timeouts.connect.as_secs();
+        let fut = async {
+            let io = self
+                .connector
+                .connect(&origin.host, origin.port)
+                .await
+                .map_err(|source| TransportError::Connect {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            if !origin.tls {
+                return Ok(io);
+            }
+            let name =
+                ServerName::try_from(origin.host.clone()).map_err(|e| TransportError::BadUrl {
+                    url: addr.to_string(),
+                    reason: e.to_string(),
+                })?;
+            let tls = TlsConnector::from(self.tls.clone())
+                .connect(name, io)
+                .await
+                .map_err(|source| TransportError::Tls {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            Ok(Box::new(tls) as BoxIo)
+        };
+        timeout(self.timeouts.connect, fut)
+            .await
+            .map_err(|_| TransportError::Timeout {
+                phase: "connecting",
+                addr: addr.to_string(),
+                secs,
+            })?
+    }
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body as a reader; a silence longer than the idle timeout is an `io::ErrorKind::TimedOut`.
+    pub fn into_reader(self) -> impl AsyncRead + Send + Unpin {
+        let Response {
+            body, idle, addr, ..
+        } = self;
+        let stream = futures_util::stream::unfold(Some(body), move |state| {
+            let addr = addr.clone();
+            async move {
+                let mut body = state?;
+                loop {
+                    match timeout(idle, body.frame()).await {
+                        Err(_) => {
+                            let msg = format!(
+                                "no data from {addr} for {}s (idle timeout)",
+                                idle.as_secs()
+                            );
+                            return Some((Err(io::Error::new(io::ErrorKind::TimedOut, msg)), None));
+                        }
+                        Ok(None) => return None,
+                        Ok(Some(Err(e))) => {
+                            let err = io::Error::other(format!("reading from {addr}: {e}"));
+                            return Some((Err(err), None));
+                        }
+                        Ok(Some(Ok(frame))) => {
+                            if let Ok(data) = frame.into_data() {
+                                return Some((Ok(data), Some(body)));
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        tokio_util::io::StreamReader::new(Box::pin(stream))
+    }
+
+    /// Reads the whole body, refusing more than `max` bytes.
+    pub async fn bytes_limited(self, max: usize) -> io::Result<Result<Bytes, usize>> {
+        use tokio::io::AsyncReadExt;
+        let mut r = self.into_reader().take(max as u64 + 1);
+        let mut buf = Vec::new();
+        r.read_to_end(&mut buf).await?;
+        if buf.len() > max {
+            return Ok(Err(buf.len()));
+        }
+        Ok(Ok(Bytes::from(buf)))
+    }
+}

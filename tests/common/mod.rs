@@ -1,0 +1,244 @@
+//! Shared test support: OCI layouts, ipfs-car, and a real `cidboot gateway` process.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+pub fn cidboot() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cidboot"))
+}
+
+/// The independent packer. CI installs it (scripts/test.sh); a missing tool is a failure.
+pub fn ipfs_car() -> PathBuf {
+    if let Ok(p) = std::env::var("CIDBOOT_IPFS_CAR") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let p = PathBuf::from(home).join(".cache/cidboot/tools/node_modules/.bin/ipfs-car");
+    assert!(
+        p.exists(),
+        "ipfs-car not found at {} (run scripts/test.sh, which installs it)",
+        p.display()
+    );
+    p
+}
+
+/// Runs `ipfs-car pack PATH` and returns the root CID it prints.
+pub fn ipfs_car_pack(path: &Path, out: &Path, no_wrap: bool) -> String {
+    let mut c = Command::new(ipfs_car());
+    c.arg("pack").arg(path).arg("--output").arg(out);
+    if no_wrap {
+        c.arg("--no-wrap");
+    }
+    let o = c.output().expect("run ipfs-car");
+    assert!(
+        o.status.success(),
+        "ipfs-car failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// A tar archive of `(path, contents)` regular files.
+pub fn tar_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o755);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        b.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// Deterministic pseudo-random bytes that gzip cannot shrink much.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..len).map(|_| rng.u8(..)).collect()
+}
+
+/// A blob in an image, as written.
+#[derive(Clone, Debug)]
+pub struct BlobInfo {
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+}
+
+impl BlobInfo {
+    fn new(media_type: &str, bytes: Vec<u8>) -> Self {
+        BlobInfo {
+            digest: format!("sha256:{}", sha256_hex(&bytes)),
+            size: bytes.len() as u64,
+            media_type: media_type.into(),
+            bytes,
+        }
+    }
+    pub fn hex(&self) -> &str {
+        &self.digest[7..]
+    }
+    pub fn descriptor(&self) -> serde_json::Value {
+        json!({"mediaType": self.media_type, "digest": self.digest, "size": self.size})
+    }
+}
+
+/// An image: layers, config and manifest, not yet placed anywhere.
+#[derive(Clone, Debug)]
+pub struct Image {
+    pub layers: Vec<BlobInfo>,
+    pub config: BlobInfo,
+    pub manifest: BlobInfo,
+}
+
+pub const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MT_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MT_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MT_LAYER_GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// Builds an image from layers of files; `layer_urls` maps a layer to extra descriptor fields.
+pub fn image(arch: &str, layers: &[Vec<(&str, Vec<u8>)>]) -> Image {
+    image_with(arch, layers, |_, d| d)
+}
+
+pub fn image_with(
+    arch: &str,
+    layers: &[Vec<(&str, Vec<u8>)>],
+    mut layer_desc: impl FnMut(&BlobInfo, serde_json::Value) -> serde_json::Value,
+) -> Image {
+    let mut blobs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for files in layers {
+        let t = tar_of(files);
+        diff_ids.push(format!("sha256:{}", sha256_hex(&t)));
+        blobs.push(BlobInfo::new(MT_LAYER_GZ, gzip(&t)));
+    }
+    let config = json!({
+        "architecture": arch, "os": "linux",
+        "config": {"Entrypoint": ["/bin/hello"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let config = BlobInfo::new(MT_CONFIG, serde_json::to_vec(&config).unwrap());
+    let manifest = json!({
+        "schemaVersion": 2, "mediaType": MT_MANIFEST,
+        "config": config.descriptor(),
+        "layers": blobs.iter().map(|b| layer_desc(b, b.descriptor())).collect::<Vec<_>>(),
+    });
+    let manifest = BlobInfo::new(MT_MANIFEST, serde_json::to_vec_pretty(&manifest).unwrap());
+    Image {
+        layers: blobs,
+        config,
+        manifest,
+    }
+}
+
+/// Writes an OCI image layout (a) holding the given images, each described in index.json
+/// with its platform.
+pub fn write_layout(dir: &Path, images: &[(&str, &Image)]) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let mut manifests = Vec::new();
+    for (arch, img) in images {
+        for b in img.layers.iter().chain([&img.config, &img.manifest]) {
+            std::fs::write(blobs.join(b.hex()), &b.bytes).unwrap();
+        }
+        let mut d = img.manifest.descriptor();
+        d["platform"] = json!({"architecture": arch, "os": "linux"});
+        manifests.push(d);
+    }
+    let index = json!({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": manifests});
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec_pretty(&index).unwrap(),
+    )
+    .unwrap();
+}
+
+/// A running `cidboot gateway` over HTTPS with a fresh CA; killed on drop.
+pub struct Gateway {
+    pub url: String,
+    pub ca: PathBuf,
+    child: Child,
+}
+
+impl Gateway {
+    pub fn start(cars: &[PathBuf], work: &Path) -> Gateway {
+        let ca = work.join(format!("ca-{}.pem", fastrand::u32(..)));
+        let mut c = cidboot();
+        c.arg("gateway")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--tls-self-signed")
+            .arg(&ca);
+        for car in cars {
+            c.arg("--car").arg(car);
+        }
+        let mut child = c
+            .env("CIDBOOT_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start cidboot gateway");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line.trim().to_string();
+        assert!(
+            url.starts_with("https://127.0.0.1:"),
+            "gateway said {url:?}"
+        );
+        Gateway { url, ca, child }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Output of a cidboot command.
+pub struct Out {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("bad JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+pub fn run(args: &[&str]) -> Out {
+    let o = cidboot()
+        .args(args)
+        .env("CIDBOOT_LOG", "warn")
+        .output()
+        .expect("run cidboot");
+    Out {
+        ok: o.status.success(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
