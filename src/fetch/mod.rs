@@ -66,7 +66,7 @@ pub enum FetchError {
     BadUnixfs { cid: String, reason: String },
     #[error("DAG under {cid} is deeper than {max} levels")]
     TooDeep { cid: String, max: usize },
-    #[error("{cid} holds {actual} bytes but {expected} were expected")]
+    #[error("size mismatch: {cid} holds {actual} bytes but {expected} were expected")]
     SizeMismatch {
         cid: String,
         expected: u64,

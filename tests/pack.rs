@@ -1,0 +1,88 @@
+//! `cidboot pack` must compute the same CID as the independent npm tool ipfs-car.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn both(dir: &Path, work: &Path) -> (String, String) {
+    let theirs = ipfs_car_pack(dir, &work.join("theirs.car"), false);
+    let ours_car = work.join("ours.car");
+    let out = run(&[
+        "pack",
+        dir.to_str().unwrap(),
+        "--car",
+        ours_car.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    let ours = out.json()["root_cid"].as_str().unwrap().to_string();
+    // ipfs-car itself can read our CAR back and agrees on the root.
+    let o = std::process::Command::new(ipfs_car())
+        .arg("roots")
+        .arg(&ours_car)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), ours);
+    (ours, theirs)
+}
+
+#[test]
+fn matches_ipfs_car_on_an_oci_layout() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(
+        "amd64",
+        &[
+            vec![("bin/x", noise(3_300_000, 5))],
+            vec![("y", b"y".to_vec())],
+        ],
+    );
+    let dir = work.path().join("layout");
+    write_layout(&dir, &[("amd64", &img)]);
+    let (ours, theirs) = both(&dir, work.path());
+    assert_eq!(ours, theirs);
+    // The CAR bytes are identical too.
+    assert_eq!(
+        std::fs::read(work.path().join("ours.car")).unwrap(),
+        std::fs::read(work.path().join("theirs.car")).unwrap()
+    );
+}
+
+#[test]
+fn matches_ipfs_car_on_chunk_edges_empty_files_nesting_and_dotfiles() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("tree");
+    std::fs::create_dir_all(dir.join("a/b/c")).unwrap();
+    std::fs::create_dir_all(dir.join("empty/inner")).unwrap();
+    std::fs::write(dir.join("exact"), noise(1 << 20, 1)).unwrap();
+    std::fs::write(dir.join("one-more"), noise((1 << 20) + 1, 2)).unwrap();
+    std::fs::write(dir.join("zero"), b"").unwrap();
+    std::fs::write(dir.join(".hidden"), b"skipped").unwrap();
+    std::fs::write(dir.join("a/b/c/deep"), b"deep").unwrap();
+    std::fs::write(dir.join("a/Z-upper"), b"sorting is by bytes").unwrap();
+    std::fs::write(dir.join("a/\u{e9}t\u{e9}"), b"utf-8 name").unwrap();
+    let (ours, theirs) = both(&dir, work.path());
+    assert_eq!(ours, theirs);
+}
+
+#[test]
+fn refuses_what_it_cannot_pack_faithfully() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("links");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("link")).unwrap();
+    let car = work.path().join("x.car");
+    let out = run(&[
+        "pack",
+        dir.to_str().unwrap(),
+        "--car",
+        car.to_str().unwrap(),
+    ]);
+    assert!(
+        !out.ok && out.stderr.contains("only regular files and directories"),
+        "{}",
+        out.stderr
+    );
+    assert!(!car.exists(), "a failed pack left a CAR");
+}

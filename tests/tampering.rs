@@ -1,0 +1,417 @@
+//! A tampering gateway for each attack: a man in the middle between cidboot and a real
+//! gateway process, rewriting responses. Every attack must fail with its own clear error and
+//! leave no complete-looking output.
+
+mod common;
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cidboot::fetch::car::{encode_header, write_section, CarReader};
+use cidboot::reference::raw_cid;
+use cidboot::transport::http::{HttpClient, Origin, Timeouts};
+use cidboot::transport::{tls, TcpConnector};
+use common::*;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+
+#[derive(Clone, Copy, Debug)]
+enum Attack {
+    FlipByte,
+    SwapBlock,
+    ExtraBlock,
+    Truncate,
+    /// Truncates only the first response: the client must resume, not restart.
+    TruncateOnce,
+    WrongOrder,
+    /// Answers the first request with 429 and `Retry-After: 1`.
+    RateLimitOnce,
+}
+
+static LIMITED_ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+static TRUNCATED_ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Applies the attack to CAR responses of multi-block files (the large layer).
+async fn tamper(attack: Attack, body: Bytes) -> Bytes {
+    let mut r = CarReader::new(&body[..]).await.unwrap();
+    let root = r.roots()[0];
+    let mut blocks = Vec::new();
+    while let Some(b) = r.next_block().await.unwrap() {
+        blocks.push((b.0, b.1.to_vec()));
+    }
+    let truncate = match attack {
+        Attack::Truncate => blocks.len() >= 2,
+        Attack::TruncateOnce => {
+            blocks.len() >= 3 && !TRUNCATED_ONCE.swap(true, std::sync::atomic::Ordering::SeqCst)
+        }
+        _ => false,
+    };
+    if blocks.len() < 3 && !truncate {
+        return body;
+    }
+    match attack {
+        Attack::FlipByte => blocks[1].1[100] ^= 0x01,
+        Attack::SwapBlock => {
+            let evil = b"not the block you are looking for".to_vec();
+            blocks[1] = (raw_cid(&evil), evil);
+        }
+        Attack::ExtraBlock => {
+            let extra = b"one more".to_vec();
+            blocks.push((raw_cid(&extra), extra));
+        }
+        Attack::WrongOrder => blocks.swap(1, 2),
+        Attack::Truncate | Attack::TruncateOnce | Attack::RateLimitOnce => {}
+    }
+    let mut out = encode_header(&root);
+    for (cid, data) in &blocks {
+        write_section(&mut out, cid, data).unwrap();
+    }
+    if truncate {
+        out.truncate(out.len() - 1000);
+    }
+    Bytes::from(out)
+}
+
+/// Starts the tampering proxy in its own runtime; returns its URL and CA.
+fn start_proxy(
+    upstream: &Gateway,
+    attack: Attack,
+    work: &Path,
+) -> (String, PathBuf, Arc<std::sync::Mutex<Vec<String>>>) {
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log2 = log.clone();
+    let ca = work.join("mitm-ca.pem");
+    let tls_cfg = tls::self_signed(&ca).unwrap();
+    let client = HttpClient::new(
+        Arc::new(TcpConnector),
+        tls::client_config(Some(&upstream.ca)).unwrap(),
+        Timeouts::default(),
+    );
+    let (origin, _) = Origin::parse(&upstream.url).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls_cfg);
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                let (acceptor, client, origin) = (acceptor.clone(), client.clone(), origin.clone());
+                let log = log2.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (client, origin, log) = (client.clone(), origin.clone(), log.clone());
+                        async move {
+                            let pq = req.uri().path_and_query().unwrap().to_string();
+                            log.lock().unwrap().push(pq.clone());
+                            if matches!(attack, Attack::RateLimitOnce)
+                                && !LIMITED_ONCE.swap(true, std::sync::atomic::Ordering::SeqCst)
+                            {
+                                let mut resp = hyper::Response::new(Full::new(Bytes::from_static(
+                                    b"slow down",
+                                )));
+                                *resp.status_mut() = hyper::StatusCode::TOO_MANY_REQUESTS;
+                                resp.headers_mut()
+                                    .insert("retry-after", "1".parse().unwrap());
+                                return Ok::<_, Infallible>(resp);
+                            }
+                            let accept = req
+                                .headers()
+                                .get("accept")
+                                .map(|v| v.to_str().unwrap().to_string())
+                                .unwrap_or_default();
+                            let up = client
+                                .get(&origin, &pq, &[("accept", &accept)])
+                                .await
+                                .unwrap();
+                            let status = up.status;
+                            let ct = up.header("content-type").unwrap_or("").to_string();
+                            let mut body = up.bytes_limited(64 << 20).await.unwrap().unwrap();
+                            if ct.starts_with("application/vnd.ipld.car") {
+                                body = tamper(attack, body).await;
+                            }
+                            let mut resp = hyper::Response::new(Full::new(body));
+                            *resp.status_mut() = status;
+                            resp.headers_mut()
+                                .insert("content-type", ct.parse().unwrap());
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    (url, ca, log)
+}
+
+struct Fixture {
+    work: tempfile::TempDir,
+    root: String,
+    gateway: Gateway,
+}
+
+fn fixture() -> Fixture {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(
+        "amd64",
+        &[
+            vec![("bin/big", noise(2_500_000, 7))],
+            vec![("etc/small", b"x".to_vec())],
+        ],
+    );
+    let dir = work.path().join("layout");
+    write_layout(&dir, &[("amd64", &img)]);
+    let car = work.path().join("image.car");
+    let root = ipfs_car_pack(&dir, &car, false);
+    let gateway = Gateway::start(&[car], work.path());
+    Fixture {
+        work,
+        root,
+        gateway,
+    }
+}
+
+/// Pulls through `gateway_url`, expecting failure; checks that nothing was left behind.
+fn pull_fails(work: &Path, reference: &str, gateway_url: &str, ca: &Path) -> String {
+    let out_dir = work.join("out");
+    let out = run(&[
+        "pull",
+        reference,
+        "--gateway",
+        gateway_url,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--oci-layout",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(!out.ok, "pull succeeded through an attack");
+    assert!(
+        !out_dir.exists(),
+        "a failed pull left {}",
+        out_dir.display()
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(work)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".partial-"))
+        .collect();
+    assert!(leftovers.is_empty(), "partial output left: {leftovers:?}");
+    out.stderr
+}
+
+fn attacked(attack: Attack) -> String {
+    let f = fixture();
+    let (url, ca, _) = start_proxy(&f.gateway, attack, f.work.path());
+    pull_fails(f.work.path(), &format!("ipfs://{}", f.root), &url, &ca)
+}
+
+#[test]
+fn flipped_byte_in_a_block() {
+    let e = attacked(Attack::FlipByte);
+    assert!(e.contains("does not hash to its CID"), "{e}");
+}
+
+#[test]
+fn swapped_block() {
+    let e = attacked(Attack::SwapBlock);
+    assert!(e.contains("is not part of this DAG"), "{e}");
+}
+
+#[test]
+fn extra_block() {
+    let e = attacked(Attack::ExtraBlock);
+    assert!(e.contains("unexpected extra block"), "{e}");
+}
+
+#[test]
+fn truncated_stream() {
+    let e = attacked(Attack::Truncate);
+    assert!(e.contains("truncated stream"), "{e}");
+}
+
+#[test]
+fn broken_transfer_resumes_from_the_verified_offset() {
+    let f = fixture();
+    let (url, ca, log) = start_proxy(&f.gateway, Attack::TruncateOnce, f.work.path());
+    let out_dir = f.work.path().join("out");
+    let reference = format!("ipfs://{}", f.root);
+    let out = run(&[
+        "pull",
+        &reference,
+        "--gateway",
+        &url,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--oci-layout",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    // Two whole 1 MiB leaves were verified before the cut: the retry starts after them.
+    let log = log.lock().unwrap();
+    assert!(
+        log.iter().any(|p| p.contains("entity-bytes=2097152:*")),
+        "no resumed request in {log:?}"
+    );
+}
+
+#[test]
+fn rate_limit_is_honoured_then_retried() {
+    let f = fixture();
+    let (url, ca, log) = start_proxy(&f.gateway, Attack::RateLimitOnce, f.work.path());
+    let reference = format!("ipfs://{}", f.root);
+    let started = std::time::Instant::now();
+    let o = common::cidboot()
+        .args([
+            "inspect",
+            &reference,
+            "--gateway",
+            &url,
+            "--ca",
+            ca.to_str().unwrap(),
+        ])
+        .env("CIDBOOT_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "Retry-After ignored"
+    );
+    assert!(stderr.contains("HTTP 429 (Retry-After 1s)"), "{stderr}");
+    let log = log.lock().unwrap();
+    assert_eq!(log[0], log[1], "the same request is retried");
+}
+
+#[test]
+fn wrong_car_order() {
+    let e = attacked(Attack::WrongOrder);
+    assert!(e.contains("blocks out of order"), "{e}");
+}
+
+#[test]
+fn identity_cid_root() {
+    let f = fixture();
+    let e = pull_fails(
+        f.work.path(),
+        "ipfs://bafkqaaa",
+        &f.gateway.url,
+        &f.gateway.ca,
+    );
+    assert!(e.contains("identity multihash"), "{e}");
+}
+
+/// Publishes a layout whose manifest was rewritten by `edit` (digests kept consistent).
+fn publish_edited(
+    work: &Path,
+    edit: impl FnOnce(&Image, &mut serde_json::Value),
+) -> (String, PathBuf) {
+    let mut img = image(
+        "amd64",
+        &[
+            vec![("bin/big", noise(1_300_000, 9))],
+            vec![("etc/small", b"y".to_vec())],
+        ],
+    );
+    let mut m: serde_json::Value = serde_json::from_slice(&img.manifest.bytes).unwrap();
+    edit(&img, &mut m);
+    let bytes = serde_json::to_vec(&m).unwrap();
+    img.manifest.digest = format!("sha256:{}", sha256_hex(&bytes));
+    img.manifest.size = bytes.len() as u64;
+    img.manifest.bytes = bytes;
+    let dir = work.join("layout-edited");
+    write_layout(&dir, &[("amd64", &img)]);
+    let car = work.join("edited.car");
+    (ipfs_car_pack(&dir, &car, false), car)
+}
+
+#[test]
+fn descriptor_whose_size_lies() {
+    let work = tempfile::tempdir().unwrap();
+    let mut claimed = 0;
+    let (root, car) = publish_edited(work.path(), |img, m| {
+        claimed = img.layers[0].size + 1;
+        m["layers"][0]["size"] = json!(claimed);
+    });
+    let gw = Gateway::start(&[car], work.path());
+    let e = pull_fails(work.path(), &format!("ipfs://{root}"), &gw.url, &gw.ca);
+    let want = format!(
+        "size mismatch: {{}} holds {} bytes but {claimed} were expected",
+        claimed - 1
+    );
+    let (head, tail) = want.split_once("{}").unwrap();
+    assert!(e.contains(head) && e.contains(tail), "{e}");
+}
+
+#[test]
+fn manifest_over_the_cap() {
+    let work = tempfile::tempdir().unwrap();
+    let (root, car) = publish_edited(work.path(), |_, m| {
+        m["annotations"] = json!({"padding": "x".repeat(5 << 20)});
+    });
+    let gw = Gateway::start(&[car], work.path());
+    let e = pull_fails(work.path(), &format!("ipfs://{root}"), &gw.url, &gw.ca);
+    assert!(
+        e.contains("manifest") && e.contains("over the 4194304-byte cap"),
+        "{e}"
+    );
+}
+
+/// A manifest whose layer `urls` name other content than the descriptor's digest.
+fn urls_image(work: &Path, other: &[u8]) -> (String, Vec<PathBuf>) {
+    let img = image("amd64", &[vec![("bin/big", noise(1_100_000, 11))]]);
+    let add = |name: &str, bytes: &[u8]| {
+        let f = work.join(name);
+        std::fs::write(&f, bytes).unwrap();
+        let car = work.join(format!("{name}.car"));
+        (ipfs_car_pack(&f, &car, true), car)
+    };
+    let (other_cid, c1) = add("other", other);
+    let (config_cid, c2) = add("config", &img.config.bytes);
+    let mut layer = img.layers[0].descriptor();
+    layer["urls"] = json!([format!("ipfs://{other_cid}")]);
+    let mut config = img.config.descriptor();
+    config["urls"] = json!([format!("ipfs://{config_cid}")]);
+    let m =
+        json!({"schemaVersion": 2, "mediaType": MT_MANIFEST, "config": config, "layers": [layer]});
+    let (root, c3) = add("manifest", &serde_json::to_vec(&m).unwrap());
+    (root, vec![c1, c2, c3])
+}
+
+#[test]
+fn urls_cid_naming_other_content() {
+    let work = tempfile::tempdir().unwrap();
+    // A raw CID: refused before a byte is fetched.
+    let (root, cars) = urls_image(work.path(), b"something else");
+    let gw = Gateway::start(&cars, work.path());
+    let e = pull_fails(work.path(), &format!("ipfs://{root}"), &gw.url, &gw.ca);
+    assert!(
+        e.contains("digest mismatch") && e.contains("named by ipfs://"),
+        "{e}"
+    );
+}
+
+#[test]
+fn urls_cid_naming_other_content_of_the_same_size() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image("amd64", &[vec![("bin/big", noise(1_100_000, 11))]]);
+    // A multi-block UnixFS file of exactly the layer's size but other bytes: caught only
+    // once streamed, and nothing is kept.
+    let (root, cars) = urls_image(work.path(), &noise(img.layers[0].size as usize, 99));
+    let gw = Gateway::start(&cars, work.path());
+    let e = pull_fails(work.path(), &format!("ipfs://{root}"), &gw.url, &gw.ca);
+    assert!(e.contains("digest mismatch") && e.contains("blob"), "{e}");
+}
