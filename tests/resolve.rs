@@ -214,6 +214,25 @@ fn pull_writes_a_verified_layout_atomically() {
         .filter(|e| e.file_name().to_string_lossy().contains("partial"))
         .collect();
     assert!(leftovers.is_empty());
+    // Other OCI tools accept the layout as it is.
+    let unpacked = work.path().join("unpacked");
+    let o = std::process::Command::new("umoci")
+        .args(["unpack", "--image", &format!("{}:latest", out_dir.display())])
+        .arg(&unpacked)
+        .output()
+        .expect("umoci (installed by scripts/setup-tools.sh)");
+    assert!(o.status.success(), "umoci: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read(unpacked.join("rootfs/etc/greeting")).unwrap(),
+        b"hi\n"
+    );
+    let o = std::process::Command::new("skopeo")
+        .args(["inspect", &format!("oci:{}:latest", out_dir.display())])
+        .output()
+        .expect("skopeo (installed by scripts/setup-tools.sh)");
+    assert!(o.status.success(), "skopeo: {}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["Digest"], amd.manifest.digest);
     // A second pull into the same, now complete, layout is refused.
     let again = run(&[
         "pull",

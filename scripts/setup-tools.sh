@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the tools the tests use, once, behind stamps outside the repository:
+#   - ipfs-car (npm), the independent CAR packer the tests compare against.
+# Override the cache with CIDBOOT_CACHE (default ~/.cache/cidboot).
+set -euo pipefail
+cache=${CIDBOOT_CACHE:-$HOME/.cache/cidboot}
+IPFS_CAR_VERSION=3.1.0
+
+need_apt=()
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
+command -v gzip >/dev/null || need_apt+=(gzip)
+command -v umoci >/dev/null || need_apt+=(umoci)
+command -v skopeo >/dev/null || need_apt+=(skopeo)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]} with apt-get" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+tools="$cache/tools"
+stamp="$tools/.ipfs-car-$IPFS_CAR_VERSION"
+if [ ! -f "$stamp" ] || [ ! -x "$tools/node_modules/.bin/ipfs-car" ]; then
+  echo "setup: installing ipfs-car@$IPFS_CAR_VERSION into $tools" >&2
+  mkdir -p "$tools"
+  npm install --prefix "$tools" --no-audit --no-fund --loglevel=error "ipfs-car@$IPFS_CAR_VERSION" >&2
+  touch "$stamp"
+fi
+echo "$tools/node_modules/.bin/ipfs-car"
