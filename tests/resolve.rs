@@ -217,11 +217,19 @@ fn pull_writes_a_verified_layout_atomically() {
     // Other OCI tools accept the layout as it is.
     let unpacked = work.path().join("unpacked");
     let o = std::process::Command::new("umoci")
-        .args(["unpack", "--image", &format!("{}:latest", out_dir.display())])
+        .args([
+            "unpack",
+            "--image",
+            &format!("{}:latest", out_dir.display()),
+        ])
         .arg(&unpacked)
         .output()
         .expect("umoci (installed by scripts/setup-tools.sh)");
-    assert!(o.status.success(), "umoci: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "umoci: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(
         std::fs::read(unpacked.join("rootfs/etc/greeting")).unwrap(),
         b"hi\n"
@@ -230,7 +238,11 @@ fn pull_writes_a_verified_layout_atomically() {
         .args(["inspect", &format!("oci:{}:latest", out_dir.display())])
         .output()
         .expect("skopeo (installed by scripts/setup-tools.sh)");
-    assert!(o.status.success(), "skopeo: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["Digest"], amd.manifest.digest);
     // A second pull into the same, now complete, layout is refused.
