@@ -4,6 +4,7 @@
 //! it trustlessly over a [`transport`], [`oci`] checks it against its descriptors, and
 //! [`publish`] is the publisher's side (packing and serving CARs).
 
+pub mod apply;
 pub mod cli;
 pub mod fetch;
 pub mod oci;

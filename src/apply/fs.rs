@@ -1,0 +1,218 @@
+//! Filesystem operations confined to a root directory.
+//!
+//! Every path is resolved by the kernel with `openat2(RESOLVE_IN_ROOT)` from the root's
+//! directory fd, so symlinks (absolute or relative, planted by any earlier entry) resolve as
+//! they will for the chrooted workload: inside the root. The last component of an entry is
+//! then handled with `*at` calls on the parent fd that never follow it.
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstatat, mkdirat, FileStat, Mode, SFlag};
+use nix::unistd::{unlinkat, UnlinkatFlags};
+
+use super::path::RelPath;
+use super::ApplyError;
+
+/// Deepest directory tree removed recursively (a whiteout or a replaced directory).
+pub const MAX_REMOVE_DEPTH: usize = 512;
+
+pub struct Root {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+fn io_err(path: &RelPath, op: &'static str, e: Errno) -> ApplyError {
+    ApplyError::Fs {
+        path: path.display(),
+        op,
+        source: std::io::Error::from(e),
+    }
+}
+
+pub(crate) fn cname(name: &[u8]) -> Result<CString, ApplyError> {
+    CString::new(name).map_err(|_| ApplyError::BadName(String::from_utf8_lossy(name).into_owned()))
+}
+
+impl Root {
+    pub fn open(path: &Path) -> Result<Root, ApplyError> {
+        let fd = openat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| ApplyError::Fs {
+            path: path.display().to_string(),
+            op: "open root",
+            source: e.into(),
+        })?;
+        Ok(Root {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// Opens `rel` (a directory) with in-root resolution.
+    pub fn open_dir(&self, rel: &RelPath) -> Result<OwnedFd, Errno> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        openat2(self.fd.as_fd(), OsStr::from_bytes(&rel.as_bytes()), how)
+    }
+
+    /// Opens the directory `rel`, creating missing components (mode 0755) along the way.
+    /// A missing component that is a dangling symlink is refused rather than created
+    /// through: that is how a write through a symlink aimed outside the root shows up.
+    pub fn ensure_dir(&self, rel: &RelPath) -> Result<OwnedFd, ApplyError> {
+        match self.open_dir(rel) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(self.classify(rel, e)),
+        }
+        let mut cur = self.fd.try_clone().map_err(|e| ApplyError::Fs {
+            path: "/".into(),
+            op: "dup",
+            source: e,
+        })?;
+        let mut prefix = RelPath::default();
+        for comp in &rel.0 {
+            prefix = prefix.join(comp);
+            match self.open_dir(&prefix) {
+                Ok(fd) => {
+                    cur = fd;
+                    continue;
+                }
+                Err(Errno::ENOENT) => {}
+                Err(e) => return Err(self.classify(&prefix, e)),
+            }
+            let name = cname(comp)?;
+            match fstatat(
+                cur.as_fd(),
+                name.as_c_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
+                Ok(st) if is_type(&st, SFlag::S_IFLNK) => {
+                    return Err(ApplyError::SymlinkOutside(prefix.display()))
+                }
+                Ok(_) => return Err(ApplyError::NotADirectory(prefix.display())),
+                Err(Errno::ENOENT) => {}
+                Err(e) => return Err(io_err(&prefix, "stat", e)),
+            }
+            mkdirat(
+                cur.as_fd(),
+                name.as_c_str(),
+                Mode::from_bits_truncate(0o755),
+            )
+            .map_err(|e| io_err(&prefix, "mkdir", e))?;
+            cur = openat(
+                cur.as_fd(),
+                name.as_c_str(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| io_err(&prefix, "open", e))?;
+        }
+        Ok(cur)
+    }
+
+    fn classify(&self, rel: &RelPath, e: Errno) -> ApplyError {
+        match e {
+            Errno::ELOOP => ApplyError::SymlinkLoop(rel.display()),
+            Errno::ENOTDIR => ApplyError::NotADirectory(rel.display()),
+            Errno::EXDEV => ApplyError::SymlinkOutside(rel.display()),
+            e => io_err(rel, "resolve", e),
+        }
+    }
+}
+
+pub(crate) fn is_type(st: &FileStat, t: SFlag) -> bool {
+    (st.st_mode & SFlag::S_IFMT.bits()) == t.bits()
+}
+
+/// `fstatat` without following, `None` if absent.
+pub(crate) fn lstat_at(
+    dir: &OwnedFd,
+    name: &CString,
+    rel: &RelPath,
+) -> Result<Option<FileStat>, ApplyError> {
+    match fstatat(
+        dir.as_fd(),
+        name.as_c_str(),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(io_err(rel, "stat", e)),
+    }
+}
+
+/// Removes `name` under `dir`, recursively, without following any symlink.
+pub(crate) fn remove_all(
+    dir: &OwnedFd,
+    name: &[u8],
+    rel: &RelPath,
+    depth: usize,
+) -> Result<(), ApplyError> {
+    if depth > MAX_REMOVE_DEPTH {
+        return Err(ApplyError::PathTooDeep {
+            path: rel.display(),
+            max: MAX_REMOVE_DEPTH,
+        });
+    }
+    let c = cname(name)?;
+    let Some(st) = lstat_at(dir, &c, rel)? else {
+        return Ok(());
+    };
+    if is_type(&st, SFlag::S_IFDIR) {
+        let sub = openat(
+            dir.as_fd(),
+            c.as_c_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err(rel, "open", e))?;
+        for child in list_dir(&sub, rel)? {
+            remove_all(&sub, &child, &rel.join(&child), depth + 1)?;
+        }
+        unlinkat(dir.as_fd(), c.as_c_str(), UnlinkatFlags::RemoveDir)
+            .map_err(|e| io_err(rel, "rmdir", e))
+    } else {
+        unlinkat(dir.as_fd(), c.as_c_str(), UnlinkatFlags::NoRemoveDir)
+            .map_err(|e| io_err(rel, "unlink", e))
+    }
+}
+
+/// The names in a directory, without `.` and `..`.
+pub(crate) fn list_dir(dir: &OwnedFd, rel: &RelPath) -> Result<Vec<Vec<u8>>, ApplyError> {
+    // A fresh open file description, so that listing never moves another fd's offset.
+    let fd = openat(
+        dir.as_fd(),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err(rel, "open", e))?;
+    let mut d = nix::dir::Dir::from_fd(fd).map_err(|e| io_err(rel, "opendir", e))?;
+    let mut names = Vec::new();
+    for ent in d.iter() {
+        let ent = ent.map_err(|e| io_err(rel, "readdir", e))?;
+        let n = ent.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(n.to_vec());
+        }
+    }
+    Ok(names)
+}

@@ -1,0 +1,614 @@
+//! Applying one layer's tar stream to a root with OCI semantics.
+//!
+//! The `tar` crate is used in raw mode as a header parser only: PAX records and GNU long
+//! names arrive as their own entries, so their sizes are checked before they are read.
+
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::{
+    fchmod, fchmodat, mknodat, utimensat, FchmodatFlags, Mode, SFlag, UtimensatFlags,
+};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchown, fchownat, linkat, symlinkat, Gid, Uid};
+use tar::EntryType;
+use tracing::{debug, warn};
+
+use super::fs::{cname, is_type, list_dir, lstat_at, remove_all, Root};
+use super::path::RelPath;
+use super::{ApplyError, ApplyLimits};
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE: &[u8] = b".wh..wh..opq";
+/// Largest device major and minor numbers Linux can represent.
+const MAX_MAJOR: u32 = (1 << 12) - 1;
+const MAX_MINOR: u32 = (1 << 20) - 1;
+const MAX_XATTRS: usize = 128;
+
+/// What applying a layer did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct LayerStats {
+    pub entries: u64,
+    pub bytes: u64,
+    pub whiteouts: u64,
+}
+
+/// Metadata gathered for one entry from its header and any PAX records before it.
+struct Meta {
+    path: Vec<u8>,
+    link: Option<Vec<u8>>,
+    uid: u64,
+    gid: u64,
+    mode: u32,
+    mtime: i64,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Applies a tar stream to `root`.
+pub fn apply_tar<R: Read>(
+    root: &Root,
+    reader: R,
+    limits: &ApplyLimits,
+) -> Result<LayerStats, ApplyError> {
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive.entries().map_err(ApplyError::Tar)?.raw(true);
+    let mut stats = LayerStats::default();
+    let mut touched: HashSet<RelPath> = HashSet::new();
+    let mut dir_times: Vec<(RelPath, i64)> = Vec::new();
+    let mut pax: Option<Vec<u8>> = None;
+    let mut long_name: Option<Vec<u8>> = None;
+    let mut long_link: Option<Vec<u8>> = None;
+    for entry in entries {
+        let mut entry = entry.map_err(ApplyError::Tar)?;
+        stats.entries += 1;
+        if stats.entries > limits.max_entries {
+            return Err(ApplyError::TooManyEntries(limits.max_entries));
+        }
+        let kind = entry.header().entry_type();
+        let size = entry.header().entry_size().map_err(ApplyError::Tar)?;
+        match kind {
+            EntryType::XHeader | EntryType::XGlobalHeader => {
+                if size > limits.max_pax_size {
+                    return Err(ApplyError::PaxTooLarge {
+                        size,
+                        max: limits.max_pax_size,
+                    });
+                }
+                let data = read_bounded(&mut entry, size)?;
+                if kind == EntryType::XHeader {
+                    pax = Some(data);
+                } else {
+                    debug!("ignoring a global PAX header");
+                }
+                continue;
+            }
+            EntryType::GNULongName | EntryType::GNULongLink => {
+                if size > limits.max_path_len as u64 + 1 {
+                    return Err(ApplyError::PaxTooLarge {
+                        size,
+                        max: limits.max_path_len as u64 + 1,
+                    });
+                }
+                let mut data = read_bounded(&mut entry, size)?;
+                while data.last() == Some(&0) {
+                    data.pop();
+                }
+                if kind == EntryType::GNULongName {
+                    long_name = Some(data);
+                } else {
+                    long_link = Some(data);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let h = entry.header();
+        let mut meta = Meta {
+            path: long_name
+                .take()
+                .unwrap_or_else(|| h.path_bytes().into_owned()),
+            link: long_link
+                .take()
+                .or_else(|| h.link_name_bytes().map(|l| l.into_owned())),
+            uid: h.uid().map_err(ApplyError::Tar)?,
+            gid: h.gid().map_err(ApplyError::Tar)?,
+            mode: h.mode().map_err(ApplyError::Tar)?,
+            mtime: h.mtime().map_err(ApplyError::Tar)? as i64,
+            xattrs: Vec::new(),
+        };
+        if let Some(records) = pax.take() {
+            apply_pax(&mut meta, &records, size)?;
+        }
+        let rel = RelPath::parse(&meta.path, limits.max_path_len, limits.max_path_depth)?;
+        let ctx = Ctx { root, limits };
+        match kind {
+            EntryType::Regular
+            | EntryType::Continuous
+            | EntryType::Directory
+            | EntryType::Symlink
+            | EntryType::Link
+            | EntryType::Char
+            | EntryType::Block
+            | EntryType::Fifo => {}
+            EntryType::GNUSparse => {
+                return Err(ApplyError::Unsupported(format!(
+                    "{}: sparse files",
+                    rel.display()
+                )))
+            }
+            other => {
+                return Err(ApplyError::Unsupported(format!(
+                    "{}: tar entry type {:?}",
+                    rel.display(),
+                    other
+                )))
+            }
+        }
+        if rel.is_root() {
+            if kind != EntryType::Directory {
+                return Err(ApplyError::RootType(format!("{kind:?}")));
+            }
+            let fd = root.fd().try_clone().map_err(|e| ApplyError::Fs {
+                path: "/".into(),
+                op: "dup",
+                source: e,
+            })?;
+            set_owner_mode(&fd, &rel, &meta)?;
+            dir_times.push((rel, meta.mtime));
+            continue;
+        }
+        let Some((parent, name)) = rel.split_last() else {
+            continue;
+        };
+        if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+            stats.whiteouts += 1;
+            let dir = root.ensure_dir(&parent)?;
+            if name == OPAQUE {
+                opaque(&dir, &parent, &touched, 0)?;
+            } else if hidden.is_empty()
+                || hidden == b"."
+                || hidden == b".."
+                || hidden.starts_with(WHITEOUT_PREFIX)
+            {
+                return Err(ApplyError::BadWhiteout(rel.display()));
+            } else {
+                remove_all(&dir, hidden, &parent.join(hidden), 0)?;
+            }
+            continue;
+        }
+        let dir = root.ensure_dir(&parent)?;
+        let cn = cname(name)?;
+        match kind {
+            EntryType::Directory => {
+                ctx.directory(&dir, &cn, &rel, &meta)?;
+                dir_times.push((rel.clone(), meta.mtime));
+            }
+            EntryType::Regular | EntryType::Continuous => {
+                stats.bytes += ctx.regular(&dir, &cn, &rel, &meta, &mut entry, size)?;
+            }
+            EntryType::Symlink => ctx.symlink(&dir, &cn, &rel, &meta)?,
+            EntryType::Link => ctx.hardlink(&dir, &cn, &rel, &meta)?,
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                let (major, minor) = if kind == EntryType::Fifo {
+                    (0, 0)
+                } else {
+                    let h = entry.header();
+                    let major = h
+                        .device_major()
+                        .map_err(|e| ApplyError::Device(format!("{}: {e}", rel.display())))?
+                        .unwrap_or(0);
+                    let minor = h
+                        .device_minor()
+                        .map_err(|e| ApplyError::Device(format!("{}: {e}", rel.display())))?
+                        .unwrap_or(0);
+                    (major, minor)
+                };
+                ctx.special(&dir, &cn, &rel, &meta, kind, major, minor)?;
+            }
+            _ => {}
+        }
+        touched.insert(rel);
+    }
+    // Directory mtimes last: every entry written inside a directory changed its mtime.
+    for (rel, mtime) in dir_times.into_iter().rev() {
+        if let Ok(fd) = root.open_dir(&rel) {
+            let t = TimeSpec::new(mtime, 0);
+            let _ = nix::sys::stat::futimens(fd.as_fd(), &t, &t);
+        }
+    }
+    Ok(stats)
+}
+
+fn read_bounded<R: Read>(r: &mut R, size: u64) -> Result<Vec<u8>, ApplyError> {
+    let mut data = Vec::with_capacity(size as usize);
+    r.take(size)
+        .read_to_end(&mut data)
+        .map_err(ApplyError::Tar)?;
+    if data.len() as u64 != size {
+        return Err(ApplyError::Tar(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "extended header cut short",
+        )));
+    }
+    Ok(data)
+}
+
+fn apply_pax(meta: &mut Meta, records: &[u8], header_size: u64) -> Result<(), ApplyError> {
+    for ext in tar::PaxExtensions::new(records) {
+        let ext = ext.map_err(ApplyError::Tar)?;
+        let key = ext.key_bytes();
+        let value = ext.value_bytes();
+        let num = || {
+            std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.split('.').next()?.parse::<i64>().ok())
+                .ok_or_else(|| ApplyError::Pax(String::from_utf8_lossy(key).into_owned()))
+        };
+        match key {
+            b"path" => meta.path = value.to_vec(),
+            b"linkpath" => meta.link = Some(value.to_vec()),
+            b"uid" => meta.uid = num()? as u64,
+            b"gid" => meta.gid = num()? as u64,
+            b"mtime" => meta.mtime = num()?,
+            b"size" if num()? as u64 != header_size => {
+                return Err(ApplyError::Unsupported(
+                    "a PAX size record that differs from the header".into(),
+                ));
+            }
+            k if k.starts_with(b"GNU.sparse.") => {
+                return Err(ApplyError::Unsupported("sparse files".into()))
+            }
+            k if k.starts_with(b"SCHILY.xattr.") => {
+                if meta.xattrs.len() >= MAX_XATTRS {
+                    return Err(ApplyError::Pax(format!("more than {MAX_XATTRS} xattrs")));
+                }
+                meta.xattrs
+                    .push((k[b"SCHILY.xattr.".len()..].to_vec(), value.to_vec()));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Opaque directory: hides everything below `dir` that this layer has not written, whatever
+/// the order in which the marker and this layer's own entries arrive.
+fn opaque(
+    dir: &OwnedFd,
+    rel: &RelPath,
+    touched: &HashSet<RelPath>,
+    depth: usize,
+) -> Result<(), ApplyError> {
+    for child in list_dir(dir, rel)? {
+        let child_rel = rel.join(&child);
+        if !touched.contains(&child_rel) {
+            remove_all(dir, &child, &child_rel, 0)?;
+            continue;
+        }
+        let c = cname(&child)?;
+        if lstat_at(dir, &c, &child_rel)?.is_some_and(|st| is_type(&st, SFlag::S_IFDIR))
+            && depth < super::fs::MAX_REMOVE_DEPTH
+        {
+            let sub = openat(
+                dir.as_fd(),
+                c.as_c_str(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| fs_err(&child_rel, "open", e))?;
+            opaque(&sub, &child_rel, touched, depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
+fn fs_err(rel: &RelPath, op: &'static str, e: nix::errno::Errno) -> ApplyError {
+    ApplyError::Fs {
+        path: rel.display(),
+        op,
+        source: io::Error::from(e),
+    }
+}
+
+struct Ctx<'a> {
+    root: &'a Root,
+    limits: &'a ApplyLimits,
+}
+
+impl Ctx<'_> {
+    /// Removes whatever is at `name` unless it is a directory and `keep_dir` is set.
+    fn clear(
+        &self,
+        dir: &OwnedFd,
+        name: &CString,
+        rel: &RelPath,
+        keep_dir: bool,
+    ) -> Result<bool, ApplyError> {
+        match lstat_at(dir, name, rel)? {
+            Some(st) if keep_dir && is_type(&st, SFlag::S_IFDIR) => Ok(true),
+            Some(_) => {
+                remove_all(dir, name.as_bytes(), rel, 0)?;
+                Ok(false)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn directory(
+        &self,
+        dir: &OwnedFd,
+        name: &CString,
+        rel: &RelPath,
+        meta: &Meta,
+    ) -> Result<(), ApplyError> {
+        if !self.clear(dir, name, rel, true)? {
+            nix::sys::stat::mkdirat(
+                dir.as_fd(),
+                name.as_c_str(),
+                Mode::from_bits_truncate(0o700),
+            )
+            .map_err(|e| fs_err(rel, "mkdir", e))?;
+        }
+        let fd = openat(
+            dir.as_fd(),
+            name.as_c_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| fs_err(rel, "open", e))?;
+        set_owner_mode(&fd, rel, meta)?;
+        set_xattrs(&fd, rel, meta)
+    }
+
+    fn regular<R: Read>(
+        &self,
+        dir: &OwnedFd,
+        name: &CString,
+        rel: &RelPath,
+        meta: &Meta,
+        data: &mut R,
+        size: u64,
+    ) -> Result<u64, ApplyError> {
+        self.clear(dir, name, rel, false)?;
+        let fd = openat(
+            dir.as_fd(),
+            name.as_c_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| fs_err(rel, "create", e))?;
+        let mut file = std::fs::File::from(fd);
+        let copied = io::copy(&mut data.take(size), &mut file).map_err(|e| ApplyError::Fs {
+            path: rel.display(),
+            op: "write",
+            source: e,
+        })?;
+        if copied != size {
+            return Err(ApplyError::Tar(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{}: file data cut short", rel.display()),
+            )));
+        }
+        let fd = OwnedFd::from(file);
+        set_owner_mode(&fd, rel, meta)?;
+        set_xattrs(&fd, rel, meta)?;
+        let t = TimeSpec::new(meta.mtime, 0);
+        nix::sys::stat::futimens(fd.as_fd(), &t, &t).map_err(|e| fs_err(rel, "utimens", e))?;
+        Ok(copied)
+    }
+
+    fn symlink(
+        &self,
+        dir: &OwnedFd,
+        name: &CString,
+        rel: &RelPath,
+        meta: &Meta,
+    ) -> Result<(), ApplyError> {
+        let target = meta
+            .link
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApplyError::BadLink(rel.display()))?;
+        if target.len() > self.limits.max_path_len {
+            return Err(ApplyError::PathTooLong {
+                path: rel.display(),
+                max: self.limits.max_path_len,
+            });
+        }
+        self.clear(dir, name, rel, false)?;
+        let t = cname(target)?;
+        symlinkat(t.as_c_str(), dir.as_fd(), name.as_c_str())
+            .map_err(|e| fs_err(rel, "symlink", e))?;
+        fchownat(
+            dir.as_fd(),
+            name.as_c_str(),
+            Some(uid(meta, rel)?),
+            Some(gid(meta, rel)?),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| fs_err(rel, "chown", e))?;
+        let ts = TimeSpec::new(meta.mtime, 0);
+        utimensat(
+            dir.as_fd(),
+            name.as_c_str(),
+            &ts,
+            &ts,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| fs_err(rel, "utimens", e))
+    }
+
+    /// Hard links: the target is another entry's path, resolved inside the root.
+    fn hardlink(
+        &self,
+        dir: &OwnedFd,
+        name: &CString,
+        rel: &RelPath,
+        meta: &Meta,
+    ) -> Result<(), ApplyError> {
+        let raw = meta
+            .link
+            .as_deref()
+            .ok_or_else(|| ApplyError::BadLink(rel.display()))?;
+        let target = RelPath::parse(raw, self.limits.max_path_len, self.limits.max_path_depth)
+            .map_err(|e| {
+                ApplyError::HardlinkOutside(format!(
+                    "{} -> {}: {e}",
+                    rel.display(),
+                    String::from_utf8_lossy(raw)
+                ))
+            })?;
+        let (tparent, tname) = target
+            .split_last()
+            .ok_or_else(|| ApplyError::HardlinkOutside(format!("{} -> /", rel.display())))?;
+        let tdir = self.root.open_dir(&tparent).map_err(|e| {
+            ApplyError::HardlinkOutside(format!("{} -> {}: {e}", rel.display(), target.display()))
+        })?;
+        let tc = cname(tname)?;
+        match lstat_at(&tdir, &tc, &target)? {
+            None => {
+                return Err(ApplyError::HardlinkOutside(format!(
+                    "{} -> {}: no such entry in the root",
+                    rel.display(),
+                    target.display()
+                )))
+            }
+            Some(st) if is_type(&st, SFlag::S_IFDIR) => {
+                return Err(ApplyError::BadLink(format!(
+                    "{} -> {} is a directory",
+                    rel.display(),
+                    target.display()
+                )))
+            }
+            Some(st) => {
+                if let Some(existing) = lstat_at(dir, name, rel)? {
+                    if existing.st_ino == st.st_ino && existing.st_dev == st.st_dev {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        self.clear(dir, name, rel, false)?;
+        linkat(
+            tdir.as_fd(),
+            tc.as_c_str(),
+            dir.as_fd(),
+            name.as_c_str(),
+            nix::fcntl::AtFlags::empty(),
+        )
+        .map_err(|e| fs_err(rel, "link", e))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn special(
+        &self,
+        dir: &OwnedFd,
+        name: &CString,
+        rel: &RelPath,
+        meta: &Meta,
+        kind: EntryType,
+        major: u32,
+        minor: u32,
+    ) -> Result<(), ApplyError> {
+        if major > MAX_MAJOR || minor > MAX_MINOR {
+            return Err(ApplyError::Device(format!("{}: device {major}:{minor} out of range (major <= {MAX_MAJOR}, minor <= {MAX_MINOR})", rel.display())));
+        }
+        let sflag = match kind {
+            EntryType::Char => SFlag::S_IFCHR,
+            EntryType::Block => SFlag::S_IFBLK,
+            _ => SFlag::S_IFIFO,
+        };
+        self.clear(dir, name, rel, false)?;
+        mknodat(
+            dir.as_fd(),
+            name.as_c_str(),
+            sflag,
+            Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(major.into(), minor.into()),
+        )
+        .map_err(|e| fs_err(rel, "mknod", e))?;
+        fchownat(
+            dir.as_fd(),
+            name.as_c_str(),
+            Some(uid(meta, rel)?),
+            Some(gid(meta, rel)?),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| fs_err(rel, "chown", e))?;
+        // The node was just created by mknodat, so it is not a symlink: following is safe,
+        // and nothing from the image runs while layers are applied.
+        fchmodat(
+            dir.as_fd(),
+            name.as_c_str(),
+            Mode::from_bits_truncate(meta.mode & 0o7777),
+            FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|e| fs_err(rel, "chmod", e))?;
+        let ts = TimeSpec::new(meta.mtime, 0);
+        utimensat(
+            dir.as_fd(),
+            name.as_c_str(),
+            &ts,
+            &ts,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| fs_err(rel, "utimens", e))
+    }
+}
+
+fn uid(meta: &Meta, rel: &RelPath) -> Result<Uid, ApplyError> {
+    u32::try_from(meta.uid)
+        .map(Uid::from_raw)
+        .map_err(|_| ApplyError::Owner(format!("{}: uid {}", rel.display(), meta.uid)))
+}
+
+fn gid(meta: &Meta, rel: &RelPath) -> Result<Gid, ApplyError> {
+    u32::try_from(meta.gid)
+        .map(Gid::from_raw)
+        .map_err(|_| ApplyError::Owner(format!("{}: gid {}", rel.display(), meta.gid)))
+}
+
+/// Ownership first, then mode: chown clears setuid and setgid bits, so the reverse order
+/// would lose them. Both act on an fd, never through a symlink.
+fn set_owner_mode(fd: &OwnedFd, rel: &RelPath, meta: &Meta) -> Result<(), ApplyError> {
+    fchown(fd.as_fd(), Some(uid(meta, rel)?), Some(gid(meta, rel)?))
+        .map_err(|e| fs_err(rel, "chown", e))?;
+    fchmod(fd.as_fd(), Mode::from_bits_truncate(meta.mode & 0o7777))
+        .map_err(|e| fs_err(rel, "chmod", e))
+}
+
+fn set_xattrs(fd: &OwnedFd, rel: &RelPath, meta: &Meta) -> Result<(), ApplyError> {
+    for (name, value) in &meta.xattrs {
+        if name.starts_with(b"trusted.") {
+            continue;
+        }
+        let n = cname(name)?;
+        // SAFETY: fd is a valid open file descriptor; name is a NUL-terminated C string;
+        // value points to value.len() readable bytes for the duration of the call.
+        let r = unsafe {
+            libc::fsetxattr(
+                fd.as_raw_fd(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) {
+                warn!(path = %rel.display(), xattr = %String::from_utf8_lossy(name), error = %e, "xattr not supported here; skipped");
+                continue;
+            }
+            return Err(ApplyError::Fs {
+                path: rel.display(),
+                op: "setxattr",
+                source: e,
+            });
+        }
+    }
+    Ok(())
+}
