@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # cidboot's main job on an embedded default: builds the bundled sample image, publishes it as
-# a CAR, serves it from a local HTTPS trustless gateway, then resolves, verifies and pulls it
-# by CID alone.
+# a CAR, serves it from a local HTTPS trustless gateway, then runs it by CID alone: resolve,
+# verify every block and digest, apply, measure, and start the workload chrooted as its user.
+# Needs root (cidboot run applies ownership and changes users).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --release --locked
@@ -26,5 +27,7 @@ echo "$url"
 
 echo "== inspect: index, manifest and config verified against the CID =="
 "$bin" inspect "ipfs://$cid" --gateway "$url" --ca "$work/ca.pem"
-echo "== pull: every block and every digest verified, written as an OCI layout =="
-"$bin" pull "ipfs://$cid" --gateway "$url" --ca "$work/ca.pem" --oci-layout "$work/pulled"
+echo "== run: fetch, verify, apply, measure, launch =="
+sudo_cmd=()
+[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+"${sudo_cmd[@]}" "$bin" run "ipfs://$cid" --gateway "$url" --ca "$work/ca.pem"

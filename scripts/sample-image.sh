@@ -8,8 +8,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 target=x86_64-unknown-linux-gnu
 
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked \
-  --manifest-path "$repo/sample/hello/Cargo.toml" --target "$target"
-bin="$repo/sample/hello/target/$target/release/cidboot-sample-hello"
+  --manifest-path "$repo/sample/Cargo.toml" --bin hello --target "$target"
+bin="$repo/sample/target/$target/release/hello"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -5,8 +5,12 @@
 //! [`publish`] is the publisher's side (packing and serving CARs).
 
 pub mod apply;
+pub mod boot;
 pub mod cli;
+pub mod config;
 pub mod fetch;
+pub mod launch;
+pub mod measure;
 pub mod oci;
 pub mod publish;
 pub mod reference;

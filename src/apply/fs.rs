@@ -216,3 +216,117 @@ pub(crate) fn list_dir(dir: &OwnedFd, rel: &RelPath) -> Result<Vec<Vec<u8>>, App
     }
     Ok(names)
 }
+
+impl Root {
+    /// Reads a regular file inside the root (in-root resolution), refusing more than `max`
+    /// bytes. `Ok(None)` if it does not exist.
+    pub fn read_file(&self, rel: &RelPath, max: u64) -> Result<Option<Vec<u8>>, ApplyError> {
+        use std::io::Read;
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let fd = match openat2(self.fd.as_fd(), OsStr::from_bytes(&rel.as_bytes()), how) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(self.classify(rel, e)),
+        };
+        let st = nix::sys::stat::fstat(fd.as_fd()).map_err(|e| io_err(rel, "stat", e))?;
+        if !is_type(&st, SFlag::S_IFREG) {
+            return Err(ApplyError::Fs {
+                path: rel.display(),
+                op: "read",
+                source: std::io::Error::other("not a regular file"),
+            });
+        }
+        let mut buf = Vec::new();
+        std::fs::File::from(fd)
+            .take(max + 1)
+            .read_to_end(&mut buf)
+            .map_err(|source| ApplyError::Fs {
+                path: rel.display(),
+                op: "read",
+                source,
+            })?;
+        if buf.len() as u64 > max {
+            return Err(ApplyError::Fs {
+                path: rel.display(),
+                op: "read",
+                source: std::io::Error::other(format!("larger than {max} bytes")),
+            });
+        }
+        Ok(Some(buf))
+    }
+
+    /// Replaces whatever is at `rel` with a regular file holding `data` (root-owned).
+    pub fn write_file(&self, rel: &RelPath, data: &[u8], mode: u32) -> Result<(), ApplyError> {
+        use std::io::Write;
+        let (parent, name) = rel
+            .split_last()
+            .ok_or_else(|| ApplyError::RootType("file".into()))?;
+        let dir = self.ensure_dir(&parent)?;
+        remove_all(&dir, name, rel, 0)?;
+        let c = cname(name)?;
+        let fd = openat(
+            dir.as_fd(),
+            c.as_c_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| io_err(rel, "create", e))?;
+        nix::unistd::fchown(
+            fd.as_fd(),
+            Some(nix::unistd::Uid::from_raw(0)),
+            Some(nix::unistd::Gid::from_raw(0)),
+        )
+        .map_err(|e| io_err(rel, "chown", e))?;
+        nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(mode))
+            .map_err(|e| io_err(rel, "chmod", e))?;
+        let mut f = std::fs::File::from(fd);
+        f.write_all(data).map_err(|source| ApplyError::Fs {
+            path: rel.display(),
+            op: "write",
+            source,
+        })
+    }
+
+    /// Makes `rel` a real directory (not a symlink), replacing anything else there.
+    pub fn make_real_dir(&self, rel: &RelPath, mode: u32) -> Result<(), ApplyError> {
+        let (parent, name) = rel
+            .split_last()
+            .ok_or_else(|| ApplyError::RootType("directory".into()))?;
+        let dir = self.ensure_dir(&parent)?;
+        let c = cname(name)?;
+        match lstat_at(&dir, &c, rel)? {
+            Some(st) if is_type(&st, SFlag::S_IFDIR) => return Ok(()),
+            Some(_) => remove_all(&dir, name, rel, 0)?,
+            None => {}
+        }
+        mkdirat(dir.as_fd(), c.as_c_str(), Mode::from_bits_truncate(mode))
+            .map_err(|e| io_err(rel, "mkdir", e))
+    }
+
+    /// Removes `rel` if present (without following a final symlink).
+    pub fn remove(&self, rel: &RelPath) -> Result<(), ApplyError> {
+        let Some((parent, name)) = rel.split_last() else {
+            return Err(ApplyError::RootType("nothing".into()));
+        };
+        match self.open_dir(&parent) {
+            Ok(dir) => remove_all(&dir, name, rel, 0),
+            Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(self.classify(&parent, e)),
+        }
+    }
+
+    /// Whether `rel` resolves (in the root) to a regular file with an execute bit.
+    pub fn is_executable(&self, rel: &RelPath) -> bool {
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let Ok(fd) = openat2(self.fd.as_fd(), OsStr::from_bytes(&rel.as_bytes()), how) else {
+            return false;
+        };
+        nix::sys::stat::fstat(fd.as_fd())
+            .map(|st| is_type(&st, SFlag::S_IFREG) && st.st_mode & 0o111 != 0)
+            .unwrap_or(false)
+    }
+}

@@ -2,6 +2,7 @@
 
 mod image;
 mod publish;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,8 @@ pub enum Command {
     Inspect(image::InspectArgs),
     /// Fetch and verify a whole image and write it as an OCI image layout.
     Pull(image::PullArgs),
+    /// Fetch, verify, apply, measure and run an image on this machine (as root).
+    Run(run::RunArgs),
 }
 
 /// How to reach content: gateways, trust anchors, platform.
@@ -70,6 +73,10 @@ pub enum CliError {
     Serve(#[from] crate::publish::serve::ServeError),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Boot(#[from] crate::boot::BootError),
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -81,10 +88,11 @@ pub fn main() -> ExitCode {
         Command::Pack(a) => a.json,
         Command::Inspect(a) => a.json,
         Command::Pull(a) => a.json,
+        Command::Run(a) => a.json,
         Command::Gateway(_) => false,
     };
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             if json {
                 let v = serde_json::json!({ "error": e.to_string() });
@@ -112,11 +120,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(CliError::Runtime)
 }
 
-fn run(cli: Cli) -> Result<(), CliError> {
+/// Runs a command; the result is the process exit code.
+fn run(cli: Cli) -> Result<i32, CliError> {
+    let ok = |r: Result<(), CliError>| r.map(|()| 0);
     match cli.command {
-        Command::Pack(a) => publish::pack(a),
-        Command::Gateway(a) => runtime()?.block_on(publish::gateway(a)),
-        Command::Inspect(a) => runtime()?.block_on(image::inspect(a)),
-        Command::Pull(a) => runtime()?.block_on(image::pull(a)),
+        Command::Pack(a) => ok(publish::pack(a)),
+        Command::Gateway(a) => ok(runtime()?.block_on(publish::gateway(a))),
+        Command::Inspect(a) => ok(runtime()?.block_on(image::inspect(a))),
+        Command::Pull(a) => ok(runtime()?.block_on(image::pull(a))),
+        Command::Run(a) => runtime()?.block_on(run::run(a)),
     }
 }

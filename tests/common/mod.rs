@@ -60,6 +60,8 @@ pub fn tar_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_mtime(1_700_000_000);
         h.set_cksum();
         b.append_data(&mut h, name, &data[..]).unwrap();
@@ -241,4 +243,130 @@ pub fn run(args: &[&str]) -> Out {
         stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
     }
+}
+
+/// Builds the static test programs of `sample/` once per test run.
+pub fn sample_bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let target = "x86_64-unknown-linux-gnu";
+        let st = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--locked",
+                "--target",
+                target,
+                "--manifest-path",
+            ])
+            .arg(repo.join("sample/Cargo.toml"))
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .status()
+            .expect("build the sample programs");
+        assert!(st.success(), "building sample programs failed");
+        repo.join("sample/target").join(target).join("release")
+    });
+    dir.join(name)
+}
+
+/// A tar entry for [`tar_entries`].
+pub enum TarEntry<'a> {
+    File {
+        path: &'a str,
+        data: Vec<u8>,
+        mode: u32,
+    },
+    Dir {
+        path: &'a str,
+        mode: u32,
+        uid: u64,
+    },
+    CharDev {
+        path: &'a str,
+        major: u32,
+        minor: u32,
+    },
+}
+
+pub fn tar_entries(entries: &[TarEntry]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        match e {
+            TarEntry::File { path, data, mode } => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(data.len() as u64);
+                h.set_mode(*mode);
+                h.set_cksum();
+                b.append_data(&mut h, path, &data[..]).unwrap();
+            }
+            TarEntry::Dir { path, mode, uid } => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                h.set_mode(*mode);
+                h.set_uid(*uid);
+                h.set_gid(*uid);
+                h.set_cksum();
+                b.append_data(&mut h, path, &[][..]).unwrap();
+            }
+            TarEntry::CharDev { path, major, minor } => {
+                h.set_entry_type(tar::EntryType::Char);
+                h.set_size(0);
+                h.set_mode(0o666);
+                h.set_device_major(*major).unwrap();
+                h.set_device_minor(*minor).unwrap();
+                h.set_cksum();
+                b.append_data(&mut h, path, &[][..]).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+/// An image from raw (uncompressed) layer tars and an image `config` object.
+pub fn image_from_tars(tars: &[Vec<u8>], config: serde_json::Value) -> Image {
+    image_from_tars_with(tars, config, |_, d| d)
+}
+
+pub fn image_from_tars_with(
+    tars: &[Vec<u8>],
+    config: serde_json::Value,
+    mut diff_id: impl FnMut(usize, String) -> String,
+) -> Image {
+    let mut blobs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for (i, t) in tars.iter().enumerate() {
+        diff_ids.push(diff_id(i, format!("sha256:{}", sha256_hex(t))));
+        blobs.push(BlobInfo::new(MT_LAYER_GZ, gzip(t)));
+    }
+    let config = json!({
+        "architecture": "amd64", "os": "linux", "config": config,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let config = BlobInfo::new(MT_CONFIG, serde_json::to_vec(&config).unwrap());
+    let manifest = json!({
+        "schemaVersion": 2, "mediaType": MT_MANIFEST,
+        "config": config.descriptor(),
+        "layers": blobs.iter().map(|b| b.descriptor()).collect::<Vec<_>>(),
+    });
+    let manifest = BlobInfo::new(MT_MANIFEST, serde_json::to_vec(&manifest).unwrap());
+    Image {
+        layers: blobs,
+        config,
+        manifest,
+    }
+}
+
+/// Writes the layout, packs it with ipfs-car and serves it; returns the reference.
+pub fn publish(img: &Image, work: &Path) -> (String, Gateway) {
+    let dir = work.join(format!("layout-{}", fastrand::u32(..)));
+    write_layout(&dir, &[("amd64", img)]);
+    let car = dir.with_extension("car");
+    let root = ipfs_car_pack(&dir, &car, false);
+    (format!("ipfs://{root}"), Gateway::start(&[car], work))
 }

@@ -1,0 +1,45 @@
+//! A test workload: reports what it was started with, then exits as told.
+//! Usage: probe [exit N] [write PATH]
+
+fn status_field(name: &str) -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name).map(|v| v.split_whitespace().collect::<Vec<_>>().join(" ")))
+        .unwrap_or_default()
+}
+
+fn main() {
+    println!("probe: uid={}", status_field("Uid:"));
+    println!("probe: gid={}", status_field("Gid:"));
+    println!("probe: groups={}", status_field("Groups:"));
+    println!("probe: cwd={}", std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default());
+    let mut env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+    env.sort();
+    for e in env {
+        println!("probe: env {e}");
+    }
+    println!("probe: nsm={}", if std::path::Path::new("/dev/nsm").exists() { "present" } else { "absent" });
+    println!("probe: devnull={}", std::fs::write("/dev/null", b"x").is_ok());
+    if let Ok(rd) = std::fs::read_dir("/eigen/bin") {
+        let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        println!("probe: helpers={}", names.join(","));
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    println!("probe: args={}", args.join(" "));
+    let mut code = 0;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "exit" => code = it.next().and_then(|c| c.parse().ok()).unwrap_or(1),
+            "write" => {
+                if let Some(p) = it.next() {
+                    let _ = std::fs::write(p, b"ran");
+                }
+            }
+            _ => {}
+        }
+    }
+    std::process::exit(code);
+}

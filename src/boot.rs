@@ -1,0 +1,125 @@
+//! The boot path shared by `cidboot run` and PID 1: resolve, verify, apply, measure, launch.
+//!
+//! Order matters: every helper pin is checked before anything is fetched, every layer is
+//! verified as it is applied into a root nothing runs from, the measurement covers only what
+//! verified, and the first program from the image starts after the measurement.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tracing::info;
+
+use crate::apply::path::RelPath;
+use crate::apply::{self, ApplyError, ApplyLimits, ApplyReport};
+use crate::config::Loaded;
+use crate::fetch::Gateways;
+use crate::launch::exec::Sandbox;
+use crate::launch::spec::ProcessSpec;
+use crate::launch::{helpers, spec, LaunchError};
+use crate::measure::{EventLog, Inputs};
+use crate::oci::{self, Limits, OciError, Platform, Resolved};
+use crate::reference::ImageRef;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error(transparent)]
+    Oci(#[from] OciError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error("measuring: {0}")]
+    Measure(String),
+}
+
+/// Everything a boot needs to know.
+pub struct Plan {
+    pub reference: ImageRef,
+    pub config: Loaded,
+    pub platform: Platform,
+    pub gateways: Arc<Gateways>,
+    /// Where the helpers are on this machine (the boot image's `/eigen/bin`).
+    pub helpers_dir: PathBuf,
+    pub sandbox: Sandbox,
+    pub limits: Limits,
+    pub apply_limits: ApplyLimits,
+}
+
+/// A verified, applied and measured root, ready to launch.
+pub struct Prepared {
+    pub resolved: Arc<Resolved>,
+    pub root: apply::fs::Root,
+    pub spec: ProcessSpec,
+    pub log: EventLog,
+    pub report: ApplyReport,
+}
+
+/// Resolves, verifies and applies the image into `rootfs` and measures it.
+pub async fn prepare(plan: &Plan, rootfs: &Path, scratch: &Path) -> Result<Prepared, BootError> {
+    let helper_cfg = &plan.config.config.helpers;
+    let verified_helpers = helpers::verify(helper_cfg, &plan.helpers_dir)?;
+    let resolved = Arc::new(
+        oci::resolve(
+            &plan.gateways,
+            &plan.reference.cid,
+            &plan.platform,
+            &plan.limits,
+        )
+        .await?,
+    );
+    info!(cid = %resolved.root, manifest = %resolved.manifest_desc.digest(), layers = resolved.layers.len(), "image resolved and verified");
+    let report = apply::apply_image(
+        plan.gateways.clone(),
+        resolved.clone(),
+        rootfs,
+        scratch,
+        &plan.apply_limits,
+    )
+    .await?;
+    info!(
+        layers = report.layers.len(),
+        bytes = report.uncompressed_bytes,
+        seconds = report.seconds,
+        "image applied"
+    );
+    let root = apply::fs::Root::open(rootfs)?;
+    // The workload reaches the NSM only through the attestation API, never a device node.
+    root.remove(&RelPath::parse(b"dev/nsm", 16, 4)?)?;
+    helpers::install(&root, &verified_helpers, &helper_cfg.dir)?;
+    let spec = spec::build(&root, &resolved.image_config, &plan.config.config.workload)?;
+    let log = EventLog::new(Inputs {
+        reference: &plan.reference.canonical(),
+        root_cid: &resolved.root,
+        manifest_digest: resolved.manifest_desc.digest().as_ref(),
+        config_digest: resolved.config.desc.digest().as_ref(),
+        helpers: verified_helpers
+            .iter()
+            .map(|h| (h.name.clone(), h.digest.clone()))
+            .collect(),
+        runtime_config_digest: &plan.config.digest(),
+    });
+    Ok(Prepared {
+        resolved,
+        root,
+        spec,
+        log,
+        report,
+    })
+}
+
+/// Runs the prestart chain, then starts the workload.
+pub async fn launch(plan: &Plan, p: &mut Prepared) -> Result<tokio::process::Child, BootError> {
+    helpers::run_chain(
+        &p.root,
+        &plan.config.config.prestart,
+        &plan.config.config.helpers.dir,
+        &mut p.spec,
+        plan.sandbox,
+    )
+    .await?;
+    info!(argv = ?p.spec.argv, uid = p.spec.user.uid, gid = p.spec.user.gid, cwd = %p.spec.cwd, "starting the workload");
+    let child = crate::launch::exec::command(&p.root, &p.spec, plan.sandbox)?
+        .spawn()
+        .map_err(|e| LaunchError::Spawn(format!("{}: {e}", p.spec.argv[0])))?;
+    Ok(child)
+}

@@ -1,0 +1,258 @@
+//! The runtime configuration: what to run and how. Its exact bytes are measured, so a
+//! verifier can tell which configuration an enclave was given.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// Largest configuration accepted.
+pub const MAX_CONFIG_SIZE: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the configuration is {size} bytes, over the {max}-byte limit")]
+    TooLarge { size: usize, max: usize },
+    #[error("the configuration is not valid TOML for cidboot: {0}")]
+    Parse(String),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// `cidboot.toml`. Unknown keys are errors, so a typo never silently changes what runs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// `ipfs://<CID>` (required at boot; `cidboot run` takes it on the command line).
+    pub image: Option<String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    /// `os/arch[/variant]`; default linux/amd64.
+    pub platform: Option<String>,
+    #[serde(default)]
+    pub workload: Workload,
+    #[serde(default)]
+    pub helpers: Helpers,
+    #[serde(default)]
+    pub prestart: Vec<Prestart>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Replaces the image's Entrypoint; the image's Cmd is then dropped unless `cmd` is set.
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's Cmd.
+    pub cmd: Option<Vec<String>>,
+    /// `KEY=VALUE` entries merged over the image's Env.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Replaces the image's User.
+    pub user: Option<String>,
+    /// Replaces the image's WorkingDir.
+    pub working_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Helpers {
+    /// Where the boot image keeps the helpers; they appear at the same path in the root.
+    #[serde(default = "default_helper_dir")]
+    pub dir: String,
+    /// Helper name to `sha256:<hex>`. Only pinned helpers are layered in.
+    #[serde(default)]
+    pub pins: BTreeMap<String, String>,
+}
+
+impl Default for Helpers {
+    fn default() -> Self {
+        Helpers {
+            dir: default_helper_dir(),
+            pins: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_helper_dir() -> String {
+    "/eigen/bin".into()
+}
+
+/// One step of the chain run before the workload, in order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prestart {
+    /// A pinned helper's name.
+    pub helper: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// A file (path inside the root) the helper writes as `KEY=VALUE` lines; merged into the
+    /// workload's environment.
+    pub env_file: Option<String>,
+    /// Seconds the helper may run.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_timeout() -> u64 {
+    120
+}
+
+/// A configuration together with the exact bytes it was parsed from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: RuntimeConfig,
+    pub bytes: Vec<u8>,
+}
+
+impl Loaded {
+    pub fn parse(bytes: Vec<u8>) -> Result<Loaded, ConfigError> {
+        if bytes.len() > MAX_CONFIG_SIZE {
+            return Err(ConfigError::TooLarge {
+                size: bytes.len(),
+                max: MAX_CONFIG_SIZE,
+            });
+        }
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| ConfigError::Parse(format!("not UTF-8: {e}")))?;
+        let config: RuntimeConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(Loaded { config, bytes })
+    }
+
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let bytes = read_capped(path)?;
+        Loaded::parse(bytes)
+    }
+
+    /// The empty configuration (all defaults), measured as zero bytes.
+    pub fn empty() -> Loaded {
+        Loaded {
+            config: RuntimeConfig::default(),
+            bytes: Vec::new(),
+        }
+    }
+
+    /// `sha256:<hex>` of the exact bytes.
+    pub fn digest(&self) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(&self.bytes)))
+    }
+}
+
+fn read_capped(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    let err = |source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(err)?;
+    let mut buf = Vec::new();
+    f.take(MAX_CONFIG_SIZE as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(err)?;
+    if buf.len() > MAX_CONFIG_SIZE {
+        return Err(ConfigError::TooLarge {
+            size: buf.len(),
+            max: MAX_CONFIG_SIZE,
+        });
+    }
+    Ok(buf)
+}
+
+impl RuntimeConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for e in &self.workload.env {
+            check_env(e)?;
+        }
+        for (name, pin) in &self.helpers.pins {
+            check_helper_name(name)?;
+            let hex = pin.strip_prefix("sha256:").unwrap_or("");
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ConfigError::Invalid(format!(
+                    "helper {name}: pin {pin:?} is not sha256:<64 hex digits>"
+                )));
+            }
+        }
+        for p in &self.prestart {
+            if !self.helpers.pins.contains_key(&p.helper) {
+                return Err(ConfigError::Invalid(format!(
+                    "prestart helper {:?} is not pinned in [helpers.pins]",
+                    p.helper
+                )));
+            }
+            if p.timeout_secs == 0 || p.timeout_secs > 3600 {
+                return Err(ConfigError::Invalid(format!(
+                    "prestart {}: timeout_secs must be 1..=3600",
+                    p.helper
+                )));
+            }
+            if let Some(f) = &p.env_file {
+                if !f.starts_with('/') {
+                    return Err(ConfigError::Invalid(format!(
+                        "prestart {}: env_file must be an absolute path in the root",
+                        p.helper
+                    )));
+                }
+            }
+        }
+        if let Some(ep) = &self.workload.entrypoint {
+            if ep.is_empty() {
+                return Err(ConfigError::Invalid("workload.entrypoint is empty".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn check_env(e: &str) -> Result<(), ConfigError> {
+    match e.split_once('=') {
+        Some((k, _)) if !k.is_empty() && !k.contains('\0') && !e.contains('\0') => Ok(()),
+        _ => Err(ConfigError::Invalid(format!(
+            "environment entry {e:?} is not KEY=VALUE"
+        ))),
+    }
+}
+
+fn check_helper_name(name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!("helper name {name:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_validates() {
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let text = format!(
+            "image = \"ipfs://x\"\n[workload]\nenv = [\"A=1\"]\n[helpers.pins]\nkms-client = \"{pin}\"\n[[prestart]]\nhelper = \"kms-client\"\nenv_file = \"/run/kms.env\"\n"
+        );
+        let l = Loaded::parse(text.into_bytes()).unwrap();
+        assert_eq!(l.config.prestart[0].timeout_secs, 120);
+        assert!(l.digest().starts_with("sha256:"));
+        for bad in [
+            "typo = 1",
+            "[workload]\nenv = [\"NOEQUALS\"]",
+            "[[prestart]]\nhelper = \"unpinned\"",
+            "[helpers.pins]\nx = \"md5:00\"",
+        ] {
+            assert!(Loaded::parse(bad.as_bytes().to_vec()).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The helper clients (EigenCloud-style `/eigen/bin/*`): pinned by sha256, layered into the
+//! root at the same path, and run as a chain before the workload.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+
+use super::exec::{self, Sandbox};
+use super::spec::ProcessSpec;
+use super::user::Identity;
+use super::LaunchError;
+use crate::apply::fs::Root;
+use crate::apply::path::RelPath;
+use crate::config::{Helpers, Prestart};
+
+/// Largest helper binary.
+pub const MAX_HELPER_SIZE: u64 = 256 << 20;
+/// Largest env file a helper may write.
+pub const MAX_ENV_FILE: u64 = 64 << 10;
+
+/// A helper whose bytes matched its pin.
+#[derive(Debug, Clone)]
+pub struct Helper {
+    pub name: String,
+    pub digest: String,
+    bytes: Vec<u8>,
+}
+
+/// Reads and checks every pinned helper from `dir` (the boot image's helper directory).
+pub fn verify(cfg: &Helpers, dir: &Path) -> Result<Vec<Helper>, LaunchError> {
+    let mut out = Vec::new();
+    for (name, pin) in &cfg.pins {
+        let path = dir.join(name);
+        let bytes = read_capped(&path).map_err(|e| LaunchError::Helper {
+            name: name.clone(),
+            reason: format!("reading {}: {e}", path.display()),
+        })?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        if &digest != pin {
+            return Err(LaunchError::Helper {
+                name: name.clone(),
+                reason: format!(
+                    "{} is {digest}, but the configuration pins {pin}; refusing to start",
+                    path.display()
+                ),
+            });
+        }
+        out.push(Helper {
+            name: name.clone(),
+            digest,
+            bytes,
+        });
+    }
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !cfg.pins.contains_key(&n) {
+                warn!(helper = %n, "helper present but not pinned: not layered into the workload");
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_HELPER_SIZE + 1)
+        .read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_HELPER_SIZE {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_HELPER_SIZE} bytes"
+        )));
+    }
+    Ok(buf)
+}
+
+/// Writes the verified bytes (not the file again) into the root at `dir_in_root/<name>`,
+/// replacing whatever the image had there.
+pub fn install(root: &Root, helpers: &[Helper], dir_in_root: &str) -> Result<(), LaunchError> {
+    for h in helpers {
+        let p = format!("{}/{}", dir_in_root.trim_end_matches('/'), h.name);
+        let rel = RelPath::parse(p.trim_start_matches('/').as_bytes(), 4096, 64)?;
+        root.write_file(&rel, &h.bytes, 0o755)?;
+        info!(helper = %h.name, digest = %h.digest, path = %p, "helper layered in");
+    }
+    Ok(())
+}
+
+/// Runs the prestart chain in order. Each step runs as root inside the root with the
+/// workload's environment so far; its env file, if any, is merged into `spec`.
+pub async fn run_chain(
+    root: &Root,
+    chain: &[Prestart],
+    dir_in_root: &str,
+    spec: &mut ProcessSpec,
+    sandbox: Sandbox,
+) -> Result<(), LaunchError> {
+    for step in chain {
+        let fail = |reason: String| LaunchError::Helper {
+            name: step.helper.clone(),
+            reason,
+        };
+        let exe = format!("{}/{}", dir_in_root.trim_end_matches('/'), step.helper);
+        let helper_spec = ProcessSpec {
+            argv: std::iter::once(exe.clone())
+                .chain(step.args.iter().cloned())
+                .collect(),
+            env: spec.env.clone(),
+            cwd: "/".into(),
+            user: Identity {
+                uid: 0,
+                gid: 0,
+                groups: vec![0],
+                name: Some("root".into()),
+                home: Some("/root".into()),
+            },
+        };
+        info!(helper = %step.helper, "prestart");
+        let mut child = exec::command(root, &helper_spec, sandbox)?
+            .spawn()
+            .map_err(|e| fail(format!("could not start {exe}: {e}")))?;
+        let status = match tokio::time::timeout(
+            Duration::from_secs(step.timeout_secs),
+            child.wait(),
+        )
+        .await
+        {
+            Ok(s) => s.map_err(|e| fail(format!("waiting: {e}")))?,
+            Err(_) => {
+                let _ = child.kill().await;
+                return Err(fail(format!(
+                    "did not finish within {}s",
+                    step.timeout_secs
+                )));
+            }
+        };
+        if !status.success() {
+            return Err(fail(format!("exited with {status}")));
+        }
+        if let Some(f) = &step.env_file {
+            let rel = RelPath::parse(f.trim_start_matches('/').as_bytes(), 4096, 64)?;
+            let data = root
+                .read_file(&rel, MAX_ENV_FILE)?
+                .ok_or_else(|| fail(format!("did not write its env file {f}")))?;
+            let vars = parse_env_file(&String::from_utf8_lossy(&data))
+                .map_err(|e| fail(format!("{f}: {e}")))?;
+            info!(helper = %step.helper, vars = vars.len(), "merged env file");
+            spec.merge_env(vars.iter().map(String::as_str));
+        }
+    }
+    Ok(())
+}
+
+/// `KEY=VALUE` lines; blank lines and `#` comments skipped; an `export ` prefix and one pair
+/// of matching quotes around the value allowed.
+pub fn parse_env_file(text: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| format!("line {}: not KEY=VALUE", i + 1))?;
+        let k = k.trim();
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("line {}: bad key {k:?}", i + 1));
+        }
+        let v = v.trim();
+        let v = ['"', '\'']
+            .iter()
+            .find_map(|q| v.strip_prefix(*q).and_then(|s| s.strip_suffix(*q)))
+            .unwrap_or(v);
+        out.push(format!("{k}={v}"));
+    }
+    Ok(out)
+}
+
+/// Where a helper directory lives on this machine (a test or `cidboot run` may override it).
+pub fn source_dir(cfg: &Helpers, over: Option<&Path>) -> PathBuf {
+    over.map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(&cfg.dir))
+}

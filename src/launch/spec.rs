@@ -1,0 +1,137 @@
+//! From the image config and the runtime configuration to one process description.
+
+use oci_spec::image::ImageConfiguration;
+use serde::Serialize;
+
+use super::user::{self, Identity};
+use super::LaunchError;
+use crate::apply::fs::Root;
+use crate::apply::path::RelPath;
+use crate::config::Workload;
+
+/// Docker's PATH for images that set none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What to execute, as whom, where and with what environment.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessSpec {
+    /// argv; argv[0] is resolved to an absolute path inside the root.
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: Identity,
+}
+
+impl ProcessSpec {
+    /// Sets or replaces `KEY=VALUE` entries, keeping first-seen order.
+    pub fn merge_env<'a>(&mut self, entries: impl IntoIterator<Item = &'a str>) {
+        merge(&mut self.env, entries);
+    }
+}
+
+fn merge<'a>(env: &mut Vec<String>, entries: impl IntoIterator<Item = &'a str>) {
+    for e in entries {
+        let Some((k, _)) = e.split_once('=') else {
+            continue;
+        };
+        match env
+            .iter_mut()
+            .find(|x| x.split_once('=').map(|p| p.0) == Some(k))
+        {
+            Some(slot) => *slot = e.to_string(),
+            None => env.push(e.to_string()),
+        }
+    }
+}
+
+/// Builds the process: Entrypoint and Cmd (the configuration may replace either), Env merged
+/// (image, then configuration), WorkingDir, and User resolved inside the image.
+pub fn build(
+    root: &Root,
+    image: &ImageConfiguration,
+    wl: &Workload,
+) -> Result<ProcessSpec, LaunchError> {
+    let ic = image.config().clone().unwrap_or_default();
+    let (entrypoint, cmd) = match (&wl.entrypoint, &wl.cmd) {
+        // A new entrypoint drops the image's Cmd, as `docker run --entrypoint` does.
+        (Some(ep), cmd) => (ep.clone(), cmd.clone().unwrap_or_default()),
+        (None, Some(cmd)) => (ic.entrypoint().clone().unwrap_or_default(), cmd.clone()),
+        (None, None) => (
+            ic.entrypoint().clone().unwrap_or_default(),
+            ic.cmd().clone().unwrap_or_default(),
+        ),
+    };
+    let mut argv: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if argv.is_empty() {
+        return Err(LaunchError::NoCommand);
+    }
+    let mut env = Vec::new();
+    merge(&mut env, ic.env().iter().flatten().map(String::as_str));
+    merge(&mut env, wl.env.iter().map(String::as_str));
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    let user_spec = wl
+        .user
+        .clone()
+        .or_else(|| ic.user().clone())
+        .unwrap_or_default();
+    let user = user::resolve(root, &user_spec)?;
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!(
+            "HOME={}",
+            user.home.clone().unwrap_or_else(|| "/".into())
+        ));
+    }
+    let cwd = wl
+        .working_dir
+        .clone()
+        .or_else(|| ic.working_dir().clone())
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        return Err(LaunchError::WorkingDir(cwd));
+    }
+    argv[0] = resolve_exe(root, &argv[0], &env)?;
+    Ok(ProcessSpec {
+        argv,
+        env,
+        cwd,
+        user,
+    })
+}
+
+/// Finds `prog` inside the root: as given if it has a slash, else along the workload's PATH.
+pub fn resolve_exe(root: &Root, prog: &str, env: &[String]) -> Result<String, LaunchError> {
+    let rel = |p: &str| RelPath::parse(p.trim_start_matches('/').as_bytes(), 4096, 256);
+    if prog.contains('/') {
+        let abs = if prog.starts_with('/') {
+            prog.to_string()
+        } else {
+            format!("/{prog}")
+        };
+        if root.is_executable(&rel(&abs)?) {
+            return Ok(abs);
+        }
+        return Err(LaunchError::NotFound {
+            prog: prog.to_string(),
+            path: String::new(),
+        });
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    for dir in path.split(':').filter(|d| d.starts_with('/')) {
+        let candidate = format!("{}/{prog}", dir.trim_end_matches('/'));
+        if let Ok(r) = rel(&candidate) {
+            if root.is_executable(&r) {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(LaunchError::NotFound {
+        prog: prog.to_string(),
+        path: path.to_string(),
+    })
+}
