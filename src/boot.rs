@@ -16,7 +16,8 @@ use crate::fetch::Gateways;
 use crate::launch::exec::Sandbox;
 use crate::launch::spec::ProcessSpec;
 use crate::launch::{helpers, spec, LaunchError};
-use crate::measure::{EventLog, Inputs};
+use crate::measure::{EventLog, Inputs, PCR_INDEX};
+use crate::nsm::Nsm;
 use crate::oci::{self, Limits, OciError, Platform, Resolved};
 use crate::reference::ImageRef;
 
@@ -28,8 +29,10 @@ pub enum BootError {
     Apply(#[from] ApplyError),
     #[error(transparent)]
     Launch(#[from] LaunchError),
-    #[error("measuring: {0}")]
+    #[error("measuring into PCR16: {0}")]
     Measure(String),
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
 }
 
 /// Everything a boot needs to know.
@@ -43,6 +46,9 @@ pub struct Plan {
     pub sandbox: Sandbox,
     pub limits: Limits,
     pub apply_limits: ApplyLimits,
+    pub nsm: Arc<dyn Nsm>,
+    /// Where the attestation API listens (the configuration's, or the default).
+    pub attestation_listen: String,
 }
 
 /// A verified, applied and measured root, ready to launch.
@@ -105,6 +111,32 @@ pub async fn prepare(plan: &Plan, rootfs: &Path, scratch: &Path) -> Result<Prepa
         log,
         report,
     })
+}
+
+/// Extends PCR16 with every event, locks it, and checks the NSM agrees with the replay.
+pub fn measure(plan: &Plan, p: &Prepared) -> Result<(), BootError> {
+    let events: Vec<Vec<u8>> = p.log.events.iter().map(|e| e.digest_bytes()).collect();
+    let value = crate::nsm::measure_and_lock(plan.nsm.as_ref(), PCR_INDEX, &events)
+        .map_err(|e| BootError::Measure(e.to_string()))?;
+    if hex::encode(&value) != p.log.pcr16 {
+        return Err(BootError::Measure(format!(
+            "the NSM's PCR16 is {}, but the event log replays to {} (was PCR16 extended before cidboot?)",
+            hex::encode(&value),
+            p.log.pcr16
+        )));
+    }
+    info!(pcr16 = %p.log.pcr16, events = events.len(), "PCR16 extended and locked");
+    Ok(())
+}
+
+/// Starts the attestation API and tells the workload where it is.
+pub async fn serve_api(plan: &Plan, p: &mut Prepared) -> Result<std::net::SocketAddr, BootError> {
+    let (addr, serve) =
+        crate::api::bind(&plan.attestation_listen, plan.nsm.clone(), p.log.clone()).await?;
+    tokio::spawn(serve);
+    let url = format!("CIDBOOT_ATTESTATION_URL=http://{addr}");
+    p.spec.merge_env([url.as_str()]);
+    Ok(addr)
 }
 
 /// Runs the prestart chain, then starts the workload.

@@ -41,6 +41,16 @@ pub struct RuntimeConfig {
     pub helpers: Helpers,
     #[serde(default)]
     pub prestart: Vec<Prestart>,
+    #[serde(default)]
+    pub attestation: Attestation,
+}
+
+/// The attestation API served to the workload.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attestation {
+    /// Loopback address; default 127.0.0.1:9393.
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -4,6 +4,7 @@
 //! it trustlessly over a [`transport`], [`oci`] checks it against its descriptors, and
 //! [`publish`] is the publisher's side (packing and serving CARs).
 
+pub mod api;
 pub mod apply;
 pub mod boot;
 pub mod cli;
@@ -11,7 +12,9 @@ pub mod config;
 pub mod fetch;
 pub mod launch;
 pub mod measure;
+pub mod nsm;
 pub mod oci;
 pub mod publish;
 pub mod reference;
 pub mod transport;
+pub mod verify;

@@ -1,5 +1,6 @@
 //! The command line: one binary for the enclave, the operator, the publisher and the verifier.
 
+mod attest;
 mod image;
 mod publish;
 mod run;
@@ -35,6 +36,10 @@ pub enum Command {
     Pull(image::PullArgs),
     /// Fetch, verify, apply, measure and run an image on this machine (as root).
     Run(run::RunArgs),
+    /// Check an attestation document: signature, chain to the AWS root, PCRs, nonce, user_data.
+    Verify(attest::VerifyArgs),
+    /// Print the PCR values to pin for an image: PCR0-2 from the EIF build, PCR16 from the image.
+    Expect(attest::ExpectArgs),
 }
 
 /// How to reach content: gateways, trust anchors, platform.
@@ -77,6 +82,8 @@ pub enum CliError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Boot(#[from] crate::boot::BootError),
+    #[error(transparent)]
+    Nsm(#[from] crate::nsm::NsmError),
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -89,6 +96,8 @@ pub fn main() -> ExitCode {
         Command::Inspect(a) => a.json,
         Command::Pull(a) => a.json,
         Command::Run(a) => a.json,
+        Command::Verify(a) => a.json,
+        Command::Expect(a) => a.json,
         Command::Gateway(_) => false,
     };
     match run(cli) {
@@ -129,5 +138,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Inspect(a) => ok(runtime()?.block_on(image::inspect(a))),
         Command::Pull(a) => ok(runtime()?.block_on(image::pull(a))),
         Command::Run(a) => runtime()?.block_on(run::run(a)),
+        Command::Verify(a) => runtime()?.block_on(attest::verify(a)),
+        Command::Expect(a) => ok(runtime()?.block_on(attest::expect(a))),
     }
 }

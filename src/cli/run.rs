@@ -9,8 +9,12 @@ use crate::apply::ApplyLimits;
 use crate::boot::{self, Plan};
 use crate::config::Loaded;
 use crate::launch::exec::Sandbox;
+use crate::nsm::device::DeviceNsm;
+use crate::nsm::software::{SoftwareNsm, TestCa};
+use crate::nsm::Nsm;
 use crate::oci::Limits;
 use crate::reference::ImageRef;
+use std::sync::Arc;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -30,9 +34,48 @@ pub struct RunArgs {
     /// Do not give the workload a private /proc and /dev (for hosts that forbid mounts).
     #[arg(long)]
     pub no_mounts: bool,
+    /// Which NSM measures and attests: the device (/dev/nsm), the software NSM, or auto
+    /// (the device if present).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "device", "software"])]
+    pub nsm: String,
+    /// Software NSM: the test CA certificate (PEM) to sign under; a fresh one if not given.
+    #[arg(long, requires = "nsm_ca_key")]
+    pub nsm_ca_cert: Option<PathBuf>,
+    /// Software NSM: the test CA's private key (PEM).
+    #[arg(long, requires = "nsm_ca_cert")]
+    pub nsm_ca_key: Option<PathBuf>,
+    /// Software NSM: write the root certificate (PEM) that verifies its documents here.
+    #[arg(long)]
+    pub nsm_root_out: Option<PathBuf>,
+    /// Where the attestation API listens (default: the configuration's, or 127.0.0.1:9393).
+    #[arg(long)]
+    pub attestation_listen: Option<String>,
     /// Print a JSON report as the last line of stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+fn open_nsm(a: &RunArgs) -> Result<Arc<dyn Nsm>, CliError> {
+    let device = std::path::Path::new("/dev/nsm").exists();
+    if a.nsm == "device" || (a.nsm == "auto" && device) {
+        return Ok(Arc::new(DeviceNsm::open()?));
+    }
+    let ca = match (&a.nsm_ca_cert, &a.nsm_ca_key) {
+        (Some(c), Some(k)) => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p)
+                    .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))
+            };
+            TestCa::load(&read(c)?, &read(k)?)?
+        }
+        _ => TestCa::generate()?,
+    };
+    if let Some(out) = &a.nsm_root_out {
+        std::fs::write(out, ca.root_pem())
+            .map_err(|e| CliError::Usage(format!("{}: {e}", out.display())))?;
+    }
+    tracing::warn!("using the SOFTWARE NSM: its documents are signed by a test CA and prove nothing about hardware");
+    Ok(Arc::new(SoftwareNsm::new(&ca, &[])?))
 }
 
 pub async fn run(a: RunArgs) -> Result<i32, CliError> {
@@ -94,6 +137,12 @@ pub async fn run(a: RunArgs) -> Result<i32, CliError> {
         .map_err(|e| CliError::Usage(format!("{}: {e}", scratch.display())))?;
     let helpers_dir =
         crate::launch::helpers::source_dir(&config.config.helpers, a.helpers_dir.as_deref());
+    let attestation_listen = a
+        .attestation_listen
+        .clone()
+        .or_else(|| config.config.attestation.listen.clone())
+        .unwrap_or_else(|| crate::api::DEFAULT_LISTEN.to_string());
+    let nsm = open_nsm(&a)?;
     let plan = Plan {
         reference: r,
         config,
@@ -105,8 +154,12 @@ pub async fn run(a: RunArgs) -> Result<i32, CliError> {
         },
         limits: Limits::default(),
         apply_limits: ApplyLimits::default(),
+        nsm,
+        attestation_listen,
     };
     let mut prepared = boot::prepare(&plan, &rootfs, &scratch).await?;
+    boot::measure(&plan, &prepared)?;
+    let api = boot::serve_api(&plan, &mut prepared).await?;
     let mut child = boot::launch(&plan, &mut prepared).await?;
     let status = child
         .wait()
@@ -125,6 +178,7 @@ pub async fn run(a: RunArgs) -> Result<i32, CliError> {
             "apply": prepared.report,
             "process": prepared.spec,
             "exit_code": code,
+            "attestation_api": api.to_string(),
         });
         println!("{v}");
     }

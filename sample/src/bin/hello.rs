@@ -1,4 +1,5 @@
-//! The bundled sample workload: greets, and shows what it was started with.
+//! The bundled sample workload: greets, then asks cidboot for an attestation document bound
+//! to a fresh nonce and prints it, so that anyone can check it with `cidboot verify`.
 
 fn main() {
     let greeting = std::env::var("GREETING").unwrap_or_else(|_| "hello".into());
@@ -9,5 +10,19 @@ fn main() {
     }
     if let Ok(cwd) = std::env::current_dir() {
         println!("cwd: {}", cwd.display());
+    }
+    if std::env::var_os("CIDBOOT_ATTESTATION_URL").is_none() {
+        return;
+    }
+    let result = cidboot_sample::fresh_nonce().and_then(|n| cidboot_sample::attest(&n).map(|d| (n, d)));
+    match result {
+        Ok((nonce, doc)) => {
+            println!("attestation nonce: {nonce}");
+            println!("attestation document: {doc}");
+        }
+        Err(e) => {
+            eprintln!("attestation failed: {e}");
+            std::process::exit(1);
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! A test workload: reports what it was started with, then exits as told.
-//! Usage: probe [exit N] [write PATH]
+//! Usage: probe [exit N] [write PATH] [attest NONCE_HEX]
 
 fn status_field(name: &str) -> String {
     std::fs::read_to_string("/proc/self/status")
@@ -33,6 +33,14 @@ fn main() {
     while let Some(a) = it.next() {
         match a.as_str() {
             "exit" => code = it.next().and_then(|c| c.parse().ok()).unwrap_or(1),
+            "attest" => match it.next().map(|n| cidboot_sample::attest(n)) {
+                Some(Ok(doc)) => println!("probe: attestation={doc}"),
+                Some(Err(e)) => {
+                    println!("probe: attestation-error={e}");
+                    code = 2;
+                }
+                None => code = 2,
+            },
             "write" => {
                 if let Some(p) = it.next() {
                     let _ = std::fs::write(p, b"ran");

@@ -1,0 +1,94 @@
+//! The Nitro Secure Module behind a small trait: the device in an enclave, and a software
+//! module with the device's semantics for development and tests.
+//!
+//! Trust boundary: only cidboot talks to the NSM. The workload gets documents through the
+//! attestation API, whose inputs are bounded here.
+
+pub mod device;
+pub mod document;
+pub mod software;
+
+/// Largest `user_data`, `nonce` or `public_key` put in a document (some verifiers reject
+/// more, though the NSM accepts up to 1024).
+pub const MAX_ATTESTATION_FIELD: usize = 512;
+/// Largest data passed to ExtendPCR.
+pub const MAX_EXTEND_DATA: usize = 512;
+/// PCRs an NSM has; 0-15 are locked at boot, 16-31 are the enclave's own.
+pub const PCR_COUNT: u16 = 32;
+pub const FIRST_EXTENDABLE_PCR: u16 = 16;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NsmError {
+    #[error("PCR{0} does not exist")]
+    InvalidIndex(u16),
+    #[error("PCR{0} is locked (read-only)")]
+    ReadOnlyIndex(u16),
+    #[error("{what} is {len} bytes, over the {max}-byte limit")]
+    InputTooLarge {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("the NSM device is not available: {0}")]
+    Unavailable(String),
+    #[error("the NSM answered {0}")]
+    Device(String),
+    #[error("the software NSM failed: {0}")]
+    Software(String),
+}
+
+/// What cidboot needs from an NSM.
+pub trait Nsm: Send + Sync {
+    /// `(locked, value)` of a PCR.
+    fn describe_pcr(&self, index: u16) -> Result<(bool, Vec<u8>), NsmError>;
+    /// `PCR = SHA-384(PCR || data)`; returns the new value.
+    fn extend_pcr(&self, index: u16, data: &[u8]) -> Result<Vec<u8>, NsmError>;
+    fn lock_pcr(&self, index: u16) -> Result<(), NsmError>;
+    /// A COSE_Sign1 attestation document.
+    fn attestation(
+        &self,
+        user_data: Option<&[u8]>,
+        nonce: Option<&[u8]>,
+        public_key: Option<&[u8]>,
+    ) -> Result<Vec<u8>, NsmError>;
+    /// Random bytes from the NSM's generator.
+    fn get_random(&self) -> Result<Vec<u8>, NsmError>;
+}
+
+/// Checks the three attestation inputs against the emission limit.
+pub fn check_fields(
+    user_data: Option<&[u8]>,
+    nonce: Option<&[u8]>,
+    public_key: Option<&[u8]>,
+) -> Result<(), NsmError> {
+    for (what, v) in [
+        ("user_data", user_data),
+        ("nonce", nonce),
+        ("public_key", public_key),
+    ] {
+        if let Some(v) = v {
+            if v.len() > MAX_ATTESTATION_FIELD {
+                return Err(NsmError::InputTooLarge {
+                    what,
+                    len: v.len(),
+                    max: MAX_ATTESTATION_FIELD,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Extends `index` with every event of a log, then locks it.
+pub fn measure_and_lock(
+    nsm: &dyn Nsm,
+    index: u16,
+    events: &[Vec<u8>],
+) -> Result<Vec<u8>, NsmError> {
+    let mut value = Vec::new();
+    for e in events {
+        value = nsm.extend_pcr(index, e)?;
+    }
+    nsm.lock_pcr(index)?;
+    Ok(value)
+}
