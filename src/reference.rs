@@ -95,7 +95,7 @@ pub fn verify_block(cid: &Cid, data: &[u8]) -> Result<(), RefError> {
         });
     }
     let got = Sha256::digest(data);
-    if got.as_slice() != cid.hash().digest() {
+    if got[..] != *cid.hash().digest() {
         return Err(RefError::HashMismatch {
             cid: cid.to_string(),
             got: hex::encode(got),

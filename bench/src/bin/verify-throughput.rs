@@ -1,0 +1,52 @@
+//! Attestation verify throughput: cidboot's verifier against evervault's
+//! attestation-doc-validation, on the same real AWS document, in the same process.
+//!
+//! Both verifiers check the chain at the wall clock and the document's leaf lives three hours,
+//! so scripts/bench.sh runs this under libfaketime at an instant inside that window.
+//! Usage: verify-throughput DOC SECONDS_PER_VERIFIER
+
+use std::time::{Duration, Instant};
+
+use cidboot::verify::{self, At, Policy};
+
+fn run(name: &str, secs: f64, mut f: impl FnMut() -> bool) -> f64 {
+    assert!(f(), "{name} rejected the document: the clock is outside its validity");
+    let budget = Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < budget {
+        for _ in 0..16 {
+            std::hint::black_box(f());
+        }
+        n += 16;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let path = args.next().expect("usage: verify-throughput DOC SECONDS");
+    let secs: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let doc = std::fs::read(&path).expect("read the document");
+    let policy = Policy {
+        root_der: verify::aws_root().expect("embedded root"),
+        at: At::Now,
+        pcrs: Default::default(),
+        nonce: None,
+        user_data: None,
+        insecure_unsigned: false,
+    };
+    let ours = run("cidboot", secs, || verify::verify(&doc, &policy).ok);
+    let theirs = run("attestation-doc-validation", secs, || {
+        attestation_doc_validation::validate_and_parse_attestation_doc(&doc).is_ok()
+    });
+    println!(
+        "{}",
+        serde_json::json!({
+            "document": path,
+            "cidboot_per_s": ours.round(),
+            "attestation_doc_validation_per_s": theirs.round(),
+            "ratio": (ours / theirs * 100.0).round() / 100.0,
+        })
+    );
+}
