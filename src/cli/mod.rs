@@ -40,6 +40,8 @@ pub enum Command {
     Verify(attest::VerifyArgs),
     /// Print the PCR values to pin for an image: PCR0-2 from the EIF build, PCR16 from the image.
     Expect(attest::ExpectArgs),
+    /// The parent-instance daemon: egress proxy, boot configuration, log sink, ingress.
+    Host(HostArgs),
 }
 
 /// How to reach content: gateways, trust anchors, platform.
@@ -62,8 +64,17 @@ impl FetchArgs {
     }
 }
 
+#[derive(Args, Debug)]
+pub struct HostArgs {
+    /// The host configuration (TOML).
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    #[error(transparent)]
+    Host(#[from] crate::host::HostError),
     #[error(transparent)]
     Ref(#[from] crate::reference::RefError),
     #[error(transparent)]
@@ -90,7 +101,8 @@ pub enum CliError {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The parent daemon logs to stdout, for systemd; every other command to stderr.
+    init_logging(matches!(cli.command, Command::Host(_)));
     let json = match &cli.command {
         Command::Pack(a) => a.json,
         Command::Inspect(a) => a.json,
@@ -98,7 +110,7 @@ pub fn main() -> ExitCode {
         Command::Run(a) => a.json,
         Command::Verify(a) => a.json,
         Command::Expect(a) => a.json,
-        Command::Gateway(_) => false,
+        Command::Gateway(_) | Command::Host(_) => false,
     };
     match run(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -113,13 +125,21 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(stdout: bool) {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_env("CIDBOOT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = if stdout {
+        b.with_ansi(std::io::stdout().is_terminal())
+            .with_writer(std::io::stdout)
+            .try_init()
+    } else {
+        b.with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .try_init()
+    };
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -140,5 +160,10 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Run(a) => runtime()?.block_on(run::run(a)),
         Command::Verify(a) => runtime()?.block_on(attest::verify(a)),
         Command::Expect(a) => ok(runtime()?.block_on(attest::expect(a))),
+        Command::Host(a) => {
+            let (cfg, boot) = crate::host::load(&a.config)?;
+            ok(runtime()?
+                .block_on(async { crate::host::run(cfg, boot).await.map_err(CliError::from) }))
+        }
     }
 }

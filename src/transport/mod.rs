@@ -1,6 +1,8 @@
 //! Byte-stream transports. Everything above this module sees only [`Connector`], so the same
 //! HTTP client runs over TCP on a developer machine and over the vsock tunnel in an enclave.
 
+pub mod addr;
+pub mod connect;
 pub mod http;
 pub mod tls;
 

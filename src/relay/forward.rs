@@ -1,0 +1,70 @@
+//! Port forwarding: ingress from a host TCP port to an enclave vsock port, and inside the
+//! enclave from that vsock port to 127.0.0.1.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use super::splice::splice;
+use crate::transport::addr::{Addr, Listener};
+
+#[derive(Debug, Clone)]
+pub struct ForwardLimits {
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+}
+
+impl Default for ForwardLimits {
+    fn default() -> Self {
+        ForwardLimits {
+            max_connections: 512,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Accepts on `listener` and connects each connection to `target`.
+pub async fn forward(listener: Listener, target: Addr, limits: ForwardLimits) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let target = Arc::new(target);
+    loop {
+        let (io, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "ingress accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            warn!(client = %peer, "ingress connection limit reached; closing");
+            continue;
+        };
+        let (target, limits) = (target.clone(), limits.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let up = match tokio::time::timeout(limits.connect_timeout, target.connect()).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    return warn!(client = %peer, target = %target, error = %e, "ingress connect failed")
+                }
+                Err(_) => {
+                    return warn!(client = %peer, target = %target, "ingress connect timed out")
+                }
+            };
+            debug!(client = %peer, target = %target, "ingress connected");
+            match splice(io, up, limits.idle_timeout, limits.max_lifetime).await {
+                Ok(m) => {
+                    info!(client = %peer, target = %target, up = m.a_to_b, down = m.b_to_a, "ingress closed")
+                }
+                Err(e) => info!(client = %peer, target = %target, error = %e, "ingress ended"),
+            }
+        });
+    }
+}

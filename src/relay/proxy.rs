@@ -1,0 +1,286 @@
+//! The egress proxy: HTTP CONNECT (and plain HTTP with absolute URIs), an allowlist that denies
+//! by default, and bounds on the request head, connections and time. The parent runs it with
+//! TCP as its dialer; inside the enclave the workload's proxy runs it with the parent's proxy
+//! (over vsock) as its dialer, so the enclave's measured policy is enforced inside too.
+//!
+//! Request heads are parsed with `httparse` from a buffer capped before parsing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use super::allow::{Allowlist, Decision};
+use super::splice::splice;
+use crate::transport::addr::Listener;
+use crate::transport::{BoxIo, Connector};
+
+/// Bounds of the proxy (documented in docs/operating.md).
+#[derive(Debug, Clone)]
+pub struct ProxyLimits {
+    pub max_connections: usize,
+    /// Request line plus headers.
+    pub max_head: usize,
+    /// Time a client gets to send its whole request head (slowloris bound).
+    pub head_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+}
+
+impl Default for ProxyLimits {
+    fn default() -> Self {
+        ProxyLimits {
+            max_connections: 512,
+            max_head: 8 * 1024,
+            head_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_lifetime: Duration::from_secs(3600),
+        }
+    }
+}
+
+pub struct Proxy {
+    /// "parent" or "enclave", for the logs.
+    pub name: &'static str,
+    pub allow: Allowlist,
+    pub limits: ProxyLimits,
+    pub dialer: Arc<dyn Connector>,
+}
+
+async fn respond(io: &mut BoxIo, status: &str, msg: &str) {
+    let body = format!("{msg}\n");
+    let _ = io
+        .write_all(format!("HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes())
+        .await;
+    let _ = io.shutdown().await;
+}
+
+/// Reads a request head: up to `max` bytes, ending with CRLFCRLF. Returns the head and any
+/// bytes read past it.
+async fn read_request_head(io: &mut BoxIo, max: usize) -> Result<(Vec<u8>, Vec<u8>), &'static str> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = io.read(&mut chunk).await.map_err(|_| "read error")?;
+        if n == 0 {
+            return Err("closed");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            if pos + 4 > max {
+                return Err("too large");
+            }
+            let rest = buf.split_off(pos + 4);
+            return Ok((buf, rest));
+        }
+        if buf.len() > max {
+            return Err("too large");
+        }
+    }
+}
+
+struct Target {
+    host: String,
+    port: u16,
+    /// For plain HTTP: the head to send upstream.
+    forward: Option<Vec<u8>>,
+}
+
+fn parse_authority(a: &str, default_port: u16) -> Option<(String, u16)> {
+    if let Some(rest) = a.strip_prefix('[') {
+        let (h, p) = rest.split_once(']')?;
+        let port = match p.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if p.is_empty() => default_port,
+            None => return None,
+        };
+        return Some((h.to_string(), port));
+    }
+    match a.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
+        None => Some((a.to_string(), default_port)),
+    }
+}
+
+fn parse_request(head: &[u8]) -> Result<Target, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err("incomplete request head".into()),
+        Err(e) => return Err(format!("malformed request: {e}")),
+    }
+    let method = req.method.unwrap_or("");
+    let path = req.path.unwrap_or("");
+    if method == "CONNECT" {
+        let (host, port) = parse_authority(path, 443)
+            .filter(|(h, _)| !h.is_empty())
+            .ok_or("CONNECT needs host:port")?;
+        return Ok(Target {
+            host,
+            port,
+            forward: None,
+        });
+    }
+    let rest = path
+        .strip_prefix("http://")
+        .ok_or("only CONNECT and absolute http:// URIs are proxied")?;
+    let (authority, origin) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = parse_authority(authority, 80)
+        .filter(|(h, _)| !h.is_empty())
+        .ok_or("bad authority in the URI")?;
+    let mut fwd = format!("{method} {origin} HTTP/1.1\r\n").into_bytes();
+    for h in req.headers.iter() {
+        let n = h.name.to_ascii_lowercase();
+        if n.starts_with("proxy-") || n == "connection" || n == "keep-alive" {
+            continue;
+        }
+        fwd.extend_from_slice(h.name.as_bytes());
+        fwd.extend_from_slice(b": ");
+        fwd.extend_from_slice(h.value);
+        fwd.extend_from_slice(b"\r\n");
+    }
+    // One upstream per client connection: ask the origin to close after this request.
+    fwd.extend_from_slice(b"Connection: close\r\n\r\n");
+    Ok(Target {
+        host,
+        port,
+        forward: Some(fwd),
+    })
+}
+
+impl Proxy {
+    /// Serves until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: Listener) {
+        let permits = Arc::new(Semaphore::new(self.limits.max_connections));
+        loop {
+            let (mut io, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(proxy = self.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                warn!(proxy = self.name, client = %peer, decision = "refuse", reason = "connection limit", "egress");
+                tokio::spawn(async move {
+                    respond(&mut io, "503 Service Unavailable", "too many connections").await
+                });
+                continue;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.handle(io, &peer).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn handle(&self, mut io: BoxIo, peer: &str) {
+        let started = Instant::now();
+        let head = match tokio::time::timeout(
+            self.limits.head_timeout,
+            read_request_head(&mut io, self.limits.max_head),
+        )
+        .await
+        {
+            Err(_) => {
+                warn!(proxy = self.name, client = %peer, decision = "refuse", reason = "request head too slow", "egress");
+                return respond(
+                    &mut io,
+                    "408 Request Timeout",
+                    "the request head took too long",
+                )
+                .await;
+            }
+            Ok(Err("too large")) => {
+                warn!(proxy = self.name, client = %peer, decision = "refuse", reason = "request head too large", "egress");
+                return respond(
+                    &mut io,
+                    "431 Request Header Fields Too Large",
+                    "request head over the limit",
+                )
+                .await;
+            }
+            Ok(Err(_)) => return,
+            Ok(Ok(h)) => h,
+        };
+        let (head, early) = head;
+        let target = match parse_request(&head) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(proxy = self.name, client = %peer, decision = "refuse", reason = %e, "egress");
+                return respond(&mut io, "400 Bad Request", &e).await;
+            }
+        };
+        let tgt = format!("{}:{}", target.host, target.port);
+        match self.allow.check(&target.host, target.port) {
+            Decision::Deny(why) => {
+                warn!(proxy = self.name, client = %peer, target = %tgt, decision = "deny", reason = %why, "egress");
+                return respond(
+                    &mut io,
+                    "403 Forbidden",
+                    &format!("egress to {tgt} denied: {why}"),
+                )
+                .await;
+            }
+            Decision::Allow(why) => {
+                info!(proxy = self.name, client = %peer, target = %tgt, decision = "allow", reason = %why, "egress")
+            }
+        }
+        let dial = tokio::time::timeout(
+            self.limits.connect_timeout,
+            self.dialer.connect(&target.host, target.port),
+        )
+        .await;
+        let mut up = match dial {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                warn!(proxy = self.name, client = %peer, target = %tgt, error = %e, "egress connect failed");
+                return respond(
+                    &mut io,
+                    "502 Bad Gateway",
+                    &format!("connecting to {tgt}: {e}"),
+                )
+                .await;
+            }
+            Err(_) => {
+                return respond(
+                    &mut io,
+                    "504 Gateway Timeout",
+                    &format!("connecting to {tgt} timed out"),
+                )
+                .await
+            }
+        };
+        let sent = match &target.forward {
+            None => {
+                io.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+            }
+            Some(fwd) => up.write_all(fwd).await,
+        };
+        if sent.is_err() {
+            return;
+        }
+        if !early.is_empty() && up.write_all(&early).await.is_err() {
+            return;
+        }
+        match splice(io, up, self.limits.idle_timeout, self.limits.max_lifetime).await {
+            Ok(m) => {
+                info!(proxy = self.name, client = %peer, target = %tgt, up = m.a_to_b + early.len() as u64, down = m.b_to_a, secs = started.elapsed().as_secs_f32(), "egress closed")
+            }
+            Err(e) => {
+                info!(proxy = self.name, client = %peer, target = %tgt, error = %e, secs = started.elapsed().as_secs_f32(), "egress ended")
+            }
+        }
+    }
+}

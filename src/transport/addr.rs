@@ -1,0 +1,243 @@
+//! Listen and connect addresses: `vsock:CID:PORT`, `unix:PATH` and `tcp:HOST:PORT`, so that
+//! tests (tcp, unix), the emulated enclave (whose vsock backend exposes Unix sockets) and real
+//! Nitro (vsock) run the same code.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use super::BoxIo;
+
+/// The parent instance's vsock CID on Nitro.
+pub const DEFAULT_PARENT_CID: u32 = 3;
+/// Kernel command-line key that overrides it (the emulated enclave reaches its host at CID 2).
+pub const PARENT_CID_PARAM: &str = "cidboot.parent_cid";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addr {
+    /// `vsock:CID:PORT`; `any` as the CID listens on every CID, `parent` means the parent's.
+    Vsock {
+        cid: u32,
+        port: u32,
+    },
+    Unix(PathBuf),
+    Tcp {
+        host: String,
+        port: u16,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("address {input:?}: {reason} (use vsock:CID:PORT, unix:PATH or tcp:HOST:PORT)")]
+pub struct AddrError {
+    pub input: String,
+    pub reason: String,
+}
+
+/// The parent's CID: `cidboot.parent_cid=N` on the kernel command line, or 3.
+pub fn parent_cid() -> u32 {
+    std::fs::read_to_string("/proc/cmdline")
+        .ok()
+        .and_then(|c| parent_cid_from(&c))
+        .unwrap_or(DEFAULT_PARENT_CID)
+}
+
+pub fn parent_cid_from(cmdline: &str) -> Option<u32> {
+    cmdline.split_whitespace().find_map(|kv| {
+        kv.strip_prefix(PARENT_CID_PARAM)?
+            .strip_prefix('=')?
+            .parse()
+            .ok()
+    })
+}
+
+impl FromStr for Addr {
+    type Err = AddrError;
+    fn from_str(s: &str) -> Result<Addr, AddrError> {
+        let bad = |reason: &str| AddrError {
+            input: s.to_string(),
+            reason: reason.to_string(),
+        };
+        if let Some(rest) = s.strip_prefix("vsock:") {
+            let (cid, port) = rest.split_once(':').ok_or_else(|| bad("missing :PORT"))?;
+            let cid = match cid {
+                "any" => tokio_vsock::VMADDR_CID_ANY,
+                "parent" => parent_cid(),
+                c => c
+                    .parse()
+                    .map_err(|_| bad("CID is not a number, any or parent"))?,
+            };
+            let port = port.parse().map_err(|_| bad("port is not a number"))?;
+            return Ok(Addr::Vsock { cid, port });
+        }
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(bad("empty path"));
+            }
+            return Ok(Addr::Unix(PathBuf::from(path)));
+        }
+        if let Some(rest) = s.strip_prefix("tcp:") {
+            let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("missing :PORT"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() {
+                return Err(bad("empty host"));
+            }
+            let port = port.parse().map_err(|_| bad("port is not a number"))?;
+            return Ok(Addr::Tcp {
+                host: host.to_string(),
+                port,
+            });
+        }
+        Err(bad("unknown scheme"))
+    }
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Addr::Vsock { cid, port } if *cid == tokio_vsock::VMADDR_CID_ANY => {
+                write!(f, "vsock:any:{port}")
+            }
+            Addr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+            Addr::Unix(p) => write!(f, "unix:{}", p.display()),
+            Addr::Tcp { host, port } if host.contains(':') => write!(f, "tcp:[{host}]:{port}"),
+            Addr::Tcp { host, port } => write!(f, "tcp:{host}:{port}"),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Addr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Addr, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for Addr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl Addr {
+    pub async fn connect(&self) -> io::Result<BoxIo> {
+        Ok(match self {
+            Addr::Vsock { cid, port } => Box::new(
+                tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, *port)).await?,
+            ),
+            Addr::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await?),
+            Addr::Tcp { host, port } => {
+                let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                s.set_nodelay(true)?;
+                Box::new(s)
+            }
+        })
+    }
+
+    pub async fn bind(&self) -> io::Result<Listener> {
+        Ok(match self {
+            Addr::Vsock { cid, port } => Listener::Vsock(tokio_vsock::VsockListener::bind(
+                tokio_vsock::VsockAddr::new(*cid, *port),
+            )?),
+            Addr::Unix(p) => {
+                // A stale socket file from an earlier run would make bind fail.
+                if std::fs::symlink_metadata(p).is_ok_and(|m| {
+                    use std::os::unix::fs::FileTypeExt;
+                    m.file_type().is_socket()
+                }) {
+                    let _ = std::fs::remove_file(p);
+                }
+                Listener::Unix(tokio::net::UnixListener::bind(p)?, p.clone())
+            }
+            Addr::Tcp { host, port } => {
+                Listener::Tcp(tokio::net::TcpListener::bind((host.as_str(), *port)).await?)
+            }
+        })
+    }
+}
+
+/// A bound listener of any of the three kinds.
+pub enum Listener {
+    Vsock(tokio_vsock::VsockListener),
+    Unix(tokio::net::UnixListener, PathBuf),
+    Tcp(tokio::net::TcpListener),
+}
+
+impl Listener {
+    /// Accepts one connection, with a printable peer.
+    pub async fn accept(&self) -> io::Result<(BoxIo, String)> {
+        Ok(match self {
+            Listener::Vsock(l) => {
+                let (s, a) = l.accept().await?;
+                (Box::new(s), format!("vsock:{}:{}", a.cid(), a.port()))
+            }
+            Listener::Unix(l, p) => {
+                let (s, _) = l.accept().await?;
+                (Box::new(s), format!("unix:{}", p.display()))
+            }
+            Listener::Tcp(l) => {
+                let (s, a) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                (Box::new(s), format!("tcp:{a}"))
+            }
+        })
+    }
+
+    /// The address actually bound (a tcp port 0 becomes the real port).
+    pub fn local_addr(&self) -> io::Result<Addr> {
+        Ok(match self {
+            Listener::Vsock(l) => {
+                let a = l.local_addr()?;
+                Addr::Vsock {
+                    cid: a.cid(),
+                    port: a.port(),
+                }
+            }
+            Listener::Unix(_, p) => Addr::Unix(p.clone()),
+            Listener::Tcp(l) => {
+                let a = l.local_addr()?;
+                Addr::Tcp {
+                    host: a.ip().to_string(),
+                    port: a.port(),
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_forms() {
+        assert_eq!(
+            "vsock:3:8000".parse::<Addr>().unwrap(),
+            Addr::Vsock { cid: 3, port: 8000 }
+        );
+        assert_eq!(
+            "unix:/run/x.sock".parse::<Addr>().unwrap(),
+            Addr::Unix("/run/x.sock".into())
+        );
+        assert_eq!(
+            "tcp:[::1]:80".parse::<Addr>().unwrap(),
+            Addr::Tcp {
+                host: "::1".into(),
+                port: 80
+            }
+        );
+        assert_eq!(
+            "tcp:[::1]:80".parse::<Addr>().unwrap().to_string(),
+            "tcp:[::1]:80"
+        );
+        for bad in ["vsock:x:1", "tcp:host", "unix:", "http://x", "tcp::80"] {
+            assert!(bad.parse::<Addr>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            parent_cid_from("console=ttyS0 cidboot.parent_cid=2 quiet"),
+            Some(2)
+        );
+        assert_eq!(parent_cid_from("console=ttyS0"), None);
+    }
+}

@@ -1,0 +1,102 @@
+//! The enclave's two ways out: HTTP CONNECT through the parent's proxy, or AWS-`vsock-proxy`
+//! style fixed routes. Either way the stream returned is raw: TLS is started by cidboot itself,
+//! so neither the parent nor the proxy ever sees plaintext.
+
+use std::io;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::addr::Addr;
+use super::{BoxFuture, BoxIo, Connector};
+
+/// Largest proxy response head accepted.
+pub const MAX_RESPONSE_HEAD: usize = 8 * 1024;
+
+/// Tunnels through an HTTP CONNECT proxy reached at `proxy` (vsock on Nitro).
+#[derive(Debug, Clone)]
+pub struct ConnectProxy {
+    pub proxy: Addr,
+}
+
+/// Reads one HTTP response head, byte by byte so that nothing after it is consumed.
+pub async fn read_head<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(256);
+    loop {
+        let b = r.read_u8().await?;
+        head.push(b);
+        if head.ends_with(b"\r\n\r\n") {
+            return Ok(head);
+        }
+        if head.len() >= max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("head over {max} bytes"),
+            ));
+        }
+    }
+}
+
+impl Connector for ConnectProxy {
+    fn connect<'a>(&'a self, host: &'a str, port: u16) -> BoxFuture<'a, io::Result<BoxIo>> {
+        Box::pin(async move {
+            let mut s = self.proxy.connect().await.map_err(|e| {
+                io::Error::new(e.kind(), format!("egress proxy {}: {e}", self.proxy))
+            })?;
+            let authority = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            s.write_all(
+                format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
+            )
+            .await?;
+            let head = read_head(&mut s, MAX_RESPONSE_HEAD).await?;
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&head) {
+                Ok(httparse::Status::Complete(_)) if resp.code == Some(200) => Ok(s),
+                Ok(httparse::Status::Complete(_)) => Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "egress proxy refused {authority}: {} {}",
+                        resp.code.unwrap_or(0),
+                        resp.reason.unwrap_or("")
+                    ),
+                )),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "egress proxy sent a malformed response",
+                )),
+            }
+        })
+    }
+}
+
+/// Fixed routes, compatible with AWS's `vsock-proxy`: each `host:port` maps to an address
+/// that forwards raw bytes to that one remote.
+#[derive(Debug, Clone, Default)]
+pub struct DirectRoutes {
+    pub routes: Vec<(String, u16, Addr)>,
+}
+
+impl Connector for DirectRoutes {
+    fn connect<'a>(&'a self, host: &'a str, port: u16) -> BoxFuture<'a, io::Result<BoxIo>> {
+        Box::pin(async move {
+            let route = self
+                .routes
+                .iter()
+                .find(|(h, p, _)| h.eq_ignore_ascii_case(host) && *p == port);
+            match route {
+                Some((_, _, addr)) => addr.connect().await,
+                None => Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("no egress route for {host}:{port}"),
+                )),
+            }
+        })
+    }
+}
