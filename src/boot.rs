@@ -33,6 +33,8 @@ pub enum BootError {
     Measure(String),
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+    #[error("relays: {0}")]
+    Relay(String),
 }
 
 /// Everything a boot needs to know.
@@ -49,7 +51,12 @@ pub struct Plan {
     pub nsm: Arc<dyn Nsm>,
     /// Where the attestation API listens (the configuration's, or the default).
     pub attestation_listen: String,
+    /// How the workload's egress leaves: through the parent's proxy in an enclave.
+    pub egress_dialer: Arc<dyn crate::transport::Connector>,
 }
+
+/// The default address of the workload's egress proxy.
+pub const DEFAULT_EGRESS_LISTEN: &str = "127.0.0.1:3128";
 
 /// A verified, applied and measured root, ready to launch.
 pub struct Prepared {
@@ -139,8 +146,81 @@ pub async fn serve_api(plan: &Plan, p: &mut Prepared) -> Result<std::net::Socket
     Ok(addr)
 }
 
+/// Starts the workload's egress proxy (enforcing the configuration's allowlist) and the
+/// ingress listeners, and points the workload at the proxy.
+pub async fn start_relays(plan: &Plan, p: &mut Prepared) -> Result<(), BootError> {
+    use crate::relay::allow::Allowlist;
+    use crate::relay::proxy::{Proxy, ProxyLimits};
+    use crate::transport::addr::Addr;
+    let cfg = &plan.config.config;
+    let relay_err = |what: String| BootError::Relay(what);
+    if !cfg.egress.allow.is_empty() {
+        let listen = cfg
+            .egress
+            .listen
+            .clone()
+            .unwrap_or_else(|| DEFAULT_EGRESS_LISTEN.to_string());
+        let addr: Addr = format!("tcp:{listen}")
+            .parse()
+            .map_err(|e| relay_err(format!("egress.listen: {e}")))?;
+        let l = addr
+            .bind()
+            .await
+            .map_err(|e| relay_err(format!("egress proxy on {listen}: {e}")))?;
+        let bound = l.local_addr().map_err(|e| relay_err(e.to_string()))?;
+        let allow = Allowlist::new(&cfg.egress.allow).map_err(|e| relay_err(e.to_string()))?;
+        let proxy = Arc::new(Proxy {
+            name: "enclave",
+            allow,
+            limits: ProxyLimits::default(),
+            dialer: plan.egress_dialer.clone(),
+        });
+        tokio::spawn(proxy.serve(l));
+        let url = match &bound {
+            Addr::Tcp { host, port } => format!("http://{host}:{port}"),
+            other => other.to_string(),
+        };
+        info!(proxy = %url, allow = ?cfg.egress.allow, "workload egress proxy listening");
+        let vars = [
+            format!("HTTP_PROXY={url}"),
+            format!("HTTPS_PROXY={url}"),
+            format!("http_proxy={url}"),
+            format!("https_proxy={url}"),
+            "NO_PROXY=localhost,127.0.0.1,::1".to_string(),
+            "no_proxy=localhost,127.0.0.1,::1".to_string(),
+        ];
+        p.spec.merge_env(vars.iter().map(String::as_str));
+    }
+    for ing in &cfg.ingress {
+        let listen: Addr = ing
+            .listen
+            .parse()
+            .map_err(|e| relay_err(format!("ingress.listen: {e}")))?;
+        let l = listen
+            .bind()
+            .await
+            .map_err(|e| relay_err(format!("ingress on {listen}: {e}")))?;
+        let target = Addr::Tcp {
+            host: "127.0.0.1".into(),
+            port: ing.port,
+        };
+        info!(from = %listen, to = %target, "ingress listening");
+        tokio::spawn(crate::relay::forward::forward(
+            l,
+            target,
+            Default::default(),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs the prestart chain, then starts the workload.
-pub async fn launch(plan: &Plan, p: &mut Prepared) -> Result<tokio::process::Child, BootError> {
+/// With `piped`, the workload's stdout and stderr are pipes for the log sender.
+pub async fn launch(
+    plan: &Plan,
+    p: &mut Prepared,
+    piped: bool,
+) -> Result<tokio::process::Child, BootError> {
     helpers::run_chain(
         &p.root,
         &plan.config.config.prestart,
@@ -150,7 +230,12 @@ pub async fn launch(plan: &Plan, p: &mut Prepared) -> Result<tokio::process::Chi
     )
     .await?;
     info!(argv = ?p.spec.argv, uid = p.spec.user.uid, gid = p.spec.user.gid, cwd = %p.spec.cwd, "starting the workload");
-    let child = crate::launch::exec::command(&p.root, &p.spec, plan.sandbox)?
+    let mut cmd = crate::launch::exec::command(&p.root, &p.spec, plan.sandbox)?;
+    if piped {
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+    }
+    let child = cmd
         .spawn()
         .map_err(|e| LaunchError::Spawn(format!("{}: {e}", p.spec.argv[0])))?;
     Ok(child)

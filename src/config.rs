@@ -43,6 +43,31 @@ pub struct RuntimeConfig {
     pub prestart: Vec<Prestart>,
     #[serde(default)]
     pub attestation: Attestation,
+    #[serde(default)]
+    pub egress: Egress,
+    #[serde(default)]
+    pub ingress: Vec<Ingress>,
+}
+
+/// The workload's way out: a proxy on loopback that enforces this (measured) allowlist and
+/// tunnels through the parent.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Egress {
+    /// `host:port` patterns (see docs/operating.md); empty means no egress for the workload.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Where the workload's proxy listens; default 127.0.0.1:3128.
+    pub listen: Option<String>,
+}
+
+/// A port the parent forwards in: connections to `listen` reach 127.0.0.1:`port`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ingress {
+    /// `vsock:any:PORT` in an enclave (`tcp:…` for development).
+    pub listen: String,
+    pub port: u16,
 }
 
 /// The attestation API served to the workload.
@@ -210,6 +235,13 @@ impl RuntimeConfig {
                     )));
                 }
             }
+        }
+        crate::relay::allow::Allowlist::new(&self.egress.allow)
+            .map_err(|e| ConfigError::Invalid(format!("egress.allow: {e}")))?;
+        for i in &self.ingress {
+            i.listen
+                .parse::<crate::transport::addr::Addr>()
+                .map_err(|e| ConfigError::Invalid(format!("ingress.listen: {e}")))?;
         }
         if let Some(ep) = &self.workload.entrypoint {
             if ep.is_empty() {

@@ -476,3 +476,128 @@ fn the_enclave_side_proxy_enforces_its_own_policy_through_the_parent() {
         "the enclave's policy: {status}"
     );
 }
+
+/// A minimal HTTP server answering 200 "ok" to anything.
+fn http_server(rt: &tokio::runtime::Runtime) -> u16 {
+    let l = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = l.local_addr().unwrap().port();
+    rt.spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn run_goes_out_through_the_parent_and_reports_to_its_sink() {
+    use serde_json::json;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let allowed = http_server(&rt);
+    let denied = http_server(&rt);
+    let work = tempfile::tempdir().unwrap();
+    let img = common::image_from_tars(
+        &[common::tar_entries(&[common::TarEntry::File {
+            path: "bin/probe",
+            data: std::fs::read(common::sample_bin("probe")).unwrap(),
+            mode: 0o755,
+        }])],
+        json!({"Entrypoint": ["/bin/probe"], "Cmd": [
+            "http-get", format!("http://localhost:{allowed}/"),
+            "http-get", format!("http://localhost:{denied}/"),
+            "exit", "3"
+        ]}),
+    );
+    let (reference, gw) = common::publish(&img, work.path());
+    let gw_port = gw.url.rsplit(':').next().unwrap().to_string();
+    let sock = work.path().join("logs.sock");
+    let file = work.path().join("enclave.log");
+    // The parent allows the gateway and both servers; the enclave's policy only one server.
+    let host_cfg = format!(
+        "[egress]\nlisten = \"tcp:127.0.0.1:0\"\nallow = [\"127.0.0.1:{gw_port}\", \"localhost:{allowed}\", \"localhost:{denied}\"]\n\n[logs]\nlisten = \"unix:{}\"\nfile = \"{}\"\n",
+        sock.display(),
+        file.display()
+    );
+    let host = Host::start(&host_cfg, work.path());
+    let egress = host.addr("egress proxy");
+    let enclave_cfg = work.path().join("enclave.toml");
+    std::fs::write(
+        &enclave_cfg,
+        format!("[egress]\nallow = [\"localhost:{allowed}\"]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    let o = cidboot()
+        .args([
+            "run",
+            &reference,
+            "--gateway",
+            &gw.url,
+            "--ca",
+            gw.ca.to_str().unwrap(),
+            "--nsm",
+            "software",
+            "--attestation-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--parent-egress",
+            &format!("tcp:{egress}"),
+            "--log-sink",
+            &format!("unix:{}", sock.display()),
+        ])
+        .arg("--config")
+        .arg(&enclave_cfg)
+        .env("CIDBOOT_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The image itself came through the parent's proxy.
+    host.wait_for(
+        &format!("target=127.0.0.1:{gw_port} decision=\"allow\""),
+        Duration::from_secs(5),
+    );
+    host.wait_for("log sink disconnected", Duration::from_secs(10));
+    let log = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        log.contains(&format!(
+            "[stdout] probe: http-get http://localhost:{allowed}/ status=200"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "[stdout] probe: http-get http://localhost:{denied}/ status=403"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("[stdout] probe: env HTTPS_PROXY=http://127.0.0.1:"),
+        "{log}"
+    );
+    assert!(
+        log.contains("[stdout] probe: env NO_PROXY=localhost,127.0.0.1,::1"),
+        "{log}"
+    );
+    assert!(
+        log.trim_end()
+            .ends_with(r#"[status] {"exit_code":3,"reason":"the workload exited"}"#),
+        "{log}"
+    );
+}

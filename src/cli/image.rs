@@ -43,6 +43,15 @@ pub struct PullArgs {
 
 /// Builds the gateway client for a reference: its own gateway first, then --gateway ones.
 pub(crate) fn gateways(r: &ImageRef, f: &FetchArgs) -> Result<Arc<Gateways>, CliError> {
+    gateways_via(r, f, Arc::new(TcpConnector))
+}
+
+/// The same, over a given connector (the parent's egress proxy in an enclave).
+pub(crate) fn gateways_via(
+    r: &ImageRef,
+    f: &FetchArgs,
+    connector: Arc<dyn crate::transport::Connector>,
+) -> Result<Arc<Gateways>, CliError> {
     let mut urls: Vec<String> = r.gateway.iter().cloned().collect();
     urls.extend(f.gateways.iter().cloned());
     if urls.is_empty() {
@@ -51,7 +60,7 @@ pub(crate) fn gateways(r: &ImageRef, f: &FetchArgs) -> Result<Arc<Gateways>, Cli
         ));
     }
     let tls = tls::client_config(f.ca.as_deref())?;
-    let client = HttpClient::new(Arc::new(TcpConnector), tls, Timeouts::default());
+    let client = HttpClient::new(connector, tls, Timeouts::default());
     Ok(Gateways::new(client, &urls, GatewayPolicy::default())?)
 }
 

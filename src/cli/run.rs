@@ -14,6 +14,9 @@ use crate::nsm::software::{SoftwareNsm, TestCa};
 use crate::nsm::Nsm;
 use crate::oci::Limits;
 use crate::reference::ImageRef;
+use crate::relay::logs::{Kind as LogKind, LogSender};
+use crate::transport::addr::Addr;
+use crate::transport::connect::ConnectProxy;
 use std::sync::Arc;
 
 #[derive(Args, Debug)]
@@ -50,6 +53,13 @@ pub struct RunArgs {
     /// Where the attestation API listens (default: the configuration's, or 127.0.0.1:9393).
     #[arg(long)]
     pub attestation_listen: Option<String>,
+    /// Reach gateways and the workload's egress through this HTTP CONNECT proxy (the parent's
+    /// `cidboot host`), as an enclave does.
+    #[arg(long, value_name = "ADDR")]
+    pub parent_egress: Option<String>,
+    /// Send the workload's output and the final status to this log sink (a `cidboot host`).
+    #[arg(long, value_name = "ADDR")]
+    pub log_sink: Option<String>,
     /// Print a JSON report as the last line of stdout.
     #[arg(long)]
     pub json: bool,
@@ -79,6 +89,38 @@ fn open_nsm(a: &RunArgs) -> Result<Arc<dyn Nsm>, CliError> {
 }
 
 pub async fn run(a: RunArgs) -> Result<i32, CliError> {
+    let sink = match &a.log_sink {
+        Some(s) => {
+            let addr: Addr = s
+                .parse()
+                .map_err(|e: crate::transport::addr::AddrError| CliError::Usage(e.to_string()))?;
+            let (sender, task) = LogSender::connect(&addr, std::time::Duration::from_secs(30))
+                .await
+                .map_err(|e| CliError::Usage(format!("log sink {addr}: {e}")))?;
+            Some((sender, task))
+        }
+        None => None,
+    };
+    let sender = sink.as_ref().map(|(s, _)| s.clone());
+    let result = boot_and_run(&a, sender.clone()).await;
+    if let Some(s) = &sender {
+        let status = match &result {
+            Ok(code) => json!({"exit_code": code, "reason": "the workload exited"}),
+            Err(e) => json!({"exit_code": null, "reason": e.to_string()}),
+        };
+        let _ = s
+            .send(LogKind::Status, status.to_string().into_bytes())
+            .await;
+    }
+    drop(sender);
+    if let Some((s, task)) = sink {
+        drop(s);
+        let _ = task.await;
+    }
+    result
+}
+
+async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, CliError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(CliError::Usage(
             "cidboot run needs root: it applies ownership, chroots and changes users".into(),
@@ -104,7 +146,15 @@ pub async fn run(a: RunArgs) -> Result<i32, CliError> {
         Some(p) if a.fetch.platform == "linux/amd64" => p.parse()?,
         _ => fetch.platform()?,
     };
-    let gateways = image::gateways(&r, &fetch)?;
+    let egress_dialer: Arc<dyn crate::transport::Connector> = match &a.parent_egress {
+        Some(p) => Arc::new(ConnectProxy {
+            proxy: p
+                .parse()
+                .map_err(|e: crate::transport::addr::AddrError| CliError::Usage(e.to_string()))?,
+        }),
+        None => Arc::new(crate::transport::TcpConnector),
+    };
+    let gateways = image::gateways_via(&r, &fetch, egress_dialer.clone())?;
     let work = tempfile::Builder::new()
         .prefix("cidboot-run-")
         .tempdir()
@@ -142,7 +192,7 @@ pub async fn run(a: RunArgs) -> Result<i32, CliError> {
         .clone()
         .or_else(|| config.config.attestation.listen.clone())
         .unwrap_or_else(|| crate::api::DEFAULT_LISTEN.to_string());
-    let nsm = open_nsm(&a)?;
+    let nsm = open_nsm(a)?;
     let plan = Plan {
         reference: r,
         config,
@@ -156,15 +206,38 @@ pub async fn run(a: RunArgs) -> Result<i32, CliError> {
         apply_limits: ApplyLimits::default(),
         nsm,
         attestation_listen,
+        egress_dialer,
     };
     let mut prepared = boot::prepare(&plan, &rootfs, &scratch).await?;
     boot::measure(&plan, &prepared)?;
     let api = boot::serve_api(&plan, &mut prepared).await?;
-    let mut child = boot::launch(&plan, &mut prepared).await?;
+    boot::start_relays(&plan, &mut prepared).await?;
+    let mut child = boot::launch(&plan, &mut prepared, sender.is_some()).await?;
+    let pumps = sender.map(|s| {
+        let out = child.stdout.take();
+        let err = child.stderr.take();
+        let s2 = s.clone();
+        (
+            tokio::spawn(async move {
+                if let Some(o) = out {
+                    let _ = s.pump(o, LogKind::Stdout).await;
+                }
+            }),
+            tokio::spawn(async move {
+                if let Some(e) = err {
+                    let _ = s2.pump(e, LogKind::Stderr).await;
+                }
+            }),
+        )
+    });
     let status = child
         .wait()
         .await
         .map_err(|e| CliError::Usage(format!("waiting for the workload: {e}")))?;
+    if let Some((o, e)) = pumps {
+        let _ = o.await;
+        let _ = e.await;
+    }
     let code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));

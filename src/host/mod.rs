@@ -21,6 +21,11 @@ use crate::transport::TcpConnector;
 
 /// The byte a Nitro enclave sends its parent once booted, and gets back.
 pub const HEARTBEAT: u8 = 0xB7;
+/// The vsock ports on the parent that an enclave uses by default.
+pub const EGRESS_PORT: u32 = 8000;
+pub const BOOT_PORT: u32 = 8001;
+pub const LOGS_PORT: u32 = 8002;
+pub const HEARTBEAT_PORT: u32 = 9000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {

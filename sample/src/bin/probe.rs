@@ -1,5 +1,5 @@
 //! A test workload: reports what it was started with, then exits as told.
-//! Usage: probe [exit N] [write PATH] [attest NONCE_HEX]
+//! Usage: probe [exit N] [write PATH] [attest NONCE_HEX] [http-get URL]
 
 fn status_field(name: &str) -> String {
     std::fs::read_to_string("/proc/self/status")
@@ -7,6 +7,22 @@ fn status_field(name: &str) -> String {
         .lines()
         .find_map(|l| l.strip_prefix(name).map(|v| v.split_whitespace().collect::<Vec<_>>().join(" ")))
         .unwrap_or_default()
+}
+
+/// GET through $HTTP_PROXY; returns the status code (or 0 on failure).
+fn http_get(url: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Some(proxy) = std::env::var("HTTP_PROXY").ok().and_then(|p| p.strip_prefix("http://").map(String::from)) else {
+        return 0;
+    };
+    let Ok(mut s) = std::net::TcpStream::connect(proxy.trim_end_matches('/')) else { return 0 };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(20)));
+    if s.write_all(format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).is_err() {
+        return 0;
+    }
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    String::from_utf8_lossy(&resp).split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
 
 fn main() {
@@ -41,6 +57,11 @@ fn main() {
                 }
                 None => code = 2,
             },
+            "http-get" => {
+                if let Some(url) = it.next() {
+                    println!("probe: http-get {url} status={}", http_get(url));
+                }
+            }
             "write" => {
                 if let Some(p) = it.next() {
                     let _ = std::fs::write(p, b"ran");
