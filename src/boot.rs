@@ -214,13 +214,24 @@ pub async fn start_relays(plan: &Plan, p: &mut Prepared) -> Result<(), BootError
     Ok(())
 }
 
-/// Runs the prestart chain, then starts the workload.
-/// With `piped`, the workload's stdout and stderr are pipes for the log sender.
+/// Runs the prestart chain, then starts the workload. With `piped`, its stdout and stderr
+/// are pipes for the log sender.
 pub async fn launch(
     plan: &Plan,
     p: &mut Prepared,
     piped: bool,
 ) -> Result<tokio::process::Child, BootError> {
+    let mut cmd = prepare_launch(plan, p, piped).await?;
+    cmd.spawn()
+        .map_err(|e| LaunchError::Spawn(format!("{}: {e}", p.spec.argv[0])).into())
+}
+
+/// Runs the prestart chain and returns the workload's command, ready to spawn.
+pub async fn prepare_launch(
+    plan: &Plan,
+    p: &mut Prepared,
+    piped: bool,
+) -> Result<tokio::process::Command, BootError> {
     helpers::run_chain(
         &p.root,
         &plan.config.config.prestart,
@@ -235,8 +246,5 @@ pub async fn launch(
         cmd.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| LaunchError::Spawn(format!("{}: {e}", p.spec.argv[0])))?;
-    Ok(child)
+    Ok(cmd)
 }

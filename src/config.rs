@@ -47,6 +47,16 @@ pub struct RuntimeConfig {
     pub egress: Egress,
     #[serde(default)]
     pub ingress: Vec<Ingress>,
+    #[serde(default)]
+    pub tls: Tls,
+}
+
+/// Trust for gateway TLS beyond the built-in web PKI roots.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM of extra CA certificates (for a private gateway); measured with the configuration.
+    pub extra_ca: Option<String>,
 }
 
 /// The workload's way out: a proxy on loopback that enforces this (measured) allowlist and

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod fetch;
 pub mod host;
+pub mod init;
 pub mod launch;
 pub mod measure;
 pub mod nsm;

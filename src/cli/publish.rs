@@ -46,6 +46,10 @@ pub struct GatewayArgs {
     /// Serve HTTPS with a fresh certificate for localhost; its CA goes to this PEM file.
     #[arg(long, value_name = "CA_OUT", conflicts_with = "tls_cert")]
     pub tls_self_signed: Option<PathBuf>,
+    /// Serve the CARs' blocks exactly as they are, without checking them against their CIDs:
+    /// a tampering gateway, for testing verifiers. Never for anything else.
+    #[arg(long)]
+    pub insecure_serve_unverified: bool,
 }
 
 pub async fn gateway(a: GatewayArgs) -> Result<(), CliError> {
@@ -56,6 +60,11 @@ pub async fn gateway(a: GatewayArgs) -> Result<(), CliError> {
             None => None,
         },
     };
-    serve::run(&a.cars, &a.listen, tls).await?;
+    if a.insecure_serve_unverified {
+        tracing::warn!(
+            "serving blocks WITHOUT verifying them: this gateway may serve tampered content"
+        );
+    }
+    serve::run(&a.cars, &a.listen, tls, !a.insecure_serve_unverified).await?;
     Ok(())
 }

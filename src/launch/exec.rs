@@ -80,6 +80,8 @@ pub fn command(
         }
     }
     let child_setup = move || -> std::io::Result<()> {
+        // PID 1 blocks the signals it forwards; the workload gets a clean mask.
+        nix::sys::signal::SigSet::empty().thread_set_mask()?;
         // SAFETY: prctl with PR_SET_PDEATHSIG takes an integer signal number; no memory is
         // passed. It makes the process die with cidboot rather than outlive it.
         if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {

@@ -69,8 +69,9 @@ pub struct BlockStore {
 }
 
 impl BlockStore {
-    /// Loads every block of the CAR files, verifying each against its CID.
-    pub async fn load(paths: &[impl AsRef<Path>]) -> Result<Self, ServeError> {
+    /// Loads every block of the CAR files, verifying each against its CID (unless `verify` is
+    /// off, for a deliberately tampering test gateway).
+    pub async fn load(paths: &[impl AsRef<Path>], verify: bool) -> Result<Self, ServeError> {
         let mut store = BlockStore::default();
         for p in paths {
             let p = p.as_ref();
@@ -91,11 +92,13 @@ impl BlockStore {
                     source,
                 })?
             {
-                verify_block(&cid, &block).map_err(|source| ServeError::Block {
-                    path: path.clone(),
-                    cid: cid.to_string(),
-                    source,
-                })?;
+                if verify {
+                    verify_block(&cid, &block).map_err(|source| ServeError::Block {
+                        path: path.clone(),
+                        cid: cid.to_string(),
+                        source,
+                    })?;
+                }
                 store.blocks.insert(cid, Bytes::copy_from_slice(&block));
             }
             info!(car = %path, blocks = store.blocks.len(), "loaded");
@@ -511,8 +514,9 @@ pub async fn run(
     cars: &[impl AsRef<Path>],
     listen: &str,
     tls: Option<Arc<rustls::ServerConfig>>,
+    verify: bool,
 ) -> Result<(), ServeError> {
-    let store = Arc::new(BlockStore::load(cars).await?);
+    let store = Arc::new(BlockStore::load(cars, verify).await?);
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| ServeError::Listen {

@@ -1,0 +1,257 @@
+//! The enclave's first moments as PID 1: filesystems, console, kernel modules, loopback,
+//! hostname, entropy, and the way out (power-off). Every function here is a thin, checked
+//! wrapper around system calls; none of them panics.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, IntoRawFd};
+use std::path::Path;
+
+use nix::mount::{mount, MsFlags};
+
+/// Where the kernel modules are in the initramfs, and the order they load in.
+pub const MODULE_DIR: &str = "/lib/modules/cidboot";
+pub const MODULES: &[&str] = &[
+    "virtio_mmio",
+    "vsock",
+    "vmw_vsock_virtio_transport_common",
+    "vmw_vsock_virtio_transport",
+    "nsm",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SystemError {
+    #[error("{what}: {source}")]
+    Sys {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+fn sys(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> SystemError {
+    let what = what.into();
+    move |e| SystemError::Sys {
+        what,
+        source: e.into(),
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SystemError {
+    let what = what.into();
+    move |source| SystemError::Sys { what, source }
+}
+
+/// Mounts the pseudo filesystems of the initramfs root.
+pub fn mount_basics() -> Result<(), SystemError> {
+    let table: &[(&str, &str, &str, MsFlags, Option<&str>)] = &[
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        (
+            "proc",
+            "/proc",
+            "proc",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None,
+        ),
+        (
+            "sysfs",
+            "/sys",
+            "sysfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None,
+        ),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("mode=0620,ptmxmode=0666"),
+        ),
+        (
+            "tmpfs",
+            "/dev/shm",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        ),
+        (
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        ),
+        (
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        ),
+        (
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None,
+        ),
+    ];
+    for (src, target, fstype, flags, data) in table {
+        std::fs::create_dir_all(target).map_err(io(format!("mkdir {target}")))?;
+        match mount(Some(*src), *target, Some(*fstype), *flags, *data) {
+            Ok(()) => {}
+            // The kernel may have mounted devtmpfs already (CONFIG_DEVTMPFS_MOUNT).
+            Err(nix::errno::Errno::EBUSY) => {}
+            Err(e) => return Err(sys(format!("mount {fstype} on {target}"))(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Makes /dev/console our stdin, stdout and stderr.
+pub fn console() -> Result<(), SystemError> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+        .map_err(io("open /dev/console"))?;
+    let fd = f.into_raw_fd();
+    for target in 0..3 {
+        // SAFETY: dup2 on a valid open fd and the standard descriptor numbers.
+        if unsafe { libc::dup2(fd, target) } < 0 {
+            return Err(SystemError::Sys {
+                what: "dup2 console".into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    if fd > 2 {
+        // SAFETY: fd is ours (from into_raw_fd) and no longer used.
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+/// Loads the initramfs's modules in order; a module that is built in or already loaded is fine.
+pub fn load_modules() -> Result<Vec<String>, SystemError> {
+    let mut loaded = Vec::new();
+    for m in MODULES {
+        let path = Path::new(MODULE_DIR).join(format!("{m}.ko"));
+        let Ok(f) = File::open(&path) else {
+            continue;
+        };
+        let params = CString::default();
+        // SAFETY: finit_module takes an open module fd, a NUL-terminated parameter string and
+        // flags; nothing is retained after the call.
+        let r = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), params.as_ptr(), 0) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(SystemError::Sys {
+                    what: format!("loading {}", path.display()),
+                    source: e,
+                });
+            }
+        }
+        loaded.push(m.to_string());
+    }
+    Ok(loaded)
+}
+
+/// Brings `lo` up; the kernel then gives it 127.0.0.1/8.
+pub fn loopback_up() -> Result<(), SystemError> {
+    // SAFETY: a plain datagram socket, used only for interface ioctls, closed below.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(SystemError::Sys {
+            what: "socket".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read and write the ifreq we own.
+    let r = unsafe {
+        if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req) < 0 {
+            -1
+        } else {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(s, libc::SIOCSIFFLAGS, &req)
+        }
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: s is the socket opened above.
+    unsafe { libc::close(s) };
+    if r < 0 {
+        return Err(SystemError::Sys {
+            what: "bringing lo up".into(),
+            source: err,
+        });
+    }
+    Ok(())
+}
+
+pub fn hostname(name: &str) -> Result<(), SystemError> {
+    nix::unistd::sethostname(name).map_err(sys("sethostname"))
+}
+
+/// Credits `seed` to the kernel's entropy pool (RNDADDENTROPY).
+pub fn add_entropy(seed: &[u8]) -> Result<(), SystemError> {
+    #[repr(C)]
+    struct RandPoolInfo {
+        entropy_count: libc::c_int,
+        buf_size: libc::c_int,
+        buf: [u8; 256],
+    }
+    let n = seed.len().min(256);
+    let mut info = RandPoolInfo {
+        entropy_count: (n * 8) as libc::c_int,
+        buf_size: n as libc::c_int,
+        buf: [0; 256],
+    };
+    info.buf[..n].copy_from_slice(&seed[..n]);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/random")
+        .map_err(io("open /dev/random"))?;
+    // RNDADDENTROPY = _IOW('R', 0x03, int[2])
+    const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+    // SAFETY: the ioctl reads a rand_pool_info header followed by buf_size bytes, all within
+    // `info`, which lives across the call.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY, &info) };
+    if r < 0 {
+        return Err(SystemError::Sys {
+            what: "RNDADDENTROPY".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Moves the mount at `new_root` onto `/` and chroots into it, as switch_root does: an
+/// initramfs cannot be pivot_root'ed away.
+pub fn switch_root(new_root: &str) -> Result<(), SystemError> {
+    nix::unistd::chdir(new_root).map_err(sys(format!("chdir {new_root}")))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(sys("move-mounting the new root onto /"))?;
+    nix::unistd::chroot(".").map_err(sys("chroot"))?;
+    nix::unistd::chdir("/").map_err(sys("chdir /"))
+}
+
+/// Powers the enclave off. Never returns.
+pub fn power_off() -> ! {
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    // Not reached on a working kernel; PID 1 must still never exit.
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
