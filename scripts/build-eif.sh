@@ -46,4 +46,5 @@ find "$root" -exec touch -h -d @0 {} +
 
 "$eif_build" --kernel "$kdir/vmlinuz" --kernel_config "$kdir/config" --cmdline "$cmdline" \
   --ramdisk "$stage/initramfs.cpio.gz" --output "$out" >"$stage/eif.json"
-cat "$stage/eif.json"
+# eif_build prints a line naming the output before the JSON: keep only the JSON.
+sed -n '/^{/,$p' "$stage/eif.json"

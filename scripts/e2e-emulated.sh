@@ -25,7 +25,7 @@ target=x86_64-unknown-linux-gnu
 say "building a static cidboot"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked --target "$target"
 bin="$repo/target/$target/release/cidboot"
-file "$bin" 2>/dev/null | grep -q "statically linked" || ldd "$bin" 2>&1 | grep -q "not a dynamic" || fail "cidboot is not static"
+ldd "$bin" 2>&1 | grep -qE "statically linked|not a dynamic" || fail "cidboot is not static"
 
 say "building and publishing the sample image"
 scripts/sample-image.sh "$work/layout" >/dev/null

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need, then runs format, lint and every test.
+# The test command: installs what the tests need, then runs format, lint, every test, and the
+# end-to-end boot of an EIF in an emulated Nitro Enclave (QEMU is built once and cached).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CIDBOOT_IPFS_CAR=$(scripts/setup-tools.sh)
@@ -7,3 +8,5 @@ export CIDBOOT_IPFS_CAR
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked
+# The PID 1 path on a real kernel: an EIF in QEMU's emulated Nitro Enclave (TCG).
+scripts/e2e-emulated.sh
