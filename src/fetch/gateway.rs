@@ -117,38 +117,14 @@ impl Gateways {
     /// Fetches one block with `?format=raw` and verifies it against `cid`.
     pub async fn block(&self, cid: &Cid) -> Result<Bytes, FetchError> {
         crate::reference::check_cid(cid)?;
-        let mut failures = Vec::new();
-        let started = Instant::now();
-        for gi in self.order() {
-            let gw = &self.gateways[gi];
-            let mut last = None;
-            for attempt in 0..self.policy.attempts_per_gateway {
-                self.check_deadline(cid, started)?;
-                match self.block_once(gw, cid).await {
-                    Ok(b) => {
-                        self.preferred.store(gi, Ordering::Relaxed);
-                        return Ok(b);
-                    }
-                    Err(e) => {
-                        if e.is_content_fault() {
-                            return Err(e);
-                        }
-                        let retry = self.pause(gw, cid, attempt, &e).await;
-                        last = Some(e);
-                        if !retry {
-                            break;
-                        }
-                    }
-                }
-            }
-            if let Some(e) = last {
-                failures.push((gw.label.clone(), e));
+        let mut tries = Tries::new(self, cid);
+        while let Some(gw) = tries.next()? {
+            match self.block_once(gw, cid).await {
+                Ok(b) => return Ok(tries.succeeded(b)),
+                Err(e) => tries.failed(e).await?,
             }
         }
-        Err(FetchError::AllGatewaysFailed {
-            cid: cid.to_string(),
-            failures,
-        })
+        Err(tries.exhausted())
     }
 
     async fn block_once(&self, gw: &Gateway, cid: &Cid) -> Result<Bytes, FetchError> {
@@ -194,45 +170,23 @@ impl Gateways {
         }
         let mut delivered = 0u64;
         let mut size = None;
-        let mut failures = Vec::new();
-        let started = Instant::now();
-        for gi in self.order() {
-            let gw = &self.gateways[gi];
-            let mut last = None;
-            for attempt in 0..self.policy.attempts_per_gateway {
-                self.check_deadline(cid, started)?;
-                let before = delivered;
-                let r = self
-                    .file_once(gw, cid, rule, &mut delivered, &mut size, sink)
-                    .await;
-                match r {
-                    Ok(()) => {
-                        self.preferred.store(gi, Ordering::Relaxed);
-                        return Ok(delivered);
+        let mut tries = Tries::new(self, cid);
+        while let Some(gw) = tries.next()? {
+            let before = delivered;
+            match self
+                .file_once(gw, cid, rule, &mut delivered, &mut size, sink)
+                .await
+            {
+                Ok(()) => return Ok(tries.succeeded(delivered)),
+                Err(e) => {
+                    if delivered > before {
+                        info!(gateway = %gw.label, %cid, verified = delivered, "transfer broke; will resume from the verified offset");
                     }
-                    Err(e) => {
-                        if e.is_content_fault() {
-                            return Err(e);
-                        }
-                        if delivered > before {
-                            info!(gateway = %gw.label, %cid, verified = delivered, "transfer broke; will resume from verified offset");
-                        }
-                        let retry = self.pause(gw, cid, attempt, &e).await;
-                        last = Some(e);
-                        if !retry {
-                            break;
-                        }
-                    }
+                    tries.failed(e).await?
                 }
             }
-            if let Some(e) = last {
-                failures.push((gw.label.clone(), e));
-            }
         }
-        Err(FetchError::AllGatewaysFailed {
-            cid: cid.to_string(),
-            failures,
-        })
+        Err(tries.exhausted())
     }
 
     async fn file_once<S: BlobSink>(
@@ -355,6 +309,72 @@ impl Gateways {
         warn!(gateway = %gw.label, %cid, error = %e, wait_ms = wait.as_millis() as u64, "retrying");
         tokio::time::sleep(wait).await;
         true
+    }
+}
+
+/// The retry and failover schedule of one object: each gateway in turn (the last healthy one
+/// first), transient failures retried with backoff, content faults final, and everything
+/// bounded by the object deadline.
+struct Tries<'a> {
+    gw: &'a Gateways,
+    cid: &'a Cid,
+    order: Vec<usize>,
+    pos: usize,
+    attempt: u32,
+    started: Instant,
+    failures: Vec<(String, FetchError)>,
+}
+
+impl<'a> Tries<'a> {
+    fn new(gw: &'a Gateways, cid: &'a Cid) -> Self {
+        Tries {
+            gw,
+            cid,
+            order: gw.order(),
+            pos: 0,
+            attempt: 0,
+            started: Instant::now(),
+            failures: Vec::new(),
+        }
+    }
+
+    /// The gateway to try next, or `None` when every one has failed.
+    fn next(&self) -> Result<Option<&'a Gateway>, FetchError> {
+        self.gw.check_deadline(self.cid, self.started)?;
+        Ok(self.order.get(self.pos).map(|gi| &self.gw.gateways[*gi]))
+    }
+
+    fn succeeded<T>(&self, v: T) -> T {
+        if let Some(gi) = self.order.get(self.pos) {
+            self.gw.preferred.store(*gi, Ordering::Relaxed);
+        }
+        v
+    }
+
+    /// Records a failure: pauses before a retry, or moves on to the next gateway.
+    async fn failed(&mut self, e: FetchError) -> Result<(), FetchError> {
+        if e.is_content_fault() {
+            return Err(e);
+        }
+        let Some(gi) = self.order.get(self.pos) else {
+            return Err(e);
+        };
+        let gw = &self.gw.gateways[*gi];
+        if self.gw.pause(gw, self.cid, self.attempt, &e).await {
+            self.attempt += 1;
+        } else {
+            self.failures.push((gw.label.clone(), e));
+            self.pos += 1;
+            self.attempt = 0;
+        }
+        Ok(())
+    }
+
+    fn exhausted(self) -> FetchError {
+        FetchError::AllGatewaysFailed {
+            cid: self.cid.to_string(),
+            failures: self.failures,
+        }
     }
 }
 

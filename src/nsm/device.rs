@@ -4,7 +4,7 @@ use aws_nitro_enclaves_nsm_api::api::{ErrorCode, Request, Response};
 use aws_nitro_enclaves_nsm_api::driver;
 use serde_bytes::ByteBuf;
 
-use super::{check_fields, Nsm, NsmError, MAX_EXTEND_DATA};
+use super::{check_fields, Nsm, NsmError};
 
 /// An open `/dev/nsm`.
 pub struct DeviceNsm {
@@ -53,13 +53,7 @@ impl Nsm for DeviceNsm {
     }
 
     fn extend_pcr(&self, index: u16, data: &[u8]) -> Result<Vec<u8>, NsmError> {
-        if data.len() > MAX_EXTEND_DATA {
-            return Err(NsmError::InputTooLarge {
-                what: "extend data",
-                len: data.len(),
-                max: MAX_EXTEND_DATA,
-            });
-        }
+        super::check_extend(data)?;
         match self.call(Request::ExtendPCR {
             index,
             data: data.to_vec(),

@@ -79,6 +79,18 @@ pub fn check_fields(
     Ok(())
 }
 
+/// Checks data for ExtendPCR against the request limit.
+pub fn check_extend(data: &[u8]) -> Result<(), NsmError> {
+    if data.len() > MAX_EXTEND_DATA {
+        return Err(NsmError::InputTooLarge {
+            what: "extend data",
+            len: data.len(),
+            max: MAX_EXTEND_DATA,
+        });
+    }
+    Ok(())
+}
+
 /// Extends `index` with every event of a log, then locks it.
 pub fn measure_and_lock(
     nsm: &dyn Nsm,

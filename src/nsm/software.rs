@@ -14,7 +14,7 @@ use ring::signature::{EcdsaKeyPair, ECDSA_P384_SHA384_FIXED_SIGNING};
 use sha2::{Digest, Sha384};
 
 use super::document::{build_cose, es384_protected, sig_structure, Document};
-use super::{check_fields, Nsm, NsmError, FIRST_EXTENDABLE_PCR, MAX_EXTEND_DATA, PCR_COUNT};
+use super::{check_fields, Nsm, NsmError, FIRST_EXTENDABLE_PCR, PCR_COUNT};
 
 fn sw(e: impl std::fmt::Display) -> NsmError {
     NsmError::Software(e.to_string())
@@ -197,13 +197,7 @@ impl Nsm for SoftwareNsm {
 
     fn extend_pcr(&self, index: u16, data: &[u8]) -> Result<Vec<u8>, NsmError> {
         let i = check_index(index)?;
-        if data.len() > MAX_EXTEND_DATA {
-            return Err(NsmError::InputTooLarge {
-                what: "extend data",
-                len: data.len(),
-                max: MAX_EXTEND_DATA,
-            });
-        }
+        super::check_extend(data)?;
         let mut s = self.lock_state();
         if s.locked[i] {
             return Err(NsmError::ReadOnlyIndex(index));
