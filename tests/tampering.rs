@@ -14,7 +14,14 @@ use cidboot::reference::raw_cid;
 use cidboot::transport::http::{HttpClient, Origin, Timeouts};
 use cidboot::transport::{tls, TcpConnector};
 use common::*;
-use http_body_util::Full;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full(b: Bytes) -> Body {
+    BodyExt::boxed(Full::new(b))
+}
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -30,6 +37,10 @@ enum Attack {
     WrongOrder,
     /// Answers the first request with 429 and `Retry-After: 1`.
     RateLimitOnce,
+    /// Sends half of every multi-block CAR, then stalls.
+    Stall,
+    /// Answers every request 504.
+    Always504,
 }
 
 static LIMITED_ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -65,7 +76,11 @@ async fn tamper(attack: Attack, body: Bytes) -> Bytes {
             blocks.push((raw_cid(&extra), extra));
         }
         Attack::WrongOrder => blocks.swap(1, 2),
-        Attack::Truncate | Attack::TruncateOnce | Attack::RateLimitOnce => {}
+        Attack::Truncate
+        | Attack::TruncateOnce
+        | Attack::RateLimitOnce
+        | Attack::Stall
+        | Attack::Always504 => {}
     }
     let mut out = encode_header(&root);
     for (cid, data) in &blocks {
@@ -117,9 +132,8 @@ fn start_proxy(
                             if matches!(attack, Attack::RateLimitOnce)
                                 && !LIMITED_ONCE.swap(true, std::sync::atomic::Ordering::SeqCst)
                             {
-                                let mut resp = hyper::Response::new(Full::new(Bytes::from_static(
-                                    b"slow down",
-                                )));
+                                let mut resp =
+                                    hyper::Response::new(full(Bytes::from_static(b"slow down")));
                                 *resp.status_mut() = hyper::StatusCode::TOO_MANY_REQUESTS;
                                 resp.headers_mut()
                                     .insert("retry-after", "1".parse().unwrap());
@@ -130,6 +144,13 @@ fn start_proxy(
                                 .get("accept")
                                 .map(|v| v.to_str().unwrap().to_string())
                                 .unwrap_or_default();
+                            if matches!(attack, Attack::Always504) {
+                                let mut resp = hyper::Response::new(full(Bytes::from_static(
+                                    b"gateway timeout",
+                                )));
+                                *resp.status_mut() = hyper::StatusCode::GATEWAY_TIMEOUT;
+                                return Ok::<_, Infallible>(resp);
+                            }
                             let up = client
                                 .get(&origin, &pq, &[("accept", &accept)])
                                 .await
@@ -137,10 +158,23 @@ fn start_proxy(
                             let status = up.status;
                             let ct = up.header("content-type").unwrap_or("").to_string();
                             let mut body = up.bytes_limited(64 << 20).await.unwrap().unwrap();
-                            if ct.starts_with("application/vnd.ipld.car") {
+                            let car = ct.starts_with("application/vnd.ipld.car");
+                            if car {
                                 body = tamper(attack, body).await;
                             }
-                            let mut resp = hyper::Response::new(Full::new(body));
+                            let stall =
+                                car && matches!(attack, Attack::Stall) && body.len() > 1 << 20;
+                            let mut resp = hyper::Response::new(if stall {
+                                // Half the stream, then silence: the client's idle timeout must fire.
+                                let half = body.slice(..body.len() / 2);
+                                let s = futures_util::stream::iter([Ok::<_, Infallible>(
+                                    hyper::body::Frame::data(half),
+                                )])
+                                .chain(futures_util::stream::pending());
+                                BodyExt::boxed(http_body_util::StreamBody::new(s))
+                            } else {
+                                full(body)
+                            });
                             *resp.status_mut() = status;
                             resp.headers_mut()
                                 .insert("content-type", ct.parse().unwrap());
@@ -414,4 +448,93 @@ fn urls_cid_naming_other_content_of_the_same_size() {
     let gw = Gateway::start(&cars, work.path());
     let e = pull_fails(work.path(), &format!("ipfs://{root}"), &gw.url, &gw.ca);
     assert!(e.contains("digest mismatch") && e.contains("blob"), "{e}");
+}
+
+/// Publishes the fixture's image and starts a healthy gateway plus a faulty one in front of it.
+fn two_gateways(attack: Attack) -> (Fixture, String, PathBuf, Arc<std::sync::Mutex<Vec<String>>>) {
+    let f = fixture();
+    let (url, ca, log) = start_proxy(&f.gateway, attack, f.work.path());
+    (f, url, ca, log)
+}
+
+/// Pulls with the faulty gateway first and the healthy one second; both CAs trusted.
+fn pull_with_failover(
+    f: &Fixture,
+    faulty: &str,
+    faulty_ca: &Path,
+    extra: &[&str],
+) -> (bool, String, std::time::Duration) {
+    let bundle = f.work.path().join("both-ca.pem");
+    let mut pem = std::fs::read(faulty_ca).unwrap();
+    pem.extend(std::fs::read(&f.gateway.ca).unwrap());
+    std::fs::write(&bundle, pem).unwrap();
+    let out_dir = f.work.path().join(format!("out-{}", fastrand::u32(..)));
+    let reference = format!("ipfs://{}", f.root);
+    let started = std::time::Instant::now();
+    let o = common::cidboot()
+        .args([
+            "pull",
+            &reference,
+            "--gateway",
+            faulty,
+            "--gateway",
+            &f.gateway.url,
+            "--ca",
+            bundle.to_str().unwrap(),
+        ])
+        .args(["--oci-layout", out_dir.to_str().unwrap()])
+        .args(extra)
+        .env("CIDBOOT_LOG", "info")
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn a_stalling_gateway_is_abandoned_and_the_blob_resumes_from_the_healthy_one() {
+    let (f, url, ca, log) = two_gateways(Attack::Stall);
+    let (ok, stderr, took) =
+        pull_with_failover(&f, &url, &ca, &["--idle-timeout", "2", "--tries", "1"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("idle timeout") && stderr.contains("trying the next one"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("resume from the verified offset"),
+        "{stderr}"
+    );
+    assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
+    assert!(log.lock().unwrap().iter().any(|p| p.contains("format=car")));
+}
+
+#[test]
+fn a_gateway_answering_504_is_retried_then_failed_over() {
+    let (f, url, ca, log) = two_gateways(Attack::Always504);
+    let (ok, stderr, took) = pull_with_failover(&f, &url, &ca, &[]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("HTTP 504")
+            && stderr.contains("retrying")
+            && stderr.contains("trying the next one"),
+        "{stderr}"
+    );
+    assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
+    // Three tries on the faulty gateway for the first object, then the healthy one is preferred.
+    assert_eq!(log.lock().unwrap().len(), 3);
+}
+
+#[test]
+fn a_gateway_serving_wrong_content_is_abandoned_for_the_healthy_one() {
+    let (f, url, ca, _) = two_gateways(Attack::FlipByte);
+    let (ok, stderr, _) = pull_with_failover(&f, &url, &ca, &[]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("does not hash to its CID") && stderr.contains("trying the next one"),
+        "{stderr}"
+    );
 }

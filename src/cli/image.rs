@@ -6,11 +6,11 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{CliError, FetchArgs};
-use crate::fetch::{BlobSink, GatewayPolicy, Gateways};
+use crate::fetch::{BlobSink, Gateways};
 use crate::oci::layout::LayoutWriter;
 use crate::oci::{self, sha256_hex, Limits, Resolved};
 use crate::reference::ImageRef;
-use crate::transport::http::{HttpClient, Timeouts};
+use crate::transport::http::HttpClient;
 use crate::transport::{tls, TcpConnector};
 
 #[derive(Args, Debug)]
@@ -60,8 +60,8 @@ pub(crate) fn gateways_via(
         ));
     }
     let tls = tls::client_config(f.ca.as_deref())?;
-    let client = HttpClient::new(connector, tls, Timeouts::default());
-    Ok(Gateways::new(client, &urls, GatewayPolicy::default())?)
+    let client = HttpClient::new(connector, tls, f.timeouts());
+    Ok(Gateways::new(client, &urls, f.policy())?)
 }
 
 #[derive(Serialize)]
@@ -228,6 +228,67 @@ pub async fn pull(a: PullArgs) -> Result<(), CliError> {
             out.layers.len(),
             out.total_compressed_size,
             path.display()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct UnpackArgs {
+    /// ipfs://<CID> or https://<gateway>/ipfs/<CID>
+    pub reference: String,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+    /// Directory to apply the image into (must not exist, or be empty; ownership needs root).
+    #[arg(long)]
+    pub rootfs: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Fetches, verifies and applies an image into a directory, like `umoci unpack` but from a
+/// CID: the boot path without the measurement and the workload.
+pub async fn unpack(a: UnpackArgs) -> Result<(), CliError> {
+    let (gw, resolved) = resolve(&a.reference, &a.fetch).await?;
+    let usage = |e: std::io::Error| CliError::Usage(format!("{}: {e}", a.rootfs.display()));
+    if a.rootfs.exists()
+        && std::fs::read_dir(&a.rootfs)
+            .map_err(usage)?
+            .next()
+            .is_some()
+    {
+        return Err(CliError::Usage(format!(
+            "--rootfs {} exists and is not empty",
+            a.rootfs.display()
+        )));
+    }
+    std::fs::create_dir_all(&a.rootfs).map_err(usage)?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".cidboot-spill-")
+        .tempdir_in(a.rootfs.parent().unwrap_or(std::path::Path::new(".")))
+        .map_err(usage)?;
+    let report = crate::apply::apply_image(
+        gw,
+        Arc::new(resolved),
+        &a.rootfs,
+        scratch.path(),
+        &crate::apply::ApplyLimits::default(),
+    )
+    .await
+    .map_err(|e| CliError::Usage(e.to_string()))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        println!(
+            "applied {} layers ({} bytes) into {} in {:.2}s",
+            report.layers.len(),
+            report.uncompressed_bytes,
+            a.rootfs.display(),
+            report.seconds
         );
     }
     Ok(())

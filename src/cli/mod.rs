@@ -34,6 +34,8 @@ pub enum Command {
     Inspect(image::InspectArgs),
     /// Fetch and verify a whole image and write it as an OCI image layout.
     Pull(image::PullArgs),
+    /// Fetch, verify and apply an image into a directory (no measurement, no workload).
+    Unpack(image::UnpackArgs),
     /// Fetch, verify, apply, measure and run an image on this machine (as root).
     Run(run::RunArgs),
     /// Check an attestation document: signature, chain to the AWS root, PCRs, nonce, user_data.
@@ -56,11 +58,43 @@ pub struct FetchArgs {
     /// Platform to select from an image index.
     #[arg(long, default_value = "linux/amd64", value_name = "OS/ARCH[/VARIANT]")]
     pub platform: String,
+    /// Seconds to connect (TCP or tunnel, and TLS).
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub connect_timeout: u64,
+    /// Seconds from a request to its response headers.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub first_byte_timeout: u64,
+    /// Longest silence, in seconds, inside a response body.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub idle_timeout: u64,
+    /// Tries per gateway for one object before failing over.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub tries: u32,
+    /// Longest time, in seconds, spent on one object across all gateways.
+    #[arg(long, default_value_t = 1800, value_name = "SECS")]
+    pub object_deadline: u64,
 }
 
 impl FetchArgs {
     pub fn platform(&self) -> Result<Platform, OciError> {
         self.platform.parse()
+    }
+
+    pub fn timeouts(&self) -> crate::transport::http::Timeouts {
+        use std::time::Duration;
+        crate::transport::http::Timeouts {
+            connect: Duration::from_secs(self.connect_timeout.max(1)),
+            first_byte: Duration::from_secs(self.first_byte_timeout.max(1)),
+            idle: Duration::from_secs(self.idle_timeout.max(1)),
+        }
+    }
+
+    pub fn policy(&self) -> crate::fetch::GatewayPolicy {
+        crate::fetch::GatewayPolicy {
+            attempts_per_gateway: self.tries.max(1),
+            object_deadline: std::time::Duration::from_secs(self.object_deadline.max(1)),
+            ..Default::default()
+        }
     }
 }
 
@@ -108,6 +142,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(a) => a.json,
         Command::Pull(a) => a.json,
         Command::Run(a) => a.json,
+        Command::Unpack(a) => a.json,
         Command::Verify(a) => a.json,
         Command::Expect(a) => a.json,
         Command::Gateway(_) | Command::Host(_) => false,
@@ -158,6 +193,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Inspect(a) => ok(runtime()?.block_on(image::inspect(a))),
         Command::Pull(a) => ok(runtime()?.block_on(image::pull(a))),
         Command::Run(a) => runtime()?.block_on(run::run(a)),
+        Command::Unpack(a) => ok(runtime()?.block_on(image::unpack(a))),
         Command::Verify(a) => runtime()?.block_on(attest::verify(a)),
         Command::Expect(a) => ok(runtime()?.block_on(attest::expect(a))),
         Command::Host(a) => {
