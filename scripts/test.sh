@@ -8,5 +8,7 @@ export CIDBOOT_IPFS_CAR
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked
+# A short smoke pass of every fuzz target (longer runs: scripts/fuzz.sh 600).
+scripts/fuzz.sh 15
 # The PID 1 path on a real kernel: an EIF in QEMU's emulated Nitro Enclave (TCG).
 scripts/e2e-emulated.sh

@@ -106,6 +106,12 @@ fn parse_authority(a: &str, default_port: u16) -> Option<(String, u16)> {
     }
 }
 
+/// Parses a request head into the target `host:port` it asks for (the proxy's only parser of
+/// client input; public for fuzzing).
+pub fn parse_request_target(head: &[u8]) -> Result<(String, u16), String> {
+    parse_request(head).map(|t| (t.host, t.port))
+}
+
 fn parse_request(head: &[u8]) -> Result<Target, String> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
