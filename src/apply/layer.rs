@@ -422,23 +422,8 @@ impl Ctx<'_> {
         let t = cname(target)?;
         symlinkat(t.as_c_str(), dir.as_fd(), name.as_c_str())
             .map_err(|e| fs_err(rel, "symlink", e))?;
-        fchownat(
-            dir.as_fd(),
-            name.as_c_str(),
-            Some(uid(meta, rel)?),
-            Some(gid(meta, rel)?),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| fs_err(rel, "chown", e))?;
-        let ts = TimeSpec::new(meta.mtime, 0);
-        utimensat(
-            dir.as_fd(),
-            name.as_c_str(),
-            &ts,
-            &ts,
-            UtimensatFlags::NoFollowSymlink,
-        )
-        .map_err(|e| fs_err(rel, "utimens", e))
+        owner_nofollow(dir, name, rel, meta)?;
+        mtime_nofollow(dir, name, rel, meta)
     }
 
     /// Hard links: the target is another entry's path, resolved inside the root.
@@ -530,14 +515,7 @@ impl Ctx<'_> {
             nix::sys::stat::makedev(major.into(), minor.into()),
         )
         .map_err(|e| fs_err(rel, "mknod", e))?;
-        fchownat(
-            dir.as_fd(),
-            name.as_c_str(),
-            Some(uid(meta, rel)?),
-            Some(gid(meta, rel)?),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| fs_err(rel, "chown", e))?;
+        owner_nofollow(dir, name, rel, meta)?;
         // The node was just created by mknodat, so it is not a symlink: following is safe,
         // and nothing from the image runs while layers are applied.
         fchmodat(
@@ -547,16 +525,43 @@ impl Ctx<'_> {
             FchmodatFlags::FollowSymlink,
         )
         .map_err(|e| fs_err(rel, "chmod", e))?;
-        let ts = TimeSpec::new(meta.mtime, 0);
-        utimensat(
-            dir.as_fd(),
-            name.as_c_str(),
-            &ts,
-            &ts,
-            UtimensatFlags::NoFollowSymlink,
-        )
-        .map_err(|e| fs_err(rel, "utimens", e))
+        mtime_nofollow(dir, name, rel, meta)
     }
+}
+
+/// Ownership of the last component itself (never what a symlink points to).
+fn owner_nofollow(
+    dir: &OwnedFd,
+    name: &CString,
+    rel: &RelPath,
+    meta: &Meta,
+) -> Result<(), ApplyError> {
+    fchownat(
+        dir.as_fd(),
+        name.as_c_str(),
+        Some(uid(meta, rel)?),
+        Some(gid(meta, rel)?),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| fs_err(rel, "chown", e))
+}
+
+/// The mtime of the last component itself (never what a symlink points to).
+fn mtime_nofollow(
+    dir: &OwnedFd,
+    name: &CString,
+    rel: &RelPath,
+    meta: &Meta,
+) -> Result<(), ApplyError> {
+    let ts = TimeSpec::new(meta.mtime, 0);
+    utimensat(
+        dir.as_fd(),
+        name.as_c_str(),
+        &ts,
+        &ts,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| fs_err(rel, "utimens", e))
 }
 
 fn uid(meta: &Meta, rel: &RelPath) -> Result<Uid, ApplyError> {
