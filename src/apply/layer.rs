@@ -3,9 +3,10 @@
 //! The `tar` crate is used in raw mode as a header parser only: PAX records and GNU long
 //! names arrive as their own entries, so their sizes are checked before they are read.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ffi::CString;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::fcntl::{openat, OFlag};
@@ -56,6 +57,7 @@ pub fn apply_tar<R: Read>(
     let mut archive = tar::Archive::new(reader);
     let entries = archive.entries().map_err(ApplyError::Tar)?.raw(true);
     let mut stats = LayerStats::default();
+    let copy_buf = RefCell::new(Vec::new());
     let mut touched: HashSet<RelPath> = HashSet::new();
     let mut dir_times: Vec<(RelPath, i64)> = Vec::new();
     let mut pax: Option<Vec<u8>> = None;
@@ -123,7 +125,11 @@ pub fn apply_tar<R: Read>(
             apply_pax(&mut meta, &records, size)?;
         }
         let rel = RelPath::parse(&meta.path, limits.max_path_len, limits.max_path_depth)?;
-        let ctx = Ctx { root, limits };
+        let ctx = Ctx {
+            root,
+            limits,
+            buf: &copy_buf,
+        };
         match kind {
             EntryType::Regular
             | EntryType::Continuous
@@ -316,7 +322,12 @@ fn fs_err(rel: &RelPath, op: &'static str, e: nix::errno::Errno) -> ApplyError {
 struct Ctx<'a> {
     root: &'a Root,
     limits: &'a ApplyLimits,
+    /// Reused for file contents: large writes keep the system call count down.
+    buf: &'a RefCell<Vec<u8>>,
 }
+
+/// The largest single write of file contents.
+const COPY_CHUNK: usize = 1 << 20;
 
 impl Ctx<'_> {
     /// Removes whatever is at `name` unless it is a directory and `keep_dir` is set.
@@ -381,11 +392,30 @@ impl Ctx<'_> {
         )
         .map_err(|e| fs_err(rel, "create", e))?;
         let mut file = std::fs::File::from(fd);
-        let copied = io::copy(&mut data.take(size), &mut file).map_err(|e| ApplyError::Fs {
-            path: rel.display(),
-            op: "write",
-            source: e,
-        })?;
+        let mut buf = self.buf.borrow_mut();
+        let want = usize::try_from(size).unwrap_or(COPY_CHUNK).min(COPY_CHUNK);
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+        let mut copied = 0u64;
+        while copied < size {
+            let room = buf
+                .len()
+                .min(usize::try_from(size - copied).unwrap_or(usize::MAX));
+            let n = match data.read(&mut buf[..room]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ApplyError::Tar(e)),
+            };
+            file.write_all(&buf[..n]).map_err(|e| ApplyError::Fs {
+                path: rel.display(),
+                op: "write",
+                source: e,
+            })?;
+            copied += n as u64;
+        }
+        drop(buf);
         if copied != size {
             return Err(ApplyError::Tar(io::Error::new(
                 io::ErrorKind::UnexpectedEof,

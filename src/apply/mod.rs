@@ -1,16 +1,20 @@
 //! Applying verified layers onto a root.
 //!
-//! Trust boundary: a layer is applied only after its compressed digest and size matched the
-//! manifest and its uncompressed digest matched the config's diff_id. Layers are fetched and
-//! inflated in parallel into spill files, and applied strictly in order.
+//! Trust boundary: every byte that reaches the applier came out of a block verified against the
+//! CID before it was inflated, so a gateway cannot put anything into the root. A layer counts as
+//! applied only once its compressed digest and size matched the manifest and its uncompressed
+//! digest matched the config's diff_id; any mismatch fails the whole image, and callers discard
+//! the root before anything in it runs. Layers are fetched and inflated in parallel into spill
+//! files and applied strictly in order, the applier following the current layer's inflater.
 
 pub mod fs;
 pub mod inflate;
 pub mod layer;
 pub mod path;
+pub mod spill;
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,7 +24,7 @@ use tracing::info;
 
 pub use layer::LayerStats;
 
-use crate::fetch::{BlobSink, Gateways};
+use crate::fetch::{BlobSink, FetchError, Gateways};
 use crate::oci::{OciError, Resolved};
 
 /// Bounds on what layers may do (see docs/limits.md).
@@ -120,6 +124,9 @@ pub enum ApplyError {
     },
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
+    /// This side stopped because the other failed; the other reports the cause.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -133,18 +140,30 @@ pub struct ApplyReport {
     pub seconds: f64,
 }
 
-/// A channel-fed reader: verified chunks arrive from the fetch side, in order.
+/// A channel-fed reader: verified chunks arrive from the fetch side, in order. An empty chunk
+/// marks the end of a blob whose digest matched; a channel closed without it means the fetch
+/// stopped, which the inflater must not take for the end of the stream.
 struct ChannelReader {
     rx: mpsc::Receiver<Bytes>,
     cur: Bytes,
+    ended: bool,
 }
 
 impl io::Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.cur.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
             match self.rx.blocking_recv() {
+                Some(b) if b.is_empty() => self.ended = true,
                 Some(b) => self.cur = b,
-                None => return Ok(0),
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the layer's fetch stopped",
+                    ))
+                }
             }
         }
         let n = buf.len().min(self.cur.len());
@@ -156,8 +175,18 @@ impl io::Read for ChannelReader {
 
 struct ChannelSink(mpsc::Sender<Bytes>);
 
+impl ChannelSink {
+    async fn finish(self) {
+        // The inflater may already have stopped on its own error, which it reports itself.
+        let _ = self.0.send(Bytes::new()).await;
+    }
+}
+
 impl BlobSink for ChannelSink {
     async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
         self.0
             .send(Bytes::copy_from_slice(data))
             .await
@@ -165,57 +194,89 @@ impl BlobSink for ChannelSink {
     }
 }
 
-/// Fetches, verifies, inflates and checks one layer into `spill`; returns its size.
+/// Fetches, verifies, inflates and checks one layer into `spill`; returns its size. The spill
+/// is declared good only after the diff_id matched, so its reader never sees an unchecked end.
 async fn stage_layer(
     gw: Arc<Gateways>,
     resolved: Arc<Resolved>,
     index: usize,
-    spill: PathBuf,
+    spill: spill::SpillWriter,
     max_out: u64,
 ) -> Result<u64, ApplyError> {
     let blob = resolved.layers[index].clone();
     let compression = resolved.layer_compression(index)?;
     let expected = resolved.image_config.rootfs().diff_ids()[index].clone();
-    let (tx, rx) = mpsc::channel::<Bytes>(8);
-    let spill2 = spill.clone();
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let digest = blob.desc.digest().to_string();
     let inflater = tokio::task::spawn_blocking(move || {
-        let f = std::fs::File::create(&spill2).map_err(|source| ApplyError::Io {
-            what: format!("creating {}", spill2.display()),
-            source,
-        })?;
         let reader = ChannelReader {
             rx,
             cur: Bytes::new(),
+            ended: false,
         };
-        inflate::inflate(
-            reader,
-            compression,
-            max_out,
-            io::BufWriter::with_capacity(1 << 20, f),
-        )
+        let mut out = io::BufWriter::with_capacity(1 << 20, spill);
+        let inflated = inflate::inflate(reader, compression, max_out, &mut out);
+        let spill = match out.into_inner() {
+            Ok(s) => s,
+            Err(e) if e.error().kind() == io::ErrorKind::BrokenPipe => {
+                return Err(ApplyError::Interrupted(e.error().to_string()))
+            }
+            Err(e) => {
+                return Err(ApplyError::Io {
+                    what: "writing the spill file".into(),
+                    source: e.into_error(),
+                })
+            }
+        };
+        let (size, diff) = match inflated {
+            Ok(v) => v,
+            Err(ApplyError::Decompress(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
+                spill.fail(e.to_string());
+                return Err(ApplyError::Interrupted(e.to_string()));
+            }
+            Err(e) => {
+                spill.fail(e.to_string());
+                return Err(e);
+            }
+        };
+        if format!("sha256:{diff}") != expected {
+            let e = ApplyError::DiffId {
+                index,
+                digest,
+                expected,
+                actual: diff,
+            };
+            spill.fail(e.to_string());
+            return Err(e);
+        }
+        Ok((size, spill))
     });
     let mut sink = ChannelSink(tx);
     let fetched = Resolved::fetch_blob(&gw, &blob, &mut sink).await;
-    drop(sink);
+    if fetched.is_ok() {
+        sink.finish().await;
+    } else {
+        drop(sink);
+    }
     let inflated = inflater
         .await
         .map_err(|e| ApplyError::Internal(format!("inflater: {e}")))?;
-    fetched?;
-    let (size, diff) = inflated?;
-    if format!("sha256:{diff}") != expected {
-        return Err(ApplyError::DiffId {
-            index,
-            digest: blob.desc.digest().to_string(),
-            expected,
-            actual: diff,
-        });
-    }
+    // Report the cause, not its echo: the side that stopped first failed on its own, and the
+    // other saw a broken pipe.
+    let (size, spill) = match (fetched, inflated) {
+        (Err(OciError::Fetch(FetchError::Sink(_))), Err(e)) => return Err(e),
+        (Err(e), _) => return Err(e.into()),
+        (Ok(()), r) => r?,
+    };
+    // Only now, with the blob's sha256 checked too, may the applier see the end of the layer.
+    spill.finish();
     Ok(size)
 }
 
 /// Applies every layer of `resolved` onto the directory `rootfs`, using `scratch` for spill
-/// files. On error the root is left partly written: callers discard it (nothing from it has
-/// run).
+/// files. Layers are fetched and inflated `parallelism` at a time; the applier follows the
+/// current layer's inflater. On error the root is left partly written: callers discard it
+/// (nothing from it has run).
 pub async fn apply_image(
     gw: Arc<Gateways>,
     resolved: Arc<Resolved>,
@@ -228,33 +289,53 @@ pub async fn apply_image(
     let permits = Arc::new(Semaphore::new(limits.parallelism.max(1)));
     let mut jobs = Vec::new();
     for (i, layer) in resolved.layers.iter().enumerate() {
-        let spill = scratch.join(format!("layer-{i}.tar"));
+        let path = scratch.join(format!("layer-{i}.tar"));
+        let (writer, reader) = spill::create(&path).map_err(|source| ApplyError::Io {
+            what: format!("creating {}", path.display()),
+            source,
+        })?;
         let max_out = limits
             .ratio_floor
             .max(layer.desc.size().saturating_mul(limits.max_ratio))
             .min(limits.max_total_uncompressed);
-        let (gw, resolved, permits, spill2) =
-            (gw.clone(), resolved.clone(), permits.clone(), spill.clone());
+        let (gw, resolved, permits) = (gw.clone(), resolved.clone(), permits.clone());
         let job = tokio::spawn(async move {
             let _permit = permits
                 .acquire_owned()
                 .await
                 .map_err(|_| ApplyError::Internal("semaphore closed".into()))?;
-            stage_layer(gw, resolved, i, spill2, max_out).await
+            stage_layer(gw, resolved, i, writer, max_out).await
         });
-        jobs.push((spill, job));
+        jobs.push((reader, job));
     }
     let mut report = ApplyReport::default();
     let mut total = 0u64;
-    let mut jobs = jobs.into_iter().enumerate();
-    while let Some((i, (spill, job))) = jobs.next() {
+    let mut jobs = jobs.into_iter();
+    let mut i = 0;
+    while let Some((reader, job)) = jobs.next() {
+        let (root2, limits2) = (root.clone(), limits.clone());
+        let applier = tokio::task::spawn_blocking(move || {
+            let mut r = io::BufReader::with_capacity(1 << 20, reader);
+            let stats = layer::apply_tar(&root2, &mut r, &limits2)?;
+            // Past the end-of-archive blocks: read to the verified end, so that the layer's
+            // diff_id covers everything and its end is known good.
+            io::copy(&mut r, &mut io::sink()).map_err(ApplyError::Tar)?;
+            Ok(stats)
+        });
         let staged = job
             .await
-            .map_err(|e| ApplyError::Internal(format!("layer task: {e}")));
-        let size = match staged.and_then(|r| r) {
-            Ok(s) => s,
-            Err(e) => {
-                for (_, (_, j)) in jobs {
+            .map_err(|e| ApplyError::Internal(format!("layer task: {e}")))
+            .and_then(|r| r);
+        let applied = applier
+            .await
+            .map_err(|e| ApplyError::Internal(format!("applier: {e}")))
+            .and_then(|r| r);
+        // The stage's error is the cause when both failed (the applier saw a failed stream),
+        // unless the stage was only interrupted by the applier's own failure.
+        let (size, stats) = match (staged, applied) {
+            (Ok(size), Ok(stats)) => (size, stats),
+            (Err(ApplyError::Interrupted(_)), Err(e)) | (Err(e), _) | (Ok(_), Err(e)) => {
+                for (_, j) in jobs {
                     j.abort();
                 }
                 return Err(e);
@@ -266,21 +347,10 @@ pub async fn apply_image(
                 max: limits.max_total_uncompressed,
             });
         }
-        let (root2, limits2, spill2) = (root.clone(), limits.clone(), spill.clone());
-        let stats = tokio::task::spawn_blocking(move || {
-            let f = std::fs::File::open(&spill2).map_err(|source| ApplyError::Io {
-                what: format!("opening {}", spill2.display()),
-                source,
-            })?;
-            let r = layer::apply_tar(&root2, io::BufReader::with_capacity(1 << 20, f), &limits2);
-            let _ = std::fs::remove_file(&spill2);
-            r
-        })
-        .await
-        .map_err(|e| ApplyError::Internal(format!("applier: {e}")))??;
         info!(layer = i, digest = %resolved.layers[i].desc.digest(), entries = stats.entries, bytes = size, "layer applied");
         report.compressed_bytes += resolved.layers[i].desc.size();
         report.layers.push(stats);
+        i += 1;
     }
     report.uncompressed_bytes = total;
     report.seconds = started.elapsed().as_secs_f64();
