@@ -1,4 +1,5 @@
 use std::io::IsTerminal;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -263,20 +264,36 @@ pub async fn unpack(a: UnpackArgs) -> Result<(), CliError> {
             a.rootfs.display()
         )));
     }
-    std::fs::create_dir_all(&a.rootfs).map_err(usage)?;
+    // Apply beside the target and rename into place at the end, so that a failure leaves
+    // nothing behind: neither a half-applied root nor one whose last layer did not verify.
+    let parent = match a.rootfs.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(usage)?;
+    let staging = tempfile::Builder::new()
+        .prefix(".cidboot-unpack-")
+        .tempdir_in(&parent)
+        .map_err(usage)?;
+    std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))
+        .map_err(usage)?;
     let scratch = tempfile::Builder::new()
         .prefix(".cidboot-spill-")
-        .tempdir_in(a.rootfs.parent().unwrap_or(std::path::Path::new(".")))
+        .tempdir_in(&parent)
         .map_err(usage)?;
     let report = crate::apply::apply_image(
         gw,
         Arc::new(resolved),
-        &a.rootfs,
+        staging.path(),
         scratch.path(),
         &crate::apply::ApplyLimits::default(),
     )
-    .await
-    .map_err(|e| CliError::Usage(e.to_string()))?;
+    .await?;
+    if a.rootfs.exists() {
+        std::fs::remove_dir(&a.rootfs).map_err(usage)?;
+    }
+    std::fs::rename(staging.path(), &a.rootfs).map_err(usage)?;
+    let _ = staging.keep();
     if a.json {
         println!(
             "{}",

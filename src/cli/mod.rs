@@ -118,6 +118,8 @@ pub enum CliError {
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
     #[error(transparent)]
+    Apply(#[from] crate::apply::ApplyError),
+    #[error(transparent)]
     Pack(#[from] crate::publish::pack::PackError),
     #[error(transparent)]
     Serve(#[from] crate::publish::serve::ServeError),

@@ -1,0 +1,171 @@
+//! `cidboot unpack`: layers streamed from a real HTTPS gateway into a root, applied in order
+//! while later layers are still inflating, and all or nothing.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::json;
+
+fn unpack(reference: &str, gw: &Gateway, rootfs: &Path) -> Out {
+    run(&[
+        "unpack",
+        reference,
+        "--gateway",
+        &gw.url,
+        "--ca",
+        gw.ca.to_str().unwrap(),
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--json",
+    ])
+}
+
+/// Names in `dir` that cidboot created beside the root and should have removed.
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".cidboot-"))
+        .collect()
+}
+
+/// A tar whose entry names are written raw, as a hostile publisher would.
+fn raw_tar(entries: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn large_layers_stream_into_the_root_in_order() {
+    // Incompressible layers of tens of MB: the applier follows each layer's inflater, and the
+    // later layer's changes land on top of the earlier one's.
+    let big0 = noise(24 << 20, 1);
+    let big1 = noise(20 << 20, 2);
+    let lower = tar_of(&[
+        ("data/big", big0.clone()),
+        ("data/replaced", b"old".to_vec()),
+        ("data/gone", b"x".to_vec()),
+    ]);
+    let upper = tar_of(&[
+        ("data/replaced", b"new".to_vec()),
+        ("data/.wh.gone", vec![]),
+        ("data/big1", big1.clone()),
+    ]);
+    let img = image_from_tars(&[lower.clone(), upper.clone()], json!({}));
+    let work = tempfile::tempdir().unwrap();
+    let (reference, gw) = publish(&img, work.path());
+    let rootfs = work.path().join("root");
+    let out = unpack(&reference, &gw, &rootfs);
+    assert!(out.ok, "{}", out.stderr);
+    let report = out.json();
+    assert_eq!(
+        report["uncompressed_bytes"],
+        (lower.len() + upper.len()) as u64
+    );
+    assert_eq!(report["layers"].as_array().unwrap().len(), 2);
+    assert!(std::fs::read(rootfs.join("data/big")).unwrap() == big0);
+    assert!(std::fs::read(rootfs.join("data/big1")).unwrap() == big1);
+    assert_eq!(std::fs::read(rootfs.join("data/replaced")).unwrap(), b"new");
+    assert!(!rootfs.join("data/gone").exists());
+    assert!(
+        leftovers(work.path()).is_empty(),
+        "{:?}",
+        leftovers(work.path())
+    );
+}
+
+#[test]
+fn a_diff_id_mismatch_in_the_last_layer_leaves_nothing_behind() {
+    let img = image_from_tars_with(
+        &[
+            tar_of(&[("a", noise(8 << 20, 3))]),
+            tar_of(&[("b", noise(8 << 20, 4))]),
+        ],
+        json!({}),
+        |i, d| {
+            if i == 1 {
+                format!("sha256:{}", "0".repeat(64))
+            } else {
+                d
+            }
+        },
+    );
+    let work = tempfile::tempdir().unwrap();
+    let (reference, gw) = publish(&img, work.path());
+    let rootfs = work.path().join("root");
+    let out = unpack(&reference, &gw, &rootfs);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("layer 1 (")
+            && out
+                .stderr
+                .contains("but the config's diff_id is sha256:000"),
+        "{}",
+        out.stderr
+    );
+    assert!(!rootfs.exists(), "a partly applied root was left behind");
+    assert!(
+        leftovers(work.path()).is_empty(),
+        "{:?}",
+        leftovers(work.path())
+    );
+}
+
+#[test]
+fn a_hostile_entry_is_reported_as_the_cause_while_its_layer_still_streams() {
+    // The applier refuses the entry while megabytes of the same layer are still being fetched
+    // and inflated: the error names the entry, not the interrupted inflater.
+    let hostile = raw_tar(&[(b"../escape", b"pwned"), (b"after", &noise(16 << 20, 5))]);
+    let img = image_from_tars(
+        &[tar_of(&[("base", noise(4 << 20, 6))]), hostile],
+        json!({}),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let (reference, gw) = publish(&img, work.path());
+    let rootfs = work.path().join("sub/root");
+    let out = unpack(&reference, &gw, &rootfs);
+    assert!(!out.ok);
+    assert!(
+        out.stderr
+            .contains("\"../escape\" contains a \"..\" component"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("interrupted"), "{}", out.stderr);
+    assert!(!rootfs.exists());
+    assert!(!work.path().join("sub/escape").exists() && !work.path().join("escape").exists());
+    assert!(leftovers(&work.path().join("sub")).is_empty());
+}
+
+#[test]
+fn a_non_empty_target_is_refused_untouched() {
+    let img = image_from_tars(&[tar_of(&[("a", b"1".to_vec())])], json!({}));
+    let work = tempfile::tempdir().unwrap();
+    let (reference, gw) = publish(&img, work.path());
+    let rootfs = work.path().join("root");
+    std::fs::create_dir(&rootfs).unwrap();
+    std::fs::write(rootfs.join("mine"), b"keep").unwrap();
+    let out = unpack(&reference, &gw, &rootfs);
+    assert!(
+        !out.ok && out.stderr.contains("not empty"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read(rootfs.join("mine")).unwrap(), b"keep");
+    assert!(!rootfs.join("a").exists());
+}
