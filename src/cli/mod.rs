@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 
 use crate::oci::{OciError, Platform};
 
@@ -164,17 +164,30 @@ pub fn main() -> ExitCode {
 
 fn init_logging(stdout: bool) {
     use std::io::IsTerminal;
-    let filter = EnvFilter::try_from_env("CIDBOOT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // `CIDBOOT_LOG` takes a level, or `target=level` directives, comma-separated. A value that
+    // does not parse is reported and replaced by the default.
+    let default = || Targets::new().with_default(LevelFilter::INFO);
+    let filter = match std::env::var("CIDBOOT_LOG") {
+        Ok(v) => v.parse::<Targets>().unwrap_or_else(|e| {
+            eprintln!("cidboot: ignoring CIDBOOT_LOG={v:?}: {e}");
+            default()
+        }),
+        Err(_) => default(),
+    };
+    let b = tracing_subscriber::fmt().with_target(false);
     let _ = if stdout {
         b.with_ansi(std::io::stdout().is_terminal())
             .with_writer(std::io::stdout)
+            .finish()
+            .with(filter)
             .try_init()
     } else {
         b.with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
+            .finish()
+            .with(filter)
             .try_init()
     };
 }
