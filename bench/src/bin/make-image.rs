@@ -1,6 +1,7 @@
-//! Generates the pull-and-apply reference image from real files on this machine: three gzip
-//! layers (about 180, 100 and 50 MB of files), as an OCI layout and a CAR.
-//! Usage: make-image OUT_DIR [SCALE]  (SCALE multiplies the layer budgets; 1 by default)
+//! Generates the pull-and-apply reference image from real files on this machine: three layers
+//! (about 180, 100 and 50 MB of files), as an OCI layout and a CAR.
+//! Usage: make-image OUT_DIR [SCALE [gzip|zstd]]  (SCALE multiplies the layer budgets; 1 and
+//! gzip by default)
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,7 +38,13 @@ fn files(budget: u64, skip: &mut u64) -> Vec<PathBuf> {
     out
 }
 
-fn layer(paths: &[PathBuf]) -> (Vec<u8>, String) {
+#[derive(Clone, Copy, PartialEq)]
+enum Compression {
+    Gzip,
+    Zstd,
+}
+
+fn layer(paths: &[PathBuf], compression: Compression) -> (Vec<u8>, String) {
     let mut tar = tar::Builder::new(Vec::new());
     tar.mode(tar::HeaderMode::Deterministic);
     for p in paths {
@@ -48,9 +55,16 @@ fn layer(paths: &[PathBuf]) -> (Vec<u8>, String) {
     }
     let raw = tar.into_inner().expect("tar in memory");
     let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&raw)));
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&raw).expect("gzip in memory");
-    (gz.finish().expect("gzip in memory"), diff_id)
+    let compressed = match compression {
+        Compression::Gzip => {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(&raw).expect("gzip in memory");
+            gz.finish().expect("gzip in memory")
+        }
+        // Level 3 is zstd's and containerd's default.
+        Compression::Zstd => zstd::bulk::compress(&raw, 3).expect("zstd in memory"),
+    };
+    (compressed, diff_id)
 }
 
 fn blob(dir: &Path, data: &[u8]) -> (String, usize) {
@@ -63,6 +77,11 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let out = PathBuf::from(args.next().expect("usage: make-image OUT_DIR [SCALE]"));
     let scale: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let (compression, media_type) = match args.next().as_deref() {
+        None | Some("gzip") => (Compression::Gzip, "application/vnd.oci.image.layer.v1.tar+gzip"),
+        Some("zstd") => (Compression::Zstd, "application/vnd.oci.image.layer.v1.tar+zstd"),
+        Some(other) => panic!("unknown compression {other}"),
+    };
     let layout = out.join("layout");
     std::fs::create_dir_all(layout.join("blobs/sha256")).expect("mkdir");
     let mut skip = 0u64;
@@ -73,10 +92,10 @@ fn main() {
         let budget = (budget_mb * scale * 1e6) as u64;
         let paths = files(budget, &mut skip);
         skip += paths.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum::<u64>();
-        let (gz, diff_id) = layer(&paths);
-        let (digest, size) = blob(&layout, &gz);
+        let (compressed, diff_id) = layer(&paths, compression);
+        let (digest, size) = blob(&layout, &compressed);
         layer_files.push(layout.join("blobs/sha256").join(&digest[7..]));
-        layers.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size}));
+        layers.push(serde_json::json!({"mediaType": media_type, "digest": digest, "size": size}));
         diff_ids.push(diff_id);
     }
     let config = serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Entrypoint": ["/bin/true"]}, "rootfs": {"type": "layers", "diff_ids": diff_ids}});
