@@ -304,6 +304,22 @@ fn a_layer_whose_diff_id_does_not_match_never_runs() {
 }
 
 #[test]
+fn a_kept_root_is_left_empty_when_a_layer_does_not_verify() {
+    let img = image_from_tars_with(
+        &[base_layer()],
+        json!({"Entrypoint": ["/bin/probe"]}),
+        |_, _| format!("sha256:{}", "0".repeat(64)),
+    );
+    let keep = tempfile::tempdir().unwrap();
+    let rootfs = keep.path().join("root");
+    let r = run_image(&img, None, None, &["--rootfs", rootfs.to_str().unwrap()]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("diff_id"), "{}", r.stderr);
+    let left: Vec<_> = std::fs::read_dir(&rootfs).unwrap().collect();
+    assert!(left.is_empty(), "partly applied root left behind: {left:?}");
+}
+
+#[test]
 fn layers_apply_in_order_with_whiteouts() {
     let upper = tar_entries(&[
         TarEntry::File {

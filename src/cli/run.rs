@@ -28,7 +28,8 @@ pub struct RunArgs {
     /// Runtime configuration (TOML); measured.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Apply into this directory (must not exist, or be empty) and keep it afterwards.
+    /// Apply into this directory (must not exist, or be empty) and keep it afterwards. If the
+    /// image fails to verify or apply, it is emptied again.
     #[arg(long)]
     pub rootfs: Option<PathBuf>,
     /// Directory holding the helper clients (default: the configuration's helpers.dir).
@@ -208,7 +209,18 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
         attestation_listen,
         egress_dialer,
     };
-    let mut prepared = boot::prepare(&plan, &rootfs, &scratch).await?;
+    let mut prepared = match boot::prepare(&plan, &rootfs, &scratch).await {
+        Ok(p) => p,
+        Err(e) => {
+            // A root the user asked to keep must not be left half-applied: empty it again.
+            if a.rootfs.is_some() {
+                if let Err(d) = empty_dir(&rootfs) {
+                    tracing::warn!(rootfs = %rootfs.display(), "could not remove the partly applied root: {d}");
+                }
+            }
+            return Err(e.into());
+        }
+    };
     boot::measure(&plan, &prepared)?;
     let api = boot::serve_api(&plan, &mut prepared).await?;
     boot::start_relays(&plan, &mut prepared).await?;
@@ -257,4 +269,17 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
     }
     tracing::info!(exit_code = code, "workload exited");
     Ok(code)
+}
+
+/// Removes everything inside `dir` without following symlinks (`remove_dir_all` does not).
+fn empty_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if std::fs::symlink_metadata(&path)?.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
