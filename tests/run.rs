@@ -102,6 +102,8 @@ fn run_image(img: &Image, config: Option<&str>, helpers: Option<&Path>, extra: &
     if let Some(h) = helpers {
         c.arg("--helpers-dir").arg(h);
     }
+    // Tests run in parallel: each workload's attestation API gets its own port.
+    c.args(["--attestation-listen", "127.0.0.1:0"]);
     c.args(extra);
     let o = c.env("CIDBOOT_LOG", "info").output().unwrap();
     Ran {
