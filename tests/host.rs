@@ -139,13 +139,41 @@ fn egress_config(echo: u16, extra: &str) -> String {
     )
 }
 
+/// A daemon whose egress proxy allows an echo server, and what keeps them running.
+struct EgressHost {
+    rt: tokio::runtime::Runtime,
+    echo: u16,
+    proxy: String,
+    host: Host,
+    _work: tempfile::TempDir,
+}
+
+impl EgressHost {
+    fn start() -> Self {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let echo = echo_server(&rt);
+        let work = tempfile::tempdir().unwrap();
+        let host = Host::start(&egress_config(echo, ""), work.path());
+        let proxy = host.addr("egress proxy");
+        EgressHost {
+            rt,
+            echo,
+            proxy,
+            host,
+            _work: work,
+        }
+    }
+}
+
 #[test]
 fn egress_allowlist_decisions() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let echo = echo_server(&rt);
-    let work = tempfile::tempdir().unwrap();
-    let host = Host::start(&egress_config(echo, ""), work.path());
-    let proxy = host.addr("egress proxy");
+    let EgressHost {
+        rt: _rt,
+        echo,
+        proxy,
+        host,
+        _work,
+    } = EgressHost::start();
 
     // Allowed: the tunnel carries bytes both ways.
     let (status, mut s) = proxy_request(&proxy, &connect_req(&format!("localhost:{echo}")));
@@ -207,11 +235,13 @@ fn egress_allowlist_decisions() {
 
 #[test]
 fn egress_bounds_heads_and_slow_clients_and_keeps_serving() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let echo = echo_server(&rt);
-    let work = tempfile::tempdir().unwrap();
-    let host = Host::start(&egress_config(echo, ""), work.path());
-    let proxy = host.addr("egress proxy");
+    let EgressHost {
+        rt: _rt,
+        echo,
+        proxy,
+        host: _host,
+        _work,
+    } = EgressHost::start();
     // An oversized request line.
     let long = format!("CONNECT {}:443 HTTP/1.1\r\n\r\n", "a".repeat(10_000));
     let (status, _) = proxy_request(&proxy, &long);
@@ -245,11 +275,13 @@ fn egress_bounds_heads_and_slow_clients_and_keeps_serving() {
 
 #[test]
 fn two_hundred_concurrent_tunnels_account_for_every_byte() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let echo = echo_server(&rt);
-    let work = tempfile::tempdir().unwrap();
-    let host = Host::start(&egress_config(echo, ""), work.path());
-    let proxy = host.addr("egress proxy");
+    let EgressHost {
+        rt,
+        echo,
+        proxy,
+        host,
+        _work,
+    } = EgressHost::start();
     let total = rt.block_on(async {
         let mut tasks = Vec::new();
         for i in 0..200u64 {

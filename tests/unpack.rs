@@ -3,23 +3,45 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use serde_json::json;
 
-fn unpack(reference: &str, gw: &Gateway, rootfs: &Path) -> Out {
-    run(&[
-        "unpack",
-        reference,
-        "--gateway",
-        &gw.url,
-        "--ca",
-        gw.ca.to_str().unwrap(),
-        "--rootfs",
-        rootfs.to_str().unwrap(),
-        "--json",
-    ])
+/// An image served by a real gateway, and a directory to unpack it into.
+struct Published {
+    reference: String,
+    gw: Gateway,
+    work: tempfile::TempDir,
+}
+
+impl Published {
+    fn new(img: &Image) -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let (reference, gw) = publish(img, work.path());
+        Published {
+            reference,
+            gw,
+            work,
+        }
+    }
+
+    /// Runs `cidboot unpack` into `rel` below the work directory.
+    fn unpack(&self, rel: &str) -> (PathBuf, Out) {
+        let rootfs = self.work.path().join(rel);
+        let out = run(&[
+            "unpack",
+            &self.reference,
+            "--gateway",
+            &self.gw.url,
+            "--ca",
+            self.gw.ca.to_str().unwrap(),
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+            "--json",
+        ]);
+        (rootfs, out)
+    }
 }
 
 /// Names in `dir` that cidboot created beside the root and should have removed.
@@ -67,10 +89,8 @@ fn large_layers_stream_into_the_root_in_order() {
         ("data/big1", big1.clone()),
     ]);
     let img = image_from_tars(&[lower.clone(), upper.clone()], json!({}));
-    let work = tempfile::tempdir().unwrap();
-    let (reference, gw) = publish(&img, work.path());
-    let rootfs = work.path().join("root");
-    let out = unpack(&reference, &gw, &rootfs);
+    let p = Published::new(&img);
+    let (rootfs, out) = p.unpack("root");
     assert!(out.ok, "{}", out.stderr);
     let report = out.json();
     assert_eq!(
@@ -83,9 +103,9 @@ fn large_layers_stream_into_the_root_in_order() {
     assert_eq!(std::fs::read(rootfs.join("data/replaced")).unwrap(), b"new");
     assert!(!rootfs.join("data/gone").exists());
     assert!(
-        leftovers(work.path()).is_empty(),
+        leftovers(p.work.path()).is_empty(),
         "{:?}",
-        leftovers(work.path())
+        leftovers(p.work.path())
     );
 }
 
@@ -105,10 +125,8 @@ fn a_diff_id_mismatch_in_the_last_layer_leaves_nothing_behind() {
             }
         },
     );
-    let work = tempfile::tempdir().unwrap();
-    let (reference, gw) = publish(&img, work.path());
-    let rootfs = work.path().join("root");
-    let out = unpack(&reference, &gw, &rootfs);
+    let p = Published::new(&img);
+    let (rootfs, out) = p.unpack("root");
     assert!(!out.ok);
     assert!(
         out.stderr.contains("layer 1 (")
@@ -120,9 +138,9 @@ fn a_diff_id_mismatch_in_the_last_layer_leaves_nothing_behind() {
     );
     assert!(!rootfs.exists(), "a partly applied root was left behind");
     assert!(
-        leftovers(work.path()).is_empty(),
+        leftovers(p.work.path()).is_empty(),
         "{:?}",
-        leftovers(work.path())
+        leftovers(p.work.path())
     );
 }
 
@@ -135,10 +153,8 @@ fn a_hostile_entry_is_reported_as_the_cause_while_its_layer_still_streams() {
         &[tar_of(&[("base", noise(4 << 20, 6))]), hostile],
         json!({}),
     );
-    let work = tempfile::tempdir().unwrap();
-    let (reference, gw) = publish(&img, work.path());
-    let rootfs = work.path().join("sub/root");
-    let out = unpack(&reference, &gw, &rootfs);
+    let p = Published::new(&img);
+    let (rootfs, out) = p.unpack("sub/root");
     assert!(!out.ok);
     assert!(
         out.stderr
@@ -148,19 +164,18 @@ fn a_hostile_entry_is_reported_as_the_cause_while_its_layer_still_streams() {
     );
     assert!(!out.stderr.contains("interrupted"), "{}", out.stderr);
     assert!(!rootfs.exists());
-    assert!(!work.path().join("sub/escape").exists() && !work.path().join("escape").exists());
-    assert!(leftovers(&work.path().join("sub")).is_empty());
+    assert!(!p.work.path().join("sub/escape").exists() && !p.work.path().join("escape").exists());
+    assert!(leftovers(&p.work.path().join("sub")).is_empty());
 }
 
 #[test]
 fn a_non_empty_target_is_refused_untouched() {
     let img = image_from_tars(&[tar_of(&[("a", b"1".to_vec())])], json!({}));
-    let work = tempfile::tempdir().unwrap();
-    let (reference, gw) = publish(&img, work.path());
-    let rootfs = work.path().join("root");
+    let p = Published::new(&img);
+    let rootfs = p.work.path().join("root");
     std::fs::create_dir(&rootfs).unwrap();
     std::fs::write(rootfs.join("mine"), b"keep").unwrap();
-    let out = unpack(&reference, &gw, &rootfs);
+    let (_, out) = p.unpack("root");
     assert!(
         !out.ok && out.stderr.contains("not empty"),
         "{}",

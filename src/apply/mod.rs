@@ -131,6 +131,31 @@ pub enum ApplyError {
     Internal(String),
 }
 
+impl ApplyError {
+    /// Marks an error that only echoes the other end of a pipe failing (it saw the pipe close)
+    /// as [`ApplyError::Interrupted`], so that [`cause`] reports the other end's error instead.
+    fn echo(self) -> Self {
+        match self {
+            ApplyError::Decompress(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                ApplyError::Interrupted(e.to_string())
+            }
+            ApplyError::Oci(OciError::Fetch(FetchError::Sink(e))) => {
+                ApplyError::Interrupted(e.to_string())
+            }
+            other => other,
+        }
+    }
+}
+
+/// Both ends' results, or the error that is a cause rather than an echo (the first end's
+/// when both are causes).
+fn cause<A, B>(a: Result<A, ApplyError>, b: Result<B, ApplyError>) -> Result<(A, B), ApplyError> {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (Err(ApplyError::Interrupted(_)), Err(e)) | (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+    }
+}
+
 /// What applying an image did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct ApplyReport {
@@ -215,41 +240,28 @@ async fn stage_layer(
             ended: false,
         };
         let mut out = io::BufWriter::with_capacity(1 << 20, spill);
-        let inflated = inflate::inflate(reader, compression, max_out, &mut out);
-        let spill = match out.into_inner() {
-            Ok(s) => s,
-            Err(e) if e.error().kind() == io::ErrorKind::BrokenPipe => {
-                return Err(ApplyError::Interrupted(e.error().to_string()))
-            }
-            Err(e) => {
-                return Err(ApplyError::Io {
-                    what: "writing the spill file".into(),
-                    source: e.into_error(),
-                })
-            }
-        };
-        let (size, diff) = match inflated {
-            Ok(v) => v,
-            Err(ApplyError::Decompress(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
-                spill.fail(e.to_string());
-                return Err(ApplyError::Interrupted(e.to_string()));
-            }
+        // `inflate` flushes on success; on failure the unflushed rest is of no use.
+        let result =
+            inflate::inflate(reader, compression, max_out, &mut out).and_then(|(size, diff)| {
+                if format!("sha256:{diff}") == expected {
+                    Ok(size)
+                } else {
+                    Err(ApplyError::DiffId {
+                        index,
+                        digest,
+                        expected,
+                        actual: diff,
+                    })
+                }
+            });
+        let (spill, _) = out.into_parts();
+        match result {
+            Ok(size) => Ok((size, spill)),
             Err(e) => {
                 spill.fail(e.to_string());
-                return Err(e);
+                Err(e)
             }
-        };
-        if format!("sha256:{diff}") != expected {
-            let e = ApplyError::DiffId {
-                index,
-                digest,
-                expected,
-                actual: diff,
-            };
-            spill.fail(e.to_string());
-            return Err(e);
         }
-        Ok((size, spill))
     });
     let mut sink = ChannelSink(tx);
     let fetched = Resolved::fetch_blob(&gw, &blob, &mut sink).await;
@@ -260,14 +272,12 @@ async fn stage_layer(
     }
     let inflated = inflater
         .await
-        .map_err(|e| ApplyError::Internal(format!("inflater: {e}")))?;
-    // Report the cause, not its echo: the side that stopped first failed on its own, and the
-    // other saw a broken pipe.
-    let (size, spill) = match (fetched, inflated) {
-        (Err(OciError::Fetch(FetchError::Sink(_))), Err(e)) => return Err(e),
-        (Err(e), _) => return Err(e.into()),
-        (Ok(()), r) => r?,
-    };
+        .map_err(|e| ApplyError::Internal(format!("inflater: {e}")))
+        .and_then(|r| r);
+    let ((), (size, spill)) = cause(
+        fetched.map_err(|e| ApplyError::from(e).echo()),
+        inflated.map_err(ApplyError::echo),
+    )?;
     // Only now, with the blob's sha256 checked too, may the applier see the end of the layer.
     spill.finish();
     Ok(size)
@@ -310,9 +320,8 @@ pub async fn apply_image(
     }
     let mut report = ApplyReport::default();
     let mut total = 0u64;
-    let mut jobs = jobs.into_iter();
-    let mut i = 0;
-    while let Some((reader, job)) = jobs.next() {
+    let mut jobs = jobs.into_iter().enumerate();
+    while let Some((i, (reader, job))) = jobs.next() {
         let (root2, limits2) = (root.clone(), limits.clone());
         let applier = tokio::task::spawn_blocking(move || {
             let mut r = io::BufReader::with_capacity(1 << 20, reader);
@@ -330,12 +339,12 @@ pub async fn apply_image(
             .await
             .map_err(|e| ApplyError::Internal(format!("applier: {e}")))
             .and_then(|r| r);
-        // The stage's error is the cause when both failed (the applier saw a failed stream),
+        // When both failed, the stage's error is the cause (the applier saw a failed stream)
         // unless the stage was only interrupted by the applier's own failure.
-        let (size, stats) = match (staged, applied) {
-            (Ok(size), Ok(stats)) => (size, stats),
-            (Err(ApplyError::Interrupted(_)), Err(e)) | (Err(e), _) | (Ok(_), Err(e)) => {
-                for (_, j) in jobs {
+        let (size, stats) = match cause(staged, applied) {
+            Ok(v) => v,
+            Err(e) => {
+                for (_, (_, j)) in jobs {
                     j.abort();
                 }
                 return Err(e);
@@ -350,7 +359,6 @@ pub async fn apply_image(
         info!(layer = i, digest = %resolved.layers[i].desc.digest(), entries = stats.entries, bytes = size, "layer applied");
         report.compressed_bytes += resolved.layers[i].desc.size();
         report.layers.push(stats);
-        i += 1;
     }
     report.uncompressed_bytes = total;
     report.seconds = started.elapsed().as_secs_f64();

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use crate::oci::{OciError, Platform};
 
@@ -176,20 +177,24 @@ fn init_logging(stdout: bool) {
         }),
         Err(_) => default(),
     };
-    let b = tracing_subscriber::fmt().with_target(false);
-    let _ = if stdout {
-        b.with_ansi(std::io::stdout().is_terminal())
-            .with_writer(std::io::stdout)
-            .finish()
-            .with(filter)
-            .try_init()
+    let (writer, ansi) = if stdout {
+        (
+            BoxMakeWriter::new(std::io::stdout),
+            std::io::stdout().is_terminal(),
+        )
     } else {
-        b.with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
-            .finish()
-            .with(filter)
-            .try_init()
+        (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+        )
     };
+    let _ = tracing_subscriber::fmt()
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(writer)
+        .finish()
+        .with(filter)
+        .try_init();
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {

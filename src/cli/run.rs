@@ -271,7 +271,7 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
     Ok(code)
 }
 
-/// Removes everything inside `dir` without following symlinks (`remove_dir_all` does not).
+/// Removes everything inside `dir`, keeping `dir`. Symlinks are removed, never followed.
 fn empty_dir(dir: &std::path::Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
