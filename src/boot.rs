@@ -13,7 +13,7 @@ use crate::apply::path::RelPath;
 use crate::apply::{self, ApplyError, ApplyLimits, ApplyReport};
 use crate::config::Loaded;
 use crate::fetch::Gateways;
-use crate::launch::exec::Sandbox;
+use crate::launch::exec::{Sandbox, Sandboxed};
 use crate::launch::spec::ProcessSpec;
 use crate::launch::{helpers, spec, LaunchError};
 use crate::measure::{EventLog, Inputs, PCR_INDEX};
@@ -45,6 +45,7 @@ pub struct Plan {
     pub gateways: Arc<Gateways>,
     /// Where the helpers are on this machine (the boot image's `/eigen/bin`).
     pub helpers_dir: PathBuf,
+    /// The staging directory and the policy (from the measured configuration).
     pub sandbox: Sandbox,
     pub limits: Limits,
     pub apply_limits: ApplyLimits,
@@ -65,6 +66,8 @@ pub struct Prepared {
     pub spec: ProcessSpec,
     pub log: EventLog,
     pub report: ApplyReport,
+    /// The pinned helpers, verified, each sealed in the memfd it runs from.
+    pub helpers: Vec<helpers::Helper>,
 }
 
 /// Resolves, verifies and applies the image into `rootfs` and measures it.
@@ -117,6 +120,7 @@ pub async fn prepare(plan: &Plan, rootfs: &Path, scratch: &Path) -> Result<Prepa
         spec,
         log,
         report,
+        helpers: verified_helpers,
     })
 }
 
@@ -221,29 +225,30 @@ pub async fn launch(
     p: &mut Prepared,
     piped: bool,
 ) -> Result<tokio::process::Child, BootError> {
-    let mut cmd = prepare_launch(plan, p, piped).await?;
-    cmd.spawn()
-        .map_err(|e| LaunchError::Spawn(format!("{}: {e}", p.spec.argv[0])).into())
+    let cmd = prepare_launch(plan, p, piped).await?;
+    Ok(cmd.spawn().await?)
 }
 
-/// Runs the prestart chain and returns the workload's command, ready to spawn.
+/// Runs the prestart chain and returns the workload's sandboxed command, ready to spawn.
 pub async fn prepare_launch(
     plan: &Plan,
     p: &mut Prepared,
     piped: bool,
-) -> Result<tokio::process::Command, BootError> {
+) -> Result<Sandboxed, BootError> {
     helpers::run_chain(
         &p.root,
         &plan.config.config.prestart,
         &plan.config.config.helpers.dir,
+        &p.helpers,
         &mut p.spec,
-        plan.sandbox,
+        &plan.sandbox,
     )
     .await?;
     info!(argv = ?p.spec.argv, uid = p.spec.user.uid, gid = p.spec.user.gid, cwd = %p.spec.cwd, "starting the workload");
-    let mut cmd = crate::launch::exec::command(&p.root, &p.spec, plan.sandbox)?;
+    let mut cmd = crate::launch::exec::command(&p.root, &p.spec, &plan.sandbox, None)?;
     if piped {
-        cmd.stdout(std::process::Stdio::piped())
+        cmd.command_mut()
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
     }
     Ok(cmd)

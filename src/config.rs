@@ -102,6 +102,29 @@ pub struct Workload {
     pub user: Option<String>,
     /// Replaces the image's WorkingDir.
     pub working_dir: Option<String>,
+    /// Capabilities added to the sandbox's default set (Docker's without MKNOD), e.g.
+    /// `["NET_ADMIN"]`. Each one is a power given to the workload: see docs/workload.md.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Let the workload and helpers open `AF_VSOCK` sockets (the parent's services directly,
+    /// around the measured egress policy).
+    #[serde(default)]
+    pub allow_vsock: bool,
+    /// Let setuid and file-capability binaries of the image raise privileges (the root is
+    /// then not mounted `nosuid`, and `no_new_privs` is not set).
+    #[serde(default)]
+    pub allow_setuid: bool,
+}
+
+impl Workload {
+    /// The sandbox policy these settings ask for.
+    pub fn policy(&self) -> crate::launch::confine::Policy {
+        crate::launch::confine::Policy {
+            capabilities: self.capabilities.clone(),
+            allow_vsock: self.allow_vsock,
+            allow_setuid: self.allow_setuid,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -215,6 +238,11 @@ impl RuntimeConfig {
         for e in &self.workload.env {
             check_env(e)?;
         }
+        self.workload
+            .policy()
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("workload.capabilities: {e}")))?;
+        check_helper_dir(&self.helpers.dir)?;
         for (name, pin) in &self.helpers.pins {
             check_helper_name(name)?;
             let hex = pin.strip_prefix("sha256:").unwrap_or("");
@@ -271,6 +299,23 @@ pub fn check_env(e: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// Helpers are installed and found by this path: a plain absolute path outside the
+/// directories the sandbox provides itself.
+fn check_helper_dir(dir: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| ConfigError::Invalid(format!("helpers.dir {dir:?}: {why}"));
+    let rel = dir
+        .strip_prefix('/')
+        .ok_or_else(|| bad("must be an absolute path"))?;
+    let parts: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+    if parts.is_empty() || parts.iter().any(|c| *c == "." || *c == "..") {
+        return Err(bad("must name a directory below / without `.` or `..`"));
+    }
+    if ["proc", "sys", "dev"].contains(&parts[0]) {
+        return Err(bad("may not be inside /proc, /sys or /dev"));
+    }
+    Ok(())
+}
+
 fn check_helper_name(name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -303,6 +348,9 @@ mod tests {
             "[workload]\nenv = [\"NOEQUALS\"]",
             "[[prestart]]\nhelper = \"unpinned\"",
             "[helpers.pins]\nx = \"md5:00\"",
+            "[workload]\ncapabilities = [\"FLY\"]",
+            "[helpers]\ndir = \"/proc/self/cwd\"",
+            "[helpers]\ndir = \"/eigen/../bin\"",
         ] {
             assert!(Loaded::parse(bad.as_bytes().to_vec()).is_err(), "{bad}");
         }

@@ -1,117 +1,9 @@
-//! `cidboot run`: the whole boot path on this machine, with the workload chrooted.
+//! `cidboot run`: the whole boot path on this machine, with the workload in its sandbox.
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use serde_json::json;
-
-const PASSWD: &str = "root:x:0:0:root:/root:/bin/probe\napp:x:1000:1000:app:/home/app:/bin/probe\n";
-const GROUP: &str = "root:x:0:\napp:x:1000:\nwheel:x:10:app\naudio:x:29:someone,app\n";
-
-fn base_layer() -> Vec<u8> {
-    tar_entries(&[
-        TarEntry::Dir {
-            path: "bin",
-            mode: 0o755,
-            uid: 0,
-        },
-        TarEntry::File {
-            path: "bin/probe",
-            data: std::fs::read(sample_bin("probe")).unwrap(),
-            mode: 0o755,
-        },
-        TarEntry::Dir {
-            path: "etc",
-            mode: 0o755,
-            uid: 0,
-        },
-        TarEntry::File {
-            path: "etc/passwd",
-            data: PASSWD.into(),
-            mode: 0o644,
-        },
-        TarEntry::File {
-            path: "etc/group",
-            data: GROUP.into(),
-            mode: 0o644,
-        },
-        TarEntry::Dir {
-            path: "home/app",
-            mode: 0o750,
-            uid: 1000,
-        },
-        // A hostile image shipping the NSM device node.
-        TarEntry::Dir {
-            path: "dev",
-            mode: 0o755,
-            uid: 0,
-        },
-        TarEntry::CharDev {
-            path: "dev/nsm",
-            major: 10,
-            minor: 144,
-        },
-    ])
-}
-
-fn probe_image(config: serde_json::Value) -> Image {
-    image_from_tars(&[base_layer()], config)
-}
-
-struct Ran {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn lines(&self, prefix: &str) -> Vec<String> {
-        self.stdout
-            .lines()
-            .filter_map(|l| l.strip_prefix(prefix))
-            .map(String::from)
-            .collect()
-    }
-    fn line(&self, prefix: &str) -> String {
-        self.lines(prefix)
-            .first()
-            .cloned()
-            .unwrap_or_else(|| panic!("no {prefix:?} in {}\n{}", self.stdout, self.stderr))
-    }
-}
-
-fn run_image(img: &Image, config: Option<&str>, helpers: Option<&Path>, extra: &[&str]) -> Ran {
-    let work = tempfile::tempdir().unwrap();
-    let (reference, gw) = publish(img, work.path());
-    let mut c = cidboot();
-    c.args([
-        "run",
-        &reference,
-        "--gateway",
-        &gw.url,
-        "--ca",
-        gw.ca.to_str().unwrap(),
-    ]);
-    if let Some(cfg) = config {
-        let p = work.path().join("cidboot.toml");
-        std::fs::write(&p, cfg).unwrap();
-        c.arg("--config").arg(p);
-    }
-    if let Some(h) = helpers {
-        c.arg("--helpers-dir").arg(h);
-    }
-    // Tests run in parallel: each workload's attestation API gets its own port.
-    c.args(["--attestation-listen", "127.0.0.1:0"]);
-    c.args(extra);
-    let o = c.env("CIDBOOT_LOG", "info").output().unwrap();
-    Ran {
-        code: o.status.code(),
-        stdout: String::from_utf8_lossy(&o.stdout).into(),
-        stderr: String::from_utf8_lossy(&o.stderr).into(),
-    }
-}
 
 #[test]
 fn runs_the_image_config_as_its_user_and_exits_with_its_status() {
@@ -202,18 +94,6 @@ fn a_missing_user_or_executable_fails_before_anything_runs() {
         assert!(r.stderr.contains(want), "{want}: {}", r.stderr);
         assert!(!r.stdout.contains("probe:"), "the workload ran");
     }
-}
-
-fn helper_dir(work: &Path, names: &[&str]) -> (std::path::PathBuf, String) {
-    let dir = work.join("eigen-bin");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut pins = String::from("[helpers]\ndir = \"/eigen/bin\"\n[helpers.pins]\n");
-    for n in names {
-        let bytes = std::fs::read(sample_bin(n)).unwrap();
-        std::fs::write(dir.join(n), &bytes).unwrap();
-        pins.push_str(&format!("{n} = \"sha256:{}\"\n", sha256_hex(&bytes)));
-    }
-    (dir, pins)
 }
 
 #[test]

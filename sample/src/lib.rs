@@ -34,3 +34,67 @@ pub fn fresh_nonce() -> Result<String, String> {
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).map_err(|e| e.to_string())?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
+
+/// The name of an errno value, for reports tests can match on.
+pub fn errno_name(code: i32) -> String {
+    let name = match code {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::ENXIO => "ENXIO",
+        libc::EACCES => "EACCES",
+        libc::ENODEV => "ENODEV",
+        libc::EINVAL => "EINVAL",
+        libc::ENOSYS => "ENOSYS",
+        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        libc::EROFS => "EROFS",
+        libc::EEXIST => "EEXIST",
+        libc::ENOTDIR => "ENOTDIR",
+        _ => return format!("errno {code}"),
+    };
+    name.to_string()
+}
+
+fn last_errno() -> String {
+    errno_name(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+}
+
+fn cpath(p: &str) -> std::ffi::CString {
+    std::ffi::CString::new(p).unwrap_or_default()
+}
+
+/// `socket(AF_VSOCK, SOCK_STREAM)`: "ok" or the errno's name.
+pub fn try_vsock() -> String {
+    // SAFETY: plain integer arguments; the descriptor, if any, is closed right away.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return last_errno();
+    }
+    // SAFETY: fd was just returned by socket.
+    unsafe { libc::close(fd) };
+    "ok".into()
+}
+
+/// Opens `path` read-write: "ok" or the errno's name.
+pub fn try_open(path: &str) -> String {
+    match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+        Ok(_) => "ok".into(),
+        Err(e) => errno_name(e.raw_os_error().unwrap_or(0)),
+    }
+}
+
+/// `mknod(path, S_IFCHR | 0666, makedev(major, minor))`: "ok" or the errno's name.
+pub fn try_mknod(path: &str, major: u32, minor: u32) -> String {
+    let p = cpath(path);
+    // SAFETY: p is a NUL-terminated path that lives across the call.
+    let r = unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(major, minor)) };
+    if r == 0 { "ok".into() } else { last_errno() }
+}
+
+/// Mounts a devtmpfs on `dir` (created first): "ok" or the errno's name.
+pub fn try_mount_devtmpfs(dir: &str) -> String {
+    let _ = std::fs::create_dir_all(dir);
+    let (src, target, fs) = (cpath("devtmpfs"), cpath(dir), cpath("devtmpfs"));
+    // SAFETY: NUL-terminated strings that live across the call; no data argument.
+    let r = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
+    if r == 0 { "ok".into() } else { last_errno() }
+}

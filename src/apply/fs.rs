@@ -259,36 +259,91 @@ impl Root {
 
     /// Replaces whatever is at `rel` with a regular file holding `data` (root-owned).
     pub fn write_file(&self, rel: &RelPath, data: &[u8], mode: u32) -> Result<(), ApplyError> {
-        use std::io::Write;
         let (parent, name) = rel
             .split_last()
             .ok_or_else(|| ApplyError::RootType("file".into()))?;
         let dir = self.ensure_dir(&parent)?;
-        remove_all(&dir, name, rel, 0)?;
-        let c = cname(name)?;
-        let fd = openat(
-            dir.as_fd(),
-            c.as_c_str(),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
-        .map_err(|e| io_err(rel, "create", e))?;
-        nix::unistd::fchown(
-            fd.as_fd(),
-            Some(nix::unistd::Uid::from_raw(0)),
-            Some(nix::unistd::Gid::from_raw(0)),
-        )
-        .map_err(|e| io_err(rel, "chown", e))?;
-        nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(mode))
-            .map_err(|e| io_err(rel, "chmod", e))?;
-        let mut f = std::fs::File::from(fd);
-        f.write_all(data).map_err(|source| ApplyError::Fs {
-            path: rel.display(),
-            op: "write",
-            source,
-        })
+        write_at(&dir, name, rel, data, mode)
     }
 
+    /// Opens the directory `rel` following no symlink at all, creating missing components
+    /// (root-owned, 0755). A component that is a symlink or not a directory is refused:
+    /// this is where measured files go, so nothing the image planted may redirect them.
+    pub fn ensure_real_dir(&self, rel: &RelPath) -> Result<OwnedFd, ApplyError> {
+        let mut cur = self.fd.try_clone().map_err(|e| ApplyError::Fs {
+            path: "/".into(),
+            op: "dup",
+            source: e,
+        })?;
+        let mut prefix = RelPath::default();
+        for comp in &rel.0 {
+            prefix = prefix.join(comp);
+            let name = cname(comp)?;
+            match lstat_at(&cur, &name, &prefix)? {
+                Some(st) if is_type(&st, SFlag::S_IFLNK) => {
+                    return Err(ApplyError::SymlinkRefused(prefix.display()))
+                }
+                Some(st) if !is_type(&st, SFlag::S_IFDIR) => {
+                    return Err(ApplyError::NotADirectory(prefix.display()))
+                }
+                Some(_) => {}
+                None => mkdirat(
+                    cur.as_fd(),
+                    name.as_c_str(),
+                    Mode::from_bits_truncate(0o755),
+                )
+                .map_err(|e| io_err(&prefix, "mkdir", e))?,
+            }
+            cur = openat(
+                cur.as_fd(),
+                name.as_c_str(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| match e {
+                Errno::ELOOP | Errno::ENOTDIR => ApplyError::SymlinkRefused(prefix.display()),
+                e => io_err(&prefix, "open", e),
+            })?;
+        }
+        Ok(cur)
+    }
+}
+
+/// Replaces `name` in `dir` with a root-owned regular file holding `data`.
+pub(crate) fn write_at(
+    dir: &OwnedFd,
+    name: &[u8],
+    rel: &RelPath,
+    data: &[u8],
+    mode: u32,
+) -> Result<(), ApplyError> {
+    use std::io::Write;
+    remove_all(dir, name, rel, 0)?;
+    let c = cname(name)?;
+    let fd = openat(
+        dir.as_fd(),
+        c.as_c_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| io_err(rel, "create", e))?;
+    nix::unistd::fchown(
+        fd.as_fd(),
+        Some(nix::unistd::Uid::from_raw(0)),
+        Some(nix::unistd::Gid::from_raw(0)),
+    )
+    .map_err(|e| io_err(rel, "chown", e))?;
+    nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(mode))
+        .map_err(|e| io_err(rel, "chmod", e))?;
+    let mut f = std::fs::File::from(fd);
+    f.write_all(data).map_err(|source| ApplyError::Fs {
+        path: rel.display(),
+        op: "write",
+        source,
+    })
+}
+
+impl Root {
     /// Makes `rel` a real directory (not a symlink), replacing anything else there.
     pub fn make_real_dir(&self, rel: &RelPath, mode: u32) -> Result<(), ApplyError> {
         let (parent, name) = rel

@@ -102,6 +102,8 @@ pub enum ApplyError {
     SymlinkLoop(String),
     #[error("{0}: a path component is not a directory")]
     NotADirectory(String),
+    #[error("{0} is a symlink in the image, where cidboot follows none")]
+    SymlinkRefused(String),
     #[error("hard link {0} points outside the root")]
     HardlinkOutside(String),
     #[error("bad link entry {0}")]

@@ -35,9 +35,6 @@ pub struct RunArgs {
     /// Directory holding the helper clients (default: the configuration's helpers.dir).
     #[arg(long)]
     pub helpers_dir: Option<PathBuf>,
-    /// Do not give the workload a private /proc and /dev (for hosts that forbid mounts).
-    #[arg(long)]
-    pub no_mounts: bool,
     /// Which NSM measures and attests: the device (/dev/nsm), the software NSM, or auto
     /// (the device if present).
     #[arg(long, default_value = "auto", value_parser = ["auto", "device", "software"])]
@@ -194,15 +191,19 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
         .or_else(|| config.config.attestation.listen.clone())
         .unwrap_or_else(|| crate::api::DEFAULT_LISTEN.to_string());
     let nsm = open_nsm(a)?;
+    let sandbox = Sandbox {
+        stage: work.path().join("stage"),
+        policy: config.config.workload.policy(),
+    };
+    crate::launch::exec::ensure_stage(&sandbox.stage)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     let plan = Plan {
         reference: r,
         config,
         platform,
         gateways,
         helpers_dir,
-        sandbox: Sandbox {
-            mounts: !a.no_mounts,
-        },
+        sandbox,
         limits: Limits::default(),
         apply_limits: ApplyLimits::default(),
         nsm,

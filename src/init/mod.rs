@@ -34,6 +34,8 @@ pub const BAKED_CONFIG: &str = "/etc/cidboot/config.toml";
 pub const HELPER_DIR: &str = "/eigen/bin";
 pub const NEW_ROOT: &str = "/mnt/root";
 pub const SPILL: &str = "/run/cidboot/spill";
+/// Where each sandbox stages its root (in its own mount namespace; empty in PID 1's view).
+pub const STAGE: &str = "/run/cidboot/stage";
 pub const HOSTNAME: &str = "cidboot-enclave";
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const CONFIG_TIMEOUT: Duration = Duration::from_secs(60);
@@ -239,6 +241,9 @@ async fn boot(
         )
         .map_err(|e| InitError::Other(format!("tmpfs on {dir}: {e}")))?;
     }
+    crate::launch::exec::ensure_stage(Path::new(STAGE))
+        .map_err(|e| InitError::Other(e.to_string()))?;
+    let config_policy = config.config.workload.policy();
     let attestation_listen = config
         .config
         .attestation
@@ -251,7 +256,10 @@ async fn boot(
         platform,
         gateways,
         helpers_dir: HELPER_DIR.into(),
-        sandbox: Sandbox { mounts: true },
+        sandbox: Sandbox {
+            stage: STAGE.into(),
+            policy: config_policy,
+        },
         limits: Limits::default(),
         apply_limits: ApplyLimits::default(),
         nsm,
@@ -276,9 +284,8 @@ async fn boot(
         format!("PCR16 extended and locked: {}", prepared.log.pcr16),
     )
     .await;
-    system::switch_root(NEW_ROOT)?;
-    prepared.root = crate::apply::fs::Root::open(Path::new("/"))
-        .map_err(|e| InitError::Other(e.to_string()))?;
+    // PID 1 stays in the initramfs: each helper and the workload pivot into the image root
+    // in a sandbox of their own (launch::sandbox).
     boot::serve_api(&plan, &mut prepared).await?;
     boot::start_relays(&plan, &mut prepared).await?;
     let piped = sink.is_some();
@@ -289,14 +296,14 @@ async fn boot(
 /// Starts the workload, forwards signals to it, reaps every child, and returns when the
 /// workload has exited.
 async fn supervise(
-    mut cmd: tokio::process::Command,
+    cmd: crate::launch::exec::Sandboxed,
     sink: &Option<(LogSender, tokio::task::JoinHandle<std::io::Result<()>>)>,
 ) -> Result<(i32, String), InitError> {
     // Spawned through std so that no other reaper competes with the one below.
     let mut child = cmd
-        .as_std_mut()
-        .spawn()
-        .map_err(|e| InitError::Other(format!("starting the workload: {e}")))?;
+        .spawn_std()
+        .await
+        .map_err(|e| InitError::Boot(e.into()))?;
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     note(sink, format!("workload started (pid {pid})")).await;
     let mut pumps = Vec::new();

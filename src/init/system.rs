@@ -236,16 +236,6 @@ pub fn add_entropy(seed: &[u8]) -> Result<(), SystemError> {
     Ok(())
 }
 
-/// Moves the mount at `new_root` onto `/` and chroots into it, as switch_root does: an
-/// initramfs cannot be pivot_root'ed away.
-pub fn switch_root(new_root: &str) -> Result<(), SystemError> {
-    nix::unistd::chdir(new_root).map_err(sys(format!("chdir {new_root}")))?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-        .map_err(sys("move-mounting the new root onto /"))?;
-    nix::unistd::chroot(".").map_err(sys("chroot"))?;
-    nix::unistd::chdir("/").map_err(sys("chdir /"))
-}
-
 /// Powers the enclave off. Never returns.
 pub fn power_off() -> ! {
     nix::unistd::sync();

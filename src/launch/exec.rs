@@ -1,137 +1,205 @@
-//! Starting a process inside the root: a private mount namespace with its own /proc and a
-//! minimal /dev, chroot, then the identity, in that order.
+//! Starting a process in the sandbox, from the supervisor's side.
+//!
+//! The process is cidboot itself re-executed as the sandbox's stage 1 (see
+//! [`super::sandbox`]), given its specification on a memfd and a sync pipe. A launch has
+//! succeeded only once the sync pipe closes with nothing written: then the program's exec
+//! has happened. Anything written there is the sandbox's own error.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
+use std::io::{Read, Seek, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use nix::mount::{mount, MsFlags};
-use nix::sched::{unshare, CloneFlags};
-use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-use nix::unistd::{chdir, chroot, setgid, setgroups, setuid, Gid, Uid};
-
+use super::confine::Policy;
+use super::sandbox::{Spec, ARG};
 use super::spec::ProcessSpec;
 use super::LaunchError;
 use crate::apply::fs::Root;
 use crate::apply::path::RelPath;
 
-/// The device nodes of the workload's /dev. There is deliberately no `nsm`: the workload
-/// reaches the NSM only through cidboot's attestation API.
-const DEV_NODES: &[(&str, u64, u64)] = &[
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
-];
+/// How long the sandbox may take to reach the program's exec.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest error message read from the sync pipe.
+const MAX_SETUP_ERROR: u64 = 4096;
 
-/// How much of a sandbox to build around the process.
-#[derive(Debug, Clone, Copy)]
+/// Where and how to sandbox.
+#[derive(Debug, Clone)]
 pub struct Sandbox {
-    /// Mount a fresh /proc and a minimal /dev in a private mount namespace.
-    pub mounts: bool,
+    /// An empty directory the sandbox stages its root on (its own mount namespace's tmpfs;
+    /// nothing is written to it in the supervisor's view).
+    pub stage: std::path::PathBuf,
+    pub policy: Policy,
 }
 
-fn c(bytes: &[u8]) -> Result<CString, LaunchError> {
-    CString::new(bytes).map_err(|_| LaunchError::Spawn("a path contains a NUL byte".into()))
+/// A sandboxed process, ready to spawn.
+pub struct Sandboxed {
+    cmd: tokio::process::Command,
+    sync_r: OwnedFd,
+    sync_w: OwnedFd,
+    _spec: OwnedFd,
+    _exe: Option<Arc<OwnedFd>>,
+    prog: String,
 }
 
-/// Builds the command. Everything the child needs is allocated here, before the fork:
-/// between fork and exec only system calls run.
+fn spawn_err(what: &str, e: impl std::fmt::Display) -> LaunchError {
+    LaunchError::Spawn(format!("{what}: {e}"))
+}
+
+/// Prepares `spec` to run in the sandbox over `root`. With `exe`, the process execs that
+/// descriptor (a sealed helper) rather than a path the image could redirect.
 pub fn command(
     root: &Root,
     spec: &ProcessSpec,
-    sandbox: Sandbox,
-) -> Result<tokio::process::Command, LaunchError> {
+    sandbox: &Sandbox,
+    exe: Option<Arc<OwnedFd>>,
+) -> Result<Sandboxed, LaunchError> {
     let rel = |p: &str| RelPath::parse(p.trim_start_matches('/').as_bytes(), 4096, 256);
     root.ensure_dir(&rel(&spec.cwd)?)?;
-    if sandbox.mounts {
-        root.make_real_dir(&rel("proc")?, 0o555)?;
-        root.make_real_dir(&rel("dev")?, 0o755)?;
-    }
-    let root_c = c(root.path().as_os_str().as_bytes())?;
-    let proc_c = c(root.path().join("proc").as_os_str().as_bytes())?;
-    let dev_c = c(root.path().join("dev").as_os_str().as_bytes())?;
-    let nodes: Vec<(CString, u64, u64)> = DEV_NODES
-        .iter()
-        .map(|(n, ma, mi)| {
-            Ok((
-                c(root.path().join("dev").join(n).as_os_str().as_bytes())?,
-                *ma,
-                *mi,
-            ))
-        })
-        .collect::<Result<_, LaunchError>>()?;
-    let cwd_c = c(spec.cwd.as_bytes())?;
-    let slash = c(b"/")?;
-    let proc_fs = c(b"proc")?;
-    let tmpfs = c(b"tmpfs")?;
-    let dev_opts = c(b"mode=755,size=64k")?;
-    let uid = Uid::from_raw(spec.user.uid);
-    let gid = Gid::from_raw(spec.user.gid);
-    let groups: Vec<Gid> = spec.user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-    let mounts = sandbox.mounts;
-
-    let mut cmd = tokio::process::Command::new(&spec.argv[0]);
-    cmd.args(&spec.argv[1..]).env_clear().kill_on_drop(true);
-    for e in &spec.env {
-        if let Some((k, v)) = e.split_once('=') {
-            cmd.env(k, v);
-        }
-    }
+    // Mount points for the sandbox's own /proc and /dev: real directories, whatever the
+    // image put there.
+    root.make_real_dir(&rel("proc")?, 0o555)?;
+    root.make_real_dir(&rel("dev")?, 0o755)?;
+    let (sync_r, sync_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_err("pipe", e))?;
+    let full = Spec {
+        root: root.path().to_path_buf(),
+        stage: sandbox.stage.clone(),
+        argv: spec.argv.clone(),
+        env: spec.env.clone(),
+        cwd: spec.cwd.clone(),
+        uid: spec.user.uid,
+        gid: spec.user.gid,
+        groups: spec.user.groups.clone(),
+        exec_fd: exe.as_ref().map(|f| f.as_raw_fd()),
+        sync_fd: sync_w.as_raw_fd(),
+        policy: sandbox.policy.clone(),
+    };
+    let spec_fd = spec_memfd(&full)?;
+    let inherit: Vec<RawFd> = [
+        Some(spec_fd.as_raw_fd()),
+        Some(sync_w.as_raw_fd()),
+        full.exec_fd,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    cmd.arg(ARG)
+        .arg(spec_fd.as_raw_fd().to_string())
+        .env_clear()
+        .kill_on_drop(true);
     let child_setup = move || -> std::io::Result<()> {
-        // PID 1 blocks the signals it forwards; the workload gets a clean mask.
+        // PID 1 blocks the signals it forwards; the sandbox gets a clean mask.
         nix::sys::signal::SigSet::empty().thread_set_mask()?;
-        // SAFETY: prctl with PR_SET_PDEATHSIG takes an integer signal number; no memory is
-        // passed. It makes the process die with cidboot rather than outlive it.
-        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if mounts {
-            unshare(CloneFlags::CLONE_NEWNS)?;
-            mount(
-                None::<&std::ffi::CStr>,
-                slash.as_c_str(),
-                None::<&std::ffi::CStr>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&std::ffi::CStr>,
-            )?;
-            mount(
-                Some(proc_fs.as_c_str()),
-                proc_c.as_c_str(),
-                Some(proc_fs.as_c_str()),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                None::<&std::ffi::CStr>,
-            )?;
-            mount(
-                Some(tmpfs.as_c_str()),
-                dev_c.as_c_str(),
-                Some(tmpfs.as_c_str()),
-                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-                Some(dev_opts.as_c_str()),
-            )?;
-            nix::sys::stat::umask(Mode::empty());
-            for (path, major, minor) in &nodes {
-                mknod(
-                    path.as_c_str(),
-                    SFlag::S_IFCHR,
-                    Mode::from_bits_truncate(0o666),
-                    makedev(*major, *minor),
-                )?;
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+        for fd in &inherit {
+            // SAFETY: fcntl(F_SETFD) on a descriptor this process holds open; it clears
+            // close-on-exec so that exactly these descriptors reach stage 1.
+            if unsafe { libc::fcntl(*fd, libc::F_SETFD, 0) } != 0 {
+                return Err(std::io::Error::last_os_error());
             }
-            nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
         }
-        chroot(root_c.as_c_str())?;
-        chdir(cwd_c.as_c_str())?;
-        setgroups(&groups)?;
-        setgid(gid)?;
-        setuid(uid)?;
         Ok(())
     };
-    // SAFETY: the closure only makes system calls on values prepared before the fork; it
-    // allocates nothing and takes no locks, so it is safe to run between fork and exec.
+    // SAFETY: the closure makes system calls only, on values prepared before the fork; it
+    // allocates nothing and takes no locks, so it is safe between fork and exec.
     unsafe {
         cmd.pre_exec(child_setup);
     }
-    Ok(cmd)
+    Ok(Sandboxed {
+        cmd,
+        sync_r,
+        sync_w,
+        _spec: spec_fd,
+        _exe: exe,
+        prog: spec.argv.first().cloned().unwrap_or_default(),
+    })
+}
+
+fn spec_memfd(spec: &Spec) -> Result<OwnedFd, LaunchError> {
+    let json = serde_json::to_vec(spec).map_err(|e| spawn_err("sandbox specification", e))?;
+    let fd = nix::sys::memfd::memfd_create(
+        "cidboot-sandbox-spec",
+        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+    )
+    .map_err(|e| spawn_err("memfd", e))?;
+    let mut f = std::fs::File::from(fd);
+    f.write_all(&json)
+        .and_then(|()| f.rewind())
+        .map_err(|e| spawn_err("writing the sandbox specification", e))?;
+    Ok(f.into())
+}
+
+impl Sandboxed {
+    /// For the caller's stdio choices.
+    pub fn command_mut(&mut self) -> &mut tokio::process::Command {
+        &mut self.cmd
+    }
+
+    /// Spawns and waits until the program has been exec'd.
+    pub async fn spawn(mut self) -> Result<tokio::process::Child, LaunchError> {
+        let mut child = self
+            .cmd
+            .spawn()
+            .map_err(|e| spawn_err(&format!("starting the sandbox for {}", self.prog), e))?;
+        drop(self.sync_w);
+        match started(self.sync_r).await {
+            Ok(()) => Ok(child),
+            Err(msg) => {
+                let _ = child.kill().await;
+                Err(LaunchError::Sandbox {
+                    prog: self.prog,
+                    reason: msg,
+                })
+            }
+        }
+    }
+
+    /// [`Sandboxed::spawn`] through std, for a caller that reaps every child itself (PID 1).
+    pub async fn spawn_std(mut self) -> Result<std::process::Child, LaunchError> {
+        let mut child = self
+            .cmd
+            .as_std_mut()
+            .spawn()
+            .map_err(|e| spawn_err(&format!("starting the sandbox for {}", self.prog), e))?;
+        drop(self.sync_w);
+        match started(self.sync_r).await {
+            Ok(()) => Ok(child),
+            Err(msg) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(LaunchError::Sandbox {
+                    prog: self.prog,
+                    reason: msg,
+                })
+            }
+        }
+    }
+}
+
+/// Reads the sync pipe to its end: nothing means the exec happened.
+async fn started(r: OwnedFd) -> Result<(), String> {
+    let read = tokio::task::spawn_blocking(move || {
+        let mut s = Vec::new();
+        std::fs::File::from(r)
+            .take(MAX_SETUP_ERROR)
+            .read_to_end(&mut s)
+            .map(|_| String::from_utf8_lossy(&s).into_owned())
+    });
+    match tokio::time::timeout(SETUP_TIMEOUT, read).await {
+        Err(_) => Err(format!(
+            "the sandbox did not reach the exec within {}s",
+            SETUP_TIMEOUT.as_secs()
+        )),
+        Ok(Err(e)) => Err(format!("waiting for the sandbox: {e}")),
+        Ok(Ok(Err(e))) => Err(format!("reading the sandbox's sync pipe: {e}")),
+        Ok(Ok(Ok(s))) if s.is_empty() => Ok(()),
+        Ok(Ok(Ok(s))) => Err(s),
+    }
+}
+
+/// Whether `dir` exists, for callers that create the staging directory.
+pub fn ensure_stage(dir: &Path) -> Result<(), LaunchError> {
+    std::fs::create_dir_all(dir).map_err(|e| spawn_err(&format!("{}", dir.display()), e))
 }

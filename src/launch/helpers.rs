@@ -1,8 +1,11 @@
 //! The helper clients (EigenCloud-style `/eigen/bin/*`): pinned by sha256, layered into the
 //! root at the same path, and run as a chain before the workload.
 
-use std::io::Read;
+use std::ffi::CString;
+use std::io::{Read, Seek, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -12,6 +15,7 @@ use super::exec::{self, Sandbox};
 use super::spec::ProcessSpec;
 use super::user::Identity;
 use super::LaunchError;
+use crate::apply::fs::write_at;
 use crate::apply::fs::Root;
 use crate::apply::path::RelPath;
 use crate::config::{Helpers, Prestart};
@@ -21,12 +25,13 @@ pub const MAX_HELPER_SIZE: u64 = 256 << 20;
 /// Largest env file a helper may write.
 pub const MAX_ENV_FILE: u64 = 64 << 10;
 
-/// A helper whose bytes matched its pin.
+/// A helper whose bytes matched its pin, and the sealed memfd it runs from.
 #[derive(Debug, Clone)]
 pub struct Helper {
     pub name: String,
     pub digest: String,
     bytes: Vec<u8>,
+    exe: Arc<OwnedFd>,
 }
 
 /// Reads and checks every pinned helper from `dir` (the boot image's helper directory).
@@ -48,10 +53,15 @@ pub fn verify(cfg: &Helpers, dir: &Path) -> Result<Vec<Helper>, LaunchError> {
                 ),
             });
         }
+        let exe = sealed(name, &bytes, &digest).map_err(|e| LaunchError::Helper {
+            name: name.clone(),
+            reason: format!("sealing its verified bytes: {e}"),
+        })?;
         out.push(Helper {
             name: name.clone(),
             digest,
             bytes,
+            exe: Arc::new(exe),
         });
     }
     if let Ok(rd) = std::fs::read_dir(dir) {
@@ -63,6 +73,44 @@ pub fn verify(cfg: &Helpers, dir: &Path) -> Result<Vec<Helper>, LaunchError> {
         }
     }
     Ok(out)
+}
+
+/// The verified bytes in a memfd that can no longer change (sealed against writes, growth
+/// and shrinking), hashed again as the kernel holds them, and reopened read-only so that it
+/// can be exec'd. A helper runs from this, never from a path the image could redirect.
+fn sealed(name: &str, bytes: &[u8], digest: &str) -> std::io::Result<OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let cname = CString::new(format!("cidboot-helper-{name}"))?;
+    let fd = memfd_create(
+        cname.as_c_str(),
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    let mut f = std::fs::File::from(fd);
+    f.write_all(bytes)?;
+    fcntl(
+        &f,
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_WRITE
+                | SealFlag::F_SEAL_SEAL,
+        ),
+    )?;
+    // A descriptor open for writing would make the exec fail (ETXTBSY): reopen read-only.
+    let ro = std::fs::File::open(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
+    drop(f);
+    let mut check = &ro;
+    check.rewind()?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut check.take(MAX_HELPER_SIZE + 1), &mut h)?;
+    let again = format!("sha256:{}", hex::encode(h.finalize()));
+    if again != digest {
+        return Err(std::io::Error::other(format!(
+            "the sealed copy hashes to {again}, not {digest}"
+        )));
+    }
+    Ok(ro.into())
 }
 
 fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
@@ -79,13 +127,27 @@ fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// Writes the verified bytes (not the file again) into the root at `dir_in_root/<name>`,
-/// replacing whatever the image had there.
+/// replacing whatever the image had there. No symlink is followed on the way: an image whose
+/// helper directory (or a parent of it) is a symlink is refused.
 pub fn install(root: &Root, helpers: &[Helper], dir_in_root: &str) -> Result<(), LaunchError> {
+    if helpers.is_empty() {
+        return Ok(());
+    }
+    let dir_rel = RelPath::parse(dir_in_root.trim_start_matches('/').as_bytes(), 4096, 64)?;
+    let dir = root
+        .ensure_real_dir(&dir_rel)
+        .map_err(|e| LaunchError::Helper {
+            name: helpers
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            reason: format!("installing into {dir_in_root}: {e}"),
+        })?;
     for h in helpers {
-        let p = format!("{}/{}", dir_in_root.trim_end_matches('/'), h.name);
-        let rel = RelPath::parse(p.trim_start_matches('/').as_bytes(), 4096, 64)?;
-        root.write_file(&rel, &h.bytes, 0o755)?;
-        info!(helper = %h.name, digest = %h.digest, path = %p, "helper layered in");
+        let rel = dir_rel.join(h.name.as_bytes());
+        write_at(&dir, h.name.as_bytes(), &rel, &h.bytes, 0o755)?;
+        info!(helper = %h.name, digest = %h.digest, path = %rel.display(), "helper layered in");
     }
     Ok(())
 }
@@ -96,14 +158,19 @@ pub async fn run_chain(
     root: &Root,
     chain: &[Prestart],
     dir_in_root: &str,
+    helpers: &[Helper],
     spec: &mut ProcessSpec,
-    sandbox: Sandbox,
+    sandbox: &Sandbox,
 ) -> Result<(), LaunchError> {
     for step in chain {
         let fail = |reason: String| LaunchError::Helper {
             name: step.helper.clone(),
             reason,
         };
+        let helper = helpers
+            .iter()
+            .find(|h| h.name == step.helper)
+            .ok_or_else(|| fail("is not among the verified helpers".into()))?;
         let exe = format!("{}/{}", dir_in_root.trim_end_matches('/'), step.helper);
         let helper_spec = ProcessSpec {
             argv: std::iter::once(exe.clone())
@@ -120,9 +187,9 @@ pub async fn run_chain(
             },
         };
         info!(helper = %step.helper, "prestart");
-        let mut child = exec::command(root, &helper_spec, sandbox)?
+        let mut child = exec::command(root, &helper_spec, sandbox, Some(helper.exe.clone()))?
             .spawn()
-            .map_err(|e| fail(format!("could not start {exe}: {e}")))?;
+            .await?;
         let status = match tokio::time::timeout(
             Duration::from_secs(step.timeout_secs),
             child.wait(),

@@ -89,9 +89,7 @@ pub fn build(
         .or_else(|| ic.working_dir().clone())
         .filter(|w| !w.is_empty())
         .unwrap_or_else(|| "/".into());
-    if !cwd.starts_with('/') {
-        return Err(LaunchError::WorkingDir(cwd));
-    }
+    check_working_dir(&cwd)?;
     argv[0] = resolve_exe(root, &argv[0], &env)?;
     Ok(ProcessSpec {
         argv,
@@ -99,6 +97,28 @@ pub fn build(
         cwd,
         user,
     })
+}
+
+/// The sandbox mounts its own /proc, /dev and nothing at /sys: a working directory there is
+/// either meaningless or an attempt to start inside another process's view.
+fn check_working_dir(cwd: &str) -> Result<(), LaunchError> {
+    let err = |reason| LaunchError::WorkingDir {
+        dir: cwd.to_string(),
+        reason,
+    };
+    if !cwd.starts_with('/') {
+        return Err(err("is not an absolute path"));
+    }
+    let rel = RelPath::parse(cwd.trim_start_matches('/').as_bytes(), 4096, 256)
+        .map_err(|_| err("is not a plain path inside the root (no `..`, at most 4096 bytes)"))?;
+    if let Some(first) = rel.0.first() {
+        if [&b"proc"[..], b"sys", b"dev"].contains(&first.as_slice()) {
+            return Err(err(
+                "is inside /proc, /sys or /dev, which the sandbox provides itself",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Finds `prog` inside the root: as given if it has a slash, else along the workload's PATH.

@@ -73,6 +73,13 @@ impl Nsm for DeviceNsm {
         }
     }
 
+    fn lock_pcrs(&self, range: u16) -> Result<(), NsmError> {
+        match self.call(Request::LockPCRs { range })? {
+            Response::LockPCRs => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
     fn attestation(
         &self,
         user_data: Option<&[u8]>,

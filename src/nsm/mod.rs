@@ -44,6 +44,8 @@ pub trait Nsm: Send + Sync {
     /// `PCR = SHA-384(PCR || data)`; returns the new value.
     fn extend_pcr(&self, index: u16, data: &[u8]) -> Result<Vec<u8>, NsmError>;
     fn lock_pcr(&self, index: u16) -> Result<(), NsmError>;
+    /// Locks PCR0 up to `range - 1` (NSM LockPCRs).
+    fn lock_pcrs(&self, range: u16) -> Result<(), NsmError>;
     /// A COSE_Sign1 attestation document.
     fn attestation(
         &self,
@@ -91,7 +93,10 @@ pub fn check_extend(data: &[u8]) -> Result<(), NsmError> {
     Ok(())
 }
 
-/// Extends `index` with every event of a log, then locks it.
+/// Extends `index` with every event of a log, then locks every PCR, so that nothing later
+/// (the workload included) can add a measurement a verifier would have to interpret. The
+/// other extendable PCRs must still be zero: a value there means something extended them
+/// before cidboot.
 pub fn measure_and_lock(
     nsm: &dyn Nsm,
     index: u16,
@@ -101,6 +106,20 @@ pub fn measure_and_lock(
     for e in events {
         value = nsm.extend_pcr(index, e)?;
     }
-    nsm.lock_pcr(index)?;
+    nsm.lock_pcrs(PCR_COUNT)?;
+    for i in FIRST_EXTENDABLE_PCR..PCR_COUNT {
+        let (locked, v) = nsm.describe_pcr(i)?;
+        if !locked {
+            return Err(NsmError::Device(format!(
+                "PCR{i} is still unlocked after LockPCRs"
+            )));
+        }
+        if i != index && v.iter().any(|b| *b != 0) {
+            return Err(NsmError::Device(format!(
+                "PCR{i} was extended before cidboot measured ({})",
+                hex::encode(&v)
+            )));
+        }
+    }
     Ok(value)
 }

@@ -215,6 +215,14 @@ impl Nsm for SoftwareNsm {
         Ok(())
     }
 
+    fn lock_pcrs(&self, range: u16) -> Result<(), NsmError> {
+        if range > PCR_COUNT {
+            return Err(NsmError::InvalidIndex(range));
+        }
+        self.lock_state().locked[..range as usize].fill(true);
+        Ok(())
+    }
+
     fn attestation(
         &self,
         user_data: Option<&[u8]>,

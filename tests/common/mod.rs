@@ -288,6 +288,14 @@ pub enum TarEntry<'a> {
         major: u32,
         minor: u32,
     },
+    Symlink {
+        path: &'a str,
+        target: &'a str,
+    },
+    Hardlink {
+        path: &'a str,
+        target: &'a str,
+    },
 }
 
 pub fn tar_entries(entries: &[TarEntry]) -> Vec<u8> {
@@ -311,6 +319,19 @@ pub fn tar_entries(entries: &[TarEntry]) -> Vec<u8> {
                 h.set_mode(*mode);
                 h.set_uid(*uid);
                 h.set_gid(*uid);
+                h.set_cksum();
+                b.append_data(&mut h, path, &[][..]).unwrap();
+            }
+            TarEntry::Symlink { path, target } | TarEntry::Hardlink { path, target } => {
+                let kind = if matches!(e, TarEntry::Symlink { .. }) {
+                    tar::EntryType::Symlink
+                } else {
+                    tar::EntryType::Link
+                };
+                h.set_entry_type(kind);
+                h.set_size(0);
+                h.set_mode(0o777);
+                h.set_link_name(target).unwrap();
                 h.set_cksum();
                 b.append_data(&mut h, path, &[][..]).unwrap();
             }
@@ -369,4 +390,127 @@ pub fn publish(img: &Image, work: &Path) -> (String, Gateway) {
     let car = dir.with_extension("car");
     let root = ipfs_car_pack(&dir, &car, false);
     (format!("ipfs://{root}"), Gateway::start(&[car], work))
+}
+
+/// What a `cidboot run` printed and how it ended.
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    pub fn lines(&self, prefix: &str) -> Vec<String> {
+        self.stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .map(String::from)
+            .collect()
+    }
+    pub fn line(&self, prefix: &str) -> String {
+        self.lines(prefix)
+            .first()
+            .cloned()
+            .unwrap_or_else(|| panic!("no {prefix:?} in {}\n{}", self.stdout, self.stderr))
+    }
+}
+
+/// Publishes `img` and boots it with `cidboot run` (a fresh gateway, its own API port).
+pub fn run_image(img: &Image, config: Option<&str>, helpers: Option<&Path>, extra: &[&str]) -> Ran {
+    let work = tempfile::tempdir().unwrap();
+    let (reference, gw) = publish(img, work.path());
+    let mut c = cidboot();
+    c.args([
+        "run",
+        &reference,
+        "--gateway",
+        &gw.url,
+        "--ca",
+        gw.ca.to_str().unwrap(),
+    ]);
+    if let Some(cfg) = config {
+        let p = work.path().join("cidboot.toml");
+        std::fs::write(&p, cfg).unwrap();
+        c.arg("--config").arg(p);
+    }
+    if let Some(h) = helpers {
+        c.arg("--helpers-dir").arg(h);
+    }
+    // Tests run in parallel: each workload's attestation API gets its own port.
+    c.args(["--attestation-listen", "127.0.0.1:0"]);
+    c.args(extra);
+    let o = c.env("CIDBOOT_LOG", "info").output().unwrap();
+    Ran {
+        code: o.status.code(),
+        stdout: String::from_utf8_lossy(&o.stdout).into(),
+        stderr: String::from_utf8_lossy(&o.stderr).into(),
+    }
+}
+
+pub const PASSWD: &str =
+    "root:x:0:0:root:/root:/bin/probe\napp:x:1000:1000:app:/home/app:/bin/probe\n";
+pub const GROUP: &str = "root:x:0:\napp:x:1000:\nwheel:x:10:app\naudio:x:29:someone,app\n";
+
+/// The probe image's base: the probe, passwd and group, a home, and a hostile /dev/nsm.
+pub fn base_layer() -> Vec<u8> {
+    tar_entries(&[
+        TarEntry::Dir {
+            path: "bin",
+            mode: 0o755,
+            uid: 0,
+        },
+        TarEntry::File {
+            path: "bin/probe",
+            data: std::fs::read(sample_bin("probe")).unwrap(),
+            mode: 0o755,
+        },
+        TarEntry::Dir {
+            path: "etc",
+            mode: 0o755,
+            uid: 0,
+        },
+        TarEntry::File {
+            path: "etc/passwd",
+            data: PASSWD.into(),
+            mode: 0o644,
+        },
+        TarEntry::File {
+            path: "etc/group",
+            data: GROUP.into(),
+            mode: 0o644,
+        },
+        TarEntry::Dir {
+            path: "home/app",
+            mode: 0o750,
+            uid: 1000,
+        },
+        // A hostile image shipping the NSM device node.
+        TarEntry::Dir {
+            path: "dev",
+            mode: 0o755,
+            uid: 0,
+        },
+        TarEntry::CharDev {
+            path: "dev/nsm",
+            major: 10,
+            minor: 144,
+        },
+    ])
+}
+
+pub fn probe_image(config: serde_json::Value) -> Image {
+    image_from_tars(&[base_layer()], config)
+}
+
+/// A helper directory holding the named sample programs, and the `[helpers]` pins for it.
+pub fn helper_dir(work: &Path, names: &[&str]) -> (std::path::PathBuf, String) {
+    let dir = work.join("eigen-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut pins = String::from("[helpers]\ndir = \"/eigen/bin\"\n[helpers.pins]\n");
+    for n in names {
+        let bytes = std::fs::read(sample_bin(n)).unwrap();
+        std::fs::write(dir.join(n), &bytes).unwrap();
+        pins.push_str(&format!("{n} = \"sha256:{}\"\n", sha256_hex(&bytes)));
+    }
+    (dir, pins)
 }

@@ -1,5 +1,6 @@
 //! A test workload: reports what it was started with, then exits as told.
-//! Usage: probe [exit N] [write PATH] [attest NONCE_HEX] [http-get URL]
+//! Usage: probe [exit N] [write PATH] [attest NONCE_HEX] [http-get URL] [escape-proc PATH]
+//!              [mknod PATH MAJOR MINOR] [mount-devtmpfs DIR] [open PATH] [vsock]
 
 fn status_field(name: &str) -> String {
     std::fs::read_to_string("/proc/self/status")
@@ -35,6 +36,9 @@ fn main() {
     for e in env {
         println!("probe: env {e}");
     }
+    for f in ["CapEff:", "CapPrm:", "CapBnd:", "CapInh:", "CapAmb:", "NoNewPrivs:", "Seccomp:", "PPid:"] {
+        println!("probe: {f}{}", status_field(f));
+    }
     println!("probe: nsm={}", if std::path::Path::new("/dev/nsm").exists() { "present" } else { "absent" });
     println!("probe: devnull={}", std::fs::write("/dev/null", b"x").is_ok());
     if let Ok(rd) = std::fs::read_dir("/eigen/bin") {
@@ -62,6 +66,43 @@ fn main() {
                     println!("probe: http-get {url} status={}", http_get(url));
                 }
             }
+            "escape-proc" => {
+                // Writes PATH through every /proc/N/root this process can see.
+                if let Some(p) = it.next() {
+                    let mut pids: Vec<String> = std::fs::read_dir("/proc")
+                        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                        .unwrap_or_default();
+                    pids.retain(|n| n.bytes().all(|b| b.is_ascii_digit()));
+                    pids.sort();
+                    println!("probe: pids={}", pids.join(","));
+                    for pid in pids {
+                        let target = format!("/proc/{pid}/root{p}");
+                        let r = match std::fs::write(&target, b"escaped") {
+                            Ok(()) => "ok".to_string(),
+                            Err(e) => cidboot_sample::errno_name(e.raw_os_error().unwrap_or(0)),
+                        };
+                        println!("probe: escape {target} {r}");
+                    }
+                }
+            }
+            "mknod" => {
+                let (p, ma, mi) = (it.next(), it.next(), it.next());
+                if let (Some(p), Some(ma), Some(mi)) = (p, ma, mi) {
+                    let r = cidboot_sample::try_mknod(p, ma.parse().unwrap_or(0), mi.parse().unwrap_or(0));
+                    println!("probe: mknod {p} {r}");
+                }
+            }
+            "mount-devtmpfs" => {
+                if let Some(d) = it.next() {
+                    println!("probe: mount-devtmpfs {d} {}", cidboot_sample::try_mount_devtmpfs(d));
+                }
+            }
+            "open" => {
+                if let Some(p) = it.next() {
+                    println!("probe: open {p} {}", cidboot_sample::try_open(p));
+                }
+            }
+            "vsock" => println!("probe: vsock {}", cidboot_sample::try_vsock()),
             "write" => {
                 if let Some(p) = it.next() {
                     let _ = std::fs::write(p, b"ran");
