@@ -93,6 +93,9 @@ log="$work/good.log"
 grep -q 'heartbeat answered' "$log" || fail "no heartbeat"
 grep -q 'PCR16 extended and locked' "$log" || fail "PCR16 not locked"
 grep -q '^\[stdout\] hello from a content-addressed image' "$log" || fail "the workload did not run"
+grep -q '^\[stdout\] sandbox: open /dev/nsm: ENOENT' "$log" || fail "the workload reached /dev/nsm: $(grep 'sandbox:' "$log")"
+grep -q '^\[stdout\] sandbox: socket(AF_VSOCK): EPERM' "$log" || fail "the workload opened AF_VSOCK: $(grep 'sandbox:' "$log")"
+say "the workload ran sandboxed: no /dev/nsm, no AF_VSOCK"
 grep -q '^\[status\] {"exit_code":0' "$log" || fail "the workload did not exit 0: $(grep '^\[status\]' "$log")"
 nonce=$(sed -n 's/^\[stdout\] attestation nonce: //p' "$log")
 sed -n 's/^\[stdout\] attestation document: //p' "$log" >"$work/doc.b64"
@@ -100,10 +103,14 @@ sed -n 's/^\[stdout\] attestation document: //p' "$log" >"$work/doc.b64"
 "$bin" expect "ipfs://$cid" --gateway "$gw_url" --ca "$work/ca.pem" --config "$work/good/enclave.toml" \
   --eif-pcrs "$work/eif.json" --json >"$work/expect.json"
 ex() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['pcrs'][sys.argv[2]])" "$work/expect.json" "$1"; }
+# PCR17-31 must be in the document (it lists only locked PCRs), all zero.
+zero=$(printf '0%.0s' $(seq 96))
+unused=()
+for i in $(seq 17 31); do unused+=(--pcr "$i=$zero"); done
 "$bin" verify "$work/doc.b64" --insecure-unsigned --nonce "$nonce" \
   --pcr "0=$(ex PCR0)" --pcr "1=$(ex PCR1)" --pcr "2=$(ex PCR2)" --expect-pcr16 "$(ex PCR16)" \
-  || fail "the enclave's document does not verify"
-say "the document verifies: PCR0-2 of the EIF, PCR16 of the image, our nonce"
+  "${unused[@]}" || fail "the enclave's document does not verify"
+say "the document verifies: PCR0-2 of the EIF, PCR16 of the image, PCR17-31 locked at zero, our nonce"
 
 say "booting the enclave (tampering gateway)"
 python3 - "$work/sample.car" "$work/tampered.car" <<'PY'

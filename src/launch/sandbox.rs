@@ -211,7 +211,36 @@ fn reproduce(ended: Ended) -> ! {
     }
 }
 
+/// Closes every descriptor above stderr except `keep`: whatever the supervisor left open
+/// without close-on-exec (the NSM device, say) must not reach the sandbox.
+fn close_others(keep: &[RawFd]) -> Result<(), SandboxError> {
+    let mut keep: Vec<u32> = keep.iter().filter_map(|f| u32::try_from(*f).ok()).collect();
+    keep.sort_unstable();
+    let mut from = 3u32;
+    for k in keep.into_iter().filter(|k| *k >= 3) {
+        if k > from {
+            close_range(from, k - 1)?;
+        }
+        from = k.saturating_add(1);
+    }
+    close_range(from, u32::MAX)
+}
+
+fn close_range(first: u32, last: u32) -> Result<(), SandboxError> {
+    // SAFETY: close_range takes integers only; the caller keeps what it still needs out of
+    // the range, so no descriptor in use by this process is closed.
+    if unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) } != 0 {
+        return Err(SandboxError::Sys {
+            what: "close_range".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
 fn stage1(spec: &Spec) -> Result<Ended, SandboxError> {
+    let keep: Vec<RawFd> = std::iter::once(spec.sync_fd).chain(spec.exec_fd).collect();
+    close_others(&keep)?;
     prctl::set_dumpable(false).map_err(sys("PR_SET_DUMPABLE"))?;
     let set = signal_set();
     set.thread_block().map_err(sys("blocking signals"))?;

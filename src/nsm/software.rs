@@ -267,6 +267,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn measuring_locks_every_pcr_and_refuses_a_pre_extended_one() {
+        let ca = TestCa::generate().unwrap();
+        let nsm = SoftwareNsm::new(&ca, &[]).unwrap();
+        let v = crate::nsm::measure_and_lock(&nsm, 16, &[b"a".to_vec(), b"b".to_vec()]).unwrap();
+        assert_eq!(
+            v,
+            crate::measure::replay([b"a".to_vec(), b"b".to_vec()]).to_vec()
+        );
+        for i in 16..PCR_COUNT {
+            assert!(nsm.describe_pcr(i).unwrap().0, "PCR{i} unlocked");
+            assert_eq!(nsm.extend_pcr(i, b"late"), Err(NsmError::ReadOnlyIndex(i)));
+        }
+        let doc =
+            crate::nsm::document::parse_cose(&nsm.attestation(None, None, None).unwrap()).unwrap();
+        assert_eq!(Document::parse(&doc.payload).unwrap().pcrs.len(), 32);
+        // Something extended PCR17 before cidboot: the measurement is refused.
+        let nsm = SoftwareNsm::new(&ca, &[]).unwrap();
+        nsm.extend_pcr(17, b"earlier").unwrap();
+        let e = crate::nsm::measure_and_lock(&nsm, 16, &[b"a".to_vec()]).unwrap_err();
+        assert!(
+            e.to_string().contains("PCR17 was extended before cidboot"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn has_the_device_semantics() {
         let ca = TestCa::generate().unwrap();
         let nsm = SoftwareNsm::new(&ca, &[]).unwrap();

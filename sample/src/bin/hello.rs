@@ -1,5 +1,6 @@
 //! The bundled sample workload: greets, then asks cidboot for an attestation document bound
-//! to a fresh nonce and prints it, so that anyone can check it with `cidboot verify`.
+//! to a fresh nonce and prints it, so that anyone can check it with `cidboot verify`. On the
+//! way it reports what its sandbox denies it (the NSM device, vsock sockets).
 
 fn main() {
     let greeting = std::env::var("GREETING").unwrap_or_else(|_| "hello".into());
@@ -11,6 +12,9 @@ fn main() {
     if let Ok(cwd) = std::env::current_dir() {
         println!("cwd: {}", cwd.display());
     }
+    // What the sandbox leaves this process: no NSM device, no vsock.
+    println!("sandbox: open /dev/nsm: {}", cidboot_sample::try_open("/dev/nsm"));
+    println!("sandbox: socket(AF_VSOCK): {}", cidboot_sample::try_vsock());
     if std::env::var_os("CIDBOOT_ATTESTATION_URL").is_none() {
         return;
     }
