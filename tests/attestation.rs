@@ -44,6 +44,10 @@ fn aws(at: At) -> Policy {
         nonce: None,
         user_data: None,
         insecure_unsigned: false,
+        require_locked: Default::default(),
+        measurements: None,
+        // These policies check the signature, chain and fields; pinning is tested on its own.
+        allow_unpinned: true,
     }
 }
 

@@ -326,6 +326,9 @@ fn attestation_api_bounds_its_inputs() {
         nonce: Some(b"nonce".to_vec()),
         user_data: None,
         insecure_unsigned: false,
+        require_locked: Default::default(),
+        measurements: None,
+        allow_unpinned: false,
     };
     let r = cidboot::verify::verify(&doc, &policy);
     assert!(r.ok, "{:?}", r.checks);
