@@ -396,7 +396,8 @@ fn round_trip_through_run_and_verify() {
     );
     // `expect` prints the PCR16 the verifier pinned, and PCR0-2 from eif_build's output.
     let eif = work.path().join("eif.json");
-    std::fs::write(&eif, json!({"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": "aa", "PCR1": "bb", "PCR2": "cc"}}).to_string()).unwrap();
+    let (p0, p1, p2) = ("aa".repeat(48), "BB".repeat(48), "cc".repeat(48));
+    std::fs::write(&eif, json!({"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": p0, "PCR1": p1, "PCR2": p2}}).to_string()).unwrap();
     let e = run(&[
         "expect",
         &reference,
@@ -410,8 +411,82 @@ fn round_trip_through_run_and_verify() {
     ]);
     assert!(e.ok, "{}", e.stderr);
     let v = e.json();
-    assert_eq!(v["pcrs"]["PCR0"], "aa");
+    assert_eq!(v["pcrs"]["PCR0"], p0);
+    assert_eq!(v["pcrs"]["PCR1"], "bb".repeat(48), "lowercased");
     let pcr16 = v["pcrs"]["PCR16"].as_str().unwrap().to_string();
+    // The KMS key-policy statement carries exactly the values `expect` prints.
+    let expect_args = |extra: &[&str]| {
+        let mut args = vec![
+            "expect",
+            reference.as_str(),
+            "--gateway",
+            gw.url.as_str(),
+            "--ca",
+            ca,
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let role = "arn:aws:iam::111122223333:role/enclave-parent";
+    let eif_arg = eif.to_str().unwrap();
+    let k = expect_args(&["--eif-pcrs", eif_arg, "--kms-policy", "--principal", role]);
+    assert!(k.ok, "{}", k.stderr);
+    let s = k.json();
+    assert_eq!(s["Effect"], "Allow");
+    assert_eq!(s["Principal"], json!({"AWS": role}));
+    assert_eq!(s["Action"], json!(["kms:Decrypt", "kms:GenerateDataKey*"]));
+    let cond = &s["Condition"]["StringEqualsIgnoreCase"];
+    assert_eq!(cond.as_object().unwrap().len(), 4, "{cond}");
+    for (key, pcr) in [
+        ("ImageSha384", "PCR0"),
+        ("PCR1", "PCR1"),
+        ("PCR2", "PCR2"),
+        ("PCR16", "PCR16"),
+    ] {
+        assert_eq!(
+            cond[format!("kms:RecipientAttestation:{key}")],
+            v["pcrs"][pcr],
+            "{key}"
+        );
+    }
+    // Refused without the EIF's PCRs, without a principal, and for a debug-mode EIF.
+    let o = expect_args(&["--kms-policy", "--principal", role]);
+    assert!(
+        !o.ok && o.stderr.contains("--kms-policy needs --eif-pcrs"),
+        "{}",
+        o.stderr
+    );
+    let o = expect_args(&["--eif-pcrs", eif_arg, "--kms-policy"]);
+    assert!(!o.ok && o.stderr.contains("--principal"), "{}", o.stderr);
+    let o = expect_args(&["--eif-pcrs", eif_arg, "--kms-policy", "--principal", "root"]);
+    assert!(!o.ok && o.stderr.contains("not an ARN"), "{}", o.stderr);
+    let debug = work.path().join("debug.json");
+    let zero = "0".repeat(96);
+    std::fs::write(
+        &debug,
+        json!({"Measurements": {"PCR0": zero, "PCR1": zero, "PCR2": zero}}).to_string(),
+    )
+    .unwrap();
+    let o = expect_args(&[
+        "--eif-pcrs",
+        debug.to_str().unwrap(),
+        "--kms-policy",
+        "--principal",
+        role,
+    ]);
+    assert!(!o.ok && o.stderr.contains("debug-mode"), "{}", o.stderr);
+    let short = work.path().join("short.json");
+    std::fs::write(
+        &short,
+        json!({"PCR0": "aa", "PCR1": p1, "PCR2": p2}).to_string(),
+    )
+    .unwrap();
+    let o = expect_args(&["--eif-pcrs", short.to_str().unwrap()]);
+    assert!(
+        !o.ok && o.stderr.contains("not 48 bytes of hex"),
+        "{}",
+        o.stderr
+    );
     assert!(run(&["verify", f, "--root", r, "--expect-pcr16", &pcr16]).ok);
     // The event log of the real boot (what `cidboot run --json` and GET /v1/measurements
     // give) is recomputed, replayed to the document's PCR16, and only then read.

@@ -345,11 +345,78 @@ pub struct ExpectArgs {
     /// The JSON that eif_build (or nitro-cli build-enclave) printed, for PCR0-2.
     #[arg(long)]
     pub eif_pcrs: Option<PathBuf>,
+    /// Print an AWS KMS key-policy statement that lets --principal decrypt only from an
+    /// enclave with these PCR0, PCR1, PCR2 and PCR16 (needs --eif-pcrs).
+    #[arg(long, requires = "principal")]
+    pub kms_policy: bool,
+    /// The IAM principal (ARN) of the parent instance's role, for --kms-policy.
+    #[arg(long, value_name = "ARN", requires = "kms_policy")]
+    pub principal: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
 
+/// The key-policy statement for `expect --kms-policy`: the principal may decrypt and generate
+/// data keys only for a request whose attestation document carries exactly these PCRs. KMS
+/// names PCR0 `ImageSha384`; its values are hex, compared ignoring case.
+fn kms_statement(
+    principal: &str,
+    pcrs: &serde_json::Map<String, serde_json::Value>,
+) -> Result<serde_json::Value, CliError> {
+    let mut condition = serde_json::Map::new();
+    for (pcr, key) in [
+        ("PCR0", "kms:RecipientAttestation:ImageSha384"),
+        ("PCR1", "kms:RecipientAttestation:PCR1"),
+        ("PCR2", "kms:RecipientAttestation:PCR2"),
+        ("PCR16", "kms:RecipientAttestation:PCR16"),
+    ] {
+        let v = pcrs.get(pcr).and_then(|v| v.as_str()).ok_or_else(|| {
+            CliError::Usage(format!("--kms-policy needs {pcr} (give --eif-pcrs)"))
+        })?;
+        condition.insert(key.into(), json!(v));
+    }
+    if ["PCR0", "PCR1", "PCR2"].iter().any(|k| {
+        pcrs.get(*k)
+            .and_then(|v| v.as_str())
+            .is_some_and(|v| v.bytes().all(|b| b == b'0'))
+    }) {
+        return Err(CliError::Usage(
+            "--kms-policy: PCR0-2 are all zeros, as in a debug-mode enclave, which anyone can run with any code: no key policy may trust them".into(),
+        ));
+    }
+    Ok(json!({
+        "Sid": "DecryptOnlyInTheAttestedEnclave",
+        "Effect": "Allow",
+        "Principal": {"AWS": principal},
+        "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+        "Resource": "*",
+        "Condition": {"StringEqualsIgnoreCase": condition},
+    }))
+}
+
+/// A PCR value as `eif_build` prints it: 48 bytes, hex; returned in lowercase.
+fn pcr_hex(what: &str, v: &str) -> Result<String, CliError> {
+    match hex::decode(v) {
+        Ok(b) if b.len() == 48 => Ok(hex::encode(b)),
+        _ => Err(CliError::Usage(format!(
+            "{what} is {v:?}, not 48 bytes of hex"
+        ))),
+    }
+}
+
 pub async fn expect(a: ExpectArgs) -> Result<(), CliError> {
+    let principal = match (&a.principal, a.kms_policy, &a.eif_pcrs) {
+        (_, true, None) => {
+            return Err(CliError::Usage(
+                "--kms-policy needs --eif-pcrs: a key policy without PCR0-2 would release the key to any EIF that extends the same PCR16".into(),
+            ))
+        }
+        (Some(p), true, Some(_)) if p.starts_with("arn:") => Some(p.clone()),
+        (Some(p), true, Some(_)) => {
+            return Err(CliError::Usage(format!("--principal {p:?} is not an ARN")))
+        }
+        _ => None,
+    };
     let log = expected_log(&a.reference, &a.fetch, a.config.as_ref()).await?;
     let mut pcrs = serde_json::Map::new();
     if let Some(p) = &a.eif_pcrs {
@@ -361,11 +428,20 @@ pub async fn expect(a: ExpectArgs) -> Result<(), CliError> {
                 .get(k)
                 .and_then(|x| x.as_str())
                 .ok_or_else(|| CliError::Usage(format!("{}: no {k}", p.display())))?;
-            pcrs.insert(k.into(), json!(val));
+            pcrs.insert(
+                k.into(),
+                json!(pcr_hex(&format!("{}: {k}", p.display()), val)?),
+            );
         }
     }
     pcrs.insert("PCR16".into(), json!(log.pcr16));
-    if a.json {
+    if let Some(principal) = principal {
+        let statement = kms_statement(&principal, &pcrs)?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&statement).unwrap_or_default()
+        );
+    } else if a.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({"pcrs": pcrs, "measurements": log}))
