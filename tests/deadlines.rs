@@ -104,7 +104,7 @@ fn floor_of_a_kib_per_second() -> Timeouts {
 fn a_trickling_gateway_is_failed_over_by_block_and_by_file_fetches() {
     let work = tempfile::tempdir().unwrap();
     let (root, data, car) = packed_file(work.path());
-    let good = Gateway::start(&[car.clone()], work.path());
+    let good = Gateway::start(std::slice::from_ref(&car), work.path());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let car_bytes = std::fs::read(&car).unwrap();
     for by_file in [false, true] {
@@ -148,7 +148,7 @@ fn a_trickling_gateway_is_failed_over_by_block_and_by_file_fetches() {
 fn the_object_deadline_ends_a_transfer_while_it_runs() {
     let work = tempfile::tempdir().unwrap();
     let (root, data, car) = packed_file(work.path());
-    let good = Gateway::start(&[car.clone()], work.path());
+    let good = Gateway::start(std::slice::from_ref(&car), work.path());
     let (slow, _) = trickler(std::fs::read(&car).unwrap());
     // No floor and a long idle timeout: before the deadline held during transfers, this read
     // for a hundred million seconds.
