@@ -381,7 +381,7 @@ fn kms_statement(
             .is_some_and(|v| v.bytes().all(|b| b == b'0'))
     }) {
         return Err(CliError::Usage(
-            "--kms-policy: PCR0-2 are all zeros, as in a debug-mode enclave, which anyone can run with any code: no key policy may trust them".into(),
+            "--kms-policy: PCR0, PCR1 or PCR2 is all zeros, as in a debug-mode enclave, which anyone can run with any code: no key policy may trust it".into(),
         ));
     }
     Ok(json!({

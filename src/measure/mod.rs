@@ -47,6 +47,8 @@ impl Event {
         }
     }
 
+    /// The digest to extend PCR16 with, for an event this process built with
+    /// [`EventLog::new`]. A log from elsewhere is checked with [`check_log`] instead.
     pub fn digest_bytes(&self) -> Vec<u8> {
         hex::decode(&self.digest).unwrap_or_default()
     }
