@@ -44,6 +44,10 @@ fn aws(at: At) -> Policy {
         nonce: None,
         user_data: None,
         insecure_unsigned: false,
+        require_locked: Default::default(),
+        measurements: None,
+        // These policies check the signature, chain and fields; pinning is tested on its own.
+        allow_unpinned: true,
     }
 }
 
@@ -372,4 +376,124 @@ fn hostile_documents_fail_cleanly() {
         let r = verify::verify(&bad, &aws(At::Now));
         assert!(!r.ok && failed(&r) == vec!["structure"], "{:?}", r.checks);
     }
+}
+
+#[test]
+fn a_policy_that_pins_nothing_fails_unless_allowed() {
+    let (_, doc) = real_docs().remove(0);
+    let strict = Policy {
+        allow_unpinned: false,
+        ..aws(At::Document)
+    };
+    assert!(!strict.is_pinned());
+    let r = verify::verify(&doc, &strict);
+    assert_eq!(failed(&r), vec!["pinned"], "{:?}", r.checks);
+    // A nonce is no pin; a PCR is.
+    let r = verify::verify(
+        &doc,
+        &Policy {
+            nonce: Some(b"x".to_vec()),
+            ..strict.clone()
+        },
+    );
+    assert!(failed(&r).contains(&"pinned".to_string()));
+    let d = Document::parse(&parse_cose(&doc).unwrap().payload).unwrap();
+    let pinned = Policy {
+        pcrs: BTreeMap::from([(0, d.pcrs[&0].clone())]),
+        ..strict
+    };
+    assert!(verify::verify(&doc, &pinned).ok);
+    let r = verify::verify(&doc, &aws(At::Document));
+    assert!(r.ok);
+    assert!(r
+        .checks
+        .iter()
+        .any(|c| c.name == "pinned" && c.status == Status::Skipped));
+}
+
+#[test]
+fn the_library_returns_the_fields_of_a_sound_log_only() {
+    use cidboot::measure::{EventLog, Inputs};
+    let ca = TestCa::generate().unwrap();
+    let nsm = SoftwareNsm::new(&ca, &[]).unwrap();
+    let cid = cidboot::reference::raw_cid(b"image");
+    let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    let log = EventLog::new(Inputs {
+        reference: &format!("ipfs://{cid}"),
+        root_cid: &cid,
+        manifest_digest: &d('a'),
+        config_digest: &d('c'),
+        helpers: vec![("kms-client".into(), d('1'))],
+        runtime_config_digest: &d('e'),
+    });
+    let events: Vec<Vec<u8>> = log.events.iter().map(|e| e.digest_bytes()).collect();
+    cidboot::nsm::measure_and_lock(&nsm, 16, &events).unwrap();
+    let doc = nsm.attestation(None, None, None).unwrap();
+    let json = serde_json::to_vec(&log).unwrap();
+    let policy = Policy {
+        root_der: verify::pem_cert(ca.root_pem()).unwrap(),
+        measurements: Some(verify::Measurements {
+            log: json.clone(),
+            manifest_digest: Some(d('a')),
+            cid: Some(cid),
+            helpers: BTreeMap::from([("kms-client".into(), d('1'))]),
+            ..Default::default()
+        }),
+        allow_unpinned: false,
+        ..aws(At::Now)
+    };
+    let r = verify::verify(&doc, &policy);
+    assert!(r.ok, "{:?}", r.checks);
+    let m = r.measured.unwrap();
+    assert_eq!(
+        (m.manifest_digest.as_str(), m.cid, m.pcr16.as_str()),
+        (d('a').as_str(), cid, log.pcr16.as_str())
+    );
+    assert_eq!(m.helpers["kms-client"], d('1'));
+    // The manifest event's value of another image over this image's data and digests.
+    let mut forged: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    forged["events"][2]["value"] = d('b').into();
+    let mut m = policy.measurements.clone().unwrap();
+    m.log = forged.to_string().into_bytes();
+    m.manifest_digest = Some(d('b'));
+    let r = verify::verify(
+        &doc,
+        &Policy {
+            measurements: Some(m),
+            ..policy.clone()
+        },
+    );
+    assert!(r.measured.is_none());
+    assert_eq!(
+        failed(&r),
+        vec![
+            "measurements",
+            "manifest",
+            "cid",
+            "helper:kms-client",
+            "helpers"
+        ]
+    );
+    let c = r.checks.iter().find(|c| c.name == "measurements").unwrap();
+    assert!(
+        c.detail.contains("event 3 (manifest-digest)"),
+        "{}",
+        c.detail
+    );
+    // An extra helper that the verifier did not expect.
+    let mut m = policy.measurements.clone().unwrap();
+    m.helpers = BTreeMap::from([("tls-client".into(), d('1'))]);
+    let r = verify::verify(
+        &doc,
+        &Policy {
+            measurements: Some(m),
+            ..policy
+        },
+    );
+    assert_eq!(
+        failed(&r),
+        vec!["helper:tls-client", "helpers"],
+        "{:?}",
+        r.checks
+    );
 }

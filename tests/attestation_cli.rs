@@ -15,10 +15,33 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// `--pcr N=HEX` for PCR0-2 of a document.
+fn pins_of(doc: &std::path::Path) -> Vec<String> {
+    use cidboot::nsm::document::{parse_cose, Document};
+    let d = Document::parse(&parse_cose(&std::fs::read(doc).unwrap()).unwrap().payload).unwrap();
+    (0..3)
+        .flat_map(|i| {
+            [
+                "--pcr".to_string(),
+                format!("{i}={}", hex::encode(&d.pcrs[&i])),
+            ]
+        })
+        .collect()
+}
+
+/// `cidboot verify` with extra arguments after the given ones.
+fn verify_with(args: &[&str], extra: &[String]) -> Out {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(extra.iter().map(String::as_str));
+    run(&all)
+}
+
 #[test]
 fn verify_exits_zero_only_when_every_check_passes() {
     let doc = fixture("nitro-attest-2025-01-06.cose");
     let d = doc.to_str().unwrap();
+    let pins = pins_of(&doc);
+    let run = |args: &[&str]| verify_with(args, &pins);
     let ok = run(&["verify", d, "--at", "doc"]);
     assert!(ok.ok, "{}", ok.stdout);
     assert!(ok.stdout.contains("PASS chain") && ok.stdout.trim_end().ends_with("verified"));
@@ -49,6 +72,7 @@ fn verify_exits_zero_only_when_every_check_passes() {
     assert!(run(&["verify", b64.to_str().unwrap(), "--at", "doc"]).ok);
     let mut child = cidboot()
         .args(["verify", "-", "--at", "doc"])
+        .args(&pins)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -60,25 +84,206 @@ fn verify_exits_zero_only_when_every_check_passes() {
         .write_all(&std::fs::read(&doc).unwrap())
         .unwrap();
     assert!(child.wait().unwrap().success());
-    // A pinned PCR that differs fails.
-    let bad = run(&[
-        "verify",
-        d,
-        "--at",
-        "doc",
-        "--pcr",
-        &format!("0={}", "00".repeat(48)),
-    ]);
-    assert!(!bad.ok && bad.stdout.contains("FAIL pcr0"));
+    // A pinned PCR that differs fails (PCR1 and PCR2 pinned right).
+    let bad = verify_with(
+        &[
+            "verify",
+            d,
+            "--at",
+            "doc",
+            "--pcr",
+            &format!("0={}", "00".repeat(48)),
+        ],
+        &pins[2..],
+    );
+    assert!(
+        !bad.ok && bad.stdout.contains("FAIL pcr0"),
+        "{}",
+        bad.stdout
+    );
+    assert!(bad.stdout.contains("PASS pcr1"), "{}", bad.stdout);
     for neg in [
         "NEGATIVE-nitrite-selfsigned.cose",
         "NEGATIVE-oyster-custom-root.cose",
     ] {
+        let n = fixture(neg);
         assert!(
-            !run(&["verify", fixture(neg).to_str().unwrap(), "--at", "doc"]).ok,
+            !verify_with(
+                &["verify", n.to_str().unwrap(), "--at", "doc"],
+                &pins_of(&n)
+            )
+            .ok,
             "{neg}"
         );
     }
+}
+
+#[test]
+fn an_unpinned_verify_fails_closed() {
+    let doc = fixture("nitro-attest-2025-01-06.cose");
+    let d = doc.to_str().unwrap();
+    // A real, validly signed document, but nothing ties it to an EIF or an image.
+    let o = common::run(&["verify", d, "--at", "doc"]);
+    assert!(!o.ok, "{}", o.stdout);
+    assert!(o.stdout.contains("FAIL pinned"), "{}", o.stdout);
+    assert!(o.stderr.contains("NOTHING IS PINNED"), "{}", o.stderr);
+    let j = common::run(&["verify", d, "--at", "doc", "--json"]);
+    assert!(!j.ok);
+    let v = j.json();
+    let pinned = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "pinned")
+        .unwrap();
+    assert_eq!(pinned["status"], "fail");
+    // A nonce alone pins nothing either.
+    assert!(!common::run(&["verify", d, "--at", "doc", "--nonce", "00"]).ok);
+    // Asked for explicitly, and said loudly.
+    let o = common::run(&["verify", d, "--at", "doc", "--allow-unpinned"]);
+    assert!(o.ok, "{}", o.stdout);
+    assert!(o.stdout.contains("SKIP pinned: INSECURE"), "{}", o.stdout);
+    assert!(o.stderr.contains("INSECURE"), "{}", o.stderr);
+    // One PCR is a pin, and it must hold.
+    assert!(verify_with(&["verify", d, "--at", "doc"], &pins_of(&doc)[..2]).ok);
+}
+
+#[test]
+fn require_locked_refuses_a_real_document_without_pcr16_to_31() {
+    // Real AWS documents list PCR0-15 only.
+    let doc = fixture("qos-2022-07-06.cose");
+    let d = doc.to_str().unwrap();
+    let pins = pins_of(&doc);
+    assert!(
+        verify_with(
+            &["verify", d, "--at", "doc", "--require-locked", "0-15"],
+            &pins
+        )
+        .ok
+    );
+    let o = verify_with(
+        &[
+            "verify",
+            d,
+            "--at",
+            "doc",
+            "--require-locked",
+            "16-31",
+            "--json",
+        ],
+        &pins,
+    );
+    assert!(!o.ok);
+    let v = o.json();
+    let locked = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "locked")
+        .unwrap()
+        .clone();
+    assert_eq!(locked["status"], "fail");
+    let detail = locked["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("PCR16,") && detail.contains("PCR31 "),
+        "{detail}"
+    );
+    let o = verify_with(
+        &["verify", d, "--at", "doc", "--require-locked", "3,16"],
+        &pins,
+    );
+    assert!(
+        !o.ok && o.stdout.contains("FAIL locked: PCR16 not"),
+        "{}",
+        o.stdout
+    );
+    for bad in ["16-32", "31-16", "x", "16,"] {
+        let o = verify_with(
+            &["verify", d, "--at", "doc", "--require-locked", bad],
+            &pins,
+        );
+        assert!(
+            !o.ok && o.stderr.contains("--require-locked"),
+            "{bad}: {}",
+            o.stderr
+        );
+    }
+}
+
+#[test]
+fn pcr17_to_31_locked_by_the_enclave_must_be_zero_unless_pinned() {
+    use cidboot::nsm::software::{SoftwareNsm, TestCa};
+    use cidboot::nsm::Nsm;
+    let work = tempfile::tempdir().unwrap();
+    let ca = TestCa::generate().unwrap();
+    let root = work.path().join("root.pem");
+    std::fs::write(&root, ca.root_pem()).unwrap();
+    // What the boot does: extend and lock PCR16, then lock every PCR up to 31.
+    let doc = |extend17: bool, lock_rest: bool| {
+        let nsm = SoftwareNsm::new(&ca, &[]).unwrap();
+        nsm.extend_pcr(16, b"event").unwrap();
+        if extend17 {
+            nsm.extend_pcr(17, b"something else").unwrap();
+        }
+        nsm.lock_pcr(16).unwrap();
+        if lock_rest {
+            for i in 17..=31 {
+                nsm.lock_pcr(i).unwrap();
+            }
+        }
+        let pcr16 = hex::encode(nsm.describe_pcr(16).unwrap().1);
+        let pcr17 = hex::encode(nsm.describe_pcr(17).unwrap().1);
+        let path = work.path().join(format!("doc-{extend17}-{lock_rest}.cbor"));
+        std::fs::write(&path, nsm.attestation(None, None, None).unwrap()).unwrap();
+        (path, pcr16, pcr17)
+    };
+    let r = root.to_str().unwrap();
+    let verify = |p: &PathBuf, extra: &[&str]| {
+        let mut args = vec!["verify", p.to_str().unwrap(), "--root", r];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let (locked, pcr16, _) = doc(false, true);
+    let o = verify(
+        &locked,
+        &[
+            "--expect-pcr16",
+            &pcr16,
+            "--require-locked",
+            "16-31",
+            "--json",
+        ],
+    );
+    assert!(o.ok, "{}", o.stdout);
+    let checks = o.json()["checks"].clone();
+    for i in 17..=31 {
+        let c = checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == format!("pcr{i}"))
+            .unwrap_or_else(|| panic!("no pcr{i} check"));
+        assert_eq!(c["status"], "pass");
+    }
+    // Something extended PCR17 before it was locked: refused, unless pinned to that value.
+    let (extended, pcr16, pcr17) = doc(true, true);
+    let o = verify(&extended, &["--expect-pcr16", &pcr16]);
+    assert!(!o.ok && o.stdout.contains("FAIL pcr17"), "{}", o.stdout);
+    assert!(!o.stdout.contains("FAIL pcr18"), "{}", o.stdout);
+    let pin17 = format!("17={pcr17}");
+    assert!(verify(&extended, &["--expect-pcr16", &pcr16, "--pcr", &pin17]).ok);
+    // Only PCR16 locked (a boot that does not lock the rest): fine, unless they are required.
+    let (only16, pcr16, _) = doc(false, false);
+    assert!(verify(&only16, &["--expect-pcr16", &pcr16]).ok);
+    let o = verify(
+        &only16,
+        &["--expect-pcr16", &pcr16, "--require-locked", "16-31"],
+    );
+    assert!(
+        !o.ok && o.stdout.contains("FAIL locked: PCR17, PCR18"),
+        "{}",
+        o.stdout
+    );
 }
 
 fn probe_layer() -> Vec<u8> {
@@ -119,6 +324,7 @@ fn round_trip_through_run_and_verify() {
             "software",
             "--attestation-listen",
             "127.0.0.1:0",
+            "--json",
         ])
         .arg("--nsm-root-out")
         .arg(&root)
@@ -196,7 +402,8 @@ fn round_trip_through_run_and_verify() {
     );
     // `expect` prints the PCR16 the verifier pinned, and PCR0-2 from eif_build's output.
     let eif = work.path().join("eif.json");
-    std::fs::write(&eif, json!({"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": "aa", "PCR1": "bb", "PCR2": "cc"}}).to_string()).unwrap();
+    let (p0, p1, p2) = ("aa".repeat(48), "BB".repeat(48), "cc".repeat(48));
+    std::fs::write(&eif, json!({"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": p0, "PCR1": p1, "PCR2": p2}}).to_string()).unwrap();
     let e = run(&[
         "expect",
         &reference,
@@ -210,37 +417,263 @@ fn round_trip_through_run_and_verify() {
     ]);
     assert!(e.ok, "{}", e.stderr);
     let v = e.json();
-    assert_eq!(v["pcrs"]["PCR0"], "aa");
+    assert_eq!(v["pcrs"]["PCR0"], p0);
+    assert_eq!(v["pcrs"]["PCR1"], "bb".repeat(48), "lowercased");
     let pcr16 = v["pcrs"]["PCR16"].as_str().unwrap().to_string();
-    assert!(run(&["verify", f, "--root", r, "--expect-pcr16", &pcr16]).ok);
-    // And the event log replays to it, naming the manifest.
-    let log = work.path().join("log.json");
-    std::fs::write(&log, v["measurements"].to_string()).unwrap();
+    // The KMS key-policy statement carries exactly the values `expect` prints.
+    let expect_args = |extra: &[&str]| {
+        let mut args = vec![
+            "expect",
+            reference.as_str(),
+            "--gateway",
+            gw.url.as_str(),
+            "--ca",
+            ca,
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let role = "arn:aws:iam::111122223333:role/enclave-parent";
+    let eif_arg = eif.to_str().unwrap();
+    let k = expect_args(&["--eif-pcrs", eif_arg, "--kms-policy", "--principal", role]);
+    assert!(k.ok, "{}", k.stderr);
+    let s = k.json();
+    assert_eq!(s["Effect"], "Allow");
+    assert_eq!(s["Principal"], json!({"AWS": role}));
+    assert_eq!(s["Action"], json!(["kms:Decrypt", "kms:GenerateDataKey*"]));
+    let cond = &s["Condition"]["StringEqualsIgnoreCase"];
+    assert_eq!(cond.as_object().unwrap().len(), 4, "{cond}");
+    for (key, pcr) in [
+        ("ImageSha384", "PCR0"),
+        ("PCR1", "PCR1"),
+        ("PCR2", "PCR2"),
+        ("PCR16", "PCR16"),
+    ] {
+        assert_eq!(
+            cond[format!("kms:RecipientAttestation:{key}")],
+            v["pcrs"][pcr],
+            "{key}"
+        );
+    }
+    // Refused without the EIF's PCRs, without a principal, and for a debug-mode EIF.
+    let o = expect_args(&["--kms-policy", "--principal", role]);
     assert!(
-        run(&[
-            "verify",
-            f,
-            "--root",
-            r,
-            "--expect-manifest",
-            &img.manifest.digest,
-            "--measurements",
-            log.to_str().unwrap()
-        ])
-        .ok
+        !o.ok && o.stderr.contains("--kms-policy needs --eif-pcrs"),
+        "{}",
+        o.stderr
     );
+    let o = expect_args(&["--eif-pcrs", eif_arg, "--kms-policy"]);
+    assert!(!o.ok && o.stderr.contains("--principal"), "{}", o.stderr);
+    let o = expect_args(&["--eif-pcrs", eif_arg, "--kms-policy", "--principal", "root"]);
+    assert!(!o.ok && o.stderr.contains("not an ARN"), "{}", o.stderr);
+    let debug = work.path().join("debug.json");
+    let zero = "0".repeat(96);
+    std::fs::write(
+        &debug,
+        json!({"Measurements": {"PCR0": zero, "PCR1": zero, "PCR2": zero}}).to_string(),
+    )
+    .unwrap();
+    let o = expect_args(&[
+        "--eif-pcrs",
+        debug.to_str().unwrap(),
+        "--kms-policy",
+        "--principal",
+        role,
+    ]);
+    assert!(!o.ok && o.stderr.contains("debug-mode"), "{}", o.stderr);
+    let short = work.path().join("short.json");
+    std::fs::write(
+        &short,
+        json!({"PCR0": "aa", "PCR1": p1, "PCR2": p2}).to_string(),
+    )
+    .unwrap();
+    let o = expect_args(&["--eif-pcrs", short.to_str().unwrap()]);
     assert!(
-        !run(&[
+        !o.ok && o.stderr.contains("not 48 bytes of hex"),
+        "{}",
+        o.stderr
+    );
+    assert!(run(&["verify", f, "--root", r, "--expect-pcr16", &pcr16]).ok);
+    // The event log of the real boot (what `cidboot run --json` and GET /v1/measurements
+    // give) is recomputed, replayed to the document's PCR16, and only then read.
+    let boot: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let real_log = boot["measurements"].clone();
+    assert_eq!(
+        real_log, v["measurements"],
+        "expect predicts the boot's log"
+    );
+    let log = work.path().join("log.json");
+    std::fs::write(&log, real_log.to_string()).unwrap();
+    let l = log.to_str().unwrap();
+    let good = run(&[
+        "verify",
+        f,
+        "--root",
+        r,
+        "--measurements",
+        l,
+        "--expect-manifest",
+        &img.manifest.digest,
+        "--expect-cid",
+        &reference,
+        "--expect-config-digest",
+        boot["config_digest"].as_str().unwrap(),
+        "--expect-runtime-config",
+        &format!("sha256:{}", sha256_hex(b"")),
+        "--json",
+    ]);
+    assert!(good.ok, "{}\n{}", good.stdout, good.stderr);
+    let g = good.json();
+    let passed: Vec<&str> = g["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "pass")
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "measurements",
+        "manifest",
+        "cid",
+        "config_digest",
+        "runtime_config",
+    ] {
+        assert!(passed.contains(&name), "{name}: {passed:?}");
+    }
+    assert_eq!(g["measured"]["manifest_digest"], img.manifest.digest);
+    assert_eq!(g["measured"]["cid"], boot["cid"]);
+    assert_eq!(g["measured"]["config_digest"], boot["config_digest"]);
+    assert_eq!(g["measured"]["reference"], reference);
+    assert_eq!(g["measured"]["pcr16"], pcr16);
+    assert_eq!(g["measured"]["helpers"], json!({}));
+    // The sound log, but other expectations: each is its own named failure.
+    let o = run(&[
+        "verify",
+        f,
+        "--root",
+        r,
+        "--measurements",
+        l,
+        "--expect-manifest",
+        &other.manifest.digest,
+        "--expect-cid",
+        &other_ref,
+        "--expect-helper",
+        &format!("kms-client=sha256:{}", "1".repeat(64)),
+    ]);
+    assert!(!o.ok);
+    for want in [
+        "PASS measurements",
+        "FAIL manifest",
+        "FAIL cid",
+        "FAIL helper:kms-client: the log measures no helper named kms-client",
+    ] {
+        assert!(o.stdout.contains(want), "{want}: {}", o.stdout);
+    }
+    // Forgeries of the real log. The first is the lie the old check accepted: the manifest
+    // event shows another image's digest, while its data and digest (and so the replay) are
+    // the real boot's.
+    let forge = |name: &str, f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = real_log.clone();
+        f(&mut v);
+        let p = work.path().join(format!("{name}.json"));
+        std::fs::write(&p, v.to_string()).unwrap();
+        p
+    };
+    let other_manifest = other.manifest.digest.clone();
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (
+            forge("value", &|v| {
+                v["events"][2]["value"] = other_manifest.clone().into()
+            }),
+            "event 3 (manifest-digest): value",
+        ),
+        (
+            forge("digest", &|v| {
+                v["events"][0]["digest"] = "11".repeat(48).into()
+            }),
+            "event 1 (image-reference): digest",
+        ),
+        (
+            forge("kind", &|v| v["events"][1]["kind"] = "kernel".into()),
+            "event 2: unknown kind \"kernel\"",
+        ),
+        (
+            forge("hex", &|v| {
+                let d = v["events"][3]["digest"].as_str().unwrap().to_string();
+                v["events"][3]["digest"] = format!("zz{}", &d[2..]).into()
+            }),
+            "event 4 (config-digest): digest is not hex",
+        ),
+        (
+            forge("version", &|v| v["version"] = 2.into()),
+            "event log version 2 is not supported",
+        ),
+    ];
+    for (p, want) in &cases {
+        let o = run(&[
             "verify",
             f,
             "--root",
             r,
+            "--measurements",
+            p.to_str().unwrap(),
             "--expect-manifest",
             &other.manifest.digest,
-            "--measurements",
-            log.to_str().unwrap()
-        ])
-        .ok
+            "--json",
+        ]);
+        assert!(!o.ok, "{want}: accepted");
+        let v = o.json();
+        let m = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "measurements")
+            .unwrap()
+            .clone();
+        assert_eq!(m["status"], "fail");
+        assert!(m["detail"].as_str().unwrap().contains(want), "{want}: {m}");
+        assert!(
+            v["measured"].is_null(),
+            "{want}: fields read from a refused log"
+        );
+        let manifest = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "manifest")
+            .unwrap()
+            .clone();
+        assert_eq!(manifest["status"], "fail", "{want}");
+    }
+    // The other image's real log is sound, but not the document's.
+    let other_log = work.path().join("other-log.json");
+    let oe = run(&[
+        "expect",
+        &other_ref,
+        "--gateway",
+        &other_gw.url,
+        "--ca",
+        other_gw.ca.to_str().unwrap(),
+        "--json",
+    ]);
+    std::fs::write(&other_log, oe.json()["measurements"].to_string()).unwrap();
+    let o = run(&[
+        "verify",
+        f,
+        "--root",
+        r,
+        "--measurements",
+        other_log.to_str().unwrap(),
+        "--expect-manifest",
+        &other.manifest.digest,
+    ]);
+    assert!(
+        !o.ok
+            && o.stdout
+                .contains("FAIL measurements: the event log replays to PCR16"),
+        "{}",
+        o.stdout
     );
 }
 
@@ -332,6 +765,9 @@ fn attestation_api_bounds_its_inputs() {
         nonce: Some(b"nonce".to_vec()),
         user_data: None,
         insecure_unsigned: false,
+        require_locked: Default::default(),
+        measurements: None,
+        allow_unpinned: false,
     };
     let r = cidboot::verify::verify(&doc, &policy);
     assert!(r.ok, "{:?}", r.checks);

@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -10,7 +10,7 @@ use crate::config::Loaded;
 use crate::measure::{EventLog, Inputs};
 use crate::oci::{self, Limits};
 use crate::reference::ImageRef;
-use crate::verify::{self, At, Policy, Status};
+use crate::verify::{self, At, Measurements, Policy, Status};
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
@@ -26,24 +26,36 @@ pub struct VerifyArgs {
     #[arg(long = "pcr", value_name = "N=HEX")]
     pub pcrs: Vec<String>,
     /// Expect PCR16 as measured for this image (resolved through --gateway) and --config.
-    #[arg(long, value_name = "REF", conflicts_with_all = ["expect_manifest", "expect_pcr16"])]
+    #[arg(long, value_name = "REF", conflicts_with = "expect_pcr16")]
     pub expect_image: Option<String>,
     #[command(flatten)]
     pub fetch: FetchArgs,
     /// The runtime configuration the enclave was given (for --expect-image; default: none).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Expect this manifest digest in the event log given with --measurements.
-    #[arg(
-        long,
-        value_name = "sha256:HEX",
-        requires = "measurements",
-        conflicts_with = "expect_pcr16"
-    )]
-    pub expect_manifest: Option<String>,
-    /// The event log served by the enclave's GET /v1/measurements.
-    #[arg(long)]
+    /// The event log served by the enclave's GET /v1/measurements (or `cidboot run --json`'s
+    /// "measurements"): every event is recomputed and replayed to the document's PCR16.
+    #[arg(long, value_name = "LOG")]
     pub measurements: Option<PathBuf>,
+    /// Expect this manifest digest in the event log.
+    #[arg(long, value_name = "sha256:HEX", requires = "measurements")]
+    pub expect_manifest: Option<String>,
+    /// Expect this root CID in the event log (`CID` or `ipfs://CID`).
+    #[arg(long, value_name = "CID", requires = "measurements")]
+    pub expect_cid: Option<String>,
+    /// Expect this image config digest in the event log.
+    #[arg(long, value_name = "sha256:HEX", requires = "measurements")]
+    pub expect_config_digest: Option<String>,
+    /// Expect this runtime configuration digest (sha256 of the exact TOML bytes) in the event log.
+    #[arg(long, value_name = "sha256:HEX", requires = "measurements")]
+    pub expect_runtime_config: Option<String>,
+    /// Expect this helper in the event log (repeatable); the log must measure exactly these.
+    #[arg(
+        long = "expect-helper",
+        value_name = "NAME=sha256:HEX",
+        requires = "measurements"
+    )]
+    pub expect_helpers: Vec<String>,
     /// Expect this PCR16 value.
     #[arg(long, value_name = "HEX")]
     pub expect_pcr16: Option<String>,
@@ -51,6 +63,13 @@ pub struct VerifyArgs {
     pub nonce: Option<String>,
     #[arg(long, value_name = "HEX")]
     pub user_data: Option<String>,
+    /// PCRs the document must list, that is, that must be locked: a range or a list (16-31, 16,17).
+    #[arg(long, value_name = "RANGE")]
+    pub require_locked: Option<String>,
+    /// Pass a document although nothing is pinned (no --pcr, --expect-*): INSECURE, it then
+    /// proves only that some enclave produced it.
+    #[arg(long)]
+    pub allow_unpinned: bool,
     /// Accept an emulated NSM's UNSIGNED document (PCRs, nonce and user_data still checked).
     /// Never turns a signed document's failure into a pass.
     #[arg(long)]
@@ -65,8 +84,13 @@ fn hex_arg(what: &str, v: &str) -> Result<Vec<u8>, CliError> {
 }
 
 fn read_input(p: &PathBuf) -> Result<Vec<u8>, CliError> {
+    read_capped(p, crate::nsm::document::MAX_DOCUMENT * 2)
+}
+
+/// Reads at most `cap + 1` bytes, so that the reader sees an input over its limit.
+fn read_capped(p: &PathBuf, cap: usize) -> Result<Vec<u8>, CliError> {
     let mut buf = Vec::new();
-    let cap = (crate::nsm::document::MAX_DOCUMENT * 2) as u64;
+    let cap = cap as u64 + 1;
     let r: Box<dyn Read> = if p.as_os_str() == "-" {
         Box::new(std::io::stdin())
     } else {
@@ -109,6 +133,80 @@ async fn expected_log(
             .collect(),
         runtime_config_digest: &cfg.digest(),
     }))
+}
+
+/// The event log and the values expected in it.
+fn measurements(p: &PathBuf, a: &VerifyArgs) -> Result<Measurements, CliError> {
+    let digest = |flag: &str, v: &Option<String>| -> Result<Option<String>, CliError> {
+        match v {
+            Some(d) if crate::measure::is_sha256(d) => Ok(Some(d.clone())),
+            Some(d) => Err(CliError::Usage(format!(
+                "{flag} {d:?} is not sha256:<64 lowercase hex>"
+            ))),
+            None => Ok(None),
+        }
+    };
+    let mut helpers = BTreeMap::new();
+    for h in &a.expect_helpers {
+        let (name, d) = h
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("--expect-helper {h:?} is not NAME=DIGEST")))?;
+        let d = digest("--expect-helper", &Some(d.to_string()))?.unwrap_or_default();
+        if helpers.insert(name.to_string(), d).is_some() {
+            return Err(CliError::Usage(format!(
+                "--expect-helper {name} given twice"
+            )));
+        }
+    }
+    let cid = a
+        .expect_cid
+        .as_deref()
+        .map(|c| crate::reference::parse_cid(c.strip_prefix("ipfs://").unwrap_or(c)))
+        .transpose()?;
+    Ok(Measurements {
+        log: read_capped(p, crate::measure::MAX_LOG)?,
+        manifest_digest: digest("--expect-manifest", &a.expect_manifest)?,
+        cid,
+        config_digest: digest("--expect-config-digest", &a.expect_config_digest)?,
+        runtime_config_digest: digest("--expect-runtime-config", &a.expect_runtime_config)?,
+        helpers,
+    })
+}
+
+/// `16-31`, `16,17,20-25`: PCR indexes below 32.
+fn parse_pcr_set(s: &str) -> Result<BTreeSet<u16>, CliError> {
+    let bad = || {
+        CliError::Usage(format!(
+            "--require-locked {s:?}: not a list or range of PCRs 0-31 (e.g. 16-31)"
+        ))
+    };
+    let index = |t: &str| -> Result<u16, CliError> {
+        let i: u16 = t
+            .trim()
+            .trim_start_matches("PCR")
+            .parse()
+            .map_err(|_| bad())?;
+        if i >= crate::nsm::PCR_COUNT {
+            return Err(bad());
+        }
+        Ok(i)
+    };
+    let mut set = BTreeSet::new();
+    for part in s.split(',') {
+        match part.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi) = (index(lo)?, index(hi)?);
+                if lo > hi {
+                    return Err(bad());
+                }
+                set.extend(lo..=hi);
+            }
+            None => {
+                set.insert(index(part)?);
+            }
+        }
+    }
+    Ok(set)
 }
 
 fn parse_at(s: &str) -> Result<At, CliError> {
@@ -154,31 +252,10 @@ pub async fn verify(a: VerifyArgs) -> Result<i32, CliError> {
         notes.push(format!("PCR16 expected for {r}: {}", log.pcr16));
         pcrs.insert(16, hex_arg("pcr16", &log.pcr16)?);
     }
-    if let Some(want) = &a.expect_manifest {
-        let p = a
-            .measurements
-            .as_ref()
-            .ok_or_else(|| CliError::Usage("--expect-manifest needs --measurements".into()))?;
-        let log: serde_json::Value = serde_json::from_slice(&read_input(p)?)
-            .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))?;
-        let events = log["events"].as_array().cloned().unwrap_or_default();
-        let manifest = events
-            .iter()
-            .find(|e| e["kind"] == "manifest-digest")
-            .and_then(|e| e["value"].as_str())
-            .unwrap_or("");
-        if manifest != want {
-            return Err(CliError::Usage(format!(
-                "the event log measures manifest {manifest:?}, not {want}"
-            )));
-        }
-        let digests = events
-            .iter()
-            .map(|e| hex::decode(e["digest"].as_str().unwrap_or("")).unwrap_or_default());
-        let replayed = hex::encode(crate::measure::replay(digests));
-        notes.push(format!("PCR16 replayed from the event log: {replayed}"));
-        pcrs.insert(16, hex::decode(&replayed).unwrap_or_default());
-    }
+    let measurements = match &a.measurements {
+        Some(p) => Some(measurements(p, &a)?),
+        None => None,
+    };
     if let Some(v) = &a.expect_pcr16 {
         pcrs.insert(16, hex_arg("--expect-pcr16", v)?);
     }
@@ -197,8 +274,24 @@ pub async fn verify(a: VerifyArgs) -> Result<i32, CliError> {
             .map(|v| hex_arg("--user-data", v))
             .transpose()?,
         insecure_unsigned: a.insecure_unsigned,
+        require_locked: match &a.require_locked {
+            Some(r) => parse_pcr_set(r)?,
+            None => BTreeSet::new(),
+        },
+        measurements,
+        allow_unpinned: a.allow_unpinned,
     };
+    if policy.is_pinned() && !(0..=2).all(|i| policy.pcrs.contains_key(&i)) {
+        notes.push("PCR0, PCR1 and PCR2 are not all pinned: PCR16 and the event log prove what was measured only if the EIF that measured it is pinned too".into());
+    }
     let report = verify::verify(&doc, &policy);
+    if !policy.is_pinned() {
+        if policy.allow_unpinned {
+            eprintln!("WARNING: INSECURE VERIFICATION: nothing is pinned (--allow-unpinned): the document is not tied to any EIF or image.");
+        } else {
+            eprintln!("error: NOTHING IS PINNED: without --pcr, --expect-image, --expect-pcr16 or --expect-* with --measurements the document is not tied to any EIF or image, so it is refused (--allow-unpinned to check only its signature and chain).");
+        }
+    }
     if report.insecure {
         eprintln!("WARNING: INSECURE VERIFICATION: the document is unsigned (an emulated NSM); its signature and certificate chain were NOT checked, and it proves nothing about hardware.");
     }
@@ -209,6 +302,16 @@ pub async fn verify(a: VerifyArgs) -> Result<i32, CliError> {
     } else {
         for n in &notes {
             println!("note: {n}");
+        }
+        if let Some(f) = &report.measured {
+            println!("measured: reference {}", f.reference);
+            println!("measured: cid {}", f.cid);
+            println!("measured: manifest {}", f.manifest_digest);
+            println!("measured: config {}", f.config_digest);
+            for (n, d) in &f.helpers {
+                println!("measured: helper {n} {d}");
+            }
+            println!("measured: runtime config {}", f.runtime_config_digest);
         }
         for c in &report.checks {
             let s = match c.status {
@@ -242,11 +345,78 @@ pub struct ExpectArgs {
     /// The JSON that eif_build (or nitro-cli build-enclave) printed, for PCR0-2.
     #[arg(long)]
     pub eif_pcrs: Option<PathBuf>,
+    /// Print an AWS KMS key-policy statement that lets --principal decrypt only from an
+    /// enclave with these PCR0, PCR1, PCR2 and PCR16 (needs --eif-pcrs).
+    #[arg(long, requires = "principal")]
+    pub kms_policy: bool,
+    /// The IAM principal (ARN) of the parent instance's role, for --kms-policy.
+    #[arg(long, value_name = "ARN", requires = "kms_policy")]
+    pub principal: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
 
+/// The key-policy statement for `expect --kms-policy`: the principal may decrypt and generate
+/// data keys only for a request whose attestation document carries exactly these PCRs. KMS
+/// names PCR0 `ImageSha384`; its values are hex, compared ignoring case.
+fn kms_statement(
+    principal: &str,
+    pcrs: &serde_json::Map<String, serde_json::Value>,
+) -> Result<serde_json::Value, CliError> {
+    let mut condition = serde_json::Map::new();
+    for (pcr, key) in [
+        ("PCR0", "kms:RecipientAttestation:ImageSha384"),
+        ("PCR1", "kms:RecipientAttestation:PCR1"),
+        ("PCR2", "kms:RecipientAttestation:PCR2"),
+        ("PCR16", "kms:RecipientAttestation:PCR16"),
+    ] {
+        let v = pcrs.get(pcr).and_then(|v| v.as_str()).ok_or_else(|| {
+            CliError::Usage(format!("--kms-policy needs {pcr} (give --eif-pcrs)"))
+        })?;
+        condition.insert(key.into(), json!(v));
+    }
+    if ["PCR0", "PCR1", "PCR2"].iter().any(|k| {
+        pcrs.get(*k)
+            .and_then(|v| v.as_str())
+            .is_some_and(|v| v.bytes().all(|b| b == b'0'))
+    }) {
+        return Err(CliError::Usage(
+            "--kms-policy: PCR0, PCR1 or PCR2 is all zeros, as in a debug-mode enclave, which anyone can run with any code: no key policy may trust it".into(),
+        ));
+    }
+    Ok(json!({
+        "Sid": "DecryptOnlyInTheAttestedEnclave",
+        "Effect": "Allow",
+        "Principal": {"AWS": principal},
+        "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+        "Resource": "*",
+        "Condition": {"StringEqualsIgnoreCase": condition},
+    }))
+}
+
+/// A PCR value as `eif_build` prints it: 48 bytes, hex; returned in lowercase.
+fn pcr_hex(what: &str, v: &str) -> Result<String, CliError> {
+    match hex::decode(v) {
+        Ok(b) if b.len() == 48 => Ok(hex::encode(b)),
+        _ => Err(CliError::Usage(format!(
+            "{what} is {v:?}, not 48 bytes of hex"
+        ))),
+    }
+}
+
 pub async fn expect(a: ExpectArgs) -> Result<(), CliError> {
+    let principal = match (&a.principal, a.kms_policy, &a.eif_pcrs) {
+        (_, true, None) => {
+            return Err(CliError::Usage(
+                "--kms-policy needs --eif-pcrs: a key policy without PCR0-2 would release the key to any EIF that extends the same PCR16".into(),
+            ))
+        }
+        (Some(p), true, Some(_)) if p.starts_with("arn:") => Some(p.clone()),
+        (Some(p), true, Some(_)) => {
+            return Err(CliError::Usage(format!("--principal {p:?} is not an ARN")))
+        }
+        _ => None,
+    };
     let log = expected_log(&a.reference, &a.fetch, a.config.as_ref()).await?;
     let mut pcrs = serde_json::Map::new();
     if let Some(p) = &a.eif_pcrs {
@@ -258,11 +428,20 @@ pub async fn expect(a: ExpectArgs) -> Result<(), CliError> {
                 .get(k)
                 .and_then(|x| x.as_str())
                 .ok_or_else(|| CliError::Usage(format!("{}: no {k}", p.display())))?;
-            pcrs.insert(k.into(), json!(val));
+            pcrs.insert(
+                k.into(),
+                json!(pcr_hex(&format!("{}: {k}", p.display()), val)?),
+            );
         }
     }
     pcrs.insert("PCR16".into(), json!(log.pcr16));
-    if a.json {
+    if let Some(principal) = principal {
+        let statement = kms_statement(&principal, &pcrs)?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&statement).unwrap_or_default()
+        );
+    } else if a.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({"pcrs": pcrs, "measurements": log}))

@@ -68,6 +68,12 @@ pub struct FetchArgs {
     /// Longest silence, in seconds, inside a response body.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub idle_timeout: u64,
+    /// Least bytes per second a response body must average over each --rate-window (0: off).
+    #[arg(long, default_value_t = 16 * 1024, value_name = "BYTES")]
+    pub min_rate: u64,
+    /// Seconds of waiting on a gateway after which its throughput is compared with --min-rate.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub rate_window: u64,
     /// Tries per gateway for one object before failing over.
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub tries: u32,
@@ -87,6 +93,8 @@ impl FetchArgs {
             connect: Duration::from_secs(self.connect_timeout.max(1)),
             first_byte: Duration::from_secs(self.first_byte_timeout.max(1)),
             idle: Duration::from_secs(self.idle_timeout.max(1)),
+            min_rate: self.min_rate,
+            rate_window: Duration::from_secs(self.rate_window.max(1)),
         }
     }
 

@@ -119,7 +119,7 @@ impl Gateways {
         crate::reference::check_cid(cid)?;
         let mut tries = Tries::new(self, cid);
         while let Some(gw) = tries.next()? {
-            match self.block_once(gw, cid).await {
+            match tries.bounded(self.block_once(gw, cid)).await? {
                 Ok(b) => return Ok(tries.succeeded(b)),
                 Err(e) => tries.failed(e).await?,
             }
@@ -173,9 +173,9 @@ impl Gateways {
         let mut tries = Tries::new(self, cid);
         while let Some(gw) = tries.next()? {
             let before = delivered;
-            match self
-                .file_once(gw, cid, rule, &mut delivered, &mut size, sink)
-                .await
+            match tries
+                .bounded(self.file_once(gw, cid, rule, &mut delivered, &mut size, sink))
+                .await?
             {
                 Ok(()) => return Ok(tries.succeeded(delivered)),
                 Err(e) => {
@@ -271,19 +271,32 @@ impl Gateways {
     }
 
     fn check_deadline(&self, cid: &Cid, started: Instant) -> Result<(), FetchError> {
-        if started.elapsed() > self.policy.object_deadline {
-            return Err(FetchError::Deadline {
-                cid: cid.to_string(),
-                secs: self.policy.object_deadline.as_secs(),
-            });
+        if started.elapsed() >= self.policy.object_deadline {
+            return Err(self.deadline(cid));
         }
         Ok(())
     }
 
+    fn deadline(&self, cid: &Cid) -> FetchError {
+        FetchError::Deadline {
+            cid: cid.to_string(),
+            secs: self.policy.object_deadline.as_secs(),
+        }
+    }
+
     /// Logs a failed try and sleeps before the next; returns false to fail over now.
-    async fn pause(&self, gw: &Gateway, cid: &Cid, attempt: u32, e: &FetchError) -> bool {
+    /// A gateway that was too slow is left at once while another remains: it will likely be
+    /// slow on the next try too, and the object deadline is shared.
+    async fn pause(
+        &self,
+        gw: &Gateway,
+        cid: &Cid,
+        attempt: u32,
+        e: &FetchError,
+        others_left: bool,
+    ) -> bool {
         let last_try = attempt + 1 >= self.policy.attempts_per_gateway;
-        if !e.is_transient() || last_try {
+        if !e.is_transient() || last_try || (others_left && e.is_slow()) {
             warn!(gateway = %gw.label, %cid, error = %e, "gateway failed; trying the next one");
             return false;
         }
@@ -338,6 +351,27 @@ impl<'a> Tries<'a> {
         }
     }
 
+    /// Time left before the object deadline.
+    fn remaining(&self) -> Duration {
+        self.gw
+            .policy
+            .object_deadline
+            .saturating_sub(self.started.elapsed())
+    }
+
+    /// Runs one try, cut off at the object deadline however the gateway behaves.
+    async fn bounded<T>(
+        &self,
+        attempt: impl std::future::Future<Output = Result<T, FetchError>>,
+    ) -> Result<Result<T, FetchError>, FetchError> {
+        tokio::time::timeout(self.remaining(), attempt)
+            .await
+            .map_err(|_| {
+                warn!(%self.cid, secs = self.gw.policy.object_deadline.as_secs(), "object deadline reached during a transfer");
+                self.gw.deadline(self.cid)
+            })
+    }
+
     /// The gateway to try next, or `None` when every one has failed.
     fn next(&self) -> Result<Option<&'a Gateway>, FetchError> {
         self.gw.check_deadline(self.cid, self.started)?;
@@ -360,7 +394,20 @@ impl<'a> Tries<'a> {
             return Err(e);
         };
         let gw = &self.gw.gateways[*gi];
-        if self.gw.pause(gw, self.cid, self.attempt, &e).await {
+        // A pause never outlasts the deadline; `next` then reports it.
+        let pause = tokio::time::timeout(
+            self.remaining(),
+            self.gw.pause(
+                gw,
+                self.cid,
+                self.attempt,
+                &e,
+                self.pos + 1 < self.order.len(),
+            ),
+        )
+        .await
+        .unwrap_or(true);
+        if pause {
             self.attempt += 1;
         } else {
             self.failures.push((gw.label.clone(), e));

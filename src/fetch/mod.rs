@@ -135,6 +135,12 @@ impl FetchError {
         ) || matches!(self, FetchError::Ref(r) if !matches!(r, RefError::HashMismatch{..} | RefError::BlockTooLarge{..}))
     }
 
+    /// True when a response body came too slowly: a silence over the idle timeout, or less
+    /// than the throughput floor over a window.
+    pub fn is_slow(&self) -> bool {
+        matches!(self, FetchError::Read(e) if e.kind() == io::ErrorKind::TimedOut)
+    }
+
     /// True when the same gateway may do better on a second try (after a pause).
     pub fn is_transient(&self) -> bool {
         match self {

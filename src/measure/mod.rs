@@ -3,7 +3,9 @@
 //! The encoding is specified byte for byte in docs/attestation.md so that a verifier can
 //! recompute PCR16 from an image and a configuration without cidboot.
 
-use serde::Serialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha384};
 
 /// Prefix of every event digest: names the scheme and its version.
@@ -45,6 +47,8 @@ impl Event {
         }
     }
 
+    /// The digest to extend PCR16 with, for an event this process built with
+    /// [`EventLog::new`]. A log from elsewhere is checked with [`check_log`] instead.
     pub fn digest_bytes(&self) -> Vec<u8> {
         hex::decode(&self.digest).unwrap_or_default()
     }
@@ -137,6 +141,347 @@ pub fn replay<I: IntoIterator<Item = Vec<u8>>>(datas: I) -> [u8; 48] {
     pcr
 }
 
+impl Kind {
+    /// Every kind this version of the encoding defines.
+    pub const ALL: [Kind; 6] = [
+        Kind::ImageReference,
+        Kind::RootCid,
+        Kind::ManifestDigest,
+        Kind::ConfigDigest,
+        Kind::Helper,
+        Kind::RuntimeConfig,
+    ];
+
+    /// The name used in the JSON event log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::ImageReference => "image-reference",
+            Kind::RootCid => "root-cid",
+            Kind::ManifestDigest => "manifest-digest",
+            Kind::ConfigDigest => "config-digest",
+            Kind::Helper => "helper",
+            Kind::RuntimeConfig => "runtime-config",
+        }
+    }
+
+    /// The kind a log names, if this version of the encoding defines it.
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// Most events a log may hold: the five fixed ones and one per helper.
+pub const MAX_EVENTS: usize = 5 + 256;
+/// Largest event log accepted, in bytes (a log of [`MAX_EVENTS`] is under 200 KiB).
+pub const MAX_LOG: usize = 1024 * 1024;
+
+/// Why an event log was refused. Every variant that concerns one event names it, by its
+/// position in the log (from 1) and its kind.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LogError {
+    #[error("the event log is not the documented JSON: {0}")]
+    Shape(String),
+    #[error("event log version {0} is not supported (this verifier knows version 1)")]
+    Version(String),
+    #[error("the event log extends PCR{0}, not PCR{PCR_INDEX}")]
+    Pcr(u64),
+    #[error("the event log has {0} events, over the limit of {MAX_EVENTS}")]
+    TooMany(usize),
+    #[error("event {index}: unknown kind {kind:?}")]
+    UnknownKind { index: usize, kind: String },
+    #[error("event {index} ({kind}): {field} is not hex: {why}")]
+    Hex {
+        index: usize,
+        kind: &'static str,
+        field: &'static str,
+        why: String,
+    },
+    #[error("event {index} ({kind}): digest {have} is not SHA-384 of its kind and data ({want})")]
+    Digest {
+        index: usize,
+        kind: &'static str,
+        have: String,
+        want: String,
+    },
+    #[error("event {index} ({kind}): value {value:?} is not what its data encodes ({encoded:?})")]
+    Value {
+        index: usize,
+        kind: &'static str,
+        value: String,
+        encoded: String,
+    },
+    #[error("event {index} ({kind}): data {why}")]
+    Data {
+        index: usize,
+        kind: &'static str,
+        why: String,
+    },
+    #[error("event {index} ({kind}): out of order: {why}")]
+    Order {
+        index: usize,
+        kind: &'static str,
+        why: String,
+    },
+    #[error("the event log ends without {0} event")]
+    Missing(&'static str),
+    #[error("pcr16: {0} is not hex of 48 bytes")]
+    BadPcr(String),
+    #[error("the event log claims PCR16 {claimed}, but its events replay to {replayed}")]
+    Claimed { claimed: String, replayed: String },
+    #[error("the event log replays to PCR16 {replayed}, but the document's PCR16 is {document}")]
+    Document { replayed: String, document: String },
+}
+
+/// What a sound event log says was measured. Only [`check_log`] makes one, after the log has
+/// been recomputed event by event and replayed to the document's PCR16.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Measured {
+    /// `ipfs://<CID>`, as measured.
+    pub reference: String,
+    #[serde(serialize_with = "cid_string")]
+    pub cid: cid::Cid,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    /// Helper name to `sha256:<hex>`.
+    pub helpers: BTreeMap<String, String>,
+    pub runtime_config_digest: String,
+    /// The PCR16 the events replay to, hex (equal to the document's).
+    pub pcr16: String,
+    /// Events in the log.
+    pub events: usize,
+}
+
+fn cid_string<S: serde::Serializer>(c: &cid::Cid, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&c.to_string())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[allow(dead_code)]
+    version: u64,
+    pcr: u64,
+    events: Vec<RawEvent>,
+    pcr16: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvent {
+    kind: String,
+    value: String,
+    data: String,
+    digest: String,
+}
+
+/// `sha256:` and 64 lowercase hex digits: the only digest form cidboot measures.
+pub fn is_sha256(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Checks an event log (the JSON of `GET /v1/measurements`) against the PCR16 of a verified
+/// document, and returns what it measured.
+///
+/// Every event's digest is recomputed from its kind and data, its value must be exactly what
+/// its data encodes, the events must come in the documented order, and their replay must equal
+/// `document_pcr16`. Nothing is read from a log that fails any of these: a `value` or a
+/// `digest` is a claim, and only `data` is measured.
+pub fn check_log(log: &[u8], document_pcr16: &[u8]) -> Result<Measured, LogError> {
+    if log.len() > MAX_LOG {
+        return Err(LogError::Shape(format!(
+            "{} bytes, over the {MAX_LOG}-byte limit",
+            log.len()
+        )));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(log).map_err(|e| LogError::Shape(e.to_string()))?;
+    // The version first: a later encoding may change the rest of the shape.
+    match v.get("version") {
+        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(1) => {}
+        Some(other) => return Err(LogError::Version(other.to_string())),
+        None => return Err(LogError::Shape("no \"version\"".into())),
+    }
+    let raw: RawLog = serde_json::from_value(v).map_err(|e| LogError::Shape(e.to_string()))?;
+    if raw.pcr != u64::from(PCR_INDEX) {
+        return Err(LogError::Pcr(raw.pcr));
+    }
+    if raw.events.len() > MAX_EVENTS {
+        return Err(LogError::TooMany(raw.events.len()));
+    }
+    let mut digests = Vec::with_capacity(raw.events.len());
+    let mut decoded = Vec::with_capacity(raw.events.len());
+    for (i, e) in raw.events.iter().enumerate() {
+        let index = i + 1;
+        let kind = Kind::from_name(&e.kind).ok_or_else(|| LogError::UnknownKind {
+            index,
+            kind: e.kind.clone(),
+        })?;
+        let unhex = |field: &'static str, s: &str| {
+            hex::decode(s).map_err(|err| LogError::Hex {
+                index,
+                kind: kind.name(),
+                field,
+                why: err.to_string(),
+            })
+        };
+        let data = unhex("data", &e.data)?;
+        let digest = unhex("digest", &e.digest)?;
+        let want = event_digest(kind, &data);
+        if digest != want {
+            return Err(LogError::Digest {
+                index,
+                kind: kind.name(),
+                have: e.digest.clone(),
+                want: hex::encode(want),
+            });
+        }
+        let encoded = encoded_value(kind, &data).map_err(|why| LogError::Data {
+            index,
+            kind: kind.name(),
+            why,
+        })?;
+        if e.value != encoded {
+            return Err(LogError::Value {
+                index,
+                kind: kind.name(),
+                value: e.value.clone(),
+                encoded,
+            });
+        }
+        digests.push(want.to_vec());
+        decoded.push((kind, data));
+    }
+    let pcr = replay(digests);
+    let replayed = hex::encode(pcr);
+    let claimed = raw.pcr16.to_ascii_lowercase();
+    if hex::decode(&claimed).map(|b| b.len()) != Ok(48) {
+        return Err(LogError::BadPcr(raw.pcr16));
+    }
+    if claimed != replayed {
+        return Err(LogError::Claimed { claimed, replayed });
+    }
+    if document_pcr16 != pcr.as_slice() {
+        return Err(LogError::Document {
+            replayed,
+            document: hex::encode(document_pcr16),
+        });
+    }
+    fields(decoded, replayed)
+}
+
+/// The value a log must show for an event, derived from its data alone.
+fn encoded_value(kind: Kind, data: &[u8]) -> Result<String, String> {
+    let text = |d: &[u8]| String::from_utf8(d.to_vec()).map_err(|_| "is not UTF-8".to_string());
+    let digest = |d: &[u8]| {
+        let s = text(d)?;
+        if is_sha256(&s) {
+            Ok(s)
+        } else {
+            Err(format!("{s:?} is not sha256:<64 lowercase hex>"))
+        }
+    };
+    match kind {
+        Kind::ImageReference => {
+            let s = text(data)?;
+            if s.starts_with("ipfs://") {
+                Ok(s)
+            } else {
+                Err(format!("{s:?} is not ipfs://<CID>"))
+            }
+        }
+        Kind::RootCid => {
+            let c = cid::Cid::try_from(data).map_err(|e| format!("is not a CID: {e}"))?;
+            if c.to_bytes() != data {
+                return Err("has bytes after the CID".into());
+            }
+            Ok(c.to_string())
+        }
+        Kind::ManifestDigest | Kind::ConfigDigest | Kind::RuntimeConfig => digest(data),
+        Kind::Helper => {
+            let nul = data
+                .iter()
+                .position(|b| *b == 0)
+                .ok_or("has no 0x00 between the name and the digest")?;
+            let name = text(&data[..nul])?;
+            if name.is_empty() {
+                return Err("names no helper".into());
+            }
+            Ok(format!("{name} {}", digest(&data[nul + 1..])?))
+        }
+    }
+}
+
+/// Reads the fields of a log already proven sound, checking the documented order: the image
+/// reference, the root CID, the manifest, the config, the helpers sorted by name, and the
+/// runtime configuration last.
+fn fields(events: Vec<(Kind, Vec<u8>)>, pcr16: String) -> Result<Measured, LogError> {
+    let order = |i: usize, k: Kind, why: String| LogError::Order {
+        index: i + 1,
+        kind: k.name(),
+        why,
+    };
+    let fixed = [
+        Kind::ImageReference,
+        Kind::RootCid,
+        Kind::ManifestDigest,
+        Kind::ConfigDigest,
+    ];
+    for (i, want) in fixed.iter().enumerate() {
+        match events.get(i) {
+            Some((k, _)) if k == want => {}
+            Some((k, _)) => return Err(order(i, *k, format!("expected {}", want.name()))),
+            None => return Err(LogError::Missing(want.name())),
+        }
+    }
+    let last = match events.last() {
+        Some((Kind::RuntimeConfig, _)) if events.len() > fixed.len() => events.len() - 1,
+        _ => return Err(LogError::Missing(Kind::RuntimeConfig.name())),
+    };
+    // Data were checked by `encoded_value`: UTF-8 where text is expected, one 0x00 in a helper.
+    let text = |d: &[u8]| String::from_utf8_lossy(d).into_owned();
+    let mut helpers = BTreeMap::new();
+    let mut previous: Option<&[u8]> = None;
+    for (i, (k, d)) in events.iter().enumerate().take(last).skip(fixed.len()) {
+        if *k != Kind::Helper {
+            return Err(order(
+                i,
+                *k,
+                "only helpers come between the config and the runtime configuration".into(),
+            ));
+        }
+        let nul = d.iter().position(|b| *b == 0).unwrap_or(d.len());
+        let (name, digest) = (&d[..nul], d.get(nul + 1..).unwrap_or_default());
+        if previous.is_some_and(|p| p >= name) {
+            return Err(order(
+                i,
+                *k,
+                "helpers are not sorted by name, or one is repeated".into(),
+            ));
+        }
+        previous = Some(name);
+        helpers.insert(text(name), text(digest));
+    }
+    let cid = cid::Cid::try_from(events[1].1.as_slice()).map_err(|e| LogError::Data {
+        index: 2,
+        kind: Kind::RootCid.name(),
+        why: format!("is not a CID: {e}"),
+    })?;
+    Ok(Measured {
+        reference: text(&events[0].1),
+        cid,
+        manifest_digest: text(&events[2].1),
+        config_digest: text(&events[3].1),
+        helpers,
+        runtime_config_digest: text(&events[last].1),
+        pcr16,
+        events: events.len(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +518,207 @@ mod tests {
         );
         assert_ne!(mk(vec![a.clone()], "sha256:r"), mk(vec![a, b], "sha256:r"));
         assert_ne!(mk(vec![], "sha256:r"), mk(vec![], "sha256:s"));
+    }
+
+    fn sample(helpers: Vec<(String, String)>) -> EventLog {
+        let cid = crate::reference::raw_cid(b"image");
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        EventLog::new(Inputs {
+            reference: &format!("ipfs://{cid}"),
+            root_cid: &cid,
+            manifest_digest: &d('a'),
+            config_digest: &d('c'),
+            helpers,
+            runtime_config_digest: &d('e'),
+        })
+    }
+
+    fn json(log: &EventLog) -> serde_json::Value {
+        serde_json::to_value(log).unwrap()
+    }
+
+    fn check(v: &serde_json::Value, pcr16: &str) -> Result<Measured, LogError> {
+        check_log(v.to_string().as_bytes(), &hex::decode(pcr16).unwrap())
+    }
+
+    #[test]
+    fn a_sound_log_yields_its_fields() {
+        let h = |n: &str, c: char| {
+            (
+                n.to_string(),
+                format!("sha256:{}", c.to_string().repeat(64)),
+            )
+        };
+        let log = sample(vec![h("tls-client", '2'), h("kms-client", '1')]);
+        let f = check(&json(&log), &log.pcr16).unwrap();
+        assert_eq!(f.reference, log.events[0].value);
+        assert_eq!(f.cid, crate::reference::raw_cid(b"image"));
+        assert_eq!(f.manifest_digest, format!("sha256:{}", "a".repeat(64)));
+        assert_eq!(f.config_digest, format!("sha256:{}", "c".repeat(64)));
+        assert_eq!(
+            f.runtime_config_digest,
+            format!("sha256:{}", "e".repeat(64))
+        );
+        assert_eq!(
+            f.helpers.keys().collect::<Vec<_>>(),
+            ["kms-client", "tls-client"]
+        );
+        assert_eq!((f.pcr16.as_str(), f.events), (log.pcr16.as_str(), 7));
+    }
+
+    #[test]
+    fn a_log_naming_one_manifest_with_the_digests_of_another_is_refused() {
+        let a = sample(vec![]);
+        let mut a_with_b_digest = json(&a);
+        // B: the same image but another manifest, extended for real.
+        let cid = crate::reference::raw_cid(b"image");
+        let b = EventLog::new(Inputs {
+            reference: &format!("ipfs://{cid}"),
+            root_cid: &cid,
+            manifest_digest: &format!("sha256:{}", "b".repeat(64)),
+            config_digest: &format!("sha256:{}", "c".repeat(64)),
+            helpers: vec![],
+            runtime_config_digest: &format!("sha256:{}", "e".repeat(64)),
+        });
+        // The value of A over the data and digests of B: replays to B's PCR16.
+        let mut forged = json(&b);
+        forged["events"][2]["value"] = a.events[2].value.clone().into();
+        let e = check(&forged, &b.pcr16).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LogError::Value {
+                    index: 3,
+                    kind: "manifest-digest",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("event 3 (manifest-digest)"), "{e}");
+        // The value and data of A with B's digest: the digest is recomputed.
+        a_with_b_digest["events"][2]["digest"] = b.events[2].digest.clone().into();
+        a_with_b_digest["pcr16"] = b.pcr16.clone().into();
+        let e = check(&a_with_b_digest, &b.pcr16).unwrap_err();
+        assert!(matches!(e, LogError::Digest { index: 3, .. }), "{e}");
+    }
+
+    #[test]
+    fn bad_digests_kinds_hex_versions_and_orders_are_refused() {
+        let log = sample(vec![("x".into(), format!("sha256:{}", "1".repeat(64)))]);
+        let good = json(&log);
+        let refuse = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = good.clone();
+            f(&mut v);
+            check(&v, &log.pcr16).unwrap_err()
+        };
+        let e = refuse(&|v| v["events"][0]["digest"] = "00".repeat(48).into());
+        assert!(matches!(e, LogError::Digest { index: 1, .. }), "{e}");
+        let e = refuse(&|v| v["events"][1]["kind"] = "kernel".into());
+        assert_eq!(
+            e,
+            LogError::UnknownKind {
+                index: 2,
+                kind: "kernel".into()
+            }
+        );
+        for field in ["data", "digest"] {
+            for bad in ["zz", "abc", "0x00"] {
+                let e = refuse(&|v| v["events"][3][field] = bad.into());
+                assert!(
+                    matches!(e, LogError::Hex { index: 4, .. }),
+                    "{field} {bad}: {e}"
+                );
+            }
+        }
+        let e = refuse(&|v| v["version"] = 2.into());
+        assert_eq!(e, LogError::Version("2".into()));
+        let e = refuse(&|v| v["pcr"] = 17.into());
+        assert_eq!(e, LogError::Pcr(17));
+        let e = refuse(&|v| v["extra"] = 1.into());
+        assert!(matches!(e, LogError::Shape(_)), "{e}");
+        let e = refuse(&|v| v["pcr16"] = "00".repeat(48).into());
+        assert!(matches!(e, LogError::Claimed { .. }), "{e}");
+        // Reordered events are each sound, but not in the measured order.
+        let e = refuse(&|v| {
+            let ev = v["events"].as_array_mut().unwrap();
+            ev.swap(2, 3);
+            v["pcr16"] = hex::encode(replay(
+                ev.iter()
+                    .map(|e| hex::decode(e["digest"].as_str().unwrap()).unwrap()),
+            ))
+            .into();
+        });
+        assert!(matches!(e, LogError::Document { .. }), "{e}");
+        // Another document's PCR16.
+        let e = check(&good, &"11".repeat(48)).unwrap_err();
+        assert!(matches!(e, LogError::Document { .. }), "{e}");
+    }
+
+    #[test]
+    fn events_out_of_the_documented_order_are_refused_even_when_they_replay() {
+        let cid = crate::reference::raw_cid(b"image");
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let ev = |k: Kind, data: Vec<u8>| Event::new(k, encoded_value(k, &data).unwrap(), data);
+        let logs: Vec<(Vec<Event>, &str)> = vec![
+            (
+                vec![
+                    ev(Kind::ImageReference, b"ipfs://x".to_vec()),
+                    ev(Kind::RootCid, cid.to_bytes()),
+                    ev(Kind::ConfigDigest, d('c').into_bytes()),
+                    ev(Kind::ManifestDigest, d('a').into_bytes()),
+                    ev(Kind::RuntimeConfig, d('e').into_bytes()),
+                ],
+                "event 3 (config-digest): out of order",
+            ),
+            (
+                vec![
+                    ev(Kind::ImageReference, b"ipfs://x".to_vec()),
+                    ev(Kind::RootCid, cid.to_bytes()),
+                    ev(Kind::ManifestDigest, d('a').into_bytes()),
+                    ev(Kind::ConfigDigest, d('c').into_bytes()),
+                    ev(
+                        Kind::Helper,
+                        [b"b\0".to_vec(), d('1').into_bytes()].concat(),
+                    ),
+                    ev(
+                        Kind::Helper,
+                        [b"a\0".to_vec(), d('1').into_bytes()].concat(),
+                    ),
+                    ev(Kind::RuntimeConfig, d('e').into_bytes()),
+                ],
+                "event 6 (helper): out of order",
+            ),
+            (
+                vec![
+                    ev(Kind::ImageReference, b"ipfs://x".to_vec()),
+                    ev(Kind::RootCid, cid.to_bytes()),
+                    ev(Kind::ManifestDigest, d('a').into_bytes()),
+                    ev(Kind::ConfigDigest, d('c').into_bytes()),
+                ],
+                "without runtime-config",
+            ),
+        ];
+        for (events, want) in logs {
+            let pcr16 = hex::encode(replay(events.iter().map(|e| e.digest_bytes())));
+            let log = EventLog {
+                version: 1,
+                pcr: PCR_INDEX,
+                events,
+                pcr16: pcr16.clone(),
+            };
+            let e = check(&json(&log), &pcr16).unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        // Data that no measurement produces: a digest of another form, a CID with a tail.
+        for (k, data) in [
+            (Kind::ManifestDigest, b"sha256:m".to_vec()),
+            (Kind::ConfigDigest, d('C').into_bytes()),
+            (Kind::RootCid, [cid.to_bytes(), vec![0]].concat()),
+            (Kind::Helper, d('1').into_bytes()),
+            (Kind::ImageReference, vec![0xff]),
+        ] {
+            assert!(encoded_value(k, &data).is_err(), "{k:?} {data:?}");
+        }
     }
 }

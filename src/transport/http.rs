@@ -28,6 +28,13 @@ pub struct Timeouts {
     pub first_byte: Duration,
     /// Longest silence between two chunks of the body.
     pub idle: Duration,
+    /// Least bytes per second a body must average over each [`Timeouts::rate_window`] of
+    /// waiting on the network: a peer that trickles just inside the idle timeout is cut. 0
+    /// turns the floor off.
+    pub min_rate: u64,
+    /// How long the reader waits on the network before it compares the bytes received with
+    /// the floor. Time the caller spends between reads does not count.
+    pub rate_window: Duration,
 }
 
 impl Default for Timeouts {
@@ -36,7 +43,48 @@ impl Default for Timeouts {
             connect: Duration::from_secs(10),
             first_byte: Duration::from_secs(30),
             idle: Duration::from_secs(30),
+            min_rate: 16 * 1024,
+            rate_window: Duration::from_secs(30),
         }
+    }
+}
+
+/// The throughput floor of one body: bytes received over time spent waiting for them.
+struct Floor {
+    min_rate: u64,
+    window: Duration,
+    waited: Duration,
+    bytes: u64,
+}
+
+impl Floor {
+    /// How long the next wait may last before the window closes.
+    fn left(&self) -> Duration {
+        self.window.saturating_sub(self.waited)
+    }
+
+    /// Accounts for one wait; at the end of a window, an error if too little arrived.
+    fn account(&mut self, waited: Duration, bytes: u64, addr: &str) -> io::Result<()> {
+        self.waited += waited;
+        self.bytes += bytes;
+        if self.min_rate == 0 || self.waited < self.window {
+            return Ok(());
+        }
+        let need = self.min_rate.saturating_mul(self.window.as_secs().max(1));
+        if self.bytes < need {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{addr} sent {} bytes in {}s, under the floor of {} bytes/s (too slow)",
+                    self.bytes,
+                    self.waited.as_secs(),
+                    self.min_rate
+                ),
+            ));
+        }
+        self.waited = Duration::ZERO;
+        self.bytes = 0;
+        Ok(())
     }
 }
 
@@ -105,7 +153,7 @@ pub struct Response {
     pub status: StatusCode,
     pub headers: HeaderMap,
     body: Incoming,
-    idle: Duration,
+    timeouts: Timeouts,
     addr: String,
 }
 
@@ -167,7 +215,7 @@ impl HttpClient {
             status: parts.status,
             headers: parts.headers,
             body,
-            idle: self.timeouts.idle,
+            timeouts: self.timeouts,
             addr,
         })
     }
@@ -215,32 +263,62 @@ impl Response {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    /// The body as a reader; a silence longer than the idle timeout is an `io::ErrorKind::TimedOut`.
+    /// The body as a reader. A silence longer than the idle timeout, or less than the
+    /// throughput floor over a window, is an `io::ErrorKind::TimedOut`.
     pub fn into_reader(self) -> impl AsyncRead + Send + Unpin {
         let Response {
-            body, idle, addr, ..
+            body,
+            timeouts,
+            addr,
+            ..
         } = self;
-        let stream = futures_util::stream::unfold(Some(body), move |state| {
+        let idle = timeouts.idle;
+        let floor = Floor {
+            min_rate: timeouts.min_rate,
+            window: timeouts.rate_window.max(Duration::from_secs(1)),
+            waited: Duration::ZERO,
+            bytes: 0,
+        };
+        let stream = futures_util::stream::unfold(Some((body, floor)), move |state| {
             let addr = addr.clone();
             async move {
-                let mut body = state?;
+                let (mut body, mut floor) = state?;
+                let fail = |e: io::Error| Some((Err(e), None));
+                // The silence so far, across waits cut short by the end of a window.
+                let mut silent = Duration::ZERO;
                 loop {
-                    match timeout(idle, body.frame()).await {
+                    let wait = idle.saturating_sub(silent).min(floor.left());
+                    let started = tokio::time::Instant::now();
+                    let next = timeout(wait, body.frame()).await;
+                    let waited = started.elapsed();
+                    match next {
                         Err(_) => {
-                            let msg = format!(
-                                "no data from {addr} for {}s (idle timeout)",
-                                idle.as_secs()
-                            );
-                            return Some((Err(io::Error::new(io::ErrorKind::TimedOut, msg)), None));
+                            silent += waited;
+                            if silent >= idle {
+                                let msg = format!(
+                                    "no data from {addr} for {}s (idle timeout)",
+                                    idle.as_secs()
+                                );
+                                return fail(io::Error::new(io::ErrorKind::TimedOut, msg));
+                            }
+                            if let Err(e) = floor.account(waited, 0, &addr) {
+                                return fail(e);
+                            }
                         }
                         Ok(None) => return None,
                         Ok(Some(Err(e))) => {
-                            let err = io::Error::other(format!("reading from {addr}: {e}"));
-                            return Some((Err(err), None));
+                            return fail(io::Error::other(format!("reading from {addr}: {e}")));
                         }
                         Ok(Some(Ok(frame))) => {
+                            silent = Duration::ZERO;
                             if let Ok(data) = frame.into_data() {
-                                return Some((Ok(data), Some(body)));
+                                if let Err(e) = floor.account(waited, data.len() as u64, &addr) {
+                                    return fail(e);
+                                }
+                                return Some((Ok(data), Some((body, floor))));
+                            }
+                            if let Err(e) = floor.account(waited, 0, &addr) {
+                                return fail(e);
                             }
                         }
                     }
@@ -260,5 +338,39 @@ impl Response {
             return Ok(Err(buf.len()));
         }
         Ok(Ok(Bytes::from(buf)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn floor(min_rate: u64, secs: u64) -> Floor {
+        Floor {
+            min_rate,
+            window: Duration::from_secs(secs),
+            waited: Duration::ZERO,
+            bytes: 0,
+        }
+    }
+
+    #[test]
+    fn the_floor_is_judged_at_the_end_of_each_window() {
+        let s = Duration::from_secs(1);
+        let mut f = floor(100, 2);
+        // One byte a second: fine until the window closes, then cut.
+        assert!(f.account(s, 1, "gw").is_ok());
+        assert_eq!(f.left(), s);
+        let e = f.account(s, 1, "gw").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains("sent 2 bytes in 2s"), "{e}");
+        // Enough bytes: the window starts over, and each window is judged alone.
+        let mut f = floor(100, 2);
+        assert!(f.account(s * 2, 200, "gw").is_ok());
+        assert_eq!((f.waited, f.bytes), (Duration::ZERO, 0));
+        assert!(f.account(s * 2, 199, "gw").is_err());
+        // Off.
+        let mut f = floor(0, 1);
+        assert!(f.account(s * 10, 0, "gw").is_ok());
     }
 }

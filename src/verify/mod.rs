@@ -3,7 +3,7 @@
 //!
 //! Every check is named in the report, so a failure says exactly what did not hold.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ring::signature::{UnparsedPublicKey, ECDSA_P384_SHA384_FIXED};
@@ -11,7 +11,11 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::measure::{self, Measured};
 use crate::nsm::document::{parse_cose, Document, ALG_ES384};
+
+/// The PCRs after PCR16, which cidboot locks without extending them.
+const UNUSED_PCRS: std::ops::RangeInclusive<u16> = 17..=31;
 
 /// The AWS Nitro Enclaves root G1, embedded.
 pub const AWS_ROOT_G1_PEM: &str = include_str!("aws-nitro-enclaves-root-G1.pem");
@@ -47,6 +51,47 @@ pub struct Policy {
     pub user_data: Option<Vec<u8>>,
     /// Accept the emulated NSM's unsigned documents (never a signed document that fails).
     pub insecure_unsigned: bool,
+    /// PCRs the document must list (a document lists only locked PCRs).
+    pub require_locked: BTreeSet<u16>,
+    /// An event log to check against the document's PCR16, and what it must say.
+    pub measurements: Option<Measurements>,
+    /// Pass a document although nothing ties it to an EIF or an image (no PCR and no
+    /// measurement pinned). Without it such a policy fails the `pinned` check.
+    pub allow_unpinned: bool,
+}
+
+/// The event log served at `GET /v1/measurements`, and the values it must carry.
+#[derive(Debug, Clone, Default)]
+pub struct Measurements {
+    /// The log, as received (JSON).
+    pub log: Vec<u8>,
+    pub manifest_digest: Option<String>,
+    pub cid: Option<cid::Cid>,
+    pub config_digest: Option<String>,
+    pub runtime_config_digest: Option<String>,
+    /// Helper name to `sha256:<hex>`. When not empty, the log must measure exactly these.
+    pub helpers: BTreeMap<String, String>,
+}
+
+impl Measurements {
+    fn pins_something(&self) -> bool {
+        self.manifest_digest.is_some()
+            || self.cid.is_some()
+            || self.config_digest.is_some()
+            || self.runtime_config_digest.is_some()
+            || !self.helpers.is_empty()
+    }
+}
+
+impl Policy {
+    /// True if the policy ties a document to something: a PCR value or a measured field.
+    pub fn is_pinned(&self) -> bool {
+        !self.pcrs.is_empty()
+            || self
+                .measurements
+                .as_ref()
+                .is_some_and(Measurements::pins_something)
+    }
 }
 
 /// The pinned AWS root, after checking the embedded copy against its published fingerprint.
@@ -115,6 +160,9 @@ pub struct Report {
     pub at_ms: u64,
     pub checks: Vec<Check>,
     pub document: Option<Document>,
+    /// What the event log measured, present only when the log was sound and replayed to the
+    /// document's PCR16.
+    pub measured: Option<Measured>,
 }
 
 struct Checks(Vec<Check>);
@@ -156,6 +204,7 @@ pub fn verify(doc: &[u8], policy: &Policy) -> Report {
         at_ms: 0,
         checks: Vec::new(),
         document: None,
+        measured: None,
     };
     let parsed = parse_cose(doc).map_err(|e| e.to_string()).and_then(|cose| {
         let d = Document::parse(&cose.payload).map_err(|e| e.to_string())?;
@@ -237,6 +286,55 @@ pub fn verify(doc: &[u8], policy: &Policy) -> Report {
             },
         );
     }
+    // Locked but never extended by cidboot: any other value means something else extended them.
+    for i in UNUSED_PCRS {
+        if let (Some(v), false) = (d.pcrs.get(&i), policy.pcrs.contains_key(&i)) {
+            c.add(
+                format!("pcr{i}"),
+                if v.iter().all(|b| *b == 0) && v.len() == 48 {
+                    Ok("48 zero bytes (locked, never extended)".into())
+                } else {
+                    Err(format!(
+                        "is {}, expected 48 zero bytes (cidboot never extends it; pin it with --pcr {i}=HEX if this is intended)",
+                        hex::encode(v)
+                    ))
+                },
+            );
+        }
+    }
+    if !policy.require_locked.is_empty() {
+        let absent: Vec<String> = policy
+            .require_locked
+            .iter()
+            .filter(|i| !d.pcrs.contains_key(i))
+            .map(|i| format!("PCR{i}"))
+            .collect();
+        c.add(
+            "locked",
+            if absent.is_empty() {
+                Ok(format!(
+                    "{} required PCRs listed",
+                    policy.require_locked.len()
+                ))
+            } else {
+                Err(format!(
+                    "{} not in the document, so not locked",
+                    absent.join(", ")
+                ))
+            },
+        );
+    }
+    if let Some(m) = &policy.measurements {
+        report.measured = measurement_checks(&mut c, &d, m);
+    }
+    if !policy.is_pinned() {
+        let why = "nothing is pinned (no PCR, no image, no measured field): the document is not tied to any EIF or image";
+        if policy.allow_unpinned {
+            c.skip("pinned", &format!("INSECURE: {why}"));
+        } else {
+            c.add("pinned", Err(why.into()));
+        }
+    }
     for (name, want, have) in [
         ("nonce", &policy.nonce, &d.nonce),
         ("user_data", &policy.user_data, &d.user_data),
@@ -260,6 +358,89 @@ pub fn verify(doc: &[u8], policy: &Policy) -> Report {
     report.checks = c.0;
     report.document = Some(d);
     report
+}
+
+/// The `measurements` check, then one check per expected field, read only from a sound log.
+fn measurement_checks(c: &mut Checks, d: &Document, m: &Measurements) -> Option<Measured> {
+    let result = match d.pcrs.get(&measure::PCR_INDEX) {
+        Some(pcr16) => measure::check_log(&m.log, pcr16).map_err(|e| e.to_string()),
+        None => Err("the document lists no PCR16".to_string()),
+    };
+    let measured = match result {
+        Ok(f) => {
+            c.add(
+                "measurements",
+                Ok(format!(
+                    "{} events recomputed from their data; they replay to the document's PCR16",
+                    f.events
+                )),
+            );
+            Some(f)
+        }
+        Err(e) => {
+            c.add("measurements", Err(e));
+            None
+        }
+    };
+    // `have` is None when the log was refused: nothing is read from it then.
+    let mut field = |name: String, want: Option<String>, have: Option<String>| {
+        let Some(want) = want else { return };
+        c.add(
+            name,
+            match have {
+                None => Err("not read: the event log was refused".into()),
+                Some(h) if h == want => Ok(h),
+                Some(h) => Err(format!("the log measures {h}, expected {want}")),
+            },
+        );
+    };
+    let get = |f: &dyn Fn(&Measured) -> String| measured.as_ref().map(f);
+    field(
+        "manifest".into(),
+        m.manifest_digest.clone(),
+        get(&|f| f.manifest_digest.clone()),
+    );
+    field(
+        "cid".into(),
+        m.cid.map(|x| x.to_string()),
+        get(&|f| f.cid.to_string()),
+    );
+    field(
+        "config_digest".into(),
+        m.config_digest.clone(),
+        get(&|f| f.config_digest.clone()),
+    );
+    field(
+        "runtime_config".into(),
+        m.runtime_config_digest.clone(),
+        get(&|f| f.runtime_config_digest.clone()),
+    );
+    for (name, digest) in &m.helpers {
+        let have = get(&|f| {
+            f.helpers
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| format!("no helper named {name}"))
+        });
+        field(format!("helper:{name}"), Some(digest.clone()), have);
+    }
+    if !m.helpers.is_empty() {
+        let extra: Option<Vec<&String>> = measured.as_ref().map(|f| {
+            f.helpers
+                .keys()
+                .filter(|n| !m.helpers.contains_key(*n))
+                .collect()
+        });
+        c.add(
+            "helpers",
+            match extra {
+                None => Err("not read: the event log was refused".into()),
+                Some(x) if x.is_empty() => Ok(format!("exactly the {} expected", m.helpers.len())),
+                Some(x) => Err(format!("the log also measures helpers not expected: {x:?}")),
+            },
+        );
+    }
+    measured
 }
 
 fn check_signature(
