@@ -35,6 +35,8 @@ pub enum BootError {
     Api(#[from] crate::api::ApiError),
     #[error("relays: {0}")]
     Relay(String),
+    #[error("the boot did not reach the workload within {0}s (boot_deadline_secs)")]
+    Deadline(u64),
 }
 
 /// Everything a boot needs to know.
@@ -54,6 +56,26 @@ pub struct Plan {
     pub attestation_listen: String,
     /// How the workload's egress leaves: through the parent's proxy in an enclave.
     pub egress_dialer: Arc<dyn crate::transport::Connector>,
+    /// When the boot must have started the workload (see [`by_deadline`]).
+    pub deadline: tokio::time::Instant,
+}
+
+/// The instant a boot that starts now must reach the workload by.
+pub fn deadline_for(config: &Loaded) -> tokio::time::Instant {
+    tokio::time::Instant::now() + config.config.boot_deadline()
+}
+
+/// Runs one step of the boot, failing it at the plan's deadline.
+pub async fn by_deadline<T>(
+    plan: &Plan,
+    step: impl std::future::Future<Output = Result<T, BootError>>,
+) -> Result<T, BootError> {
+    match tokio::time::timeout_at(plan.deadline, step).await {
+        Ok(r) => r,
+        Err(_) => Err(BootError::Deadline(
+            plan.config.config.boot_deadline().as_secs(),
+        )),
+    }
 }
 
 /// The default address of the workload's egress proxy.

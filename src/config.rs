@@ -35,6 +35,9 @@ pub struct RuntimeConfig {
     pub gateways: Vec<String>,
     /// `os/arch[/variant]`; default linux/amd64.
     pub platform: Option<String>,
+    /// Seconds from reading this configuration to the workload's start (fetch, verify, apply,
+    /// measure, helpers); past it the boot fails and, in an enclave, powers off.
+    pub boot_deadline_secs: Option<u64>,
     #[serde(default)]
     pub workload: Workload,
     #[serde(default)]
@@ -233,8 +236,28 @@ fn read_capped(path: &Path) -> Result<Vec<u8>, ConfigError> {
     Ok(buf)
 }
 
+/// The boot deadline when the configuration sets none.
+pub const DEFAULT_BOOT_DEADLINE_SECS: u64 = 3600;
+/// The longest boot deadline accepted.
+pub const MAX_BOOT_DEADLINE_SECS: u64 = 86_400;
+
 impl RuntimeConfig {
+    /// How long the boot may take to reach the workload.
+    pub fn boot_deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.boot_deadline_secs
+                .unwrap_or(DEFAULT_BOOT_DEADLINE_SECS),
+        )
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(d) = self.boot_deadline_secs {
+            if d == 0 || d > MAX_BOOT_DEADLINE_SECS {
+                return Err(ConfigError::Invalid(format!(
+                    "boot_deadline_secs must be 1..={MAX_BOOT_DEADLINE_SECS}"
+                )));
+            }
+        }
         for e in &self.workload.env {
             check_env(e)?;
         }
@@ -351,6 +374,8 @@ mod tests {
             "[workload]\ncapabilities = [\"FLY\"]",
             "[helpers]\ndir = \"/proc/self/cwd\"",
             "[helpers]\ndir = \"/eigen/../bin\"",
+            "boot_deadline_secs = 0",
+            "boot_deadline_secs = 100000",
         ] {
             assert!(Loaded::parse(bad.as_bytes().to_vec()).is_err(), "{bad}");
         }

@@ -220,3 +220,41 @@ fn the_command_line_floor_fails_over_a_trickling_gateway() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(hits.load(Ordering::SeqCst) >= 1);
 }
+
+#[test]
+fn the_boot_deadline_ends_a_boot_that_nothing_else_would() {
+    // No floor, no object deadline within reach: only the measured boot deadline stops it.
+    let work = tempfile::tempdir().unwrap();
+    let img = probe_image(serde_json::json!({"Entrypoint": ["/bin/probe"]}));
+    let (reference, _good) = publish(&img, work.path());
+    let (slow, hits) = trickler(b"\x3a".repeat(64));
+    let cfg = work.path().join("cidboot.toml");
+    std::fs::write(&cfg, "boot_deadline_secs = 3\n").unwrap();
+    let started = Instant::now();
+    let o = run(&[
+        "run",
+        &reference,
+        "--gateway",
+        &slow,
+        "--min-rate",
+        "0",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--attestation-listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!o.ok);
+    assert!(
+        o.stderr
+            .contains("the boot did not reach the workload within 3s (boot_deadline_secs)"),
+        "{}",
+        o.stderr
+    );
+    assert!(!o.stdout.contains("probe:"), "the workload ran");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert!(hits.load(Ordering::SeqCst) >= 1);
+}

@@ -191,6 +191,7 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
         .or_else(|| config.config.attestation.listen.clone())
         .unwrap_or_else(|| crate::api::DEFAULT_LISTEN.to_string());
     let nsm = open_nsm(a)?;
+    let deadline = boot::deadline_for(&config);
     let sandbox = Sandbox {
         stage: work.path().join("stage"),
         policy: config.config.workload.policy(),
@@ -209,8 +210,10 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
         nsm,
         attestation_listen,
         egress_dialer,
+        deadline,
     };
-    let mut prepared = match boot::prepare(&plan, &rootfs, &scratch).await {
+    let mut prepared = match boot::by_deadline(&plan, boot::prepare(&plan, &rootfs, &scratch)).await
+    {
         Ok(p) => p,
         Err(e) => {
             // A root the user asked to keep must not be left half-applied: empty it again.
@@ -225,7 +228,8 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
     boot::measure(&plan, &prepared)?;
     let api = boot::serve_api(&plan, &mut prepared).await?;
     boot::start_relays(&plan, &mut prepared).await?;
-    let mut child = boot::launch(&plan, &mut prepared, sender.is_some()).await?;
+    let piped = sender.is_some();
+    let mut child = boot::by_deadline(&plan, boot::launch(&plan, &mut prepared, piped)).await?;
     let pumps = sender.map(|s| {
         let out = child.stdout.take();
         let err = child.stderr.take();

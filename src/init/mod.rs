@@ -188,6 +188,7 @@ async fn boot(
         (b, format!("the parent's boot service ({a})"))
     };
     let config = Loaded::parse(bytes).map_err(|e| InitError::Config(e.to_string()))?;
+    let deadline = boot::deadline_for(&config);
     note(
         sink,
         format!("configuration from {source}, {}", config.digest()),
@@ -265,9 +266,14 @@ async fn boot(
         nsm,
         attestation_listen,
         egress_dialer: egress,
+        deadline,
     };
     note(sink, format!("fetching and verifying {}", plan.reference)).await;
-    let mut prepared = boot::prepare(&plan, Path::new(NEW_ROOT), Path::new(SPILL)).await?;
+    let mut prepared = boot::by_deadline(
+        &plan,
+        boot::prepare(&plan, Path::new(NEW_ROOT), Path::new(SPILL)),
+    )
+    .await?;
     note(
         sink,
         format!(
@@ -289,7 +295,7 @@ async fn boot(
     boot::serve_api(&plan, &mut prepared).await?;
     boot::start_relays(&plan, &mut prepared).await?;
     let piped = sink.is_some();
-    let cmd = boot::prepare_launch(&plan, &mut prepared, piped).await?;
+    let cmd = boot::by_deadline(&plan, boot::prepare_launch(&plan, &mut prepared, piped)).await?;
     supervise(cmd, sink).await
 }
 
