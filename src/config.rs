@@ -139,13 +139,30 @@ pub struct Helpers {
     /// Helper name to `sha256:<hex>`. Only pinned helpers are layered in.
     #[serde(default)]
     pub pins: BTreeMap<String, String>,
+    /// Dependency images whose regular files under `dir` become helpers.
+    #[serde(default)]
+    pub images: Vec<HelperImage>,
 }
+
+/// A dependency image (EigenCloud style), pinned by its manifest digest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelperImage {
+    /// Any reference form cidboot accepts (`ipfs://<CID>`, a gateway URL).
+    pub image: String,
+    /// `sha256:<hex>` of the image's manifest, as a release table publishes it.
+    pub digest: String,
+}
+
+/// Most dependency images one configuration may name.
+pub const MAX_HELPER_IMAGES: usize = 16;
 
 impl Default for Helpers {
     fn default() -> Self {
         Helpers {
             dir: default_helper_dir(),
             pins: BTreeMap::new(),
+            images: Vec::new(),
         }
     }
 }
@@ -275,10 +292,28 @@ impl RuntimeConfig {
                 )));
             }
         }
-        for p in &self.prestart {
-            if !self.helpers.pins.contains_key(&p.helper) {
+        if self.helpers.images.len() > MAX_HELPER_IMAGES {
+            return Err(ConfigError::Invalid(format!(
+                "[[helpers.images]]: {} images, over the limit of {MAX_HELPER_IMAGES}",
+                self.helpers.images.len()
+            )));
+        }
+        for (i, img) in self.helpers.images.iter().enumerate() {
+            crate::reference::ImageRef::parse(&img.image)
+                .map_err(|e| ConfigError::Invalid(format!("helpers.images[{i}].image: {e}")))?;
+            if !crate::measure::is_sha256(&img.digest) {
                 return Err(ConfigError::Invalid(format!(
-                    "prestart helper {:?} is not pinned in [helpers.pins]",
+                    "helpers.images[{i}].digest {:?} is not sha256:<64 lowercase hex digits>",
+                    img.digest
+                )));
+            }
+        }
+        for p in &self.prestart {
+            // A helper from a dependency image is known only once the image has verified;
+            // the boot checks those names before it fetches the workload.
+            if !self.helpers.pins.contains_key(&p.helper) && self.helpers.images.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "prestart helper {:?} is not pinned in [helpers.pins] (and there is no [[helpers.images]])",
                     p.helper
                 )));
             }
@@ -339,7 +374,7 @@ fn check_helper_dir(dir: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_helper_name(name: &str) -> Result<(), ConfigError> {
+pub(crate) fn check_helper_name(name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name

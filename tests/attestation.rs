@@ -424,6 +424,7 @@ fn the_library_returns_the_fields_of_a_sound_log_only() {
         manifest_digest: &d('a'),
         config_digest: &d('c'),
         helpers: vec![("kms-client".into(), d('1'))],
+        helper_images: vec![],
         runtime_config_digest: &d('e'),
     });
     let events: Vec<Vec<u8>> = log.events.iter().map(|e| e.digest_bytes()).collect();

@@ -704,6 +704,7 @@ fn attestation_api_bounds_its_inputs() {
         manifest_digest: "sha256:m",
         config_digest: "sha256:c",
         helpers: vec![],
+        helper_images: vec![],
         runtime_config_digest: "sha256:r",
     });
     let events: Vec<Vec<u8>> = log.events.iter().map(|e| e.digest_bytes()).collect();

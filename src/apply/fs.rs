@@ -270,6 +270,16 @@ impl Root {
     /// (root-owned, 0755). A component that is a symlink or not a directory is refused:
     /// this is where measured files go, so nothing the image planted may redirect them.
     pub fn ensure_real_dir(&self, rel: &RelPath) -> Result<OwnedFd, ApplyError> {
+        self.real_dir(rel, true)?
+            .ok_or_else(|| ApplyError::Internal(format!("{} vanished", rel.display())))
+    }
+
+    /// Opens the directory `rel` following no symlink, or `None` if a component is missing.
+    pub fn open_real_dir(&self, rel: &RelPath) -> Result<Option<OwnedFd>, ApplyError> {
+        self.real_dir(rel, false)
+    }
+
+    fn real_dir(&self, rel: &RelPath, create: bool) -> Result<Option<OwnedFd>, ApplyError> {
         let mut cur = self.fd.try_clone().map_err(|e| ApplyError::Fs {
             path: "/".into(),
             op: "dup",
@@ -287,6 +297,7 @@ impl Root {
                     return Err(ApplyError::NotADirectory(prefix.display()))
                 }
                 Some(_) => {}
+                None if !create => return Ok(None),
                 None => mkdirat(
                     cur.as_fd(),
                     name.as_c_str(),
@@ -305,7 +316,7 @@ impl Root {
                 e => io_err(&prefix, "open", e),
             })?;
         }
-        Ok(cur)
+        Ok(Some(cur))
     }
 }
 

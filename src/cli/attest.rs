@@ -118,7 +118,22 @@ async fn expected_log(
     let mut fetch = fetch.clone();
     fetch.gateways.extend(cfg.config.gateways.iter().cloned());
     let gw = image::gateways(&r, &fetch)?;
-    let resolved = oci::resolve(&gw, &r.cid, &fetch.platform()?, &Limits::default()).await?;
+    let platform = fetch.platform()?;
+    let resolved = oci::resolve(&gw, &r.cid, &platform, &Limits::default()).await?;
+    // Helpers from dependency images are measured by their content: fetch and verify them.
+    let scratch = tempfile::Builder::new()
+        .prefix("cidboot-expect-")
+        .tempdir()
+        .map_err(|e| CliError::Usage(format!("temporary directory: {e}")))?;
+    let from_images = crate::boot::helper_images::fetch_all(
+        &cfg.config.helpers,
+        &gw,
+        &platform,
+        &Limits::default(),
+        &crate::apply::ApplyLimits::default(),
+        scratch.path(),
+    )
+    .await?;
     Ok(EventLog::new(Inputs {
         reference: &r.canonical(),
         root_cid: &resolved.root,
@@ -131,6 +146,7 @@ async fn expected_log(
             .iter()
             .map(|(n, d)| (n.clone(), d.clone()))
             .collect(),
+        helper_images: from_images.into_iter().map(|f| f.measured).collect(),
         runtime_config_digest: &cfg.digest(),
     }))
 }

@@ -30,8 +30,81 @@ pub const MAX_ENV_FILE: u64 = 64 << 10;
 pub struct Helper {
     pub name: String,
     pub digest: String,
+    /// The manifest digest of the dependency image it came from; `None` for a helper the
+    /// boot image carries, pinned in `[helpers.pins]`.
+    pub source: Option<String>,
     bytes: Vec<u8>,
     exe: Arc<OwnedFd>,
+}
+
+/// Most helpers one boot installs.
+pub const MAX_HELPERS: usize = 256;
+
+/// Takes every regular file directly in `dir_in_root` of a verified dependency image's root
+/// as a helper (symlinks and anything else are left out), sealed like a pinned one.
+/// `source` is the image's manifest digest.
+pub fn collect(root: &Root, dir_in_root: &str, source: &str) -> Result<Vec<Helper>, LaunchError> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{fstatat, Mode, SFlag};
+    let fail = |reason: String| LaunchError::Helper {
+        name: format!("image {source}"),
+        reason,
+    };
+    let rel = RelPath::parse(dir_in_root.trim_start_matches('/').as_bytes(), 4096, 64)?;
+    let Some(dir) = root.open_real_dir(&rel)? else {
+        return Err(fail(format!("has no {dir_in_root} directory")));
+    };
+    let mut names = crate::apply::fs::list_dir(&dir, &rel)?;
+    names.sort();
+    let mut out = Vec::new();
+    for raw in names {
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        let st = fstatat(
+            &dir,
+            raw.as_slice(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| fail(format!("{dir_in_root}/{name}: {e}")))?;
+        if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() {
+            warn!(helper = %name, image = %source, "not a regular file: not taken as a helper");
+            continue;
+        }
+        crate::config::check_helper_name(&name).map_err(|e| fail(e.to_string()))?;
+        if out.len() >= MAX_HELPERS {
+            return Err(fail(format!("more than {MAX_HELPERS} helpers")));
+        }
+        let fd = openat(
+            &dir,
+            raw.as_slice(),
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| fail(format!("{dir_in_root}/{name}: {e}")))?;
+        let mut bytes = Vec::new();
+        std::fs::File::from(fd)
+            .take(MAX_HELPER_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| fail(format!("{dir_in_root}/{name}: {e}")))?;
+        if bytes.len() as u64 > MAX_HELPER_SIZE {
+            return Err(fail(format!(
+                "{dir_in_root}/{name} is larger than {MAX_HELPER_SIZE} bytes"
+            )));
+        }
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let exe =
+            sealed(&name, &bytes, &digest).map_err(|e| fail(format!("sealing {name}: {e}")))?;
+        out.push(Helper {
+            name,
+            digest,
+            source: Some(source.to_string()),
+            bytes,
+            exe: Arc::new(exe),
+        });
+    }
+    if out.is_empty() {
+        return Err(fail(format!("has no regular files in {dir_in_root}")));
+    }
+    Ok(out)
 }
 
 /// Reads and checks every pinned helper from `dir` (the boot image's helper directory).
@@ -60,6 +133,7 @@ pub fn verify(cfg: &Helpers, dir: &Path) -> Result<Vec<Helper>, LaunchError> {
         out.push(Helper {
             name: name.clone(),
             digest,
+            source: None,
             bytes,
             exe: Arc::new(exe),
         });

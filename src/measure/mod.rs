@@ -22,6 +22,7 @@ pub enum Kind {
     ConfigDigest = 4,
     Helper = 5,
     RuntimeConfig = 6,
+    HelperImage = 7,
 }
 
 /// One measured event.
@@ -74,14 +75,30 @@ pub struct EventLog {
     pub pcr16: String,
 }
 
+/// A dependency image helpers came from, as measured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HelperImage {
+    /// The canonical reference, `ipfs://<CID>`.
+    pub reference: String,
+    /// The digest the configuration pinned.
+    pub pinned_digest: String,
+    /// The manifest that was applied.
+    pub manifest_digest: String,
+    /// `(name, sha256:<hex>)` of every helper installed from it.
+    pub helpers: Vec<(String, String)>,
+}
+
 /// The inputs of a measurement.
 pub struct Inputs<'a> {
     pub reference: &'a str,
     pub root_cid: &'a cid::Cid,
     pub manifest_digest: &'a str,
     pub config_digest: &'a str,
-    /// `(name, sha256:<hex>)`, in any order: they are measured sorted by name.
+    /// `(name, sha256:<hex>)` of the boot image's pinned helpers, in any order: every helper
+    /// (these and those of `helper_images`) is measured sorted by name.
     pub helpers: Vec<(String, String)>,
+    /// Dependency images, in configuration order, with the helpers installed from each.
+    pub helper_images: Vec<HelperImage>,
     /// `sha256:<hex>` of the exact runtime configuration bytes.
     pub runtime_config_digest: &'a str,
 }
@@ -106,13 +123,36 @@ impl EventLog {
                 i.config_digest.as_bytes().to_vec(),
             ),
         ];
-        let mut helpers = i.helpers;
-        helpers.sort();
-        for (name, digest) in helpers {
-            let mut data = name.as_bytes().to_vec();
-            data.push(0);
-            data.extend_from_slice(digest.as_bytes());
-            events.push(Event::new(Kind::Helper, format!("{name} {digest}"), data));
+        let mut helpers: Vec<(String, String, Option<String>)> =
+            i.helpers.into_iter().map(|(n, d)| (n, d, None)).collect();
+        for img in &i.helper_images {
+            let data = [
+                img.reference.as_bytes(),
+                img.pinned_digest.as_bytes(),
+                img.manifest_digest.as_bytes(),
+            ]
+            .join(&0u8);
+            events.push(Event::new(
+                Kind::HelperImage,
+                format!(
+                    "{} {} {}",
+                    img.reference, img.pinned_digest, img.manifest_digest
+                ),
+                data,
+            ));
+            for (n, d) in &img.helpers {
+                helpers.push((n.clone(), d.clone(), Some(img.manifest_digest.clone())));
+            }
+        }
+        helpers.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for (name, digest, from) in helpers {
+            let mut parts = vec![name.as_bytes(), digest.as_bytes()];
+            let mut value = format!("{name} {digest}");
+            if let Some(m) = &from {
+                parts.push(m.as_bytes());
+                value = format!("{value} {m}");
+            }
+            events.push(Event::new(Kind::Helper, value, parts.join(&0u8)));
         }
         events.push(Event::new(
             Kind::RuntimeConfig,
@@ -143,13 +183,14 @@ pub fn replay<I: IntoIterator<Item = Vec<u8>>>(datas: I) -> [u8; 48] {
 
 impl Kind {
     /// Every kind this version of the encoding defines.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::ImageReference,
         Kind::RootCid,
         Kind::ManifestDigest,
         Kind::ConfigDigest,
         Kind::Helper,
         Kind::RuntimeConfig,
+        Kind::HelperImage,
     ];
 
     /// The name used in the JSON event log.
@@ -161,6 +202,7 @@ impl Kind {
             Kind::ConfigDigest => "config-digest",
             Kind::Helper => "helper",
             Kind::RuntimeConfig => "runtime-config",
+            Kind::HelperImage => "helper-image",
         }
     }
 
@@ -170,8 +212,8 @@ impl Kind {
     }
 }
 
-/// Most events a log may hold: the five fixed ones and one per helper.
-pub const MAX_EVENTS: usize = 5 + 256;
+/// Most events a log may hold: the five fixed ones, one per helper and one per helper image.
+pub const MAX_EVENTS: usize = 5 + 256 + crate::config::MAX_HELPER_IMAGES;
 /// Largest event log accepted, in bytes (a log of [`MAX_EVENTS`] is under 200 KiB).
 pub const MAX_LOG: usize = 1024 * 1024;
 
@@ -244,6 +286,11 @@ pub struct Measured {
     pub config_digest: String,
     /// Helper name to `sha256:<hex>`.
     pub helpers: BTreeMap<String, String>,
+    /// Helper name to the manifest digest of the dependency image it came from (absent for
+    /// the boot image's own pinned helpers).
+    pub helper_sources: BTreeMap<String, String>,
+    /// The dependency images, in the order measured.
+    pub helper_images: Vec<HelperImage>,
     pub runtime_config_digest: String,
     /// The PCR16 the events replay to, hex (equal to the document's).
     pub pcr16: String,
@@ -402,16 +449,27 @@ fn encoded_value(kind: Kind, data: &[u8]) -> Result<String, String> {
         }
         Kind::ManifestDigest | Kind::ConfigDigest | Kind::RuntimeConfig => digest(data),
         Kind::Helper => {
-            let nul = data
-                .iter()
-                .position(|b| *b == 0)
-                .ok_or("has no 0x00 between the name and the digest")?;
-            let name = text(&data[..nul])?;
+            let parts: Vec<&[u8]> = data.split(|b| *b == 0).collect();
+            let name = text(parts[0])?;
             if name.is_empty() {
                 return Err("names no helper".into());
             }
-            Ok(format!("{name} {}", digest(&data[nul + 1..])?))
+            match parts.as_slice() {
+                [_, d] => Ok(format!("{name} {}", digest(d)?)),
+                [_, d, m] => Ok(format!("{name} {} {}", digest(d)?, digest(m)?)),
+                _ => Err("is not name 0x00 digest [0x00 manifest digest]".into()),
+            }
         }
+        Kind::HelperImage => match data.split(|b| *b == 0).collect::<Vec<_>>().as_slice() {
+            [r, p, m] => {
+                let r = text(r)?;
+                if !r.starts_with("ipfs://") {
+                    return Err(format!("{r:?} is not ipfs://<CID>"));
+                }
+                Ok(format!("{r} {} {}", digest(p)?, digest(m)?))
+            }
+            _ => Err("is not reference 0x00 pinned digest 0x00 manifest digest".into()),
+        },
     }
 }
 
@@ -444,17 +502,31 @@ fn fields(events: Vec<(Kind, Vec<u8>)>, pcr16: String) -> Result<Measured, LogEr
     // Data were checked by `encoded_value`: UTF-8 where text is expected, one 0x00 in a helper.
     let text = |d: &[u8]| String::from_utf8_lossy(d).into_owned();
     let mut helpers = BTreeMap::new();
+    let mut helper_sources = BTreeMap::new();
+    let mut helper_images: Vec<HelperImage> = Vec::new();
     let mut previous: Option<&[u8]> = None;
     for (i, (k, d)) in events.iter().enumerate().take(last).skip(fixed.len()) {
-        if *k != Kind::Helper {
-            return Err(order(
-                i,
-                *k,
-                "only helpers come between the config and the runtime configuration".into(),
-            ));
+        let parts: Vec<&[u8]> = d.split(|b| *b == 0).collect();
+        match k {
+            Kind::HelperImage if previous.is_none() => {
+                helper_images.push(HelperImage {
+                    reference: text(parts[0]),
+                    pinned_digest: text(parts.get(1).copied().unwrap_or_default()),
+                    manifest_digest: text(parts.get(2).copied().unwrap_or_default()),
+                    helpers: Vec::new(),
+                });
+                continue;
+            }
+            Kind::Helper => {}
+            _ => {
+                return Err(order(
+                    i,
+                    *k,
+                    "only helper images, then helpers, come between the config and the runtime configuration".into(),
+                ))
+            }
         }
-        let nul = d.iter().position(|b| *b == 0).unwrap_or(d.len());
-        let (name, digest) = (&d[..nul], d.get(nul + 1..).unwrap_or_default());
+        let (name, digest) = (parts[0], parts.get(1).copied().unwrap_or_default());
         if previous.is_some_and(|p| p >= name) {
             return Err(order(
                 i,
@@ -463,6 +535,18 @@ fn fields(events: Vec<(Kind, Vec<u8>)>, pcr16: String) -> Result<Measured, LogEr
             ));
         }
         previous = Some(name);
+        if let Some(m) = parts.get(2) {
+            let m = text(m);
+            let Some(img) = helper_images.iter_mut().find(|h| h.manifest_digest == m) else {
+                return Err(order(
+                    i,
+                    *k,
+                    format!("comes from {m}, which no helper-image event before it names"),
+                ));
+            };
+            img.helpers.push((text(name), text(digest)));
+            helper_sources.insert(text(name), m);
+        }
         helpers.insert(text(name), text(digest));
     }
     let cid = cid::Cid::try_from(events[1].1.as_slice()).map_err(|e| LogError::Data {
@@ -476,6 +560,8 @@ fn fields(events: Vec<(Kind, Vec<u8>)>, pcr16: String) -> Result<Measured, LogEr
         manifest_digest: text(&events[2].1),
         config_digest: text(&events[3].1),
         helpers,
+        helper_sources,
+        helper_images,
         runtime_config_digest: text(&events[last].1),
         pcr16,
         events: events.len(),
@@ -506,6 +592,7 @@ mod tests {
                 manifest_digest: "sha256:m",
                 config_digest: "sha256:c",
                 helpers,
+                helper_images: vec![],
                 runtime_config_digest: cfg,
             })
             .pcr16
@@ -529,6 +616,7 @@ mod tests {
             manifest_digest: &d('a'),
             config_digest: &d('c'),
             helpers,
+            helper_images: vec![],
             runtime_config_digest: &d('e'),
         })
     }
@@ -567,6 +655,58 @@ mod tests {
     }
 
     #[test]
+    fn helper_images_and_their_helpers_are_read_back_and_tied_together() {
+        let cid = crate::reference::raw_cid(b"image");
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let dep = HelperImage {
+            reference: format!("ipfs://{}", crate::reference::raw_cid(b"dep")),
+            pinned_digest: d('5'),
+            manifest_digest: d('6'),
+            helpers: vec![("kms-client".into(), d('7'))],
+        };
+        let log = EventLog::new(Inputs {
+            reference: &format!("ipfs://{cid}"),
+            root_cid: &cid,
+            manifest_digest: &d('a'),
+            config_digest: &d('c'),
+            helpers: vec![("attest".into(), d('8'))],
+            helper_images: vec![dep.clone()],
+            runtime_config_digest: &d('e'),
+        });
+        let f = check(&json(&log), &log.pcr16).unwrap();
+        assert_eq!(f.helper_images, std::slice::from_ref(&dep));
+        assert_eq!(f.helpers.len(), 2);
+        assert_eq!(f.helper_sources.get("kms-client"), Some(&d('6')));
+        assert_eq!(f.helper_sources.get("attest"), None);
+        // A helper claiming an image no helper-image event names is refused, even when the
+        // log replays (the verifier recomputes digests; the forger can too).
+        let orphan = EventLog::new(Inputs {
+            reference: &format!("ipfs://{cid}"),
+            root_cid: &cid,
+            manifest_digest: &d('a'),
+            config_digest: &d('c'),
+            helpers: vec![],
+            helper_images: vec![dep],
+            runtime_config_digest: &d('e'),
+        });
+        let mut v = json(&orphan);
+        let events = v["events"].as_array_mut().unwrap();
+        events.remove(4);
+        let digests: Vec<Vec<u8>> = events
+            .iter()
+            .map(|e| hex::decode(e["digest"].as_str().unwrap()).unwrap())
+            .collect();
+        let pcr = hex::encode(replay(digests));
+        v["pcr16"] = pcr.clone().into();
+        let e = check(&v, &pcr).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("which no helper-image event before it names"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_log_naming_one_manifest_with_the_digests_of_another_is_refused() {
         let a = sample(vec![]);
         let mut a_with_b_digest = json(&a);
@@ -578,6 +718,7 @@ mod tests {
             manifest_digest: &format!("sha256:{}", "b".repeat(64)),
             config_digest: &format!("sha256:{}", "c".repeat(64)),
             helpers: vec![],
+            helper_images: vec![],
             runtime_config_digest: &format!("sha256:{}", "e".repeat(64)),
         });
         // The value of A over the data and digests of B: replays to B's PCR16.

@@ -4,6 +4,8 @@
 //! verified as it is applied into a root nothing runs from, the measurement covers only what
 //! verified, and the first program from the image starts after the measurement.
 
+pub mod helper_images;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -37,6 +39,8 @@ pub enum BootError {
     Relay(String),
     #[error("the boot did not reach the workload within {0}s (boot_deadline_secs)")]
     Deadline(u64),
+    #[error("helper image {image}: {reason}")]
+    HelperImage { image: String, reason: String },
 }
 
 /// Everything a boot needs to know.
@@ -95,7 +99,27 @@ pub struct Prepared {
 /// Resolves, verifies and applies the image into `rootfs` and measures it.
 pub async fn prepare(plan: &Plan, rootfs: &Path, scratch: &Path) -> Result<Prepared, BootError> {
     let helper_cfg = &plan.config.config.helpers;
-    let verified_helpers = helpers::verify(helper_cfg, &plan.helpers_dir)?;
+    let pinned = helpers::verify(helper_cfg, &plan.helpers_dir)?;
+    let from_images = helper_images::fetch_all(
+        helper_cfg,
+        &plan.gateways,
+        &plan.platform,
+        &plan.limits,
+        &plan.apply_limits,
+        &scratch.join("helper-images"),
+    )
+    .await?;
+    let verified_helpers = helper_images::merge(pinned, &from_images)?;
+    // Every prestart step names a helper that verified, before the workload is fetched.
+    for step in &plan.config.config.prestart {
+        if !verified_helpers.iter().any(|h| h.name == step.helper) {
+            return Err(LaunchError::Helper {
+                name: step.helper.clone(),
+                reason: "the prestart chain names it, but neither [helpers.pins] nor any helper image provides it".into(),
+            }
+            .into());
+        }
+    }
     let resolved = Arc::new(
         oci::resolve(
             &plan.gateways,
@@ -132,8 +156,10 @@ pub async fn prepare(plan: &Plan, rootfs: &Path, scratch: &Path) -> Result<Prepa
         config_digest: resolved.config.desc.digest().as_ref(),
         helpers: verified_helpers
             .iter()
+            .filter(|h| h.source.is_none())
             .map(|h| (h.name.clone(), h.digest.clone()))
             .collect(),
+        helper_images: from_images.into_iter().map(|f| f.measured).collect(),
         runtime_config_digest: &plan.config.digest(),
     });
     Ok(Prepared {

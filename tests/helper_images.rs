@@ -1,0 +1,326 @@
+//! Helpers from dependency images pinned by digest (`[[helpers.images]]`), EigenCloud style.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::json;
+
+/// A dependency image: the two helpers under /eigen/bin, a file beside them that a later
+/// layer whites out, a symlink there (not a helper), and files elsewhere that must not reach
+/// the workload's root.
+fn dependency_image() -> Image {
+    let bin = |n: &str| std::fs::read(sample_bin(n)).unwrap();
+    let lower = tar_entries(&[
+        TarEntry::Dir {
+            path: "eigen",
+            mode: 0o755,
+            uid: 0,
+        },
+        TarEntry::Dir {
+            path: "eigen/bin",
+            mode: 0o755,
+            uid: 0,
+        },
+        TarEntry::File {
+            path: "eigen/bin/fake-kms-client",
+            data: bin("fake-kms-client"),
+            mode: 0o755,
+        },
+        TarEntry::File {
+            path: "eigen/bin/removed-later",
+            data: b"gone".to_vec(),
+            mode: 0o755,
+        },
+        TarEntry::Dir {
+            path: "etc",
+            mode: 0o755,
+            uid: 0,
+        },
+        TarEntry::File {
+            path: "etc/dependency-only",
+            data: b"must not reach the workload".to_vec(),
+            mode: 0o644,
+        },
+    ]);
+    let upper = tar_entries(&[
+        TarEntry::File {
+            path: "eigen/bin/.wh.removed-later",
+            data: vec![],
+            mode: 0o644,
+        },
+        TarEntry::File {
+            path: "eigen/bin/fake-tls-client",
+            data: bin("fake-tls-client"),
+            mode: 0o755,
+        },
+        TarEntry::Symlink {
+            path: "eigen/bin/a-link",
+            target: "/etc/dependency-only",
+        },
+    ]);
+    image_from_tars(
+        &[lower, upper],
+        json!({"Entrypoint": ["/eigen/bin/fake-kms-client"]}),
+    )
+}
+
+/// Packs a layout with ipfs-car; `tamper` may rewrite it first. Returns the root CID.
+fn pack(img: &Image, work: &Path, tamper: impl FnOnce(&Path)) -> (String, PathBuf) {
+    let dir = work.join(format!("layout-{}", fastrand::u32(..)));
+    write_layout(&dir, &[("amd64", img)]);
+    tamper(&dir);
+    let car = dir.with_extension("car");
+    let cid = ipfs_car_pack(&dir, &car, false);
+    (cid, car)
+}
+
+struct Boot {
+    ran: Ran,
+    dep_cid: String,
+    gateway: Gateway,
+    workload: String,
+    config: PathBuf,
+    rootfs: PathBuf,
+    _work: tempfile::TempDir,
+}
+
+/// Boots the probe workload with `config` (where `{dep}` is the dependency image's CID and
+/// `{digest}` its manifest digest), one gateway serving both images.
+fn boot(dep: &Image, tamper: impl FnOnce(&Path), config: &str) -> Boot {
+    let work = tempfile::tempdir().unwrap();
+    let (dep_cid, dep_car) = pack(dep, work.path(), tamper);
+    let workload = probe_image(json!({"Entrypoint": ["/bin/probe"], "User": "app"}));
+    let (cid, car) = pack(&workload, work.path(), |_| {});
+    let gateway = Gateway::start(&[car, dep_car], work.path());
+    let cfg = config
+        .replace("{dep}", &dep_cid)
+        .replace("{digest}", &dep.manifest.digest);
+    let config = work.path().join("cidboot.toml");
+    std::fs::write(&config, cfg).unwrap();
+    let rootfs = work.path().join("root");
+    let o = cidboot()
+        .args([
+            "run",
+            &format!("ipfs://{cid}"),
+            "--gateway",
+            &gateway.url,
+            "--ca",
+        ])
+        .arg(&gateway.ca)
+        .arg("--config")
+        .arg(&config)
+        .arg("--rootfs")
+        .arg(&rootfs)
+        .args(["--attestation-listen", "127.0.0.1:0", "--json"])
+        .env("CIDBOOT_LOG", "info")
+        .output()
+        .unwrap();
+    Boot {
+        ran: Ran {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into(),
+            stderr: String::from_utf8_lossy(&o.stderr).into(),
+        },
+        dep_cid,
+        gateway,
+        workload: format!("ipfs://{cid}"),
+        config,
+        rootfs,
+        _work: work,
+    }
+}
+
+const CHAIN: &str = r#"
+[[helpers.images]]
+image = "ipfs://{dep}"
+digest = "{digest}"
+
+[[prestart]]
+helper = "fake-kms-client"
+args = ["/run/kms.env"]
+env_file = "/run/kms.env"
+
+[[prestart]]
+helper = "fake-tls-client"
+"#;
+
+#[test]
+fn helpers_from_a_pinned_dependency_image_run_and_are_measured() {
+    let dep = dependency_image();
+    let b = boot(&dep, |_| {}, CHAIN);
+    let r = &b.ran;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let kms = r
+        .stdout
+        .find("fake-kms-client: wrote /run/kms.env")
+        .expect("kms-client ran");
+    let tls = r
+        .stdout
+        .find("fake-tls-client: have KMS secret")
+        .expect("tls-client ran after it");
+    assert!(kms < tls && tls < r.stdout.find("probe: uid=").unwrap());
+    assert!(r
+        .lines("probe: env ")
+        .contains(&"KMS_SECRET=opensesame".to_string()));
+    // Only the regular files of /eigen/bin, after the dependency image's own whiteouts.
+    assert_eq!(r.line("probe: helpers="), "fake-kms-client,fake-tls-client");
+    assert!(!b.rootfs.join("etc/dependency-only").exists());
+    assert!(!b.rootfs.join("eigen/bin/a-link").exists());
+    assert!(!b.rootfs.join("eigen/bin/removed-later").exists());
+
+    let report: serde_json::Value = serde_json::from_str(r.stdout.lines().last().unwrap()).unwrap();
+    let events = report["measurements"]["events"].as_array().unwrap();
+    let image_events: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "helper-image")
+        .map(|e| e["value"].as_str().unwrap())
+        .collect();
+    let d = &dep.manifest.digest;
+    assert_eq!(image_events, [format!("ipfs://{} {d} {d}", b.dep_cid)]);
+    let digest_of = |n: &str| sha256_hex(&std::fs::read(sample_bin(n)).unwrap());
+    let helpers: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "helper")
+        .map(|e| e["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        helpers,
+        [
+            format!(
+                "fake-kms-client sha256:{} {d}",
+                digest_of("fake-kms-client")
+            ),
+            format!(
+                "fake-tls-client sha256:{} {d}",
+                digest_of("fake-tls-client")
+            ),
+        ]
+    );
+    // A verifier computes the same PCR16 from the references and the configuration alone.
+    let expect = run(&[
+        "expect",
+        &b.workload,
+        "--gateway",
+        &b.gateway.url,
+        "--ca",
+        b.gateway.ca.to_str().unwrap(),
+        "--config",
+        b.config.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(expect.ok, "{}", expect.stderr);
+    assert_eq!(expect.json()["pcrs"]["PCR16"], report["pcr16"]);
+}
+
+#[test]
+fn a_wrong_digest_stops_the_boot_before_anything_runs() {
+    let dep = dependency_image();
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let b = boot(&dep, |_| {}, &CHAIN.replace("{digest}", &wrong));
+    assert_eq!(b.ran.code, Some(1));
+    assert!(
+        b.ran.stderr.contains(&format!(
+            "its manifest for linux/amd64 is {}, but the configuration pins {wrong}",
+            dep.manifest.digest
+        )),
+        "{}",
+        b.ran.stderr
+    );
+    assert!(b.ran.stderr.contains("helper image ipfs://"));
+    assert!(!b.ran.stdout.contains("fake-kms-client:") && !b.ran.stdout.contains("probe:"));
+}
+
+#[test]
+fn a_prestart_helper_no_source_provides_stops_the_boot() {
+    let dep = dependency_image();
+    let b = boot(
+        &dep,
+        |_| {},
+        &format!("{CHAIN}\n[[prestart]]\nhelper = \"ghost\"\n"),
+    );
+    assert_eq!(b.ran.code, Some(1));
+    assert!(
+        b.ran.stderr.contains(
+            "helper ghost: the prestart chain names it, but neither [helpers.pins] nor any helper image provides it"
+        ),
+        "{}",
+        b.ran.stderr
+    );
+    assert!(!b.ran.stdout.contains("fake-kms-client:") && !b.ran.stdout.contains("probe:"));
+}
+
+#[test]
+fn a_tampered_dependency_image_stops_the_boot() {
+    let dep = dependency_image();
+    // The publisher's copy of the helper layer differs from what the manifest names.
+    let layer = dep.layers[0].hex().to_string();
+    let b = boot(
+        &dep,
+        |dir| {
+            let p = dir.join("blobs/sha256").join(&layer);
+            let mut bytes = std::fs::read(&p).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 1;
+            std::fs::write(&p, bytes).unwrap();
+        },
+        CHAIN,
+    );
+    assert_eq!(b.ran.code, Some(1));
+    assert!(
+        b.ran.stderr.contains("helper image ipfs://") && b.ran.stderr.contains(&layer),
+        "{}",
+        b.ran.stderr
+    );
+    assert!(!b.ran.stdout.contains("fake-kms-client:") && !b.ran.stdout.contains("probe:"));
+}
+
+#[test]
+fn a_helper_name_from_two_sources_is_an_error() {
+    let dep = dependency_image();
+    let bytes = std::fs::read(sample_bin("fake-kms-client")).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("eigen-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("fake-kms-client"), &bytes).unwrap();
+    let cfg = format!(
+        "[helpers.pins]\nfake-kms-client = \"sha256:{}\"\n{CHAIN}",
+        sha256_hex(&bytes)
+    );
+    // The boot image's helper directory is given on the command line.
+    let (dep_cid, dep_car) = pack(&dep, work.path(), |_| {});
+    let workload = probe_image(json!({"Entrypoint": ["/bin/probe"]}));
+    let (cid, car) = pack(&workload, work.path(), |_| {});
+    let gw = Gateway::start(&[car, dep_car], work.path());
+    let config = work.path().join("cidboot.toml");
+    std::fs::write(
+        &config,
+        cfg.replace("{dep}", &dep_cid)
+            .replace("{digest}", &dep.manifest.digest),
+    )
+    .unwrap();
+    let o = cidboot()
+        .args([
+            "run",
+            &format!("ipfs://{cid}"),
+            "--gateway",
+            &gw.url,
+            "--ca",
+        ])
+        .arg(&gw.ca)
+        .arg("--config")
+        .arg(&config)
+        .arg("--helpers-dir")
+        .arg(&dir)
+        .args(["--attestation-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr.contains("helper fake-kms-client is provided by both [helpers.pins] and the helper image with manifest"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("probe:"));
+}
