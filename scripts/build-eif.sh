@@ -4,13 +4,18 @@
 # or time. Two builds from the same inputs give the same PCR0.
 #
 # Usage: scripts/build-eif.sh --cidboot BIN --kernel-dir DIR --out EIF
-#          [--helpers DIR] [--config FILE] [--cmdline "..."]
-#   BIN        a static cidboot
-#   DIR        vmlinuz, config, and modules/*.ko (scripts/emulator-setup.sh prepares one)
-#   --helpers  files for /eigen/bin (EigenCloud-style helper clients)
-#   --config   a runtime configuration baked in at /etc/cidboot/config.toml
+#          [--helpers DIR] [--helper-image LAYOUT DIGEST]... [--config FILE] [--cmdline "..."]
+#   BIN           a static cidboot
+#   DIR           vmlinuz, config, and modules/*.ko (scripts/emulator-setup.sh prepares one)
+#   --helpers     files for /eigen/bin (EigenCloud-style helper clients)
+#   --helper-image  a dependency image as an OCI layout directory (what `skopeo copy
+#                 docker://…@sha256:… oci:LAYOUT:tag` writes) and its manifest digest: cidboot
+#                 verifies it and bakes the regular files of its /eigen/bin into the EIF, so
+#                 that no fetch is needed at boot; their [helpers.pins] lines go to stderr
+#   --config      a runtime configuration baked in at /etc/cidboot/config.toml
 set -euo pipefail
 cidboot= kdir= out= helpers= config=
+helper_images=()
 cmdline="console=ttyS0 reboot=k panic=30 pci=off random.trust_cpu=on"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -18,12 +23,13 @@ while [ $# -gt 0 ]; do
     --kernel-dir) kdir=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --helpers) helpers=$2; shift 2 ;;
+    --helper-image) helper_images+=("$2" "$3"); shift 3 ;;
     --config) config=$2; shift 2 ;;
     --cmdline) cmdline=$2; shift 2 ;;
     *) echo "build-eif: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-[ -n "$cidboot" ] && [ -n "$kdir" ] && [ -n "$out" ] || { sed -n '2,13p' "$0" >&2; exit 2; }
+[ -n "$cidboot" ] && [ -n "$kdir" ] && [ -n "$out" ] || { sed -n '2,17p' "$0" >&2; exit 2; }
 eif_build=${EIF_BUILD:-$(command -v eif_build || echo "${CIDBOOT_CACHE:-$HOME/.cache/cidboot}/emulator/bin/eif_build")}
 
 stage=$(mktemp -d)
@@ -39,6 +45,38 @@ for m in "$kdir"/modules/*.ko; do install -m 0644 "$m" "$root/lib/modules/cidboo
 if [ -n "$helpers" ]; then
   for h in "$helpers"/*; do install -m 0755 "$h" "$root/eigen/bin/"; done
 fi
+# Each dependency image goes through cidboot's own verified pipeline: packed, served on
+# loopback, resolved and checked against its digest, and unpacked; only regular files of its
+# /eigen/bin are taken.
+for ((i = 0; i < ${#helper_images[@]}; i += 2)); do
+  layout=${helper_images[i]} digest=${helper_images[i + 1]}
+  dep="$stage/helper-image-$i"
+  mkdir -p "$dep"
+  cid=$("$cidboot" pack "$layout" --car "$dep/image.car")
+  "$cidboot" gateway --car "$dep/image.car" --listen 127.0.0.1:0 --tls-self-signed "$dep/ca.pem" >"$dep/url" 2>"$dep/gateway.log" &
+  gw_pid=$!
+  for _ in $(seq 100); do [ -s "$dep/url" ] && break; sleep 0.1; done
+  url=$(head -n1 "$dep/url")
+  manifest=$("$cidboot" inspect "ipfs://$cid" --gateway "$url" --ca "$dep/ca.pem" --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["manifest_digest"])') || manifest=
+  if [ "$manifest" != "$digest" ]; then
+    kill "$gw_pid" 2>/dev/null || true
+    echo "build-eif: helper image $layout: its manifest is ${manifest:-unknown}, not $digest" >&2
+    exit 1
+  fi
+  "$cidboot" unpack "ipfs://$cid" --gateway "$url" --ca "$dep/ca.pem" --rootfs "$dep/root" >/dev/null
+  kill "$gw_pid" 2>/dev/null || true
+  found=0
+  for h in "$dep/root/eigen/bin"/*; do
+    [ -f "$h" ] && [ ! -L "$h" ] || continue
+    name=$(basename "$h")
+    [ ! -e "$root/eigen/bin/$name" ] || { echo "build-eif: helper $name is provided twice" >&2; exit 1; }
+    install -m 0755 "$h" "$root/eigen/bin/$name"
+    echo "$name = \"sha256:$(sha256sum "$h" | cut -d' ' -f1)\"  # from $layout ($digest)" >&2
+    found=$((found + 1))
+  done
+  [ "$found" -gt 0 ] || { echo "build-eif: helper image $layout has no regular files in /eigen/bin" >&2; exit 1; }
+done
 [ -z "$config" ] || install -m 0644 "$config" "$root/etc/cidboot/config.toml"
 find "$root" -exec touch -h -d @0 {} +
 (cd "$root" && find . -print0 | LC_ALL=C sort -z |

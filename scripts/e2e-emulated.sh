@@ -27,12 +27,15 @@ RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked
 bin="$repo/target/$target/release/cidboot"
 ldd "$bin" 2>&1 | grep -qE "statically linked|not a dynamic" || fail "cidboot is not static"
 
-say "building and publishing the sample image"
+say "building and publishing the sample image and a helper image"
 scripts/sample-image.sh "$work/layout" >/dev/null
 cid=$("$bin" pack "$work/layout" --car "$work/sample.car" 2>/dev/null)
+scripts/sample-image.sh "$work/helpers" --helpers >/dev/null
+helpers_cid=$("$bin" pack "$work/helpers" --car "$work/helpers.car" 2>/dev/null)
+helpers_digest=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['manifests'][0]['digest'])" "$work/helpers/index.json")
 
-start_gateway() { # $1: extra flags; sets gw_url
-  "$bin" gateway --car "$2" --listen 127.0.0.1:0 --tls-self-signed "$work/ca.pem" $1 >"$work/gateway.url" 2>"$work/gateway.log" &
+start_gateway() { # $1: extra flags, $2: the sample's CAR; sets gw_url
+  "$bin" gateway --car "$2" --car "$work/helpers.car" --listen 127.0.0.1:0 --tls-self-signed "$work/ca.pem" $1 >"$work/gateway.url" 2>"$work/gateway.log" &
   pids+=($!)
   for _ in $(seq 100); do [ -s "$work/gateway.url" ] && break; sleep 0.1; done
   gw_url=$(head -n1 "$work/gateway.url")
@@ -43,7 +46,10 @@ boot_enclave() { # $1: name; uses $gw_url and $work/ca.pem; leaves $work/$1.log
   local name=$1 dir="$work/$1"
   mkdir -p "$dir"
   local port=${gw_url##*:}
-  { printf 'image = "ipfs://%s"\ngateways = ["%s"]\n\n[tls]\nextra_ca = """\n' "$cid" "$gw_url"; cat "$work/ca.pem"; printf '"""\n'; } >"$dir/enclave.toml"
+  { printf 'image = "ipfs://%s"\ngateways = ["%s"]\n\n' "$cid" "$gw_url"
+    printf '[[helpers.images]]\nimage = "ipfs://%s"\ndigest = "%s"\n\n' "$helpers_cid" "$helpers_digest"
+    printf '[[prestart]]\nhelper = "fake-kms-client"\nargs = ["/run/kms.env"]\nenv_file = "/run/kms.env"\n\n'
+    printf '[tls]\nextra_ca = """\n'; cat "$work/ca.pem"; printf '"""\n'; } >"$dir/enclave.toml"
   cat >"$dir/host.toml" <<TOML
 [egress]
 listen = "unix:$dir/vsock_8000"
@@ -85,6 +91,17 @@ say "building the EIF (twice: PCR0 must not change)"
 pcr() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d.get('Measurements', d)[sys.argv[2]])" "$1" "$2"; }
 [ "$(pcr "$work/eif.json" PCR0)" = "$(pcr "$work/eif2.json" PCR0)" ] || fail "two builds gave different PCR0"
 say "reproducible: PCR0 $(pcr "$work/eif.json" PCR0)"
+# An air-gapped EIF: helpers baked in from a dependency image's OCI layout, verified by digest.
+"$repo/scripts/build-eif.sh" --cidboot "$bin" --kernel-dir "$cache/kernel" --out "$work/baked.eif" \
+  --helper-image "$work/helpers" "$helpers_digest" >/dev/null 2>"$work/baked.log" || fail "baking the helper image: $(cat "$work/baked.log")"
+want="fake-kms-client = \"sha256:$(sha256sum "$repo/sample/target/x86_64-unknown-linux-gnu/release/fake-kms-client" | cut -d' ' -f1)\""
+grep -qF "$want" "$work/baked.log" || fail "the baked helper's pin is not printed: $(cat "$work/baked.log")"
+if "$repo/scripts/build-eif.sh" --cidboot "$bin" --kernel-dir "$cache/kernel" --out "$work/bad.eif" \
+  --helper-image "$work/helpers" "sha256:$(printf '0%.0s' $(seq 64))" >/dev/null 2>"$work/bad.log"; then
+  fail "a helper image with the wrong digest was baked"
+fi
+grep -q "its manifest is $helpers_digest" "$work/bad.log" || fail "no digest error: $(cat "$work/bad.log")"
+say "helpers baked from a helper image's layout, checked against its digest"
 
 say "booting the enclave (honest gateway)"
 start_gateway "" "$work/sample.car"
@@ -93,6 +110,8 @@ log="$work/good.log"
 grep -q 'heartbeat answered' "$log" || fail "no heartbeat"
 grep -q 'PCR16 extended and locked' "$log" || fail "PCR16 not locked"
 grep -q '^\[stdout\] hello from a content-addressed image' "$log" || fail "the workload did not run"
+grep -q 'fake-kms-client: wrote /run/kms.env' "$work/good-console.log" || fail "the helper from the helper image did not run"
+say "the prestart helper from the helper image ran"
 grep -q '^\[stdout\] sandbox: open /dev/nsm: ENOENT' "$log" || fail "the workload reached /dev/nsm: $(grep 'sandbox:' "$log")"
 grep -q '^\[stdout\] sandbox: socket(AF_VSOCK): EPERM' "$log" || fail "the workload opened AF_VSOCK: $(grep 'sandbox:' "$log")"
 say "the workload ran sandboxed: no /dev/nsm, no AF_VSOCK"

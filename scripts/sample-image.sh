@@ -1,21 +1,30 @@
 #!/usr/bin/env bash
 # Builds cidboot's sample image as an OCI image layout, from a static binary compiled here.
 # Only GNU tar, gzip and coreutils touch the layout: an independent producer of OCI images.
-# Usage: scripts/sample-image.sh OUT_DIR
+# Usage: scripts/sample-image.sh OUT_DIR [--helpers]
+#   --helpers  a dependency image instead (EigenCloud style): the sample kms-client stand-in
+#              at /eigen/bin/fake-kms-client, for [[helpers.images]]
 set -euo pipefail
-out=${1:?usage: scripts/sample-image.sh OUT_DIR}
+out=${1:?usage: scripts/sample-image.sh OUT_DIR [--helpers]}
+kind=${2:-}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 target=x86_64-unknown-linux-gnu
 
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked \
-  --manifest-path "$repo/sample/Cargo.toml" --bin hello --target "$target"
-bin="$repo/sample/target/$target/release/hello"
+  --manifest-path "$repo/sample/Cargo.toml" --bin hello --bin fake-kms-client --target "$target"
+bins="$repo/sample/target/$target/release"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root="$work/rootfs"
 mkdir -p "$root/bin" "$root/etc" "$root/app"
-install -m 0755 "$bin" "$root/bin/hello"
+if [ "$kind" = --helpers ]; then
+  mkdir -p "$root/eigen/bin"
+  install -m 0755 "$bins/fake-kms-client" "$root/eigen/bin/fake-kms-client"
+  chmod 0755 "$root/eigen" "$root/eigen/bin"
+else
+  install -m 0755 "$bins/hello" "$root/bin/hello"
+fi
 printf 'root:x:0:0:root:/root:/bin/hello\napp:x:1000:1000:app:/app:/bin/hello\n' >"$root/etc/passwd"
 printf 'root:x:0:\napp:x:1000:\n' >"$root/etc/group"
 chmod 0755 "$root" "$root/bin" "$root/etc" "$root/app"
@@ -36,7 +45,9 @@ rm -rf "$out"
 mkdir -p "$out/blobs/sha256"
 mv "$layer.gz" "$out/blobs/sha256/$layer_sha"
 
-config=$(printf '{"architecture":"amd64","os":"linux","config":{"User":"app","Env":["PATH=/bin","GREETING=hello from a content-addressed image"],"Entrypoint":["/bin/hello"],"Cmd":["--from","cidboot"],"WorkingDir":"/app"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created_by":"scripts/sample-image.sh"}]}' "$diff_id")
+process='{"User":"app","Env":["PATH=/bin","GREETING=hello from a content-addressed image"],"Entrypoint":["/bin/hello"],"Cmd":["--from","cidboot"],"WorkingDir":"/app"}'
+[ "$kind" = --helpers ] && process='{}'
+config=$(printf '{"architecture":"amd64","os":"linux","config":%s,"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created_by":"scripts/sample-image.sh"}]}' "$process" "$diff_id")
 config_sha=$(printf '%s' "$config" | sha256sum | cut -d' ' -f1)
 printf '%s' "$config" >"$out/blobs/sha256/$config_sha"
 
