@@ -35,6 +35,10 @@ pub struct RuntimeConfig {
     pub gateways: Vec<String>,
     /// `os/arch[/variant]`; default linux/amd64.
     pub platform: Option<String>,
+    /// The index.json entry to take, by its `org.opencontainers.image.ref.name`.
+    pub tag: Option<String>,
+    /// The index.json entry to take, by digest (`sha256:<hex>`).
+    pub digest: Option<String>,
     #[serde(default)]
     pub workload: Workload,
     #[serde(default)]

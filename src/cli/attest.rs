@@ -94,7 +94,13 @@ async fn expected_log(
     let mut fetch = fetch.clone();
     fetch.gateways.extend(cfg.config.gateways.iter().cloned());
     let gw = image::gateways(&r, &fetch)?;
-    let resolved = oci::resolve(&gw, &r.cid, &fetch.platform()?, &Limits::default()).await?;
+    let resolved = oci::resolve(
+        &gw,
+        &r.cid,
+        &fetch.selector(&cfg.config)?,
+        &Limits::default(),
+    )
+    .await?;
     Ok(EventLog::new(Inputs {
         reference: &r.canonical(),
         root_cid: &resolved.root,
