@@ -147,9 +147,17 @@ impl Gateways {
         Ok(data)
     }
 
-    /// Reads a plain UnixFS directory.
+    /// Reads a UnixFS directory, plain or HAMT-sharded.
     pub async fn directory(&self, cid: &Cid) -> Result<Directory, FetchError> {
         let block = self.block(cid).await?;
+        self.directory_from(cid, block).await
+    }
+
+    /// Reads a UnixFS directory whose (verified) first block is already here.
+    pub async fn directory_from(&self, cid: &Cid, block: Bytes) -> Result<Directory, FetchError> {
+        if super::hamt::is_shard(cid, &block) {
+            return super::hamt::read_directory(self, cid, block).await;
+        }
         Directory::parse(cid, &block)
     }
 

@@ -7,6 +7,7 @@
 pub mod car;
 pub mod dagpb;
 pub mod gateway;
+pub mod hamt;
 pub(crate) mod pb;
 pub mod unixfs;
 

@@ -253,7 +253,7 @@ impl Resolver<'_> {
                 .transpose()?
                 .map(|d| d.kind);
             if kind == Some(unixfs::Kind::Directory) || kind == Some(unixfs::Kind::HamtShard) {
-                let dir = Directory::parse(root, &block)?;
+                let dir = self.gw.directory_from(root, block).await?;
                 return self.layout(root, dir).await;
             }
         }
