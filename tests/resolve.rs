@@ -548,6 +548,14 @@ fn referrers_beside_the_image_are_skipped() {
         "sbom.spdx.json",
         br#"{"spdxVersion":"SPDX-2.3"}"#,
     );
+    // A third whose entry says nothing about itself: only its manifest's `subject` tells.
+    let bare = oras_attach(
+        &layout,
+        &subject,
+        "application/vnd.example.provenance+json",
+        "provenance.json",
+        b"{}\n",
+    );
     let sig = oras_attach(
         &layout,
         &subject,
@@ -560,6 +568,9 @@ fn referrers_beside_the_image_are_skipped() {
     for e in index["manifests"].as_array_mut().unwrap() {
         if e["digest"] == sig.as_str() {
             e["subject"] = subject.clone();
+            e.as_object_mut().unwrap().remove("artifactType");
+        }
+        if e["digest"] == bare.as_str() {
             e.as_object_mut().unwrap().remove("artifactType");
         }
     }
