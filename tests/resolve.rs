@@ -589,3 +589,60 @@ fn referrers_beside_the_image_are_skipped() {
     assert_eq!(v["kind"], "artifact");
     assert_eq!(v["subject"], entries[0]["digest"]);
 }
+
+#[test]
+fn gateway_redirects_are_followed_and_what_arrives_is_verified() {
+    let work = tempfile::tempdir().unwrap();
+    let (amd, _, p) = publish_layout(work.path());
+    let gw = Gateway::start(&p.cars, work.path());
+    let ca = gw.ca.to_str().unwrap();
+    let r = format!("ipfs://{}", p.root);
+    // Cross origin, from plain http to https, as dweb.link and ipfs.io redirect.
+    for status in [301, 302, 307, 308] {
+        let hop = Redirector::start(status, Some(gw.url.clone()));
+        let out = run_logged(&["inspect", &r, "--gateway", &hop.url, "--ca", ca, "--json"]);
+        assert_describes(&out, &amd, "oci-layout");
+        assert!(out.stderr.contains("gateway redirected"), "{}", out.stderr);
+        assert!(hop.hits.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    }
+    // Two hops, and whole layers through CAR requests.
+    let second = Redirector::start(301, Some(gw.url.clone()));
+    let first = Redirector::start(302, Some(second.url.clone()));
+    let dir = work.path().join("pulled");
+    let out = run_logged(&[
+        "pull",
+        &r,
+        "--gateway",
+        &first.url,
+        "--ca",
+        ca,
+        "--oci-layout",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    for b in amd.layers.iter().chain([&amd.config, &amd.manifest]) {
+        assert_eq!(
+            std::fs::read(dir.join("blobs/sha256").join(b.hex())).unwrap(),
+            b.bytes
+        );
+    }
+    // A redirect loop ends after 5 hops, and the next gateway is tried.
+    let looping = Redirector::start(302, None);
+    let out = run_logged(&[
+        "inspect",
+        &r,
+        "--gateway",
+        &looping.url,
+        "--gateway",
+        &gw.url,
+        "--ca",
+        ca,
+        "--json",
+    ]);
+    assert_describes(&out, &amd, "oci-layout");
+    assert!(
+        out.stderr.contains("more than 5 redirects"),
+        "{}",
+        out.stderr
+    );
+}

@@ -47,10 +47,10 @@ impl Default for GatewayPolicy {
     }
 }
 
-struct Gateway {
-    origin: Origin,
+pub(super) struct Gateway {
+    pub(super) origin: Origin,
     prefix: String,
-    label: String,
+    pub(super) label: String,
 }
 
 /// A set of gateways tried in order, the last healthy one first.
@@ -104,6 +104,10 @@ impl Gateways {
         }))
     }
 
+    pub(super) fn client(&self) -> &HttpClient {
+        &self.client
+    }
+
     pub fn labels(&self) -> Vec<String> {
         self.gateways.iter().map(|g| g.label.clone()).collect()
     }
@@ -130,8 +134,7 @@ impl Gateways {
     async fn block_once(&self, gw: &Gateway, cid: &Cid) -> Result<Bytes, FetchError> {
         let path = format!("{}/ipfs/{cid}?format=raw", gw.prefix);
         let resp = self
-            .client
-            .get(&gw.origin, &path, &[("accept", ACCEPT_RAW)])
+            .get_following(gw, &path, &[("accept", ACCEPT_RAW)])
             .await?;
         check_status(&resp)?;
         check_content_type(&resp, ACCEPT_RAW, "raw block")?;
@@ -213,8 +216,7 @@ impl Gateways {
         }
         debug!(gateway = %gw.label, %cid, from, "requesting CAR");
         let resp = self
-            .client
-            .get(&gw.origin, &path, &[("accept", ACCEPT_CAR)])
+            .get_following(gw, &path, &[("accept", ACCEPT_CAR)])
             .await?;
         check_status(&resp)?;
         check_content_type(&resp, "application/vnd.ipld.car", "CAR")?;

@@ -9,6 +9,7 @@ pub mod dagpb;
 pub mod gateway;
 pub mod hamt;
 pub(crate) mod pb;
+pub mod redirect;
 pub mod unixfs;
 
 use std::future::Future;
@@ -89,6 +90,8 @@ pub enum FetchError {
         status: u16,
         retry_after: Option<Duration>,
     },
+    #[error("redirect {0}")]
+    Redirect(String),
     #[error("answered with content type {0:?} where a {1} was requested")]
     ContentType(String, &'static str),
     #[error(transparent)]

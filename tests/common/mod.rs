@@ -629,3 +629,59 @@ pub fn umoci_layout(layout: &Path, tags: &[&str]) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// A small test gateway of our own: answers every request with a redirect to `to` + the
+/// request's path (or to itself, a loop, when `to` is None). Counts the requests.
+pub struct Redirector {
+    pub url: String,
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Redirector {
+    pub fn start(status: u16, to: Option<String>) -> Redirector {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (base, counter) = (to.unwrap_or_else(|| url.clone()), hits.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&req)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                let path = line.split(' ').nth(1).unwrap_or("/").to_string();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status} Moved\r\nLocation: {base}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        Redirector { url, hits }
+    }
+}
+
+/// Runs cidboot with info logging, so that what it did with gateways shows.
+pub fn run_logged(args: &[&str]) -> Out {
+    let o = cidboot()
+        .args(args)
+        .env("CIDBOOT_LOG", "info")
+        .output()
+        .expect("run cidboot");
+    Out {
+        ok: o.status.success(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
