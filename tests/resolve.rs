@@ -646,3 +646,44 @@ fn gateway_redirects_are_followed_and_what_arrives_is_verified() {
         out.stderr
     );
 }
+
+#[test]
+fn raw_only_and_car_only_gateways_are_used_in_the_format_they_speak() {
+    let work = tempfile::tempdir().unwrap();
+    let (amd, _, p) = publish_layout(work.path());
+    let upstream = Gateway::start_plain(&p.cars);
+    let r = format!("ipfs://{}", p.root);
+    for (refuses, said) in [
+        ("car", "refuses CAR responses"),
+        ("raw", "refuses raw blocks"),
+    ] {
+        let filter = FormatFilter::start(&upstream.url, refuses);
+        let dir = work.path().join(format!("pulled-{refuses}"));
+        let out = run_logged(&[
+            "pull",
+            &r,
+            "--gateway",
+            &filter.url,
+            "--oci-layout",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(out.ok, "{refuses}: {}", out.stderr);
+        // The 1.5 MB layer is a file DAG of several blocks: it arrived whole and verified.
+        for b in amd.layers.iter().chain([&amd.config, &amd.manifest]) {
+            assert_eq!(
+                std::fs::read(dir.join("blobs/sha256").join(b.hex())).unwrap(),
+                b.bytes,
+                "{refuses}: {}",
+                b.digest
+            );
+        }
+        assert!(out.stderr.contains(said), "{refuses}: {}", out.stderr);
+        // Refused once, then remembered for the rest of the run.
+        assert_eq!(
+            filter.refusals.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{refuses}: {}",
+            out.stderr
+        );
+    }
+}

@@ -6,6 +6,7 @@
 
 pub mod car;
 pub mod dagpb;
+pub mod formats;
 pub mod gateway;
 pub mod hamt;
 pub(crate) mod pb;

@@ -211,6 +211,34 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// The same over plain HTTP (for test gateways of our own in front of it).
+    pub fn start_plain(cars: &[PathBuf]) -> Gateway {
+        let mut c = cidboot();
+        c.arg("gateway").arg("--listen").arg("127.0.0.1:0");
+        for car in cars {
+            c.arg("--car").arg(car);
+        }
+        let mut child = c
+            .env("CIDBOOT_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start cidboot gateway");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line.trim().to_string();
+        assert!(url.starts_with("http://127.0.0.1:"), "gateway said {url:?}");
+        Gateway {
+            url,
+            ca: PathBuf::new(),
+            child,
+        }
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -683,5 +711,72 @@ pub fn run_logged(args: &[&str]) -> Out {
         ok: o.status.success(),
         stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// A small test gateway of our own in front of a plain-http `cidboot gateway`: answers 406 to
+/// every request for the format it `refuses` ("car" or "raw") and passes the rest through.
+/// Counts the refusals.
+pub struct FormatFilter {
+    pub url: String,
+    pub refusals: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FormatFilter {
+    pub fn start(upstream: &str, refuses: &'static str) -> FormatFilter {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let refusals = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = refusals.clone();
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let (upstream, counter) = (upstream.clone(), counter.clone());
+                std::thread::spawn(move || {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&req).into_owned();
+                    let path = head
+                        .lines()
+                        .next()
+                        .and_then(|l| l.split(' ').nth(1))
+                        .unwrap_or("/")
+                        .to_string();
+                    let accept = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .starts_with("accept:")
+                                .then(|| l[7..].trim().to_string())
+                        })
+                        .unwrap_or_default();
+                    if path.contains(&format!("format={refuses}")) {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let _ = write!(
+                            conn,
+                            "HTTP/1.1 406 Not Acceptable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        );
+                        return;
+                    }
+                    let Ok(mut up) = std::net::TcpStream::connect(&upstream) else {
+                        return;
+                    };
+                    let _ = write!(
+                        up,
+                        "GET {path} HTTP/1.1\r\nHost: {upstream}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = std::io::copy(&mut up, &mut conn);
+                });
+            }
+        });
+        FormatFilter { url, refusals }
     }
 }
