@@ -687,3 +687,49 @@ fn raw_only_and_car_only_gateways_are_used_in_the_format_they_speak() {
         );
     }
 }
+
+#[test]
+fn a_failed_fetch_names_the_file_in_the_layout() {
+    let work = tempfile::tempdir().unwrap();
+    let (amd, _, dir) = two_arch_layout(work.path());
+    let car = work.path().join("layout.car");
+    let root = ipfs_car_pack(&dir, &car, false);
+    // A gateway that has every block of the layout but the manifest's.
+    let full = std::fs::read(&car).unwrap();
+    let manifest_cid = cidboot::reference::raw_cid(&amd.manifest.bytes);
+    let short = work.path().join("short.car");
+    std::fs::write(&short, without_block(&full, &manifest_cid)).unwrap();
+    let gw = Gateway::start(&[short], work.path());
+    let out = inspect(&gw, &root, &[]);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains(&format!(
+            "manifest {} (blobs/sha256/{})",
+            amd.manifest.digest,
+            amd.manifest.hex()
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A CARv1 with one block left out.
+fn without_block(car: &[u8], cid: &cid::Cid) -> Vec<u8> {
+    let want = cid.to_bytes();
+    let section = |pos: usize| {
+        let (len, after) = unsigned_varint::decode::usize(&car[pos..]).unwrap();
+        let body = car.len() - after.len();
+        (body, body + len)
+    };
+    let (_, mut pos) = section(0);
+    let mut out = car[..pos].to_vec();
+    while pos < car.len() {
+        let (body, end) = section(pos);
+        if !car[body..end].starts_with(&want) {
+            out.extend_from_slice(&car[pos..end]);
+        }
+        pos = end;
+    }
+    assert!(out.len() < car.len(), "the block was not in the CAR");
+    out
+}

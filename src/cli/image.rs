@@ -311,7 +311,15 @@ async fn fetch_into(
             inner: FileSink::create(path).await?,
             bar,
         };
-        Resolved::fetch_blob(gw, blob, &mut sink).await?;
+        Resolved::fetch_blob(gw, blob, &mut sink)
+            .await
+            .map_err(|e| match e {
+                oci::OciError::Fetch(source) => oci::OciError::Fetching {
+                    what: format!("{} {}", blob.desc.media_type(), blob.desc.digest()),
+                    source,
+                },
+                other => other,
+            })?;
         sink.inner
             .finish()
             .await

@@ -257,6 +257,13 @@ impl Platform {
 pub enum OciError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    /// A fetch that failed, with what was being fetched (a path in the layout or a descriptor).
+    #[error("{what}: {source}")]
+    Fetching {
+        what: String,
+        #[source]
+        source: FetchError,
+    },
     #[error("{what} {digest}: size mismatch: the descriptor says {expected} bytes, the content has {actual}")]
     SizeMismatch {
         what: &'static str,

@@ -196,7 +196,12 @@ pub async fn resolve_any(
     limits: &Limits,
 ) -> Result<Target, OciError> {
     crate::reference::check_cid(root).map_err(FetchError::from)?;
-    let r = Resolver { gw, sel, limits };
+    let r = Resolver {
+        gw,
+        sel,
+        limits,
+        in_layout: Default::default(),
+    };
     let (kind, locator, doc) = r.root(root).await?;
     let what = if kind == RootKind::OciLayout {
         "index.json"
@@ -235,6 +240,8 @@ struct Resolver<'a> {
     gw: &'a Gateways,
     sel: &'a Selector,
     limits: &'a Limits,
+    /// Set once the root is known to be a layout: errors then name `blobs/sha256/<hex>`.
+    in_layout: std::sync::atomic::AtomicBool,
 }
 
 /// Most manifests fetched to tell a runnable image from referrers when index.json lists
@@ -333,6 +340,8 @@ impl Resolver<'_> {
                 ))
             })
         };
+        self.in_layout
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let layout_cid = need("oci-layout")?;
         let index_cid = need("index.json")?;
         let blobs_cid = need("blobs")?;
@@ -348,11 +357,25 @@ impl Resolver<'_> {
                 )))
             }
         }
-        let blobs = self.gw.directory(&blobs_cid).await?;
+        let blobs = self
+            .gw
+            .directory(&blobs_cid)
+            .await
+            .map_err(|source| OciError::Fetching {
+                what: "the layout's blobs directory".into(),
+                source,
+            })?;
         let sha_cid = blobs
             .get("sha256")
             .ok_or_else(|| OciError::Layout(format!("{root}: blobs has no sha256 directory")))?;
-        let sha_dir = self.gw.directory(&sha_cid).await?;
+        let sha_dir = self
+            .gw
+            .directory(&sha_cid)
+            .await
+            .map_err(|source| OciError::Fetching {
+                what: "the layout's blobs/sha256 directory".into(),
+                source,
+            })?;
         let index = self
             .fetch_capped(&index_cid, self.limits.max_index, "index.json")
             .await?;
@@ -679,7 +702,18 @@ impl Resolver<'_> {
         let mut buf = Vec::with_capacity(desc.size() as usize);
         self.gw
             .file(&cid, SizeRule::Exact(desc.size()), &mut buf)
-            .await?;
+            .await
+            .map_err(|source| {
+                let place = if self.in_layout.load(std::sync::atomic::Ordering::Relaxed) {
+                    format!(" (blobs/sha256/{})", desc.digest().digest())
+                } else {
+                    format!(" (ipfs://{cid})")
+                };
+                OciError::Fetching {
+                    what: format!("{what} {}{place}", desc.digest()),
+                    source,
+                }
+            })?;
         check_bytes(desc, what, &buf)?;
         Ok(Bytes::from(buf))
     }
@@ -693,7 +727,11 @@ impl Resolver<'_> {
         let mut buf = Vec::new();
         self.gw
             .file(cid, SizeRule::AtMost(cap, what), &mut buf)
-            .await?;
+            .await
+            .map_err(|source| OciError::Fetching {
+                what: what.to_string(),
+                source,
+            })?;
         Ok(Bytes::from(buf))
     }
 }
