@@ -135,5 +135,47 @@ fn shards_a_directory_of_more_than_1000_entries_as_ipfs_car_does() {
         ]);
         assert!(out.ok, "{entries}: {}", out.stderr);
         assert_eq!(out.json()["manifest_digest"], img.manifest.digest);
+        // The development gateway resolves paths through the shards too.
+        let (status, body) = get(
+            &gw,
+            &format!(
+                "/ipfs/{ours}/blobs/sha256/{}?format=car&dag-scope=entity",
+                img.manifest.hex()
+            ),
+        );
+        assert_eq!(status, 200, "{entries}");
+        assert!(
+            body.windows(img.manifest.bytes.len())
+                .any(|w| w == img.manifest.bytes),
+            "{entries}: the CAR holds the manifest"
+        );
+        let (status, _) = get(
+            &gw,
+            &format!("/ipfs/{ours}/blobs/sha256/{}?format=car", "0".repeat(64)),
+        );
+        assert_eq!(status, 404, "{entries}");
     }
+}
+
+/// A GET to a test gateway: status and body.
+fn get(gw: &Gateway, path: &str) -> (u16, Vec<u8>) {
+    use cidboot::transport::{
+        http::{HttpClient, Origin, Timeouts},
+        tls, TcpConnector,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = HttpClient::new(
+            std::sync::Arc::new(TcpConnector),
+            tls::client_config(Some(&gw.ca)).unwrap(),
+            Timeouts::default(),
+        );
+        let (origin, _) = Origin::parse(&gw.url).unwrap();
+        let r = client.get(&origin, path, &[]).await.unwrap();
+        let status = r.status.as_u16();
+        (
+            status,
+            r.bytes_limited(64 << 20).await.unwrap().unwrap().to_vec(),
+        )
+    })
 }

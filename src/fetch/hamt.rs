@@ -295,6 +295,39 @@ pub async fn read_directory(
     Ok(super::unixfs::Directory { entries })
 }
 
+/// Finds `name` in the sharded directory whose root shard is `root`, reading shard blocks
+/// with `get` (a local block store). Returns the entry's CID, if there is one, and every shard
+/// block read on the way, in order: the blocks a CAR for a path through the directory holds.
+pub fn lookup(
+    get: &dyn Fn(&Cid) -> Option<Bytes>,
+    root: &Cid,
+    name: &str,
+) -> Result<(Option<Cid>, Vec<Cid>), FetchError> {
+    let hash = murmur3_x64_64(name.as_bytes());
+    let mut path = Vec::new();
+    let mut cur = *root;
+    let mut read = Vec::new();
+    loop {
+        let block = get(&cur).ok_or_else(|| FetchError::BadUnixfs {
+            cid: root.to_string(),
+            reason: format!("its shard block {cur} is not here"),
+        })?;
+        read.push(cur);
+        let shard = Shard::parse(&cur, &block, &path)?;
+        let slot = hash[path.len()];
+        match shard.links.into_iter().find(|(s, _)| *s == slot) {
+            None => return Ok((None, read)),
+            Some((_, ShardLink::Entry { name: n, cid })) => {
+                return Ok(((n == name).then_some(cid), read));
+            }
+            Some((_, ShardLink::Shard(next))) => {
+                path.push(slot);
+                cur = next;
+            }
+        }
+    }
+}
+
 /// One entry to shard: its name, CID and cumulative DAG size.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -463,6 +496,27 @@ mod tests {
         let mut want: Vec<String> = (0..3000).map(|i| format!("name-{i}")).collect();
         want.sort();
         assert_eq!(read_back(root, &blocks), want);
+    }
+
+    #[test]
+    fn looks_names_up_through_sub_shards() {
+        let (root, blocks) = built(3000);
+        let get = |c: &Cid| {
+            blocks
+                .iter()
+                .find(|b| b.cid == *c)
+                .map(|b| Bytes::from(b.block.clone()))
+        };
+        let mut deepest = 0;
+        for i in (0..3000).step_by(7) {
+            let (found, read) = lookup(&get, &root, &format!("name-{i}")).unwrap();
+            assert_eq!(found, Some(raw_cid(format!("{i}").as_bytes())));
+            assert_eq!(read[0], root);
+            deepest = deepest.max(read.len());
+        }
+        assert!(deepest >= 3, "3000 names nest sub-shards two deep");
+        let (found, _) = lookup(&get, &root, "absent").unwrap();
+        assert_eq!(found, None);
     }
 
     #[test]
