@@ -38,6 +38,10 @@ pub struct RuntimeConfig {
     /// Seconds from reading this configuration to the workload's start (fetch, verify, apply,
     /// measure, helpers); past it the boot fails and, in an enclave, powers off.
     pub boot_deadline_secs: Option<u64>,
+    /// The index.json entry to take, by its `org.opencontainers.image.ref.name`.
+    pub tag: Option<String>,
+    /// The index.json entry to take, by digest (`sha256:<hex>`).
+    pub digest: Option<String>,
     #[serde(default)]
     pub workload: Workload,
     #[serde(default)]

@@ -595,3 +595,39 @@ fn ownership_modes_devices_xattrs_and_mtimes() {
     };
     assert!(n < 0, "trusted.* xattrs are never set");
 }
+
+// ---- streams without end-of-archive blocks (Debian's umoci 0.4.7 `insert`) ----
+
+#[test]
+fn a_stream_may_end_right_after_the_last_entry_data() {
+    let mut t = RawTar::new();
+    t.dir("etc").file("etc/a", b"first").file("etc/b", b"last!");
+    let full = t.bytes();
+    // Headers: etc, etc/a (+1 data block), etc/b, then 5 bytes of data: what umoci writes.
+    let end = 512 * 4 + 5;
+    assert!(full[end..].iter().all(|b| *b == 0));
+    let s = Scene::new();
+    s.apply(full[..end].to_vec())
+        .expect("no end-of-archive blocks");
+    assert_eq!(std::fs::read(s.p("etc/b")).unwrap(), b"last!");
+    // Ending at a block boundary (padding kept, end blocks dropped) is fine too.
+    let s = Scene::new();
+    s.apply(full[..512 * 5].to_vec()).unwrap();
+    assert_eq!(std::fs::read(s.p("etc/a")).unwrap(), b"first");
+    // Anywhere else is a cut stream, even when the missing bytes would have been zeros.
+    for cut in [end - 1, 512 * 4 - 3, 512 * 3 + 200, 512 + 7] {
+        let s = Scene::new();
+        let e = s.apply(full[..cut].to_vec()).unwrap_err().to_string();
+        assert!(
+            e.contains("cut short") || e.contains("inside a tar block"),
+            "cut at {cut}: {e}"
+        );
+    }
+    // A header whose tail of zeros is missing is not completed with made-up zeros.
+    let mut t = RawTar::new();
+    t.dir("etc").file("etc/empty", b"");
+    let full = t.bytes();
+    let s = Scene::new();
+    let e = s.apply(full[..512 + 400].to_vec()).unwrap_err().to_string();
+    assert!(e.contains("inside a tar block"), "{e}");
+}

@@ -215,6 +215,50 @@ fn helpers_from_a_pinned_dependency_image_run_and_are_measured() {
 }
 
 #[test]
+fn an_image_index_digest_is_accepted_and_its_platform_manifest_taken() {
+    let dep = dependency_image();
+    // index.json names an image index (as `skopeo copy --all` writes), which names the manifest.
+    let nested = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": MT_INDEX,
+        "manifests": [{
+            "mediaType": MT_MANIFEST, "digest": dep.manifest.digest, "size": dep.manifest.size,
+            "platform": {"architecture": "amd64", "os": "linux"},
+        }],
+    }))
+    .unwrap();
+    let nested_digest = format!("sha256:{}", sha256_hex(&nested));
+    let b = boot(
+        &dep,
+        |dir| {
+            std::fs::write(dir.join("blobs/sha256").join(&nested_digest[7..]), &nested).unwrap();
+            let top = json!({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": [{
+                "mediaType": MT_INDEX, "digest": nested_digest, "size": nested.len(),
+            }]});
+            std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+        },
+        &CHAIN.replace("{digest}", &nested_digest),
+    );
+    assert_eq!(b.ran.code, Some(0), "{}", b.ran.stderr);
+    assert!(b.ran.stdout.contains("fake-kms-client: wrote /run/kms.env"));
+    let report: serde_json::Value =
+        serde_json::from_str(b.ran.stdout.lines().last().unwrap()).unwrap();
+    let image_event = report["measurements"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "helper-image")
+        .unwrap()["value"]
+        .clone();
+    assert_eq!(
+        image_event,
+        format!(
+            "ipfs://{} {nested_digest} {}",
+            b.dep_cid, dep.manifest.digest
+        )
+    );
+}
+
+#[test]
 fn a_wrong_digest_stops_the_boot_before_anything_runs() {
     let dep = dependency_image();
     let wrong = format!("sha256:{}", "0".repeat(64));

@@ -86,3 +86,96 @@ fn refuses_what_it_cannot_pack_faithfully() {
     );
     assert!(!car.exists(), "a failed pack left a CAR");
 }
+
+/// A layout whose `blobs/sha256` holds the image and `extra` more blobs.
+fn layout_with_blobs(dir: &Path, extra: usize) -> Image {
+    let img = image("amd64", &[vec![("bin/x", noise(200_000, 9))]]);
+    write_layout(dir, &[("amd64", &img)]);
+    for i in 0..extra {
+        let data = format!("blob {i}\n").into_bytes();
+        std::fs::write(dir.join("blobs/sha256").join(sha256_hex(&data)), data).unwrap();
+    }
+    img
+}
+
+#[test]
+fn shards_a_directory_of_more_than_1000_entries_as_ipfs_car_does() {
+    let work = tempfile::tempdir().unwrap();
+    // 1000 entries stay a plain directory; 1001 and more are HAMT-sharded. Names that share
+    // their first hash byte go to sub-shards, and those sharing two bytes (6 pairs among these
+    // 1001 names, 115 among 4000) to sub-shards of sub-shards.
+    for (entries, name) in [(1000, "at"), (1001, "over"), (4000, "many")] {
+        let dir = work.path().join(name);
+        let img = layout_with_blobs(&dir, entries - 3);
+        assert_eq!(
+            std::fs::read_dir(dir.join("blobs/sha256")).unwrap().count(),
+            entries
+        );
+        let sub = work.path().join(format!("{name}-cars"));
+        std::fs::create_dir_all(&sub).unwrap();
+        let (ours, theirs) = both(&dir, &sub);
+        assert_eq!(ours, theirs, "{entries} entries");
+        let car = sub.join("ours.car");
+        assert_eq!(
+            std::fs::read(&car).unwrap(),
+            std::fs::read(sub.join("theirs.car")).unwrap(),
+            "{entries} entries"
+        );
+        // And cidboot reads its blobs back through the HAMT, verified.
+        let gw = Gateway::start(&[car], work.path());
+        let r = format!("ipfs://{ours}");
+        let out = run(&[
+            "inspect",
+            &r,
+            "--gateway",
+            &gw.url,
+            "--ca",
+            gw.ca.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(out.ok, "{entries}: {}", out.stderr);
+        assert_eq!(out.json()["manifest_digest"], img.manifest.digest);
+        // The development gateway resolves paths through the shards too.
+        let (status, body) = get(
+            &gw,
+            &format!(
+                "/ipfs/{ours}/blobs/sha256/{}?format=car&dag-scope=entity",
+                img.manifest.hex()
+            ),
+        );
+        assert_eq!(status, 200, "{entries}");
+        assert!(
+            body.windows(img.manifest.bytes.len())
+                .any(|w| w == img.manifest.bytes),
+            "{entries}: the CAR holds the manifest"
+        );
+        let (status, _) = get(
+            &gw,
+            &format!("/ipfs/{ours}/blobs/sha256/{}?format=car", "0".repeat(64)),
+        );
+        assert_eq!(status, 404, "{entries}");
+    }
+}
+
+/// A GET to a test gateway: status and body.
+fn get(gw: &Gateway, path: &str) -> (u16, Vec<u8>) {
+    use cidboot::transport::{
+        http::{HttpClient, Origin, Timeouts},
+        tls, TcpConnector,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = HttpClient::new(
+            std::sync::Arc::new(TcpConnector),
+            tls::client_config(Some(&gw.ca)).unwrap(),
+            Timeouts::default(),
+        );
+        let (origin, _) = Origin::parse(&gw.url).unwrap();
+        let r = client.get(&origin, path, &[]).await.unwrap();
+        let status = r.status.as_u16();
+        (
+            status,
+            r.bytes_limited(64 << 20).await.unwrap().unwrap().to_vec(),
+        )
+    })
+}

@@ -256,6 +256,11 @@ fn attacked(attack: Attack) -> String {
 fn flipped_byte_in_a_block() {
     let e = attacked(Attack::FlipByte);
     assert!(e.contains("does not hash to its CID"), "{e}");
+    // The error names the blob by its descriptor, not only by a CID.
+    assert!(
+        e.contains("application/vnd.oci.image.layer.v1.tar+gzip sha256:"),
+        "{e}"
+    );
 }
 
 #[test]

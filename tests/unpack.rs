@@ -162,6 +162,13 @@ fn a_hostile_entry_is_reported_as_the_cause_while_its_layer_still_streams() {
         "{}",
         out.stderr
     );
+    // The error names the layer: its index in the manifest and its digest.
+    assert!(
+        out.stderr
+            .contains(&format!("layer 1 ({}): ", img.layers[1].digest)),
+        "{}",
+        out.stderr
+    );
     assert!(!out.stderr.contains("interrupted"), "{}", out.stderr);
     assert!(!rootfs.exists());
     assert!(!p.work.path().join("sub/escape").exists() && !p.work.path().join("escape").exists());
@@ -183,4 +190,70 @@ fn a_non_empty_target_is_refused_untouched() {
     );
     assert_eq!(std::fs::read(rootfs.join("mine")).unwrap(), b"keep");
     assert!(!rootfs.join("a").exists());
+}
+
+#[test]
+fn a_layer_from_umoci_insert_without_end_of_archive_blocks_unpacks() {
+    use std::ffi::OsStr;
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("umoci");
+    std::fs::create_dir_all(work.path().join("src/tree/sub")).unwrap();
+    std::fs::write(work.path().join("src/greeting"), b"hello from umoci\n").unwrap();
+    std::fs::write(work.path().join("src/tree/sub/leaf"), b"leaf").unwrap();
+    let w = |p: &str| work.path().join(p).into_os_string();
+    umoci(&[
+        OsStr::new("init"),
+        OsStr::new("--layout"),
+        layout.as_os_str(),
+    ]);
+    let image_arg = format!("{}:latest", layout.display());
+    let image_arg = OsStr::new(&image_arg);
+    umoci(&[OsStr::new("new"), OsStr::new("--image"), image_arg]);
+    for (src, dst) in [("src/tree", "/opt/tree"), ("src/greeting", "/etc/greeting")] {
+        umoci(&[
+            OsStr::new("insert"),
+            OsStr::new("--rootless"),
+            OsStr::new("--image"),
+            image_arg,
+            &w(src),
+            OsStr::new(dst),
+        ]);
+    }
+    // The property under test: the tool wrote a layer that stops right after the last entry's
+    // data, with neither its padding nor the end-of-archive blocks.
+    let manifest = layout_manifest(&layout);
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    let last = layers[1]["digest"].as_str().unwrap();
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&layout_blob(&layout, last)[..]),
+        &mut tar,
+    )
+    .unwrap();
+    assert_ne!(tar.len() % 512, 0, "umoci {last} now ends its tar normally");
+    let car = work.path().join("umoci.car");
+    let root = ipfs_car_pack(&layout, &car, false);
+    let gw = Gateway::start(&[car], work.path());
+    let rootfs = work.path().join("root");
+    let out = run(&[
+        "unpack",
+        &format!("ipfs://{root}"),
+        "--gateway",
+        &gw.url,
+        "--ca",
+        gw.ca.to_str().unwrap(),
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(
+        std::fs::read(rootfs.join("etc/greeting")).unwrap(),
+        b"hello from umoci\n"
+    );
+    assert_eq!(
+        std::fs::read(rootfs.join("opt/tree/sub/leaf")).unwrap(),
+        b"leaf"
+    );
 }

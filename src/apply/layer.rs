@@ -48,13 +48,87 @@ struct Meta {
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-/// Applies a tar stream to `root`.
+/// The tar block size: every header and every entry's padded data is a multiple of it.
+const BLOCK: u64 = 512;
+
+/// A reader that lets a layer end right after an entry's data. Debian's umoci 0.4.7 `insert`
+/// writes layers with neither the last entry's padding nor the end-of-archive blocks; the
+/// `tar` crate would fail skipping the padding. At the end of the stream this pads with zeros
+/// to the next block boundary (never further, so no end-of-archive block is made up) and
+/// records where the real stream ended, which [`apply_tar`] then requires to be exactly the
+/// end of the last entry's data: a stream cut anywhere else is still an error.
+struct PadToBlock<R> {
+    inner: R,
+    pos: u64,
+    /// Where the real stream ended, once it has ended off a block boundary.
+    ended_at: Option<u64>,
+}
+
+impl<R: Read> Read for PadToBlock<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.ended_at.is_none() {
+            let n = self.inner.read(buf)?;
+            if n > 0 {
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            if self.pos % BLOCK == 0 {
+                return Ok(0);
+            }
+            self.ended_at = Some(self.pos);
+        }
+        let pad = (BLOCK - self.pos % BLOCK) % BLOCK;
+        let n = usize::try_from(pad).unwrap_or(0).min(buf.len());
+        buf[..n].fill(0);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Applies a tar stream to `root`. The stream may end with the end-of-archive blocks, at a
+/// block boundary, or right after the last entry's data (see [`PadToBlock`]).
 pub fn apply_tar<R: Read>(
     root: &Root,
     reader: R,
     limits: &ApplyLimits,
 ) -> Result<LayerStats, ApplyError> {
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(PadToBlock {
+        inner: reader,
+        pos: 0,
+        ended_at: None,
+    });
+    let mut data_end = 0u64;
+    let result = apply_entries(root, &mut archive, limits, &mut data_end);
+    // A stream cut inside a block is the cause of whatever the entries then looked like.
+    if let Some(at) = archive.into_inner().ended_at {
+        if at != data_end {
+            return Err(ApplyError::Tar(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the stream ends at byte {at}, inside a tar block and not at the end of an \
+                     entry's data"
+                ),
+            )));
+        }
+        if result.is_ok() {
+            debug!(
+                at,
+                "the layer ends right after its last entry's data, without end-of-archive blocks"
+            );
+        }
+    }
+    result
+}
+
+fn apply_entries<R: Read>(
+    root: &Root,
+    archive: &mut tar::Archive<R>,
+    limits: &ApplyLimits,
+    data_end: &mut u64,
+) -> Result<LayerStats, ApplyError> {
     let entries = archive.entries().map_err(ApplyError::Tar)?.raw(true);
     let mut stats = LayerStats::default();
     let copy_buf = RefCell::new(Vec::new());
@@ -71,6 +145,7 @@ pub fn apply_tar<R: Read>(
         }
         let kind = entry.header().entry_type();
         let size = entry.header().entry_size().map_err(ApplyError::Tar)?;
+        *data_end = entry.raw_file_position().saturating_add(size);
         match kind {
             EntryType::XHeader | EntryType::XGlobalHeader => {
                 if size > limits.max_pax_size {

@@ -72,6 +72,15 @@ pub enum ApplyError {
         expected: String,
         actual: String,
     },
+    /// Anything that went wrong with one layer, named by its position in the manifest
+    /// (counting from 0) and its digest.
+    #[error("layer {index} ({digest}): {source}")]
+    Layer {
+        index: usize,
+        digest: String,
+        #[source]
+        source: Box<ApplyError>,
+    },
     #[error("decompression bomb: the layer inflates past {max} bytes (the limit for its size)")]
     Bomb { max: u64 },
     #[error("decompressing the layer failed: {0}")]
@@ -134,6 +143,21 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
+    /// Names the layer an error came from, unless the error already does (or only echoes the
+    /// other end of a pipe, which [`cause`] discards).
+    fn in_layer(self, index: usize, digest: &str) -> Self {
+        match self {
+            e @ (ApplyError::DiffId { .. }
+            | ApplyError::Layer { .. }
+            | ApplyError::Interrupted(_)) => e,
+            e => ApplyError::Layer {
+                index,
+                digest: digest.to_string(),
+                source: Box::new(e),
+            },
+        }
+    }
+
     /// Marks an error that only echoes the other end of a pipe failing (it saw the pipe close)
     /// as [`ApplyError::Interrupted`], so that [`cause`] reports the other end's error instead.
     fn echo(self) -> Self {
@@ -343,9 +367,11 @@ pub async fn apply_image(
             .and_then(|r| r);
         // When both failed, the stage's error is the cause (the applier saw a failed stream)
         // unless the stage was only interrupted by the applier's own failure.
+        let digest = resolved.layers[i].desc.digest().to_string();
         let (size, stats) = match cause(staged, applied) {
             Ok(v) => v,
             Err(e) => {
+                let e = e.in_layer(i, &digest);
                 for (_, (_, j)) in jobs {
                     j.abort();
                 }

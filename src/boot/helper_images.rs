@@ -15,7 +15,7 @@ use crate::config::Helpers;
 use crate::fetch::Gateways;
 use crate::launch::helpers::{self, Helper};
 use crate::measure::HelperImage;
-use crate::oci::{self, Limits, Platform};
+use crate::oci::{self, Limits, OciError, Platform, Selector};
 use crate::reference::ImageRef;
 
 /// One dependency image: what is measured of it, and its helpers.
@@ -44,19 +44,10 @@ pub async fn fetch_all(
     let mut out = Vec::new();
     for (i, img) in cfg.images.iter().enumerate() {
         let r = ImageRef::parse(&img.image).map_err(|e| fail(&img.image, e))?;
-        let resolved = oci::resolve(gateways, &r.cid, platform, limits)
+        let resolved = resolve_pinned(gateways, &r, &img.digest, platform, limits)
             .await
             .map_err(|e| fail(&img.image, e))?;
         let manifest = resolved.manifest_desc.digest().to_string();
-        if manifest != img.digest {
-            return Err(fail(
-                &img.image,
-                format!(
-                    "its manifest for {platform} is {manifest}, but the configuration pins {}",
-                    img.digest
-                ),
-            ));
-        }
         let dir = scratch.join(format!("helper-image-{i}"));
         let (root, spill) = (dir.join("root"), dir.join("spill"));
         for d in [&root, &spill] {
@@ -94,6 +85,36 @@ pub async fn fetch_all(
         });
     }
     Ok(out)
+}
+
+/// Resolves the image so that `pinned` is either the digest of the index.json entry taken
+/// (an image index, whose manifest for the platform is then used, or the manifest itself) or
+/// the digest of the platform's manifest found by the usual selection.
+async fn resolve_pinned(
+    gateways: &Gateways,
+    r: &ImageRef,
+    pinned: &str,
+    platform: &Platform,
+    limits: &Limits,
+) -> Result<oci::Resolved, String> {
+    let by_digest = Selector::new(platform.clone(), None, Some(pinned.to_string()))
+        .map_err(|e| e.to_string())?;
+    match oci::resolve(gateways, &r.cid, &by_digest, limits).await {
+        Ok(resolved) => return Ok(resolved),
+        Err(OciError::Select(_)) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let usual = Selector::new(platform.clone(), None, None).map_err(|e| e.to_string())?;
+    let resolved = oci::resolve(gateways, &r.cid, &usual, limits)
+        .await
+        .map_err(|e| e.to_string())?;
+    let manifest = resolved.manifest_desc.digest().to_string();
+    if manifest != pinned {
+        return Err(format!(
+            "its manifest for {platform} is {manifest}, but the configuration pins {pinned} (which is not an index.json entry either)"
+        ));
+    }
+    Ok(resolved)
 }
 
 /// Every helper of the boot, each name from exactly one source.

@@ -20,7 +20,7 @@ use crate::launch::spec::ProcessSpec;
 use crate::launch::{helpers, spec, LaunchError};
 use crate::measure::{EventLog, Inputs, PCR_INDEX};
 use crate::nsm::Nsm;
-use crate::oci::{self, Limits, OciError, Platform, Resolved};
+use crate::oci::{self, Limits, OciError, Resolved, Selector};
 use crate::reference::ImageRef;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,8 @@ pub enum BootError {
 pub struct Plan {
     pub reference: ImageRef,
     pub config: Loaded,
-    pub platform: Platform,
+    /// Which entry of an index: platform, tag, digest.
+    pub select: Selector,
     pub gateways: Arc<Gateways>,
     /// Where the helpers are on this machine (the boot image's `/eigen/bin`).
     pub helpers_dir: PathBuf,
@@ -103,7 +104,7 @@ pub async fn prepare(plan: &Plan, rootfs: &Path, scratch: &Path) -> Result<Prepa
     let from_images = helper_images::fetch_all(
         helper_cfg,
         &plan.gateways,
-        &plan.platform,
+        &plan.select.platform,
         &plan.limits,
         &plan.apply_limits,
         &scratch.join("helper-images"),
@@ -124,7 +125,7 @@ pub async fn prepare(plan: &Plan, rootfs: &Path, scratch: &Path) -> Result<Prepa
         oci::resolve(
             &plan.gateways,
             &plan.reference.cid,
-            &plan.platform,
+            &plan.select,
             &plan.limits,
         )
         .await?,

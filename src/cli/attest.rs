@@ -118,8 +118,8 @@ async fn expected_log(
     let mut fetch = fetch.clone();
     fetch.gateways.extend(cfg.config.gateways.iter().cloned());
     let gw = image::gateways(&r, &fetch)?;
-    let platform = fetch.platform()?;
-    let resolved = oci::resolve(&gw, &r.cid, &platform, &Limits::default()).await?;
+    let selector = fetch.selector(&cfg.config)?;
+    let resolved = oci::resolve(&gw, &r.cid, &selector, &Limits::default()).await?;
     // Helpers from dependency images are measured by their content: fetch and verify them.
     let scratch = tempfile::Builder::new()
         .prefix("cidboot-expect-")
@@ -128,7 +128,7 @@ async fn expected_log(
     let from_images = crate::boot::helper_images::fetch_all(
         &cfg.config.helpers,
         &gw,
-        &platform,
+        &selector.platform,
         &Limits::default(),
         &crate::apply::ApplyLimits::default(),
         scratch.path(),

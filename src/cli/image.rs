@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use super::{CliError, FetchArgs};
 use crate::fetch::{BlobSink, Gateways};
-use crate::oci::layout::LayoutWriter;
-use crate::oci::{self, sha256_hex, Limits, Resolved};
+use crate::oci::layout::{FileSink, LayoutWriter};
+use crate::oci::{self, sha256_hex, Artifact, Limits, Resolved, Target};
 use crate::reference::ImageRef;
 use crate::transport::http::HttpClient;
 use crate::transport::{tls, TcpConnector};
@@ -26,6 +26,7 @@ pub struct InspectArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("out").required(true).args(["oci_layout", "files"])))]
 pub struct PullArgs {
     /// ipfs://<CID> or https://<gateway>/ipfs/<CID>
     pub reference: String,
@@ -33,10 +34,16 @@ pub struct PullArgs {
     pub fetch: FetchArgs,
     /// Directory to create as an OCI image layout (must not exist, or be empty).
     #[arg(long)]
-    pub oci_layout: PathBuf,
-    /// Tag recorded in the layout's index.json.
-    #[arg(long, default_value = "latest")]
-    pub tag: String,
+    pub oci_layout: Option<PathBuf>,
+    /// Directory to create with the layers as files named by their
+    /// `org.opencontainers.image.title` annotations, as `oras pull` writes an artifact (must
+    /// not exist, or be empty).
+    #[arg(long)]
+    pub files: Option<PathBuf>,
+    /// Tag recorded in the written layout's index.json (default: the --tag selected, or
+    /// latest).
+    #[arg(long, value_name = "NAME")]
+    pub ref_name: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -71,12 +78,32 @@ struct LayerOut {
     size: u64,
     media_type: String,
     cid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<String>,
+}
+
+fn layer_out(l: &oci::Blob) -> LayerOut {
+    LayerOut {
+        digest: l.desc.digest().to_string(),
+        size: l.desc.size(),
+        media_type: l.desc.media_type().to_string(),
+        cid: l.cid.to_string(),
+        title: title(&l.desc).map(String::from),
+    }
+}
+
+fn title(d: &oci_spec::image::Descriptor) -> Option<&str> {
+    d.annotations()
+        .as_ref()
+        .and_then(|a| a.get(oci::ANN_TITLE))
+        .map(String::as_str)
 }
 
 #[derive(Serialize)]
 struct ImageOut {
     cid: String,
     layout: oci::RootKind,
+    kind: &'static str,
     platform: String,
     manifest_digest: String,
     manifest_media_type: String,
@@ -85,36 +112,83 @@ struct ImageOut {
     total_compressed_size: u64,
 }
 
+#[derive(Serialize)]
+struct ConfigOut {
+    digest: String,
+    size: u64,
+    media_type: String,
+}
+
+#[derive(Serialize)]
+struct ArtifactOut {
+    cid: String,
+    layout: oci::RootKind,
+    kind: &'static str,
+    artifact_type: String,
+    manifest_digest: String,
+    manifest_media_type: String,
+    config: ConfigOut,
+    layers: Vec<LayerOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+    annotations: std::collections::BTreeMap<String, String>,
+    total_size: u64,
+}
+
 fn describe(r: &Resolved) -> ImageOut {
     ImageOut {
         cid: r.root.to_string(),
         layout: r.kind,
+        kind: "image",
         platform: r.platform.to_string(),
         manifest_digest: r.manifest_desc.digest().to_string(),
         manifest_media_type: r.manifest_desc.media_type().to_string(),
         config_digest: r.config.desc.digest().to_string(),
-        layers: r
-            .layers
-            .iter()
-            .map(|l| LayerOut {
-                digest: l.desc.digest().to_string(),
-                size: l.desc.size(),
-                media_type: l.desc.media_type().to_string(),
-                cid: l.cid.to_string(),
-            })
-            .collect(),
+        layers: r.layers.iter().map(layer_out).collect(),
         total_compressed_size: r.total_compressed(),
     }
 }
 
+fn describe_artifact(a: &Artifact) -> ArtifactOut {
+    ArtifactOut {
+        cid: a.root.to_string(),
+        layout: a.kind,
+        kind: "artifact",
+        artifact_type: a.artifact_type.clone(),
+        manifest_digest: a.manifest_desc.digest().to_string(),
+        manifest_media_type: a.manifest_desc.media_type().to_string(),
+        config: ConfigOut {
+            digest: a.config.desc.digest().to_string(),
+            size: a.config.desc.size(),
+            media_type: a.config.desc.media_type().to_string(),
+        },
+        layers: a.layers.iter().map(layer_out).collect(),
+        subject: a
+            .manifest
+            .subject()
+            .as_ref()
+            .map(|s| s.digest().to_string()),
+        annotations: a
+            .manifest
+            .annotations()
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        total_size: a.total_size(),
+    }
+}
+
+fn layout_name(k: oci::RootKind) -> String {
+    serde_json::to_string(&k)
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string()
+}
+
 fn print_human(o: &ImageOut) {
     println!("cid:             {}", o.cid);
-    println!(
-        "layout:          {}",
-        serde_json::to_string(&o.layout)
-            .unwrap_or_default()
-            .trim_matches('"')
-    );
+    println!("layout:          {}", layout_name(o.layout));
     println!("platform:        {}", o.platform);
     println!("manifest_digest: {}", o.manifest_digest);
     println!("config_digest:   {}", o.config_digest);
@@ -125,20 +199,72 @@ fn print_human(o: &ImageOut) {
     println!("total_compressed_size: {}", o.total_compressed_size);
 }
 
+fn print_artifact(o: &ArtifactOut) {
+    println!("cid:             {}", o.cid);
+    println!("layout:          {}", layout_name(o.layout));
+    println!("artifact_type:   {}", o.artifact_type);
+    println!("manifest_digest: {}", o.manifest_digest);
+    println!(
+        "config:          {}  {}  {}",
+        o.config.digest, o.config.size, o.config.media_type
+    );
+    if let Some(s) = &o.subject {
+        println!("subject:         {s}");
+    }
+    println!("layers:");
+    for l in &o.layers {
+        println!(
+            "  {}  {:>12}  {}{}",
+            l.digest,
+            l.size,
+            l.media_type,
+            l.title
+                .as_deref()
+                .map(|t| format!("  {t}"))
+                .unwrap_or_default()
+        );
+    }
+    if !o.annotations.is_empty() {
+        println!("annotations:");
+        for (k, v) in &o.annotations {
+            println!("  {k}: {v}");
+        }
+    }
+    println!("total_size:      {}", o.total_size);
+}
+
+/// Resolves a runnable image; an artifact is refused by name.
 async fn resolve(reference: &str, f: &FetchArgs) -> Result<(Arc<Gateways>, Resolved), CliError> {
+    match resolve_any(reference, f).await? {
+        (gw, Target::Image(r)) => Ok((gw, *r)),
+        (_, Target::Artifact(a)) => Err(oci::OciError::Artifact {
+            artifact_type: a.artifact_type,
+        }
+        .into()),
+    }
+}
+
+async fn resolve_any(reference: &str, f: &FetchArgs) -> Result<(Arc<Gateways>, Target), CliError> {
     let r = ImageRef::parse(reference)?;
     let gw = gateways(&r, f)?;
-    let resolved = oci::resolve(&gw, &r.cid, &f.platform()?, &Limits::default()).await?;
-    Ok((gw, resolved))
+    let sel = f.selector(&crate::config::RuntimeConfig::default())?;
+    let target = oci::resolve_any(&gw, &r.cid, &sel, &Limits::default()).await?;
+    Ok((gw, target))
 }
 
 pub async fn inspect(a: InspectArgs) -> Result<(), CliError> {
-    let (_, resolved) = resolve(&a.reference, &a.fetch).await?;
-    let out = describe(&resolved);
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-    } else {
-        print_human(&out);
+    let (_, target) = resolve_any(&a.reference, &a.fetch).await?;
+    match (&target, a.json) {
+        (Target::Image(r), true) => println!(
+            "{}",
+            serde_json::to_string_pretty(&describe(r)).unwrap_or_default()
+        ),
+        (Target::Image(r), false) => print_human(&describe(r)),
+        (Target::Artifact(x), true) => println!(
+            "{}",
+            serde_json::to_string_pretty(&describe_artifact(x)).unwrap_or_default()
+        ),
+        (Target::Artifact(x), false) => print_artifact(&describe_artifact(x)),
     }
     Ok(())
 }
@@ -158,13 +284,9 @@ impl<S: BlobSink> BlobSink for Progress<'_, S> {
     }
 }
 
-pub async fn pull(a: PullArgs) -> Result<(), CliError> {
-    let (gw, resolved) = resolve(&a.reference, &a.fetch).await?;
-    let writer = LayoutWriter::create(&a.oci_layout)?;
-    writer.write_blob(&resolved.manifest_bytes)?;
-    writer.write_blob(&resolved.config_bytes)?;
-    let bar = (!a.json && std::io::stderr().is_terminal()).then(|| {
-        let b = indicatif::ProgressBar::new(resolved.total_compressed());
+fn progress_bar(json: bool, total: u64) -> Option<indicatif::ProgressBar> {
+    (!json && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(total);
         b.set_style(
             indicatif::ProgressStyle::with_template(
                 "{spinner} [{elapsed_precise}] {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
@@ -172,43 +294,115 @@ pub async fn pull(a: PullArgs) -> Result<(), CliError> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b
-    });
-    for (i, layer) in resolved.layers.iter().enumerate() {
-        let hex = sha256_hex(&layer.desc)?;
-        if let Some(b) = &bar {
-            b.set_message(format!("layer {}/{}", i + 1, resolved.layers.len()));
+    })
+}
+
+/// Streams blobs into files, each verified (exact size and sha256) before it counts.
+async fn fetch_into(
+    gw: &Gateways,
+    blobs: &[(&oci::Blob, PathBuf)],
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<(), CliError> {
+    for (i, (blob, path)) in blobs.iter().enumerate() {
+        if let Some(b) = bar {
+            b.set_message(format!("blob {}/{}", i + 1, blobs.len()));
         }
         let mut sink = Progress {
-            inner: writer.blob_sink(hex).await?,
-            bar: bar.as_ref(),
+            inner: FileSink::create(path).await?,
+            bar,
         };
-        Resolved::fetch_blob(&gw, layer, &mut sink).await?;
+        Resolved::fetch_blob(gw, blob, &mut sink)
+            .await
+            .map_err(|e| match e {
+                oci::OciError::Fetch(source) => oci::OciError::Fetching {
+                    what: format!("{} {}", blob.desc.media_type(), blob.desc.digest()),
+                    source,
+                },
+                other => other,
+            })?;
         sink.inner
             .finish()
             .await
             .map_err(|source| oci::OciError::Write {
-                path: a.oci_layout.display().to_string(),
+                path: path.display().to_string(),
                 source,
             })?;
     }
-    if let Some(b) = &bar {
+    if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let mut desc = resolved.manifest_desc.clone();
+    Ok(())
+}
+
+pub async fn pull(a: PullArgs) -> Result<(), CliError> {
+    let (gw, target) = resolve_any(&a.reference, &a.fetch).await?;
+    if let Some(dir) = &a.files {
+        return pull_files(&gw, &target, dir, a.json).await;
+    }
+    let Some(out_dir) = &a.oci_layout else {
+        return Err(CliError::Usage(
+            "give --oci-layout DIR or --files DIR".into(),
+        ));
+    };
+    let (manifest_desc, manifest_bytes, config_bytes, layers, platform) = match &target {
+        Target::Image(r) => (
+            &r.manifest_desc,
+            &r.manifest_bytes,
+            &r.config_bytes,
+            &r.layers,
+            Some(&r.platform),
+        ),
+        Target::Artifact(x) => (
+            &x.manifest_desc,
+            &x.manifest_bytes,
+            &x.config_bytes,
+            &x.layers,
+            None,
+        ),
+    };
+    let writer = LayoutWriter::create(out_dir)?;
+    writer.write_blob(manifest_bytes)?;
+    let config_hex = writer.write_blob(config_bytes)?;
+    let mut blobs = Vec::with_capacity(layers.len());
+    for l in layers {
+        // The same blob twice, or a layer that is the config (an artifact may use the empty
+        // blob for both): written once, verified each time it was fetched.
+        if blobs
+            .iter()
+            .any(|(b, _): &(&oci::Blob, _)| b.desc.digest() == l.desc.digest())
+            || sha256_hex(&l.desc)? == config_hex
+        {
+            continue;
+        }
+        blobs.push((l, writer.blob_path(sha256_hex(&l.desc)?)));
+    }
+    let total = blobs.iter().map(|(b, _)| b.desc.size()).sum();
+    let bar = progress_bar(a.json, total);
+    fetch_into(&gw, &blobs, bar.as_ref()).await?;
+    let mut desc = manifest_desc.clone();
     desc.set_urls(None);
     let mut ann = std::collections::HashMap::new();
-    ann.insert(
-        "org.opencontainers.image.ref.name".to_string(),
-        a.tag.clone(),
-    );
+    let ref_name = a
+        .ref_name
+        .clone()
+        .or_else(|| a.fetch.tag.clone())
+        .unwrap_or_else(|| "latest".into());
+    ann.insert(oci::ANN_REF_NAME.to_string(), ref_name);
     desc.set_annotations(Some(ann));
-    if desc.platform().is_none() {
-        let p = oci_spec::image::PlatformBuilder::default()
-            .os(resolved.platform.os.as_str())
-            .architecture(resolved.platform.arch.as_str())
-            .build()
-            .ok();
-        desc.set_platform(p);
+    match (&target, platform) {
+        (Target::Artifact(x), _) => {
+            desc.set_platform(None);
+            desc.set_artifact_type(x.manifest.artifact_type().clone());
+        }
+        (Target::Image(_), Some(p)) if desc.platform().is_none() => {
+            let p = oci_spec::image::PlatformBuilder::default()
+                .os(p.os.as_str())
+                .architecture(p.arch.as_str())
+                .build()
+                .ok();
+            desc.set_platform(p);
+        }
+        _ => {}
     }
     let index = serde_json::json!({
         "schemaVersion": 2,
@@ -217,19 +411,147 @@ pub async fn pull(a: PullArgs) -> Result<(), CliError> {
     });
     let index = serde_json::to_vec_pretty(&index).map_err(|e| CliError::Usage(e.to_string()))?;
     let path = writer.commit(&index)?;
-    let out = describe(&resolved);
+    let (mut v, what, count, size) = match &target {
+        Target::Image(r) => {
+            let o = describe(r);
+            let (n, s) = (o.layers.len(), o.total_compressed_size);
+            (serde_json::to_value(&o).unwrap_or_default(), "image", n, s)
+        }
+        Target::Artifact(x) => {
+            let o = describe_artifact(x);
+            let (n, s) = (o.layers.len(), o.total_size);
+            (
+                serde_json::to_value(&o).unwrap_or_default(),
+                "artifact",
+                n,
+                s,
+            )
+        }
+    };
     if a.json {
-        let mut v = serde_json::to_value(&out).unwrap_or_default();
         v["oci_layout"] = serde_json::Value::String(path.display().to_string());
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         println!(
-            "verified {} ({} layers, {} bytes) into {}",
-            out.cid,
-            out.layers.len(),
-            out.total_compressed_size,
+            "verified {what} {} ({count} layers, {size} bytes) into {}",
+            v["cid"].as_str().unwrap_or_default(),
             path.display()
         );
+    }
+    Ok(())
+}
+
+/// Most bytes in a file name written by `pull --files` (the usual file system limit).
+const MAX_TITLE_LEN: usize = 255;
+
+/// A layer title that is safe as a file name: one plain path component.
+fn safe_title(t: &str) -> Result<&str, String> {
+    if t.is_empty() || t == "." || t == ".." {
+        return Err(format!("{t:?} is not a file name"));
+    }
+    if t.len() > MAX_TITLE_LEN {
+        return Err(format!("{t:?} is longer than {MAX_TITLE_LEN} bytes"));
+    }
+    if t.contains(['/', '\\']) || t.chars().any(char::is_control) {
+        return Err(format!(
+            "{t:?} is not a single plain file name (no slashes, backslashes or control characters)"
+        ));
+    }
+    Ok(t)
+}
+
+/// `oras pull`: the titled layers as files, verified, in a directory that appears complete
+/// or not at all.
+async fn pull_files(
+    gw: &Gateways,
+    target: &Target,
+    dir: &std::path::Path,
+    json: bool,
+) -> Result<(), CliError> {
+    let (layers, what) = match target {
+        Target::Image(r) => (&r.layers, format!("image {}", r.manifest_desc.digest())),
+        Target::Artifact(x) => (
+            &x.layers,
+            format!(
+                "artifact {} ({})",
+                x.manifest_desc.digest(),
+                x.artifact_type
+            ),
+        ),
+    };
+    let mut named: Vec<(&oci::Blob, String)> = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, l) in layers.iter().enumerate() {
+        let Some(t) = title(&l.desc) else {
+            skipped.push(l.desc.digest().to_string());
+            continue;
+        };
+        let t = safe_title(t).map_err(|e| {
+            CliError::Usage(format!(
+                "layer {i} ({}) of the {what}: its title {e}",
+                l.desc.digest()
+            ))
+        })?;
+        let unpack = l
+            .desc
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get("io.deis.oras.content.unpack"))
+            .is_some_and(|v| v == "true");
+        if unpack {
+            return Err(CliError::Usage(format!(
+                "layer {i} ({}) of the {what} is a packed directory (io.deis.oras.content.unpack), which --files does not unpack; use --oci-layout",
+                l.desc.digest()
+            )));
+        }
+        if named.iter().any(|(_, n)| n == t) {
+            return Err(CliError::Usage(format!(
+                "two layers of the {what} are titled {t:?}"
+            )));
+        }
+        named.push((l, t.to_string()));
+    }
+    if named.is_empty() {
+        return Err(CliError::Usage(format!(
+            "no layer of the {what} has an {} annotation, so there are no files to write; use --oci-layout DIR",
+            oci::ANN_TITLE
+        )));
+    }
+    let staging = crate::oci::layout::Staging::create(dir)?;
+    let blobs: Vec<(&oci::Blob, PathBuf)> = named
+        .iter()
+        .map(|(b, n)| (*b, staging.path().join(n)))
+        .collect();
+    let total = blobs.iter().map(|(b, _)| b.desc.size()).sum();
+    let bar = progress_bar(json, total);
+    fetch_into(gw, &blobs, bar.as_ref()).await?;
+    let path = staging.commit()?;
+    let files: Vec<serde_json::Value> = named
+        .iter()
+        .map(|(b, n)| {
+            serde_json::json!({"name": n, "digest": b.desc.digest().to_string(), "size": b.desc.size(), "media_type": b.desc.media_type().to_string()})
+        })
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "files": files, "skipped_untitled": skipped, "dir": path.display().to_string(),
+            }))
+            .unwrap_or_default()
+        );
+    } else {
+        for (b, n) in &named {
+            println!("{}  {:>12}  {n}", b.desc.digest(), b.desc.size());
+        }
+        if !skipped.is_empty() {
+            eprintln!(
+                "skipped {} untitled layer(s): {}",
+                skipped.len(),
+                skipped.join(", ")
+            );
+        }
+        println!("verified {} file(s) into {}", named.len(), path.display());
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
-use crate::oci::{OciError, Platform};
+use crate::oci::{OciError, Platform, Selector};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -59,6 +59,12 @@ pub struct FetchArgs {
     /// Platform to select from an image index.
     #[arg(long, default_value = "linux/amd64", value_name = "OS/ARCH[/VARIANT]")]
     pub platform: String,
+    /// Take the index.json entry with this tag (`org.opencontainers.image.ref.name`).
+    #[arg(long, value_name = "NAME", conflicts_with = "digest")]
+    pub tag: Option<String>,
+    /// Take the index.json entry with this digest.
+    #[arg(long, value_name = "sha256:HEX")]
+    pub digest: Option<String>,
     /// Seconds to connect (TCP or tunnel, and TLS).
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub connect_timeout: u64,
@@ -85,6 +91,21 @@ pub struct FetchArgs {
 impl FetchArgs {
     pub fn platform(&self) -> Result<Platform, OciError> {
         self.platform.parse()
+    }
+
+    /// What to take from an index: these options, each falling back to the runtime
+    /// configuration's `platform`, `tag` and `digest` when not given on the command line.
+    pub fn selector(&self, cfg: &crate::config::RuntimeConfig) -> Result<Selector, OciError> {
+        let platform = match &cfg.platform {
+            Some(p) if self.platform == "linux/amd64" => p.parse()?,
+            _ => self.platform()?,
+        };
+        let (tag, digest) = if self.tag.is_some() || self.digest.is_some() {
+            (self.tag.clone(), self.digest.clone())
+        } else {
+            (cfg.tag.clone(), cfg.digest.clone())
+        };
+        Selector::new(platform, tag, digest)
     }
 
     pub fn timeouts(&self) -> crate::transport::http::Timeouts {

@@ -140,10 +140,7 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
     fetch
         .gateways
         .extend(config.config.gateways.iter().cloned());
-    let platform = match &config.config.platform {
-        Some(p) if a.fetch.platform == "linux/amd64" => p.parse()?,
-        _ => fetch.platform()?,
-    };
+    let select = fetch.selector(&config.config)?;
     let egress_dialer: Arc<dyn crate::transport::Connector> = match &a.parent_egress {
         Some(p) => Arc::new(ConnectProxy {
             proxy: p
@@ -201,7 +198,7 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
     let plan = Plan {
         reference: r,
         config,
-        platform,
+        select,
         gateways,
         helpers_dir,
         sandbox,

@@ -2,7 +2,7 @@
 //! failover across gateways, and resumption of large files by `entity-bytes`.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use crate::reference::{verify_block, CODEC_RAW, MAX_BLOCK_SIZE};
 use crate::transport::http::{HttpClient, Origin};
 
 const ACCEPT_RAW: &str = "application/vnd.ipld.raw";
-const ACCEPT_CAR: &str = "application/vnd.ipld.car; version=1; order=dfs; dups=y";
+pub(super) const ACCEPT_CAR: &str = "application/vnd.ipld.car; version=1; order=dfs; dups=y";
 
 /// Retry and failover policy. Every number here is documented in docs/limits.md.
 #[derive(Debug, Clone)]
@@ -47,10 +47,12 @@ impl Default for GatewayPolicy {
     }
 }
 
-struct Gateway {
-    origin: Origin,
-    prefix: String,
-    label: String,
+pub(super) struct Gateway {
+    pub(super) origin: Origin,
+    pub(super) prefix: String,
+    pub(super) label: String,
+    /// The formats it refused (see `fetch::formats`).
+    pub(super) refused: AtomicU8,
 }
 
 /// A set of gateways tried in order, the last healthy one first.
@@ -89,6 +91,7 @@ impl Gateways {
                 origin,
                 prefix,
                 label,
+                refused: AtomicU8::new(0),
             });
         }
         if gateways.is_empty() {
@@ -102,6 +105,10 @@ impl Gateways {
             policy,
             preferred: AtomicUsize::new(0),
         }))
+    }
+
+    pub(super) fn client(&self) -> &HttpClient {
+        &self.client
     }
 
     pub fn labels(&self) -> Vec<String> {
@@ -119,7 +126,7 @@ impl Gateways {
         crate::reference::check_cid(cid)?;
         let mut tries = Tries::new(self, cid);
         while let Some(gw) = tries.next()? {
-            match tries.bounded(self.block_once(gw, cid)).await? {
+            match tries.bounded(self.block_any(gw, cid)).await? {
                 Ok(b) => return Ok(tries.succeeded(b)),
                 Err(e) => tries.failed(e).await?,
             }
@@ -127,11 +134,10 @@ impl Gateways {
         Err(tries.exhausted())
     }
 
-    async fn block_once(&self, gw: &Gateway, cid: &Cid) -> Result<Bytes, FetchError> {
+    pub(super) async fn block_once(&self, gw: &Gateway, cid: &Cid) -> Result<Bytes, FetchError> {
         let path = format!("{}/ipfs/{cid}?format=raw", gw.prefix);
         let resp = self
-            .client
-            .get(&gw.origin, &path, &[("accept", ACCEPT_RAW)])
+            .get_following(gw, &path, &[("accept", ACCEPT_RAW)])
             .await?;
         check_status(&resp)?;
         check_content_type(&resp, ACCEPT_RAW, "raw block")?;
@@ -147,9 +153,17 @@ impl Gateways {
         Ok(data)
     }
 
-    /// Reads a plain UnixFS directory.
+    /// Reads a UnixFS directory, plain or HAMT-sharded.
     pub async fn directory(&self, cid: &Cid) -> Result<Directory, FetchError> {
         let block = self.block(cid).await?;
+        self.directory_from(cid, block).await
+    }
+
+    /// Reads a UnixFS directory whose (verified) first block is already here.
+    pub async fn directory_from(&self, cid: &Cid, block: Bytes) -> Result<Directory, FetchError> {
+        if super::hamt::is_shard(cid, &block) {
+            return super::hamt::read_directory(self, cid, block).await;
+        }
         Directory::parse(cid, &block)
     }
 
@@ -174,7 +188,7 @@ impl Gateways {
         while let Some(gw) = tries.next()? {
             let before = delivered;
             match tries
-                .bounded(self.file_once(gw, cid, rule, &mut delivered, &mut size, sink))
+                .bounded(self.file_any(gw, cid, rule, &mut delivered, &mut size, sink))
                 .await?
             {
                 Ok(()) => return Ok(tries.succeeded(delivered)),
@@ -189,7 +203,7 @@ impl Gateways {
         Err(tries.exhausted())
     }
 
-    async fn file_once<S: BlobSink>(
+    pub(super) async fn file_once<S: BlobSink>(
         &self,
         gw: &Gateway,
         cid: &Cid,
@@ -205,8 +219,7 @@ impl Gateways {
         }
         debug!(gateway = %gw.label, %cid, from, "requesting CAR");
         let resp = self
-            .client
-            .get(&gw.origin, &path, &[("accept", ACCEPT_CAR)])
+            .get_following(gw, &path, &[("accept", ACCEPT_CAR)])
             .await?;
         check_status(&resp)?;
         check_content_type(&resp, "application/vnd.ipld.car", "CAR")?;
@@ -431,7 +444,7 @@ pub fn in_range(offset: u64, len: u64, from: u64) -> bool {
     offset.saturating_add(len) > from || (len == 0 && offset >= from)
 }
 
-async fn deliver<S: BlobSink>(
+pub(super) async fn deliver<S: BlobSink>(
     sink: &mut S,
     data: &[u8],
     start: u64,
@@ -456,7 +469,7 @@ async fn deliver<S: BlobSink>(
     Ok(())
 }
 
-fn check_size(cid: &Cid, rule: SizeRule, actual: u64) -> Result<(), FetchError> {
+pub(super) fn check_size(cid: &Cid, rule: SizeRule, actual: u64) -> Result<(), FetchError> {
     match rule {
         SizeRule::Exact(e) if e != actual => Err(FetchError::SizeMismatch {
             cid: cid.to_string(),
@@ -473,7 +486,7 @@ fn check_size(cid: &Cid, rule: SizeRule, actual: u64) -> Result<(), FetchError> 
     }
 }
 
-fn check_status(resp: &crate::transport::http::Response) -> Result<(), FetchError> {
+pub(super) fn check_status(resp: &crate::transport::http::Response) -> Result<(), FetchError> {
     if resp.status == http::StatusCode::OK {
         return Ok(());
     }
@@ -495,7 +508,7 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
     )
 }
 
-fn check_content_type(
+pub(super) fn check_content_type(
     resp: &crate::transport::http::Response,
     want: &str,
     what: &'static str,

@@ -6,8 +6,11 @@
 
 pub mod car;
 pub mod dagpb;
+pub mod formats;
 pub mod gateway;
+pub mod hamt;
 pub(crate) mod pb;
+pub mod redirect;
 pub mod unixfs;
 
 use std::future::Future;
@@ -88,6 +91,8 @@ pub enum FetchError {
         status: u16,
         retry_after: Option<Duration>,
     },
+    #[error("redirect {0}")]
+    Redirect(String),
     #[error("answered with content type {0:?} where a {1} was requested")]
     ContentType(String, &'static str),
     #[error(transparent)]

@@ -50,6 +50,9 @@ pub struct Data {
     pub data: Option<Bytes>,
     pub filesize: Option<u64>,
     pub blocksizes: Vec<u64>,
+    /// HAMT shards: the hash function (multicodec) and the fanout.
+    pub hash_type: Option<u64>,
+    pub fanout: Option<u64>,
 }
 
 impl Data {
@@ -59,6 +62,8 @@ impl Data {
         let mut data = None;
         let mut filesize = None;
         let mut blocksizes = Vec::new();
+        let mut hash_type = None;
+        let mut fanout = None;
         while !r.is_empty() {
             let (field, wire) = r.key()?;
             match (field, wire) {
@@ -77,7 +82,9 @@ impl Data {
                         blocksizes.push(p.varint()?);
                     }
                 }
-                // hashType, fanout, mode, mtime: not needed to read a file or plain directory.
+                (5, WIRE_VARINT) => hash_type = Some(r.varint()?),
+                (6, WIRE_VARINT) => fanout = Some(r.varint()?),
+                // mode, mtime: an OCI layout's meaning does not depend on them.
                 (5..=8, w) => r.skip(w)?,
                 (f, w) => return Err(r.err(format!("unexpected field {f} (wire type {w})"))),
             }
@@ -88,6 +95,8 @@ impl Data {
             data,
             filesize,
             blocksizes,
+            hash_type,
+            fanout,
         })
     }
 
@@ -103,6 +112,12 @@ impl Data {
         }
         for b in &self.blocksizes {
             pb::put_uint(&mut out, 4, *b);
+        }
+        if let Some(h) = self.hash_type {
+            pb::put_uint(&mut out, 5, h);
+        }
+        if let Some(f) = self.fanout {
+            pb::put_uint(&mut out, 6, f);
         }
         out
     }
@@ -197,7 +212,7 @@ impl Directory {
             Kind::Directory => {}
             Kind::HamtShard => {
                 return Err(FetchError::Unsupported(format!(
-                    "directory {cid} is HAMT-sharded; cidboot reads plain directories only"
+                    "directory {cid} is HAMT-sharded: its entries are in several blocks (read it with Gateways::directory)"
                 )))
             }
             k => {
@@ -214,9 +229,7 @@ impl Directory {
                 .ok_or_else(|| bad(cid, "directory entry without a name"))?;
             let name = String::from_utf8(name)
                 .map_err(|_| bad(cid, "directory entry name is not UTF-8"))?;
-            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-                return Err(bad(cid, &format!("invalid entry name {name:?}")));
-            }
+            check_entry_name(&name).map_err(|r| bad(cid, &r))?;
             if entries.iter().any(|(n, _)| *n == name) {
                 return Err(bad(cid, &format!("duplicate entry {name:?}")));
             }
@@ -231,6 +244,14 @@ impl Directory {
             .find(|(n, _)| n == name)
             .map(|(_, c)| *c)
     }
+}
+
+/// A directory entry's name: one path component.
+pub fn check_entry_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(format!("invalid entry name {name:?}"));
+    }
+    Ok(())
 }
 
 fn node_data(cid: &Cid, node: &PbNode) -> Result<Data, FetchError> {
@@ -259,6 +280,8 @@ mod tests {
             data: None,
             filesize: Some(3),
             blocksizes: vec![1, 2],
+            hash_type: None,
+            fanout: None,
         };
         let enc = Bytes::from(d.encode());
         assert_eq!(Data::decode(&enc).unwrap(), d);

@@ -200,12 +200,15 @@ async fn boot(
         .clone()
         .ok_or_else(|| InitError::Config("no `image` in the configuration".into()))?;
     let reference = ImageRef::parse(&image).map_err(|e| InitError::Config(e.to_string()))?;
-    let platform = config
+    let select = config
         .config
         .platform
         .as_deref()
         .unwrap_or("linux/amd64")
         .parse()
+        .and_then(|p| {
+            crate::oci::Selector::new(p, config.config.tag.clone(), config.config.digest.clone())
+        })
         .map_err(|e: crate::oci::OciError| InitError::Config(e.to_string()))?;
 
     let egress: Arc<dyn crate::transport::Connector> = Arc::new(ConnectProxy {
@@ -254,7 +257,7 @@ async fn boot(
     let plan = Plan {
         reference,
         config,
-        platform,
+        select,
         gateways,
         helpers_dir: HELPER_DIR.into(),
         sandbox: Sandbox {

@@ -9,20 +9,24 @@ use tokio::io::AsyncWriteExt;
 use super::OciError;
 use crate::fetch::BlobSink;
 
-/// An OCI layout under construction in a hidden sibling directory.
-pub struct LayoutWriter {
+/// A directory under construction in a hidden sibling of its target, renamed into place
+/// only when complete and removed if dropped before.
+pub struct Staging {
     target: PathBuf,
     tmp: PathBuf,
     committed: bool,
 }
 
-impl LayoutWriter {
-    /// Starts a layout at `target`, which must not exist (or be an empty directory).
+fn werr(path: &Path, source: io::Error) -> OciError {
+    OciError::Write {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl Staging {
+    /// Starts a directory at `target`, which must not exist (or be an empty directory).
     pub fn create(target: &Path) -> Result<Self, OciError> {
-        let werr = |path: &Path, source: io::Error| OciError::Write {
-            path: path.display().to_string(),
-            source,
-        };
         if target.exists() {
             let empty = target.is_dir()
                 && std::fs::read_dir(target)
@@ -50,54 +54,21 @@ impl LayoutWriter {
             std::process::id(),
             fastrand::u32(..)
         ));
-        std::fs::create_dir_all(tmp.join("blobs/sha256")).map_err(|e| werr(&tmp, e))?;
-        Ok(LayoutWriter {
+        std::fs::create_dir_all(&tmp).map_err(|e| werr(&tmp, e))?;
+        Ok(Staging {
             target: target.to_path_buf(),
             tmp,
             committed: false,
         })
     }
 
-    fn blob_path(&self, hex: &str) -> PathBuf {
-        self.tmp.join("blobs/sha256").join(hex)
+    /// The hidden directory being filled.
+    pub fn path(&self) -> &Path {
+        &self.tmp
     }
 
-    /// Writes a small blob that is already in memory, returning its sha256 hex.
-    pub fn write_blob(&self, data: &[u8]) -> Result<String, OciError> {
-        let hex = hex::encode(Sha256::digest(data));
-        let p = self.blob_path(&hex);
-        std::fs::write(&p, data).map_err(|source| OciError::Write {
-            path: p.display().to_string(),
-            source,
-        })?;
-        Ok(hex)
-    }
-
-    /// A sink for a streamed blob whose digest is checked by the caller before commit.
-    pub async fn blob_sink(&self, hex: &str) -> Result<FileSink, OciError> {
-        let p = self.blob_path(hex);
-        let f = tokio::fs::File::create(&p)
-            .await
-            .map_err(|source| OciError::Write {
-                path: p.display().to_string(),
-                source,
-            })?;
-        Ok(FileSink {
-            file: tokio::io::BufWriter::with_capacity(1 << 20, f),
-        })
-    }
-
-    /// Writes `oci-layout` and `index.json`, then renames the whole layout into place.
-    pub fn commit(mut self, index_json: &[u8]) -> Result<PathBuf, OciError> {
-        let werr = |p: &Path, source| OciError::Write {
-            path: p.display().to_string(),
-            source,
-        };
-        let marker = self.tmp.join("oci-layout");
-        std::fs::write(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)
-            .map_err(|e| werr(&marker, e))?;
-        let index = self.tmp.join("index.json");
-        std::fs::write(&index, index_json).map_err(|e| werr(&index, e))?;
+    /// Renames the directory into place.
+    pub fn commit(mut self) -> Result<PathBuf, OciError> {
         if self.target.is_dir() {
             // Only an empty directory gets here (checked in create).
             std::fs::remove_dir(&self.target).map_err(|e| werr(&self.target, e))?;
@@ -108,11 +79,54 @@ impl LayoutWriter {
     }
 }
 
-impl Drop for LayoutWriter {
+impl Drop for Staging {
     fn drop(&mut self) {
         if !self.committed {
             let _ = std::fs::remove_dir_all(&self.tmp);
         }
+    }
+}
+
+/// An OCI layout under construction in a hidden sibling directory.
+pub struct LayoutWriter {
+    dir: Staging,
+}
+
+impl LayoutWriter {
+    /// Starts a layout at `target`, which must not exist (or be an empty directory).
+    pub fn create(target: &Path) -> Result<Self, OciError> {
+        let dir = Staging::create(target)?;
+        let blobs = dir.path().join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).map_err(|e| werr(&blobs, e))?;
+        Ok(LayoutWriter { dir })
+    }
+
+    /// Where the blob with this sha256 hex goes.
+    pub fn blob_path(&self, hex: &str) -> PathBuf {
+        self.dir.path().join("blobs/sha256").join(hex)
+    }
+
+    /// Writes a small blob that is already in memory, returning its sha256 hex.
+    pub fn write_blob(&self, data: &[u8]) -> Result<String, OciError> {
+        let hex = hex::encode(Sha256::digest(data));
+        let p = self.blob_path(&hex);
+        std::fs::write(&p, data).map_err(|e| werr(&p, e))?;
+        Ok(hex)
+    }
+
+    /// A sink for a streamed blob whose digest is checked by the caller before commit.
+    pub async fn blob_sink(&self, hex: &str) -> Result<FileSink, OciError> {
+        FileSink::create(&self.blob_path(hex)).await
+    }
+
+    /// Writes `oci-layout` and `index.json`, then renames the whole layout into place.
+    pub fn commit(self, index_json: &[u8]) -> Result<PathBuf, OciError> {
+        let marker = self.dir.path().join("oci-layout");
+        std::fs::write(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)
+            .map_err(|e| werr(&marker, e))?;
+        let index = self.dir.path().join("index.json");
+        std::fs::write(&index, index_json).map_err(|e| werr(&index, e))?;
+        self.dir.commit()
     }
 }
 
@@ -121,6 +135,19 @@ pub struct FileSink {
 }
 
 impl FileSink {
+    /// Creates the file (it must not exist).
+    pub async fn create(path: &Path) -> Result<FileSink, OciError> {
+        let f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .await
+            .map_err(|e| werr(path, e))?;
+        Ok(FileSink {
+            file: tokio::io::BufWriter::with_capacity(1 << 20, f),
+        })
+    }
+
     pub async fn finish(mut self) -> io::Result<()> {
         self.file.flush().await?;
         self.file.get_mut().sync_all().await

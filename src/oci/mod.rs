@@ -12,7 +12,7 @@ use std::str::FromStr;
 use oci_spec::image::{Descriptor, DigestAlgorithm, MediaType};
 use sha2::{Digest as _, Sha256};
 
-pub use resolve::{resolve, Blob, Resolved, RootKind};
+pub use resolve::{resolve, resolve_any, Artifact, Blob, Resolved, RootKind, Target};
 
 use crate::fetch::FetchError;
 
@@ -23,6 +23,12 @@ pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.l
 pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const MT_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const MT_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+/// The empty descriptor's media type (image-spec 1.1): the 2-byte `{}`.
+pub const MT_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+/// The annotation that tags an entry of index.json.
+pub const ANN_REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// The annotation that names an artifact's layer as a file (`oras push`/`oras pull`).
+pub const ANN_TITLE: &str = "org.opencontainers.image.title";
 
 /// Size and count caps for image resolution (see docs/limits.md).
 #[derive(Debug, Clone)]
@@ -53,6 +59,59 @@ impl Default for Limits {
         }
     }
 }
+
+/// Which entry of an image index to take.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    pub platform: Platform,
+    /// The `org.opencontainers.image.ref.name` of a top-level index entry.
+    pub tag: Option<String>,
+    /// The digest of a top-level index entry, `sha256:<64 hex>`.
+    pub digest: Option<String>,
+}
+
+impl Selector {
+    pub fn new(
+        platform: Platform,
+        tag: Option<String>,
+        digest: Option<String>,
+    ) -> Result<Selector, OciError> {
+        if let Some(t) = &tag {
+            if t.is_empty() || t.len() > MAX_TAG_LEN || t.chars().any(char::is_control) {
+                return Err(OciError::Select(format!(
+                    "tag {t:?} is not a tag name (1 to {MAX_TAG_LEN} printable characters)"
+                )));
+            }
+        }
+        if let Some(d) = &digest {
+            let hex = d.strip_prefix("sha256:").unwrap_or("");
+            if hex.len() != 64
+                || !hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(OciError::Select(format!(
+                    "digest {d:?} is not sha256:<64 lowercase hex digits>"
+                )));
+            }
+        }
+        Ok(Selector {
+            platform,
+            tag,
+            digest,
+        })
+    }
+
+    pub fn platform(platform: Platform) -> Selector {
+        Selector {
+            platform,
+            ..Selector::default()
+        }
+    }
+}
+
+/// Longest tag accepted for selection (the OCI distribution spec's tag limit is 128).
+pub const MAX_TAG_LEN: usize = 256;
 
 /// How a layer is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -198,6 +257,13 @@ impl Platform {
 pub enum OciError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    /// A fetch that failed, with what was being fetched (a path in the layout or a descriptor).
+    #[error("{what}: {source}")]
+    Fetching {
+        what: String,
+        #[source]
+        source: FetchError,
+    },
     #[error("{what} {digest}: size mismatch: the descriptor says {expected} bytes, the content has {actual}")]
     SizeMismatch {
         what: &'static str,
@@ -238,6 +304,10 @@ pub enum OciError {
     TooManyLayers { count: usize, max: usize },
     #[error("the image is {size} bytes compressed, over the {max}-byte cap")]
     ImageTooLarge { size: u64, max: u64 },
+    #[error("{0}")]
+    Select(String),
+    #[error("this is an OCI artifact (artifactType {artifact_type}), not a runnable image: `cidboot inspect` describes it, `cidboot pull --oci-layout DIR` or `--files DIR` fetches it")]
+    Artifact { artifact_type: String },
     #[error("writing the OCI layout at {path}: {source}")]
     Write {
         path: String,

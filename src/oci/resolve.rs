@@ -11,7 +11,7 @@ use tracing::{debug, info};
 
 use super::{
     check_bytes, is_config, is_index, is_manifest, layer_compression, sha256_hex, Compression,
-    Limits, OciError, Platform,
+    Limits, OciError, Platform, Selector, ANN_REF_NAME,
 };
 use crate::fetch::gateway::SizeRule;
 use crate::fetch::unixfs::{self, Directory};
@@ -88,6 +88,35 @@ impl Resolved {
     }
 }
 
+/// A verified OCI artifact (image-spec 1.1): a manifest whose config is not an image config
+/// or that declares an `artifactType`. Its layers may be of any media type.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    pub root: Cid,
+    pub kind: RootKind,
+    /// The manifest's `artifactType`, or else its config's media type.
+    pub artifact_type: String,
+    pub manifest_desc: Descriptor,
+    pub manifest_bytes: Bytes,
+    pub manifest: ImageManifest,
+    pub config: Blob,
+    pub config_bytes: Bytes,
+    pub layers: Vec<Blob>,
+}
+
+impl Artifact {
+    pub fn total_size(&self) -> u64 {
+        self.layers.iter().map(|l| l.desc.size()).sum()
+    }
+}
+
+/// What a reference resolved to.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Image(Box<Resolved>),
+    Artifact(Box<Artifact>),
+}
+
 struct DigestSink<'a, S> {
     inner: &'a mut S,
     hasher: Sha256,
@@ -144,23 +173,59 @@ impl Locator {
     }
 }
 
-/// Resolves `root` to a verified manifest and config for `platform`.
+/// Resolves `root` to a verified image manifest and config. An artifact is refused by name.
 pub async fn resolve(
     gw: &Gateways,
     root: &Cid,
-    platform: &Platform,
+    sel: &Selector,
     limits: &Limits,
 ) -> Result<Resolved, OciError> {
+    match resolve_any(gw, root, sel, limits).await? {
+        Target::Image(r) => Ok(*r),
+        Target::Artifact(a) => Err(OciError::Artifact {
+            artifact_type: a.artifact_type,
+        }),
+    }
+}
+
+/// Resolves `root` to a verified image or artifact, selecting from an index by `sel`.
+pub async fn resolve_any(
+    gw: &Gateways,
+    root: &Cid,
+    sel: &Selector,
+    limits: &Limits,
+) -> Result<Target, OciError> {
     crate::reference::check_cid(root).map_err(FetchError::from)?;
     let r = Resolver {
         gw,
-        platform,
+        sel,
         limits,
+        in_layout: Default::default(),
     };
     let (kind, locator, doc) = r.root(root).await?;
+    let what = if kind == RootKind::OciLayout {
+        "index.json"
+    } else {
+        "the image index"
+    };
     let (manifest_desc, manifest_bytes) = match doc {
-        RootDoc::Index(desc, bytes) => r.select(&locator, &desc, bytes, 0).await?,
-        RootDoc::Manifest(desc, bytes) => (desc, bytes),
+        RootDoc::Index(desc, bytes) => r.select(&locator, &desc, bytes, 0, what).await?,
+        RootDoc::Manifest(desc, bytes) => {
+            if sel.tag.is_some() {
+                return Err(OciError::Select(format!(
+                    "{root} names a single manifest, which has no tags: leave out --tag"
+                )));
+            }
+            if let Some(d) = &sel.digest {
+                if *d != desc.digest().to_string() {
+                    return Err(OciError::Select(format!(
+                        "{root} names the single manifest {}, not {d}",
+                        desc.digest()
+                    )));
+                }
+            }
+            (desc, bytes)
+        }
     };
     r.finish(root, kind, &locator, manifest_desc, manifest_bytes)
         .await
@@ -173,9 +238,15 @@ enum RootDoc {
 
 struct Resolver<'a> {
     gw: &'a Gateways,
-    platform: &'a Platform,
+    sel: &'a Selector,
     limits: &'a Limits,
+    /// Set once the root is known to be a layout: errors then name `blobs/sha256/<hex>`.
+    in_layout: std::sync::atomic::AtomicBool,
 }
+
+/// Most manifests fetched to tell a runnable image from referrers when index.json lists
+/// several untagged, platform-less entries and nothing was selected.
+pub const MAX_PROBED_ENTRIES: usize = 16;
 
 impl Resolver<'_> {
     async fn root(&self, root: &Cid) -> Result<(RootKind, Locator, RootDoc), OciError> {
@@ -189,7 +260,7 @@ impl Resolver<'_> {
                 .transpose()?
                 .map(|d| d.kind);
             if kind == Some(unixfs::Kind::Directory) || kind == Some(unixfs::Kind::HamtShard) {
-                let dir = Directory::parse(root, &block)?;
+                let dir = self.gw.directory_from(root, block).await?;
                 return self.layout(root, dir).await;
             }
         }
@@ -269,6 +340,8 @@ impl Resolver<'_> {
                 ))
             })
         };
+        self.in_layout
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let layout_cid = need("oci-layout")?;
         let index_cid = need("index.json")?;
         let blobs_cid = need("blobs")?;
@@ -284,11 +357,25 @@ impl Resolver<'_> {
                 )))
             }
         }
-        let blobs = self.gw.directory(&blobs_cid).await?;
+        let blobs = self
+            .gw
+            .directory(&blobs_cid)
+            .await
+            .map_err(|source| OciError::Fetching {
+                what: "the layout's blobs directory".into(),
+                source,
+            })?;
         let sha_cid = blobs
             .get("sha256")
             .ok_or_else(|| OciError::Layout(format!("{root}: blobs has no sha256 directory")))?;
-        let sha_dir = self.gw.directory(&sha_cid).await?;
+        let sha_dir = self
+            .gw
+            .directory(&sha_cid)
+            .await
+            .map_err(|source| OciError::Fetching {
+                what: "the layout's blobs/sha256 directory".into(),
+                source,
+            })?;
         let index = self
             .fetch_capped(&index_cid, self.limits.max_index, "index.json")
             .await?;
@@ -301,13 +388,15 @@ impl Resolver<'_> {
         ))
     }
 
-    /// Picks the manifest for the platform, following nested indexes.
+    /// Picks the manifest: by tag or digest (top level only), skipping referrers when neither
+    /// is given, then by platform; nested indexes are followed.
     async fn select(
         &self,
         locator: &Locator,
         desc: &Descriptor,
         bytes: Bytes,
         depth: usize,
+        what: &str,
     ) -> Result<(Descriptor, Bytes), OciError> {
         if depth > self.limits.max_index_depth {
             return Err(OciError::Layout(format!(
@@ -317,48 +406,159 @@ impl Resolver<'_> {
         }
         let index: ImageIndex = parse_json("image index", &bytes)?;
         check_doc_media_type(desc, index.media_type().as_ref(), "image index")?;
-        let candidates: Vec<&Descriptor> = index
-            .manifests()
-            .iter()
-            .filter(|d| !is_attestation(d))
-            .collect();
-        let with_platform: Vec<&Descriptor> = candidates
-            .iter()
-            .copied()
-            .filter(|d| {
-                d.platform()
-                    .as_ref()
-                    .is_some_and(|p| self.platform.matches(p))
-            })
-            .collect();
-        let chosen = match with_platform.first() {
-            Some(d) => *d,
-            None if candidates.len() == 1 && candidates[0].platform().is_none() => candidates[0],
-            None => {
-                let available: Vec<String> = candidates
-                    .iter()
-                    .map(|d| match d.platform() {
-                        Some(p) => format!("{}/{}", p.os(), p.architecture()),
-                        None => "unspecified".into(),
-                    })
-                    .collect();
-                return Err(OciError::Platform(format!(
-                    "no manifest for {} in the index (available: {})",
-                    self.platform,
-                    if available.is_empty() {
-                        "none".into()
-                    } else {
-                        available.join(", ")
-                    }
+        // `subject` on an index entry is not in the OCI descriptor type: read it raw.
+        let raw: serde_json::Value = parse_json("image index", &bytes)?;
+        let with_subject = |i: usize| {
+            raw.get("manifests")
+                .and_then(|m| m.get(i))
+                .and_then(|e| e.get("subject"))
+                .is_some()
+        };
+        let all: Vec<&Descriptor> = index.manifests().iter().collect();
+        let top = depth == 0;
+        let (tag, digest) = if top {
+            (self.sel.tag.as_deref(), self.sel.digest.as_deref())
+        } else {
+            (None, None)
+        };
+        let auto = tag.is_none() && digest.is_none();
+        let chosen_from: Vec<&Descriptor> = if let Some(d) = digest {
+            let m: Vec<&Descriptor> = all
+                .iter()
+                .copied()
+                .filter(|e| e.digest().to_string() == d)
+                .collect();
+            if m.is_empty() {
+                return Err(OciError::Select(format!(
+                    "{what} has no entry {d}; it lists:{}",
+                    list_entries(&all)
                 )));
             }
+            m
+        } else if let Some(t) = tag {
+            let m: Vec<&Descriptor> = all
+                .iter()
+                .copied()
+                .filter(|e| ref_name(e) == Some(t))
+                .collect();
+            if m.is_empty() {
+                return Err(OciError::Select(format!(
+                    "{what} has no entry tagged {t:?}; it lists:{}",
+                    list_entries(&all)
+                )));
+            }
+            m
+        } else {
+            // Referrers (SBOMs, signatures: `oras attach`) and Docker attestations are never
+            // the image meant; other artifacts are, when nothing else is there.
+            let not_referrers: Vec<&Descriptor> = all
+                .iter()
+                .enumerate()
+                .filter(|(i, e)| !is_attestation(e) && !with_subject(*i))
+                .map(|(_, e)| *e)
+                .collect();
+            let images: Vec<&Descriptor> = not_referrers
+                .iter()
+                .copied()
+                .filter(|e| !is_artifact_entry(e))
+                .collect();
+            if images.is_empty() {
+                not_referrers
+            } else {
+                images
+            }
+        };
+        let matching: Vec<&Descriptor> = dedup(
+            chosen_from
+                .iter()
+                .copied()
+                .filter(|d| {
+                    d.platform()
+                        .as_ref()
+                        .is_some_and(|p| self.sel.platform.matches(p))
+                })
+                .collect(),
+        );
+        let unplatformed: Vec<&Descriptor> = dedup(
+            chosen_from
+                .iter()
+                .copied()
+                .filter(|d| d.platform().is_none())
+                .collect(),
+        );
+        let ambiguous = |c: &[&Descriptor]| {
+            OciError::Select(format!(
+                "{what} lists {} images{}; choose one with --tag NAME or --digest DIGEST \
+                 (`tag` or `digest` in the runtime configuration):{}",
+                c.len(),
+                if matching.is_empty() {
+                    String::new()
+                } else {
+                    format!(" for {}", self.sel.platform)
+                },
+                list_entries(c)
+            ))
+        };
+        let mut prefetched = None;
+        let chosen: &Descriptor = if matching.len() == 1 {
+            matching[0]
+        } else if matching.len() > 1 {
+            return Err(ambiguous(&matching));
+        } else if unplatformed.len() == 1 {
+            unplatformed[0]
+        } else if unplatformed.len() > 1 {
+            if !auto || unplatformed.len() > MAX_PROBED_ENTRIES {
+                return Err(ambiguous(&unplatformed));
+            }
+            // Referrers need not say so in index.json (oras writes them untagged, without
+            // `subject` on the entry): look inside each manifest.
+            let mut runnable = Vec::new();
+            for d in &unplatformed {
+                if !is_manifest(d.media_type()) {
+                    runnable.push((*d, None));
+                    continue;
+                }
+                let cid = locator.locate(d)?;
+                let b = self
+                    .doc(d, cid, "manifest", self.limits.max_manifest)
+                    .await?;
+                let m: serde_json::Value = parse_json("image manifest", &b)?;
+                if !manifest_is_referrer_or_artifact(&m) {
+                    runnable.push((*d, Some(b)));
+                }
+            }
+            match runnable.as_slice() {
+                [(d, b)] => {
+                    prefetched = b.clone();
+                    d
+                }
+                _ => return Err(ambiguous(&unplatformed)),
+            }
+        } else {
+            let available: Vec<String> = chosen_from
+                .iter()
+                .map(|d| match d.platform() {
+                    Some(p) => format!("{}/{}", p.os(), p.architecture()),
+                    None => "unspecified".into(),
+                })
+                .collect();
+            return Err(OciError::Platform(format!(
+                "no manifest for {} in the index (available: {})",
+                self.sel.platform,
+                if available.is_empty() {
+                    "none".into()
+                } else {
+                    available.join(", ")
+                }
+            )));
         };
         let cid = locator.locate(chosen)?;
         if is_index(chosen.media_type()) {
             let b = self
                 .doc(chosen, cid, "image index", self.limits.max_index)
                 .await?;
-            return Box::pin(self.select(locator, chosen, b, depth + 1)).await;
+            return Box::pin(self.select(locator, chosen, b, depth + 1, "the nested image index"))
+                .await;
         }
         if !is_manifest(chosen.media_type()) {
             return Err(OciError::MediaType {
@@ -367,9 +567,13 @@ impl Resolver<'_> {
                 reason: "must be an OCI or Docker v2 image manifest or index",
             });
         }
-        let b = self
-            .doc(chosen, cid, "manifest", self.limits.max_manifest)
-            .await?;
+        let b = match prefetched {
+            Some(b) => b,
+            None => {
+                self.doc(chosen, cid, "manifest", self.limits.max_manifest)
+                    .await?
+            }
+        };
         Ok((chosen.clone(), b))
     }
 
@@ -380,7 +584,7 @@ impl Resolver<'_> {
         locator: &Locator,
         manifest_desc: Descriptor,
         manifest_bytes: Bytes,
-    ) -> Result<Resolved, OciError> {
+    ) -> Result<Target, OciError> {
         let manifest: ImageManifest = parse_json("image manifest", &manifest_bytes)?;
         check_doc_media_type(
             &manifest_desc,
@@ -394,13 +598,11 @@ impl Resolver<'_> {
             });
         }
         let config_desc = manifest.config().clone();
-        if !is_config(config_desc.media_type()) {
-            return Err(OciError::MediaType {
-                what: "config",
-                media_type: config_desc.media_type().to_string(),
-                reason: "must be an OCI or Docker image config",
-            });
-        }
+        let artifact_type = match manifest.artifact_type() {
+            Some(t) if !is_config(t) => Some(t.to_string()),
+            _ if !is_config(config_desc.media_type()) => Some(config_desc.media_type().to_string()),
+            _ => None,
+        };
         let layers = manifest.layers();
         if layers.len() > self.limits.max_layers {
             return Err(OciError::TooManyLayers {
@@ -411,7 +613,10 @@ impl Resolver<'_> {
         let mut total = 0u64;
         let mut blobs = Vec::with_capacity(layers.len());
         for l in layers {
-            layer_compression(l.media_type())?;
+            if artifact_type.is_none() {
+                layer_compression(l.media_type())?;
+            }
+            sha256_hex(l)?;
             if l.size() > self.limits.max_blob {
                 return Err(too_large("layer", l, self.limits.max_blob));
             }
@@ -431,15 +636,33 @@ impl Resolver<'_> {
         let config_bytes = self
             .doc(&config_desc, config_cid, "config", self.limits.max_config)
             .await?;
+        let config = Blob {
+            desc: config_desc,
+            cid: config_cid,
+        };
+        if let Some(artifact_type) = artifact_type {
+            debug!(manifest = %manifest_desc.digest(), %artifact_type, layers = blobs.len(), "artifact resolved");
+            return Ok(Target::Artifact(Box::new(Artifact {
+                root: *root,
+                kind,
+                artifact_type,
+                manifest_desc,
+                manifest_bytes,
+                manifest,
+                config,
+                config_bytes,
+                layers: blobs,
+            })));
+        }
         let image_config: ImageConfiguration = parse_json("image config", &config_bytes)?;
         let (os, arch) = (
             image_config.os().to_string(),
             image_config.architecture().to_string(),
         );
-        if os != self.platform.os || arch != self.platform.arch {
+        let platform = &self.sel.platform;
+        if os != platform.os || arch != platform.arch {
             return Err(OciError::Platform(format!(
-                "the image is {os}/{arch}, not {}",
-                self.platform
+                "the image is {os}/{arch}, not {platform}"
             )));
         }
         let diff_ids = image_config.rootfs().diff_ids().len();
@@ -450,21 +673,18 @@ impl Resolver<'_> {
             });
         }
         debug!(manifest = %manifest_desc.digest(), layers = blobs.len(), "image resolved");
-        Ok(Resolved {
+        Ok(Target::Image(Box::new(Resolved {
             root: *root,
             kind,
-            platform: self.platform.clone(),
+            platform: platform.clone(),
             manifest_desc,
             manifest_bytes,
             manifest,
-            config: Blob {
-                desc: config_desc,
-                cid: config_cid,
-            },
+            config,
             config_bytes,
             image_config,
             layers: blobs,
-        })
+        })))
     }
 
     /// Fetches a document named by a descriptor, refusing it before fetching if over `cap`.
@@ -482,7 +702,18 @@ impl Resolver<'_> {
         let mut buf = Vec::with_capacity(desc.size() as usize);
         self.gw
             .file(&cid, SizeRule::Exact(desc.size()), &mut buf)
-            .await?;
+            .await
+            .map_err(|source| {
+                let place = if self.in_layout.load(std::sync::atomic::Ordering::Relaxed) {
+                    format!(" (blobs/sha256/{})", desc.digest().digest())
+                } else {
+                    format!(" (ipfs://{cid})")
+                };
+                OciError::Fetching {
+                    what: format!("{what} {}{place}", desc.digest()),
+                    source,
+                }
+            })?;
         check_bytes(desc, what, &buf)?;
         Ok(Bytes::from(buf))
     }
@@ -496,7 +727,11 @@ impl Resolver<'_> {
         let mut buf = Vec::new();
         self.gw
             .file(cid, SizeRule::AtMost(cap, what), &mut buf)
-            .await?;
+            .await
+            .map_err(|source| OciError::Fetching {
+                what: what.to_string(),
+                source,
+            })?;
         Ok(Bytes::from(buf))
     }
 }
@@ -556,4 +791,74 @@ fn is_attestation(d: &Descriptor) -> bool {
         .as_ref()
         .and_then(|a| a.get("vnd.docker.reference.type"))
         .is_some_and(|t| t == "attestation-manifest")
+}
+
+fn ref_name(d: &Descriptor) -> Option<&str> {
+    d.annotations()
+        .as_ref()
+        .and_then(|a| a.get(ANN_REF_NAME))
+        .map(String::as_str)
+}
+
+/// An index entry that says it is an artifact (an `artifactType` that is not an image's).
+fn is_artifact_entry(d: &Descriptor) -> bool {
+    d.artifact_type()
+        .as_ref()
+        .is_some_and(|t| !is_config(t) && !is_manifest(t) && !is_index(t))
+}
+
+/// A manifest that refers to another (`subject`) or is an artifact.
+fn manifest_is_referrer_or_artifact(m: &serde_json::Value) -> bool {
+    let image_type = |t: &str| {
+        let mt = MediaType::from(t);
+        is_config(&mt) || is_manifest(&mt)
+    };
+    m.get("subject").is_some()
+        || m.get("artifactType")
+            .and_then(|t| t.as_str())
+            .is_some_and(|t| !image_type(t))
+        || m.get("config")
+            .and_then(|c| c.get("mediaType"))
+            .and_then(|t| t.as_str())
+            .is_some_and(|t| !is_config(&MediaType::from(t)))
+}
+
+/// Entries with distinct digests, in order.
+fn dedup(v: Vec<&Descriptor>) -> Vec<&Descriptor> {
+    let mut out: Vec<&Descriptor> = Vec::with_capacity(v.len());
+    for d in v {
+        if !out.iter().any(|o| o.digest() == d.digest()) {
+            out.push(d);
+        }
+    }
+    out
+}
+
+/// Most entries listed in an error; the rest are counted.
+const MAX_LISTED: usize = 32;
+
+/// The entries of an index, one a line: tag, digest, platform, artifact type.
+fn list_entries(entries: &[&Descriptor]) -> String {
+    let mut out = String::new();
+    for d in entries.iter().take(MAX_LISTED) {
+        out.push_str("\n  - ");
+        match ref_name(d) {
+            Some(t) => out.push_str(&format!("--tag {t:?}  ")),
+            None => out.push_str("(untagged)  "),
+        }
+        out.push_str(&format!("--digest {}", d.digest()));
+        if let Some(p) = d.platform() {
+            out.push_str(&format!("  {}/{}", p.os(), p.architecture()));
+        }
+        if let Some(t) = d.artifact_type() {
+            out.push_str(&format!("  artifactType {t}"));
+        }
+    }
+    if entries.len() > MAX_LISTED {
+        out.push_str(&format!("\n  … and {} more", entries.len() - MAX_LISTED));
+    }
+    if entries.is_empty() {
+        out.push_str(" nothing");
+    }
+    out
 }

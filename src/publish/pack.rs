@@ -1,7 +1,7 @@
 //! Packs a directory into a CARv1 exactly as `ipfs-car pack` does, so that the CID printed
 //! here is the CID any IPFS tool computes for the same directory: CIDv1, raw leaves, 1 MiB
 //! chunks, balanced file DAGs 1024 links wide, directory links sorted by name, dotfiles
-//! skipped.
+//! skipped, and directories of more than 1000 entries HAMT-sharded.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -11,13 +11,16 @@ use cid::Cid;
 
 use crate::fetch::car;
 use crate::fetch::dagpb::{self, PbLink, PbNode};
+use crate::fetch::hamt;
 use crate::fetch::unixfs::{Data, Kind};
 use crate::reference::{cid_for, raw_cid, CODEC_DAG_PB};
 
 pub const CHUNK_SIZE: usize = 1024 * 1024;
 pub const FILE_WIDTH: usize = 1024;
-/// ipfs-car switches to HAMT sharding above this many entries; cidboot does not shard.
+/// Above this many entries a directory is written HAMT-sharded, as ipfs-car does.
 pub const MAX_DIR_ENTRIES: usize = 1000;
+/// Most entries packed into one directory (what cidboot reads back).
+pub const MAX_PACKED_ENTRIES: usize = crate::fetch::hamt::MAX_DIR_ENTRIES;
 /// Deepest directory nesting packed (an OCI layout needs 3).
 pub const MAX_DIR_DEPTH: usize = 64;
 
@@ -156,11 +159,11 @@ fn pack_dir_node(
             names.push(name);
         }
     }
-    if names.len() > MAX_DIR_ENTRIES {
+    if names.len() > MAX_PACKED_ENTRIES {
         return Err(PackError::Unsupported {
             path: path.display().to_string(),
             reason: format!(
-                "{} entries would need a HAMT-sharded directory (at most {MAX_DIR_ENTRIES})",
+                "{} entries, over the {MAX_PACKED_ENTRIES} a directory may hold",
                 names.len()
             ),
         });
@@ -182,11 +185,16 @@ fn pack_dir_node(
     if links.is_empty() && depth > 0 {
         return Ok(None);
     }
+    if links.len() > MAX_DIR_ENTRIES {
+        return pack_sharded(w, path, links).map(Some);
+    }
     let data = Data {
         kind: Kind::Directory,
         data: None,
         filesize: None,
         blocksizes: vec![],
+        hash_type: None,
+        fanout: None,
     };
     let block = dagpb::encode(&PbNode {
         links,
@@ -195,6 +203,34 @@ fn pack_dir_node(
     let cid = cid_for(CODEC_DAG_PB, &block);
     w.put(&cid, &block)?;
     Ok(Some((cid, total + block.len() as u64)))
+}
+
+/// A directory of more than [`MAX_DIR_ENTRIES`] entries, as the HAMT ipfs-car writes.
+fn pack_sharded(w: &mut CarOut, path: &Path, links: Vec<PbLink>) -> Result<(Cid, u64), PackError> {
+    let entries = links
+        .into_iter()
+        .map(|l| hamt::Entry {
+            name: String::from_utf8(l.name.unwrap_or_default()).unwrap_or_default(),
+            cid: l.cid,
+            tsize: l.tsize.unwrap_or(0),
+        })
+        .collect();
+    let mut err = None;
+    let built = hamt::build(entries, &mut |b| {
+        w.put(&b.cid, &b.block).map_err(|e| {
+            let msg = e.to_string();
+            err = Some(e);
+            msg
+        })
+    });
+    match (built, err) {
+        (Ok(r), _) => Ok(r),
+        (Err(_), Some(e)) => Err(e),
+        (Err(reason), None) => Err(PackError::Unsupported {
+            path: path.display().to_string(),
+            reason,
+        }),
+    }
 }
 
 /// One node of a file DAG: its CID, content size and cumulative DAG size.
@@ -234,6 +270,8 @@ fn pack_file(w: &mut CarOut, path: &Path) -> Result<(Cid, u64), PackError> {
                 data: None,
                 filesize: Some(group.iter().map(|p| p.content).sum()),
                 blocksizes: group.iter().map(|p| p.content).collect(),
+                hash_type: None,
+                fanout: None,
             };
             let links = group
                 .iter()

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::fetch::car::{self, CarReader};
 use crate::fetch::gateway::in_range;
+use crate::fetch::hamt;
 use crate::fetch::unixfs::{Directory, FileNode};
 use crate::fetch::MAX_DAG_DEPTH;
 use crate::reference::{verify_block, MH_IDENTITY};
@@ -408,6 +409,19 @@ fn resolve_path(
         let block = store
             .get(&cur)
             .ok_or_else(|| Reject::new(StatusCode::NOT_FOUND, format!("block {cur} not found")))?;
+        if hamt::is_shard(&cur, &block) {
+            let (found, shards) = hamt::lookup(&|c| store.get(c), &cur, seg).map_err(|e| {
+                Reject::new(
+                    StatusCode::NOT_IMPLEMENTED,
+                    format!("path through {cur}: {e}"),
+                )
+            })?;
+            plan.extend(shards);
+            cur = found.ok_or_else(|| {
+                Reject::new(StatusCode::NOT_FOUND, format!("no {seg:?} in {cur}"))
+            })?;
+            continue;
+        }
         let dir = Directory::parse(&cur, &block).map_err(|e| {
             Reject::new(
                 StatusCode::NOT_IMPLEMENTED,
@@ -435,6 +449,10 @@ fn plan_scope(
         plan.push(*target);
         return Ok(());
     }
+    // A sharded directory's entity is all of its shards, in depth-first order.
+    if hamt::is_shard(target, &block) {
+        return plan_shard(store, target, &block, &[], q, plan);
+    }
     // A directory's entity is its own block; a file's entity is its whole DAG (or a range).
     if Directory::parse(target, &block).is_ok() {
         plan.push(*target);
@@ -449,6 +467,42 @@ fn plan_scope(
     }
     let (from, to) = q.range.unwrap_or((0, None));
     plan_file(store, target, 0, from, to, 0, plan)
+}
+
+fn plan_shard(
+    store: &BlockStore,
+    cid: &Cid,
+    block: &Bytes,
+    path: &[u8],
+    q: &Query,
+    plan: &mut Vec<Cid>,
+) -> Result<(), Reject> {
+    if plan.len() >= MAX_RESPONSE_BLOCKS {
+        return Err(Reject::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "DAG too deep or too large",
+        ));
+    }
+    let shard = hamt::Shard::parse(cid, block, path)
+        .map_err(|e| Reject::new(StatusCode::NOT_IMPLEMENTED, format!("{cid}: {e}")))?;
+    plan.push(*cid);
+    for (slot, link) in shard.links {
+        match link {
+            hamt::ShardLink::Shard(sub) => {
+                let b = store.get(&sub).ok_or_else(|| {
+                    Reject::new(StatusCode::NOT_FOUND, format!("block {sub} not found"))
+                })?;
+                let mut p = path.to_vec();
+                p.push(slot);
+                plan_shard(store, &sub, &b, &p, q, plan)?;
+            }
+            hamt::ShardLink::Entry { cid: c, .. } if q.scope == Scope::All => {
+                plan_scope(store, &c, q, plan)?;
+            }
+            hamt::ShardLink::Entry { .. } => {}
+        }
+    }
+    Ok(())
 }
 
 fn plan_file(

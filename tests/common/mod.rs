@@ -211,6 +211,34 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// The same over plain HTTP (for test gateways of our own in front of it).
+    pub fn start_plain(cars: &[PathBuf]) -> Gateway {
+        let mut c = cidboot();
+        c.arg("gateway").arg("--listen").arg("127.0.0.1:0");
+        for car in cars {
+            c.arg("--car").arg(car);
+        }
+        let mut child = c
+            .env("CIDBOOT_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start cidboot gateway");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line.trim().to_string();
+        assert!(url.starts_with("http://127.0.0.1:"), "gateway said {url:?}");
+        Gateway {
+            url,
+            ca: PathBuf::new(),
+            child,
+        }
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -513,4 +541,242 @@ pub fn helper_dir(work: &Path, names: &[&str]) -> (std::path::PathBuf, String) {
         pins.push_str(&format!("{n} = \"sha256:{}\"\n", sha256_hex(&bytes)));
     }
     (dir, pins)
+}
+
+/// Runs Debian's umoci (installed by scripts/setup-tools.sh); a failure fails the test.
+pub fn umoci(args: &[&std::ffi::OsStr]) {
+    let o = Command::new("umoci")
+        .args(args)
+        .output()
+        .expect("umoci (installed by scripts/setup-tools.sh)");
+    assert!(
+        o.status.success(),
+        "umoci {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Reads a JSON blob of an OCI layout by digest.
+pub fn layout_blob(layout: &Path, digest: &str) -> Vec<u8> {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()
+}
+
+/// The manifest of the first entry of a layout's index.json.
+pub fn layout_manifest(layout: &Path) -> serde_json::Value {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let d = index["manifests"][0]["digest"].as_str().unwrap();
+    serde_json::from_slice(&layout_blob(layout, d)).unwrap()
+}
+
+/// Layout files of one blob: writes it under `blobs/sha256` and returns its descriptor.
+pub fn put_blob(layout: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
+    let hex = sha256_hex(bytes);
+    std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
+    json!({"mediaType": media_type, "digest": format!("sha256:{hex}"), "size": bytes.len()})
+}
+
+/// Appends an entry to a layout's index.json.
+pub fn add_index_entry(layout: &Path, entry: serde_json::Value) {
+    let p = layout.join("index.json");
+    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    index["manifests"].as_array_mut().unwrap().push(entry);
+    std::fs::write(&p, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// The empty descriptor of image-spec 1.1, as `oras` writes it for an artifact's config.
+pub const EMPTY_DIGEST: &str =
+    "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+
+/// Attaches a referrer to `subject` the way `oras attach --oci-layout` does: an artifact
+/// manifest with the empty config, one titled layer and `subject`, listed untagged in
+/// index.json with its `artifactType`. Returns the referrer manifest's digest.
+pub fn oras_attach(
+    layout: &Path,
+    subject: &serde_json::Value,
+    artifact_type: &str,
+    file: &str,
+    bytes: &[u8],
+) -> String {
+    let config = put_blob(layout, "application/vnd.oci.empty.v1+json", b"{}");
+    assert_eq!(config["digest"], EMPTY_DIGEST);
+    let mut layer = put_blob(layout, artifact_type, bytes);
+    layer["annotations"] = json!({"org.opencontainers.image.title": file});
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": MT_MANIFEST,
+        "artifactType": artifact_type,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": EMPTY_DIGEST, "size": 2, "data": "e30="},
+        "layers": [layer],
+        "subject": subject,
+        "annotations": {"org.opencontainers.image.created": "2024-01-01T00:00:00Z"},
+    });
+    let mut d = put_blob(layout, MT_MANIFEST, &serde_json::to_vec(&manifest).unwrap());
+    d["artifactType"] = json!(artifact_type);
+    add_index_entry(layout, d.clone());
+    d["digest"].as_str().unwrap().to_string()
+}
+
+/// A layout written by umoci: one image per tag, each with `/etc/greeting` saying
+/// "hello from TAG". Returns each tag's index.json descriptor.
+pub fn umoci_layout(layout: &Path, tags: &[&str]) -> Vec<serde_json::Value> {
+    use std::ffi::OsStr;
+    let src = layout.with_extension("src");
+    std::fs::create_dir_all(&src).unwrap();
+    umoci(&[
+        OsStr::new("init"),
+        OsStr::new("--layout"),
+        layout.as_os_str(),
+    ]);
+    for tag in tags {
+        let image = format!("{}:{tag}", layout.display());
+        let file = src.join(tag);
+        std::fs::write(&file, format!("hello from {tag}\n")).unwrap();
+        umoci(&[OsStr::new("new"), OsStr::new("--image"), OsStr::new(&image)]);
+        umoci(&[
+            OsStr::new("insert"),
+            OsStr::new("--rootless"),
+            OsStr::new("--image"),
+            OsStr::new(&image),
+            file.as_os_str(),
+            OsStr::new("/etc/greeting"),
+        ]);
+    }
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    tags.iter()
+        .map(|t| {
+            index["manifests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["annotations"]["org.opencontainers.image.ref.name"] == *t)
+                .unwrap_or_else(|| panic!("umoci wrote no entry for {t}"))
+                .clone()
+        })
+        .collect()
+}
+
+/// A small test gateway of our own: answers every request with a redirect to `to` + the
+/// request's path (or to itself, a loop, when `to` is None). Counts the requests.
+pub struct Redirector {
+    pub url: String,
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Redirector {
+    pub fn start(status: u16, to: Option<String>) -> Redirector {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (base, counter) = (to.unwrap_or_else(|| url.clone()), hits.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&req)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                let path = line.split(' ').nth(1).unwrap_or("/").to_string();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status} Moved\r\nLocation: {base}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        Redirector { url, hits }
+    }
+}
+
+/// Runs cidboot with info logging, so that what it did with gateways shows.
+pub fn run_logged(args: &[&str]) -> Out {
+    let o = cidboot()
+        .args(args)
+        .env("CIDBOOT_LOG", "info")
+        .output()
+        .expect("run cidboot");
+    Out {
+        ok: o.status.success(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// A small test gateway of our own in front of a plain-http `cidboot gateway`: answers 406 to
+/// every request for the format it `refuses` ("car" or "raw") and passes the rest through.
+/// Counts the refusals.
+pub struct FormatFilter {
+    pub url: String,
+    pub refusals: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FormatFilter {
+    pub fn start(upstream: &str, refuses: &'static str) -> FormatFilter {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let refusals = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = refusals.clone();
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let (upstream, counter) = (upstream.clone(), counter.clone());
+                std::thread::spawn(move || {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&req).into_owned();
+                    let path = head
+                        .lines()
+                        .next()
+                        .and_then(|l| l.split(' ').nth(1))
+                        .unwrap_or("/")
+                        .to_string();
+                    let accept = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .starts_with("accept:")
+                                .then(|| l[7..].trim().to_string())
+                        })
+                        .unwrap_or_default();
+                    if path.contains(&format!("format={refuses}")) {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let _ = write!(
+                            conn,
+                            "HTTP/1.1 406 Not Acceptable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        );
+                        return;
+                    }
+                    let Ok(mut up) = std::net::TcpStream::connect(&upstream) else {
+                        return;
+                    };
+                    let _ = write!(
+                        up,
+                        "GET {path} HTTP/1.1\r\nHost: {upstream}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = std::io::copy(&mut up, &mut conn);
+                });
+            }
+        });
+        FormatFilter { url, refusals }
+    }
 }

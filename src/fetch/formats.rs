@@ -1,0 +1,192 @@
+//! Gateways that speak only one of the two trustless formats. One that refuses `format=car`
+//! (406, 400 or 501) is used block by block with `format=raw`, the client walking the file DAG
+//! itself a few blocks at a time; one that refuses `format=raw` is asked for single blocks as
+//! CARs (`dag-scope=block`). What each gateway refused is remembered for the rest of the run.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use cid::Cid;
+use futures_util::stream::{self, StreamExt};
+use tracing::info;
+
+use super::car::CarReader;
+use super::gateway::{
+    check_content_type, check_size, check_status, deliver, in_range, Gateway, SizeRule, ACCEPT_CAR,
+};
+use super::unixfs::FileNode;
+use super::{BlobSink, FetchError, Gateways, MAX_DAG_DEPTH};
+use crate::reference::verify_block;
+
+/// Blocks of one file node fetched at once from a raw-only gateway.
+pub const RAW_CONCURRENCY: usize = 8;
+
+/// The gateway refused `format=car`.
+pub(super) const NO_CAR: u8 = 1;
+/// The gateway refused `format=raw`.
+pub(super) const NO_RAW: u8 = 2;
+
+/// The statuses with which a gateway says it does not serve a format.
+fn refuses(e: &FetchError) -> Option<u16> {
+    match e {
+        FetchError::Status { status, .. } if matches!(status, 400 | 406 | 501) => Some(*status),
+        _ => None,
+    }
+}
+
+impl Gateway {
+    fn refused(&self, what: u8) -> bool {
+        self.refused.load(Ordering::Relaxed) & what != 0
+    }
+
+    fn remember(&self, what: u8, status: u16) {
+        self.refused.fetch_or(what, Ordering::Relaxed);
+        if what == NO_CAR {
+            info!(gateway = %self.label, status, "the gateway refuses CAR responses: fetching from it block by block (format=raw)");
+        } else {
+            info!(gateway = %self.label, status, "the gateway refuses raw blocks: fetching from it by CAR requests (dag-scope=block)");
+        }
+    }
+}
+
+type Step<'a> = Pin<Box<dyn Future<Output = Result<(), FetchError>> + Send + 'a>>;
+
+impl Gateways {
+    /// One verified block from one gateway, in whichever format it speaks.
+    pub(super) async fn block_any(&self, gw: &Gateway, cid: &Cid) -> Result<Bytes, FetchError> {
+        if !gw.refused(NO_RAW) {
+            match self.block_once(gw, cid).await {
+                Err(e) => match refuses(&e) {
+                    Some(status) => gw.remember(NO_RAW, status),
+                    None => return Err(e),
+                },
+                ok => return ok,
+            }
+        }
+        self.block_via_car(gw, cid).await
+    }
+
+    /// One block as a CAR of exactly that block.
+    async fn block_via_car(&self, gw: &Gateway, cid: &Cid) -> Result<Bytes, FetchError> {
+        let path = format!("{}/ipfs/{cid}?format=car&dag-scope=block", gw.prefix);
+        let resp = self
+            .get_following(gw, &path, &[("accept", ACCEPT_CAR)])
+            .await?;
+        check_status(&resp)?;
+        check_content_type(&resp, "application/vnd.ipld.car", "CAR")?;
+        let mut car = CarReader::new(resp.into_reader()).await?;
+        let (got, data) = car
+            .next_block()
+            .await?
+            .ok_or_else(|| FetchError::Truncated(format!("CAR before block {cid}")))?;
+        if got != *cid {
+            return Err(FetchError::UnexpectedBlock {
+                expected: cid.to_string(),
+                got: got.to_string(),
+            });
+        }
+        verify_block(cid, &data)?;
+        if let Some((extra, _)) = car.next_block().await? {
+            return Err(FetchError::ExtraBlock(extra.to_string()));
+        }
+        Ok(data)
+    }
+
+    /// A file from one gateway, from byte `*delivered` on, in whichever format it speaks.
+    pub(super) async fn file_any<S: BlobSink>(
+        &self,
+        gw: &Gateway,
+        cid: &Cid,
+        rule: SizeRule,
+        delivered: &mut u64,
+        size: &mut Option<u64>,
+        sink: &mut S,
+    ) -> Result<(), FetchError> {
+        if !gw.refused(NO_CAR) {
+            match self.file_once(gw, cid, rule, delivered, size, sink).await {
+                Err(e) => match refuses(&e) {
+                    Some(status) => gw.remember(NO_CAR, status),
+                    None => return Err(e),
+                },
+                ok => return ok,
+            }
+        }
+        let from = *delivered;
+        let root = FileNode::parse(cid, self.block_any(gw, cid).await?)?;
+        let actual = root.size();
+        check_size(cid, rule, actual)?;
+        if let Some(e) = *size {
+            if e != actual {
+                return Err(FetchError::SizeMismatch {
+                    cid: cid.to_string(),
+                    expected: e,
+                    actual,
+                });
+            }
+        }
+        *size = Some(actual);
+        self.walk_blocks(gw, cid, root, 0, 0, from, delivered, sink)
+            .await
+    }
+
+    /// Delivers a verified file node's content from byte `from` on, fetching its children a
+    /// few at a time, in order.
+    #[allow(clippy::too_many_arguments)]
+    fn walk_blocks<'a, S: BlobSink>(
+        &'a self,
+        gw: &'a Gateway,
+        root: &'a Cid,
+        node: FileNode,
+        start: u64,
+        depth: usize,
+        from: u64,
+        delivered: &'a mut u64,
+        sink: &'a mut S,
+    ) -> Step<'a> {
+        Box::pin(async move {
+            let (inline, children) = match node {
+                FileNode::Leaf(data) => return deliver(sink, &data, start, delivered).await,
+                FileNode::Node {
+                    inline, children, ..
+                } => (inline, children),
+            };
+            deliver(sink, &inline, start, delivered).await?;
+            if depth + 1 > MAX_DAG_DEPTH {
+                return Err(FetchError::TooDeep {
+                    cid: root.to_string(),
+                    max: MAX_DAG_DEPTH,
+                });
+            }
+            let mut offset = start + inline.len() as u64;
+            let mut wanted = Vec::with_capacity(children.len());
+            for (child, len) in children {
+                if in_range(offset, len, from) {
+                    wanted.push((child, offset, len));
+                }
+                offset += len;
+            }
+            let mut blocks = stream::iter(wanted)
+                .map(|(c, offset, len)| async move {
+                    let b = self.block_any(gw, &c).await?;
+                    Ok::<_, FetchError>((c, offset, len, b))
+                })
+                .buffered(RAW_CONCURRENCY);
+            while let Some(next) = blocks.next().await {
+                let (c, offset, len, block) = next?;
+                let child = FileNode::parse(&c, block)?;
+                if child.size() != len {
+                    return Err(FetchError::SizeMismatch {
+                        cid: c.to_string(),
+                        expected: len,
+                        actual: child.size(),
+                    });
+                }
+                self.walk_blocks(gw, root, child, offset, depth + 1, from, delivered, sink)
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,290 @@
+//! OCI 1.1 artifacts: described by `inspect`, fetched by `pull` (as a layout, or as files the
+//! way `oras pull` writes them), refused by `run` and `unpack`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::json;
+
+const EIGEN_TYPE: &str = "application/vnd.eigenruntime.manifest.v1";
+const EIGEN_CONFIG: &str = "application/vnd.eigenruntime.manifest.config.v1+json";
+const SPEC: &[u8] = b"apiVersion: v1\nkind: Runtime\nname: demo\n";
+
+/// A layout holding one artifact, as `oras push --oci-layout DIR:TAG` writes it: its config,
+/// layers with their titles, and an index.json entry carrying `artifactType`.
+fn artifact_layout(
+    dir: &Path,
+    config: (&str, &[u8]),
+    layers: &[(&str, &[u8], Option<&str>)],
+) -> String {
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": []}))
+            .unwrap(),
+    )
+    .unwrap();
+    let config = put_blob(dir, config.0, config.1);
+    let layers: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|(mt, bytes, title)| {
+            let mut d = put_blob(dir, mt, bytes);
+            if let Some(t) = title {
+                d["annotations"] = json!({"org.opencontainers.image.title": t});
+            }
+            d
+        })
+        .collect();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": MT_MANIFEST,
+        "artifactType": EIGEN_TYPE,
+        "config": config,
+        "layers": layers,
+        "annotations": {"org.opencontainers.image.created": "2025-01-01T00:00:00Z"},
+    });
+    let mut d = put_blob(dir, MT_MANIFEST, &serde_json::to_vec(&manifest).unwrap());
+    d["artifactType"] = json!(EIGEN_TYPE);
+    d["annotations"] = json!({"org.opencontainers.image.ref.name": "v1"});
+    add_index_entry(dir, d.clone());
+    d["digest"].as_str().unwrap().to_string()
+}
+
+struct Served {
+    root: String,
+    gw: Gateway,
+    work: tempfile::TempDir,
+    manifest: String,
+}
+
+impl Served {
+    fn eigen(layers: &[(&str, &[u8], Option<&str>)]) -> Served {
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path().join("artifact");
+        let manifest = artifact_layout(&dir, (EIGEN_CONFIG, br#"{"version":1}"#), layers);
+        let car = work.path().join("artifact.car");
+        let root = ipfs_car_pack(&dir, &car, false);
+        let gw = Gateway::start(&[car], work.path());
+        Served {
+            root,
+            gw,
+            work,
+            manifest,
+        }
+    }
+
+    fn run(&self, cmd: &str, extra: &[&str]) -> Out {
+        let r = format!("ipfs://{}", self.root);
+        let mut args = vec![
+            cmd,
+            &r,
+            "--gateway",
+            &self.gw.url,
+            "--ca",
+            self.gw.ca.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.work.path().join(rel)
+    }
+}
+
+#[test]
+fn inspect_describes_an_artifact() {
+    let s = Served::eigen(&[("text/yaml", SPEC, Some("spec.yaml"))]);
+    let out = s.run("inspect", &["--json"]);
+    assert!(out.ok, "{}", out.stderr);
+    let v = out.json();
+    assert_eq!(v["kind"], "artifact");
+    assert_eq!(v["artifact_type"], EIGEN_TYPE);
+    assert_eq!(v["manifest_digest"], s.manifest);
+    assert_eq!(v["config"]["media_type"], EIGEN_CONFIG);
+    assert_eq!(v["layers"][0]["media_type"], "text/yaml");
+    assert_eq!(v["layers"][0]["title"], "spec.yaml");
+    assert_eq!(v["layers"][0]["size"], SPEC.len());
+    assert_eq!(
+        v["annotations"]["org.opencontainers.image.created"],
+        "2025-01-01T00:00:00Z"
+    );
+    let human = s.run("inspect", &[]);
+    assert!(
+        human.ok && human.stdout.contains(EIGEN_TYPE) && human.stdout.contains("spec.yaml"),
+        "{}",
+        human.stdout
+    );
+}
+
+#[test]
+fn run_and_unpack_refuse_an_artifact_by_name() {
+    let s = Served::eigen(&[("text/yaml", SPEC, Some("spec.yaml"))]);
+    let rootfs = s.path("root");
+    let out = s.run("unpack", &["--rootfs", rootfs.to_str().unwrap()]);
+    let want = format!("this is an OCI artifact (artifactType {EIGEN_TYPE}), not a runnable image");
+    assert!(!out.ok && out.stderr.contains(&want), "{}", out.stderr);
+    assert!(!rootfs.exists());
+    let out = s.run("expect", &[]);
+    assert!(!out.ok && out.stderr.contains(&want), "{}", out.stderr);
+}
+
+#[test]
+fn pull_writes_an_artifact_as_a_layout_other_tools_read() {
+    let s = Served::eigen(&[("text/yaml", SPEC, Some("spec.yaml"))]);
+    let dir = s.path("pulled");
+    let out = s.run(
+        "pull",
+        &[
+            "--tag",
+            "v1",
+            "--oci-layout",
+            dir.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(out.json()["kind"], "artifact");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let entry = &index["manifests"][0];
+    assert_eq!(entry["digest"], s.manifest);
+    assert_eq!(entry["artifactType"], EIGEN_TYPE);
+    assert_eq!(
+        entry["annotations"]["org.opencontainers.image.ref.name"],
+        "v1"
+    );
+    assert!(entry.get("platform").is_none(), "{entry}");
+    assert_eq!(
+        std::fs::read(dir.join("blobs/sha256").join(sha256_hex(SPEC))).unwrap(),
+        SPEC
+    );
+    let o = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", &format!("oci:{}:v1", dir.display())])
+        .output()
+        .expect("skopeo (installed by scripts/setup-tools.sh)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(&o.stdout)),
+        s.manifest,
+        "skopeo reads the manifest as pulled"
+    );
+}
+
+#[test]
+fn pull_files_writes_titled_layers_like_oras_pull() {
+    let notes: &[u8] = b"untitled";
+    let s = Served::eigen(&[
+        ("text/yaml", SPEC, Some("spec.yaml")),
+        (
+            "application/octet-stream",
+            &noise(3 << 20, 7),
+            Some("blob.bin"),
+        ),
+        ("text/plain", notes, None),
+    ]);
+    let dir = s.path("files");
+    let out = s.run("pull", &["--files", dir.to_str().unwrap(), "--json"]);
+    assert!(out.ok, "{}", out.stderr);
+    let v = out.json();
+    assert_eq!(v["files"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        v["skipped_untitled"][0],
+        format!("sha256:{}", sha256_hex(notes))
+    );
+    assert_eq!(std::fs::read(dir.join("spec.yaml")).unwrap(), SPEC);
+    assert_eq!(
+        std::fs::read(dir.join("blob.bin")).unwrap(),
+        noise(3 << 20, 7)
+    );
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["blob.bin", "spec.yaml"]);
+}
+
+#[test]
+fn pull_files_refuses_unsafe_titles_and_writes_nothing() {
+    for title in ["../escape", "/etc/passwd", "a/b", "..", "", "tab\there"] {
+        let s = Served::eigen(&[
+            ("text/yaml", SPEC, Some("spec.yaml")),
+            ("text/plain", b"evil", Some(title)),
+        ]);
+        let dir = s.path("files");
+        let out = s.run("pull", &["--files", dir.to_str().unwrap()]);
+        assert!(
+            !out.ok && out.stderr.contains("layer 1 (sha256:"),
+            "{title:?}: {}",
+            out.stderr
+        );
+        assert!(!dir.exists(), "{title:?}");
+        assert!(!s.path("escape").exists());
+        let leftovers: Vec<_> = std::fs::read_dir(s.work.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+            .collect();
+        assert!(leftovers.is_empty(), "{title:?}");
+    }
+}
+
+#[test]
+fn an_artifact_with_the_empty_config_is_described_and_pulled() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("sbom");
+    let entries = umoci_layout(&layout, &["latest"]);
+    let subject = json!({"mediaType": entries[0]["mediaType"], "digest": entries[0]["digest"], "size": entries[0]["size"]});
+    let sbom = br#"{"spdxVersion":"SPDX-2.3"}"#;
+    let d = oras_attach(
+        &layout,
+        &subject,
+        "application/spdx+json",
+        "sbom.spdx.json",
+        sbom,
+    );
+    let car = work.path().join("sbom.car");
+    let root = ipfs_car_pack(&layout, &car, false);
+    let gw = Gateway::start(&[car], work.path());
+    let r = format!("ipfs://{root}");
+    let ca = gw.ca.to_str().unwrap();
+    let out = run(&[
+        "inspect",
+        &r,
+        "--gateway",
+        &gw.url,
+        "--ca",
+        ca,
+        "--digest",
+        &d,
+        "--json",
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    let v = out.json();
+    assert_eq!(v["artifact_type"], "application/spdx+json");
+    assert_eq!(
+        v["config"]["media_type"],
+        "application/vnd.oci.empty.v1+json"
+    );
+    assert_eq!(v["config"]["digest"], EMPTY_DIGEST);
+    assert_eq!(v["subject"], entries[0]["digest"]);
+    let files = work.path().join("files");
+    let out = run(&[
+        "pull",
+        &r,
+        "--gateway",
+        &gw.url,
+        "--ca",
+        ca,
+        "--digest",
+        &d,
+        "--files",
+        files.to_str().unwrap(),
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(std::fs::read(files.join("sbom.spdx.json")).unwrap(), sbom);
+}
