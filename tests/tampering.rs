@@ -34,6 +34,9 @@ enum Attack {
     Truncate,
     /// Truncates only the first response: the client must resume, not restart.
     TruncateOnce,
+    /// Truncates the first response, and forwards every request without its `entity-bytes`
+    /// (a gateway that ignores ranges and resends the whole file).
+    TruncateOnceIgnoringRanges,
     WrongOrder,
     /// Answers the first request with 429 and `Retry-After: 1`.
     RateLimitOnce,
@@ -47,6 +50,21 @@ static LIMITED_ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBo
 
 static TRUNCATED_ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+static TRUNCATED_IGNORING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// The request without its `entity-bytes` parameter.
+fn without_range(pq: &str) -> String {
+    let Some((path, query)) = pq.split_once('?') else {
+        return pq.to_string();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.starts_with("entity-bytes="))
+        .collect();
+    format!("{path}?{}", kept.join("&"))
+}
+
 /// Applies the attack to CAR responses of multi-block files (the large layer).
 async fn tamper(attack: Attack, body: Bytes) -> Bytes {
     let mut r = CarReader::new(&body[..]).await.unwrap();
@@ -59,6 +77,9 @@ async fn tamper(attack: Attack, body: Bytes) -> Bytes {
         Attack::Truncate => blocks.len() >= 2,
         Attack::TruncateOnce => {
             blocks.len() >= 3 && !TRUNCATED_ONCE.swap(true, std::sync::atomic::Ordering::SeqCst)
+        }
+        Attack::TruncateOnceIgnoringRanges => {
+            blocks.len() >= 3 && !TRUNCATED_IGNORING.swap(true, std::sync::atomic::Ordering::SeqCst)
         }
         _ => false,
     };
@@ -78,6 +99,7 @@ async fn tamper(attack: Attack, body: Bytes) -> Bytes {
         Attack::WrongOrder => blocks.swap(1, 2),
         Attack::Truncate
         | Attack::TruncateOnce
+        | Attack::TruncateOnceIgnoringRanges
         | Attack::RateLimitOnce
         | Attack::Stall
         | Attack::Always504 => {}
@@ -151,8 +173,14 @@ fn start_proxy(
                                 *resp.status_mut() = hyper::StatusCode::GATEWAY_TIMEOUT;
                                 return Ok::<_, Infallible>(resp);
                             }
+                            let forwarded = if matches!(attack, Attack::TruncateOnceIgnoringRanges)
+                            {
+                                without_range(&pq)
+                            } else {
+                                pq.clone()
+                            };
                             let up = client
-                                .get(&origin, &pq, &[("accept", &accept)])
+                                .get(&origin, &forwarded, &[("accept", &accept)])
                                 .await
                                 .unwrap();
                             let status = up.status;
@@ -304,6 +332,50 @@ fn broken_transfer_resumes_from_the_verified_offset() {
         log.iter().any(|p| p.contains("entity-bytes=2097152:*")),
         "no resumed request in {log:?}"
     );
+}
+
+#[test]
+fn a_gateway_that_ignores_entity_bytes_is_read_whole_once_skipping_what_verified() {
+    let f = fixture();
+    let (url, ca, log) = start_proxy(
+        &f.gateway,
+        Attack::TruncateOnceIgnoringRanges,
+        f.work.path(),
+    );
+    let out_dir = f.work.path().join("out");
+    let reference = format!("ipfs://{}", f.root);
+    let out = run(&[
+        "pull",
+        &reference,
+        "--gateway",
+        &url,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--oci-layout",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the gateway ignored entity-bytes"),
+        "{}",
+        out.stderr
+    );
+    let log = log.lock().unwrap();
+    let resumed = log
+        .iter()
+        .position(|p| p.contains("entity-bytes=2097152:*"))
+        .unwrap_or_else(|| panic!("no resumed request in {log:?}"));
+    // Then the same file again, whole, from the same gateway.
+    let path = log[resumed].split('?').next().unwrap();
+    assert!(
+        log[resumed + 1..]
+            .iter()
+            .any(|p| p.starts_with(path) && !p.contains("entity-bytes")),
+        "no whole-file request after the ignored range: {log:?}"
+    );
+    // Every blob of the written layout verified against its digest on the way (pull checks
+    // sizes and sha256), so the layout holds the image exactly.
+    assert!(out_dir.join("index.json").exists());
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use cid::Cid;
 use futures_util::stream::{self, StreamExt};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::car::CarReader;
 use super::gateway::{
@@ -27,6 +27,8 @@ pub const RAW_CONCURRENCY: usize = 8;
 pub(super) const NO_CAR: u8 = 1;
 /// The gateway refused `format=raw`.
 pub(super) const NO_RAW: u8 = 2;
+/// The gateway ignored `entity-bytes`: it resent a file from its start when asked to resume.
+pub(super) const NO_RANGES: u8 = 4;
 
 /// The statuses with which a gateway says it does not serve a format.
 fn refuses(e: &FetchError) -> Option<u16> {
@@ -37,13 +39,15 @@ fn refuses(e: &FetchError) -> Option<u16> {
 }
 
 impl Gateway {
-    fn refused(&self, what: u8) -> bool {
+    pub(super) fn refused(&self, what: u8) -> bool {
         self.refused.load(Ordering::Relaxed) & what != 0
     }
 
-    fn remember(&self, what: u8, status: u16) {
+    pub(super) fn remember(&self, what: u8, status: u16) {
         self.refused.fetch_or(what, Ordering::Relaxed);
-        if what == NO_CAR {
+        if what == NO_RANGES {
+            warn!(gateway = %self.label, "the gateway ignored entity-bytes and resent the file from its start: resuming from it by reading whole files, skipping what has already verified");
+        } else if what == NO_CAR {
             info!(gateway = %self.label, status, "the gateway refuses CAR responses: fetching from it block by block (format=raw)");
         } else {
             info!(gateway = %self.label, status, "the gateway refuses raw blocks: fetching from it by CAR requests (dag-scope=block)");

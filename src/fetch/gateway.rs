@@ -212,9 +212,14 @@ impl Gateways {
         size: &mut Option<u64>,
         sink: &mut S,
     ) -> Result<(), FetchError> {
-        let from = *delivered;
+        // A resumed transfer asks for the rest only, unless this gateway has shown that it
+        // ignores entity-bytes: then the whole file is read again and what already verified
+        // is skipped (deliver() never hands the sink a byte twice).
+        let ranged = *delivered > 0 && !gw.refused(super::formats::NO_RANGES);
+        let from = if ranged { *delivered } else { 0 };
+        let resumed_at = *delivered;
         let mut path = format!("{}/ipfs/{cid}?format=car&dag-scope=entity", gw.prefix);
-        if from > 0 {
+        if ranged {
             path.push_str(&format!("&entity-bytes={from}:*"));
         }
         debug!(gateway = %gw.label, %cid, from, "requesting CAR");
@@ -239,10 +244,20 @@ impl Gateways {
                 });
             }
             let pending: Vec<Cid> = stack.iter().map(|p| p.0).collect();
-            let block = match walk.expect(&c, &pending).await? {
-                Some(b) => b,
+            let block = match walk.expect(&c, &pending).await {
+                Ok(Some(b)) => b,
                 // The stream omitted a block it had already sent (dups=n): fetch it alone.
-                None => self.block(&c).await?,
+                Ok(None) => self.block(&c).await?,
+                // Right after the root of a resumed transfer, a block from before the range:
+                // the gateway is sending the whole file. Read it whole from this gateway.
+                Err(FetchError::UnexpectedBlock { .. } | FetchError::OutOfOrder { .. })
+                    if ranged && depth > 0 && *delivered == resumed_at =>
+                {
+                    gw.remember(super::formats::NO_RANGES, 0);
+                    drop(walk);
+                    return Box::pin(self.file_once(gw, cid, rule, delivered, size, sink)).await;
+                }
+                Err(e) => return Err(e),
             };
             let node = FileNode::parse(&c, block)?;
             let actual = node.size();
