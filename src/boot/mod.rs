@@ -295,6 +295,8 @@ pub async fn prepare_launch(
     .await?;
     info!(argv = ?p.spec.argv, uid = p.spec.user.uid, gid = p.spec.user.gid, cwd = %p.spec.cwd, "starting the workload");
     let mut cmd = crate::launch::exec::command(&p.root, &p.spec, &plan.sandbox, None)?;
+    // No terminal input: in an enclave that would be the console (and its TIOCSTI).
+    cmd.command_mut().stdin(std::process::Stdio::null());
     if piped {
         cmd.command_mut()
             .stdout(std::process::Stdio::piped())

@@ -4,7 +4,8 @@
 //! EPERM, the calls Docker's default profile refuses to a process without the matching
 //! capability, plus `socket(AF_VSOCK, …)` (the parent's proxies are reached only through
 //! cidboot's measured relays). `clone3` answers ENOSYS, as in Docker's profile, so that libc
-//! falls back to `clone`, whose namespace flags a filter can see.
+//! falls back to `clone`, whose namespace flags a filter can see. x32 system calls are refused
+//! and a foreign architecture's kill the process, so no other numbering slips past.
 
 use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
@@ -193,7 +194,32 @@ const NS_FLAGS: &[u64] = &[
     libc::CLONE_NEWCGROUP as u64,
 ];
 
-/// The two programs: calls refused with EPERM, and `clone3` answered with ENOSYS.
+/// `AUDIT_ARCH_X86_64`: EM_X86_64 (62), 64-bit, little-endian.
+const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+/// The x32 ABI's system calls are the x86_64 numbers with this bit set.
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// Refuses every x32 system call (ENOSYS): they bypass a filter keyed by x86_64 numbers, and
+/// nothing here uses them. (seccompiler matches exact numbers only, hence four instructions by
+/// hand; a foreign architecture, such as `int 0x80`, ends the process.)
+fn deny_x32() -> BpfProgram {
+    let op = |code: u16, jt: u8, jf: u8, k: u32| seccompiler::sock_filter { code, jt, jf, k };
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const JGE_K: u16 = 0x35;
+    const RET_K: u16 = 0x06;
+    vec![
+        op(LD_W_ABS, 0, 0, 4), // seccomp_data.arch
+        op(JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+        op(RET_K, 0, 0, libc::SECCOMP_RET_KILL_PROCESS),
+        op(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+        op(JGE_K, 0, 1, X32_SYSCALL_BIT),
+        op(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        op(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
+}
+
+/// The programs: calls refused with EPERM, `clone3` answered with ENOSYS, and no x32 calls.
 pub fn filters(policy: &Policy) -> Result<Vec<BpfProgram>, ConfineError> {
     let keep = policy.capabilities()?;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
@@ -237,7 +263,7 @@ pub fn filters(policy: &Policy) -> Result<Vec<BpfProgram>, ConfineError> {
         SeccompAction::Errno(libc::ENOSYS as u32),
         TargetArch::x86_64,
     )?;
-    Ok(vec![eperm.try_into()?, enosys.try_into()?])
+    Ok(vec![eperm.try_into()?, enosys.try_into()?, deny_x32()])
 }
 
 /// Loads the filters into this thread. With `no_new_privs` set this needs no capability;
@@ -302,7 +328,7 @@ mod tests {
                 allow_setuid: true,
             },
         ] {
-            assert_eq!(filters(&p).unwrap().len(), 2);
+            assert_eq!(filters(&p).unwrap().len(), 3);
         }
     }
 }

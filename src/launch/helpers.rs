@@ -261,9 +261,9 @@ pub async fn run_chain(
             },
         };
         info!(helper = %step.helper, "prestart");
-        let mut child = exec::command(root, &helper_spec, sandbox, Some(helper.exe.clone()))?
-            .spawn()
-            .await?;
+        let mut cmd = exec::command(root, &helper_spec, sandbox, Some(helper.exe.clone()))?;
+        cmd.command_mut().stdin(std::process::Stdio::null());
+        let mut child = cmd.spawn().await?;
         let status = match tokio::time::timeout(
             Duration::from_secs(step.timeout_secs),
             child.wait(),
