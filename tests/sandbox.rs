@@ -13,8 +13,9 @@ fn outside(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("cidboot-escape-{tag}-{}", fastrand::u64(..)))
 }
 
-/// Docker's default capability set without CAP_MKNOD, as /proc/self/status shows it.
-const DEFAULT_CAPS: &str = "00000000a00425fb";
+/// Docker's default capability set without CAP_MKNOD and CAP_NET_RAW, as /proc/self/status
+/// shows it.
+const DEFAULT_CAPS: &str = "00000000a00405fb";
 
 fn image_with_extra(extra: Vec<u8>, config: serde_json::Value) -> Image {
     image_from_tars(&[base_layer(), extra], config)
@@ -182,7 +183,7 @@ fn capability_and_setuid_opt_ins_come_only_from_the_configuration() {
         "[workload]\ncapabilities = [\"SYS_PTRACE\", \"CAP_NET_ADMIN\"]\nallow_setuid = true\n";
     let r = run_image(&img, Some(cfg), None, &[]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
-    let want = 0xa004_25fb_u64 | (1 << 19) | (1 << 12);
+    let want = 0xa004_05fb_u64 | (1 << 19) | (1 << 12);
     assert_eq!(r.line("probe: CapEff:"), format!("{want:016x}"));
     assert_eq!(r.line("probe: NoNewPrivs:"), "0");
     assert_eq!(r.line("probe: Seccomp:"), "2");
@@ -317,6 +318,44 @@ fn the_helper_that_runs_is_the_one_measured() {
         .map(|e| e["value"].as_str().unwrap())
         .collect();
     assert_eq!(measured, [format!("fake-kms-client sha256:{genuine}")]);
+}
+
+#[test]
+fn a_root_workload_cannot_reach_the_files_behind_cidboots_own_stdio() {
+    // cidboot's stdout and stderr are a host file owned by an ordinary user; its stdin is the
+    // host's /dev/null. The workload gets pipes, so reopening its descriptors through
+    // /proc/self/fd reaches nothing of the host.
+    let img = probe_image(json!({"Entrypoint": ["/bin/probe"], "Cmd": ["reopen-stdio"]}));
+    let work = tempfile::tempdir().unwrap();
+    let (reference, gw) = publish(&img, work.path());
+    let out = work.path().join("out.log");
+    let file = std::fs::File::create(&out).unwrap();
+    std::os::unix::fs::chown(&out, Some(1000), Some(1000)).unwrap();
+    let null_before = std::fs::metadata("/dev/null").unwrap();
+    let st = cidboot()
+        .args(["run", &reference, "--gateway", &gw.url, "--ca"])
+        .arg(&gw.ca)
+        .args(["--attestation-listen", "127.0.0.1:0"])
+        .env("CIDBOOT_LOG", "warn")
+        .stdin(std::fs::File::open("/dev/null").unwrap())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .status()
+        .unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(st.success(), "{text}");
+    // The probe's output arrived through cidboot (so the pipes were copied out).
+    assert_eq!(text.matches("probe: reopen-stdio").count(), 3, "{text}");
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&out).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000), "{text}");
+    assert_eq!(meta.permissions().mode() & 0o7000, 0, "{text}");
+    let null_after = std::fs::metadata("/dev/null").unwrap();
+    assert_eq!(null_after.mode(), null_before.mode());
+    assert_eq!(
+        (null_after.uid(), null_after.gid()),
+        (null_before.uid(), null_before.gid())
+    );
 }
 
 #[test]

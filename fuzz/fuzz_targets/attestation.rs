@@ -10,6 +10,9 @@ fuzz_target!(|data: &[u8]| {
         nonce: Some(b"n".to_vec()),
         user_data: None,
         insecure_unsigned: true,
+        require_locked: Default::default(),
+        measurements: None,
+        allow_unpinned: true,
     };
     let r = cidboot::verify::verify(data, &policy);
     // A document that no NSM signed can pass only as the emulator's unsigned shape.

@@ -98,3 +98,22 @@ pub fn try_mount_devtmpfs(dir: &str) -> String {
     let r = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
     if r == 0 { "ok".into() } else { last_errno() }
 }
+
+/// Reopens this process's descriptor `fd` through /proc/self/fd and tries to make whatever is
+/// behind it setuid root: "ok" or the first errno's name.
+pub fn try_reopen_setuid(fd: u32) -> String {
+    let p = cpath(&format!("/proc/self/fd/{fd}"));
+    // SAFETY: p is a NUL-terminated path that lives across the call.
+    let f = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if f < 0 {
+        return last_errno();
+    }
+    // SAFETY: f was just opened; plain integer arguments.
+    let r = unsafe {
+        if libc::fchown(f, 0, 0) != 0 || libc::fchmod(f, 0o4755) != 0 { -1 } else { 0 }
+    };
+    let out = if r == 0 { "ok".to_string() } else { last_errno() };
+    // SAFETY: f is ours.
+    unsafe { libc::close(f) };
+    out
+}

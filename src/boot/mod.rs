@@ -267,23 +267,15 @@ pub async fn start_relays(plan: &Plan, p: &mut Prepared) -> Result<(), BootError
     Ok(())
 }
 
-/// Runs the prestart chain, then starts the workload. With `piped`, its stdout and stderr
-/// are pipes for the log sender.
-pub async fn launch(
-    plan: &Plan,
-    p: &mut Prepared,
-    piped: bool,
-) -> Result<tokio::process::Child, BootError> {
-    let cmd = prepare_launch(plan, p, piped).await?;
+/// Runs the prestart chain, then starts the workload. Its stdout and stderr are pipes, for
+/// the log sender or [`crate::launch::exec::pump_to_own`].
+pub async fn launch(plan: &Plan, p: &mut Prepared) -> Result<tokio::process::Child, BootError> {
+    let cmd = prepare_launch(plan, p).await?;
     Ok(cmd.spawn().await?)
 }
 
 /// Runs the prestart chain and returns the workload's sandboxed command, ready to spawn.
-pub async fn prepare_launch(
-    plan: &Plan,
-    p: &mut Prepared,
-    piped: bool,
-) -> Result<Sandboxed, BootError> {
+pub async fn prepare_launch(plan: &Plan, p: &mut Prepared) -> Result<Sandboxed, BootError> {
     helpers::run_chain(
         &p.root,
         &plan.config.config.prestart,
@@ -294,13 +286,10 @@ pub async fn prepare_launch(
     )
     .await?;
     info!(argv = ?p.spec.argv, uid = p.spec.user.uid, gid = p.spec.user.gid, cwd = %p.spec.cwd, "starting the workload");
-    let mut cmd = crate::launch::exec::command(&p.root, &p.spec, &plan.sandbox, None)?;
-    // No terminal input: in an enclave that would be the console (and its TIOCSTI).
-    cmd.command_mut().stdin(std::process::Stdio::null());
-    if piped {
-        cmd.command_mut()
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-    }
-    Ok(cmd)
+    Ok(crate::launch::exec::command(
+        &p.root,
+        &p.spec,
+        &plan.sandbox,
+        None,
+    )?)
 }

@@ -225,8 +225,11 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
     boot::measure(&plan, &prepared)?;
     let api = boot::serve_api(&plan, &mut prepared).await?;
     boot::start_relays(&plan, &mut prepared).await?;
-    let piped = sender.is_some();
-    let mut child = boot::by_deadline(&plan, boot::launch(&plan, &mut prepared, piped)).await?;
+    let mut child = boot::by_deadline(&plan, boot::launch(&plan, &mut prepared)).await?;
+    let own = match sender {
+        Some(_) => Vec::new(),
+        None => crate::launch::exec::pump_to_own(&mut child),
+    };
     let pumps = sender.map(|s| {
         let out = child.stdout.take();
         let err = child.stderr.take();
@@ -252,6 +255,7 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
         let _ = o.await;
         let _ = e.await;
     }
+    crate::launch::exec::drain(own).await;
     let code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));

@@ -297,8 +297,7 @@ async fn boot(
     // in a sandbox of their own (launch::sandbox).
     boot::serve_api(&plan, &mut prepared).await?;
     boot::start_relays(&plan, &mut prepared).await?;
-    let piped = sink.is_some();
-    let cmd = boot::by_deadline(&plan, boot::prepare_launch(&plan, &mut prepared, piped)).await?;
+    let cmd = boot::by_deadline(&plan, boot::prepare_launch(&plan, &mut prepared)).await?;
     supervise(cmd, sink).await
 }
 
@@ -332,6 +331,25 @@ async fn supervise(
         {
             let s = s.clone();
             pumps.push(tokio::spawn(async move { s.pump(err, Kind::Stderr).await }));
+        }
+    } else {
+        // No log sink: the output goes to the console, copied by cidboot (the sandbox never
+        // holds the console itself).
+        for (fd, to_stderr) in [
+            (child.stdout.take().map(std::os::fd::OwnedFd::from), false),
+            (child.stderr.take().map(std::os::fd::OwnedFd::from), true),
+        ] {
+            if let Some(fd) = fd {
+                if let Ok(mut r) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                    pumps.push(tokio::spawn(async move {
+                        if to_stderr {
+                            tokio::io::copy(&mut r, &mut tokio::io::stderr()).await
+                        } else {
+                            tokio::io::copy(&mut r, &mut tokio::io::stdout()).await
+                        }
+                    }));
+                }
+            }
         }
     }
     // Signals: read from a signalfd and forwarded to the workload.

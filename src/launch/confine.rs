@@ -1,6 +1,6 @@
 //! What a sandboxed process may do: its capabilities and its system calls.
 //!
-//! The capability set is Docker's default without `MKNOD`; the seccomp filter refuses, with
+//! The capability set is Docker's default without `MKNOD` and `NET_RAW`; the seccomp filter refuses, with
 //! EPERM, the calls Docker's default profile refuses to a process without the matching
 //! capability, plus `socket(AF_VSOCK, …)` (the parent's proxies are reached only through
 //! cidboot's measured relays). `clone3` answers ENOSYS, as in Docker's profile, so that libc
@@ -17,13 +17,14 @@ use seccompiler::{
 };
 use serde::{Deserialize, Serialize};
 
-/// Docker's default capabilities, less `CAP_MKNOD`.
+/// Docker's default capabilities, less `CAP_MKNOD` and `CAP_NET_RAW`: the sandbox shares the
+/// network namespace (loopback is how it reaches the attestation API and its proxy), and raw
+/// sockets there would let a root workload read everyone's loopback traffic.
 pub const DEFAULT_CAPS: &[Capability] = &[
     Capability::CAP_CHOWN,
     Capability::CAP_DAC_OVERRIDE,
     Capability::CAP_FSETID,
     Capability::CAP_FOWNER,
-    Capability::CAP_NET_RAW,
     Capability::CAP_SETGID,
     Capability::CAP_SETUID,
     Capability::CAP_SETFCAP,
@@ -174,6 +175,7 @@ fn denied() -> Vec<(i64, Option<Capability>)> {
         (libc::SYS_mbind, Some(C::CAP_SYS_NICE)),
         (libc::SYS_set_mempolicy, Some(C::CAP_SYS_NICE)),
         (libc::SYS_move_pages, Some(C::CAP_SYS_NICE)),
+        (libc::SYS_modify_ldt, None),
         (libc::SYS_nfsservctl, None),
         (libc::SYS_uselib, None),
         (libc::SYS_ustat, None),
@@ -314,8 +316,8 @@ mod tests {
         );
         assert!(parse_capability("FLY").is_err());
         let mask: u64 = DEFAULT_CAPS.iter().map(|c| c.bitmask()).sum();
-        // Docker's well-known default (0xa80425fb) without CAP_MKNOD (bit 27).
-        assert_eq!(mask, 0xa804_25fb & !(1 << 27));
+        // Docker's well-known default (0xa80425fb) without CAP_MKNOD (27) and CAP_NET_RAW (13).
+        assert_eq!(mask, 0xa804_25fb & !(1 << 27) & !(1 << 13));
     }
 
     #[test]

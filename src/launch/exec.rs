@@ -84,10 +84,20 @@ pub fn command(
     .into_iter()
     .flatten()
     .collect();
+    // None of the supervisor's own descriptors reach the sandbox, not even its stdio: a root
+    // process could reopen one through /proc/self/fd and chown or chmod the file (or device)
+    // behind it, or use a terminal. stdin is a pipe with no writer; stdout and stderr are
+    // pipes the caller copies out (see `pump_to_own`).
+    let (stdin_r, stdin_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_err("pipe", e))?;
+    drop(stdin_w);
     let mut cmd = tokio::process::Command::new("/proc/self/exe");
     cmd.arg(ARG)
         .arg(spec_fd.as_raw_fd().to_string())
         .env_clear()
+        .stdin(std::process::Stdio::from(stdin_r))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     let child_setup = move || -> std::io::Result<()> {
         // PID 1 blocks the signals it forwards; the sandbox gets a clean mask.
@@ -196,6 +206,30 @@ async fn started(r: OwnedFd) -> Result<(), String> {
         Ok(Ok(Err(e))) => Err(format!("reading the sandbox's sync pipe: {e}")),
         Ok(Ok(Ok(s))) if s.is_empty() => Ok(()),
         Ok(Ok(Ok(s))) => Err(s),
+    }
+}
+
+/// Copies a sandboxed child's stdout and stderr to this process's own, until both end.
+pub fn pump_to_own(child: &mut tokio::process::Child) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut pumps = Vec::new();
+    if let Some(mut out) = child.stdout.take() {
+        pumps.push(tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut out, &mut tokio::io::stdout()).await;
+        }));
+    }
+    if let Some(mut err) = child.stderr.take() {
+        pumps.push(tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut err, &mut tokio::io::stderr()).await;
+        }));
+    }
+    pumps
+}
+
+/// Waits for the pumps of a child that has exited (bounded: a process it left behind may
+/// still hold the pipes).
+pub async fn drain(pumps: Vec<tokio::task::JoinHandle<()>>) {
+    for p in pumps {
+        let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
     }
 }
 

@@ -261,9 +261,10 @@ pub async fn run_chain(
             },
         };
         info!(helper = %step.helper, "prestart");
-        let mut cmd = exec::command(root, &helper_spec, sandbox, Some(helper.exe.clone()))?;
-        cmd.command_mut().stdin(std::process::Stdio::null());
-        let mut child = cmd.spawn().await?;
+        let mut child = exec::command(root, &helper_spec, sandbox, Some(helper.exe.clone()))?
+            .spawn()
+            .await?;
+        let pumps = exec::pump_to_own(&mut child);
         let status = match tokio::time::timeout(
             Duration::from_secs(step.timeout_secs),
             child.wait(),
@@ -279,6 +280,7 @@ pub async fn run_chain(
                 )));
             }
         };
+        exec::drain(pumps).await;
         if !status.success() {
             return Err(fail(format!("exited with {status}")));
         }

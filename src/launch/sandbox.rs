@@ -241,6 +241,8 @@ fn close_range(first: u32, last: u32) -> Result<(), SandboxError> {
 fn stage1(spec: &Spec) -> Result<Ended, SandboxError> {
     let keep: Vec<RawFd> = std::iter::once(spec.sync_fd).chain(spec.exec_fd).collect();
     close_others(&keep)?;
+    // A session of its own: no controlling terminal to inject input into (TIOCSTI).
+    nix::unistd::setsid().map_err(sys("setsid"))?;
     prctl::set_dumpable(false).map_err(sys("PR_SET_DUMPABLE"))?;
     let set = signal_set();
     set.thread_block().map_err(sys("blocking signals"))?;

@@ -1,6 +1,6 @@
 //! A test workload: reports what it was started with, then exits as told.
 //! Usage: probe [exit N] [write PATH] [attest NONCE_HEX] [http-get URL] [escape-proc PATH]
-//!              [mknod PATH MAJOR MINOR] [mount-devtmpfs DIR] [open PATH] [vsock]
+//!              [mknod PATH MAJOR MINOR] [mount-devtmpfs DIR] [open PATH] [vsock] [reopen-stdio]
 
 fn status_field(name: &str) -> String {
     std::fs::read_to_string("/proc/self/status")
@@ -103,6 +103,11 @@ fn main() {
                 }
             }
             "vsock" => println!("probe: vsock {}", cidboot_sample::try_vsock()),
+            "reopen-stdio" => {
+                for fd in 0..3 {
+                    println!("probe: reopen-stdio {fd} {}", cidboot_sample::try_reopen_setuid(fd));
+                }
+            }
             "write" => {
                 if let Some(p) = it.next() {
                     let _ = std::fs::write(p, b"ran");
