@@ -128,7 +128,25 @@ pub fn load(path: &Path) -> Result<(HostConfig, Option<Vec<u8>>), HostError> {
         path: path.display().to_string(),
         source,
     })?;
-    let cfg: HostConfig = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let cfg = parse(&text, &path.display().to_string())?;
+    let boot = match &cfg.boot {
+        Some(b) => {
+            let loaded = Loaded::load(&b.config).map_err(|e| bad(format!("boot.config: {e}")))?;
+            Some(loaded.bytes)
+        }
+        None => None,
+    };
+    Ok((cfg, boot))
+}
+
+/// Parses and checks the text of a host configuration (`origin` names it in errors):
+/// everything [`load`] checks except the enclave configuration that `boot.config` names.
+pub fn parse(text: &str, origin: &str) -> Result<HostConfig, HostError> {
+    let bad = |reason: String| HostError::Config {
+        path: origin.to_string(),
+        reason,
+    };
+    let cfg: HostConfig = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
     if cfg.egress.is_none()
         && cfg.boot.is_none()
         && cfg.logs.is_none()
@@ -145,14 +163,7 @@ pub fn load(path: &Path) -> Result<(HostConfig, Option<Vec<u8>>), HostError> {
             return Err(bad("egress.max_connections must be at least 1".into()));
         }
     }
-    let boot = match &cfg.boot {
-        Some(b) => {
-            let loaded = Loaded::load(&b.config).map_err(|e| bad(format!("boot.config: {e}")))?;
-            Some(loaded.bytes)
-        }
-        None => None,
-    };
-    Ok((cfg, boot))
+    Ok(cfg)
 }
 
 async fn bind(service: &'static str, addr: &Addr) -> Result<Listener, HostError> {
