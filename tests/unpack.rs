@@ -28,8 +28,13 @@ impl Published {
 
     /// Runs `cidboot unpack` into `rel` below the work directory.
     fn unpack(&self, rel: &str) -> (PathBuf, Out) {
+        self.unpack_with(rel, &[])
+    }
+
+    /// The same, with extra arguments.
+    fn unpack_with(&self, rel: &str, extra: &[&str]) -> (PathBuf, Out) {
         let rootfs = self.work.path().join(rel);
-        let out = run(&[
+        let mut args = vec![
             "unpack",
             &self.reference,
             "--gateway",
@@ -39,7 +44,9 @@ impl Published {
             "--rootfs",
             rootfs.to_str().unwrap(),
             "--json",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let out = run(&args);
         (rootfs, out)
     }
 }
@@ -256,4 +263,132 @@ fn a_layer_from_umoci_insert_without_end_of_archive_blocks_unpacks() {
         std::fs::read(rootfs.join("opt/tree/sub/leaf")).unwrap(),
         b"leaf"
     );
+}
+
+/// A version 2 `security.capability` value: effective, with CAP_NET_BIND_SERVICE permitted.
+const NET_BIND_CAP: [u8; 20] = [
+    0x01, 0, 0, 0x02, 0, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+/// A layer with a root entry of mode 0755, a world-usable device node, a setuid-root and a
+/// setgid binary, a file with a file capability, and a setgid directory.
+fn special_layer() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let header = |kind: tar::EntryType, size: usize, mode: u32| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_size(size as u64);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h
+    };
+    let mut add = |h: &mut tar::Header, path: &str, data: &[u8]| {
+        b.append_data(h, path, data).unwrap();
+    };
+    add(&mut header(tar::EntryType::Directory, 0, 0o755), "./", &[]);
+    add(&mut header(tar::EntryType::Directory, 0, 0o755), "dev", &[]);
+    let mut dev = header(tar::EntryType::Char, 0, 0o666);
+    dev.set_device_major(1).unwrap();
+    dev.set_device_minor(3).unwrap();
+    add(&mut dev, "dev/mynull", &[]);
+    add(&mut header(tar::EntryType::Directory, 0, 0o755), "bin", &[]);
+    add(
+        &mut header(tar::EntryType::Regular, 2, 0o4755),
+        "bin/su",
+        b"su",
+    );
+    add(
+        &mut header(tar::EntryType::Regular, 4, 0o2755),
+        "bin/wall",
+        b"wall",
+    );
+    add(
+        &mut header(tar::EntryType::Directory, 0, 0o2775),
+        "shared",
+        &[],
+    );
+    // PAX records for the next entry: its file capability.
+    let key = "SCHILY.xattr.security.capability";
+    let body = key.len() + NET_BIND_CAP.len() + 3;
+    let mut len = body + 1;
+    while format!("{len}").len() + body != len {
+        len += 1;
+    }
+    let mut pax = format!("{len} {key}=").into_bytes();
+    pax.extend_from_slice(&NET_BIND_CAP);
+    pax.push(b'\n');
+    add(
+        &mut header(tar::EntryType::XHeader, pax.len(), 0o644),
+        "PaxHeader/ping",
+        &pax,
+    );
+    add(
+        &mut header(tar::EntryType::Regular, 4, 0o755),
+        "bin/ping",
+        b"ping",
+    );
+    b.into_inner().unwrap()
+}
+
+/// `security.capability` of `path`, if it has one.
+fn file_capability(path: &Path) -> Option<Vec<u8>> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut buf = [0u8; 64];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let n = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            c"security.capability".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    (n >= 0).then(|| buf[..n as usize].to_vec())
+}
+
+#[test]
+fn the_unpacked_root_is_private_and_special_files_are_kept_by_default() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let img = image_from_tars(&[special_layer()], json!({}));
+    let p = Published::new(&img);
+    let (rootfs, out) = p.unpack("root");
+    assert!(out.ok, "{}", out.stderr);
+    let m = |rel: &str| std::fs::symlink_metadata(rootfs.join(rel)).unwrap();
+    // The image's `./` entry says 0755; the root is still its owner's only.
+    assert_eq!(m(".").mode() & 0o7777, 0o700);
+    assert!(m("dev/mynull").file_type().is_char_device());
+    assert_eq!(m("dev/mynull").mode() & 0o777, 0o666);
+    assert_eq!(m("bin/su").mode() & 0o7777, 0o4755);
+    assert_eq!(m("bin/wall").mode() & 0o7777, 0o2755);
+    assert_eq!(m("shared").mode() & 0o7777, 0o2775);
+    assert_eq!(
+        file_capability(&rootfs.join("bin/ping")).as_deref(),
+        Some(&NET_BIND_CAP[..]),
+        "the file capability is applied"
+    );
+}
+
+#[test]
+fn no_special_files_leaves_out_devices_setuid_setgid_and_file_capabilities() {
+    use std::os::unix::fs::MetadataExt;
+    let img = image_from_tars(&[special_layer()], json!({}));
+    let p = Published::new(&img);
+    let (rootfs, out) = p.unpack_with("root", &["--no-special-files"]);
+    assert!(out.ok, "{}", out.stderr);
+    let m = |rel: &str| std::fs::symlink_metadata(rootfs.join(rel)).unwrap();
+    assert_eq!(m(".").mode() & 0o7777, 0o700);
+    assert!(
+        std::fs::symlink_metadata(rootfs.join("dev/mynull")).is_err(),
+        "no device node"
+    );
+    assert!(m("dev").is_dir());
+    assert_eq!(m("bin/su").mode() & 0o7777, 0o755);
+    assert_eq!(std::fs::read(rootfs.join("bin/su")).unwrap(), b"su");
+    assert_eq!(m("bin/wall").mode() & 0o7777, 0o755);
+    // A setgid directory only makes new files inherit its group: kept.
+    assert_eq!(m("shared").mode() & 0o7777, 0o2775);
+    assert_eq!(file_capability(&rootfs.join("bin/ping")), None);
+    assert_eq!(std::fs::read(rootfs.join("bin/ping")).unwrap(), b"ping");
 }

@@ -199,6 +199,13 @@ fn apply_entries<R: Read>(
         if let Some(records) = pax.take() {
             apply_pax(&mut meta, &records, size)?;
         }
+        if limits.no_special_files {
+            if kind != EntryType::Directory {
+                meta.mode &= !0o6000;
+            }
+            meta.xattrs
+                .retain(|(name, _)| name != b"security.capability");
+        }
         let rel = RelPath::parse(&meta.path, limits.max_path_len, limits.max_path_depth)?;
         let ctx = Ctx {
             root,
@@ -272,6 +279,11 @@ fn apply_entries<R: Read>(
             }
             EntryType::Symlink => ctx.symlink(&dir, &cn, &rel, &meta)?,
             EntryType::Link => ctx.hardlink(&dir, &cn, &rel, &meta)?,
+            EntryType::Char | EntryType::Block if limits.no_special_files => {
+                // Left out, and whatever a lower layer had at this path goes, as the device
+                // node would have replaced it.
+                remove_all(&dir, name, &rel, 0)?;
+            }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let (major, minor) = if kind == EntryType::Fifo {
                     (0, 0)

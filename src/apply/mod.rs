@@ -44,6 +44,9 @@ pub struct ApplyLimits {
     pub max_pax_size: u64,
     /// Layers fetched and inflated at once.
     pub parallelism: usize,
+    /// Leave out device nodes, setuid and setgid bits and file capabilities
+    /// (`security.capability` xattrs): for a root that is not then mounted `nodev,nosuid`.
+    pub no_special_files: bool,
 }
 
 impl Default for ApplyLimits {
@@ -57,6 +60,7 @@ impl Default for ApplyLimits {
             max_path_depth: 256,
             max_pax_size: 1 << 20,
             parallelism: 2,
+            no_special_files: false,
         }
     }
 }

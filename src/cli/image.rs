@@ -565,6 +565,10 @@ pub struct UnpackArgs {
     /// Directory to apply the image into (must not exist, or be empty; ownership needs root).
     #[arg(long)]
     pub rootfs: PathBuf,
+    /// Leave out device nodes, setuid and setgid bits, and file capabilities
+    /// (`security.capability` xattrs), so that no local user can use them through the root.
+    #[arg(long)]
+    pub no_special_files: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -597,8 +601,7 @@ pub async fn unpack(a: UnpackArgs) -> Result<(), CliError> {
         .prefix(".cidboot-unpack-")
         .tempdir_in(&parent)
         .map_err(usage)?;
-    std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))
-        .map_err(usage)?;
+
     let scratch = tempfile::Builder::new()
         .prefix(".cidboot-spill-")
         .tempdir_in(&parent)
@@ -608,9 +611,16 @@ pub async fn unpack(a: UnpackArgs) -> Result<(), CliError> {
         Arc::new(resolved),
         staging.path(),
         scratch.path(),
-        &crate::apply::ApplyLimits::default(),
+        &crate::apply::ApplyLimits {
+            no_special_files: a.no_special_files,
+            ..crate::apply::ApplyLimits::default()
+        },
     )
     .await?;
+    // Only its owner may enter the root, whatever mode the image gives `/`: an image's device
+    // nodes and setuid binaries are then of no use to any other local user.
+    std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o700))
+        .map_err(usage)?;
     if a.rootfs.exists() {
         std::fs::remove_dir(&a.rootfs).map_err(usage)?;
     }
