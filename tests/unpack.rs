@@ -270,7 +270,8 @@ const NET_BIND_CAP: [u8; 20] = [
     0x01, 0, 0, 0x02, 0, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 ];
 
-/// A layer with a root entry of mode 0755, a world-usable device node, a setuid-root and a
+/// A layer with a root entry of mode 0755, a world-usable device node and a hard link to it,
+/// a setuid-root and a
 /// setgid binary, a file with a file capability, and a setgid directory.
 fn special_layer() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
@@ -293,6 +294,9 @@ fn special_layer() -> Vec<u8> {
     dev.set_device_major(1).unwrap();
     dev.set_device_minor(3).unwrap();
     add(&mut dev, "dev/mynull", &[]);
+    let mut link = header(tar::EntryType::Link, 0, 0o666);
+    link.set_link_name("dev/mynull").unwrap();
+    add(&mut link, "dev/alias", &[]);
     add(&mut header(tar::EntryType::Directory, 0, 0o755), "bin", &[]);
     add(
         &mut header(tar::EntryType::Regular, 2, 0o4755),
@@ -360,6 +364,11 @@ fn the_unpacked_root_is_private_and_special_files_are_kept_by_default() {
     assert_eq!(m(".").mode() & 0o7777, 0o700);
     assert!(m("dev/mynull").file_type().is_char_device());
     assert_eq!(m("dev/mynull").mode() & 0o777, 0o666);
+    assert_eq!(
+        m("dev/alias").ino(),
+        m("dev/mynull").ino(),
+        "hard link to the device"
+    );
     assert_eq!(m("bin/su").mode() & 0o7777, 0o4755);
     assert_eq!(m("bin/wall").mode() & 0o7777, 0o2755);
     assert_eq!(m("shared").mode() & 0o7777, 0o2775);
@@ -382,6 +391,10 @@ fn no_special_files_leaves_out_devices_setuid_setgid_and_file_capabilities() {
     assert!(
         std::fs::symlink_metadata(rootfs.join("dev/mynull")).is_err(),
         "no device node"
+    );
+    assert!(
+        std::fs::symlink_metadata(rootfs.join("dev/alias")).is_err(),
+        "no hard link to it either"
     );
     assert!(m("dev").is_dir());
     assert_eq!(m("bin/su").mode() & 0o7777, 0o755);

@@ -133,6 +133,8 @@ fn apply_entries<R: Read>(
     let mut stats = LayerStats::default();
     let copy_buf = RefCell::new(Vec::new());
     let mut touched: HashSet<RelPath> = HashSet::new();
+    // Device nodes left out by `no_special_files`: hard links to them are left out too.
+    let mut left_out: HashSet<RelPath> = HashSet::new();
     let mut dir_times: Vec<(RelPath, i64)> = Vec::new();
     let mut pax: Option<Vec<u8>> = None;
     let mut long_name: Option<Vec<u8>> = None;
@@ -269,6 +271,7 @@ fn apply_entries<R: Read>(
         }
         let dir = root.ensure_dir(&parent)?;
         let cn = cname(name)?;
+        let mut left_out_here = false;
         match kind {
             EntryType::Directory => {
                 ctx.directory(&dir, &cn, &rel, &meta)?;
@@ -278,12 +281,28 @@ fn apply_entries<R: Read>(
                 stats.bytes += ctx.regular(&dir, &cn, &rel, &meta, &mut entry, size)?;
             }
             EntryType::Symlink => ctx.symlink(&dir, &cn, &rel, &meta)?,
-            EntryType::Link => ctx.hardlink(&dir, &cn, &rel, &meta)?,
             EntryType::Char | EntryType::Block if limits.no_special_files => {
                 // Left out, and whatever a lower layer had at this path goes, as the device
                 // node would have replaced it.
                 remove_all(&dir, name, &rel, 0)?;
+                left_out.insert(rel.clone());
+                left_out_here = true;
             }
+            EntryType::Link
+                if limits.no_special_files
+                    && meta
+                        .link
+                        .as_deref()
+                        .and_then(|l| {
+                            RelPath::parse(l, limits.max_path_len, limits.max_path_depth).ok()
+                        })
+                        .is_some_and(|t| left_out.contains(&t)) =>
+            {
+                remove_all(&dir, name, &rel, 0)?;
+                left_out.insert(rel.clone());
+                left_out_here = true;
+            }
+            EntryType::Link => ctx.hardlink(&dir, &cn, &rel, &meta)?,
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let (major, minor) = if kind == EntryType::Fifo {
                     (0, 0)
@@ -302,6 +321,10 @@ fn apply_entries<R: Read>(
                 ctx.special(&dir, &cn, &rel, &meta, kind, major, minor)?;
             }
             _ => {}
+        }
+        if !left_out_here {
+            // Whatever this entry wrote at a path replaced a device left out there.
+            left_out.remove(&rel);
         }
         touched.insert(rel);
     }
