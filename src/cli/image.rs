@@ -563,6 +563,7 @@ pub struct UnpackArgs {
     #[command(flatten)]
     pub fetch: FetchArgs,
     /// Directory to apply the image into (must not exist, or be empty; ownership needs root).
+    /// It is left mode 0700, whatever mode the image gives `/`.
     #[arg(long)]
     pub rootfs: PathBuf,
     /// Leave out device nodes, setuid and setgid bits, and file capabilities
