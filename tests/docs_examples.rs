@@ -1,4 +1,4 @@
-//! Every TOML example in docs/ is a configuration the program accepts, parsed with the same
+//! Every TOML example in docs/ (and README.md) is a configuration the program accepts, parsed with the same
 //! parser the program uses. Each ```toml block is preceded by a marker saying which file it
 //! is an example of: `<!-- cidboot.toml -->` (a runtime configuration) or `<!-- host.toml -->`
 //! (the `cidboot host` configuration). A block without a marker fails the test.
@@ -62,18 +62,20 @@ fn blocks(file: &str, text: &str) -> Vec<Block> {
     out
 }
 
+/// docs/*.md and README.md.
 fn docs() -> Vec<Block> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let top = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(top.join("docs"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "md"))
         .collect();
     files.sort();
+    files.push(top.join("README.md"));
     let mut out = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
-        let name = format!("docs/{}", f.file_name().unwrap().to_string_lossy());
+        let name = f.strip_prefix(top).unwrap().display().to_string();
         out.extend(blocks(&name, &text));
     }
     out
