@@ -38,3 +38,29 @@ fn a_gateway_url_ending_in_ipfs_is_taken_as_its_base_url() {
         assert_eq!(out.json()["manifest_digest"], img.manifest.digest);
     }
 }
+
+#[test]
+fn a_missing_executable_says_where_it_came_from_and_what_overrides_it() {
+    use serde_json::json;
+    for (config, workload, want) in [
+        (
+            json!({"Cmd": ["/bin/true"]}),
+            None,
+            "\"/bin/true\" not found in the image; it comes from the image's Cmd (it has no Entrypoint): set workload.entrypoint",
+        ),
+        (
+            json!({"Entrypoint": ["/bin/true"], "Cmd": ["x"]}),
+            None,
+            "it comes from the image's Entrypoint: set workload.entrypoint",
+        ),
+        (
+            json!({"Entrypoint": ["/bin/probe"]}),
+            Some("[workload]\nentrypoint = [\"/bin/true\"]\n"),
+            "it comes from workload.entrypoint in the configuration",
+        ),
+    ] {
+        let r = run_image(&probe_image(config), workload, None, &[]);
+        assert_eq!(r.code, Some(1), "{}", r.stderr);
+        assert!(r.stderr.contains(want), "{want}: {}", r.stderr);
+    }
+}
