@@ -64,3 +64,110 @@ fn a_missing_executable_says_where_it_came_from_and_what_overrides_it() {
         assert!(r.stderr.contains(want), "{want}: {}", r.stderr);
     }
 }
+
+#[test]
+fn an_unknown_tls_issuer_names_ca_and_is_not_retried() {
+    let work = tempfile::tempdir().unwrap();
+    let (img, root, car) = small_layout(work.path());
+    let gw = Gateway::start(&[car], work.path());
+    let r = format!("ipfs://{root}");
+    let o = cidboot()
+        .args(["inspect", &r, "--gateway", &gw.url, "--json"])
+        .env_remove("CIDBOOT_CA")
+        .env("CIDBOOT_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("needs its CA certificate given with --ca FILE (or CIDBOOT_CA"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("retrying"),
+        "a certificate failure was retried: {stderr}"
+    );
+    // CIDBOOT_CA stands for --ca.
+    let o = cidboot()
+        .args(["inspect", &r, "--gateway", &gw.url, "--json"])
+        .env("CIDBOOT_CA", &gw.ca)
+        .env("CIDBOOT_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["manifest_digest"], img.manifest.digest);
+}
+
+/// A `cidboot host` with only an egress proxy; returns it and the proxy's address.
+fn egress_host(allow: &str, work: &std::path::Path) -> (KillOnDrop, String) {
+    use std::io::BufRead;
+    let cfg = work.join("host.toml");
+    std::fs::write(
+        &cfg,
+        format!("[egress]\nlisten = \"tcp:127.0.0.1:0\"\nallow = [\"{allow}\"]\n"),
+    )
+    .unwrap();
+    let mut child = cidboot()
+        .args(["host", "--config"])
+        .arg(&cfg)
+        .env("CIDBOOT_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let child = KillOnDrop(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads the host's output to the end, so that it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if let Some(a) = line.split("egress proxy listening on ").nth(1) {
+                let _ = tx.send(a.trim().to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("cidboot host announces its egress proxy");
+    (child, addr)
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_destination_the_egress_allowlist_denies_shows_why_and_is_not_retried() {
+    let work = tempfile::tempdir().unwrap();
+    let img = probe_image(serde_json::json!({"Entrypoint": ["/bin/probe"]}));
+    let (reference, gw) = publish(&img, work.path());
+    let (_host, egress) = egress_host("localhost:9", work.path());
+    let o = cidboot()
+        .args(["run", &reference, "--gateway", &gw.url, "--ca"])
+        .arg(&gw.ca)
+        .args(["--nsm", "software", "--attestation-listen", "127.0.0.1:0"])
+        .args(["--parent-egress", &egress])
+        .env("CIDBOOT_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    let gw_authority = gw.url.trim_start_matches("https://");
+    assert!(
+        stderr.contains(&format!(
+            "egress proxy refused {gw_authority}: 403 Forbidden (egress to {gw_authority} denied:"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("[egress] allow"), "{stderr}");
+    assert!(
+        !stderr.contains("retrying"),
+        "a refusal was retried: {stderr}"
+    );
+}

@@ -53,8 +53,9 @@ pub struct FetchArgs {
     /// Gateway base URL (repeatable; tried in order, with failover).
     #[arg(long = "gateway", value_name = "URL")]
     pub gateways: Vec<String>,
-    /// Extra CA certificate(s), PEM, trusted beside the built-in web PKI roots.
-    #[arg(long, value_name = "PEM")]
+    /// Extra CA certificate(s), PEM, trusted beside the built-in web PKI roots: what a private
+    /// gateway (or an intercepting proxy) needs.
+    #[arg(long, value_name = "PEM", env = "CIDBOOT_CA")]
     pub ca: Option<PathBuf>,
     /// Platform to select from an image index.
     #[arg(long, default_value = "linux/amd64", value_name = "OS/ARCH[/VARIANT]")]

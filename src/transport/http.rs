@@ -242,9 +242,13 @@ impl HttpClient {
             let tls = TlsConnector::from(self.tls.clone())
                 .connect(name, io)
                 .await
-                .map_err(|source| TransportError::Tls {
-                    addr: addr.to_string(),
-                    source,
+                .map_err(|source| {
+                    let addr = addr.to_string();
+                    if super::is_certificate_error(&source) {
+                        TransportError::Certificate { addr, source }
+                    } else {
+                        TransportError::Tls { addr, source }
+                    }
                 })?;
             Ok(Box::new(tls) as BoxIo)
         };

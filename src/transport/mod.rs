@@ -52,6 +52,8 @@ pub enum TransportError {
     },
     #[error("TLS with {addr} failed: {source}")]
     Tls { addr: String, source: io::Error },
+    #[error("TLS with {addr} failed: {source}; a private gateway, or one behind an intercepting proxy, needs its CA certificate given with --ca FILE (or CIDBOOT_CA; in an enclave, [tls] extra_ca)")]
+    Certificate { addr: String, source: io::Error },
     #[error("HTTP exchange with {addr} failed: {source}")]
     Http { addr: String, source: hyper::Error },
     #[error("building the request failed: {0}")]
@@ -60,4 +62,30 @@ pub enum TransportError {
     BadCa { path: String, reason: String },
     #[error("TLS configuration: {0}")]
     TlsConfig(String),
+}
+
+impl TransportError {
+    /// True when trying again cannot help: a certificate that does not verify, or a proxy or
+    /// route that refused the destination.
+    pub fn is_final(&self) -> bool {
+        match self {
+            TransportError::Certificate { .. } => true,
+            TransportError::Connect { source, .. } => {
+                source.kind() == io::ErrorKind::PermissionDenied
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether a TLS handshake failed on the peer's certificate (rather than the network).
+pub(crate) fn is_certificate_error(e: &io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| {
+            matches!(
+                r,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            )
+        })
 }
