@@ -39,6 +39,23 @@ pub enum ApiError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("attestation API: cannot listen on {addr}: {source}; free the port or choose another with --attestation-listen (or [attestation] listen)")]
+    Busy {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Checks, before anything is fetched, that the API will be able to listen on `listen`: a
+/// busy port should fail the boot at once, not after the whole image has been fetched.
+pub async fn check_listen(listen: &str) -> Result<(), ApiError> {
+    TcpListener::bind(listen)
+        .await
+        .map(drop)
+        .map_err(|source| ApiError::Busy {
+            addr: listen.into(),
+            source,
+        })
 }
 
 /// A request for a document; every field optional.

@@ -171,3 +171,38 @@ fn a_destination_the_egress_allowlist_denies_shows_why_and_is_not_retried() {
         "a refusal was retried: {stderr}"
     );
 }
+
+#[test]
+fn a_busy_attestation_port_fails_before_anything_is_fetched() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    // The gateway accepts and never answers: had the fetch started, the run would hang on it
+    // rather than fail at once.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gw = format!("http://{}", silent.local_addr().unwrap());
+    let start = std::time::Instant::now();
+    let o = cidboot()
+        .args([
+            "run",
+            "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
+            "--gateway",
+            &gw,
+            "--nsm",
+            "software",
+            "--attestation-listen",
+            &addr,
+        ])
+        .env("CIDBOOT_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}"))
+            && stderr.contains("--attestation-listen"),
+        "{stderr}"
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    silent.set_nonblocking(true).unwrap();
+    assert!(silent.accept().is_err(), "the gateway was contacted");
+}

@@ -187,6 +187,9 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
         .clone()
         .or_else(|| config.config.attestation.listen.clone())
         .unwrap_or_else(|| crate::api::DEFAULT_LISTEN.to_string());
+    crate::api::check_listen(&attestation_listen)
+        .await
+        .map_err(crate::boot::BootError::from)?;
     let nsm = open_nsm(a)?;
     let deadline = boot::deadline_for(&config);
     let sandbox = Sandbox {
