@@ -206,3 +206,37 @@ fn a_busy_attestation_port_fails_before_anything_is_fetched() {
     silent.set_nonblocking(true).unwrap();
     assert!(silent.accept().is_err(), "the gateway was contacted");
 }
+
+#[test]
+fn a_log_sink_with_nothing_listening_says_at_once_what_it_waits_for() {
+    use std::io::BufRead;
+    let work = tempfile::tempdir().unwrap();
+    let sock = work.path().join("nobody.sock");
+    let sink = format!("unix:{}", sock.display());
+    let mut child = cidboot()
+        .args([
+            "run",
+            "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
+        ])
+        .args(["--gateway", "http://127.0.0.1:1", "--log-sink", &sink])
+        .env("CIDBOOT_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx.recv_timeout(std::time::Duration::from_secs(10));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("a line within 10s, long before the 30s patience ends");
+    assert!(
+        line.contains(&format!("waiting up to 30s for the log sink {sink}"))
+            && line.contains("cidboot host"),
+        "{line}"
+    );
+}

@@ -86,15 +86,38 @@ fn open_nsm(a: &RunArgs) -> Result<Arc<dyn Nsm>, CliError> {
     Ok(Arc::new(SoftwareNsm::new(&ca, &[])?))
 }
 
+/// How long `run` waits for its log sink to accept a connection.
+const LOG_SINK_PATIENCE_SECS: u64 = 30;
+
 pub async fn run(a: RunArgs) -> Result<i32, CliError> {
     let sink = match &a.log_sink {
         Some(s) => {
             let addr: Addr = s
                 .parse()
                 .map_err(|e: crate::transport::addr::AddrError| CliError::Usage(e.to_string()))?;
-            let (sender, task) = LogSender::connect(&addr, std::time::Duration::from_secs(30))
-                .await
-                .map_err(|e| CliError::Usage(format!("log sink {addr}: {e}")))?;
+            let patience = std::time::Duration::from_secs(LOG_SINK_PATIENCE_SECS);
+            // Say at once what the run waits for, rather than after the patience is spent.
+            let connect = LogSender::connect(&addr, patience);
+            tokio::pin!(connect);
+            let connected = match tokio::time::timeout(
+                std::time::Duration::from_millis(500),
+                &mut connect,
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(
+                            "waiting up to {LOG_SINK_PATIENCE_SECS}s for the log sink {addr} to accept a connection (a `cidboot host` with [logs] listen = \"{addr}\")"
+                        );
+                    connect.await
+                }
+            };
+            let (sender, task) = connected.map_err(|e| {
+                CliError::Usage(format!(
+                    "log sink {addr}: {e} after {LOG_SINK_PATIENCE_SECS}s; start `cidboot host` with [logs] listen = \"{addr}\", or leave out --log-sink"
+                ))
+            })?;
             Some((sender, task))
         }
         None => None,
