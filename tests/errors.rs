@@ -240,3 +240,54 @@ fn a_log_sink_with_nothing_listening_says_at_once_what_it_waits_for() {
         "{line}"
     );
 }
+
+#[test]
+fn pack_refuses_a_directory_that_is_not_an_oci_layout_and_can_write_to_stdout() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("index.json"), b"{}").unwrap();
+    let car = work.path().join("tree.car");
+    let out = run(&[
+        "pack",
+        tree.to_str().unwrap(),
+        "--car",
+        car.to_str().unwrap(),
+    ]);
+    assert!(!out.ok, "packed a non-layout: {}", out.stdout);
+    assert!(out.stdout.is_empty(), "printed a CID: {}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("is not an OCI image layout (no oci-layout)")
+            && out.stderr.contains("--any-dir"),
+        "{}",
+        out.stderr
+    );
+    assert!(!car.exists());
+    // --any-dir packs it as ipfs-car would.
+    let out = run(&[
+        "pack",
+        tree.to_str().unwrap(),
+        "--car",
+        car.to_str().unwrap(),
+        "--any-dir",
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        ipfs_car_pack(&tree, &work.path().join("theirs.car"), false)
+    );
+
+    // `--car -`: the CAR on stdout, byte for byte what ipfs-car writes; the CID on stderr.
+    let (_, root, theirs) = small_layout(work.path());
+    let o = cidboot()
+        .args(["pack"])
+        .arg(work.path().join("layout"))
+        .args(["--car", "-"])
+        .env("CIDBOOT_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.stdout, std::fs::read(theirs).unwrap());
+    assert_eq!(String::from_utf8_lossy(&o.stderr).trim(), root);
+}
