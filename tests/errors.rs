@@ -291,3 +291,40 @@ fn pack_refuses_a_directory_that_is_not_an_oci_layout_and_can_write_to_stdout() 
     assert_eq!(o.stdout, std::fs::read(theirs).unwrap());
     assert_eq!(String::from_utf8_lossy(&o.stderr).trim(), root);
 }
+
+#[test]
+fn every_verify_flag_has_help_and_host_help_lists_its_sections() {
+    let o = cidboot().args(["verify", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = help.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut flags = 0;
+    for (i, l) in lines.iter().enumerate() {
+        let t = l.trim_start();
+        if !t.starts_with("--") && !(t.starts_with('-') && t.chars().nth(2) == Some(',')) {
+            continue;
+        }
+        flags += 1;
+        // clap puts a flag's help after it on its line, or on the lines below, indented more.
+        let inline = t
+            .split_once("  ")
+            .is_some_and(|(_, h)| !h.trim().is_empty());
+        let below = lines
+            .get(i + 1)
+            .is_some_and(|n| indent(n) > indent(l) && !n.trim().is_empty());
+        assert!(inline || below, "{t} has no help text");
+    }
+    assert!(flags > 20, "{help}");
+    let o = cidboot().args(["host", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&o.stdout);
+    for section in [
+        "[egress]",
+        "[boot]",
+        "[logs]",
+        "[[ingress]]",
+        "[heartbeat]",
+        "docs/operating.md",
+    ] {
+        assert!(help.contains(section), "{section} missing from: {help}");
+    }
+}

@@ -59,8 +59,12 @@ pub struct VerifyArgs {
     /// Expect this PCR16 value.
     #[arg(long, value_name = "HEX")]
     pub expect_pcr16: Option<String>,
+    /// Expect exactly this nonce in the document (the one sent to POST /v1/attestation): proves
+    /// the document is fresh, not replayed.
     #[arg(long, value_name = "HEX")]
     pub nonce: Option<String>,
+    /// Expect exactly this user_data in the document (what the workload bound to it, such as a
+    /// hash of its TLS public key).
     #[arg(long, value_name = "HEX")]
     pub user_data: Option<String>,
     /// PCRs the document must list, that is, that must be locked: a range or a list (16-31, 16,17).
@@ -74,6 +78,7 @@ pub struct VerifyArgs {
     /// Never turns a signed document's failure into a pass.
     #[arg(long)]
     pub insecure_unsigned: bool,
+    /// Print the result as JSON (exit status 0 only when the document passes).
     #[arg(long)]
     pub json: bool,
 }
