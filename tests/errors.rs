@@ -301,7 +301,8 @@ fn every_verify_flag_has_help_and_host_help_lists_its_sections() {
     let mut flags = 0;
     for (i, l) in lines.iter().enumerate() {
         let t = l.trim_start();
-        if !t.starts_with("--") && !(t.starts_with('-') && t.chars().nth(2) == Some(',')) {
+        let is_flag = t.starts_with("--") || (t.starts_with('-') && t.chars().nth(2) == Some(','));
+        if !is_flag {
             continue;
         }
         flags += 1;
