@@ -101,11 +101,15 @@ fn an_unknown_tls_issuer_names_ca_and_is_not_retried() {
 
 /// A `cidboot host` with only an egress proxy; returns it and the proxy's address.
 fn egress_host(allow: &str, work: &std::path::Path) -> (KillOnDrop, String) {
+    egress_host_at("tcp:127.0.0.1:0", allow, work)
+}
+
+fn egress_host_at(listen: &str, allow: &str, work: &std::path::Path) -> (KillOnDrop, String) {
     use std::io::BufRead;
-    let cfg = work.join("host.toml");
+    let cfg = work.join(format!("host-{}.toml", fastrand::u32(..)));
     std::fs::write(
         &cfg,
-        format!("[egress]\nlisten = \"tcp:127.0.0.1:0\"\nallow = [\"{allow}\"]\n"),
+        format!("[egress]\nlisten = \"{listen}\"\nallow = [\"{allow}\"]\n"),
     )
     .unwrap();
     let mut child = cidboot()
@@ -327,5 +331,72 @@ fn every_verify_flag_has_help_and_host_help_lists_its_sections() {
         "docs/operating.md",
     ] {
         assert!(help.contains(section), "{section} missing from: {help}");
+    }
+}
+
+#[test]
+fn one_address_syntax_for_every_listen_and_a_wrong_one_names_the_forms() {
+    use std::io::BufRead;
+    const FORMS: &str = "tcp:HOST:PORT (or just HOST:PORT), unix:PATH or vsock:CID:PORT";
+    let work = tempfile::tempdir().unwrap();
+    let (_, _, car) = small_layout(work.path());
+    // gateway --listen: tcp: and bare forms both serve.
+    for listen in ["tcp:127.0.0.1:0", "127.0.0.1:0"] {
+        let mut child = KillOnDrop(
+            cidboot()
+                .args(["gateway", "--listen", listen, "--car"])
+                .arg(&car)
+                .env("CIDBOOT_LOG", "error")
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut line = String::new();
+        std::io::BufReader::new(child.0.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("http://127.0.0.1:"), "{listen}: {line:?}");
+    }
+    let out = run(&[
+        "gateway",
+        "--listen",
+        "localhost",
+        "--car",
+        car.to_str().unwrap(),
+    ]);
+    assert!(!out.ok && out.stderr.contains(FORMS), "{}", out.stderr);
+    // host.toml takes a bare HOST:PORT as TCP.
+    let (_host, egress) = egress_host_at("127.0.0.1:0", "localhost:9", work.path());
+    assert!(egress.starts_with("tcp:127.0.0.1:"), "{egress}");
+    // [egress] listen and [attestation] listen of the runtime configuration.
+    for (cfg, want) in [
+        (
+            "[egress]\nallow = [\"localhost:1\"]\nlisten = \"http://x\"\n",
+            "egress.listen",
+        ),
+        (
+            "[attestation]\nlisten = \"localhost\"\n",
+            "attestation.listen",
+        ),
+        (
+            "[attestation]\nlisten = \"unix:/run/a.sock\"\n",
+            "only TCP is possible here",
+        ),
+    ] {
+        let p = work.path().join("cidboot.toml");
+        std::fs::write(&p, cfg).unwrap();
+        let out = run(&[
+            "run",
+            "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
+            "--gateway",
+            "http://127.0.0.1:1",
+            "--config",
+            p.to_str().unwrap(),
+        ]);
+        assert!(
+            !out.ok && out.stderr.contains(want) && out.stderr.contains(FORMS),
+            "{cfg}: {}",
+            out.stderr
+        );
     }
 }

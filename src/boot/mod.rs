@@ -213,7 +213,7 @@ pub async fn start_relays(plan: &Plan, p: &mut Prepared) -> Result<(), BootError
             .listen
             .clone()
             .unwrap_or_else(|| DEFAULT_EGRESS_LISTEN.to_string());
-        let addr: Addr = format!("tcp:{listen}")
+        let addr: Addr = listen
             .parse()
             .map_err(|e| relay_err(format!("egress.listen: {e}")))?;
         let l = addr

@@ -77,7 +77,8 @@ pub struct GatewayArgs {
     /// CAR files whose blocks are served (repeatable).
     #[arg(long = "car", required = true)]
     pub cars: Vec<PathBuf>,
-    /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks one; the URL is printed).
+    /// Address to listen on: tcp:HOST:PORT or HOST:PORT, e.g. 127.0.0.1:8080 (port 0 picks
+    /// one; the URL is printed).
     #[arg(long)]
     pub listen: String,
     /// TLS certificate chain (PEM); with --tls-key, serves HTTPS.

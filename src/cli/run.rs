@@ -48,8 +48,9 @@ pub struct RunArgs {
     /// Software NSM: write the root certificate (PEM) that verifies its documents here.
     #[arg(long)]
     pub nsm_root_out: Option<PathBuf>,
-    /// Where the attestation API listens (default: the configuration's, or 127.0.0.1:9393).
-    #[arg(long)]
+    /// Where the attestation API listens, tcp:HOST:PORT or HOST:PORT (default: the
+    /// configuration's, or 127.0.0.1:9393).
+    #[arg(long, value_name = "ADDR")]
     pub attestation_listen: Option<String>,
     /// Reach gateways and the workload's egress through this HTTP CONNECT proxy (the parent's
     /// `cidboot host`), as an enclave does.
