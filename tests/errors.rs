@@ -400,3 +400,27 @@ fn one_address_syntax_for_every_listen_and_a_wrong_one_names_the_forms() {
         );
     }
 }
+
+#[test]
+fn expect_refuses_eif_pcrs_of_the_wrong_length_before_fetching() {
+    let work = tempfile::tempdir().unwrap();
+    let eif = work.path().join("eif.json");
+    for short in ["aa".repeat(32), "aa".repeat(49), "zz".repeat(48)] {
+        let m = serde_json::json!({"Measurements": {"PCR0": "aa".repeat(48), "PCR1": short, "PCR2": "aa".repeat(48)}});
+        std::fs::write(&eif, m.to_string()).unwrap();
+        // No gateway answers: the refusal must come before any fetch.
+        let out = run(&[
+            "expect",
+            "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
+            "--gateway",
+            "http://127.0.0.1:1",
+            "--eif-pcrs",
+            eif.to_str().unwrap(),
+        ]);
+        assert!(
+            !out.ok && out.stderr.contains("PCR1 is") && out.stderr.contains("96 hex digits"),
+            "{}",
+            out.stderr
+        );
+    }
+}

@@ -420,7 +420,7 @@ fn pcr_hex(what: &str, v: &str) -> Result<String, CliError> {
     match hex::decode(v) {
         Ok(b) if b.len() == 48 => Ok(hex::encode(b)),
         _ => Err(CliError::Usage(format!(
-            "{what} is {v:?}, not 48 bytes of hex"
+            "{what} is {v:?}, not 48 bytes of hex: a PCR is a SHA-384, 96 hex digits, as eif_build and nitro-cli build-enclave print it"
         ))),
     }
 }
@@ -438,7 +438,7 @@ pub async fn expect(a: ExpectArgs) -> Result<(), CliError> {
         }
         _ => None,
     };
-    let log = expected_log(&a.reference, &a.fetch, a.config.as_ref()).await?;
+    // The EIF's PCRs are checked before anything is fetched.
     let mut pcrs = serde_json::Map::new();
     if let Some(p) = &a.eif_pcrs {
         let v: serde_json::Value = serde_json::from_slice(&read_input(p)?)
@@ -455,6 +455,7 @@ pub async fn expect(a: ExpectArgs) -> Result<(), CliError> {
             );
         }
     }
+    let log = expected_log(&a.reference, &a.fetch, a.config.as_ref()).await?;
     pcrs.insert("PCR16".into(), json!(log.pcr16));
     if let Some(principal) = principal {
         let statement = kms_statement(&principal, &pcrs)?;
