@@ -424,3 +424,41 @@ fn expect_refuses_eif_pcrs_of_the_wrong_length_before_fetching() {
         );
     }
 }
+
+#[test]
+fn a_busy_workload_egress_port_fails_before_anything_is_fetched() {
+    let work = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gw = format!("http://{}", silent.local_addr().unwrap());
+    let cfg = work.path().join("cidboot.toml");
+    std::fs::write(
+        &cfg,
+        format!("[egress]\nallow = [\"localhost:1\"]\nlisten = \"{addr}\"\n"),
+    )
+    .unwrap();
+    let out = run(&[
+        "run",
+        "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
+        "--gateway",
+        &gw,
+        "--nsm",
+        "software",
+        "--attestation-listen",
+        "127.0.0.1:0",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(
+        !out.ok
+            && out
+                .stderr
+                .contains(&format!("egress.listen: cannot listen on tcp:{addr}"))
+            && out.stderr.contains("choose another egress.listen"),
+        "{}",
+        out.stderr
+    );
+    silent.set_nonblocking(true).unwrap();
+    assert!(silent.accept().is_err(), "the gateway was contacted");
+}

@@ -214,6 +214,7 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
     crate::api::check_listen(&attestation_listen)
         .await
         .map_err(crate::boot::BootError::from)?;
+    boot::check_listens(&config.config).await?;
     let nsm = open_nsm(a)?;
     let deadline = boot::deadline_for(&config);
     let sandbox = Sandbox {
