@@ -244,10 +244,9 @@ impl HttpClient {
                 .await
                 .map_err(|source| {
                     let addr = addr.to_string();
-                    if super::is_certificate_error(&source) {
-                        TransportError::Certificate { addr, source }
-                    } else {
-                        TransportError::Tls { addr, source }
+                    match super::certificate_hint(&source) {
+                        Some(hint) => TransportError::Certificate { addr, source, hint },
+                        None => TransportError::Tls { addr, source },
                     }
                 })?;
             Ok(Box::new(tls) as BoxIo)
