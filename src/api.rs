@@ -39,6 +39,26 @@ pub enum ApiError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("attestation API: [attestation] listen / --attestation-listen: {0}")]
+    Addr(#[from] crate::transport::addr::AddrError),
+    #[error("attestation API: cannot listen on {addr}: {source}; free the port or choose another with --attestation-listen (or [attestation] listen)")]
+    Busy {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Checks, before anything is fetched, that the API will be able to listen on `listen`: a
+/// busy port should fail the boot at once, not after the whole image has been fetched.
+pub async fn check_listen(listen: &str) -> Result<(), ApiError> {
+    let listen = &crate::transport::addr::Addr::tcp_only(listen)?;
+    TcpListener::bind(listen)
+        .await
+        .map(drop)
+        .map_err(|source| ApiError::Busy {
+            addr: listen.into(),
+            source,
+        })
 }
 
 /// A request for a document; every field optional.
@@ -185,6 +205,7 @@ pub async fn bind(
     nsm: Arc<dyn Nsm>,
     log: EventLog,
 ) -> Result<(std::net::SocketAddr, impl std::future::Future<Output = ()>), ApiError> {
+    let listen = &crate::transport::addr::Addr::tcp_only(listen)?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| ApiError::Listen {

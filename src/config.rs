@@ -338,6 +338,14 @@ impl RuntimeConfig {
         }
         crate::relay::allow::Allowlist::new(&self.egress.allow)
             .map_err(|e| ConfigError::Invalid(format!("egress.allow: {e}")))?;
+        if let Some(l) = &self.egress.listen {
+            l.parse::<crate::transport::addr::Addr>()
+                .map_err(|e| ConfigError::Invalid(format!("egress.listen: {e}")))?;
+        }
+        if let Some(l) = &self.attestation.listen {
+            crate::transport::addr::Addr::tcp_only(l)
+                .map_err(|e| ConfigError::Invalid(format!("attestation.listen: {e}")))?;
+        }
         for i in &self.ingress {
             i.listen
                 .parse::<crate::transport::addr::Addr>()

@@ -14,6 +14,7 @@ fn both(dir: &Path, work: &Path) -> (String, String) {
         dir.to_str().unwrap(),
         "--car",
         ours_car.to_str().unwrap(),
+        "--any-dir",
         "--json",
     ]);
     assert!(out.ok, "{}", out.stderr);
@@ -78,6 +79,7 @@ fn refuses_what_it_cannot_pack_faithfully() {
         dir.to_str().unwrap(),
         "--car",
         car.to_str().unwrap(),
+        "--any-dir",
     ]);
     assert!(
         !out.ok && out.stderr.contains("only regular files and directories"),

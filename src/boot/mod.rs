@@ -199,6 +199,41 @@ pub async fn serve_api(plan: &Plan, p: &mut Prepared) -> Result<std::net::Socket
     Ok(addr)
 }
 
+/// Checks, before anything is fetched, that the workload's egress proxy and the ingress
+/// listeners will be able to listen on their TCP addresses: a busy port should fail the boot at
+/// once, not after the whole image has been fetched.
+pub async fn check_listens(cfg: &crate::config::RuntimeConfig) -> Result<(), BootError> {
+    use crate::transport::addr::Addr;
+    let mut listens = Vec::new();
+    if !cfg.egress.allow.is_empty() {
+        let l = cfg
+            .egress
+            .listen
+            .as_deref()
+            .unwrap_or(DEFAULT_EGRESS_LISTEN);
+        listens.push(("egress.listen", l));
+    }
+    listens.extend(
+        cfg.ingress
+            .iter()
+            .map(|i| ("ingress.listen", i.listen.as_str())),
+    );
+    for (key, listen) in listens {
+        let addr: Addr = listen
+            .parse()
+            .map_err(|e| BootError::Relay(format!("{key}: {e}")))?;
+        // Only TCP is tried: binding a Unix socket would leave its file behind.
+        if let Addr::Tcp { .. } = addr {
+            addr.bind().await.map(drop).map_err(|e| {
+                BootError::Relay(format!(
+                    "{key}: cannot listen on {addr}: {e}; free the port or choose another {key} in the configuration"
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Starts the workload's egress proxy (enforcing the configuration's allowlist) and the
 /// ingress listeners, and points the workload at the proxy.
 pub async fn start_relays(plan: &Plan, p: &mut Prepared) -> Result<(), BootError> {
@@ -213,7 +248,7 @@ pub async fn start_relays(plan: &Plan, p: &mut Prepared) -> Result<(), BootError
             .listen
             .clone()
             .unwrap_or_else(|| DEFAULT_EGRESS_LISTEN.to_string());
-        let addr: Addr = format!("tcp:{listen}")
+        let addr: Addr = listen
             .parse()
             .map_err(|e| relay_err(format!("egress.listen: {e}")))?;
         let l = addr

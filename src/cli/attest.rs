@@ -59,8 +59,12 @@ pub struct VerifyArgs {
     /// Expect this PCR16 value.
     #[arg(long, value_name = "HEX")]
     pub expect_pcr16: Option<String>,
+    /// Expect exactly this nonce in the document (the one sent to POST /v1/attestation): proves
+    /// the document is fresh, not replayed.
     #[arg(long, value_name = "HEX")]
     pub nonce: Option<String>,
+    /// Expect exactly this user_data in the document (what the workload bound to it, such as a
+    /// hash of its TLS public key).
     #[arg(long, value_name = "HEX")]
     pub user_data: Option<String>,
     /// PCRs the document must list, that is, that must be locked: a range or a list (16-31, 16,17).
@@ -74,6 +78,7 @@ pub struct VerifyArgs {
     /// Never turns a signed document's failure into a pass.
     #[arg(long)]
     pub insecure_unsigned: bool,
+    /// Print the result as JSON (exit status 0 only when the document passes).
     #[arg(long)]
     pub json: bool,
 }
@@ -415,7 +420,7 @@ fn pcr_hex(what: &str, v: &str) -> Result<String, CliError> {
     match hex::decode(v) {
         Ok(b) if b.len() == 48 => Ok(hex::encode(b)),
         _ => Err(CliError::Usage(format!(
-            "{what} is {v:?}, not 48 bytes of hex"
+            "{what} is {v:?}, not 48 bytes of hex: a PCR is a SHA-384, 96 hex digits, as eif_build and nitro-cli build-enclave print it"
         ))),
     }
 }
@@ -433,7 +438,7 @@ pub async fn expect(a: ExpectArgs) -> Result<(), CliError> {
         }
         _ => None,
     };
-    let log = expected_log(&a.reference, &a.fetch, a.config.as_ref()).await?;
+    // The EIF's PCRs are checked before anything is fetched.
     let mut pcrs = serde_json::Map::new();
     if let Some(p) = &a.eif_pcrs {
         let v: serde_json::Value = serde_json::from_slice(&read_input(p)?)
@@ -450,6 +455,7 @@ pub async fn expect(a: ExpectArgs) -> Result<(), CliError> {
             );
         }
     }
+    let log = expected_log(&a.reference, &a.fetch, a.config.as_ref()).await?;
     pcrs.insert("PCR16".into(), json!(log.pcr16));
     if let Some(principal) = principal {
         let statement = kms_statement(&principal, &pcrs)?;

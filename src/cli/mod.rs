@@ -53,8 +53,9 @@ pub struct FetchArgs {
     /// Gateway base URL (repeatable; tried in order, with failover).
     #[arg(long = "gateway", value_name = "URL")]
     pub gateways: Vec<String>,
-    /// Extra CA certificate(s), PEM, trusted beside the built-in web PKI roots.
-    #[arg(long, value_name = "PEM")]
+    /// Extra CA certificate(s), PEM, trusted beside the built-in web PKI roots: what a private
+    /// gateway (or an intercepting proxy) needs.
+    #[arg(long, value_name = "PEM", env = "CIDBOOT_CA")]
     pub ca: Option<PathBuf>,
     /// Platform to select from an image index.
     #[arg(long, default_value = "linux/amd64", value_name = "OS/ARCH[/VARIANT]")]
@@ -129,11 +130,26 @@ impl FetchArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = HOST_SECTIONS)]
 pub struct HostArgs {
-    /// The host configuration (TOML).
-    #[arg(long)]
+    /// The host configuration (TOML); its sections are listed below.
+    #[arg(long, value_name = "HOST.TOML")]
     pub config: PathBuf,
 }
+
+/// What `cidboot host --help` says about host.toml (see crate::host::HostConfig).
+const HOST_SECTIONS: &str = "\
+host.toml sections (each optional, at least one needed; addresses are vsock:CID:PORT, with
+`any` to listen on every CID, unix:PATH or tcp:HOST:PORT):
+  [egress]       listen, allow = [\"host:port\", ...]: the HTTP CONNECT proxy the enclave fetches
+                 and connects through; everything not allowed is denied
+  [boot]         listen, config = PATH: serves the enclave's runtime configuration byte for byte
+  [logs]         listen, file = PATH: receives the workload's output and the boot's final status
+  [[ingress]]    listen, target: forwards connections from the network into the enclave
+  [heartbeat]    listen: answers the enclave's boot heartbeat (emulated enclaves only: on
+                 Nitro, nitro-cli answers it)
+
+See docs/operating.md for a complete example, limits and systemd setup.";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {

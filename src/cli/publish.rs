@@ -8,22 +8,65 @@ use crate::transport::tls;
 
 #[derive(Args, Debug)]
 pub struct PackArgs {
-    /// The OCI image layout directory.
+    /// The OCI image layout directory (holding `oci-layout` and `index.json`).
     pub dir: PathBuf,
-    /// Where to write the CAR.
-    #[arg(long)]
+    /// Where to write the CAR; `-` writes it to stdout (the CID then goes to stderr).
+    #[arg(long, value_name = "FILE")]
     pub car: PathBuf,
+    /// Pack any directory, not only an OCI image layout (as `ipfs-car pack` would).
+    #[arg(long)]
+    pub any_dir: bool,
     /// Print {"root_cid": "..."} instead of the bare CID.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn pack(a: PackArgs) -> Result<(), CliError> {
-    let packed = packer::pack_dir(&a.dir, &a.car)?;
-    if a.json {
-        println!("{}", serde_json::json!({ "root_cid": packed.root_cid }));
+    if !a.any_dir && a.dir.is_dir() {
+        let missing: Vec<&str> = ["oci-layout", "index.json"]
+            .into_iter()
+            .filter(|f| !a.dir.join(f).is_file())
+            .collect();
+        if !missing.is_empty() {
+            return Err(CliError::Usage(format!(
+                "{} is not an OCI image layout (no {}): write one with `skopeo copy docker://IMAGE oci:DIR:TAG`, `docker buildx build --output type=oci,tar=false,dest=DIR` or `umoci init`, or pass --any-dir to pack it anyway",
+                a.dir.display(),
+                missing.join(", no ")
+            )));
+        }
+    }
+    let to_stdout = a.car.as_os_str() == "-";
+    let staged = if to_stdout {
+        Some(
+            tempfile::Builder::new()
+                .prefix("cidboot-pack-")
+                .tempdir()
+                .map_err(|e| CliError::Usage(format!("temporary directory: {e}")))?,
+        )
     } else {
-        println!("{}", packed.root_cid);
+        None
+    };
+    let car = match &staged {
+        Some(t) => t.path().join("out.car"),
+        None => a.car.clone(),
+    };
+    let packed = packer::pack_dir(&a.dir, &car)?;
+    let line = if a.json {
+        serde_json::json!({ "root_cid": packed.root_cid }).to_string()
+    } else {
+        packed.root_cid.clone()
+    };
+    if to_stdout {
+        // The CAR is built in a file first: its header is rewritten once the root is known.
+        let mut f = std::fs::File::open(&car)
+            .map_err(|e| CliError::Usage(format!("{}: {e}", car.display())))?;
+        let mut out = std::io::stdout().lock();
+        std::io::copy(&mut f, &mut out)
+            .and_then(|_| std::io::Write::flush(&mut out))
+            .map_err(|e| CliError::Usage(format!("writing the CAR to stdout: {e}")))?;
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
     }
     tracing::info!(blocks = packed.blocks, bytes = packed.bytes, car = %a.car.display(), "packed");
     Ok(())
@@ -34,7 +77,8 @@ pub struct GatewayArgs {
     /// CAR files whose blocks are served (repeatable).
     #[arg(long = "car", required = true)]
     pub cars: Vec<PathBuf>,
-    /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks one; the URL is printed).
+    /// Address to listen on: tcp:HOST:PORT or HOST:PORT, e.g. 127.0.0.1:8080 (port 0 picks
+    /// one; the URL is printed).
     #[arg(long)]
     pub listen: String,
     /// TLS certificate chain (PEM); with --tls-key, serves HTTPS.

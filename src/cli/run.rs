@@ -48,8 +48,9 @@ pub struct RunArgs {
     /// Software NSM: write the root certificate (PEM) that verifies its documents here.
     #[arg(long)]
     pub nsm_root_out: Option<PathBuf>,
-    /// Where the attestation API listens (default: the configuration's, or 127.0.0.1:9393).
-    #[arg(long)]
+    /// Where the attestation API listens, tcp:HOST:PORT or HOST:PORT (default: the
+    /// configuration's, or 127.0.0.1:9393).
+    #[arg(long, value_name = "ADDR")]
     pub attestation_listen: Option<String>,
     /// Reach gateways and the workload's egress through this HTTP CONNECT proxy (the parent's
     /// `cidboot host`), as an enclave does.
@@ -86,15 +87,38 @@ fn open_nsm(a: &RunArgs) -> Result<Arc<dyn Nsm>, CliError> {
     Ok(Arc::new(SoftwareNsm::new(&ca, &[])?))
 }
 
+/// How long `run` waits for its log sink to accept a connection.
+const LOG_SINK_PATIENCE_SECS: u64 = 30;
+
 pub async fn run(a: RunArgs) -> Result<i32, CliError> {
     let sink = match &a.log_sink {
         Some(s) => {
             let addr: Addr = s
                 .parse()
                 .map_err(|e: crate::transport::addr::AddrError| CliError::Usage(e.to_string()))?;
-            let (sender, task) = LogSender::connect(&addr, std::time::Duration::from_secs(30))
-                .await
-                .map_err(|e| CliError::Usage(format!("log sink {addr}: {e}")))?;
+            let patience = std::time::Duration::from_secs(LOG_SINK_PATIENCE_SECS);
+            // Say at once what the run waits for, rather than after the patience is spent.
+            let connect = LogSender::connect(&addr, patience);
+            tokio::pin!(connect);
+            let connected = match tokio::time::timeout(
+                std::time::Duration::from_millis(500),
+                &mut connect,
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(
+                            "waiting up to {LOG_SINK_PATIENCE_SECS}s for the log sink {addr} to accept a connection (a `cidboot host` with [logs] listen = \"{addr}\")"
+                        );
+                    connect.await
+                }
+            };
+            let (sender, task) = connected.map_err(|e| {
+                CliError::Usage(format!(
+                    "log sink {addr}: {e} after {LOG_SINK_PATIENCE_SECS}s; start `cidboot host` with [logs] listen = \"{addr}\", or leave out --log-sink"
+                ))
+            })?;
             Some((sender, task))
         }
         None => None,
@@ -187,6 +211,10 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
         .clone()
         .or_else(|| config.config.attestation.listen.clone())
         .unwrap_or_else(|| crate::api::DEFAULT_LISTEN.to_string());
+    crate::api::check_listen(&attestation_listen)
+        .await
+        .map_err(crate::boot::BootError::from)?;
+    boot::check_listens(&config.config).await?;
     let nsm = open_nsm(a)?;
     let deadline = boot::deadline_for(&config);
     let sandbox = Sandbox {

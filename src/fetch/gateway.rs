@@ -80,6 +80,15 @@ impl Gateways {
         let mut gateways = Vec::new();
         for u in urls {
             let (origin, prefix) = Origin::parse(u)?;
+            // `https://ipfs.io/ipfs/` is a common paste of a gateway's base URL: requests add
+            // `/ipfs/<cid>` themselves, so a trailing `/ipfs` segment is taken off.
+            let prefix = match prefix.strip_suffix("/ipfs") {
+                Some(base) => {
+                    info!(gateway = %u, base = %format!("{origin}{base}"), "gateway URL ends in /ipfs: using its base URL");
+                    base.to_string()
+                }
+                None => prefix,
+            };
             if !origin.tls {
                 warn!(gateway = %u, "gateway is plain HTTP: content is still verified, but requests are visible");
             }

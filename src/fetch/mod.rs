@@ -150,7 +150,8 @@ impl FetchError {
     pub fn is_transient(&self) -> bool {
         match self {
             FetchError::Status { status, .. } => *status == 429 || *status >= 500,
-            FetchError::Transport(_) | FetchError::Read(_) | FetchError::Truncated(_) => true,
+            FetchError::Transport(t) => !t.is_final(),
+            FetchError::Read(_) | FetchError::Truncated(_) => true,
             _ => false,
         }
     }

@@ -271,6 +271,11 @@ async fn boot(
         egress_dialer: egress,
         deadline,
     };
+    // A busy listen address fails the boot now, not after the whole fetch.
+    crate::api::check_listen(&plan.attestation_listen)
+        .await
+        .map_err(boot::BootError::from)?;
+    boot::check_listens(&plan.config.config).await?;
     note(sink, format!("fetching and verifying {}", plan.reference)).await;
     let mut prepared = boot::by_deadline(
         &plan,

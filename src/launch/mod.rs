@@ -12,6 +12,39 @@ pub mod user;
 
 use crate::apply::ApplyError;
 
+/// Where a workload's `argv[0]` came from: what to change when it is not in the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArgvSource {
+    ImageEntrypoint,
+    ImageCmd,
+    ConfigEntrypoint,
+    ConfigCmd,
+}
+
+impl ArgvSource {
+    fn hint(self) -> String {
+        let (what, fix) = match self {
+            ArgvSource::ImageEntrypoint => (
+                "the image's Entrypoint",
+                "set workload.entrypoint in the configuration to run another program",
+            ),
+            ArgvSource::ImageCmd => (
+                "the image's Cmd (it has no Entrypoint)",
+                "set workload.entrypoint (or workload.cmd) in the configuration to run another program",
+            ),
+            ArgvSource::ConfigEntrypoint => (
+                "workload.entrypoint in the configuration",
+                "correct it to a program present in the image",
+            ),
+            ArgvSource::ConfigCmd => (
+                "workload.cmd in the configuration (the image has no Entrypoint)",
+                "correct it, or set workload.entrypoint, to a program present in the image",
+            ),
+        };
+        format!("; it comes from {what}: {fix}")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     #[error(
@@ -22,8 +55,13 @@ pub enum LaunchError {
     User { user: String, reason: String },
     #[error("WorkingDir {dir:?} {reason}")]
     WorkingDir { dir: String, reason: &'static str },
-    #[error("executable {prog:?} not found in the image{}", if path.is_empty() { String::new() } else { format!(" (PATH={path})") })]
-    NotFound { prog: String, path: String },
+    #[error("executable {prog:?} not found in the image{}{}", if path.is_empty() { String::new() } else { format!(" (PATH={path})") }, from.map(|f| f.hint()).unwrap_or_default())]
+    NotFound {
+        prog: String,
+        path: String,
+        /// Where the program name came from, when known.
+        from: Option<ArgvSource>,
+    },
     #[error("helper {name}: {reason}")]
     Helper { name: String, reason: String },
     #[error("starting the workload: {0}")]

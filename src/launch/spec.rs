@@ -4,7 +4,7 @@ use oci_spec::image::ImageConfiguration;
 use serde::Serialize;
 
 use super::user::{self, Identity};
-use super::LaunchError;
+use super::{ArgvSource, LaunchError};
 use crate::apply::fs::Root;
 use crate::apply::path::RelPath;
 use crate::config::Workload;
@@ -52,6 +52,14 @@ pub fn build(
     wl: &Workload,
 ) -> Result<ProcessSpec, LaunchError> {
     let ic = image.config().clone().unwrap_or_default();
+    let image_ep = ic.entrypoint().as_ref().is_some_and(|e| !e.is_empty());
+    let from = match (&wl.entrypoint, &wl.cmd) {
+        (Some(ep), _) if !ep.is_empty() => ArgvSource::ConfigEntrypoint,
+        (Some(_), _) => ArgvSource::ConfigCmd,
+        (None, Some(_)) if !image_ep => ArgvSource::ConfigCmd,
+        (None, _) if image_ep => ArgvSource::ImageEntrypoint,
+        (None, _) => ArgvSource::ImageCmd,
+    };
     let (entrypoint, cmd) = match (&wl.entrypoint, &wl.cmd) {
         // A new entrypoint drops the image's Cmd, as `docker run --entrypoint` does.
         (Some(ep), cmd) => (ep.clone(), cmd.clone().unwrap_or_default()),
@@ -90,7 +98,14 @@ pub fn build(
         .filter(|w| !w.is_empty())
         .unwrap_or_else(|| "/".into());
     check_working_dir(&cwd)?;
-    argv[0] = resolve_exe(root, &argv[0], &env)?;
+    argv[0] = resolve_exe(root, &argv[0], &env).map_err(|e| match e {
+        LaunchError::NotFound { prog, path, .. } => LaunchError::NotFound {
+            prog,
+            path,
+            from: Some(from),
+        },
+        e => e,
+    })?;
     Ok(ProcessSpec {
         argv,
         env,
@@ -136,6 +151,7 @@ pub fn resolve_exe(root: &Root, prog: &str, env: &[String]) -> Result<String, La
         return Err(LaunchError::NotFound {
             prog: prog.to_string(),
             path: String::new(),
+            from: None,
         });
     }
     let path = env
@@ -153,5 +169,6 @@ pub fn resolve_exe(root: &Root, prog: &str, env: &[String]) -> Result<String, La
     Err(LaunchError::NotFound {
         prog: prog.to_string(),
         path: path.to_string(),
+        from: None,
     })
 }

@@ -38,6 +38,8 @@ pub const MAX_RESPONSE_BLOCKS: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("--listen: {0}")]
+    Addr(#[from] crate::transport::addr::AddrError),
     #[error("reading {path}: {source}")]
     Io {
         path: String,
@@ -570,6 +572,7 @@ pub async fn run(
     tls: Option<Arc<rustls::ServerConfig>>,
     verify: bool,
 ) -> Result<(), ServeError> {
+    let listen = &crate::transport::addr::Addr::tcp_only(listen)?;
     let store = Arc::new(BlockStore::load(cars, verify).await?);
     let listener = TcpListener::bind(listen)
         .await

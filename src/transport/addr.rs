@@ -9,6 +9,9 @@ use std::str::FromStr;
 
 use super::BoxIo;
 
+/// The address forms, as error messages name them.
+pub const FORMS: &str = "tcp:HOST:PORT (or just HOST:PORT), unix:PATH or vsock:CID:PORT";
+
 /// The parent instance's vsock CID on Nitro.
 pub const DEFAULT_PARENT_CID: u32 = 3;
 /// Kernel command-line key that overrides it (the emulated enclave reaches its host at CID 2).
@@ -29,7 +32,7 @@ pub enum Addr {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("address {input:?}: {reason} (use vsock:CID:PORT, unix:PATH or tcp:HOST:PORT)")]
+#[error("address {input:?}: {reason} (use {FORMS})")]
 pub struct AddrError {
     pub input: String,
     pub reason: String,
@@ -89,7 +92,30 @@ impl FromStr for Addr {
                 port,
             });
         }
-        Err(bad("unknown scheme"))
+        // A bare HOST:PORT is TCP; anything else with a colon is an unknown scheme.
+        match s.rsplit_once(':') {
+            Some((host, port))
+                if !host.is_empty() && !s.contains('/') && port.parse::<u16>().is_ok() =>
+            {
+                format!("tcp:{s}").parse()
+            }
+            _ => Err(bad("unknown scheme")),
+        }
+    }
+}
+
+impl Addr {
+    /// Parses an address that must be TCP (`tcp:HOST:PORT` or `HOST:PORT`) and returns it as
+    /// `HOST:PORT`, ready for a socket bind.
+    pub fn tcp_only(s: &str) -> Result<String, AddrError> {
+        match s.parse()? {
+            Addr::Tcp { host, port } if host.contains(':') => Ok(format!("[{host}]:{port}")),
+            Addr::Tcp { host, port } => Ok(format!("{host}:{port}")),
+            _ => Err(AddrError {
+                input: s.to_string(),
+                reason: "only TCP is possible here".into(),
+            }),
+        }
     }
 }
 
@@ -239,5 +265,36 @@ mod tests {
             Some(2)
         );
         assert_eq!(parent_cid_from("console=ttyS0"), None);
+    }
+
+    #[test]
+    fn a_bare_host_port_is_tcp_and_a_wrong_address_names_the_forms() {
+        for (bare, host) in [
+            ("127.0.0.1:9393", "127.0.0.1"),
+            ("[::1]:80", "::1"),
+            ("localhost:0", "localhost"),
+        ] {
+            match bare.parse::<Addr>().unwrap() {
+                Addr::Tcp { host: h, .. } => assert_eq!(h, host),
+                other => panic!("{bare} parsed as {other}"),
+            }
+        }
+        assert_eq!(Addr::tcp_only("tcp:[::1]:80").unwrap(), "[::1]:80");
+        assert_eq!(Addr::tcp_only("127.0.0.1:0").unwrap(), "127.0.0.1:0");
+        for bad in [
+            "localhost",
+            "http://x:80",
+            "/run/x.sock:1",
+            ":80",
+            "x:99999",
+        ] {
+            let e = bad.parse::<Addr>().unwrap_err().to_string();
+            assert!(
+                e.contains("tcp:HOST:PORT (or just HOST:PORT), unix:PATH or vsock:CID:PORT"),
+                "{e}"
+            );
+        }
+        let e = Addr::tcp_only("unix:/x").unwrap_err().to_string();
+        assert!(e.contains("only TCP") && e.contains("tcp:HOST:PORT"), "{e}");
     }
 }

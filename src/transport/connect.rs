@@ -12,6 +12,9 @@ use super::{BoxFuture, BoxIo, Connector};
 /// Largest proxy response head accepted.
 pub const MAX_RESPONSE_HEAD: usize = 8 * 1024;
 
+/// Most of a refusal's body shown in the error.
+const MAX_REFUSAL_BODY: usize = 1024;
+
 /// Tunnels through an HTTP CONNECT proxy reached at `proxy` (vsock on Nitro).
 #[derive(Debug, Clone)]
 pub struct ConnectProxy {
@@ -57,21 +60,46 @@ impl Connector for ConnectProxy {
             let head = read_head(&mut s, MAX_RESPONSE_HEAD).await?;
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&head) {
-                Ok(httparse::Status::Complete(_)) if resp.code == Some(200) => Ok(s),
-                Ok(httparse::Status::Complete(_)) => Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!(
-                        "egress proxy refused {authority}: {} {}",
-                        resp.code.unwrap_or(0),
-                        resp.reason.unwrap_or("")
-                    ),
-                )),
-                _ => Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "egress proxy sent a malformed response",
-                )),
+            let status = match resp.parse(&head) {
+                Ok(httparse::Status::Complete(_)) => resp.code.unwrap_or(0),
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "egress proxy sent a malformed response",
+                    ))
+                }
+            };
+            if status == 200 {
+                return Ok(s);
             }
+            let reason = resp.reason.unwrap_or("").to_string();
+            // The proxy says why in a short text body (cidboot host names the rule).
+            let len = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0)
+                .min(MAX_REFUSAL_BODY);
+            let mut body = vec![0u8; len];
+            let got = s.read_exact(&mut body).await.is_ok();
+            let why = String::from_utf8_lossy(if got { &body } else { &[] })
+                .trim()
+                .to_string();
+            let kind = if status == 403 {
+                io::ErrorKind::PermissionDenied
+            } else {
+                io::ErrorKind::ConnectionRefused
+            };
+            let mut msg = format!("egress proxy refused {authority}: {status} {reason}");
+            if !why.is_empty() {
+                msg.push_str(&format!(" ({why})"));
+            }
+            if status == 403 {
+                msg.push_str("; allow it in the host's [egress] allow list");
+            }
+            Err(io::Error::new(kind, msg))
         })
     }
 }

@@ -242,9 +242,12 @@ impl HttpClient {
             let tls = TlsConnector::from(self.tls.clone())
                 .connect(name, io)
                 .await
-                .map_err(|source| TransportError::Tls {
-                    addr: addr.to_string(),
-                    source,
+                .map_err(|source| {
+                    let addr = addr.to_string();
+                    match super::certificate_hint(&source) {
+                        Some(hint) => TransportError::Certificate { addr, source, hint },
+                        None => TransportError::Tls { addr, source },
+                    }
                 })?;
             Ok(Box::new(tls) as BoxIo)
         };
