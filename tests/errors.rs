@@ -462,3 +462,27 @@ fn a_busy_workload_egress_port_fails_before_anything_is_fetched() {
     silent.set_nonblocking(true).unwrap();
     assert!(silent.accept().is_err(), "the gateway was contacted");
 }
+
+#[test]
+fn a_log_filter_that_is_not_a_level_is_reported_not_obeyed() {
+    // `verbose` parses as a target name, which would silently turn every other log off.
+    let o = cidboot()
+        .args([
+            "inspect",
+            "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
+            "--gateway",
+            "http://127.0.0.1:9",
+            "--tries",
+            "1",
+        ])
+        .env("CIDBOOT_LOG", "verbose")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("ignoring CIDBOOT_LOG=\"verbose\": \"verbose\" is not a level"),
+        "{stderr}"
+    );
+    // Logging still works at the default level: the failed try is logged.
+    assert!(stderr.contains("WARN"), "{stderr}");
+}

@@ -135,7 +135,7 @@ fn connect_req(target: &str) -> String {
 
 fn egress_config(echo: u16, extra: &str) -> String {
     format!(
-        "[egress]\nlisten = \"tcp:127.0.0.1:0\"\nallow = [\"localhost:{echo}\", \"*.example.invalid:{echo}\"]\nhead_timeout_secs = 1\nconnect_timeout_secs = 3\n{extra}"
+        "[egress]\nlisten = \"tcp:127.0.0.1:0\"\nallow = [\"localhost:{echo}\", \"*.example.invalid:{echo}\"]\nhead_timeout_secs = 1\nconnect_timeout_secs = 3\nallow_private_destinations = true\n{extra}"
     )
 }
 
@@ -474,7 +474,7 @@ fn the_enclave_side_proxy_enforces_its_own_policy_through_the_parent() {
     let other = echo_server(&rt);
     let work = tempfile::tempdir().unwrap();
     // The parent allows both echo servers; the enclave's measured policy allows only one.
-    let cfg = format!("[egress]\nlisten = \"tcp:127.0.0.1:0\"\nallow = [\"localhost:{echo}\", \"localhost:{other}\"]\n");
+    let cfg = format!("[egress]\nlisten = \"tcp:127.0.0.1:0\"\nallow = [\"localhost:{echo}\", \"localhost:{other}\"]\nallow_private_destinations = true\n");
     let host = Host::start(&cfg, work.path());
     let parent: cidboot::transport::addr::Addr = format!("tcp:{}", host.addr("egress proxy"))
         .parse()
@@ -558,7 +558,7 @@ fn run_goes_out_through_the_parent_and_reports_to_its_sink() {
     let file = work.path().join("enclave.log");
     // The parent allows the gateway and both servers; the enclave's policy only one server.
     let host_cfg = format!(
-        "[egress]\nlisten = \"tcp:127.0.0.1:0\"\nallow = [\"127.0.0.1:{gw_port}\", \"localhost:{allowed}\", \"localhost:{denied}\"]\n\n[logs]\nlisten = \"unix:{}\"\nfile = \"{}\"\n",
+        "[egress]\nlisten = \"tcp:127.0.0.1:0\"\nallow = [\"127.0.0.1:{gw_port}\", \"localhost:{allowed}\", \"localhost:{denied}\"]\nallow_private_destinations = true\n\n[logs]\nlisten = \"unix:{}\"\nfile = \"{}\"\n",
         sock.display(),
         file.display()
     );
@@ -632,4 +632,28 @@ fn run_goes_out_through_the_parent_and_reports_to_its_sink() {
             .ends_with(r#"[status] {"exit_code":3,"reason":"the workload exited"}"#),
         "{log}"
     );
+}
+
+#[test]
+fn an_allowed_name_resolving_into_the_parents_own_network_is_refused_by_default() {
+    // `localhost` is allowed by name, but it resolves to loopback: the parent must not be
+    // steered into its own network (its metadata service, say) by a name's DNS.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let echo = echo_server(&rt);
+    let work = tempfile::tempdir().unwrap();
+    let cfg = format!("[egress]\nlisten = \"tcp:127.0.0.1:0\"\nallow = [\"localhost:{echo}\", \"127.0.0.1:{echo}\"]\n");
+    let host = Host::start(&cfg, work.path());
+    let proxy = host.addr("egress proxy");
+    let (status, mut s) = proxy_request(&proxy, &connect_req(&format!("localhost:{echo}")));
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    assert!(!status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(
+        body.contains("resolves only to internal addresses")
+            && body.contains("allow_private_destinations"),
+        "{status} {body}"
+    );
+    // An IP literal that the allowlist names explicitly is taken as given.
+    let (status, _) = proxy_request(&proxy, &connect_req(&format!("127.0.0.1:{echo}")));
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
 }

@@ -216,10 +216,15 @@ fn init_logging(stdout: bool) {
     // does not parse is reported and replaced by the default.
     let default = || Targets::new().with_default(LevelFilter::INFO);
     let filter = match std::env::var("CIDBOOT_LOG") {
-        Ok(v) => v.parse::<Targets>().unwrap_or_else(|e| {
-            eprintln!("cidboot: ignoring CIDBOOT_LOG={v:?}: {e}");
-            default()
-        }),
+        Ok(v) => match check_log_filter(&v)
+            .and_then(|()| v.parse::<Targets>().map_err(|e| e.to_string()))
+        {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("cidboot: ignoring CIDBOOT_LOG={v:?}: {e}; logging at info");
+                default()
+            }
+        },
         Err(_) => default(),
     };
     let (writer, ansi) = if stdout {
@@ -240,6 +245,22 @@ fn init_logging(stdout: bool) {
         .finish()
         .with(filter)
         .try_init();
+}
+
+/// A bare word in a `Targets` filter names a target, so a mistyped level (`verbose`) would
+/// silently turn every other log off: each directive must be a level or `target=level`.
+fn check_log_filter(v: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for d in v.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = d.rsplit_once('=').map_or(d, |(_, l)| l);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{d:?} is not a level ({}) or target=level",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {

@@ -17,7 +17,6 @@ use crate::relay::forward::{self, ForwardLimits};
 use crate::relay::proxy::{Proxy, ProxyLimits};
 use crate::relay::{bootcfg, logs};
 use crate::transport::addr::{Addr, Listener};
-use crate::transport::TcpConnector;
 
 /// The byte a Nitro enclave sends its parent once booted, and gets back.
 pub const HEARTBEAT: u8 = 0xB7;
@@ -72,6 +71,11 @@ pub struct Egress {
     pub connect_timeout_secs: Option<u64>,
     pub idle_timeout_secs: Option<u64>,
     pub max_lifetime_secs: Option<u64>,
+    /// Let an allowed name that resolves to a loopback, private, link-local (the instance
+    /// metadata service) or unique-local address be connected to. Off: an enclave's egress
+    /// must not be steered into the parent's own network by a name's DNS.
+    #[serde(default)]
+    pub allow_private_destinations: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,7 +224,9 @@ pub async fn run(cfg: HostConfig, boot_config: Option<Vec<u8>>) -> Result<(), Ho
             name: "parent",
             allow,
             limits: e.limits(),
-            dialer: Arc::new(TcpConnector),
+            dialer: Arc::new(crate::transport::GuardedTcp {
+                allow_private: e.allow_private_destinations,
+            }),
         });
         set.spawn(async move {
             proxy.serve(l).await;

@@ -38,6 +38,83 @@ impl Connector for TcpConnector {
     }
 }
 
+/// Direct TCP for the parent's egress proxy. After name resolution it refuses destinations an
+/// enclave's egress must not be steered to by a name's DNS: loopback, private, link-local
+/// (169.254.169.254, the instance metadata service), shared (100.64/10), unique-local,
+/// unspecified and multicast addresses. An IP literal is taken as given: the allowlist had to
+/// name it explicitly.
+pub struct GuardedTcp {
+    pub allow_private: bool,
+}
+
+/// Whether `ip` is inside the parent's own networks rather than out on the internet.
+pub fn is_internal(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || a.is_broadcast()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(a) => {
+            let s0 = a.segments()[0];
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (s0 & 0xfe00) == 0xfc00
+                || (s0 & 0xffc0) == 0xfe80
+                || a.to_ipv4_mapped()
+                    .is_some_and(|v4| is_internal(IpAddr::V4(v4)))
+        }
+    }
+}
+
+impl Connector for GuardedTcp {
+    fn connect<'a>(&'a self, host: &'a str, port: u16) -> BoxFuture<'a, io::Result<BoxIo>> {
+        Box::pin(async move {
+            let literal = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok();
+            if self.allow_private || literal {
+                return TcpConnector.connect(host, port).await;
+            }
+            let all: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host, port)).await?.collect();
+            let public: Vec<&std::net::SocketAddr> =
+                all.iter().filter(|a| !is_internal(a.ip())).collect();
+            if public.is_empty() {
+                let shown: Vec<String> = all.iter().map(|a| a.ip().to_string()).collect();
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{host} resolves only to internal addresses ({}): refused ([egress] allow_private_destinations = true allows them)",
+                        shown.join(", ")
+                    ),
+                ));
+            }
+            let mut last = None;
+            for a in public {
+                match tokio::net::TcpStream::connect(a).await {
+                    Ok(s) => {
+                        s.set_nodelay(true)?;
+                        return Ok(Box::new(s) as BoxIo);
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| io::Error::other("no address to connect to")))
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error("invalid URL {url:?}: {reason}")]
@@ -148,5 +225,31 @@ mod tests {
             source: io::Error::new(io::ErrorKind::ConnectionRefused, "down"),
         };
         assert!(!down.is_final());
+    }
+}
+
+#[cfg(test)]
+mod internal_address_tests {
+    #[test]
+    fn internal_addresses() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:169.254.169.254",
+            "224.0.0.1",
+        ] {
+            assert!(super::is_internal(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "1.1.1.1", "2606:4700::1111", "100.128.0.1"] {
+            assert!(!super::is_internal(ip.parse().unwrap()), "{ip}");
+        }
     }
 }
