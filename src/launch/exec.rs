@@ -142,49 +142,46 @@ fn spec_memfd(spec: &Spec) -> Result<OwnedFd, LaunchError> {
 }
 
 impl Sandboxed {
-    /// For the caller's stdio choices.
-    pub fn command_mut(&mut self) -> &mut tokio::process::Command {
-        &mut self.cmd
-    }
-
     /// Spawns and waits until the program has been exec'd.
     pub async fn spawn(mut self) -> Result<tokio::process::Child, LaunchError> {
-        let mut child = self
-            .cmd
-            .spawn()
-            .map_err(|e| spawn_err(&format!("starting the sandbox for {}", self.prog), e))?;
-        drop(self.sync_w);
-        match started(self.sync_r).await {
+        let spawned = self.cmd.spawn();
+        let mut child = self.check_spawned(spawned)?;
+        match self.wait_exec().await {
             Ok(()) => Ok(child),
-            Err(msg) => {
+            Err(e) => {
                 let _ = child.kill().await;
-                Err(LaunchError::Sandbox {
-                    prog: self.prog,
-                    reason: msg,
-                })
+                Err(e)
             }
         }
     }
 
     /// [`Sandboxed::spawn`] through std, for a caller that reaps every child itself (PID 1).
     pub async fn spawn_std(mut self) -> Result<std::process::Child, LaunchError> {
-        let mut child = self
-            .cmd
-            .as_std_mut()
-            .spawn()
-            .map_err(|e| spawn_err(&format!("starting the sandbox for {}", self.prog), e))?;
-        drop(self.sync_w);
-        match started(self.sync_r).await {
+        let spawned = self.cmd.as_std_mut().spawn();
+        let mut child = self.check_spawned(spawned)?;
+        match self.wait_exec().await {
             Ok(()) => Ok(child),
-            Err(msg) => {
+            Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                Err(LaunchError::Sandbox {
-                    prog: self.prog,
-                    reason: msg,
-                })
+                Err(e)
             }
         }
+    }
+
+    fn check_spawned<C>(&self, spawned: std::io::Result<C>) -> Result<C, LaunchError> {
+        spawned.map_err(|e| spawn_err(&format!("starting the sandbox for {}", self.prog), e))
+    }
+
+    /// Closes this side's write end of the sync pipe and reads the pipe to its end.
+    async fn wait_exec(self) -> Result<(), LaunchError> {
+        drop(self.sync_w);
+        started(self.sync_r)
+            .await
+            .map_err(|reason| LaunchError::Sandbox {
+                prog: self.prog,
+                reason,
+            })
     }
 }
 
