@@ -33,7 +33,8 @@ const MAX_XATTRS: usize = 128;
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct LayerStats {
     pub entries: u64,
-    pub bytes: u64,
+    /// Bytes of regular files' content written (less than the tar stream: headers, padding).
+    pub file_bytes: u64,
     pub whiteouts: u64,
 }
 
@@ -278,7 +279,7 @@ fn apply_entries<R: Read>(
                 dir_times.push((rel.clone(), meta.mtime));
             }
             EntryType::Regular | EntryType::Continuous => {
-                stats.bytes += ctx.regular(&dir, &cn, &rel, &meta, &mut entry, size)?;
+                stats.file_bytes += ctx.regular(&dir, &cn, &rel, &meta, &mut entry, size)?;
             }
             EntryType::Symlink => ctx.symlink(&dir, &cn, &rel, &meta)?,
             EntryType::Char | EntryType::Block if limits.no_special_files => {

@@ -186,14 +186,46 @@ fn cause<A, B>(a: Result<A, ApplyError>, b: Result<B, ApplyError>) -> Result<(A,
     }
 }
 
-/// What applying an image did.
+/// What applying an image did. One vocabulary everywhere (this report, the logs, the CLI's
+/// summary): `compressed_bytes` is the blob as fetched, `uncompressed_bytes` the tar stream it
+/// inflates to, `file_bytes` the regular files' content that stream carried.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct ApplyReport {
-    pub layers: Vec<LayerStats>,
+    pub layers: Vec<LayerReport>,
     pub compressed_bytes: u64,
     pub uncompressed_bytes: u64,
+    pub entries: u64,
+    pub file_bytes: u64,
     pub seconds: f64,
 }
+
+/// What applying one layer did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct LayerReport {
+    pub digest: String,
+    pub compressed_bytes: u64,
+    pub uncompressed_bytes: u64,
+    pub entries: u64,
+    pub file_bytes: u64,
+    pub whiteouts: u64,
+}
+
+/// Watches an image being applied (a terminal's progress bars). It is called from the fetch
+/// and apply tasks, so it must be cheap and must never block.
+pub trait Observer: Send + Sync {
+    /// An image's layers (digest, compressed size), before any is fetched.
+    fn begin(&self, _layers: &[(String, u64)]) {}
+    /// `bytes` more of layer `layer`'s blob arrived verified.
+    fn fetched(&self, _layer: usize, _bytes: u64) {}
+    /// Layer `layer` is in the root, every digest matched.
+    fn applied(&self, _layer: usize, _report: &LayerReport) {}
+    /// The image is applied, or failed (`report` then holds the layers that were).
+    fn end(&self, _report: &ApplyReport) {}
+}
+
+/// The observer that watches nothing.
+pub struct Unobserved;
+impl Observer for Unobserved {}
 
 /// A channel-fed reader: verified chunks arrive from the fetch side, in order. An empty chunk
 /// marks the end of a blob whose digest matched; a channel closed without it means the fetch
@@ -228,12 +260,16 @@ impl io::Read for ChannelReader {
     }
 }
 
-struct ChannelSink(mpsc::Sender<Bytes>);
+struct ChannelSink {
+    tx: mpsc::Sender<Bytes>,
+    observer: Arc<dyn Observer>,
+    index: usize,
+}
 
 impl ChannelSink {
     async fn finish(self) {
         // The inflater may already have stopped on its own error, which it reports itself.
-        let _ = self.0.send(Bytes::new()).await;
+        let _ = self.tx.send(Bytes::new()).await;
     }
 }
 
@@ -242,10 +278,12 @@ impl BlobSink for ChannelSink {
         if data.is_empty() {
             return Ok(());
         }
-        self.0
+        self.tx
             .send(Bytes::copy_from_slice(data))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the inflater stopped"))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the inflater stopped"))?;
+        self.observer.fetched(self.index, data.len() as u64);
+        Ok(())
     }
 }
 
@@ -257,6 +295,7 @@ async fn stage_layer(
     index: usize,
     spill: spill::SpillWriter,
     max_out: u64,
+    observer: Arc<dyn Observer>,
 ) -> Result<u64, ApplyError> {
     let blob = resolved.layers[index].clone();
     let compression = resolved.layer_compression(index)?;
@@ -293,7 +332,11 @@ async fn stage_layer(
             }
         }
     });
-    let mut sink = ChannelSink(tx);
+    let mut sink = ChannelSink {
+        tx,
+        observer,
+        index,
+    };
     let fetched = Resolved::fetch_blob(&gw, &blob, &mut sink).await;
     if fetched.is_ok() {
         sink.finish().await;
@@ -324,6 +367,48 @@ pub async fn apply_image(
     scratch: &Path,
     limits: &ApplyLimits,
 ) -> Result<ApplyReport, ApplyError> {
+    apply_observed(gw, resolved, rootfs, scratch, limits, Arc::new(Unobserved)).await
+}
+
+/// [`apply_image`], reporting progress to `observer`.
+pub async fn apply_observed(
+    gw: Arc<Gateways>,
+    resolved: Arc<Resolved>,
+    rootfs: &Path,
+    scratch: &Path,
+    limits: &ApplyLimits,
+    observer: Arc<dyn Observer>,
+) -> Result<ApplyReport, ApplyError> {
+    let layers: Vec<(String, u64)> = resolved
+        .layers
+        .iter()
+        .map(|l| (l.desc.digest().to_string(), l.desc.size()))
+        .collect();
+    observer.begin(&layers);
+    let mut report = ApplyReport::default();
+    let result = apply_layers(
+        gw,
+        resolved,
+        rootfs,
+        scratch,
+        limits,
+        &observer,
+        &mut report,
+    )
+    .await;
+    observer.end(&report);
+    result.map(|()| report)
+}
+
+async fn apply_layers(
+    gw: Arc<Gateways>,
+    resolved: Arc<Resolved>,
+    rootfs: &Path,
+    scratch: &Path,
+    limits: &ApplyLimits,
+    observer: &Arc<dyn Observer>,
+    report: &mut ApplyReport,
+) -> Result<(), ApplyError> {
     let started = Instant::now();
     let root = Arc::new(fs::Root::open(rootfs)?);
     let permits = Arc::new(Semaphore::new(limits.parallelism.max(1)));
@@ -339,16 +424,16 @@ pub async fn apply_image(
             .max(layer.desc.size().saturating_mul(limits.max_ratio))
             .min(limits.max_total_uncompressed);
         let (gw, resolved, permits) = (gw.clone(), resolved.clone(), permits.clone());
+        let observer = observer.clone();
         let job = tokio::spawn(async move {
             let _permit = permits
                 .acquire_owned()
                 .await
                 .map_err(|_| ApplyError::Internal("semaphore closed".into()))?;
-            stage_layer(gw, resolved, i, writer, max_out).await
+            stage_layer(gw, resolved, i, writer, max_out, observer).await
         });
         jobs.push((reader, job));
     }
-    let mut report = ApplyReport::default();
     let mut total = 0u64;
     let mut jobs = jobs.into_iter().enumerate();
     while let Some((i, (reader, job))) = jobs.next() {
@@ -388,11 +473,30 @@ pub async fn apply_image(
                 max: limits.max_total_uncompressed,
             });
         }
-        info!(layer = i, digest = %resolved.layers[i].desc.digest(), entries = stats.entries, bytes = size, "layer applied");
-        report.compressed_bytes += resolved.layers[i].desc.size();
-        report.layers.push(stats);
+        let layer = LayerReport {
+            digest,
+            compressed_bytes: resolved.layers[i].desc.size(),
+            uncompressed_bytes: size,
+            entries: stats.entries,
+            file_bytes: stats.file_bytes,
+            whiteouts: stats.whiteouts,
+        };
+        info!(
+            layer = i,
+            digest = %layer.digest,
+            compressed_bytes = layer.compressed_bytes,
+            uncompressed_bytes = layer.uncompressed_bytes,
+            entries = layer.entries,
+            file_bytes = layer.file_bytes,
+            "layer applied"
+        );
+        observer.applied(i, &layer);
+        report.compressed_bytes += layer.compressed_bytes;
+        report.entries += layer.entries;
+        report.file_bytes += layer.file_bytes;
+        report.layers.push(layer);
     }
     report.uncompressed_bytes = total;
     report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    Ok(())
 }

@@ -40,6 +40,7 @@ pub async fn fetch_all(
     limits: &Limits,
     apply_limits: &ApplyLimits,
     scratch: &Path,
+    observer: Arc<dyn apply::Observer>,
 ) -> Result<Vec<FromImage>, BootError> {
     let mut out = Vec::new();
     for (i, img) in cfg.images.iter().enumerate() {
@@ -55,12 +56,13 @@ pub async fn fetch_all(
                 .map_err(|e| fail(&img.image, format!("{}: {e}", d.display())))?;
         }
         let extracted = async {
-            apply::apply_image(
+            apply::apply_observed(
                 gateways.clone(),
                 Arc::new(resolved),
                 &root,
                 &spill,
                 apply_limits,
+                observer.clone(),
             )
             .await
             .map_err(|e| fail(&img.image, e))?;

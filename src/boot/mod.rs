@@ -63,6 +63,8 @@ pub struct Plan {
     pub egress_dialer: Arc<dyn crate::transport::Connector>,
     /// When the boot must have started the workload (see [`by_deadline`]).
     pub deadline: tokio::time::Instant,
+    /// Who watches the layers arrive (a terminal's progress bars under `cidboot run`).
+    pub observer: Arc<dyn apply::Observer>,
 }
 
 /// The instant a boot that starts now must reach the workload by.
@@ -108,6 +110,7 @@ pub async fn prepare(plan: &Plan, rootfs: &Path, scratch: &Path) -> Result<Prepa
         &plan.limits,
         &plan.apply_limits,
         &scratch.join("helper-images"),
+        plan.observer.clone(),
     )
     .await?;
     let verified_helpers = helper_images::merge(pinned, &from_images)?;
@@ -131,17 +134,19 @@ pub async fn prepare(plan: &Plan, rootfs: &Path, scratch: &Path) -> Result<Prepa
         .await?,
     );
     info!(cid = %resolved.root, manifest = %resolved.manifest_desc.digest(), layers = resolved.layers.len(), "image resolved and verified");
-    let report = apply::apply_image(
+    let report = apply::apply_observed(
         plan.gateways.clone(),
         resolved.clone(),
         rootfs,
         scratch,
         &plan.apply_limits,
+        plan.observer.clone(),
     )
     .await?;
     info!(
         layers = report.layers.len(),
-        bytes = report.uncompressed_bytes,
+        compressed_bytes = report.compressed_bytes,
+        uncompressed_bytes = report.uncompressed_bytes,
         seconds = report.seconds,
         "image applied"
     );

@@ -124,7 +124,9 @@ async fn expected_log(
     fetch.gateways.extend(cfg.config.gateways.iter().cloned());
     let gw = image::gateways(&r, &fetch)?;
     let selector = fetch.selector(&cfg.config)?;
+    let spinner = super::progress::Spinner::new(format!("resolving {}", r.canonical()));
     let resolved = oci::resolve(&gw, &r.cid, &selector, &Limits::default()).await?;
+    drop(spinner);
     // Helpers from dependency images are measured by their content: fetch and verify them.
     let scratch = tempfile::Builder::new()
         .prefix("cidboot-expect-")
@@ -137,6 +139,7 @@ async fn expected_log(
         &Limits::default(),
         &crate::apply::ApplyLimits::default(),
         scratch.path(),
+        super::progress::layers(),
     )
     .await?;
     Ok(EventLog::new(Inputs {

@@ -1,4 +1,3 @@
-use std::io::IsTerminal;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -248,6 +247,7 @@ async fn resolve_any(reference: &str, f: &FetchArgs) -> Result<(Arc<Gateways>, T
     let r = ImageRef::parse(reference)?;
     let gw = gateways(&r, f)?;
     let sel = f.selector(&crate::config::RuntimeConfig::default())?;
+    let _spinner = super::progress::Spinner::new(format!("resolving {}", r.canonical()));
     let target = oci::resolve_any(&gw, &r.cid, &sel, &Limits::default()).await?;
     Ok((gw, target))
 }
@@ -284,17 +284,10 @@ impl<S: BlobSink> BlobSink for Progress<'_, S> {
     }
 }
 
-fn progress_bar(json: bool, total: u64) -> Option<indicatif::ProgressBar> {
-    (!json && std::io::stderr().is_terminal()).then(|| {
-        let b = indicatif::ProgressBar::new(total);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    })
+fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
+    let b = super::progress::bytes_bar(total)?;
+    b.set_prefix("fetching");
+    Some(b)
 }
 
 /// Streams blobs into files, each verified (exact size and sha256) before it counts.
@@ -305,7 +298,14 @@ async fn fetch_into(
 ) -> Result<(), CliError> {
     for (i, (blob, path)) in blobs.iter().enumerate() {
         if let Some(b) = bar {
-            b.set_message(format!("blob {}/{}", i + 1, blobs.len()));
+            let d = blob.desc.digest().to_string();
+            let short = d.strip_prefix("sha256:").unwrap_or(&d);
+            b.set_message(format!(
+                "blob {}/{} {}",
+                i + 1,
+                blobs.len(),
+                short.get(..12).unwrap_or(short)
+            ));
         }
         let mut sink = Progress {
             inner: FileSink::create(path).await?,
@@ -377,7 +377,7 @@ pub async fn pull(a: PullArgs) -> Result<(), CliError> {
         blobs.push((l, writer.blob_path(sha256_hex(&l.desc)?)));
     }
     let total = blobs.iter().map(|(b, _)| b.desc.size()).sum();
-    let bar = progress_bar(a.json, total);
+    let bar = progress_bar(total);
     fetch_into(&gw, &blobs, bar.as_ref()).await?;
     let mut desc = manifest_desc.clone();
     desc.set_urls(None);
@@ -433,7 +433,7 @@ pub async fn pull(a: PullArgs) -> Result<(), CliError> {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         println!(
-            "verified {what} {} ({count} layers, {size} bytes) into {}",
+            "verified {what} {} ({count} layers, {size} bytes fetched) into {}",
             v["cid"].as_str().unwrap_or_default(),
             path.display()
         );
@@ -523,7 +523,7 @@ async fn pull_files(
         .map(|(b, n)| (*b, staging.path().join(n)))
         .collect();
     let total = blobs.iter().map(|(b, _)| b.desc.size()).sum();
-    let bar = progress_bar(json, total);
+    let bar = progress_bar(total);
     fetch_into(gw, &blobs, bar.as_ref()).await?;
     let path = staging.commit()?;
     let files: Vec<serde_json::Value> = named
@@ -607,7 +607,7 @@ pub async fn unpack(a: UnpackArgs) -> Result<(), CliError> {
         .prefix(".cidboot-spill-")
         .tempdir_in(&parent)
         .map_err(usage)?;
-    let report = crate::apply::apply_image(
+    let report = crate::apply::apply_observed(
         gw,
         Arc::new(resolved),
         staging.path(),
@@ -616,6 +616,7 @@ pub async fn unpack(a: UnpackArgs) -> Result<(), CliError> {
             no_special_files: a.no_special_files,
             ..crate::apply::ApplyLimits::default()
         },
+        super::progress::layers(),
     )
     .await?;
     // Only its owner may enter the root, whatever mode the image gives `/`: an image's device
@@ -633,13 +634,7 @@ pub async fn unpack(a: UnpackArgs) -> Result<(), CliError> {
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     } else {
-        println!(
-            "applied {} layers ({} bytes) into {} in {:.2}s",
-            report.layers.len(),
-            report.uncompressed_bytes,
-            a.rootfs.display(),
-            report.seconds
-        );
+        println!("{}", super::progress::summary(&report, &a.rootfs));
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod attest;
 mod image;
+mod progress;
 mod publish;
 mod run;
 
@@ -21,6 +22,10 @@ use crate::oci::{OciError, Platform, Selector};
     about = "Run a content-addressed (IPFS CID) OCI image, verified end to end"
 )]
 pub struct Cli {
+    /// No progress bars and no informational logs (warnings and errors only); the result on
+    /// stdout is unchanged. Bars appear only when stderr is a terminal anyway.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -183,8 +188,6 @@ pub enum CliError {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The parent daemon logs to stdout, for systemd; every other command to stderr.
-    init_logging(matches!(cli.command, Command::Host(_)));
     let json = match &cli.command {
         Command::Pack(a) => a.json,
         Command::Inspect(a) => a.json,
@@ -195,6 +198,10 @@ pub fn main() -> ExitCode {
         Command::Expect(a) => a.json,
         Command::Gateway(_) | Command::Host(_) => false,
     };
+    let daemon = matches!(cli.command, Command::Gateway(_) | Command::Host(_));
+    progress::enable(!cli.quiet && !json && !daemon);
+    // The parent daemon logs to stdout, for systemd; every other command to stderr.
+    init_logging(matches!(cli.command, Command::Host(_)), cli.quiet);
     match run(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
@@ -208,14 +215,16 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(stdout: bool) {
+fn init_logging(stdout: bool, quiet: bool) {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    // `CIDBOOT_LOG` takes a level, or `target=level` directives, comma-separated. A value that
-    // does not parse is reported and replaced by the default.
+    // `--quiet` wins over the environment: warnings and errors only. Otherwise `CIDBOOT_LOG`
+    // takes a level, or `target=level` directives, comma-separated; a value that does not
+    // parse is reported and replaced by the default.
     let default = || Targets::new().with_default(LevelFilter::INFO);
     let filter = match std::env::var("CIDBOOT_LOG") {
+        _ if quiet => Targets::new().with_default(LevelFilter::WARN),
         Ok(v) => match check_log_filter(&v)
             .and_then(|()| v.parse::<Targets>().map_err(|e| e.to_string()))
         {
@@ -234,7 +243,7 @@ fn init_logging(stdout: bool) {
         )
     } else {
         (
-            BoxMakeWriter::new(std::io::stderr),
+            BoxMakeWriter::new(|| progress::LogWriter),
             std::io::stderr().is_terminal(),
         )
     };

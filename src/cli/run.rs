@@ -236,6 +236,7 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
         attestation_listen,
         egress_dialer,
         deadline,
+        observer: super::progress::layers(),
     };
     let mut prepared = match boot::by_deadline(&plan, boot::prepare(&plan, &rootfs, &scratch)).await
     {

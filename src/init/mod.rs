@@ -270,6 +270,7 @@ async fn boot(
         attestation_listen,
         egress_dialer: egress,
         deadline,
+        observer: Arc::new(crate::apply::Unobserved),
     };
     // A busy listen address fails the boot now, not after the whole fetch.
     crate::api::check_listen(&plan.attestation_listen)
