@@ -5,9 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CIDBOOT_IPFS_CAR=$(scripts/setup-tools.sh)
 export CIDBOOT_IPFS_CAR
-cargo fmt --check
-cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked
+cargo fmt --all --check
+cargo clippy --workspace --locked --all-targets -- -D warnings
+cargo test --workspace --locked
 # A short smoke pass of every fuzz target (longer runs: scripts/fuzz.sh 600).
 scripts/fuzz.sh 15
 # The PID 1 path on a real kernel: an EIF in QEMU's emulated Nitro Enclave (TCG).

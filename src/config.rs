@@ -159,7 +159,7 @@ pub struct HelperImage {
 }
 
 /// Most dependency images one configuration may name.
-pub const MAX_HELPER_IMAGES: usize = 16;
+pub use crate::measure::MAX_HELPER_IMAGES;
 
 impl Default for Helpers {
     fn default() -> Self {

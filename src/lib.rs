@@ -13,11 +13,13 @@ pub mod fetch;
 pub mod host;
 pub mod init;
 pub mod launch;
-pub mod measure;
+/// The PCR16 event log (in the verifier crate, which the verifier side shares).
+pub use cidboot_verify::measure;
 pub mod nsm;
 pub mod oci;
 pub mod publish;
 pub mod reference;
 pub mod relay;
 pub mod transport;
-pub mod verify;
+/// Attestation documents against a pinned root (the verifier crate).
+pub use cidboot_verify::attestation as verify;

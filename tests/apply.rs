@@ -1,5 +1,6 @@
 //! Layer application: OCI semantics, and every hostile layer refused without touching
 //! anything outside the root.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

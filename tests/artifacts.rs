@@ -1,5 +1,6 @@
 //! OCI 1.1 artifacts: described by `inspect`, fetched by `pull` (as a layout, or as files the
 //! way `oras pull` writes them), refused by `run` and `unpack`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Attestation documents: real AWS documents, the documents that must be rejected, mutations,
 //! and the software NSM's documents.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

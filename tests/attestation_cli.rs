@@ -1,5 +1,6 @@
 //! `cidboot verify`, `cidboot expect`, the attestation API, and the round trip through
 //! `cidboot run`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Errors and pastes a newcomer meets: each message names the fix, through real `cidboot`
 //! processes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

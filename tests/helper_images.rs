@@ -1,4 +1,5 @@
 //! Helpers from dependency images pinned by digest (`[[helpers.images]]`), EigenCloud style.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

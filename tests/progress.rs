@@ -1,6 +1,7 @@
 //! Progress and summaries: bars on a terminal (a real pseudo-terminal, from `script`), none
 //! when stderr is not one or with `--quiet`, and one summary line whose numbers are the JSON
 //! report's.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! `cidboot run`: the whole boot path on this machine, with the workload in its sandbox.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The sandbox around helpers and the workload: each test is an escape a hostile image or a
 //! root workload tried, checked from outside the root.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! A tampering gateway for each attack: a man in the middle between cidboot and a real
 //! gateway process, rewriting responses. Every attack must fail with its own clear error and
 //! leave no complete-looking output.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

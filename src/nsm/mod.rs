@@ -5,7 +5,8 @@
 //! attestation API, whose inputs are bounded here.
 
 pub mod device;
-pub mod document;
+/// The attestation document format (the verifier crate's).
+pub use cidboot_verify::document;
 pub mod software;
 
 /// Largest `user_data`, `nonce` or `public_key` put in a document (some verifiers reject

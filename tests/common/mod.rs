@@ -1,5 +1,6 @@
 //! Shared test support: OCI layouts, ipfs-car, and a real `cidboot gateway` process.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

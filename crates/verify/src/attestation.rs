@@ -11,8 +11,8 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::document::{parse_cose, Document, ALG_ES384};
 use crate::measure::{self, Measured};
-use crate::nsm::document::{parse_cose, Document, ALG_ES384};
 
 /// The PCRs after PCR16, which cidboot locks without extending them.
 const UNUSED_PCRS: std::ops::RangeInclusive<u16> = 17..=31;
@@ -23,6 +23,8 @@ pub const AWS_ROOT_G1_PEM: &str = include_str!("aws-nitro-enclaves-root-G1.pem")
 pub const AWS_ROOT_G1_SHA256: &str =
     "641a0321a3e244efe456463195d606317ed7cdcc3c1756e09893f3c68f79bb5b";
 
+/// Why a document could not be checked at all (a failed check is in the [`Report`]).
+#[allow(missing_docs)] // each variant's message says what went wrong
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error("root certificate: {0}")]
@@ -36,7 +38,9 @@ pub enum VerifyError {
 pub enum At {
     /// The document's own timestamp.
     Document,
+    /// The verifier's clock.
     Now,
+    /// A given instant (to check an old document as of when it was made).
     Time(SystemTime),
 }
 
@@ -45,9 +49,13 @@ pub enum At {
 pub struct Policy {
     /// DER of the root the chain must end at.
     pub root_der: Vec<u8>,
+    /// When the certificates must have been valid.
     pub at: At,
+    /// PCR index to the exact value the document must carry.
     pub pcrs: BTreeMap<u16, Vec<u8>>,
+    /// The nonce the document must carry (the verifier's own, for freshness).
     pub nonce: Option<Vec<u8>>,
+    /// The user_data the document must carry.
     pub user_data: Option<Vec<u8>>,
     /// Accept the emulated NSM's unsigned documents (never a signed document that fails).
     pub insecure_unsigned: bool,
@@ -65,9 +73,13 @@ pub struct Policy {
 pub struct Measurements {
     /// The log, as received (JSON).
     pub log: Vec<u8>,
+    /// The manifest digest the log must measure.
     pub manifest_digest: Option<String>,
+    /// The root CID the log must measure.
     pub cid: Option<cid::Cid>,
+    /// The image config digest the log must measure.
     pub config_digest: Option<String>,
+    /// The runtime configuration digest (`sha256:<hex>`) the log must measure.
     pub runtime_config_digest: Option<String>,
     /// Helper name to `sha256:<hex>`. When not empty, the log must measure exactly these.
     pub helpers: BTreeMap<String, String>,
@@ -132,22 +144,30 @@ pub fn decode_input(bytes: &[u8]) -> Result<Vec<u8>, VerifyError> {
         .map_err(|e| VerifyError::Encoding(e.to_string()))
 }
 
+/// The outcome of one check.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// It held.
     Pass,
+    /// It did not: the document is not verified.
     Fail,
     /// Not checked, on the user's explicit, insecure request.
     Skipped,
 }
 
+/// One named check and what it found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
+    /// A stable name (`signature`, `chain`, `pcr16`, ...).
     pub name: String,
+    /// Whether it held.
     pub status: Status,
+    /// What was compared, in words.
     pub detail: String,
 }
 
+/// The result of verifying one document: every check, and what it established.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     /// True if and only if no check failed.
@@ -158,7 +178,9 @@ pub struct Report {
     pub insecure: bool,
     /// Milliseconds since the epoch at which validity was checked.
     pub at_ms: u64,
+    /// Every check, in the order made.
     pub checks: Vec<Check>,
+    /// The document's payload, when it could be parsed.
     pub document: Option<Document>,
     /// What the event log measured, present only when the log was sound and replayed to the
     /// document's PCR16.
@@ -455,7 +477,7 @@ fn check_signature(
     let (_, cert) =
         x509_parser::parse_x509_certificate(leaf).map_err(|e| format!("leaf certificate: {e}"))?;
     let key = cert.public_key().subject_public_key.data.to_vec();
-    let tbs = crate::nsm::document::sig_structure(protected, payload);
+    let tbs = crate::document::sig_structure(protected, payload);
     UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, key)
         .verify(&tbs, sig)
         .map(|_| "ES384 over the payload as received, by the leaf's key".to_string())

@@ -15,11 +15,15 @@ pub const MAX_DOCUMENT: usize = 32 * 1024;
 /// Largest `user_data`, `nonce` or `public_key` accepted when verifying (documents with three
 /// 1024-byte fields exist).
 pub const MAX_FIELD_ACCEPTED: usize = 1024;
+/// Largest certificate accepted in a document, DER bytes.
 pub const MAX_CERT: usize = 8 * 1024;
+/// Most certificates in a document's `cabundle`.
 pub const MAX_CABUNDLE: usize = 8;
 /// COSE algorithm ES384.
 pub const ALG_ES384: i64 = -35;
 
+/// Why bytes are not an attestation document.
+#[allow(missing_docs)] // each variant's message says what is wrong
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DocError {
     #[error("the document is {0} bytes, over the {MAX_DOCUMENT}-byte limit")]
@@ -33,11 +37,15 @@ pub enum DocError {
 /// A COSE_Sign1, with its protected header and payload as received.
 #[derive(Debug, Clone)]
 pub struct Cose {
+    /// Whether it carried the COSE_Sign1 tag (18).
     pub tagged: bool,
+    /// The protected header, the bytes as received (they are signed as such).
     pub protected: Vec<u8>,
     /// The `alg` (label 1) of the protected header, if it is an integer.
     pub alg: Option<i64>,
+    /// The payload, as received.
     pub payload: Vec<u8>,
+    /// The signature (for ES384, `r || s`, 96 bytes).
     pub signature: Vec<u8>,
 }
 
@@ -50,6 +58,7 @@ fn cbor(bytes: &[u8]) -> Result<Value, String> {
     Ok(v)
 }
 
+/// Parses a COSE_Sign1 structure within [`MAX_DOCUMENT`], keeping the signed parts as received.
 pub fn parse_cose(bytes: &[u8]) -> Result<Cose, DocError> {
     if bytes.len() > MAX_DOCUMENT {
         return Err(DocError::TooLarge(bytes.len()));
@@ -142,20 +151,28 @@ pub fn es384_protected() -> Vec<u8> {
 /// The payload of an attestation document.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Document {
+    /// The enclave's NSM module id.
     pub module_id: String,
+    /// The PCR hash algorithm (`SHA384`).
     pub digest: String,
     /// Milliseconds since the Unix epoch.
     pub timestamp: u64,
+    /// The locked PCRs, index to value.
     #[serde(serialize_with = "hex_map")]
     pub pcrs: BTreeMap<u16, Vec<u8>>,
+    /// The signing certificate, DER.
     #[serde(skip)]
     pub certificate: Vec<u8>,
+    /// The chain from the root down to the signing certificate's issuer, DER.
     #[serde(skip)]
     pub cabundle: Vec<Vec<u8>>,
+    /// The key the requester asked to have bound, if any.
     #[serde(serialize_with = "hex_opt")]
     pub public_key: Option<Vec<u8>>,
+    /// The data the requester asked to have bound, if any.
     #[serde(serialize_with = "hex_opt")]
     pub user_data: Option<Vec<u8>>,
+    /// The requester's nonce, if any.
     #[serde(serialize_with = "hex_opt")]
     pub nonce: Option<Vec<u8>>,
 }

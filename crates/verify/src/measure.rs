@@ -13,21 +13,30 @@ pub const DOMAIN: &[u8] = b"cidboot-pcr16-v1\0";
 /// The PCR cidboot extends.
 pub const PCR_INDEX: u16 = 16;
 
+/// What an event measures; the number is hashed into the event (docs/attestation.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
+    /// The image reference as given, canonical (`ipfs://<CID>`).
     ImageReference = 1,
+    /// The root CID, its binary form.
     RootCid = 2,
+    /// The manifest digest that was applied.
     ManifestDigest = 3,
+    /// The image config digest.
     ConfigDigest = 4,
+    /// One helper: name and sha256.
     Helper = 5,
+    /// The runtime configuration's sha256.
     RuntimeConfig = 6,
+    /// One dependency image helpers came from.
     HelperImage = 7,
 }
 
 /// One measured event.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
+    /// What it measures.
     pub kind: Kind,
     /// Human-readable value (the CID is shown in its string form).
     pub value: String,
@@ -68,8 +77,11 @@ pub fn event_digest(kind: Kind, data: &[u8]) -> [u8; 48] {
 /// Everything measured for one boot, in extension order.
 #[derive(Debug, Clone, Serialize)]
 pub struct EventLog {
+    /// The log format's version (1).
     pub version: u32,
+    /// The PCR extended (16).
     pub pcr: u16,
+    /// The events, in extension order.
     pub events: Vec<Event>,
     /// PCR16 after every event, from 48 zero bytes, hex.
     pub pcr16: String,
@@ -90,9 +102,13 @@ pub struct HelperImage {
 
 /// The inputs of a measurement.
 pub struct Inputs<'a> {
+    /// The canonical image reference.
     pub reference: &'a str,
+    /// The root CID resolved.
     pub root_cid: &'a cid::Cid,
+    /// The manifest applied.
     pub manifest_digest: &'a str,
+    /// The image config used.
     pub config_digest: &'a str,
     /// `(name, sha256:<hex>)` of the boot image's pinned helpers, in any order: every helper
     /// (these and those of `helper_images`) is measured sorted by name.
@@ -104,6 +120,7 @@ pub struct Inputs<'a> {
 }
 
 impl EventLog {
+    /// The log of one boot: its events in the documented order, and the PCR16 they replay to.
     pub fn new(i: Inputs<'_>) -> EventLog {
         let mut events = vec![
             Event::new(
@@ -212,13 +229,16 @@ impl Kind {
     }
 }
 
+/// Most `[[helpers.images]]` a configuration may list (each is one event).
+pub const MAX_HELPER_IMAGES: usize = 16;
 /// Most events a log may hold: the five fixed ones, one per helper and one per helper image.
-pub const MAX_EVENTS: usize = 5 + 256 + crate::config::MAX_HELPER_IMAGES;
+pub const MAX_EVENTS: usize = 5 + 256 + MAX_HELPER_IMAGES;
 /// Largest event log accepted, in bytes (a log of [`MAX_EVENTS`] is under 200 KiB).
 pub const MAX_LOG: usize = 1024 * 1024;
 
 /// Why an event log was refused. Every variant that concerns one event names it, by its
 /// position in the log (from 1) and its kind.
+#[allow(missing_docs)] // each variant's message says what did not hold
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LogError {
     #[error("the event log is not the documented JSON: {0}")]
@@ -280,9 +300,12 @@ pub enum LogError {
 pub struct Measured {
     /// `ipfs://<CID>`, as measured.
     pub reference: String,
+    /// The root CID, as measured.
     #[serde(serialize_with = "cid_string")]
     pub cid: cid::Cid,
+    /// The manifest digest, as measured.
     pub manifest_digest: String,
+    /// The image config digest, as measured.
     pub config_digest: String,
     /// Helper name to `sha256:<hex>`.
     pub helpers: BTreeMap<String, String>,
@@ -291,6 +314,7 @@ pub struct Measured {
     pub helper_sources: BTreeMap<String, String>,
     /// The dependency images, in the order measured.
     pub helper_images: Vec<HelperImage>,
+    /// The runtime configuration's digest, as measured.
     pub runtime_config_digest: String,
     /// The PCR16 the events replay to, hex (equal to the document's).
     pub pcr16: String,
@@ -572,6 +596,13 @@ fn fields(events: Vec<(Kind, Vec<u8>)>, pcr16: String) -> Result<Measured, LogEr
 mod tests {
     use super::*;
 
+    /// The CIDv1 (raw codec, sha2-256) of `data`.
+    fn raw_cid(data: &[u8]) -> cid::Cid {
+        let digest = <sha2::Sha256 as Digest>::digest(data);
+        let mh = multihash::Multihash::<64>::wrap(0x12, &digest).unwrap();
+        cid::Cid::new_v1(0x55, mh)
+    }
+
     #[test]
     fn known_answer() {
         // SHA-384 of 48 zero bytes followed by "x": the NSM's own extend rule.
@@ -584,7 +615,7 @@ mod tests {
 
     #[test]
     fn helpers_are_order_independent_and_everything_counts() {
-        let cid = crate::reference::raw_cid(b"img");
+        let cid = raw_cid(b"img");
         let mk = |helpers: Vec<(String, String)>, cfg: &str| {
             EventLog::new(Inputs {
                 reference: "ipfs://x",
@@ -608,7 +639,7 @@ mod tests {
     }
 
     fn sample(helpers: Vec<(String, String)>) -> EventLog {
-        let cid = crate::reference::raw_cid(b"image");
+        let cid = raw_cid(b"image");
         let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
         EventLog::new(Inputs {
             reference: &format!("ipfs://{cid}"),
@@ -640,7 +671,7 @@ mod tests {
         let log = sample(vec![h("tls-client", '2'), h("kms-client", '1')]);
         let f = check(&json(&log), &log.pcr16).unwrap();
         assert_eq!(f.reference, log.events[0].value);
-        assert_eq!(f.cid, crate::reference::raw_cid(b"image"));
+        assert_eq!(f.cid, raw_cid(b"image"));
         assert_eq!(f.manifest_digest, format!("sha256:{}", "a".repeat(64)));
         assert_eq!(f.config_digest, format!("sha256:{}", "c".repeat(64)));
         assert_eq!(
@@ -656,10 +687,10 @@ mod tests {
 
     #[test]
     fn helper_images_and_their_helpers_are_read_back_and_tied_together() {
-        let cid = crate::reference::raw_cid(b"image");
+        let cid = raw_cid(b"image");
         let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
         let dep = HelperImage {
-            reference: format!("ipfs://{}", crate::reference::raw_cid(b"dep")),
+            reference: format!("ipfs://{}", raw_cid(b"dep")),
             pinned_digest: d('5'),
             manifest_digest: d('6'),
             helpers: vec![("kms-client".into(), d('7'))],
@@ -711,7 +742,7 @@ mod tests {
         let a = sample(vec![]);
         let mut a_with_b_digest = json(&a);
         // B: the same image but another manifest, extended for real.
-        let cid = crate::reference::raw_cid(b"image");
+        let cid = raw_cid(b"image");
         let b = EventLog::new(Inputs {
             reference: &format!("ipfs://{cid}"),
             root_cid: &cid,
@@ -798,7 +829,7 @@ mod tests {
 
     #[test]
     fn events_out_of_the_documented_order_are_refused_even_when_they_replay() {
-        let cid = crate::reference::raw_cid(b"image");
+        let cid = raw_cid(b"image");
         let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
         let ev = |k: Kind, data: Vec<u8>| Event::new(k, encoded_value(k, &data).unwrap(), data);
         let logs: Vec<(Vec<Event>, &str)> = vec![
