@@ -31,7 +31,14 @@ fn the_verifier_crate_depends_on_no_runtime_http_or_system_calls() {
     assert!(crates.contains(&"cidboot-verify"), "{tree}");
     assert!(crates.contains(&"rustls-webpki"), "{tree}");
     for banned in [
-        "tokio", "hyper", "nix", "rustix", "mio", "rustls", "cidboot", "aws-nitro-enclaves-nsm-api",
+        "tokio",
+        "hyper",
+        "nix",
+        "rustix",
+        "mio",
+        "rustls",
+        "cidboot",
+        "aws-nitro-enclaves-nsm-api",
     ] {
         assert!(
             !crates.contains(&banned),

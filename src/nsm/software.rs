@@ -31,21 +31,7 @@ pub struct TestCa {
 impl TestCa {
     pub fn generate() -> Result<TestCa, NsmError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).map_err(sw)?;
-        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(sw)?;
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        p.distinguished_name.push(
-            DnType::CommonName,
-            "cidboot software NSM test root (NOT AWS)",
-        );
-        p.distinguished_name
-            .push(DnType::OrganizationName, "cidboot tests");
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2050, 1, 1);
+        let p = ca_params()?;
         let cert = p.self_signed(&key).map_err(sw)?;
         Ok(TestCa {
             root_pem: cert.pem(),
@@ -58,11 +44,24 @@ impl TestCa {
     /// Loads a CA written by [`TestCa::root_pem`] and [`TestCa::key_pem`].
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<TestCa, NsmError> {
         let key = KeyPair::from_pem(key_pem).map_err(sw)?;
-        let params = CertificateParams::from_ca_cert_pem(cert_pem).map_err(sw)?;
-        let issuer = params.self_signed(&key).map_err(sw)?;
+        // Leaves are signed with the key under the CA's name; both are all the issuer needs.
+        let issuer = ca_params()?.self_signed(&key).map_err(sw)?;
         let root_der = rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
             .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())
             .map_err(sw)?;
+        // Leaves name the issuer by the fixed test name: a CA of another name would sign
+        // documents whose chain cannot verify, so refuse it here, by name.
+        let subject = |der: &[u8]| {
+            x509_parser::parse_x509_certificate(der)
+                .map(|(_, c)| (c.subject().as_raw().to_vec(), c.subject().to_string()))
+                .map_err(sw)
+        };
+        let (given, name) = subject(&root_der)?;
+        if given != subject(issuer.der())?.0 {
+            return Err(NsmError::Software(format!(
+                "the CA certificate's subject is {name:?}: the software NSM signs only under a CA it generated (written by --nsm-root-out)"
+            )));
+        }
         Ok(TestCa {
             root_pem: cert_pem.to_string(),
             root_der,
@@ -78,6 +77,26 @@ impl TestCa {
     pub fn key_pem(&self) -> String {
         self.key.serialize_pem()
     }
+}
+
+/// The test CA's name, validity and constraints (the same for a generated and a loaded CA).
+fn ca_params() -> Result<CertificateParams, NsmError> {
+    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(sw)?;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.distinguished_name.push(
+        DnType::CommonName,
+        "cidboot software NSM test root (NOT AWS)",
+    );
+    p.distinguished_name
+        .push(DnType::OrganizationName, "cidboot tests");
+    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2050, 1, 1);
+    Ok(p)
 }
 
 struct Pcrs {
@@ -265,6 +284,26 @@ impl Nsm for SoftwareNsm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loaded_ca_signs_under_its_own_name_and_a_foreign_one_is_refused() {
+        let ca = TestCa::generate().unwrap();
+        let again = TestCa::load(ca.root_pem(), &ca.key_pem()).unwrap();
+        assert_eq!(again.root_der, ca.root_der);
+
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap();
+        let mut p = ca_params().unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name
+            .push(DnType::CommonName, "someone else's CA");
+        let foreign = p.self_signed(&key).unwrap();
+        let e = TestCa::load(&foreign.pem(), &key.serialize_pem())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("someone else's CA"), "{e}");
+        assert!(e.contains("a CA it generated"), "{e}");
+    }
 
     #[test]
     fn measuring_locks_every_pcr_and_refuses_a_pre_extended_one() {
