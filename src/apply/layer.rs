@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ffi::CString;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{
@@ -732,19 +732,8 @@ fn set_xattrs(fd: &OwnedFd, rel: &RelPath, meta: &Meta) -> Result<(), ApplyError
             continue;
         }
         let n = cname(name)?;
-        // SAFETY: fd is a valid open file descriptor; name is a NUL-terminated C string;
-        // value points to value.len() readable bytes for the duration of the call.
-        let r = unsafe {
-            libc::fsetxattr(
-                fd.as_raw_fd(),
-                n.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-            )
-        };
-        if r != 0 {
-            let e = io::Error::last_os_error();
+        if let Err(e) = rustix::fs::fsetxattr(fd, n.as_c_str(), value, rustix::fs::XattrFlags::empty()) {
+            let e = io::Error::from(e);
             if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) {
                 warn!(path = %rel.display(), xattr = %String::from_utf8_lossy(name), error = %e, "xattr not supported here; skipped");
                 continue;

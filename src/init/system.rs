@@ -2,7 +2,6 @@
 //! hostname, entropy, and the way out (power-off). Every function here is a thin, checked
 //! wrapper around system calls; none of them panics.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::path::Path;
@@ -120,19 +119,18 @@ pub fn console() -> Result<(), SystemError> {
         .write(true)
         .open("/dev/console")
         .map_err(io("open /dev/console"))?;
-    let fd = f.into_raw_fd();
-    for target in 0..3 {
-        // SAFETY: dup2 on a valid open fd and the standard descriptor numbers.
-        if unsafe { libc::dup2(fd, target) } < 0 {
-            return Err(SystemError::Sys {
-                what: "dup2 console".into(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-    }
-    if fd > 2 {
-        // SAFETY: fd is ours (from into_raw_fd) and no longer used.
-        unsafe { libc::close(fd) };
+    let dup = |what: &str, r: nix::Result<()>| {
+        r.map_err(|e| SystemError::Sys {
+            what: format!("console as {what}"),
+            source: e.into(),
+        })
+    };
+    dup("stdin", nix::unistd::dup2_stdin(&f))?;
+    dup("stdout", nix::unistd::dup2_stdout(&f))?;
+    dup("stderr", nix::unistd::dup2_stderr(&f))?;
+    // Opened with no standard descriptor open, the console is one of them itself: keep it.
+    if f.as_raw_fd() <= 2 {
+        let _ = f.into_raw_fd();
     }
     Ok(())
 }
@@ -145,17 +143,13 @@ pub fn load_modules() -> Result<Vec<String>, SystemError> {
         let Ok(f) = File::open(&path) else {
             continue;
         };
-        let params = CString::default();
-        // SAFETY: finit_module takes an open module fd, a NUL-terminated parameter string and
-        // flags; nothing is retained after the call.
-        let r = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), params.as_ptr(), 0) };
-        if r != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EEXIST) {
+        match nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => {
                 return Err(SystemError::Sys {
                     what: format!("loading {}", path.display()),
-                    source: e,
-                });
+                    source: e.into(),
+                })
             }
         }
         loaded.push(m.to_string());
@@ -165,14 +159,19 @@ pub fn load_modules() -> Result<Vec<String>, SystemError> {
 
 /// Brings `lo` up; the kernel then gives it 127.0.0.1/8.
 pub fn loopback_up() -> Result<(), SystemError> {
-    // SAFETY: a plain datagram socket, used only for interface ioctls, closed below.
-    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if s < 0 {
-        return Err(SystemError::Sys {
-            what: "socket".into(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    // A plain datagram socket, used only for the interface ioctls; closed when dropped.
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| SystemError::Sys {
+        what: "socket".into(),
+        source: e.into(),
+    })?;
+    let s = sock.as_raw_fd();
     // SAFETY: ifreq is plain old data; zeroed is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
@@ -188,8 +187,7 @@ pub fn loopback_up() -> Result<(), SystemError> {
         }
     };
     let err = std::io::Error::last_os_error();
-    // SAFETY: s is the socket opened above.
-    unsafe { libc::close(s) };
+    drop(sock);
     if r < 0 {
         return Err(SystemError::Sys {
             what: "bringing lo up".into(),
