@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the tools the tests use, once, behind stamps outside the repository:
-#   - ipfs-car (npm), the independent CAR packer the tests compare against.
+#   - ipfs-car (npm), the independent CAR packer the tests compare against;
+#   - cargo-deny, which checks the dependency policy.
 # Override the cache with CIDBOOT_CACHE (default ~/.cache/cidboot).
 set -euo pipefail
 cache=${CIDBOOT_CACHE:-$HOME/.cache/cidboot}
@@ -15,6 +16,13 @@ command -v skopeo >/dev/null || need_apt+=(skopeo)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} with apt-get" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# cargo-deny, for the dependency policy in deny.toml.
+CARGO_DENY_VERSION=0.20.2
+if ! cargo deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION"; then
+  echo "setup: installing cargo-deny $CARGO_DENY_VERSION" >&2
+  cargo install --locked --quiet cargo-deny --version "$CARGO_DENY_VERSION" >&2
 fi
 
 tools="$cache/tools"

@@ -7,6 +7,8 @@ CIDBOOT_IPFS_CAR=$(scripts/setup-tools.sh)
 export CIDBOOT_IPFS_CAR
 cargo fmt --all --check
 cargo clippy --workspace --locked --all-targets -- -D warnings
+# Dependency policy (deny.toml): permissive licenses, crates.io only, no unexplained duplicates.
+cargo deny --locked check bans licenses sources
 cargo test --workspace --locked
 # A short smoke pass of every fuzz target (longer runs: scripts/fuzz.sh 600).
 scripts/fuzz.sh 15
