@@ -346,6 +346,19 @@ fn decompression_bomb() {
 }
 
 #[test]
+fn a_negative_pax_owner_is_refused_by_name() {
+    let s = Scene::new();
+    for key in ["uid", "gid"] {
+        let e = s.refuse({
+            let mut t = RawTar::new();
+            t.pax(&[(key, b"-1")]).file("x", b"x");
+            t.bytes()
+        });
+        assert!(e.contains(&format!("malformed PAX record {key}")), "{e}");
+    }
+}
+
+#[test]
 fn pax_bomb() {
     let s = Scene::new();
     let big = vec![b'a'; 2 << 20];

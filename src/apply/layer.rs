@@ -196,7 +196,7 @@ fn apply_entries<R: Read>(
             uid: h.uid().map_err(ApplyError::Tar)?,
             gid: h.gid().map_err(ApplyError::Tar)?,
             mode: h.mode().map_err(ApplyError::Tar)?,
-            mtime: h.mtime().map_err(ApplyError::Tar)? as i64,
+            mtime: i64::try_from(h.mtime().map_err(ApplyError::Tar)?).unwrap_or(i64::MAX),
             xattrs: Vec::new(),
         };
         if let Some(records) = pax.take() {
@@ -340,7 +340,7 @@ fn apply_entries<R: Read>(
 }
 
 fn read_bounded<R: Read>(r: &mut R, size: u64) -> Result<Vec<u8>, ApplyError> {
-    let mut data = Vec::with_capacity(size as usize);
+    let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     r.take(size)
         .read_to_end(&mut data)
         .map_err(ApplyError::Tar)?;
@@ -364,13 +364,17 @@ fn apply_pax(meta: &mut Meta, records: &[u8], header_size: u64) -> Result<(), Ap
                 .and_then(|v| v.split('.').next()?.parse::<i64>().ok())
                 .ok_or_else(|| ApplyError::Pax(String::from_utf8_lossy(key).into_owned()))
         };
+        let unsigned = || {
+            u64::try_from(num()?)
+                .map_err(|_| ApplyError::Pax(String::from_utf8_lossy(key).into_owned()))
+        };
         match key {
             b"path" => meta.path = value.to_vec(),
             b"linkpath" => meta.link = Some(value.to_vec()),
-            b"uid" => meta.uid = num()? as u64,
-            b"gid" => meta.gid = num()? as u64,
+            b"uid" => meta.uid = unsigned()?,
+            b"gid" => meta.gid = unsigned()?,
             b"mtime" => meta.mtime = num()?,
-            b"size" if num()? as u64 != header_size => {
+            b"size" if unsigned()? != header_size => {
                 return Err(ApplyError::Unsupported(
                     "a PAX size record that differs from the header".into(),
                 ));
@@ -732,7 +736,9 @@ fn set_xattrs(fd: &OwnedFd, rel: &RelPath, meta: &Meta) -> Result<(), ApplyError
             continue;
         }
         let n = cname(name)?;
-        if let Err(e) = rustix::fs::fsetxattr(fd, n.as_c_str(), value, rustix::fs::XattrFlags::empty()) {
+        if let Err(e) =
+            rustix::fs::fsetxattr(fd, n.as_c_str(), value, rustix::fs::XattrFlags::empty())
+        {
             let e = io::Error::from(e);
             if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) {
                 warn!(path = %rel.display(), xattr = %String::from_utf8_lossy(name), error = %e, "xattr not supported here; skipped");

@@ -275,7 +275,9 @@ mod tests {
     use super::*;
 
     fn pattern(from: usize, len: usize) -> Vec<u8> {
-        (from..from + len).map(|i| (i * 7 % 251) as u8).collect()
+        (from..from + len)
+            .map(|i| u8::try_from(i * 7 % 251).unwrap())
+            .collect()
     }
 
     fn allocated(r: &SpillReader) -> u64 {

@@ -242,7 +242,9 @@ fn parse_at(s: &str) -> Result<At, CliError> {
                 .map_err(|e| CliError::Usage(format!("--at {t:?}: {e}")))?;
             At::Time(
                 std::time::UNIX_EPOCH
-                    + std::time::Duration::from_secs(dt.unix_timestamp().max(0) as u64),
+                    + std::time::Duration::from_secs(
+                        u64::try_from(dt.unix_timestamp()).unwrap_or(0),
+                    ),
             )
         }
     })

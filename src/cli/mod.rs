@@ -203,7 +203,7 @@ pub fn main() -> ExitCode {
     // The parent daemon logs to stdout, for systemd; every other command to stderr.
     init_logging(matches!(cli.command, Command::Host(_)), cli.quiet);
     match run(cli) {
-        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(u8::MAX)),
         Err(e) => {
             if json {
                 let v = serde_json::json!({ "error": e.to_string() });

@@ -159,10 +159,12 @@ impl Observer for Layers {
 /// The one line that sums up an applied image, with the numbers the JSON report gives.
 pub fn summary(report: &ApplyReport, into: &std::path::Path) -> String {
     let n = report.layers.len();
+    // A float-to-integer cast saturates, and the rate is never negative.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let rate = if report.seconds > 0.0 {
-        report.compressed_bytes as f64 / report.seconds
+        (report.compressed_bytes as f64 / report.seconds) as u64
     } else {
-        0.0
+        0
     };
     format!(
         "applied {n} layer{} into {} in {:.2}s: {} bytes fetched ({}/s), {} uncompressed, {} entries, {} bytes in files",
@@ -170,7 +172,7 @@ pub fn summary(report: &ApplyReport, into: &std::path::Path) -> String {
         into.display(),
         report.seconds,
         report.compressed_bytes,
-        HumanBytes(rate as u64),
+        HumanBytes(rate),
         report.uncompressed_bytes,
         report.entries,
         report.file_bytes,

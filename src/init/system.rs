@@ -175,14 +175,14 @@ pub fn loopback_up() -> Result<(), SystemError> {
     // SAFETY: ifreq is plain old data; zeroed is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
+        *dst = libc::c_char::try_from(*src).unwrap_or(0);
     }
     // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read and write the ifreq we own.
     let r = unsafe {
         if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req) < 0 {
             -1
         } else {
-            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            req.ifr_ifru.ifru_flags |= libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
             libc::ioctl(s, libc::SIOCSIFFLAGS, &req)
         }
     };
@@ -211,8 +211,9 @@ pub fn add_entropy(seed: &[u8]) -> Result<(), SystemError> {
     }
     let n = seed.len().min(256);
     let mut info = RandPoolInfo {
-        entropy_count: (n * 8) as libc::c_int,
-        buf_size: n as libc::c_int,
+        // At most 2048 and 256: both fit.
+        entropy_count: libc::c_int::try_from(n * 8).unwrap_or(0),
+        buf_size: libc::c_int::try_from(n).unwrap_or(0),
         buf: [0; 256],
     };
     info.buf[..n].copy_from_slice(&seed[..n]);

@@ -290,7 +290,10 @@ fn relay(pid1: Pid, sfd: &SignalFd, status: OwnedFd) -> Result<Ended, SandboxErr
         let Some(info) = read_signal(sfd)? else {
             continue;
         };
-        let Ok(sig) = Signal::try_from(info as i32) else {
+        let Some(sig) = i32::try_from(info)
+            .ok()
+            .and_then(|n| Signal::try_from(n).ok())
+        else {
             continue;
         };
         if sig != Signal::SIGCHLD {
@@ -341,7 +344,10 @@ fn pid1(spec: &Spec, status: OwnedFd) -> Result<Infallible, SandboxError> {
         let Some(info) = read_signal(&sfd)? else {
             continue;
         };
-        let Ok(sig) = Signal::try_from(info as i32) else {
+        let Some(sig) = i32::try_from(info)
+            .ok()
+            .and_then(|n| Signal::try_from(n).ok())
+        else {
             continue;
         };
         if sig != Signal::SIGCHLD {

@@ -258,7 +258,7 @@ impl Nsm for SoftwareNsm {
         };
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
         let doc = Document {
             module_id: self.module_id.clone(),

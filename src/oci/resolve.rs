@@ -699,7 +699,7 @@ impl Resolver<'_> {
         if desc.size() > cap {
             return Err(too_large(what, desc, cap));
         }
-        let mut buf = Vec::with_capacity(desc.size() as usize);
+        let mut buf = Vec::with_capacity(usize::try_from(desc.size()).unwrap_or(0));
         self.gw
             .file(&cid, SizeRule::Exact(desc.size()), &mut buf)
             .await

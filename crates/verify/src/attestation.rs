@@ -212,7 +212,7 @@ impl Checks {
 
 fn ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
@@ -510,7 +510,7 @@ fn chain_checks(c: &mut Checks, d: &Document, policy: &Policy, at: SystemTime) {
         }
         let secs = at
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
             .unwrap_or(0);
         for cert in &certs {
             let v = cert.validity();
