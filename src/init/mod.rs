@@ -3,9 +3,9 @@
 //! It never exits and never panics: every fatal error is logged to the console, reported to
 //! the parent as the final status, and followed by a power-off.
 
+pub mod supervise;
 pub mod system;
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -318,7 +318,10 @@ async fn supervise(
         .spawn_std()
         .await
         .map_err(|e| InitError::Boot(e.into()))?;
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(
+        i32::try_from(child.id())
+            .map_err(|_| InitError::Other(format!("pid {} out of range", child.id())))?,
+    );
     note(sink, format!("workload started (pid {pid})")).await;
     let mut pumps = Vec::new();
     if let Some((s, _)) = sink {
@@ -363,43 +366,25 @@ async fn supervise(
         let Ok(sfd) = nix::sys::signalfd::SignalFd::new(&forwarded_set()) else {
             return;
         };
-        while let Ok(Some(info)) = sfd.read_signal() {
-            if let Ok(sig) = nix::sys::signal::Signal::try_from(info.ssi_signo as i32) {
-                let _ = nix::sys::signal::kill(pid, sig);
-            }
-        }
+        let signals = std::iter::from_fn(|| match sfd.read_signal() {
+            Ok(Some(info)) => Some(info.ssi_signo),
+            _ => None,
+        });
+        supervise::forward(&supervise::Real, pid, signals);
     });
-    // Reaping: every child, the workload's status kept.
+    // Reaping: every child, the workload's end kept, orphans reaped until the power-off.
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        loop {
-            match nix::sys::wait::waitpid(None, None) {
-                Ok(nix::sys::wait::WaitStatus::Exited(p, code)) if p == pid => {
-                    if let Some(t) = tx.take() {
-                        let _ = t.send((code, format!("the workload exited with status {code}")));
-                    }
-                }
-                Ok(nix::sys::wait::WaitStatus::Signaled(p, sig, _)) if p == pid => {
-                    if let Some(t) = tx.take() {
-                        let _ = t.send((
-                            128 + sig as i32,
-                            format!("the workload was killed by {sig}"),
-                        ));
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
+        let mut real = supervise::Real;
+        let _ = tx.send(supervise::reap_until(&mut real, pid));
+        supervise::reap_forever(&mut real)
     });
     let _ = &child;
-    let (code, reason) = rx
+    let supervise::Ended { code, reason } = rx
         .await
         .map_err(|_| InitError::Other("the reaper stopped".into()))?;
     for p in pumps {
         let _ = tokio::time::timeout(Duration::from_secs(10), p).await;
     }
-    let _ = std::process::ExitStatus::from_raw(0);
     Ok((code, reason))
 }
