@@ -56,6 +56,58 @@ pub struct RuntimeConfig {
     pub ingress: Vec<Ingress>,
     #[serde(default)]
     pub tls: Tls,
+    #[serde(default)]
+    pub fetch: Fetch,
+}
+
+/// How gateways are asked: timeouts, the throughput floor, tries and the deadline of one
+/// object. Every key is optional; `cidboot run`'s flags of the same names override it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fetch {
+    /// Seconds to open a connection and finish the TLS handshake (default 10).
+    pub connect_timeout_secs: Option<u64>,
+    /// Seconds from the request to the response head (default 30).
+    pub first_byte_timeout_secs: Option<u64>,
+    /// Seconds without a byte of the body (default 30).
+    pub idle_timeout_secs: Option<u64>,
+    /// The slowest body accepted, bytes per second over `rate_window_secs` (default 16384).
+    pub min_rate: Option<u64>,
+    /// Seconds over which `min_rate` is measured (default 30).
+    pub rate_window_secs: Option<u64>,
+    /// Attempts on each gateway before the next (default 3).
+    pub tries: Option<u32>,
+    /// Seconds one object (a block, a file) may take across every gateway (default 1800).
+    pub object_deadline_secs: Option<u64>,
+}
+
+/// The longest timeout, window or object deadline `[fetch]` accepts, in seconds.
+pub const MAX_FETCH_SECS: u64 = 86_400;
+/// The most tries on one gateway `[fetch]` accepts.
+pub const MAX_FETCH_TRIES: u32 = 10;
+
+impl Fetch {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, v) in [
+            ("connect_timeout_secs", self.connect_timeout_secs),
+            ("first_byte_timeout_secs", self.first_byte_timeout_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("rate_window_secs", self.rate_window_secs),
+            ("object_deadline_secs", self.object_deadline_secs),
+        ] {
+            if matches!(v, Some(v) if v == 0 || v > MAX_FETCH_SECS) {
+                return Err(ConfigError::Invalid(format!(
+                    "[fetch] {key} must be 1..={MAX_FETCH_SECS}"
+                )));
+            }
+        }
+        if matches!(self.tries, Some(t) if t == 0 || t > MAX_FETCH_TRIES) {
+            return Err(ConfigError::Invalid(format!(
+                "[fetch] tries must be 1..={MAX_FETCH_TRIES}"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Trust for gateway TLS beyond the built-in web PKI roots.
@@ -272,6 +324,7 @@ impl RuntimeConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.fetch.validate()?;
         if let Some(d) = self.boot_deadline_secs {
             if d == 0 || d > MAX_BOOT_DEADLINE_SECS {
                 return Err(ConfigError::Invalid(format!(
@@ -421,6 +474,11 @@ mod tests {
             "[workload]\ncapabilities = [\"FLY\"]",
             "[helpers]\ndir = \"/proc/self/cwd\"",
             "[helpers]\ndir = \"/eigen/../bin\"",
+            "[fetch]\ntries = 0",
+            "[fetch]\ntries = 11",
+            "[fetch]\nconnect_timeout_secs = 0",
+            "[fetch]\nobject_deadline_secs = 100000",
+            "[fetch]\nretries = 3",
             "boot_deadline_secs = 0",
             "boot_deadline_secs = 100000",
         ] {

@@ -5,6 +5,7 @@
 //! verified, and the first program from the image starts after the measurement.
 
 pub mod helper_images;
+pub mod plan;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +26,8 @@ use crate::reference::ImageRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
+    #[error("{0}")]
+    Plan(String),
     #[error(transparent)]
     Oci(#[from] OciError),
     #[error(transparent)]

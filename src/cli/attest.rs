@@ -120,9 +120,7 @@ async fn expected_log(
         Some(p) => Loaded::load(p)?,
         None => Loaded::empty(),
     };
-    let mut fetch = fetch.clone();
-    fetch.gateways.extend(cfg.config.gateways.iter().cloned());
-    let gw = image::gateways(&r, &fetch)?;
+    let gw = image::gateways(&r, fetch, &cfg.config)?;
     let selector = fetch.selector(&cfg.config)?;
     let spinner = super::progress::Spinner::new(format!("resolving {}", r.canonical()));
     let resolved = oci::resolve(&gw, &r.cid, &selector, &Limits::default()).await?;

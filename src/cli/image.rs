@@ -10,8 +10,7 @@ use crate::fetch::{BlobSink, Gateways};
 use crate::oci::layout::{FileSink, LayoutWriter};
 use crate::oci::{self, sha256_hex, Artifact, Limits, Resolved, Target};
 use crate::reference::ImageRef;
-use crate::transport::http::HttpClient;
-use crate::transport::{tls, TcpConnector};
+use crate::transport::TcpConnector;
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
@@ -48,27 +47,32 @@ pub struct PullArgs {
     pub json: bool,
 }
 
-/// Builds the gateway client for a reference: its own gateway first, then --gateway ones.
-pub(crate) fn gateways(r: &ImageRef, f: &FetchArgs) -> Result<Arc<Gateways>, CliError> {
-    gateways_via(r, f, Arc::new(TcpConnector))
+/// Builds the gateway client for a reference: its own gateway first, then --gateway ones, then
+/// the configuration's, with the configuration's `[fetch]` and `[tls]` under the flags.
+pub(crate) fn gateways(
+    r: &ImageRef,
+    f: &FetchArgs,
+    cfg: &crate::config::RuntimeConfig,
+) -> Result<Arc<Gateways>, CliError> {
+    gateways_via(r, f, cfg, Arc::new(TcpConnector))
 }
 
 /// The same, over a given connector (the parent's egress proxy in an enclave).
 pub(crate) fn gateways_via(
     r: &ImageRef,
     f: &FetchArgs,
+    cfg: &crate::config::RuntimeConfig,
     connector: Arc<dyn crate::transport::Connector>,
 ) -> Result<Arc<Gateways>, CliError> {
-    let mut urls: Vec<String> = r.gateway.iter().cloned().collect();
-    urls.extend(f.gateways.iter().cloned());
-    if urls.is_empty() {
-        return Err(CliError::Usage(
-            "no gateway: give --gateway URL or a https://<gateway>/ipfs/<CID> reference".into(),
-        ));
-    }
-    let tls = tls::client_config(f.ca.as_deref())?;
-    let client = HttpClient::new(connector, tls, f.timeouts());
-    Ok(Gateways::new(client, &urls, f.policy())?)
+    crate::boot::plan::gateways(
+        r,
+        &f.gateways,
+        cfg,
+        f.ca.as_deref(),
+        &f.overrides(),
+        connector,
+    )
+    .map_err(|e| CliError::Usage(e.to_string()))
 }
 
 #[derive(Serialize)]
@@ -245,8 +249,9 @@ async fn resolve(reference: &str, f: &FetchArgs) -> Result<(Arc<Gateways>, Resol
 
 async fn resolve_any(reference: &str, f: &FetchArgs) -> Result<(Arc<Gateways>, Target), CliError> {
     let r = ImageRef::parse(reference)?;
-    let gw = gateways(&r, f)?;
-    let sel = f.selector(&crate::config::RuntimeConfig::default())?;
+    let none = crate::config::RuntimeConfig::default();
+    let gw = gateways(&r, f, &none)?;
+    let sel = f.selector(&none)?;
     let _spinner = super::progress::Spinner::new(format!("resolving {}", r.canonical()));
     let target = oci::resolve_any(&gw, &r.cid, &sel, &Limits::default()).await?;
     Ok((gw, target))

@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
-use crate::oci::{OciError, Platform, Selector};
+use crate::oci::{OciError, Selector};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -62,74 +62,63 @@ pub struct FetchArgs {
     /// gateway (or an intercepting proxy) needs.
     #[arg(long, value_name = "PEM", env = "CIDBOOT_CA")]
     pub ca: Option<PathBuf>,
-    /// Platform to select from an image index.
-    #[arg(long, default_value = "linux/amd64", value_name = "OS/ARCH[/VARIANT]")]
-    pub platform: String,
+    /// Platform to select from an image index (default: the configuration's, or linux/amd64).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
     /// Take the index.json entry with this tag (`org.opencontainers.image.ref.name`).
     #[arg(long, value_name = "NAME", conflicts_with = "digest")]
     pub tag: Option<String>,
     /// Take the index.json entry with this digest.
     #[arg(long, value_name = "sha256:HEX")]
     pub digest: Option<String>,
-    /// Seconds to connect (TCP or tunnel, and TLS).
-    #[arg(long, default_value_t = 10, value_name = "SECS")]
-    pub connect_timeout: u64,
-    /// Seconds from a request to its response headers.
-    #[arg(long, default_value_t = 30, value_name = "SECS")]
-    pub first_byte_timeout: u64,
-    /// Longest silence, in seconds, inside a response body.
-    #[arg(long, default_value_t = 30, value_name = "SECS")]
-    pub idle_timeout: u64,
-    /// Least bytes per second a response body must average over each --rate-window (0: off).
-    #[arg(long, default_value_t = 16 * 1024, value_name = "BYTES")]
-    pub min_rate: u64,
-    /// Seconds of waiting on a gateway after which its throughput is compared with --min-rate.
-    #[arg(long, default_value_t = 30, value_name = "SECS")]
-    pub rate_window: u64,
-    /// Tries per gateway for one object before failing over.
-    #[arg(long, default_value_t = 3, value_name = "N")]
-    pub tries: u32,
-    /// Longest time, in seconds, spent on one object across all gateways.
-    #[arg(long, default_value_t = 1800, value_name = "SECS")]
-    pub object_deadline: u64,
+    /// Seconds to connect (TCP or tunnel, and TLS) [default: [fetch] connect_timeout_secs, or 10].
+    #[arg(long, value_name = "SECS")]
+    pub connect_timeout: Option<u64>,
+    /// Seconds from a request to its response headers [default: [fetch] first_byte_timeout_secs, or 30].
+    #[arg(long, value_name = "SECS")]
+    pub first_byte_timeout: Option<u64>,
+    /// Longest silence, in seconds, inside a response body [default: [fetch] idle_timeout_secs, or 30].
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+    /// Least bytes per second a response body must average over each --rate-window (0: off)
+    /// [default: [fetch] min_rate, or 16384].
+    #[arg(long, value_name = "BYTES")]
+    pub min_rate: Option<u64>,
+    /// Seconds of waiting on a gateway after which its throughput is compared with --min-rate
+    /// [default: [fetch] rate_window_secs, or 30].
+    #[arg(long, value_name = "SECS")]
+    pub rate_window: Option<u64>,
+    /// Tries per gateway for one object before failing over [default: [fetch] tries, or 3].
+    #[arg(long, value_name = "N")]
+    pub tries: Option<u32>,
+    /// Longest time, in seconds, spent on one object across all gateways
+    /// [default: [fetch] object_deadline_secs, or 1800].
+    #[arg(long, value_name = "SECS")]
+    pub object_deadline: Option<u64>,
 }
 
 impl FetchArgs {
-    pub fn platform(&self) -> Result<Platform, OciError> {
-        self.platform.parse()
-    }
-
     /// What to take from an index: these options, each falling back to the runtime
     /// configuration's `platform`, `tag` and `digest` when not given on the command line.
     pub fn selector(&self, cfg: &crate::config::RuntimeConfig) -> Result<Selector, OciError> {
-        let platform = match &cfg.platform {
-            Some(p) if self.platform == "linux/amd64" => p.parse()?,
-            _ => self.platform()?,
-        };
-        let (tag, digest) = if self.tag.is_some() || self.digest.is_some() {
-            (self.tag.clone(), self.digest.clone())
-        } else {
-            (cfg.tag.clone(), cfg.digest.clone())
-        };
-        Selector::new(platform, tag, digest)
+        crate::boot::plan::selector(
+            cfg,
+            self.platform.as_deref(),
+            self.tag.as_deref(),
+            self.digest.as_deref(),
+        )
     }
 
-    pub fn timeouts(&self) -> crate::transport::http::Timeouts {
-        use std::time::Duration;
-        crate::transport::http::Timeouts {
-            connect: Duration::from_secs(self.connect_timeout.max(1)),
-            first_byte: Duration::from_secs(self.first_byte_timeout.max(1)),
-            idle: Duration::from_secs(self.idle_timeout.max(1)),
+    /// The fetch flags given, each of which wins over the configuration's `[fetch]`.
+    pub fn overrides(&self) -> crate::boot::plan::FetchOverrides {
+        crate::boot::plan::FetchOverrides {
+            connect_timeout_secs: self.connect_timeout,
+            first_byte_timeout_secs: self.first_byte_timeout,
+            idle_timeout_secs: self.idle_timeout,
             min_rate: self.min_rate,
-            rate_window: Duration::from_secs(self.rate_window.max(1)),
-        }
-    }
-
-    pub fn policy(&self) -> crate::fetch::GatewayPolicy {
-        crate::fetch::GatewayPolicy {
-            attempts_per_gateway: self.tries.max(1),
-            object_deadline: std::time::Duration::from_secs(self.object_deadline.max(1)),
-            ..Default::default()
+            rate_window_secs: self.rate_window,
+            tries: self.tries,
+            object_deadline_secs: self.object_deadline,
         }
     }
 }

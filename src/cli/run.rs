@@ -4,16 +4,12 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
-use super::{image, CliError, FetchArgs};
-use crate::apply::ApplyLimits;
-use crate::boot::{self, Plan};
+use super::{CliError, FetchArgs};
+use crate::boot;
 use crate::config::Loaded;
-use crate::launch::exec::Sandbox;
 use crate::nsm::device::DeviceNsm;
 use crate::nsm::software::{SoftwareNsm, TestCa};
 use crate::nsm::Nsm;
-use crate::oci::Limits;
-use crate::reference::ImageRef;
 use crate::relay::logs::{Kind as LogKind, LogSender};
 use crate::transport::addr::Addr;
 use crate::transport::connect::ConnectProxy;
@@ -152,19 +148,6 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
         Some(p) => Loaded::load(p)?,
         None => Loaded::empty(),
     };
-    let reference = a
-        .reference
-        .clone()
-        .or_else(|| config.config.image.clone())
-        .ok_or_else(|| {
-            CliError::Usage("no image: give REF or set `image` in the configuration".into())
-        })?;
-    let r = ImageRef::parse(&reference)?;
-    let mut fetch = a.fetch.clone();
-    fetch
-        .gateways
-        .extend(config.config.gateways.iter().cloned());
-    let select = fetch.selector(&config.config)?;
     let egress_dialer: Arc<dyn crate::transport::Connector> = match &a.parent_egress {
         Some(p) => Arc::new(ConnectProxy {
             proxy: p
@@ -173,7 +156,6 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
         }),
         None => Arc::new(crate::transport::TcpConnector),
     };
-    let gateways = image::gateways_via(&r, &fetch, egress_dialer.clone())?;
     let work = tempfile::Builder::new()
         .prefix("cidboot-run-")
         .tempdir()
@@ -206,38 +188,36 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
         .map_err(|e| CliError::Usage(format!("{}: {e}", scratch.display())))?;
     let helpers_dir =
         crate::launch::helpers::source_dir(&config.config.helpers, a.helpers_dir.as_deref());
-    let attestation_listen = a
+    let stage = work.path().join("stage");
+    crate::launch::exec::ensure_stage(&stage).map_err(|e| CliError::Usage(e.to_string()))?;
+    let overrides = boot::plan::Overrides {
+        reference: a.reference.clone(),
+        gateways: a.fetch.gateways.clone(),
+        ca: a.fetch.ca.clone(),
+        platform: a.fetch.platform.clone(),
+        tag: a.fetch.tag.clone(),
+        digest: a.fetch.digest.clone(),
+        fetch: a.fetch.overrides(),
+        attestation_listen: a.attestation_listen.clone(),
+    };
+    // The listen addresses are checked before the NSM is opened and anything is fetched.
+    let listen = overrides
         .attestation_listen
         .clone()
         .or_else(|| config.config.attestation.listen.clone())
         .unwrap_or_else(|| crate::api::DEFAULT_LISTEN.to_string());
-    crate::api::check_listen(&attestation_listen)
+    crate::api::check_listen(&listen)
         .await
         .map_err(crate::boot::BootError::from)?;
     boot::check_listens(&config.config).await?;
-    let nsm = open_nsm(a)?;
-    let deadline = boot::deadline_for(&config);
-    let sandbox = Sandbox {
-        stage: work.path().join("stage"),
-        policy: config.config.workload.policy(),
-    };
-    crate::launch::exec::ensure_stage(&sandbox.stage)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
-    let plan = Plan {
-        reference: r,
-        config,
-        select,
-        gateways,
-        helpers_dir,
-        sandbox,
-        limits: Limits::default(),
-        apply_limits: ApplyLimits::default(),
-        nsm,
-        attestation_listen,
+    let machine = boot::plan::Machine {
         egress_dialer,
-        deadline,
+        nsm: open_nsm(a)?,
+        helpers_dir,
+        stage,
         observer: super::progress::layers(),
     };
+    let plan = boot::plan::build(config, &overrides, machine)?;
     let mut prepared = match boot::by_deadline(&plan, boot::prepare(&plan, &rootfs, &scratch)).await
     {
         Ok(p) => p,

@@ -14,20 +14,14 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{error, info, warn};
 
-use crate::apply::ApplyLimits;
-use crate::boot::{self, Plan};
+use crate::boot;
 use crate::config::Loaded;
-use crate::fetch::{GatewayPolicy, Gateways};
 use crate::host::{BOOT_PORT, EGRESS_PORT, HEARTBEAT, HEARTBEAT_PORT, LOGS_PORT};
-use crate::launch::exec::Sandbox;
 use crate::nsm::device::DeviceNsm;
 use crate::nsm::Nsm;
-use crate::oci::Limits;
-use crate::reference::ImageRef;
 use crate::relay::logs::{Kind, LogSender};
 use crate::transport::addr::{parent_cid, Addr};
 use crate::transport::connect::ConnectProxy;
-use crate::transport::http::{HttpClient, Timeouts};
 
 /// A configuration baked into the initramfs wins over the parent's boot service.
 pub const BAKED_CONFIG: &str = "/etc/cidboot/config.toml";
@@ -188,52 +182,11 @@ async fn boot(
         (b, format!("the parent's boot service ({a})"))
     };
     let config = Loaded::parse(bytes).map_err(|e| InitError::Config(e.to_string()))?;
-    let deadline = boot::deadline_for(&config);
     note(
         sink,
         format!("configuration from {source}, {}", config.digest()),
     )
     .await;
-    let image = config
-        .config
-        .image
-        .clone()
-        .ok_or_else(|| InitError::Config("no `image` in the configuration".into()))?;
-    let reference = ImageRef::parse(&image).map_err(|e| InitError::Config(e.to_string()))?;
-    let select = config
-        .config
-        .platform
-        .as_deref()
-        .unwrap_or("linux/amd64")
-        .parse()
-        .and_then(|p| {
-            crate::oci::Selector::new(p, config.config.tag.clone(), config.config.digest.clone())
-        })
-        .map_err(|e: crate::oci::OciError| InitError::Config(e.to_string()))?;
-
-    let egress: Arc<dyn crate::transport::Connector> = Arc::new(ConnectProxy {
-        proxy: at(EGRESS_PORT),
-    });
-    let ca = match &config.config.tls.extra_ca {
-        Some(pem) => {
-            std::fs::create_dir_all("/run/cidboot").map_err(|e| InitError::Other(e.to_string()))?;
-            std::fs::write("/run/cidboot/extra-ca.pem", pem)
-                .map_err(|e| InitError::Other(e.to_string()))?;
-            Some(std::path::PathBuf::from("/run/cidboot/extra-ca.pem"))
-        }
-        None => None,
-    };
-    let tls = crate::transport::tls::client_config(ca.as_deref())
-        .map_err(|e| InitError::Config(e.to_string()))?;
-    let mut urls: Vec<String> = reference.gateway.iter().cloned().collect();
-    urls.extend(config.config.gateways.iter().cloned());
-    let gateways = Gateways::new(
-        HttpClient::new(egress.clone(), tls, Timeouts::default()),
-        &urls,
-        GatewayPolicy::default(),
-    )
-    .map_err(|e| InitError::Config(e.to_string()))?;
-
     for dir in [NEW_ROOT, SPILL] {
         std::fs::create_dir_all(dir).map_err(|e| InitError::Other(format!("{dir}: {e}")))?;
         nix::mount::mount(
@@ -247,31 +200,21 @@ async fn boot(
     }
     crate::launch::exec::ensure_stage(Path::new(STAGE))
         .map_err(|e| InitError::Other(e.to_string()))?;
-    let config_policy = config.config.workload.policy();
-    let attestation_listen = config
-        .config
-        .attestation
-        .listen
-        .clone()
-        .unwrap_or_else(|| crate::api::DEFAULT_LISTEN.to_string());
-    let plan = Plan {
-        reference,
+    // Everything from the measured configuration, nothing from anywhere else.
+    let plan = boot::plan::build(
         config,
-        select,
-        gateways,
-        helpers_dir: HELPER_DIR.into(),
-        sandbox: Sandbox {
+        &boot::plan::Overrides::default(),
+        boot::plan::Machine {
+            egress_dialer: Arc::new(ConnectProxy {
+                proxy: at(EGRESS_PORT),
+            }),
+            nsm,
+            helpers_dir: HELPER_DIR.into(),
             stage: STAGE.into(),
-            policy: config_policy,
+            observer: Arc::new(crate::apply::Unobserved),
         },
-        limits: Limits::default(),
-        apply_limits: ApplyLimits::default(),
-        nsm,
-        attestation_listen,
-        egress_dialer: egress,
-        deadline,
-        observer: Arc::new(crate::apply::Unobserved),
-    };
+    )
+    .map_err(|e| InitError::Config(e.to_string()))?;
     // A busy listen address fails the boot now, not after the whole fetch.
     crate::api::check_listen(&plan.attestation_listen)
         .await

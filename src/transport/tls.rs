@@ -32,12 +32,37 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Transport
 
 /// A client config trusting the built-in web PKI roots plus an optional extra CA file.
 pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, TransportError> {
+    client_config_with(extra_ca, None)
+}
+
+/// The same, also trusting the CA certificates of `pem` (the configuration's `[tls] extra_ca`).
+pub fn client_config_with(
+    extra_ca: Option<&Path>,
+    pem: Option<&str>,
+) -> Result<Arc<ClientConfig>, TransportError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let mut extra = Vec::new();
     if let Some(path) = extra_ca {
-        for cert in load_certs(path)? {
+        extra.push((path.display().to_string(), load_certs(path)?));
+    }
+    if let Some(pem) = pem {
+        let bad = |reason: String| TransportError::BadCa {
+            path: "[tls] extra_ca".into(),
+            reason,
+        };
+        let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no certificates found".into()));
+        }
+        extra.push(("[tls] extra_ca".into(), certs));
+    }
+    for (origin, certs) in extra {
+        for cert in certs {
             roots.add(cert).map_err(|e| TransportError::BadCa {
-                path: path.display().to_string(),
+                path: origin.clone(),
                 reason: e.to_string(),
             })?;
         }
