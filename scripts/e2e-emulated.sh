@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End to end in an emulated Nitro Enclave (QEMU's nitro-enclave machine under TCG), each boot
 # launched and supervised by `cidboot host` itself ([enclave] launcher = "qemu", restart policy
-# on-failure: the honest boot must not be relaunched, the tampered one must count as failed):
+# on-failure: the honest boot must not be relaunched, the tampered one must count as failed and
+# be relaunched once, up to max_restarts):
 #   0. the EIF image (dockerfiles/Dockerfile.eif) and the sleeve (dockerfiles/Dockerfile.sleeve)
 #      are built with buildah and their layouts and entrypoints checked; the honest boot runs the
 #      EIF taken out of the sleeve, so its attested PCR0-2 are those build-eif.sh printed.
@@ -47,7 +48,7 @@ start_gateway() { # $1: extra flags, $2: the sample's CAR; sets gw_url
   [ -n "$gw_url" ] || fail "gateway did not start"
 }
 
-boot_enclave() { # $1: name, $2: more [enclave] keys, $3: the EIF ($work/$3.eif, default cidboot); uses $gw_url and $work/ca.pem; leaves $work/$1.log
+boot_enclave() { # $1: name, $2: more [enclave] keys, $3: the EIF ($work/$3.eif, default cidboot), $4: launches expected (1); uses $gw_url and $work/ca.pem; leaves $work/$1.log
   # `cidboot host` launches the enclave itself ([enclave] launcher = "qemu"), watches it and
   # applies its restart policy; the enclave's console lands in the host's log.
   local name=$1 dir="$work/$1"
@@ -100,7 +101,9 @@ TOML
   # The enclave powered off by itself (QEMU exited), and was not terminated by the supervisor.
   grep -q 'QEMU exited' "$hlog" || fail "$name: the enclave did not power off"
   grep -q 'terminating it' "$hlog" && fail "$name: the supervisor had to terminate the enclave"
-  [ "$(grep -c ' launching the enclave eif=' "$hlog")" = 1 ] || fail "$name: launched more than once"
+  local launches
+  launches=$(grep -c ' launching the enclave eif=' "$hlog")
+  [ "$launches" = "${4:-1}" ] || fail "$name: launched $launches times, not ${4:-1}"
   # SIGTERM stops the host (the enclave is already gone: nothing to tear down).
   kill -TERM "$host"
   wait "$host" 2>/dev/null || true
@@ -217,9 +220,12 @@ PY
 pkill -f "gateway --car $work/sample.car" 2>/dev/null || true
 rm -f "$work/gateway.url"
 start_gateway "--insecure-serve-unverified" "$work/tampered.car"
-boot_enclave tampered $'restart = "on-failure"\nmax_restarts = 0'
+boot_enclave tampered $'restart = "on-failure"\nrestart_backoff_secs = 1\nmax_restarts = 1' cidboot 2
 log="$work/tampered.log"
-grep -q 'max_restarts reached' "$work/tampered-host.log" || fail "the supervisor did not take the fatal status as a failure"
+grep -q 'relaunching the enclave after a delay delay_secs=1' "$work/tampered-host.log" || fail "the supervisor did not take the fatal status as a failure"
+grep -q 'max_restarts reached' "$work/tampered-host.log" || fail "the supervisor relaunched beyond max_restarts"
+[ "$(grep -c '^\[status\] {"exit_code":null,"reason":"fatal: ' "$log")" = 2 ] || fail "not two failed boots: $(grep '^\[status\]' "$log")"
+say "the failed boot was relaunched once after 1 s, then max_restarts stopped it"
 grep -q '^\[status\] {"exit_code":null,"reason":"fatal: .*does not hash to its CID' "$log" || fail "no verification error reported: $(grep '^\[status\]' "$log")"
 grep -q '^\[stdout\]' "$log" && fail "the workload ran on tampered content"
 say "PASS: 2 passed, 0 failed"
