@@ -323,3 +323,41 @@ fn sigterm_terminates_the_enclave_and_then_the_host() {
     assert!(!d.join("running.i-fake-enc1").exists());
     assert_eq!(launches(d), 1);
 }
+
+#[test]
+fn a_bad_enclave_section_or_a_missing_eif_stops_the_host_before_it_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = format!(
+        "[logs]\nlisten = \"unix:{d}/logs.sock\"\n[enclave]\nmemory_mib = 512\ncpu_count = 2\ncid = 16\n",
+        d = d.display()
+    );
+    for (extra, want) in [
+        (
+            format!(
+                "eif = \"{}/x.eif\"\nrestart_backoff_secs = 0\n",
+                d.display()
+            ),
+            "restart_backoff_secs",
+        ),
+        (
+            format!("eif = \"{}/missing.eif\"\n", d.display()),
+            "missing.eif",
+        ),
+    ] {
+        std::fs::write(d.join("host.toml"), format!("{base}{extra}")).unwrap();
+        let out = cidboot()
+            .args(["host", "--config"])
+            .arg(d.join("host.toml"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{extra}: {text}");
+        assert!(text.contains(want), "{extra}: {text}");
+        assert!(
+            !d.join("logs.sock").exists(),
+            "{extra}: the log sink listened"
+        );
+    }
+}
