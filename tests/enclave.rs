@@ -361,3 +361,99 @@ fn a_bad_enclave_section_or_a_missing_eif_stops_the_host_before_it_listens() {
         );
     }
 }
+
+/// The QEMU launcher against stand-ins for QEMU and vhost-device-vsock that record their
+/// arguments and SIGTERM: the backend starts first, the console is QEMU's stdout, and SIGTERM
+/// to the host stops both before the host exits.
+#[test]
+fn the_qemu_launcher_starts_the_backend_then_qemu_and_stops_both_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let script = |name: &str, body: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, format!("#!/bin/bash\nd=$(dirname \"$0\")\n{body}\ntrap 'echo term >>\"$d/{name}.term\"; exit 0' TERM\nwhile :; do sleep 0.1; done\n")).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        p
+    };
+    let vhost = script(
+        "vhost",
+        "echo \"$*\" >\"$d/vhost.args\"\nfor a; do case $a in --socket=*) touch \"${a#--socket=}\";; esac; done",
+    );
+    let qemu = script(
+        "qemu",
+        "[ -e \"$d/vsock.vhost\" ] || exit 3\necho \"$*\" >\"$d/qemu.args\"\necho 'console line from the fake machine'",
+    );
+    std::fs::write(d.join("x.eif"), b"an EIF").unwrap();
+    let config = format!(
+        "[logs]\nlisten = \"unix:{d}/vsock_8002\"\n[enclave]\nlauncher = \"qemu\"\neif = \"{d}/x.eif\"\nmemory_mib = 256\ncpu_count = 1\ncid = 4\ndebug_mode = true\npoll_secs = 1\n[enclave.qemu]\nqemu = \"{q}\"\nfirmware = \"{d}/fw\"\nvhost_device_vsock = \"{v}\"\nuds_path = \"{d}/vsock\"\nappend = \"cidboot.parent_cid=2\"\n",
+        d = d.display(),
+        q = qemu.display(),
+        v = vhost.display()
+    );
+    std::fs::write(d.join("host.toml"), config).unwrap();
+    let mut child = cidboot()
+        .args(["host", "--config"])
+        .arg(d.join("host.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    for r in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+    }
+    let host = Host { child, lines };
+    host.wait_for(
+        "console: console line from the fake machine",
+        Duration::from_secs(30),
+    );
+    let vargs = std::fs::read_to_string(d.join("vhost.args")).unwrap();
+    assert_eq!(
+        vargs.trim(),
+        format!(
+            "--guest-cid=4 --socket={d}/vsock.vhost --uds-path={d}/vsock",
+            d = d.display()
+        )
+    );
+    let qargs = std::fs::read_to_string(d.join("qemu.args")).unwrap();
+    for want in [
+        format!("-L {}/fw -M nitro-enclave,vsock=c0,", d.display()),
+        format!(
+            "-kernel {}/x.eif -append cidboot.parent_cid=2 ",
+            d.display()
+        ),
+        "-m 256M -smp 1 -accel tcg -no-reboot".to_string(),
+        format!("-chardev socket,id=c0,path={}/vsock.vhost", d.display()),
+    ] {
+        assert!(qargs.contains(&want), "{want:?} not in {qargs:?}");
+    }
+    let mut host = host;
+    let pid = nix::unistd::Pid::from_raw(host.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = host.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the host did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    assert!(d.join("qemu.term").exists(), "QEMU got no SIGTERM");
+    assert!(
+        d.join("vhost.term").exists(),
+        "vhost-device-vsock got no SIGTERM"
+    );
+}
