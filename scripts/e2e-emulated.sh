@@ -1,5 +1,11 @@
 #!/usr/bin/env bash
-# End to end in an emulated Nitro Enclave (QEMU's nitro-enclave machine under TCG):
+# End to end in an emulated Nitro Enclave (QEMU's nitro-enclave machine under TCG), each boot
+# launched and supervised by `cidboot host` itself ([enclave] launcher = "qemu", restart policy
+# on-failure: the honest boot must not be relaunched, the tampered one must count as failed and
+# be relaunched once, up to max_restarts):
+#   0. the EIF image (dockerfiles/Dockerfile.eif) and the sleeve (dockerfiles/Dockerfile.sleeve)
+#      are built with buildah and their layouts and entrypoints checked; the honest boot runs the
+#      EIF taken out of the sleeve, so its attested PCR0-2 are those build-eif.sh printed.
 #   1. an EIF with cidboot as PID 1 boots, heartbeats, fetches the sample image through the
 #      parent's egress proxy over vsock, verifies it, extends and locks PCR16, and runs the
 #      workload, which gets an attestation document for a nonce and prints it; the logs and the
@@ -24,7 +30,7 @@ fail() { echo "e2e: FAIL: $*" >&2; for f in "$work"/*.log; do echo "--- $f" >&2;
 target=x86_64-unknown-linux-gnu
 say "building a static cidboot"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked --target "$target"
-bin="$repo/target/$target/release/cidboot"
+bin="${CARGO_TARGET_DIR:-$repo/target}/$target/release/cidboot"
 ldd "$bin" 2>&1 | grep -qE "statically linked|not a dynamic" || fail "cidboot is not static"
 
 say "building and publishing the sample image and a helper image"
@@ -42,7 +48,9 @@ start_gateway() { # $1: extra flags, $2: the sample's CAR; sets gw_url
   [ -n "$gw_url" ] || fail "gateway did not start"
 }
 
-boot_enclave() { # $1: name; uses $gw_url and $work/ca.pem; leaves $work/$1.log
+boot_enclave() { # $1: name, $2: more [enclave] keys, $3: the EIF ($work/$3.eif, default cidboot), $4: launches expected (1); uses $gw_url and $work/ca.pem; leaves $work/$1.log
+  # `cidboot host` launches the enclave itself ([enclave] launcher = "qemu"), watches it and
+  # applies its restart policy; the enclave's console lands in the host's log.
   local name=$1 dir="$work/$1"
   mkdir -p "$dir"
   local port=${gw_url##*:}
@@ -50,6 +58,8 @@ boot_enclave() { # $1: name; uses $gw_url and $work/ca.pem; leaves $work/$1.log
     printf '[[helpers.images]]\nimage = "ipfs://%s"\ndigest = "%s"\n\n' "$helpers_cid" "$helpers_digest"
     printf '[[prestart]]\nhelper = "fake-kms-client"\nargs = ["/run/kms.env"]\nenv_file = "/run/kms.env"\n\n'
     printf '[tls]\nextra_ca = """\n'; cat "$work/ca.pem"; printf '"""\n'; } >"$dir/enclave.toml"
+  local khz
+  khz=$(awk -F: '/cpu MHz/ {printf "%d", $2 * 1000; exit}' /proc/cpuinfo)
   cat >"$dir/host.toml" <<TOML
 [egress]
 listen = "unix:$dir/vsock_8000"
@@ -62,26 +72,42 @@ listen = "unix:$dir/vsock_8002"
 file = "$dir/enclave.log"
 [heartbeat]
 listen = "unix:$dir/vsock_9000"
+[enclave]
+launcher = "qemu"
+eif = "$work/${3:-cidboot}.eif"
+memory_mib = 1024
+cpu_count = 2
+cid = 4
+debug_mode = true
+poll_secs = 1
+$2
+[enclave.qemu]
+qemu = "$cache/qemu-system-x86_64"
+firmware = "$cache/firmware"
+vhost_device_vsock = "$cache/bin/vhost-device-vsock"
+uds_path = "$dir/vsock"
+socket = "$dir/vhost.sock"
+append = "tsc_early_khz=$khz tsc=reliable cidboot.parent_cid=2"
 TOML
-  "$bin" host --config "$dir/host.toml" >"$work/$name-host.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do grep -q "cidboot host ready" "$work/$name-host.log" && break; sleep 0.1; done
-  "$cache/bin/vhost-device-vsock" --guest-cid=4 --socket="$dir/vhost.sock" --uds-path="$dir/vsock" >"$work/$name-vsock.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do [ -S "$dir/vhost.sock" ] && break; sleep 0.1; done
-  local khz
-  khz=$(awk -F: '/cpu MHz/ {printf "%d", $2 * 1000; exit}' /proc/cpuinfo)
-  timeout 900 "$cache/qemu-system-x86_64" -L "$cache/firmware" \
-    -M nitro-enclave,vsock=c0,id=cidboot,acpi=on,pit=on,pic=on,rtc=on -kernel "$work/cidboot.eif" \
-    -append "tsc_early_khz=$khz tsc=reliable cidboot.parent_cid=2" -nographic -m 1G -smp 2 -accel tcg \
-    -no-reboot -chardev socket,id=c0,path="$dir/vhost.sock" >"$work/$name-console.log" 2>&1 &
-  local qemu=$!
-  pids+=($qemu)
-  # Bounded wait for the enclave's final status, then for the power-off.
-  for _ in $(seq 900); do grep -q '^\[status\]' "$dir/enclave.log" 2>/dev/null && break; sleep 1; done
-  grep -q '^\[status\]' "$dir/enclave.log" 2>/dev/null || fail "$name: no status from the enclave within 15 minutes"
-  for _ in $(seq 120); do kill -0 "$qemu" 2>/dev/null || break; sleep 1; done
-  kill -0 "$qemu" 2>/dev/null && fail "$name: the enclave did not power off"
+  local hlog="$work/$name-host.log"
+  "$bin" host --config "$dir/host.toml" >"$hlog" 2>&1 &
+  local host=$!
+  pids+=($host)
+  # Bounded wait for the supervisor to decide after the boot: no relaunch, or its limit.
+  for _ in $(seq 900); do grep -qE 'not relaunching the enclave|max_restarts reached' "$hlog" && break; sleep 1; done
+  grep -qE 'not relaunching the enclave|max_restarts reached' "$hlog" || fail "$name: the boot did not end within 15 minutes"
+  grep -q 'QEMU started the enclave' "$hlog" || fail "$name: cidboot host did not launch QEMU"
+  grep -q '^\[status\]' "$dir/enclave.log" 2>/dev/null || fail "$name: no status from the enclave"
+  # The enclave powered off by itself (QEMU exited), and was not terminated by the supervisor.
+  grep -q 'QEMU exited' "$hlog" || fail "$name: the enclave did not power off"
+  grep -q 'terminating it' "$hlog" && fail "$name: the supervisor had to terminate the enclave"
+  local launches
+  launches=$(grep -c ' launching the enclave eif=' "$hlog")
+  [ "$launches" = "${4:-1}" ] || fail "$name: launched $launches times, not ${4:-1}"
+  # SIGTERM stops the host (the enclave is already gone: nothing to tear down).
+  kill -TERM "$host"
+  wait "$host" 2>/dev/null || true
+  sed -n 's/.*console: //p' "$hlog" >"$work/$name-console.log"
   cp "$dir/enclave.log" "$work/$name.log"
 }
 
@@ -94,7 +120,7 @@ say "reproducible: PCR0 $(pcr "$work/eif.json" PCR0)"
 # An air-gapped EIF: helpers baked in from a dependency image's OCI layout, verified by digest.
 "$repo/scripts/build-eif.sh" --cidboot "$bin" --kernel-dir "$cache/kernel" --out "$work/baked.eif" \
   --helper-image "$work/helpers" "$helpers_digest" >/dev/null 2>"$work/baked.log" || fail "baking the helper image: $(cat "$work/baked.log")"
-want="fake-kms-client = \"sha256:$(sha256sum "$repo/sample/target/x86_64-unknown-linux-gnu/release/fake-kms-client" | cut -d' ' -f1)\""
+want="fake-kms-client = \"sha256:$(sha256sum "${CARGO_TARGET_DIR:-$repo/sample/target}/x86_64-unknown-linux-gnu/release/fake-kms-client" | cut -d' ' -f1)\""
 grep -qF "$want" "$work/baked.log" || fail "the baked helper's pin is not printed: $(cat "$work/baked.log")"
 if "$repo/scripts/build-eif.sh" --cidboot "$bin" --kernel-dir "$cache/kernel" --out "$work/bad.eif" \
   --helper-image "$work/helpers" "sha256:$(printf '0%.0s' $(seq 64))" >/dev/null 2>"$work/bad.log"; then
@@ -103,10 +129,65 @@ fi
 grep -q "its manifest is $helpers_digest" "$work/bad.log" || fail "no digest error: $(cat "$work/bad.log")"
 say "helpers baked from a helper image's layout, checked against its digest"
 
+say "building the EIF image and the sleeve with buildah"
+# No daemon, no registry, no OCI runtime: vfs storage of our own, images without RUN steps, and
+# a locally committed stand-in for the nitro-cli image the sleeve is built on.
+command -v buildah >/dev/null || fail "buildah is missing (scripts/setup-tools.sh installs it)"
+bh() { buildah --storage-driver vfs --root "$work/buildah/root" --runroot "$work/buildah/run" "$@"; }
+mkdir -p "$work/buildah" "$work/eif-ctx/modules" "$work/eif-ctx/eigen-bin" "$work/sleeve-ctx"
+printf '#!/bin/sh\necho "nitro-cli stand-in: $*"\n' >"$work/buildah/nitro-cli"
+c=$(bh from scratch)
+bh copy --chmod 0755 "$c" "$work/buildah/nitro-cli" /usr/bin/nitro-cli >/dev/null
+bh commit -q "$c" localhost/nitro-cli-standin >/dev/null
+install -m 0755 "$bin" "$work/eif-ctx/cidboot"
+cp "$cache"/kernel/modules/*.ko "$work/eif-ctx/modules/"
+bh bud -q -f "$repo/dockerfiles/Dockerfile.eif" -t localhost/cidboot-eif "$work/eif-ctx" >/dev/null 2>"$work/bud-eif.log" || fail "buildah bud Dockerfile.eif: $(cat "$work/bud-eif.log")"
+install -m 0755 "$bin" "$work/sleeve-ctx/cidboot"
+cp "$work/cidboot.eif" "$work/sleeve-ctx/cidboot.eif"
+: >"$work/sleeve-ctx/enclave.toml"
+cat >"$work/sleeve-ctx/host.toml" <<'TOML'
+[boot]
+listen = "vsock:any:8001"
+config = "/etc/cidboot/enclave.toml"
+[logs]
+listen = "vsock:any:8002"
+[enclave]
+eif = "/opt/cidboot/cidboot.eif"
+memory_mib = 4096
+cpu_count = 2
+cid = 16
+restart = "on-failure"
+TOML
+bh bud -q --build-arg NITRO_CLI_IMAGE=localhost/nitro-cli-standin -f "$repo/dockerfiles/Dockerfile.sleeve" \
+  -t localhost/cidboot-sleeve "$work/sleeve-ctx" >/dev/null 2>"$work/bud-sleeve.log" || fail "buildah bud Dockerfile.sleeve: $(cat "$work/bud-sleeve.log")"
+entrypoint() { bh inspect "$1" | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["OCIv1"]["config"]["Entrypoint"]))'; }
+[ "$(entrypoint localhost/cidboot-eif)" = '["/init"]' ] || fail "EIF image entrypoint: $(entrypoint localhost/cidboot-eif)"
+[ "$(entrypoint localhost/cidboot-sleeve)" = '["/usr/local/bin/cidboot", "host", "--config", "/etc/cidboot/host.toml"]' ] ||
+  fail "sleeve entrypoint: $(entrypoint localhost/cidboot-sleeve)"
+files() { # the regular files of an image, with their modes
+  local c m
+  c=$(bh from "$1")
+  m=$(bh mount "$c")
+  (cd "$m" && find . -type f -printf '%m %p\n' | sort)
+  [ -z "${2:-}" ] || cp "$m/$2" "$3"
+  bh umount "$c" >/dev/null
+  bh rm "$c" >/dev/null
+}
+want_eif=$( { echo "755 ./init"; for k in "$cache"/kernel/modules/*.ko; do echo "644 ./lib/modules/cidboot/$(basename "$k")"; done; } | sort)
+[ "$(files localhost/cidboot-eif)" = "$want_eif" ] || fail "EIF image layout: $(files localhost/cidboot-eif)"
+want_sleeve=$(printf '%s\n' "644 ./etc/cidboot/enclave.toml" "644 ./etc/cidboot/host.toml" "644 ./opt/cidboot/cidboot.eif" \
+  "755 ./usr/bin/nitro-cli" "755 ./usr/local/bin/cidboot" | sort)
+got=$(files localhost/cidboot-sleeve /opt/cidboot/cidboot.eif "$work/sleeve.eif")
+[ "$got" = "$want_sleeve" ] || fail "sleeve layout: $got"
+cmp -s "$work/sleeve.eif" "$work/cidboot.eif" || fail "the sleeve's EIF is not the one build-eif.sh measured"
+rm -rf "$work/buildah"
+say "EIF image and sleeve built: layouts and entrypoints as documented; the honest boot runs the sleeve's EIF"
+
 say "booting the enclave (honest gateway)"
 start_gateway "" "$work/sample.car"
-boot_enclave good
+boot_enclave good 'restart = "on-failure"' sleeve
 log="$work/good.log"
+grep -q 'not relaunching the enclave' "$work/good-host.log" || fail "the supervisor did not take exit code 0 as success"
 grep -q 'heartbeat answered' "$log" || fail "no heartbeat"
 grep -q 'PCR16 extended and locked' "$log" || fail "PCR16 not locked"
 grep -q '^\[stdout\] hello from a content-addressed image' "$log" || fail "the workload did not run"
@@ -139,8 +220,12 @@ PY
 pkill -f "gateway --car $work/sample.car" 2>/dev/null || true
 rm -f "$work/gateway.url"
 start_gateway "--insecure-serve-unverified" "$work/tampered.car"
-boot_enclave tampered
+boot_enclave tampered $'restart = "on-failure"\nrestart_backoff_secs = 1\nmax_restarts = 1' cidboot 2
 log="$work/tampered.log"
+grep -q 'relaunching the enclave after a delay delay_secs=1' "$work/tampered-host.log" || fail "the supervisor did not take the fatal status as a failure"
+grep -q 'max_restarts reached' "$work/tampered-host.log" || fail "the supervisor relaunched beyond max_restarts"
+[ "$(grep -c '^\[status\] {"exit_code":null,"reason":"fatal: ' "$log")" = 2 ] || fail "not two failed boots: $(grep '^\[status\]' "$log")"
+say "the failed boot was relaunched once after 1 s, then max_restarts stopped it"
 grep -q '^\[status\] {"exit_code":null,"reason":"fatal: .*does not hash to its CID' "$log" || fail "no verification error reported: $(grep '^\[status\]' "$log")"
 grep -q '^\[stdout\]' "$log" && fail "the workload ran on tampered content"
 say "PASS: 2 passed, 0 failed"

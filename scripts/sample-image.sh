@@ -12,7 +12,7 @@ target=x86_64-unknown-linux-gnu
 
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked \
   --manifest-path "$repo/sample/Cargo.toml" --bin hello --bin fake-kms-client --target "$target"
-bins="$repo/sample/target/$target/release"
+bins="${CARGO_TARGET_DIR:-$repo/sample/target}/$target/release"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the tools the tests use, once, behind stamps outside the repository:
 #   - ipfs-car (npm), the independent CAR packer the tests compare against;
-#   - cargo-deny, which checks the dependency policy.
+#   - cargo-deny, which checks the dependency policy;
+#   - buildah (apt), which builds the EIF image and the sleeve in the end-to-end test.
 # Override the cache with CIDBOOT_CACHE (default ~/.cache/cidboot).
 set -euo pipefail
 cache=${CIDBOOT_CACHE:-$HOME/.cache/cidboot}
@@ -13,6 +14,7 @@ command -v npm >/dev/null || need_apt+=(npm)
 command -v gzip >/dev/null || need_apt+=(gzip)
 command -v umoci >/dev/null || need_apt+=(umoci)
 command -v skopeo >/dev/null || need_apt+=(skopeo)
+command -v buildah >/dev/null || need_apt+=(buildah)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} with apt-get" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -142,6 +142,9 @@ host.toml sections (each optional, at least one needed; addresses are vsock:CID:
   [[ingress]]    listen, target: forwards connections from the network into the enclave
   [heartbeat]    listen: answers the enclave's boot heartbeat (emulated enclaves only: on
                  Nitro, nitro-cli answers it)
+  [enclave]      eif, memory_mib, cpu_count, cid, restart = never|on-failure|always, launcher =
+                 nitro-cli|qemu: launches the enclave, watches it and relaunches it by the
+                 policy (docs/launching.md)
 
 See docs/operating.md for a complete example, limits and systemd setup.";
 

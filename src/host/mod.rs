@@ -18,6 +18,10 @@ use crate::relay::proxy::{Proxy, ProxyLimits};
 use crate::relay::{bootcfg, logs};
 use crate::transport::addr::{Addr, Listener};
 
+pub mod enclave;
+pub mod launcher;
+pub mod status;
+
 /// The byte a Nitro enclave sends its parent once booted, and gets back.
 pub const HEARTBEAT: u8 = 0xB7;
 /// The vsock ports on the parent that an enclave uses by default.
@@ -57,6 +61,9 @@ pub struct HostConfig {
     #[serde(default)]
     pub ingress: Vec<Ingress>,
     pub heartbeat: Option<Heartbeat>,
+    /// Launch and supervise the enclave (see docs/launching.md).
+    #[serde(default, deserialize_with = "enclave::checked")]
+    pub enclave: Option<enclave::EnclaveConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +220,18 @@ async fn heartbeat(listener: Listener) {
 
 /// Runs every configured service until one of them fails.
 pub async fn run(cfg: HostConfig, boot_config: Option<Vec<u8>>) -> Result<(), HostError> {
+    let stopped = |service: &'static str| {
+        move |e: enclave::EnclaveError| HostError::Stopped {
+            service,
+            reason: e.to_string(),
+        }
+    };
+    let supervisor = cfg
+        .enclave
+        .as_ref()
+        .map(enclave::Supervisor::new)
+        .transpose()
+        .map_err(stopped("enclave"))?;
     let mut set: JoinSet<Result<(), HostError>> = JoinSet::new();
     if let Some(e) = &cfg.egress {
         let l = bind("egress proxy", &e.listen).await?;
@@ -269,6 +288,9 @@ pub async fn run(cfg: HostConfig, boot_config: Option<Vec<u8>>) -> Result<(), Ho
         });
     }
     info!("cidboot host ready");
+    if let Some(s) = supervisor {
+        set.spawn(async move { s.serve().await.map_err(stopped("enclave")) });
+    }
     while let Some(r) = set.join_next().await {
         match r {
             Ok(Ok(())) => {}

@@ -131,6 +131,7 @@ pub async fn sink(listener: Listener, file: Option<&Path>) -> io::Result<()> {
                     }
                     stdout.write_all(&line).await?;
                     if kind == Kind::Status {
+                        crate::host::status::publish(&peer, &payload);
                         info!(client = %peer, status = %String::from_utf8_lossy(&payload), "enclave reported its status");
                     }
                 }

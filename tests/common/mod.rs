@@ -295,7 +295,12 @@ pub fn sample_bin(name: &str) -> PathBuf {
             .status()
             .expect("build the sample programs");
         assert!(st.success(), "building sample programs failed");
-        repo.join("sample/target").join(target).join("release")
+        // Cargo puts them under CARGO_TARGET_DIR when it is set.
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo.join("sample/target"))
+            .join(target)
+            .join("release")
     });
     dir.join(name)
 }

@@ -1,0 +1,589 @@
+//! `[enclave]`: `cidboot host` launches the enclave, watches it, and applies a restart policy,
+//! the way `enclaver run` does for its sleeve.
+//!
+//! A boot **failed** when the enclave's final status record reports anything but exit code 0
+//! (a non-zero code, or none: a fatal error before or instead of the workload), or when the
+//! enclave ended without sending a status at all, or could not be launched or watched.
+//! `never` launches once; `on-failure` relaunches after a failed boot; `always` relaunches
+//! after every boot. Relaunches wait `restart_backoff_secs`, doubled after each consecutive
+//! relaunch up to `restart_backoff_max_secs`; a boot that ran for [`BACKOFF_RESET`] starts the
+//! doubling again. `max_restarts` bounds the relaunches in all.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use super::launcher::{LaunchError, Launcher, NitroCli, Qemu};
+use super::status::{self, StatusEvent};
+
+/// Defaults and bounds of the `[enclave]` keys (docs/limits.md).
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+pub const DEFAULT_POLL: Duration = Duration::from_secs(5);
+pub const MAX_POLL: Duration = Duration::from_secs(300);
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(300);
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// A boot that ran this long resets the backoff to its first step.
+pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// After an enclave ended without a status, how long a status still in flight to the log
+/// sink is waited for before the boot counts as "ended without a status".
+pub const STATUS_GRACE: Duration = Duration::from_secs(5);
+/// After its status, how long an enclave gets to power off before it is terminated.
+pub const POWEROFF_GRACE: Duration = Duration::from_secs(60);
+/// Consecutive failed `describe-enclaves` calls after which the boot counts as failed and the
+/// enclave is terminated.
+pub const MAX_WATCH_ERRORS: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnclaveError {
+    #[error("[enclave] {key}: {reason}")]
+    Config { key: &'static str, reason: String },
+    #[error("watching SIGTERM and SIGINT: {0}")]
+    Signals(std::io::Error),
+    #[error("[enclave] eif {path}: {source}")]
+    Eif {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Never,
+    #[default]
+    OnFailure,
+    Always,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum LauncherKind {
+    #[default]
+    #[serde(rename = "nitro-cli")]
+    NitroCli,
+    #[serde(rename = "qemu")]
+    Qemu,
+}
+
+fn default_nitro_cli() -> PathBuf {
+    PathBuf::from("nitro-cli")
+}
+
+/// The `[enclave]` section of host.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnclaveConfig {
+    pub eif: PathBuf,
+    pub memory_mib: u64,
+    pub cpu_count: u32,
+    /// The enclave's vsock CID (at least 4; 0-3 are reserved).
+    pub cid: u32,
+    /// nitro-cli `--debug-mode`: the console is captured into the host log, and PCR0-2 read as
+    /// zeros in attestation documents.
+    #[serde(default)]
+    pub debug_mode: bool,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    pub restart_backoff_secs: Option<u64>,
+    pub restart_backoff_max_secs: Option<u64>,
+    pub max_restarts: Option<u32>,
+    #[serde(default)]
+    pub launcher: LauncherKind,
+    #[serde(default = "default_nitro_cli")]
+    pub nitro_cli: PathBuf,
+    pub poll_secs: Option<u64>,
+    pub command_timeout_secs: Option<u64>,
+    pub run_timeout_secs: Option<u64>,
+    pub qemu: Option<QemuConfig>,
+}
+
+/// `[enclave.qemu]`: QEMU's `nitro-enclave` machine and its vhost-device-vsock backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QemuConfig {
+    /// A qemu-system-x86_64 with the nitro-enclave machine (QEMU 9.2 or later).
+    pub qemu: PathBuf,
+    /// The `-L` directory with bios-microvm.bin and linuxboot_dma.bin.
+    pub firmware: PathBuf,
+    pub vhost_device_vsock: PathBuf,
+    /// vhost-device-vsock's `--uds-path`: the enclave's connection to parent port P arrives on
+    /// the Unix socket `{uds_path}_P`, so `[logs] listen = "unix:{uds_path}_8002"` and so on.
+    pub uds_path: PathBuf,
+    /// The vhost-user socket between QEMU and the backend; default `{uds_path}.vhost`.
+    pub socket: Option<PathBuf>,
+    /// Added to the EIF's kernel command line, unmeasured (e.g. `cidboot.parent_cid=2`).
+    #[serde(default)]
+    pub append: String,
+    /// `-accel`; default `tcg`.
+    pub accel: Option<String>,
+}
+
+fn secs(v: Option<u64>, d: Duration) -> Duration {
+    v.map(Duration::from_secs).unwrap_or(d)
+}
+
+impl EnclaveConfig {
+    pub fn backoff(&self) -> Duration {
+        secs(self.restart_backoff_secs, DEFAULT_BACKOFF)
+    }
+    pub fn backoff_max(&self) -> Duration {
+        secs(
+            self.restart_backoff_max_secs,
+            DEFAULT_BACKOFF_MAX.max(self.backoff()),
+        )
+    }
+    pub fn poll(&self) -> Duration {
+        secs(self.poll_secs, DEFAULT_POLL)
+    }
+    pub fn command_timeout(&self) -> Duration {
+        secs(self.command_timeout_secs, DEFAULT_COMMAND_TIMEOUT)
+    }
+    pub fn run_timeout(&self) -> Duration {
+        secs(self.run_timeout_secs, DEFAULT_RUN_TIMEOUT)
+    }
+
+    /// The checks that need no file system.
+    pub fn check(&self) -> Result<(), EnclaveError> {
+        let bad = |key, reason: &str| {
+            Err(EnclaveError::Config {
+                key,
+                reason: reason.to_string(),
+            })
+        };
+        if self.memory_mib < 64 {
+            return bad("memory_mib", "at least 64 (MiB)");
+        }
+        if self.cpu_count == 0 {
+            return bad("cpu_count", "at least 1");
+        }
+        if self.cid < 4 || self.cid == u32::MAX {
+            return bad("cid", "4 to 4294967294 (0-3 are reserved, -1 is any)");
+        }
+        let b = self.backoff();
+        if b.is_zero() || b > MAX_BACKOFF {
+            return bad("restart_backoff_secs", "1 to 3600");
+        }
+        let m = self.backoff_max();
+        if m < b || m > MAX_BACKOFF {
+            return bad(
+                "restart_backoff_max_secs",
+                "at least restart_backoff_secs, at most 3600",
+            );
+        }
+        if self.poll().is_zero() || self.poll() > MAX_POLL {
+            return bad("poll_secs", "1 to 300");
+        }
+        for (key, t) in [
+            ("command_timeout_secs", self.command_timeout()),
+            ("run_timeout_secs", self.run_timeout()),
+        ] {
+            if t.is_zero() || t > MAX_TIMEOUT {
+                return bad(key, "1 to 3600");
+            }
+        }
+        match (self.launcher, &self.qemu) {
+            (LauncherKind::Qemu, None) => bad("qemu", "launcher = \"qemu\" needs [enclave.qemu]"),
+            (LauncherKind::NitroCli, Some(_)) => {
+                bad("qemu", "[enclave.qemu] is only for launcher = \"qemu\"")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The delay before relaunch number `n` (0 for the first relaunch after a run of failures
+    /// or successes): `restart_backoff_secs × 2^n`, at most `restart_backoff_max_secs`.
+    pub fn delay(&self, n: u32) -> Duration {
+        let factor = 2u32.saturating_pow(n.min(31));
+        self.backoff()
+            .checked_mul(factor)
+            .unwrap_or(MAX_BACKOFF)
+            .min(self.backoff_max())
+    }
+}
+
+/// For `#[serde(deserialize_with)]` on host.toml's `enclave` field: the section is checked as
+/// it is parsed, so a bad value is reported with its place in the file.
+pub fn checked<'de, D: Deserializer<'de>>(d: D) -> Result<Option<EnclaveConfig>, D::Error> {
+    let c = Option::<EnclaveConfig>::deserialize(d)?;
+    if let Some(c) = &c {
+        c.check().map_err(serde::de::Error::custom)?;
+    }
+    Ok(c)
+}
+
+/// How one boot ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The status reported exit code 0.
+    Succeeded,
+    Failed(String),
+}
+
+/// Why supervision ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The restart policy (or `max_restarts`) said not to relaunch; the last boot's outcome.
+    Policy(Outcome),
+    /// Shut down on request; the enclave was terminated.
+    Shutdown,
+}
+
+/// A configured launcher, checked and ready.
+pub enum Supervisor {
+    NitroCli(EnclaveConfig, NitroCli),
+    Qemu(EnclaveConfig, Qemu),
+}
+
+impl Supervisor {
+    /// Checks what needs the file system (the EIF is readable) and picks the launcher.
+    pub fn new(c: &EnclaveConfig) -> Result<Supervisor, EnclaveError> {
+        c.check()?;
+        std::fs::File::open(&c.eif).map_err(|source| EnclaveError::Eif {
+            path: c.eif.display().to_string(),
+            source,
+        })?;
+        Ok(match (&c.launcher, &c.qemu) {
+            (LauncherKind::Qemu, Some(q)) => Supervisor::Qemu(
+                c.clone(),
+                Qemu {
+                    qemu: q.qemu.clone(),
+                    firmware: q.firmware.clone(),
+                    vhost_device_vsock: q.vhost_device_vsock.clone(),
+                    uds_path: q.uds_path.clone(),
+                    socket: q.socket.clone().unwrap_or_else(|| {
+                        let mut s = q.uds_path.clone().into_os_string();
+                        s.push(".vhost");
+                        PathBuf::from(s)
+                    }),
+                    append: q.append.clone(),
+                    accel: q.accel.clone().unwrap_or_else(|| "tcg".into()),
+                    eif: c.eif.clone(),
+                    memory_mib: c.memory_mib,
+                    cpu_count: c.cpu_count,
+                    cid: c.cid,
+                    debug_mode: c.debug_mode,
+                },
+            ),
+            _ => Supervisor::NitroCli(c.clone(), NitroCli::from_config(c)),
+        })
+    }
+
+    /// Supervises until the policy says stop or `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Ended {
+        let statuses = status::subscribe();
+        match self {
+            Supervisor::NitroCli(c, l) => supervise(&c, &l, statuses, shutdown).await,
+            Supervisor::Qemu(c, l) => supervise(&c, &l, statuses, shutdown).await,
+        }
+    }
+
+    /// [`Supervisor::run`] until SIGTERM or SIGINT; then, with the enclave terminated, the
+    /// process ends by that signal as it would have without an `[enclave]` section. Once the
+    /// policy ends supervision, the other services run on and the signal still ends them.
+    pub async fn serve(self) -> Result<(), EnclaveError> {
+        use nix::sys::signal::Signal;
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(t), Ok(i)) => (t, i),
+            (Err(e), _) | (_, Err(e)) => {
+                return Err(EnclaveError::Signals(e));
+            }
+        };
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let shutdown = async {
+            let sig = tokio::select! {
+                _ = term.recv() => Signal::SIGTERM,
+                _ = int.recv() => Signal::SIGINT,
+            };
+            let _ = tx.send(sig);
+        };
+        let sig = match self.run(shutdown).await {
+            Ended::Policy(outcome) => {
+                info!(
+                    ?outcome,
+                    "enclave supervision ended; the other services keep running"
+                );
+                tokio::select! {
+                    _ = term.recv() => Signal::SIGTERM,
+                    _ = int.recv() => Signal::SIGINT,
+                }
+            }
+            Ended::Shutdown => {
+                let sig = rx.try_recv().unwrap_or(Signal::SIGTERM);
+                info!("enclave terminated on {sig}; exiting");
+                sig
+            }
+        };
+        // SAFETY: setting a signal's disposition back to the default has no memory-safety
+        // preconditions; tokio's handler is only replaced, never running our code.
+        let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+        let _ = nix::sys::signal::raise(sig);
+        Ok(())
+    }
+}
+
+/// Whether a status came from this enclave: a vsock peer must have its CID; other peers
+/// (Unix sockets of an emulated enclave) serve one enclave each.
+fn ours(e: &StatusEvent, cid: u32) -> bool {
+    e.cid().is_none_or(|c| c == cid)
+}
+
+/// The next status of this enclave.
+async fn next_status(rx: &mut broadcast::Receiver<StatusEvent>, cid: u32) -> StatusEvent {
+    loop {
+        match rx.recv().await {
+            Ok(e) if ours(&e, cid) => return e,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                warn!(
+                    missed = n,
+                    "enclave supervisor fell behind the status records"
+                )
+            }
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
+enum Watched {
+    Done(Outcome),
+    Shutdown,
+}
+
+/// Watches one boot to its end.
+async fn watch<L: Launcher>(
+    c: &EnclaveConfig,
+    l: &L,
+    enclave: &mut L::Enclave,
+    statuses: &mut broadcast::Receiver<StatusEvent>,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Watched {
+    let id = L::id(enclave);
+    let mut status: Option<(StatusEvent, Instant)> = None;
+    let mut errors = 0u32;
+    let mut tick = tokio::time::interval(c.poll());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut *shutdown => return Watched::Shutdown,
+            e = next_status(statuses, c.cid), if status.is_none() => {
+                info!(enclave = %id, exit_code = ?e.exit_code, reason = %e.reason, "the enclave reported its status");
+                status = Some((e, Instant::now()));
+            }
+            _ = tick.tick() => {
+                match l.running(enclave).await {
+                    Ok(true) => {
+                        errors = 0;
+                        if let Some((_, at)) = &status {
+                            if at.elapsed() >= POWEROFF_GRACE {
+                                warn!(enclave = %id, "still running {}s after its status; terminating it", POWEROFF_GRACE.as_secs());
+                                break;
+                            }
+                        }
+                    }
+                    Ok(false) => break,
+                    Err(e) => {
+                        errors += 1;
+                        warn!(enclave = %id, error = %e, errors, "cannot tell whether the enclave runs");
+                        if errors >= MAX_WATCH_ERRORS {
+                            return Watched::Done(Outcome::Failed(format!("watching it failed {errors} times in a row: {e}")));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if status.is_none() {
+        tokio::select! {
+            () = &mut *shutdown => return Watched::Shutdown,
+            e = next_status(statuses, c.cid) => status = Some((e, Instant::now())),
+            _ = tokio::time::sleep(STATUS_GRACE) => {}
+        }
+    }
+    Watched::Done(match status {
+        Some((e, _)) if e.exit_code == Some(0) => Outcome::Succeeded,
+        Some((e, _)) => Outcome::Failed(match e.exit_code {
+            Some(code) => format!("exit code {code}: {}", e.reason),
+            None => format!("no exit code: {}", e.reason),
+        }),
+        None => Outcome::Failed("the enclave ended without a status".into()),
+    })
+}
+
+async fn supervise<L: Launcher>(
+    c: &EnclaveConfig,
+    l: &L,
+    mut statuses: broadcast::Receiver<StatusEvent>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Ended {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut restarts = 0u32;
+    let mut step = 0u32;
+    loop {
+        // A status published before this launch belongs to an earlier boot.
+        statuses = statuses.resubscribe();
+        let started = Instant::now();
+        info!(eif = %c.eif.display(), cid = c.cid, restarts, "launching the enclave");
+        let launched = tokio::select! {
+            () = &mut shutdown => return Ended::Shutdown,
+            r = l.launch() => r,
+        };
+        let outcome = match launched {
+            Ok(mut enclave) => {
+                let id = L::id(&enclave);
+                let w = watch(c, l, &mut enclave, &mut statuses, &mut shutdown).await;
+                if let Err(e) = l.terminate(enclave).await {
+                    warn!(enclave = %id, error = %e, "tearing the enclave down");
+                }
+                match w {
+                    Watched::Shutdown => return Ended::Shutdown,
+                    Watched::Done(o) => {
+                        info!(enclave = %id, outcome = ?o, ran_secs = started.elapsed().as_secs(), "the enclave ended");
+                        o
+                    }
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "launching the enclave failed");
+                Outcome::Failed(launch_failure(&e))
+            }
+        };
+        let again = match c.restart {
+            RestartPolicy::Never => false,
+            RestartPolicy::OnFailure => outcome != Outcome::Succeeded,
+            RestartPolicy::Always => true,
+        };
+        if !again {
+            info!(policy = ?c.restart, "not relaunching the enclave");
+            return Ended::Policy(outcome);
+        }
+        if c.max_restarts.is_some_and(|m| restarts >= m) {
+            warn!(
+                restarts,
+                "max_restarts reached; not relaunching the enclave"
+            );
+            return Ended::Policy(outcome);
+        }
+        if started.elapsed() >= BACKOFF_RESET {
+            step = 0;
+        }
+        let delay = c.delay(step);
+        info!(delay_secs = delay.as_secs(), policy = ?c.restart, "relaunching the enclave after a delay");
+        tokio::select! {
+            () = &mut shutdown => return Ended::Shutdown,
+            () = tokio::time::sleep(delay) => {}
+        }
+        step = step.saturating_add(1);
+        restarts += 1;
+    }
+}
+
+fn launch_failure(e: &LaunchError) -> String {
+    format!("not launched: {e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> Result<EnclaveConfig, String> {
+        let text = format!("eif = \"/x.eif\"\nmemory_mib = 512\ncpu_count = 2\ncid = 16\n{extra}");
+        let c: EnclaveConfig = toml::from_str(&text).map_err(|e| e.to_string())?;
+        c.check().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let c = cfg("restart_backoff_secs = 2\nrestart_backoff_max_secs = 20").unwrap();
+        let d: Vec<u64> = (0..8).map(|n| c.delay(n).as_secs()).collect();
+        assert_eq!(d, [2, 4, 8, 16, 20, 20, 20, 20]);
+        assert_eq!(c.delay(u32::MAX).as_secs(), 20);
+        let c = cfg("").unwrap();
+        assert_eq!((c.delay(0).as_secs(), c.delay(100).as_secs()), (1, 60));
+        assert_eq!(c.restart, RestartPolicy::OnFailure);
+        assert_eq!(c.launcher, LauncherKind::NitroCli);
+    }
+
+    #[test]
+    fn out_of_bounds_values_are_refused_by_name() {
+        for (extra, key) in [
+            ("restart_backoff_secs = 0", "restart_backoff_secs"),
+            (
+                "restart_backoff_secs = 10\nrestart_backoff_max_secs = 5",
+                "restart_backoff_max_secs",
+            ),
+            (
+                "restart_backoff_max_secs = 7200",
+                "restart_backoff_max_secs",
+            ),
+            ("poll_secs = 0", "poll_secs"),
+            ("command_timeout_secs = 0", "command_timeout_secs"),
+            ("run_timeout_secs = 99999", "run_timeout_secs"),
+            ("launcher = \"qemu\"", "qemu"),
+            ("restart = \"sometimes\"", "restart"),
+            ("launcher = \"firecracker\"", "launcher"),
+        ] {
+            let e = cfg(extra).unwrap_err();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        let text = "eif = \"/x.eif\"\nmemory_mib = 512\ncpu_count = 2\ncid = 3\n";
+        let c: EnclaveConfig = toml::from_str(text).unwrap();
+        assert!(c.check().unwrap_err().to_string().contains("cid"));
+    }
+
+    #[test]
+    fn nitro_cli_gets_the_documented_command_line() {
+        let c = cfg("debug_mode = true").unwrap();
+        assert_eq!(
+            NitroCli::from_config(&c).run_args().join(" "),
+            "run-enclave --eif-path /x.eif --memory 512 --cpu-count 2 --enclave-cid 16 --debug-mode"
+        );
+    }
+
+    #[test]
+    fn qemu_gets_the_emulated_machine() {
+        let c = cfg("launcher = \"qemu\"\n[qemu]\nqemu = \"/q\"\nfirmware = \"/fw\"\nvhost_device_vsock = \"/v\"\nuds_path = \"/run/e/vsock\"\nappend = \"cidboot.parent_cid=2\"").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let eif = dir.path().join("x.eif");
+        std::fs::write(&eif, b"eif").unwrap();
+        let c = EnclaveConfig {
+            eif: eif.clone(),
+            ..c
+        };
+        let Ok(Supervisor::Qemu(_, q)) = Supervisor::new(&c) else {
+            panic!("not a QEMU launcher")
+        };
+        assert_eq!(
+            q.backend_args().join(" "),
+            "--guest-cid=16 --socket=/run/e/vsock.vhost --uds-path=/run/e/vsock"
+        );
+        let a = q.qemu_args().join(" ");
+        assert!(a.contains(&format!("-kernel {}", eif.display())), "{a}");
+        assert!(a.contains("-M nitro-enclave,vsock=c0,"), "{a}");
+        assert!(a.contains("-append cidboot.parent_cid=2 "), "{a}");
+        assert!(a.contains("-m 512M -smp 2 -accel tcg -no-reboot"), "{a}");
+        assert!(
+            a.ends_with("-chardev socket,id=c0,path=/run/e/vsock.vhost"),
+            "{a}"
+        );
+        let missing = EnclaveConfig {
+            eif: dir.path().join("none.eif"),
+            ..c
+        };
+        assert!(matches!(
+            Supervisor::new(&missing),
+            Err(EnclaveError::Eif { .. })
+        ));
+    }
+}

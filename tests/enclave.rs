@@ -1,0 +1,460 @@
+//! `cidboot host` with `[enclave]`: the launcher, the watch and the restart policy, against a
+//! stand-in `nitro-cli` whose enclaves are real processes that report their status to the
+//! host's log sink over its Unix socket, exactly as an enclave's PID 1 does over vsock.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::cidboot;
+
+/// The stand-in: `run-enclave` starts `enclave.py` in the background with the next line of
+/// `plan` and prints nitro-cli's JSON after a progress line; `describe-enclaves` lists those
+/// whose `running.ID` file exists; `terminate-enclave` kills one; `console` prints two lines
+/// and lasts as long as the enclave. Every call is appended to `calls`.
+const NITRO_CLI: &str = r#"#!/bin/bash
+set -u
+d=$(dirname "$0")
+echo "$*" >>"$d/calls"
+case "$1" in
+run-enclave)
+  n=$(( $(cat "$d/count" 2>/dev/null || echo 0) + 1 )); echo "$n" >"$d/count"
+  plan=$(sed -n "${n}p" "$d/plan"); [ -n "$plan" ] || plan=$(tail -n1 "$d/plan")
+  if [ "$plan" = fail ]; then echo "[ E26 ] Insufficient memory requested." >&2; exit 1; fi
+  id="i-fake-enc$n"
+  date +%s.%N >"$d/start.$n"
+  touch "$d/running.$id"
+  python3 "$d/enclave.py" "$d" "$plan" "$id" "$n" >/dev/null 2>&1 </dev/null &
+  echo "$!" >"$d/pid.$id"
+  echo "Start allocating memory..."
+  printf '{\n  "EnclaveName": "fake",\n  "EnclaveID": "%s",\n  "ProcessID": %d,\n  "EnclaveCID": 16\n}\n' "$id" "$!" ;;
+describe-enclaves)
+  printf '['; sep=
+  for f in "$d"/running.*; do
+    [ -e "$f" ] || continue
+    printf '%s{"EnclaveID":"%s","State":"RUNNING","Flags":"DEBUG_MODE"}' "$sep" "${f##*/running.}"; sep=,
+  done
+  printf ']\n' ;;
+terminate-enclave)
+  id=$3; kill "$(cat "$d/pid.$id")" 2>/dev/null; rm -f "$d/running.$id"
+  printf '{"EnclaveID":"%s","Terminated":true}\n' "$id" ;;
+console)
+  id=$3; echo "console of $id: booting"; printf 'escape \033[2J here\n'
+  while [ -e "$d/running.$id" ]; do sleep 0.1; done ;;
+*) echo "unknown command $1" >&2; exit 2 ;;
+esac
+"#;
+
+/// A fake enclave: reports to the log sink like PID 1 (frames of kind, length, payload), then
+/// "powers off". Plans: an exit code, `none` (no status), `hang` (no status, runs on).
+const ENCLAVE: &str = r#"
+import json, os, socket, struct, sys, time
+d, plan, eid, n = sys.argv[1:5]
+def record(s, kind, payload):
+    s.sendall(struct.pack(">BI", kind, len(payload)) + payload)
+s = socket.socket(socket.AF_UNIX)
+s.connect(os.path.join(d, "logs.sock"))
+record(s, 4, ("fake enclave %s booted" % eid).encode())
+if plan not in ("none", "hang"):
+    record(s, 3, json.dumps({"exit_code": int(plan), "reason": "the workload exited"}, separators=(",", ":")).encode())
+s.close()
+if plan == "hang":
+    time.sleep(3600)
+time.sleep(0.3)
+open(os.path.join(d, "end.%s" % n), "w").write("%.6f" % time.time())
+os.remove(os.path.join(d, "running." + eid))
+"#;
+
+struct Host {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Host {
+    /// Starts `cidboot host` with a log sink and `[enclave]` (plus `extra` keys) on the
+    /// stand-in in `d`, whose enclaves follow `plan`.
+    fn start(d: &Path, plan: &[&str], extra: &str) -> Host {
+        std::fs::write(d.join("nitro-cli"), NITRO_CLI).unwrap();
+        std::fs::set_permissions(
+            d.join("nitro-cli"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::write(d.join("enclave.py"), ENCLAVE).unwrap();
+        std::fs::write(d.join("plan"), plan.join("\n") + "\n").unwrap();
+        std::fs::write(d.join("x.eif"), b"an EIF").unwrap();
+        let config = format!(
+            "[logs]\nlisten = \"unix:{d}/logs.sock\"\n\n[enclave]\neif = \"{d}/x.eif\"\nmemory_mib = 512\ncpu_count = 2\ncid = 16\ndebug_mode = true\nnitro_cli = \"{d}/nitro-cli\"\npoll_secs = 1\n{extra}\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("host.toml"), &config).unwrap();
+        let mut child = cidboot()
+            .args(["host", "--config"])
+            .arg(d.join("host.toml"))
+            .env("CIDBOOT_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let collect = |r: Box<dyn Read + Send>| {
+            let l = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(r).lines() {
+                    let Ok(line) = line else { break };
+                    l.lock().unwrap().push(line);
+                }
+            });
+        };
+        collect(Box::new(child.stdout.take().unwrap()));
+        collect(Box::new(child.stderr.take().unwrap()));
+        Host { child, lines }
+    }
+
+    fn wait_for(&self, needle: &str, limit: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = self.find(needle) {
+                return l;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "no {needle:?} in the host's output:\n{}",
+                self.lines.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn find(&self, needle: &str) -> Option<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
+    }
+
+    fn all(&self, needle: &str) -> Vec<String> {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn launches(d: &Path) -> usize {
+    std::fs::read_to_string(d.join("calls"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("run-enclave"))
+        .count()
+}
+
+fn time_file(p: &Path) -> f64 {
+    std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn never_launches_once_with_the_nitro_cli_command_line_and_captures_the_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let host = Host::start(d, &["1"], "restart = \"never\"");
+    host.wait_for("not relaunching the enclave", Duration::from_secs(30));
+    let ended = host.wait_for("the enclave ended", Duration::from_secs(1));
+    assert!(ended.contains("exit code 1"), "{ended}");
+    let calls = std::fs::read_to_string(d.join("calls")).unwrap();
+    let run = format!(
+        "run-enclave --eif-path {}/x.eif --memory 512 --cpu-count 2 --enclave-cid 16 --debug-mode",
+        d.display()
+    );
+    assert!(calls.lines().any(|l| l == run), "{calls}");
+    assert!(
+        calls.contains("console --enclave-id i-fake-enc1"),
+        "{calls}"
+    );
+    assert!(calls.contains("describe-enclaves"), "{calls}");
+    host.wait_for(
+        "console: console of i-fake-enc1: booting",
+        Duration::from_secs(5),
+    );
+    // The console's terminal escape reaches the log escaped, not as an escape.
+    let esc = host.wait_for("console: escape", Duration::from_secs(5));
+    assert!(
+        esc.contains("\\u{1b}[2J") && !esc.contains('\x1b'),
+        "{esc:?}"
+    );
+    host.wait_for("[status] {\"exit_code\":1", Duration::from_secs(1));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(launches(d), 1, "relaunched under restart = \"never\"");
+    // The other services keep running.
+    assert!(std::os::unix::net::UnixStream::connect(d.join("logs.sock")).is_ok());
+}
+
+#[test]
+fn on_failure_relaunches_failed_boots_with_doubling_capped_backoff_until_one_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // An exit code 1, an enclave that vanishes without a status, three more failures, then 0.
+    let host = Host::start(
+        d,
+        &["1", "none", "3", "1", "1", "0"],
+        "restart = \"on-failure\"\nrestart_backoff_secs = 1\nrestart_backoff_max_secs = 2",
+    );
+    host.wait_for("not relaunching the enclave", Duration::from_secs(90));
+    assert_eq!(launches(d), 6);
+    let ended = host.all("the enclave ended");
+    assert_eq!(ended.len(), 6, "{ended:#?}");
+    assert!(ended[1].contains("without a status"), "{}", ended[1]);
+    assert!(ended[5].contains("Succeeded"), "{}", ended[5]);
+    let delays: Vec<String> = host
+        .all("relaunching the enclave after a delay")
+        .iter()
+        .map(|l| {
+            let at = l.find("delay_secs=").unwrap();
+            l[at..].split_whitespace().next().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        delays,
+        [
+            "delay_secs=1",
+            "delay_secs=2",
+            "delay_secs=2",
+            "delay_secs=2",
+            "delay_secs=2"
+        ]
+    );
+    // Measured between the enclave's end and the next launch: at least the delay, and not more
+    // than the delay plus one poll, the status grace for the boot without a status, and slack.
+    for n in 1..6 {
+        let gap =
+            time_file(&d.join(format!("start.{}", n + 1))) - time_file(&d.join(format!("end.{n}")));
+        let delay = if n == 1 { 1.0 } else { 2.0 };
+        let grace = if n == 2 { 5.0 } else { 0.0 };
+        assert!(
+            gap >= delay && gap <= delay + 1.0 + grace + 2.5,
+            "boot {n}: relaunched {gap:.2}s after it ended (delay {delay}s)"
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        launches(d),
+        6,
+        "relaunched after a success under on-failure"
+    );
+}
+
+#[test]
+fn always_relaunches_successful_boots_up_to_max_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let host = Host::start(
+        d,
+        &["0"],
+        "restart = \"always\"\nrestart_backoff_secs = 1\nmax_restarts = 2",
+    );
+    host.wait_for("max_restarts reached", Duration::from_secs(60));
+    assert_eq!(launches(d), 3);
+    assert_eq!(host.all("the enclave ended").len(), 3);
+    assert!(host
+        .all("the enclave ended")
+        .iter()
+        .all(|l| l.contains("Succeeded")));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(launches(d), 3);
+}
+
+#[test]
+fn a_launch_that_fails_is_a_failed_boot_and_names_nitro_clis_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let host = Host::start(d, &["fail", "0"], "restart = \"on-failure\"");
+    let e = host.wait_for("launching the enclave failed", Duration::from_secs(30));
+    assert!(e.contains("Insufficient memory requested"), "{e}");
+    host.wait_for("not relaunching the enclave", Duration::from_secs(30));
+    assert_eq!(launches(d), 2);
+}
+
+#[test]
+fn sigterm_terminates_the_enclave_and_then_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut host = Host::start(d, &["hang"], "restart = \"always\"");
+    host.wait_for("fake enclave i-fake-enc1 booted", Duration::from_secs(30));
+    assert!(d.join("running.i-fake-enc1").exists());
+    let pid = nix::unistd::Pid::from_raw(host.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = host.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the host did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    let calls = std::fs::read_to_string(d.join("calls")).unwrap();
+    assert!(
+        calls.contains("terminate-enclave --enclave-id i-fake-enc1"),
+        "{calls}"
+    );
+    assert!(!d.join("running.i-fake-enc1").exists());
+    assert_eq!(launches(d), 1);
+}
+
+#[test]
+fn a_bad_enclave_section_or_a_missing_eif_stops_the_host_before_it_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = format!(
+        "[logs]\nlisten = \"unix:{d}/logs.sock\"\n[enclave]\nmemory_mib = 512\ncpu_count = 2\ncid = 16\n",
+        d = d.display()
+    );
+    for (extra, want) in [
+        (
+            format!(
+                "eif = \"{}/x.eif\"\nrestart_backoff_secs = 0\n",
+                d.display()
+            ),
+            "restart_backoff_secs",
+        ),
+        (
+            format!("eif = \"{}/missing.eif\"\n", d.display()),
+            "missing.eif",
+        ),
+    ] {
+        std::fs::write(d.join("host.toml"), format!("{base}{extra}")).unwrap();
+        let out = cidboot()
+            .args(["host", "--config"])
+            .arg(d.join("host.toml"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{extra}: {text}");
+        assert!(text.contains(want), "{extra}: {text}");
+        assert!(
+            !d.join("logs.sock").exists(),
+            "{extra}: the log sink listened"
+        );
+    }
+}
+
+/// The QEMU launcher against stand-ins for QEMU and vhost-device-vsock that record their
+/// arguments and SIGTERM: the backend starts first, the console is QEMU's stdout, and SIGTERM
+/// to the host stops both before the host exits.
+#[test]
+fn the_qemu_launcher_starts_the_backend_then_qemu_and_stops_both_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let script = |name: &str, body: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, format!("#!/bin/bash\nd=$(dirname \"$0\")\n{body}\ntrap 'echo term >>\"$d/{name}.term\"; exit 0' TERM\nwhile :; do sleep 0.1; done\n")).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        p
+    };
+    let vhost = script(
+        "vhost",
+        "echo \"$*\" >\"$d/vhost.args\"\nfor a; do case $a in --socket=*) touch \"${a#--socket=}\";; esac; done",
+    );
+    let qemu = script(
+        "qemu",
+        "[ -e \"$d/vsock.vhost\" ] || exit 3\necho \"$*\" >\"$d/qemu.args\"\necho 'console line from the fake machine'",
+    );
+    std::fs::write(d.join("x.eif"), b"an EIF").unwrap();
+    let config = format!(
+        "[logs]\nlisten = \"unix:{d}/vsock_8002\"\n[enclave]\nlauncher = \"qemu\"\neif = \"{d}/x.eif\"\nmemory_mib = 256\ncpu_count = 1\ncid = 4\ndebug_mode = true\npoll_secs = 1\n[enclave.qemu]\nqemu = \"{q}\"\nfirmware = \"{d}/fw\"\nvhost_device_vsock = \"{v}\"\nuds_path = \"{d}/vsock\"\nappend = \"cidboot.parent_cid=2\"\n",
+        d = d.display(),
+        q = qemu.display(),
+        v = vhost.display()
+    );
+    std::fs::write(d.join("host.toml"), config).unwrap();
+    let mut child = cidboot()
+        .args(["host", "--config"])
+        .arg(d.join("host.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    for r in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+    }
+    let host = Host { child, lines };
+    host.wait_for(
+        "console: console line from the fake machine",
+        Duration::from_secs(30),
+    );
+    let vargs = std::fs::read_to_string(d.join("vhost.args")).unwrap();
+    assert_eq!(
+        vargs.trim(),
+        format!(
+            "--guest-cid=4 --socket={d}/vsock.vhost --uds-path={d}/vsock",
+            d = d.display()
+        )
+    );
+    let qargs = std::fs::read_to_string(d.join("qemu.args")).unwrap();
+    for want in [
+        format!("-L {}/fw -M nitro-enclave,vsock=c0,", d.display()),
+        format!(
+            "-kernel {}/x.eif -append cidboot.parent_cid=2 ",
+            d.display()
+        ),
+        "-m 256M -smp 1 -accel tcg -no-reboot".to_string(),
+        format!("-chardev socket,id=c0,path={}/vsock.vhost", d.display()),
+    ] {
+        assert!(qargs.contains(&want), "{want:?} not in {qargs:?}");
+    }
+    let mut host = host;
+    let pid = nix::unistd::Pid::from_raw(host.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = host.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the host did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    assert!(d.join("qemu.term").exists(), "QEMU got no SIGTERM");
+    assert!(
+        d.join("vhost.term").exists(),
+        "vhost-device-vsock got no SIGTERM"
+    );
+}
