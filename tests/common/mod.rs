@@ -294,7 +294,11 @@ pub fn sample_bin(name: &str) -> PathBuf {
             .status()
             .expect("build the sample programs");
         assert!(st.success(), "building sample programs failed");
-        repo.join("sample/target").join(target).join("release")
+        // The build above honours CARGO_TARGET_DIR as cargo does.
+        let base = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo.join("sample/target"));
+        base.join(target).join("release")
     });
     dir.join(name)
 }
