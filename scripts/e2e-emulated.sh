@@ -78,8 +78,8 @@ TOML
   local qemu=$!
   pids+=($qemu)
   # Bounded wait for the enclave's final status, then for the power-off.
-  for _ in $(seq 900); do grep -q '^\[status\]' "$dir/enclave.log" 2>/dev/null && break; sleep 1; done
-  grep -q '^\[status\]' "$dir/enclave.log" 2>/dev/null || fail "$name: no status from the enclave within 15 minutes"
+  for _ in $(seq 900); do grep -q '^[^ ]* [^ ]* [0-9]* \[status\]' "$dir/enclave.log" 2>/dev/null && break; sleep 1; done
+  grep -q '^[^ ]* [^ ]* [0-9]* \[status\]' "$dir/enclave.log" 2>/dev/null || fail "$name: no status from the enclave within 15 minutes"
   for _ in $(seq 120); do kill -0 "$qemu" 2>/dev/null || break; sleep 1; done
   kill -0 "$qemu" 2>/dev/null && fail "$name: the enclave did not power off"
   cp "$dir/enclave.log" "$work/$name.log"
@@ -109,15 +109,15 @@ boot_enclave good
 log="$work/good.log"
 grep -q 'heartbeat answered' "$log" || fail "no heartbeat"
 grep -q 'PCR16 extended and locked' "$log" || fail "PCR16 not locked"
-grep -q '^\[stdout\] hello from a content-addressed image' "$log" || fail "the workload did not run"
+grep -q '^[^ ]* [^ ]* [0-9]* \[stdout\] hello from a content-addressed image' "$log" || fail "the workload did not run"
 grep -q 'fake-kms-client: wrote /run/kms.env' "$work/good-console.log" || fail "the helper from the helper image did not run"
 say "the prestart helper from the helper image ran"
-grep -q '^\[stdout\] sandbox: open /dev/nsm: ENOENT' "$log" || fail "the workload reached /dev/nsm: $(grep 'sandbox:' "$log")"
-grep -q '^\[stdout\] sandbox: socket(AF_VSOCK): EPERM' "$log" || fail "the workload opened AF_VSOCK: $(grep 'sandbox:' "$log")"
+grep -q '^[^ ]* [^ ]* [0-9]* \[stdout\] sandbox: open /dev/nsm: ENOENT' "$log" || fail "the workload reached /dev/nsm: $(grep 'sandbox:' "$log")"
+grep -q '^[^ ]* [^ ]* [0-9]* \[stdout\] sandbox: socket(AF_VSOCK): EPERM' "$log" || fail "the workload opened AF_VSOCK: $(grep 'sandbox:' "$log")"
 say "the workload ran sandboxed: no /dev/nsm, no AF_VSOCK"
-grep -q '^\[status\] {"exit_code":0' "$log" || fail "the workload did not exit 0: $(grep '^\[status\]' "$log")"
-nonce=$(sed -n 's/^\[stdout\] attestation nonce: //p' "$log")
-sed -n 's/^\[stdout\] attestation document: //p' "$log" >"$work/doc.b64"
+grep -q '^[^ ]* [^ ]* [0-9]* \[status\] {"exit_code":0' "$log" || fail "the workload did not exit 0: $(grep '^[^ ]* [^ ]* [0-9]* \[status\]' "$log")"
+nonce=$(sed -n 's/^[^ ]* [^ ]* [0-9]* \[stdout\] attestation nonce: //p' "$log")
+sed -n 's/^[^ ]* [^ ]* [0-9]* \[stdout\] attestation document: //p' "$log" >"$work/doc.b64"
 [ -s "$work/doc.b64" ] || fail "no attestation document"
 "$bin" expect "ipfs://$cid" --gateway "$gw_url" --ca "$work/ca.pem" --config "$work/good/enclave.toml" \
   --eif-pcrs "$work/eif.json" --json >"$work/expect.json"
@@ -141,7 +141,7 @@ rm -f "$work/gateway.url"
 start_gateway "--insecure-serve-unverified" "$work/tampered.car"
 boot_enclave tampered
 log="$work/tampered.log"
-grep -q '^\[status\] {"exit_code":null,"reason":"fatal: .*does not hash to its CID' "$log" || fail "no verification error reported: $(grep '^\[status\]' "$log")"
-grep -q '^\[stdout\]' "$log" && fail "the workload ran on tampered content"
+grep -q '^[^ ]* [^ ]* [0-9]* \[status\] {"exit_code":null,"reason":"fatal: .*does not hash to its CID' "$log" || fail "no verification error reported: $(grep '^[^ ]* [^ ]* [0-9]* \[status\]' "$log")"
+grep -q '^[^ ]* [^ ]* [0-9]* \[stdout\]' "$log" && fail "the workload ran on tampered content"
 say "PASS: 2 passed, 0 failed"
 echo "2 passed, 0 failed"
