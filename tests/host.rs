@@ -1294,3 +1294,148 @@ fn six_hundred_tunnels_under_a_1024_descriptor_limit_get_512_tunnels_and_503s() 
         "{body}"
     );
 }
+
+#[test]
+fn out_of_descriptors_every_tunnel_client_still_gets_an_answer() {
+    // Soft and hard limit 1024: the daemon cannot raise it, and runs out before 512 tunnels.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let echo = echo_server(&rt);
+    let work = tempfile::tempdir().unwrap();
+    let cfg = work.path().join("host.toml");
+    std::fs::write(&cfg, egress_config(echo, "")).unwrap();
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.arg("--nofile=1024:1024")
+        .arg("--")
+        .arg(cidboot().get_program());
+    let host = Host::start_cmd(cmd, &cfg, &[]);
+    host.wait_for("tunnels=480", Duration::from_secs(1));
+    let proxy = host.addr("egress proxy");
+    let answers = rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (done_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        let mut tasks = Vec::new();
+        for _ in 0..600 {
+            let proxy = proxy.clone();
+            let mut done = done_tx.subscribe();
+            tasks.push(tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(&proxy).await.unwrap();
+                let _ = s
+                    .write_all(connect_req(&format!("localhost:{echo}")).as_bytes())
+                    .await;
+                let mut head = Vec::new();
+                let _ = tokio::time::timeout(Duration::from_secs(20), async {
+                    while !head.ends_with(b"\r\n\r\n") {
+                        head.push(s.read_u8().await?);
+                    }
+                    Ok::<_, std::io::Error>(())
+                })
+                .await;
+                let status = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                if status.starts_with("HTTP/1.1 200") {
+                    let _ = done.recv().await;
+                }
+                status
+            }));
+        }
+        // Everything not tunnelled is answered and finishes; once that settles, the tunnels
+        // are let go.
+        let start = Instant::now();
+        let (mut seen, mut since) = (0, Instant::now());
+        while start.elapsed() < Duration::from_secs(25) {
+            let finished = tasks.iter().filter(|h| h.is_finished()).count();
+            if finished != seen {
+                (seen, since) = (finished, Instant::now());
+            } else if finished > 0 && since.elapsed() > Duration::from_millis(1500) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = done_tx.send(());
+        let mut answers = Vec::new();
+        for t in tasks {
+            answers.push(t.await.unwrap());
+        }
+        answers
+    });
+    let count = |p: &str| answers.iter().filter(|s| s.starts_with(p)).count();
+    let (ok, busy, bad) = (
+        count("HTTP/1.1 200"),
+        count("HTTP/1.1 503"),
+        count("HTTP/1.1 502"),
+    );
+    assert_eq!(
+        ok + busy + bad,
+        600,
+        "unanswered: {:?}",
+        answers
+            .iter()
+            .filter(|s| !s.starts_with("HTTP/1.1 "))
+            .count()
+    );
+    // (1024 - 64) / 2 tunnels; the rest refused at once.
+    assert_eq!((ok, busy, bad), (480, 120, 0));
+    // And it serves again once descriptors are free.
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, _) = proxy_request(&proxy, &connect_req(&format!("localhost:{echo}")));
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+}
+
+#[test]
+fn json_logs_and_records() {
+    let work = tempfile::tempdir().unwrap();
+    let sock = work.path().join("logs.sock");
+    let cfg = work.path().join("host.toml");
+    std::fs::write(
+        &cfg,
+        format!("[logs]\nlisten = \"unix:{}\"\n", sock.display()),
+    )
+    .unwrap();
+    let host = Host::start_cmd(cidboot(), &cfg, &["--json"]);
+    let ready = host.wait_for("cidboot host ready", Duration::from_secs(1));
+    let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(
+        (v["level"].as_str(), v["message"].as_str()),
+        (Some("info"), Some("cidboot host ready"))
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use cidboot::relay::logs::{Kind, LogSender};
+        let addr = format!("unix:{}", sock.display()).parse().unwrap();
+        let (s, task) = LogSender::connect(&addr, Duration::from_secs(5), Some("j"))
+            .await
+            .unwrap();
+        s.send(Kind::Stderr, b"two\nlines \x1b".to_vec())
+            .await
+            .unwrap();
+        drop(s);
+        task.await.unwrap().unwrap();
+    });
+    host.wait_for("log sink disconnected", Duration::from_secs(5));
+    let recs: Vec<serde_json::Value> = host
+        .records
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert_eq!(recs[0]["kind"], "boot");
+    assert_eq!(
+        (
+            &recs[1]["enclave"],
+            &recs[1]["seq"],
+            &recs[1]["kind"],
+            &recs[1]["text"]
+        ),
+        (
+            &serde_json::json!("j"),
+            &serde_json::json!(1),
+            &serde_json::json!("stderr"),
+            &serde_json::json!("two\nlines \u{1b}")
+        )
+    );
+}

@@ -35,6 +35,8 @@ pub const EGRESS_PORT: u32 = 8000;
 pub const BOOT_PORT: u32 = 8001;
 pub const LOGS_PORT: u32 = 8002;
 pub const HEARTBEAT_PORT: u32 = 9000;
+/// Descriptors kept out of the egress tunnels' share of RLIMIT_NOFILE.
+pub const FD_MARGIN: u64 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -403,12 +405,17 @@ pub async fn run(checked: Checked, json: bool) -> Result<(), HostError> {
     let mut term = sig(SignalKind::terminate(), "SIGTERM")?;
     let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
     let mut hup = sig(SignalKind::hangup(), "SIGHUP")?;
+    // Each tunnel holds two descriptors; FD_MARGIN is left for everything else (listeners,
+    // log files, name lookups, 503 answers), so that a client beyond what the limit allows
+    // is refused with a 503 instead of waiting in the backlog for a descriptor.
+    let mut tunnel_cap = usize::MAX;
     if let Some((soft, hard)) = raise_fd_limit() {
         info!(soft, hard, "descriptor limit (RLIMIT_NOFILE)");
+        tunnel_cap = (soft.saturating_sub(FD_MARGIN) / 2) as usize;
         if let Some(e) = &cfg.egress {
-            let need = 2 * e.limits().max_connections as u64 + 64;
-            if soft < need {
-                warn!(soft, need, "the descriptor limit is below what egress.max_connections tunnels need; raise LimitNOFILE");
+            let want = e.limits().max_connections;
+            if tunnel_cap < want {
+                warn!(soft, max_connections = want, tunnels = tunnel_cap, "the descriptor limit is below what egress.max_connections tunnels need; raise LimitNOFILE");
             }
         }
     }
@@ -454,10 +461,12 @@ pub async fn run(checked: Checked, json: bool) -> Result<(), HostError> {
             service: "egress proxy",
             reason: err.to_string(),
         })?;
+        let mut limits = e.limits();
+        limits.max_connections = limits.max_connections.min(tunnel_cap).max(1);
         let proxy = Arc::new(Proxy {
             name: "parent",
             allow,
-            limits: e.limits(),
+            limits,
             dialer: Arc::new(crate::transport::GuardedTcp {
                 allow_private: e.allow_private_destinations,
             }),

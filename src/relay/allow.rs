@@ -184,8 +184,13 @@ mod tests {
         assert!(Allowlist::new(&["*:443"]).is_err());
         assert!(Allowlist::new(&["a.*.com:443"]).is_err());
         assert!(Allowlist::new(&["nohost"]).is_err());
-        let e = Allowlist::new(&["https://ipfs.io:443"]).unwrap_err().to_string();
-        assert!(e.contains("without a scheme") && e.contains("\"ipfs.io:443\""), "{e}");
+        let e = Allowlist::new(&["https://ipfs.io:443"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("without a scheme") && e.contains("\"ipfs.io:443\""),
+            "{e}"
+        );
         assert!(Allowlist::new(&["ipfs.io/ipfs:443"]).is_err());
     }
 }
