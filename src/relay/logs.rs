@@ -817,12 +817,17 @@ impl Sink {
         };
         let boot = hello.boot.to_ascii_lowercase();
         let enclave = enclave_tag(peer, hello.name.as_deref(), &boot);
+        // Kept per enclave and boot: over vsock one enclave cannot touch another's numbers
+        // by naming its boot id.
+        let key = format!("{enclave}/{boot}");
         let (last, new) = match self.state.lock() {
             Ok(mut s) => {
-                let (last, new) = s.begin(&boot, &enclave);
+                let (last, new) = s.begin(&key, &enclave);
                 // A new boot is recorded at once, so a restart does not mark it again.
-                if let (true, Err(e)) = (new, s.set(&boot, 0)) {
-                    warn!(error = %e, "log sink: the state file was not written");
+                if new {
+                    if let Err(e) = s.set(&key, 0) {
+                        warn!(error = %e, "log sink: the state file was not written");
+                    }
                 }
                 (last, new)
             }
@@ -870,14 +875,14 @@ impl Sink {
                 Err(e) => break e.to_string(),
             }
             if r.buffer().is_empty() || batch.len() >= ACK_BATCH {
-                match self.flush(&boot, &enclave, &mut batch, &mut w).await {
+                match self.flush(&key, &boot, &enclave, &mut batch, &mut w).await {
                     Ok(n) => records += n,
                     Err(e) => break e.to_string(),
                 }
             }
         };
         if !batch.is_empty() {
-            match self.flush(&boot, &enclave, &mut batch, &mut w).await {
+            match self.flush(&key, &boot, &enclave, &mut batch, &mut w).await {
                 Ok(n) => records += n,
                 Err(e) => {
                     warn!(enclave = %enclave, error = %e, "log sink: the last records of this connection were not written")
@@ -892,6 +897,7 @@ impl Sink {
     /// sequence, and acknowledges it. Returns how many records were written.
     async fn flush<W: AsyncWrite + Unpin>(
         &self,
+        key: &str,
         boot: &str,
         enclave: &str,
         batch: &mut Vec<Frame>,
@@ -902,7 +908,7 @@ impl Sink {
             .state
             .lock()
             .map_err(|_| io::Error::other("state lock"))?
-            .last(boot);
+            .last(key);
         let mut text = Vec::new();
         let mut n = 0;
         for f in batch.drain(..) {
@@ -940,7 +946,7 @@ impl Sink {
             self.state
                 .lock()
                 .map_err(|_| io::Error::other("state lock"))?
-                .set(boot, last)
+                .set(key, last)
                 .map_err(io::Error::other)?;
             self.counters
                 .records
