@@ -537,7 +537,11 @@ fn log_sink_keeps_100k_lines_in_order_and_the_status() {
     assert_eq!(ack.to_vec(), frame(6, 1, b""));
     again.write_all(&frame(1, 1, b"after")).unwrap();
     again.write_all(&frame(1, 2, b"later")).unwrap();
+    // Acknowledged up to 2 (the skipped record may be acknowledged on its own first).
     again.read_exact(&mut ack).unwrap();
+    if ack.to_vec() == frame(6, 1, b"") {
+        again.read_exact(&mut ack).unwrap();
+    }
     assert_eq!(ack.to_vec(), frame(6, 2, b""));
     host.wait_for(" raw 2 [stdout] later", Duration::from_secs(5));
     let text = std::fs::read_to_string(&file).unwrap();
