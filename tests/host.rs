@@ -713,7 +713,7 @@ fn two_enclaves_log_at_once_past_a_stuck_one_and_cannot_forge_a_status() {
     let sock = work.path().join("logs.sock");
     let file = work.path().join("enclave.log");
     let cfg = format!(
-        "[logs]\nlisten = \"unix:{}\"\nfile = \"{}\"\n",
+        "[logs]\nlisten = \"unix:{}\"\nfile = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
         sock.display(),
         file.display()
     );
@@ -768,6 +768,19 @@ fn two_enclaves_log_at_once_past_a_stuck_one_and_cannot_forge_a_status() {
     assert!(!recs
         .iter()
         .any(|r| r.enclave == "stuck" && r.kind == "stdout"));
+    // /metrics: three boots (a, b and the stuck one), two statuses, every record.
+    let mut m = TcpStream::connect(host.addr("metrics")).unwrap();
+    m.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let mut body = String::new();
+    m.read_to_string(&mut body).unwrap();
+    let written = recs.iter().filter(|r| r.kind != "boot").count();
+    for want in [
+        "cidboot_boots_total 3".to_string(),
+        "cidboot_exit_statuses_total{exit_code=\"0\"} 2".to_string(),
+        format!("cidboot_log_records_total {written}"),
+    ] {
+        assert!(body.contains(&want), "{want} missing from {body}");
+    }
 }
 
 #[test]
@@ -841,6 +854,14 @@ fn sighup_reopens_the_log_and_rereads_the_boot_configuration() {
         &format!("sha256=sha256:{}", common::sha256_hex(v2.as_bytes())),
         Duration::from_secs(5),
     );
+    // A configuration the enclave would refuse is reported, and the last good one served.
+    std::fs::write(&enclave, "gateways = []\n").unwrap();
+    host.signal(nix::sys::signal::Signal::SIGHUP);
+    host.wait_for(
+        "still serving the previous boot configurations",
+        Duration::from_secs(5),
+    );
+    assert_eq!(fetch(), v2.as_bytes());
     // The daemon is still there.
     assert!(host.count("cidboot host ready") == 1);
 }
