@@ -117,10 +117,11 @@ fn egress_host_at(listen: &str, allow: &str, work: &std::path::Path) -> (KillOnD
         .args(["host", "--config"])
         .arg(&cfg)
         .env("CIDBOOT_LOG", "info")
-        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let out = child.stdout.take().unwrap();
+    // The daemon logs to stderr (its stdout carries enclave records).
+    let out = child.stderr.take().unwrap();
     let child = KillOnDrop(child);
     let (tx, rx) = std::sync::mpsc::channel();
     // Reads the host's output to the end, so that it never blocks on a full pipe.

@@ -129,6 +129,14 @@ pub struct HostArgs {
     /// The host configuration (TOML); its sections are listed below.
     #[arg(long, value_name = "HOST.TOML")]
     pub config: PathBuf,
+    /// Check the configuration completely (every boot configuration, the allowlist, the log
+    /// file) and exit: 0 if the daemon would start.
+    #[arg(long)]
+    pub check: bool,
+    /// Log as JSON lines: the daemon's own log (stderr) and the enclave records (stdout and
+    /// the log file).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What `cidboot host --help` says about host.toml (see crate::host::HostConfig).
@@ -137,8 +145,11 @@ host.toml sections (each optional, at least one needed; addresses are vsock:CID:
 `any` to listen on every CID, unix:PATH or tcp:HOST:PORT):
   [egress]       listen, allow = [\"host:port\", ...]: the HTTP CONNECT proxy the enclave fetches
                  and connects through; everything not allowed is denied
-  [boot]         listen, config = PATH: serves the enclave's runtime configuration byte for byte
-  [logs]         listen, file = PATH: receives the workload's output and the boot's final status
+  [boot]         listen, config = PATH, [boot.enclaves] CID = PATH: serves each enclave its
+                 runtime configuration byte for byte
+  [logs]         listen, file = PATH, state = PATH: receives the workload's output and the
+                 boot's final status, each record written once
+  [metrics]      listen = \"127.0.0.1:PORT\": Prometheus /metrics
   [[ingress]]    listen, target: forwards connections from the network into the enclave
   [heartbeat]    listen: answers the enclave's boot heartbeat (emulated enclaves only: on
                  Nitro, nitro-cli answers it)
@@ -192,8 +203,11 @@ pub fn main() -> ExitCode {
     };
     let daemon = matches!(cli.command, Command::Gateway(_) | Command::Host(_));
     progress::enable(!cli.quiet && !json && !daemon);
-    // The parent daemon logs to stdout, for systemd; every other command to stderr.
-    init_logging(matches!(cli.command, Command::Host(_)), cli.quiet);
+    // Every command logs to stderr; `host` writes the enclave's records to stdout.
+    init_logging(
+        matches!(&cli.command, Command::Host(h) if h.json),
+        cli.quiet,
+    );
     match run(cli) {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(u8::MAX)),
         Err(e) => {
@@ -207,7 +221,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(stdout: bool, quiet: bool) {
+fn init_logging(json: bool, quiet: bool) {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -228,24 +242,79 @@ fn init_logging(stdout: bool, quiet: bool) {
         },
         Err(_) => default(),
     };
-    let (writer, ansi) = if stdout {
-        (
-            BoxMakeWriter::new(std::io::stdout),
-            std::io::stdout().is_terminal(),
-        )
-    } else {
-        (
-            BoxMakeWriter::new(|| progress::LogWriter),
-            std::io::stderr().is_terminal(),
-        )
-    };
+    if json {
+        let _ = tracing_subscriber::registry()
+            .with(JsonLog)
+            .with(filter)
+            .try_init();
+        return;
+    }
+    let ansi = std::io::stderr().is_terminal();
+    // Through the progress module, which keeps log lines and progress bars apart.
     let _ = tracing_subscriber::fmt()
         .with_target(false)
         .with_ansi(ansi)
-        .with_writer(writer)
+        .with_writer(BoxMakeWriter::new(|| progress::LogWriter))
         .finish()
         .with(filter)
         .try_init();
+}
+
+/// One JSON object per event on stderr: `ts`, `level`, `message` and the event's fields.
+struct JsonLog;
+
+struct JsonFields(serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for JsonFields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(
+            field.name().to_string(),
+            serde_json::Value::String(format!("{value:?}")),
+        );
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(
+            field.name().to_string(),
+            serde_json::Value::String(value.into()),
+        );
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for JsonLog {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        use std::io::Write;
+        let mut f = JsonFields(serde_json::Map::new());
+        event.record(&mut f);
+        let ts = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        f.0.insert("ts".into(), ts.into());
+        f.0.insert(
+            "level".into(),
+            event
+                .metadata()
+                .level()
+                .as_str()
+                .to_ascii_lowercase()
+                .into(),
+        );
+        let mut line = serde_json::Value::Object(f.0).to_string();
+        line.push('\n');
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
 }
 
 /// A bare word in a `Targets` filter names a target, so a mistyped level (`verbose`) would
@@ -284,9 +353,16 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Verify(a) => runtime()?.block_on(attest::verify(a)),
         Command::Expect(a) => ok(runtime()?.block_on(attest::expect(a))),
         Command::Host(a) => {
-            let (cfg, boot) = crate::host::load(&a.config)?;
-            ok(runtime()?
-                .block_on(async { crate::host::run(cfg, boot).await.map_err(CliError::from) }))
+            let checked = crate::host::load(&a.config)?;
+            if a.check {
+                println!("{}: ok", a.config.display());
+                return Ok(0);
+            }
+            ok(runtime()?.block_on(async {
+                crate::host::run(checked, a.json)
+                    .await
+                    .map_err(CliError::from)
+            }))
         }
     }
 }

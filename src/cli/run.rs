@@ -55,6 +55,10 @@ pub struct RunArgs {
     /// Send the workload's output and the final status to this log sink (a `cidboot host`).
     #[arg(long, value_name = "ADDR")]
     pub log_sink: Option<String>,
+    /// The name the log sink tags this run's records with (over unix or tcp; over vsock the
+    /// sink uses the CID): 1 to 64 of A-Z a-z 0-9 . _ -.
+    #[arg(long, value_name = "NAME", requires = "log_sink")]
+    pub log_name: Option<String>,
     /// Print a JSON report as the last line of stdout.
     #[arg(long)]
     pub json: bool,
@@ -85,6 +89,8 @@ fn open_nsm(a: &RunArgs) -> Result<Arc<dyn Nsm>, CliError> {
 
 /// How long `run` waits for its log sink to accept a connection.
 const LOG_SINK_PATIENCE_SECS: u64 = 30;
+/// How long `run` keeps sending until the sink has acknowledged every record and the status.
+const STATUS_PATIENCE_SECS: u64 = 60;
 
 pub async fn run(a: RunArgs) -> Result<i32, CliError> {
     let sink = match &a.log_sink {
@@ -94,7 +100,14 @@ pub async fn run(a: RunArgs) -> Result<i32, CliError> {
                 .map_err(|e: crate::transport::addr::AddrError| CliError::Usage(e.to_string()))?;
             let patience = std::time::Duration::from_secs(LOG_SINK_PATIENCE_SECS);
             // Say at once what the run waits for, rather than after the patience is spent.
-            let connect = LogSender::connect(&addr, patience);
+            if let Some(n) = &a.log_name {
+                if !crate::relay::logs::valid_name(n) {
+                    return Err(CliError::Usage(format!(
+                        "--log-name {n:?}: use 1 to 64 of A-Z a-z 0-9 . _ -"
+                    )));
+                }
+            }
+            let connect = LogSender::connect(&addr, patience, a.log_name.as_deref());
             tokio::pin!(connect);
             let connected = match tokio::time::timeout(
                 std::time::Duration::from_millis(500),
@@ -133,7 +146,15 @@ pub async fn run(a: RunArgs) -> Result<i32, CliError> {
     drop(sender);
     if let Some((s, task)) = sink {
         drop(s);
-        let _ = task.await;
+        match tokio::time::timeout(std::time::Duration::from_secs(STATUS_PATIENCE_SECS), task).await
+        {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!("the log sender stopped: {e}"),
+            Ok(Err(e)) => tracing::warn!("the log sender failed: {e}"),
+            Err(_) => tracing::warn!(
+                "the log sink did not acknowledge every record within {STATUS_PATIENCE_SECS}s"
+            ),
+        }
     }
     result
 }

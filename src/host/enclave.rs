@@ -283,53 +283,6 @@ impl Supervisor {
             Supervisor::Qemu(c, l) => supervise(&c, &l, statuses, shutdown).await,
         }
     }
-
-    /// [`Supervisor::run`] until SIGTERM or SIGINT; then, with the enclave terminated, the
-    /// process ends by that signal as it would have without an `[enclave]` section. Once the
-    /// policy ends supervision, the other services run on and the signal still ends them.
-    pub async fn serve(self) -> Result<(), EnclaveError> {
-        use nix::sys::signal::Signal;
-        use tokio::signal::unix::{signal, SignalKind};
-        let (mut term, mut int) = match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(t), Ok(i)) => (t, i),
-            (Err(e), _) | (_, Err(e)) => {
-                return Err(EnclaveError::Signals(e));
-            }
-        };
-        let (tx, mut rx) = tokio::sync::oneshot::channel();
-        let shutdown = async {
-            let sig = tokio::select! {
-                _ = term.recv() => Signal::SIGTERM,
-                _ = int.recv() => Signal::SIGINT,
-            };
-            let _ = tx.send(sig);
-        };
-        let sig = match self.run(shutdown).await {
-            Ended::Policy(outcome) => {
-                info!(
-                    ?outcome,
-                    "enclave supervision ended; the other services keep running"
-                );
-                tokio::select! {
-                    _ = term.recv() => Signal::SIGTERM,
-                    _ = int.recv() => Signal::SIGINT,
-                }
-            }
-            Ended::Shutdown => {
-                let sig = rx.try_recv().unwrap_or(Signal::SIGTERM);
-                info!("enclave terminated on {sig}; exiting");
-                sig
-            }
-        };
-        // SAFETY: setting a signal's disposition back to the default has no memory-safety
-        // preconditions; tokio's handler is only replaced, never running our code.
-        let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
-        let _ = nix::sys::signal::raise(sig);
-        Ok(())
-    }
 }
 
 /// Whether a status came from this enclave: a vsock peer must have its CID; other peers

@@ -1,19 +1,29 @@
 //! `cidboot host`: the daemon on the parent instance. It runs the egress proxy, the boot
 //! configuration service, the log and status sink, ingress forwarders and, for emulated
-//! enclaves, the heartbeat responder.
+//! enclaves, the heartbeat responder, and `/metrics`.
+//!
+//! Everything is checked before anything listens ([`load`], also `cidboot host --check`);
+//! SIGTERM lets the log sink write and acknowledge what it has read before the daemon exits;
+//! SIGHUP reopens the log file and re-reads the boot configurations.
 
+pub mod metrics;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Loaded;
+use crate::reference::ImageRef;
 use crate::relay::allow::Allowlist;
+use crate::relay::bootcfg::{BootConfigs, Served};
 use crate::relay::forward::{self, ForwardLimits};
+use crate::relay::logs::{Sink, SinkConfig};
 use crate::relay::proxy::{Proxy, ProxyLimits};
 use crate::relay::{bootcfg, logs};
 use crate::transport::addr::{Addr, Listener};
@@ -29,6 +39,8 @@ pub const EGRESS_PORT: u32 = 8000;
 pub const BOOT_PORT: u32 = 8001;
 pub const LOGS_PORT: u32 = 8002;
 pub const HEARTBEAT_PORT: u32 = 9000;
+/// Descriptors kept out of the egress tunnels' share of RLIMIT_NOFILE.
+pub const FD_MARGIN: u64 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -45,6 +57,11 @@ pub enum HostError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("{service}: {reason}")]
+    Signal {
+        service: &'static str,
+        reason: String,
+    },
     #[error("{service} stopped: {reason}")]
     Stopped {
         service: &'static str,
@@ -52,6 +69,7 @@ pub enum HostError {
     },
 }
 
+/// host.toml. Each section is optional and checked on its own in [`parse`] and [`load`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
@@ -61,6 +79,7 @@ pub struct HostConfig {
     #[serde(default)]
     pub ingress: Vec<Ingress>,
     pub heartbeat: Option<Heartbeat>,
+    pub metrics: Option<Metrics>,
     /// Launch and supervise the enclave (see docs/launching.md).
     #[serde(default, deserialize_with = "enclave::checked")]
     pub enclave: Option<enclave::EnclaveConfig>,
@@ -89,8 +108,13 @@ pub struct Egress {
 #[serde(deny_unknown_fields)]
 pub struct Boot {
     pub listen: Addr,
-    /// The enclave's runtime configuration (TOML), served byte for byte.
-    pub config: PathBuf,
+    /// The enclave's runtime configuration (TOML), served byte for byte to every enclave
+    /// that `enclaves` does not name.
+    pub config: Option<PathBuf>,
+    /// Per enclave: its vsock CID (as given to `nitro-cli run-enclave --enclave-cid`) to its
+    /// configuration.
+    #[serde(default)]
+    pub enclaves: BTreeMap<String, PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +123,16 @@ pub struct Logs {
     pub listen: Addr,
     /// Also append every record here.
     pub file: Option<PathBuf>,
+    /// Where the last record written per boot is kept, for exactly-once delivery across
+    /// restarts (default: `.NAME.state` beside `file`).
+    pub state: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// A loopback `HOST:PORT` for the Prometheus `/metrics` endpoint.
+    pub listen: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,29 +163,136 @@ impl Egress {
     }
 }
 
-/// Reads and checks a host configuration, including the enclave configuration it serves.
-pub fn load(path: &Path) -> Result<(HostConfig, Option<Vec<u8>>), HostError> {
+/// A host configuration that passed every check, with the boot configurations it serves.
+#[derive(Debug)]
+pub struct Checked {
+    pub path: PathBuf,
+    pub cfg: HostConfig,
+    pub boot: Option<BootConfigs>,
+}
+
+/// Reads and checks a host configuration completely: its own keys, each boot configuration
+/// (with the enclave's parser and the checks the enclave makes before fetching), and that the
+/// log file and state file can be written. Nothing is created or bound.
+pub fn load(path: &Path) -> Result<Checked, HostError> {
+    let origin = path.display().to_string();
     let bad = |reason: String| HostError::Config {
-        path: path.display().to_string(),
+        path: origin.clone(),
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|source| HostError::Read {
-        path: path.display().to_string(),
+        path: origin.clone(),
         source,
     })?;
-    let cfg = parse(&text, &path.display().to_string())?;
+    let cfg = parse(&text, &origin)?;
     let boot = match &cfg.boot {
-        Some(b) => {
-            let loaded = Loaded::load(&b.config).map_err(|e| bad(format!("boot.config: {e}")))?;
-            Some(loaded.bytes)
-        }
+        Some(b) => Some(load_boot_configs(b).map_err(bad)?),
         None => None,
     };
-    Ok((cfg, boot))
+    if let Some(l) = &cfg.logs {
+        if let Some(f) = &l.file {
+            check_writable(f).map_err(|e| bad(format!("logs.file {}: {e}", f.display())))?;
+        }
+        let sc = sink_config(l, false);
+        if let Some(st) = sc.state_path() {
+            check_writable(&st).map_err(|e| bad(format!("logs.state {}: {e}", st.display())))?;
+        }
+    }
+    // The enclave's EIF and launcher, as a start would check them.
+    if let Some(e) = &cfg.enclave {
+        enclave::Supervisor::new(e).map_err(|e| bad(format!("enclave: {e}")))?;
+    }
+    Ok(Checked {
+        path: path.to_path_buf(),
+        cfg,
+        boot,
+    })
+}
+
+fn sink_config(l: &Logs, json: bool) -> SinkConfig {
+    SinkConfig {
+        file: l.file.clone(),
+        state: l.state.clone(),
+        json,
+    }
+}
+
+/// Whether a file can be appended to (or created) without creating it now.
+fn check_writable(p: &Path) -> Result<(), String> {
+    match std::fs::metadata(p) {
+        Ok(m) if !m.is_file() => return Err("not a regular file".into()),
+        Ok(_) => {
+            return std::fs::OpenOptions::new()
+                .append(true)
+                .open(p)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.to_string()),
+        Err(_) => {}
+    }
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK)
+            .map_err(|e| format!("its directory {} is not writable: {e}", dir.display())),
+        Ok(_) => Err(format!("{} is not a directory", dir.display())),
+        Err(e) => Err(format!("its directory {}: {e}", dir.display())),
+    }
+}
+
+/// Reads and checks every boot configuration `[boot]` names; errors name the key and file.
+pub fn load_boot_configs(b: &Boot) -> Result<BootConfigs, String> {
+    let mut out = BootConfigs::default();
+    if let Some(p) = &b.config {
+        out.default = Some(check_enclave_config(p).map_err(|e| format!("boot.config: {e}"))?);
+    }
+    for (key, p) in &b.enclaves {
+        let cid: u32 = key.parse().map_err(|_| {
+            format!("boot.enclaves.{key}: the key is an enclave CID (a number, as given to nitro-cli run-enclave --enclave-cid)")
+        })?;
+        let served = check_enclave_config(p).map_err(|e| format!("boot.enclaves.{key}: {e}"))?;
+        out.by_cid.insert(cid, served);
+    }
+    if out.default.is_none() && out.by_cid.is_empty() {
+        return Err("[boot] needs config = FILE, or [boot.enclaves] CID = FILE".into());
+    }
+    Ok(out)
+}
+
+/// Reads an enclave configuration and refuses what the enclave would refuse at boot: a file
+/// its parser rejects, no `image`, or an image reference that does not parse (such as a
+/// placeholder CID).
+pub fn check_enclave_config(p: &Path) -> Result<Served, String> {
+    let loaded = Loaded::load(p).map_err(|e| {
+        let e = e.to_string();
+        let name = p.display().to_string();
+        if e.contains(&name) {
+            e
+        } else {
+            format!("{name}: {e}")
+        }
+    })?;
+    let image = loaded.config.image.as_deref().ok_or_else(|| {
+        format!(
+            "{}: no `image`; the enclave would have nothing to boot",
+            p.display()
+        )
+    })?;
+    if image.contains('<') || image.contains("...") || image.contains('…') {
+        return Err(format!(
+            "{}: image {image:?} is a placeholder; put the image's CID there",
+            p.display()
+        ));
+    }
+    ImageRef::parse(image).map_err(|e| format!("{}: image: {e}", p.display()))?;
+    Ok(Served::new(p.to_path_buf(), loaded.bytes))
 }
 
 /// Parses and checks the text of a host configuration (`origin` names it in errors):
-/// everything [`load`] checks except the enclave configuration that `boot.config` names.
+/// everything [`load`] checks except the files it names.
 pub fn parse(text: &str, origin: &str) -> Result<HostConfig, HostError> {
     let bad = |reason: String| HostError::Config {
         path: origin.to_string(),
@@ -163,18 +304,61 @@ pub fn parse(text: &str, origin: &str) -> Result<HostConfig, HostError> {
         && cfg.logs.is_none()
         && cfg.ingress.is_empty()
         && cfg.heartbeat.is_none()
+        && cfg.enclave.is_none()
     {
         return Err(bad(
-            "no service configured ([egress], [boot], [logs], [[ingress]] or [heartbeat])".into(),
+            "no service configured ([egress], [boot], [logs], [[ingress]], [heartbeat] or [enclave])".into(),
         ));
     }
     if let Some(e) = &cfg.egress {
-        Allowlist::new(&e.allow).map_err(|e| bad(e.to_string()))?;
+        Allowlist::new(&e.allow).map_err(|e| bad(format!("egress.allow: {e}")))?;
         if e.limits().max_connections == 0 {
             return Err(bad("egress.max_connections must be at least 1".into()));
         }
     }
+    if let Some(b) = &cfg.boot {
+        if b.config.is_none() && b.enclaves.is_empty() {
+            return Err(bad(
+                "[boot] needs config = FILE, or [boot.enclaves] CID = FILE".into(),
+            ));
+        }
+    }
+    if let Some(m) = &cfg.metrics {
+        metrics::loopback(&m.listen).map_err(|e| bad(format!("metrics.listen: {e}")))?;
+    }
     Ok(cfg)
+}
+
+/// Raises the soft descriptor limit to the hard one: each tunnel holds two descriptors, and
+/// systemd's default soft limit of 1024 would run out before 512 tunnels.
+pub fn raise_fd_limit() -> Option<(u64, u64)> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+        return Some((soft, hard));
+    }
+    getrlimit(Resource::RLIMIT_NOFILE).ok()
+}
+
+/// Tells systemd (`Type=notify`) the daemon's state: a datagram to `$NOTIFY_SOCKET`.
+pub fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let r = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = r {
+        warn!(error = %e, "sd_notify {state:?} to $NOTIFY_SOCKET failed");
+    }
 }
 
 async fn bind(service: &'static str, addr: &Addr) -> Result<Listener, HostError> {
@@ -218,31 +402,93 @@ async fn heartbeat(listener: Listener) {
     }
 }
 
-/// Runs every configured service until one of them fails.
-pub async fn run(cfg: HostConfig, boot_config: Option<Vec<u8>>) -> Result<(), HostError> {
-    let stopped = |service: &'static str| {
-        move |e: enclave::EnclaveError| HostError::Stopped {
-            service,
-            reason: e.to_string(),
-        }
-    };
+/// Runs every configured service until one of them fails or SIGTERM (SIGINT) arrives.
+/// `json`: enclave records as JSON lines.
+pub async fn run(checked: Checked, json: bool) -> Result<(), HostError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Checked { path, cfg, boot } = checked;
+    // The enclave's EIF and launcher are checked before anything binds.
     let supervisor = cfg
         .enclave
         .as_ref()
         .map(enclave::Supervisor::new)
         .transpose()
-        .map_err(stopped("enclave"))?;
+        .map_err(|e| HostError::Stopped {
+            service: "enclave",
+            reason: e.to_string(),
+        })?;
+    let sig = |kind: SignalKind, name: &'static str| {
+        signal(kind).map_err(|e| HostError::Signal {
+            service: name,
+            reason: e.to_string(),
+        })
+    };
+    // Installed first: a SIGHUP during start must not kill the daemon.
+    let mut term = sig(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
+    let mut hup = sig(SignalKind::hangup(), "SIGHUP")?;
+    // Each tunnel holds two descriptors; FD_MARGIN is left for everything else (listeners,
+    // log files, name lookups, 503 answers), so that a client beyond what the limit allows
+    // is refused with a 503 instead of waiting in the backlog for a descriptor.
+    let mut tunnel_cap = usize::MAX;
+    if let Some((soft, hard)) = raise_fd_limit() {
+        info!(soft, hard, "descriptor limit (RLIMIT_NOFILE)");
+        tunnel_cap = (soft.saturating_sub(FD_MARGIN) / 2) as usize;
+        if let Some(e) = &cfg.egress {
+            let want = e.limits().max_connections;
+            if tunnel_cap < want {
+                warn!(soft, max_connections = want, tunnels = tunnel_cap, "the descriptor limit is below what egress.max_connections tunnels need; raise LimitNOFILE");
+            }
+        }
+    }
+    // Opened before anything binds: a log file that cannot be written stops the start.
+    let sink = match &cfg.logs {
+        Some(l) => Some(Arc::new(Sink::open(sink_config(l, json)).map_err(|e| {
+            HostError::Config {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            }
+        })?)),
+        None => None,
+    };
+    // Every listener is bound before any service starts.
+    let egress = match &cfg.egress {
+        Some(e) => Some((bind("egress proxy", &e.listen).await?, e)),
+        None => None,
+    };
+    let bootl = match &cfg.boot {
+        Some(b) => Some(bind("boot configuration", &b.listen).await?),
+        None => None,
+    };
+    let logl = match &cfg.logs {
+        Some(l) => Some(bind("log sink", &l.listen).await?),
+        None => None,
+    };
+    let mut ingress = Vec::new();
+    for ing in &cfg.ingress {
+        ingress.push((bind("ingress", &ing.listen).await?, ing.target.clone()));
+    }
+    let hb = match &cfg.heartbeat {
+        Some(h) => Some(bind("heartbeat", &h.listen).await?),
+        None => None,
+    };
+    let metl = match &cfg.metrics {
+        Some(m) => Some(metrics::bind(&m.listen).await?),
+        None => None,
+    };
+
     let mut set: JoinSet<Result<(), HostError>> = JoinSet::new();
-    if let Some(e) = &cfg.egress {
-        let l = bind("egress proxy", &e.listen).await?;
+    if let Some((l, e)) = egress {
         let allow = Allowlist::new(&e.allow).map_err(|err| HostError::Stopped {
             service: "egress proxy",
             reason: err.to_string(),
         })?;
+        let mut limits = e.limits();
+        limits.max_connections = limits.max_connections.min(tunnel_cap).max(1);
         let proxy = Arc::new(Proxy {
             name: "parent",
             allow,
-            limits: e.limits(),
+            limits,
             dialer: Arc::new(crate::transport::GuardedTcp {
                 allow_private: e.allow_private_destinations,
             }),
@@ -252,56 +498,119 @@ pub async fn run(cfg: HostConfig, boot_config: Option<Vec<u8>>) -> Result<(), Ho
             Ok(())
         });
     }
-    if let (Some(b), Some(bytes)) = (&cfg.boot, boot_config) {
-        let l = bind("boot configuration", &b.listen).await?;
+    let boot_configs = Arc::new(RwLock::new(Arc::new(boot.unwrap_or_default())));
+    if let Some(l) = bootl {
+        log_boot_configs(&boot_configs);
+        let c = boot_configs.clone();
         set.spawn(async move {
-            bootcfg::serve(l, Arc::new(bytes)).await;
+            bootcfg::serve(l, c).await;
             Ok(())
         });
     }
-    if let Some(lg) = &cfg.logs {
-        let l = bind("log sink", &lg.listen).await?;
-        let file = lg.file.clone();
-        set.spawn(async move {
-            logs::sink(l, file.as_deref())
-                .await
-                .map_err(|e| HostError::Stopped {
-                    service: "log sink",
-                    reason: e.to_string(),
-                })
-        });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut sink_task = None;
+    if let (Some(l), Some(s)) = (logl, &sink) {
+        sink_task = Some(tokio::spawn(s.clone().serve(l, stop_rx)));
     }
-    for ing in &cfg.ingress {
-        let l = bind("ingress", &ing.listen).await?;
-        info!(from = %ing.listen, to = %ing.target, "ingress forwarding");
-        let target = ing.target.clone();
+    for (l, target) in ingress {
+        if let Ok(from) = l.local_addr() {
+            info!(from = %from, to = %target, "ingress forwarding");
+        }
         set.spawn(async move {
             forward::forward(l, target, ForwardLimits::default()).await;
             Ok(())
         });
     }
-    if let Some(h) = &cfg.heartbeat {
-        let l = bind("heartbeat", &h.listen).await?;
+    if let Some(l) = hb {
         set.spawn(async move {
             heartbeat(l).await;
             Ok(())
         });
     }
-    info!("cidboot host ready");
-    if let Some(s) = supervisor {
-        set.spawn(async move { s.serve().await.map_err(stopped("enclave")) });
+    if let Some(l) = metl {
+        let s = sink.clone();
+        set.spawn(async move {
+            metrics::serve(l, s).await;
+            Ok(())
+        });
     }
-    while let Some(r) = set.join_next().await {
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(e) => {
-                return Err(HostError::Stopped {
-                    service: "a service",
-                    reason: e.to_string(),
-                })
+    info!("cidboot host ready");
+    // The enclave is launched last, once every service it needs is listening.
+    let (enclave_stop, mut enclave_stopped) = tokio::sync::watch::channel(false);
+    let enclave_task = supervisor.map(|sup| {
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = enclave_stopped.wait_for(|stop| *stop).await;
+            };
+            match sup.run(shutdown).await {
+                enclave::Ended::Policy(outcome) => info!(
+                    ?outcome,
+                    "enclave supervision ended; the other services keep running"
+                ),
+                enclave::Ended::Shutdown => info!("the enclave was terminated"),
             }
+        })
+    });
+    sd_notify("READY=1");
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                info!("SIGHUP: reopening the log file and re-reading the boot configurations");
+                if let Some(s) = &sink {
+                    if let Err(e) = s.reopen().await {
+                        error!("reopening the log file: {e}; still writing to the old one");
+                    }
+                }
+                if let Some(b) = &cfg.boot {
+                    match load_boot_configs(b) {
+                        Ok(c) => {
+                            if let Ok(mut w) = boot_configs.write() {
+                                *w = Arc::new(c);
+                            }
+                            log_boot_configs(&boot_configs);
+                        }
+                        Err(e) => error!("{}: {e}; still serving the previous boot configurations", path.display()),
+                    }
+                }
+            }
+            Some(r) = set.join_next(), if !set.is_empty() => match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(e) => {
+                    return Err(HostError::Stopped {
+                        service: "a service",
+                        reason: e.to_string(),
+                    })
+                }
+            },
         }
     }
+    sd_notify("STOPPING=1");
+    if let Some(t) = enclave_task {
+        info!("stopping: terminating the enclave");
+        let _ = enclave_stop.send(true);
+        let _ = tokio::time::timeout(ENCLAVE_STOP_TIMEOUT, t).await;
+    }
+    info!("stopping: the log sink writes and acknowledges what it has read");
+    let _ = stop_tx.send(true);
+    if let Some(t) = sink_task {
+        let _ = tokio::time::timeout(logs::DRAIN_TIMEOUT + Duration::from_secs(1), t).await;
+    }
+    info!("cidboot host stopped");
     Ok(())
+}
+
+/// How long a stop waits for the enclave's teardown (each launcher call has its own timeout).
+const ENCLAVE_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn log_boot_configs(c: &RwLock<Arc<BootConfigs>>) {
+    let Ok(c) = c.read() else { return };
+    if let Some(d) = &c.default {
+        info!(file = %d.path.display(), sha256 = %d.sha256, "boot configuration for every other enclave");
+    }
+    for (cid, s) in &c.by_cid {
+        info!(cid, file = %s.path.display(), sha256 = %s.sha256, "boot configuration for the enclave at this CID");
+    }
 }

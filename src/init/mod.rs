@@ -33,6 +33,9 @@ pub const STAGE: &str = "/run/cidboot/stage";
 pub const HOSTNAME: &str = "cidboot-enclave";
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const CONFIG_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the final status (and every record before it) is sent again until the parent's
+/// sink acknowledges it, before the power-off.
+pub const STATUS_PATIENCE: Duration = Duration::from_secs(60);
 /// Signals forwarded to the workload.
 const FORWARDED: &[nix::sys::signal::Signal] = &[
     nix::sys::signal::Signal::SIGTERM,
@@ -112,7 +115,15 @@ pub fn run() -> ! {
                 .send(Kind::Status, status.to_string().into_bytes())
                 .await;
             drop(sender);
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+            match tokio::time::timeout(STATUS_PATIENCE, task).await {
+                Ok(Ok(Ok(()))) => info!("the parent acknowledged every record and the status"),
+                Ok(Ok(Err(e))) => warn!("the log sender stopped: {e}"),
+                Ok(Err(e)) => warn!("the log sender failed: {e}"),
+                Err(_) => warn!(
+                    "the parent did not acknowledge the status within {}s",
+                    STATUS_PATIENCE.as_secs()
+                ),
+            }
         }
         eprintln!("cidboot: status {status}; powering off");
     });
@@ -161,7 +172,7 @@ async fn boot(
     let parent = parent_cid();
     let at = |port: u32| Addr::Vsock { cid: parent, port };
     heartbeat(&at(HEARTBEAT_PORT)).await?;
-    match LogSender::connect(&at(LOGS_PORT), Duration::from_secs(10)).await {
+    match LogSender::connect(&at(LOGS_PORT), Duration::from_secs(10), None).await {
         Ok(s) => *sink = Some(s),
         Err(e) => warn!(
             "no log sink at {}: {e}; logging to the console only",

@@ -57,6 +57,17 @@ impl Allowlist {
                 pattern: p.to_string(),
                 reason: reason.to_string(),
             };
+            // A URL never matches a target (the proxy sees only host and port): refuse it
+            // rather than accept a pattern that silently allows nothing.
+            if let Some((scheme, rest)) = p.split_once("://") {
+                let hint = rest.split('/').next().unwrap_or(rest);
+                return Err(bad(&format!(
+                    "a pattern is host:port, without a scheme ({scheme}://) or path: write {hint:?}"
+                )));
+            }
+            if p.contains('/') {
+                return Err(bad("a pattern is host:port, without a path"));
+            }
             let (host, port) = split_host_port(p).ok_or_else(|| bad("not host:port"))?;
             let port = match port {
                 "*" => None,
@@ -173,5 +184,13 @@ mod tests {
         assert!(Allowlist::new(&["*:443"]).is_err());
         assert!(Allowlist::new(&["a.*.com:443"]).is_err());
         assert!(Allowlist::new(&["nohost"]).is_err());
+        let e = Allowlist::new(&["https://ipfs.io:443"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("without a scheme") && e.contains("\"ipfs.io:443\""),
+            "{e}"
+        );
+        assert!(Allowlist::new(&["ipfs.io/ipfs:443"]).is_err());
     }
 }

@@ -51,6 +51,13 @@ pub struct Proxy {
     pub dialer: Arc<dyn Connector>,
 }
 
+/// The longest the accept loop spends answering a refused client.
+const REFUSE_TIMEOUT: Duration = Duration::from_millis(200);
+
+fn count(c: &std::sync::atomic::AtomicU64) {
+    crate::host::metrics::inc(c);
+}
+
 async fn respond(io: &mut BoxIo, status: &str, msg: &str) {
     let body = format!("{msg}\n");
     let _ = io
@@ -163,12 +170,40 @@ fn parse_request(head: &[u8]) -> Result<Target, String> {
 }
 
 impl Proxy {
-    /// Serves until the listener fails.
+    /// Serves until the listener fails. Every client gets an answer: over
+    /// `max_connections` a 503, and when the process is out of descriptors (EMFILE), one
+    /// descriptor kept in reserve is let go to accept the client, answer it 503 and close it,
+    /// so it is neither left waiting in the backlog nor accepted in a busy loop.
     pub async fn serve(self: Arc<Self>, listener: Listener) {
         let permits = Arc::new(Semaphore::new(self.limits.max_connections));
+        let mut reserve = std::fs::File::open("/dev/null").ok();
         loop {
             let (mut io, peer) = match listener.accept().await {
                 Ok(c) => c,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+                    warn!(proxy = self.name, error = %e, "out of file descriptors: refusing a client (raise LimitNOFILE, or lower max_connections)");
+                    if reserve.take().is_some() {
+                        if let Ok(Ok((mut io, _))) =
+                            tokio::time::timeout(Duration::from_secs(1), listener.accept()).await
+                        {
+                            count(&crate::host::metrics::COUNTERS.egress_refused);
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(1),
+                                respond(
+                                    &mut io,
+                                    "503 Service Unavailable",
+                                    "out of file descriptors",
+                                ),
+                            )
+                            .await;
+                        }
+                        reserve = std::fs::File::open("/dev/null").ok();
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        reserve = std::fs::File::open("/dev/null").ok();
+                    }
+                    continue;
+                }
                 Err(e) => {
                     warn!(proxy = self.name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -176,10 +211,16 @@ impl Proxy {
                 }
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
+                count(&crate::host::metrics::COUNTERS.egress_refused);
                 warn!(proxy = self.name, client = %peer, decision = "refuse", reason = "connection limit", "egress");
-                tokio::spawn(async move {
-                    respond(&mut io, "503 Service Unavailable", "too many connections").await
-                });
+                // Answered here rather than in a task: a fresh socket takes the short answer
+                // at once, and a burst of refusals then holds one descriptor at a time, not
+                // one each (which would starve the tunnels' own connects).
+                let _ = tokio::time::timeout(
+                    REFUSE_TIMEOUT,
+                    respond(&mut io, "503 Service Unavailable", "too many connections"),
+                )
+                .await;
                 continue;
             };
             let me = self.clone();
@@ -230,6 +271,7 @@ impl Proxy {
         let tgt = format!("{}:{}", target.host, target.port);
         match self.allow.check(&target.host, target.port) {
             Decision::Deny(why) => {
+                count(&crate::host::metrics::COUNTERS.egress_denied);
                 warn!(proxy = self.name, client = %peer, target = %tgt, decision = "deny", reason = %why, "egress");
                 return respond(
                     &mut io,
@@ -239,6 +281,7 @@ impl Proxy {
                 .await;
             }
             Decision::Allow(why) => {
+                count(&crate::host::metrics::COUNTERS.egress_allowed);
                 info!(proxy = self.name, client = %peer, target = %tgt, decision = "allow", reason = %why, "egress")
             }
         }
@@ -282,6 +325,13 @@ impl Proxy {
         }
         match splice(io, up, self.limits.idle_timeout, self.limits.max_lifetime).await {
             Ok(m) => {
+                let c = &crate::host::metrics::COUNTERS;
+                c.egress_bytes_up.fetch_add(
+                    m.a_to_b + early.len() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                c.egress_bytes_down
+                    .fetch_add(m.b_to_a, std::sync::atomic::Ordering::Relaxed);
                 info!(proxy = self.name, client = %peer, target = %tgt, up = m.a_to_b + early.len() as u64, down = m.b_to_a, secs = started.elapsed().as_secs_f32(), "egress closed")
             }
             Err(e) => {

@@ -49,6 +49,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     println!("probe: args={}", args.join(" "));
     let mut code = 0;
+    let mut counted = 0u64;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -106,6 +107,26 @@ fn main() {
             "reopen-stdio" => {
                 for fd in 0..3 {
                     println!("probe: reopen-stdio {fd} {}", cidboot_sample::try_reopen_setuid(fd));
+                }
+            }
+            "count" => {
+                // `line K` for the next N values of a counter that runs across `count`s.
+                let n: u64 = it.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                for _ in 0..n {
+                    counted += 1;
+                    let _ = writeln!(out, "line {counted}");
+                }
+                let _ = out.flush();
+            }
+            "sleep" => {
+                let ms: u64 = it.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+            "print" => {
+                if let Some(t) = it.next() {
+                    println!("{t}");
                 }
             }
             "write" => {
