@@ -2,6 +2,8 @@
 //! configuration service, the log and status sink, ingress forwarders and, for emulated
 //! enclaves, the heartbeat responder.
 
+pub mod cache;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +59,8 @@ pub struct HostConfig {
     #[serde(default)]
     pub ingress: Vec<Ingress>,
     pub heartbeat: Option<Heartbeat>,
+    /// A verified block cache served to the enclave as a trustless gateway (see cache.rs).
+    pub cache: Option<cache::CacheConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,10 +160,14 @@ pub fn parse(text: &str, origin: &str) -> Result<HostConfig, HostError> {
         && cfg.logs.is_none()
         && cfg.ingress.is_empty()
         && cfg.heartbeat.is_none()
+        && cfg.cache.is_none()
     {
         return Err(bad(
             "no service configured ([egress], [boot], [logs], [[ingress]] or [heartbeat])".into(),
         ));
+    }
+    if let Some(c) = &cfg.cache {
+        c.check().map_err(|e| bad(e.to_string()))?;
     }
     if let Some(e) = &cfg.egress {
         Allowlist::new(&e.allow).map_err(|e| bad(e.to_string()))?;
@@ -266,6 +274,15 @@ pub async fn run(cfg: HostConfig, boot_config: Option<Vec<u8>>) -> Result<(), Ho
         set.spawn(async move {
             heartbeat(l).await;
             Ok(())
+        });
+    }
+    if let Some(c) = cfg.cache.clone() {
+        let l = bind("gateway cache", &c.listen).await?;
+        set.spawn(async move {
+            cache::run(c, l).await.map_err(|e| HostError::Stopped {
+                service: "gateway cache",
+                reason: e.to_string(),
+            })
         });
     }
     info!("cidboot host ready");
