@@ -24,6 +24,8 @@ enum Mode {
 struct Spy {
     url: String,
     log: Arc<Mutex<Vec<String>>>,
+    /// When each request arrived.
+    times: Arc<Mutex<Vec<std::time::SystemTime>>>,
     /// The path of the range it lied about or stalled.
     acted_on: Arc<Mutex<Option<String>>>,
 }
@@ -33,18 +35,20 @@ impl Spy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let log = Arc::new(Mutex::new(Vec::new()));
+        let times = Arc::new(Mutex::new(Vec::new()));
         let acted_on = Arc::new(Mutex::new(None));
         let acted = Arc::new(AtomicBool::new(false));
         let upstream = upstream.trim_start_matches("http://").to_string();
-        let (log2, acted_on2) = (log.clone(), acted_on.clone());
+        let (log2, acted_on2, times2) = (log.clone(), acted_on.clone(), times.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
-                let (upstream, log, acted, acted_on) = (
+                let (upstream, log, acted, acted_on, times) = (
                     upstream.clone(),
                     log2.clone(),
                     acted.clone(),
                     acted_on2.clone(),
+                    times2.clone(),
                 );
                 std::thread::spawn(move || {
                     let mut req = Vec::new();
@@ -71,6 +75,7 @@ impl Spy {
                         })
                         .unwrap_or_default();
                     log.lock().unwrap().push(path.clone());
+                    times.lock().unwrap().push(std::time::SystemTime::now());
                     let Ok(mut up) = std::net::TcpStream::connect(&upstream) else {
                         return;
                     };
@@ -98,7 +103,12 @@ impl Spy {
                 });
             }
         });
-        Spy { url, log, acted_on }
+        Spy {
+            url,
+            log,
+            times,
+            acted_on,
+        }
     }
 
     fn ranges(&self) -> Vec<String> {
@@ -220,12 +230,34 @@ fn a_gateway_that_lies_about_a_range_is_quarantined_and_the_range_refetched() {
     // The range it lied about came from another gateway.
     assert!(
         s.spies[1..].iter().any(|sp| sp.ranges().contains(&lied)),
-        "{lied} was not refetched elsewhere"
+        "{lied} was not refetched elsewhere: {:?} {:?}\n{}",
+        s.spies[1].ranges(),
+        s.spies[2].ranges(),
+        out.stderr
     );
-    // Nothing more was asked of it than the ranges already in flight when it lied (at most
-    // its four connections), and none of the later, small documents.
+    // Nothing was asked of it after the quarantine (requests already in flight arrived
+    // before it).
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("hostile gateway"))
+        .unwrap();
+    let ts = line.split_whitespace().next().unwrap();
+    let quarantined: std::time::SystemTime =
+        time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+            .unwrap()
+            .into();
+    let late: Vec<String> = liar
+        .times
+        .lock()
+        .unwrap()
+        .iter()
+        .zip(liar.log.lock().unwrap().iter())
+        .filter(|(t, _)| **t > quarantined)
+        .map(|(_, p)| p.clone())
+        .collect();
+    assert!(late.is_empty(), "asked after the quarantine: {late:?}");
     let after = liar.log.lock().unwrap().len();
-    assert!(liar.ranges().len() <= 4, "{:?}", liar.log.lock().unwrap());
     let (out2, _) = {
         let _ = std::fs::remove_dir_all(s.work.path().join("out"));
         pull(&s, &[])

@@ -148,6 +148,8 @@ host.toml sections (each optional, at least one needed; addresses are vsock:CID:
   [[ingress]]    listen, target: forwards connections from the network into the enclave
   [heartbeat]    listen: answers the enclave's boot heartbeat (emulated enclaves only: on
                  Nitro, nitro-cli answers it)
+  [cache]        listen, dir, gateways = [URL, ...], max_bytes, ca, prefetch = [\"ipfs://CID\"]:
+                 a verified block cache served to the enclave as a trustless gateway
 
 See docs/operating.md for a complete example, limits and systemd setup.";
 

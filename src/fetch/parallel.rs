@@ -9,8 +9,9 @@
 //! kept. Verified ranges are handed to the sink strictly in file order.
 //!
 //! Memory is bounded: at most [`ParallelPolicy::window`] ranges are held at once (fetching,
-//! or verified and waiting for their turn), plus at most [`ParallelPolicy::max_hedges`] second
-//! copies of a stalled range. Ranges are taken from one queue by whichever gateway has a free
+//! or verified and waiting for their turn), plus the range the sink waits for when it has to
+//! be fetched again, plus at most [`ParallelPolicy::max_hedges`] second copies of a stalled
+//! range. Ranges are taken from one queue by whichever gateway has a free
 //! connection, so a fast gateway takes more of them (work stealing); a gateway measured at
 //! under a quarter of the best one's throughput keeps one connection only; and a range that
 //! runs far longer than its expected time is hedged on another gateway, the first verified copy
@@ -33,7 +34,7 @@ use super::gateway::{check_content_type, check_status, Gateway, Walk, ACCEPT_CAR
 use super::score::{is_hostile, PROBE_CID, PROBE_TIMEOUT};
 use super::unixfs::FileNode;
 use super::{BlobSink, FetchError, Gateways, MAX_DAG_DEPTH};
-use crate::reference::CODEC_DAG_PB;
+use crate::reference::{CODEC_DAG_PB, MAX_BLOCK_SIZE};
 
 /// Most pieces (leaves and small subtrees) a file's range plan may hold. An 8 GiB layer of
 /// 256 KiB leaves is 32,768; a plan larger than this falls back to one sequential stream.
@@ -284,6 +285,14 @@ impl Gateways {
         let mut start = 0u64;
         let mut end = 0u64;
         for p in &pieces {
+            // A raw leaf is one block: a parent that claims more for it is wrong, and the
+            // claim must not size a buffer.
+            if p.cid.is_some_and(|c| c.codec() != CODEC_DAG_PB) && p.len > MAX_BLOCK_SIZE as u64 {
+                return Err(FetchError::BadUnixfs {
+                    cid: root.to_string(),
+                    reason: format!("a raw leaf of {} bytes, over the block limit", p.len),
+                });
+            }
             if p.offset != end {
                 return Err(FetchError::BadUnixfs {
                     cid: root.to_string(),
@@ -527,13 +536,16 @@ impl Gateways {
             // written now but wait for the sink mean the consumer is the bottleneck: fetching
             // further ahead would only use memory.
             let waiting_for_sink = (next + 1..).take_while(|i| done.contains_key(i)).count();
-            loop {
+            while let Some(&r) = pending.first() {
                 let held = flying.len() + done.len() + usize::from(writing.is_some());
                 let normal = attempts.values().filter(|a| !a.hedge).count();
-                if held >= p.window || normal >= p.total || waiting_for_sink >= 2 {
+                let consumer_bound = writing.is_some() && waiting_for_sink >= 2;
+                // The range the sink waits for always goes (one range over the window at most):
+                // everything held is waiting for it.
+                let head = r == next;
+                if normal >= p.total || (!head && (held >= p.window || consumer_bound)) {
                     break;
                 }
-                let Some(&r) = pending.first() else { break };
                 let Some(gi) = self.pick(&locals, best, None) else {
                     break;
                 };

@@ -45,6 +45,9 @@ pub const MAX_CONNECTIONS: usize = 256;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Blocks fetched from upstream at once for one response or one prefetch.
 pub const FETCH_CONCURRENCY: usize = 8;
+/// Upstream requests in flight at once, for all clients together: many enclave connections
+/// missing at once must not become a flood on the public gateways.
+pub const UPSTREAM_CONCURRENCY: usize = 16;
 /// Blocks one CAR response may carry, and one prefetch may fetch.
 pub const MAX_BLOCKS: usize = 4 << 20;
 /// Deepest DAG a prefetch follows (directories, then a file's DAG).
@@ -276,6 +279,7 @@ impl Store {
 pub struct Cache {
     store: Store,
     upstream: Arc<Gateways>,
+    upstream_permits: Semaphore,
 }
 
 impl Cache {
@@ -291,7 +295,11 @@ impl Cache {
         );
         let upstream = Gateways::new(client, &cfg.gateways, GatewayPolicy::default())
             .map_err(|e| CacheError::Config(format!("cache.gateways: {e}")))?;
-        Ok(Arc::new(Cache { store, upstream }))
+        Ok(Arc::new(Cache {
+            store,
+            upstream,
+            upstream_permits: Semaphore::new(UPSTREAM_CONCURRENCY),
+        }))
     }
 
     /// One verified block: from disk, or else from upstream (then stored).
@@ -299,6 +307,11 @@ impl Cache {
         if cid.hash().code() == MH_IDENTITY {
             return Ok(Bytes::copy_from_slice(cid.hash().digest()));
         }
+        if let Some(b) = self.store.get(cid).await {
+            return Ok(b);
+        }
+        let _permit = self.upstream_permits.acquire().await;
+        // Another request may have stored it while this one waited.
         if let Some(b) = self.store.get(cid).await {
             return Ok(b);
         }
