@@ -66,6 +66,8 @@ pub struct Gateways {
     pub(super) gateways: Vec<Gateway>,
     pub(super) policy: GatewayPolicy,
     preferred: AtomicUsize,
+    /// The most bytes of ranges one blob's parallel fetch held at once in this run.
+    pub(super) peak_held: std::sync::atomic::AtomicU64,
 }
 
 /// What the caller knows about a file's size before fetching it.
@@ -119,11 +121,18 @@ impl Gateways {
             gateways,
             policy,
             preferred: AtomicUsize::new(0),
+            peak_held: Default::default(),
         }))
     }
 
     pub(super) fn client(&self) -> &HttpClient {
         &self.client
+    }
+
+    /// The most bytes of ranges (in flight, verified and waiting, being written) that one
+    /// blob's parallel fetch held at once in this run: the memory bound, observed.
+    pub fn peak_range_bytes(&self) -> u64 {
+        self.peak_held.load(Ordering::Relaxed)
     }
 
     pub fn labels(&self) -> Vec<String> {

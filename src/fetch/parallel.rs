@@ -514,14 +514,24 @@ impl Gateways {
             Pin<Box<dyn Future<Output = (&'s mut S, std::io::Result<()>, u64)> + Send + 's>>;
         let mut writing: Option<Writing<'_, S>> = None;
         let mut hedges = 0usize;
+        let mut writing_len = 0u64;
 
         loop {
+            let held_bytes = done.values().map(|d| d.len() as u64).sum::<u64>()
+                + flying
+                    .iter()
+                    .map(|(r, ids)| (ranges[*r].1 - ranges[*r].0) * ids.len() as u64)
+                    .sum::<u64>()
+                + if writing.is_some() { writing_len } else { 0 };
+            self.peak_held
+                .fetch_max(held_bytes, std::sync::atomic::Ordering::Relaxed);
             let best = self.best_rate();
             // Hand the next verified range to the sink.
             if writing.is_none() {
                 if let Some(data) = done.remove(&next) {
                     if let Some(s) = sink_slot.take() {
                         let len = data.len() as u64;
+                        writing_len = len;
                         writing = Some(Box::pin(async move {
                             let r = s.write(&data).await;
                             (s, r, len)
@@ -532,10 +542,10 @@ impl Gateways {
             if next == ranges.len() && writing.is_none() {
                 return Ok(true);
             }
-            // Start ranges while the limits allow. Ranges that are verified and could be
-            // written now but wait for the sink mean the consumer is the bottleneck: fetching
-            // further ahead would only use memory.
-            let waiting_for_sink = (next + 1..).take_while(|i| done.contains_key(i)).count();
+            // Start ranges while the limits allow. Verified ranges piling up while the sink is
+            // busy mean the consumer is the bottleneck: fetching further ahead would only use
+            // memory.
+            let waiting_for_sink = done.len();
             while let Some(&r) = pending.first() {
                 let held = flying.len() + done.len() + usize::from(writing.is_some());
                 let normal = attempts.values().filter(|a| !a.hedge).count();
@@ -669,6 +679,28 @@ impl Gateways {
                             }
                             if is_hostile(&e) {
                                 gw.score.quarantine(&gw.label, &e);
+                                // Nothing more from it: its other transfers are cut and their
+                                // ranges go back to the queue.
+                                let mine: Vec<u64> = attempts
+                                    .iter()
+                                    .filter(|(_, o)| o.gw == a.gw)
+                                    .map(|(id, _)| *id)
+                                    .collect();
+                                for other in mine {
+                                    let Some(o) = attempts.remove(&other) else { continue };
+                                    o.abort.abort();
+                                    locals[o.gw].busy = locals[o.gw].busy.saturating_sub(1);
+                                    if o.hedge {
+                                        hedges = hedges.saturating_sub(1);
+                                    }
+                                    if let Some(ids) = flying.get_mut(&o.range) {
+                                        ids.retain(|i| *i != other);
+                                        if ids.is_empty() {
+                                            flying.remove(&o.range);
+                                            pending.insert(o.range);
+                                        }
+                                    }
+                                }
                             } else {
                                 gw.score.error();
                                 let l = &mut locals[a.gw];
