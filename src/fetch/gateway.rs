@@ -466,6 +466,8 @@ impl<'a> Tries<'a> {
     fn succeeded<T>(&self, v: T) -> T {
         if let Some(gi) = self.order.get(self.pos) {
             self.gw.preferred.store(*gi, Ordering::Relaxed);
+            // It just answered: no probe needed before ranges go to it.
+            self.gw.gateways[*gi].score.mark_alive();
         }
         v
     }

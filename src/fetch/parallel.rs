@@ -281,10 +281,16 @@ impl Gateways {
             }
             pieces = next;
         }
+        // The last ranges are cut smaller: at the end of a blob, connections go idle one by
+        // one while the last ranges finish, each at one connection's speed.
+        let total: u64 = pieces.iter().map(|p| p.len).sum();
+        let tail_from =
+            total.saturating_sub((self.policy.parallel.total as u64).saturating_mul(range) / 2);
         let mut ranges = Vec::new();
         let mut start = 0u64;
         let mut end = 0u64;
         for p in &pieces {
+            let range = if end >= tail_from { range / 2 } else { range };
             // A raw leaf is one block: a parent that claims more for it is wrong, and the
             // claim must not size a buffer.
             if p.cid.is_some_and(|c| c.codec() != CODEC_DAG_PB) && p.len > MAX_BLOCK_SIZE as u64 {
@@ -486,8 +492,9 @@ impl Gateways {
         delivered: &mut u64,
     ) -> Result<bool, FetchError> {
         let p = self.policy.parallel.clone();
-        self.probe_all().await;
-        let node = FileNode::parse(root, self.block(root).await?)?;
+        // The probes and the root block go at once: both are a round trip.
+        let (_, block) = tokio::join!(self.probe_all(), self.block(root));
+        let node = FileNode::parse(root, block?)?;
         super::gateway::check_size(root, super::gateway::SizeRule::Exact(size), node.size())?;
         let Some(ranges) = self.plan(root, node).await? else {
             info!(%root, "file DAG too fragmented to fetch in ranges: fetching it as one stream");

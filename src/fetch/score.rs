@@ -135,6 +135,13 @@ impl Score {
         }
     }
 
+    /// The gateway answered a real request: it is alive without a probe.
+    pub fn mark_alive(&self) {
+        if let Ok(mut l) = self.live.lock() {
+            *l = Liveness::Alive;
+        }
+    }
+
     pub fn set_live(&self, label: &str, alive: bool, took: Duration, why: Option<&FetchError>) {
         if let Ok(mut l) = self.live.lock() {
             *l = if alive {
