@@ -147,8 +147,19 @@ impl Gateways {
 
     /// Fetches one block with `?format=raw` and verifies it against `cid`.
     pub async fn block(&self, cid: &Cid) -> Result<Bytes, FetchError> {
+        self.block_spread(cid, None).await
+    }
+
+    /// [`Gateways::block`], starting with gateway `first` (modulo their number) instead of
+    /// the last one that answered: many blocks fetched at once with different `first`s spread
+    /// over every gateway, past each one's per-client limit.
+    pub async fn block_spread(&self, cid: &Cid, first: Option<usize>) -> Result<Bytes, FetchError> {
         crate::reference::check_cid(cid)?;
         let mut tries = Tries::new(self, cid);
+        if let Some(f) = first {
+            let n = self.gateways.len();
+            tries.order = (0..n).map(|i| (f + i) % n).collect();
+        }
         while let Some(gw) = tries.next()? {
             match tries.bounded(self.block_any(gw, cid)).await? {
                 Ok(b) => return Ok(tries.succeeded(b)),

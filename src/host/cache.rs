@@ -280,6 +280,7 @@ pub struct Cache {
     store: Store,
     upstream: Arc<Gateways>,
     upstream_permits: Semaphore,
+    next_upstream: std::sync::atomic::AtomicUsize,
 }
 
 impl Cache {
@@ -299,6 +300,7 @@ impl Cache {
             store,
             upstream,
             upstream_permits: Semaphore::new(UPSTREAM_CONCURRENCY),
+            next_upstream: Default::default(),
         }))
     }
 
@@ -315,7 +317,12 @@ impl Cache {
         if let Some(b) = self.store.get(cid).await {
             return Ok(b);
         }
-        let b = self.upstream.block(cid).await?;
+        // Misses are spread over the upstream gateways, so that a cold cache fetches at the
+        // speed of all of them.
+        let first = self
+            .next_upstream
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let b = self.upstream.block_spread(cid, Some(first)).await?;
         self.store.put(cid, &b).await;
         Ok(b)
     }
