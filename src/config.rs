@@ -56,6 +56,73 @@ pub struct RuntimeConfig {
     pub ingress: Vec<Ingress>,
     #[serde(default)]
     pub tls: Tls,
+    #[serde(default)]
+    pub fetch: Fetch,
+}
+
+/// Most memory one blob's parallel ranges may hold, as `[fetch]` sets them (two blobs are
+/// fetched at once).
+pub const MAX_FETCH_HELD_BYTES: u64 = 128 << 20;
+
+/// How large blobs are fetched in parallel ranges (docs/gateways.md); every key optional,
+/// the defaults in docs/limits.md.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fetch {
+    /// Connections open at once to one gateway, for one blob (1..=16).
+    pub connections_per_gateway: Option<usize>,
+    /// Connections open at once for one blob, across gateways (1..=64; 1 turns ranges off).
+    pub connections: Option<usize>,
+    /// Target bytes per range (256 KiB..=16 MiB).
+    pub range_bytes: Option<u64>,
+}
+
+impl Fetch {
+    /// The parallel policy these settings ask for; the window of held ranges grows with the
+    /// connections so that each connection always has a range to fetch.
+    pub fn policy(&self) -> crate::fetch::parallel::ParallelPolicy {
+        let mut p = crate::fetch::parallel::ParallelPolicy::default();
+        if let Some(n) = self.connections_per_gateway {
+            p.per_gateway = n;
+        }
+        if let Some(n) = self.connections {
+            p.total = n;
+        }
+        if let Some(b) = self.range_bytes {
+            p.range_bytes = b;
+            p.min_file = p.min_file.max(4 * b);
+        }
+        p.window = p.window.max(p.total + 4);
+        p
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |what: &str| ConfigError::Invalid(format!("fetch.{what}"));
+        if self
+            .connections_per_gateway
+            .is_some_and(|n| !(1..=16).contains(&n))
+        {
+            return Err(bad("connections_per_gateway must be 1..=16"));
+        }
+        if self.connections.is_some_and(|n| !(1..=64).contains(&n)) {
+            return Err(bad("connections must be 1..=64"));
+        }
+        if self
+            .range_bytes
+            .is_some_and(|b| !(256 * 1024..=16 << 20).contains(&b))
+        {
+            return Err(bad("range_bytes must be 262144..=16777216"));
+        }
+        let held = self.policy().max_held_bytes();
+        if held > MAX_FETCH_HELD_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "[fetch]: these connections and range_bytes may hold {} MiB per blob, over the limit of {} MiB",
+                held >> 20,
+                MAX_FETCH_HELD_BYTES >> 20
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Trust for gateway TLS beyond the built-in web PKI roots.
@@ -356,6 +423,7 @@ impl RuntimeConfig {
                 return Err(ConfigError::Invalid("workload.entrypoint is empty".into()));
             }
         }
+        self.fetch.validate()?;
         Ok(())
     }
 }
@@ -412,6 +480,11 @@ mod tests {
         );
         let l = Loaded::parse(text.into_bytes()).unwrap();
         assert_eq!(l.config.prestart[0].timeout_secs, 120);
+        assert_eq!(l.config.fetch.policy().range_bytes, 2 << 20);
+        let f =
+            Loaded::parse(b"[fetch]\nconnections = 24\nrange_bytes = 1048576".to_vec()).unwrap();
+        let p = f.config.fetch.policy();
+        assert_eq!((p.total, p.range_bytes, p.window), (24, 1 << 20, 28));
         assert!(l.digest().starts_with("sha256:"));
         for bad in [
             "typo = 1",
@@ -423,6 +496,10 @@ mod tests {
             "[helpers]\ndir = \"/eigen/../bin\"",
             "boot_deadline_secs = 0",
             "boot_deadline_secs = 100000",
+            "[fetch]\nconnections = 0",
+            "[fetch]\nconnections_per_gateway = 17",
+            "[fetch]\nrange_bytes = 1024",
+            "[fetch]\nconnections = 32\nrange_bytes = 16777216",
         ] {
             assert!(Loaded::parse(bad.as_bytes().to_vec()).is_err(), "{bad}");
         }

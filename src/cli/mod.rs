@@ -87,6 +87,9 @@ pub struct FetchArgs {
     /// Longest time, in seconds, spent on one object across all gateways.
     #[arg(long, default_value_t = 1800, value_name = "SECS")]
     pub object_deadline: u64,
+    /// Parallel ranges, from a runtime configuration's `[fetch]` (defaults otherwise).
+    #[arg(skip)]
+    pub parallel: Option<crate::fetch::parallel::ParallelPolicy>,
 }
 
 impl FetchArgs {
@@ -124,6 +127,7 @@ impl FetchArgs {
         crate::fetch::GatewayPolicy {
             attempts_per_gateway: self.tries.max(1),
             object_deadline: std::time::Duration::from_secs(self.object_deadline.max(1)),
+            parallel: self.parallel.clone().unwrap_or_default(),
             ..Default::default()
         }
     }

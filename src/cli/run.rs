@@ -164,6 +164,7 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
     fetch
         .gateways
         .extend(config.config.gateways.iter().cloned());
+    fetch.parallel = Some(config.config.fetch.policy());
     let select = fetch.selector(&config.config)?;
     let egress_dialer: Arc<dyn crate::transport::Connector> = match &a.parent_egress {
         Some(p) => Arc::new(ConnectProxy {

@@ -67,6 +67,17 @@ pub struct ParallelPolicy {
     pub max_hedges: usize,
 }
 
+impl ParallelPolicy {
+    /// The most bytes one blob's ranges can hold at once: the window, the refetched head and
+    /// the hedges, each a range (or a leaf of at most one block).
+    pub fn max_held_bytes(&self) -> u64 {
+        (self.window as u64 + 1 + self.max_hedges as u64).saturating_mul(
+            self.range_bytes
+                .max(crate::reference::MAX_BLOCK_SIZE as u64),
+        )
+    }
+}
+
 impl Default for ParallelPolicy {
     fn default() -> Self {
         ParallelPolicy {

@@ -230,7 +230,10 @@ async fn boot(
     let gateways = Gateways::new(
         HttpClient::new(egress.clone(), tls, Timeouts::default()),
         &urls,
-        GatewayPolicy::default(),
+        GatewayPolicy {
+            parallel: config.config.fetch.policy(),
+            ..GatewayPolicy::default()
+        },
     )
     .map_err(|e| InitError::Config(e.to_string()))?;
 
