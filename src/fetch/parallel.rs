@@ -41,6 +41,8 @@ use crate::reference::{CODEC_DAG_PB, MAX_BLOCK_SIZE};
 pub const MAX_PLAN_PIECES: usize = 1 << 18;
 /// Interior blocks fetched at once while planning.
 const PLAN_CONCURRENCY: usize = 8;
+/// Bytes per second over one connection above which a gateway gets at most two connections.
+const FAST_CONNECTION: f64 = 32e6;
 /// Most failures remembered for the error message.
 const MAX_FAILURES_KEPT: usize = 16;
 /// How often the scheduler looks for stalled ranges and gateways out of their backoff.
@@ -193,6 +195,8 @@ impl Gateways {
         }
         match (gw.score.figures().rate, best_rate) {
             (Some(r), Some(best)) if r < best / 4.0 => 1,
+            // One connection already this fast: more would only hold more ranges in memory.
+            (Some(r), _) if r >= FAST_CONNECTION => p.per_gateway.clamp(1, 2),
             _ => p.per_gateway.max(1),
         }
     }
@@ -567,7 +571,7 @@ impl Gateways {
             while let Some(&r) = pending.first() {
                 let held = flying.len() + done.len() + usize::from(writing.is_some());
                 let normal = attempts.values().filter(|a| !a.hedge).count();
-                let consumer_bound = writing.is_some() && waiting_for_sink >= 2;
+                let consumer_bound = writing.is_some() && waiting_for_sink >= 1;
                 // The range the sink waits for always goes (one range over the window at most):
                 // everything held is waiting for it.
                 let head = r == next;
