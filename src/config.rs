@@ -60,8 +60,10 @@ pub struct RuntimeConfig {
     pub fetch: Fetch,
 }
 
-/// How gateways are asked: timeouts, the throughput floor, tries and the deadline of one
-/// object. Every key is optional; `cidboot run`'s flags of the same names override it.
+/// How gateways are asked: timeouts, the throughput floor, tries, the deadline of one object,
+/// and how large blobs are fetched in parallel ranges (docs/gateways.md). Every key is
+/// optional (the defaults are in docs/limits.md); `cidboot run`'s flags of the same names
+/// override the first group.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fetch {
@@ -79,14 +81,41 @@ pub struct Fetch {
     pub tries: Option<u32>,
     /// Seconds one object (a block, a file) may take across every gateway (default 1800).
     pub object_deadline_secs: Option<u64>,
+    /// Connections open at once to one gateway, for one blob (1..=16).
+    pub connections_per_gateway: Option<usize>,
+    /// Connections open at once for one blob, across gateways (1..=64; 1 turns ranges off).
+    pub connections: Option<usize>,
+    /// Target bytes per range (256 KiB..=16 MiB).
+    pub range_bytes: Option<u64>,
 }
 
 /// The longest timeout, window or object deadline `[fetch]` accepts, in seconds.
 pub const MAX_FETCH_SECS: u64 = 86_400;
 /// The most tries on one gateway `[fetch]` accepts.
 pub const MAX_FETCH_TRIES: u32 = 10;
+/// Most memory one blob's parallel ranges may hold, as `[fetch]` sets them (two blobs are
+/// fetched at once).
+pub const MAX_FETCH_HELD_BYTES: u64 = 128 << 20;
 
 impl Fetch {
+    /// The parallel policy these settings ask for; the window of held ranges grows with the
+    /// connections so that each connection always has a range to fetch.
+    pub fn parallel_policy(&self) -> crate::fetch::parallel::ParallelPolicy {
+        let mut p = crate::fetch::parallel::ParallelPolicy::default();
+        if let Some(n) = self.connections_per_gateway {
+            p.per_gateway = n;
+        }
+        if let Some(n) = self.connections {
+            p.total = n;
+        }
+        if let Some(b) = self.range_bytes {
+            p.range_bytes = b;
+            p.min_file = p.min_file.max(4 * b);
+        }
+        p.window = p.window.max(p.total + 4);
+        p
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         for (key, v) in [
             ("connect_timeout_secs", self.connect_timeout_secs),
@@ -104,6 +133,30 @@ impl Fetch {
         if matches!(self.tries, Some(t) if t == 0 || t > MAX_FETCH_TRIES) {
             return Err(ConfigError::Invalid(format!(
                 "[fetch] tries must be 1..={MAX_FETCH_TRIES}"
+            )));
+        }
+        let bad = |what: &str| ConfigError::Invalid(format!("[fetch] {what}"));
+        if self
+            .connections_per_gateway
+            .is_some_and(|n| !(1..=16).contains(&n))
+        {
+            return Err(bad("connections_per_gateway must be 1..=16"));
+        }
+        if self.connections.is_some_and(|n| !(1..=64).contains(&n)) {
+            return Err(bad("connections must be 1..=64"));
+        }
+        if self
+            .range_bytes
+            .is_some_and(|b| !(256 * 1024..=16 << 20).contains(&b))
+        {
+            return Err(bad("range_bytes must be 262144..=16777216"));
+        }
+        let held = self.parallel_policy().max_held_bytes();
+        if held > MAX_FETCH_HELD_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "[fetch]: these connections and range_bytes may hold {} MiB per blob, over the limit of {} MiB",
+                held >> 20,
+                MAX_FETCH_HELD_BYTES >> 20
             )));
         }
         Ok(())
@@ -465,6 +518,11 @@ mod tests {
         );
         let l = Loaded::parse(text.into_bytes()).unwrap();
         assert_eq!(l.config.prestart[0].timeout_secs, 120);
+        assert_eq!(l.config.fetch.parallel_policy().range_bytes, 2 << 20);
+        let f =
+            Loaded::parse(b"[fetch]\nconnections = 24\nrange_bytes = 1048576".to_vec()).unwrap();
+        let p = f.config.fetch.parallel_policy();
+        assert_eq!((p.total, p.range_bytes, p.window), (24, 1 << 20, 28));
         assert!(l.digest().starts_with("sha256:"));
         for bad in [
             "typo = 1",
@@ -481,6 +539,10 @@ mod tests {
             "[fetch]\nretries = 3",
             "boot_deadline_secs = 0",
             "boot_deadline_secs = 100000",
+            "[fetch]\nconnections = 0",
+            "[fetch]\nconnections_per_gateway = 17",
+            "[fetch]\nrange_bytes = 1024",
+            "[fetch]\nconnections = 32\nrange_bytes = 16777216",
         ] {
             assert!(Loaded::parse(bad.as_bytes().to_vec()).is_err(), "{bad}");
         }

@@ -110,6 +110,7 @@ pub fn fetch_policy(cfg: &Fetch, o: &FetchOverrides) -> (Timeouts, GatewayPolicy
                 cfg.object_deadline_secs,
                 p.object_deadline,
             ),
+            parallel: cfg.parallel_policy(),
             ..p
         },
     )

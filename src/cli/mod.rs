@@ -156,6 +156,8 @@ host.toml sections (each optional, at least one needed; addresses are vsock:CID:
   [enclave]      eif, memory_mib, cpu_count, cid, restart = never|on-failure|always, launcher =
                  nitro-cli|qemu: launches the enclave, watches it and relaunches it by the
                  policy (docs/launching.md)
+  [cache]        listen, dir, gateways = [URL, ...], max_bytes, ca, prefetch = [\"ipfs://CID\"]:
+                 a verified block cache served to the enclave as a trustless gateway
 
 See docs/operating.md for a complete example, limits and systemd setup.";
 

@@ -33,6 +33,8 @@ pub struct GatewayPolicy {
     pub max_retry_after: Duration,
     /// Longest time spent on one object across all gateways and tries.
     pub object_deadline: Duration,
+    /// How large files are fetched in ranges from several gateways at once.
+    pub parallel: super::parallel::ParallelPolicy,
 }
 
 impl Default for GatewayPolicy {
@@ -43,6 +45,7 @@ impl Default for GatewayPolicy {
             backoff_max: Duration::from_secs(8),
             max_retry_after: Duration::from_secs(30),
             object_deadline: Duration::from_secs(30 * 60),
+            parallel: super::parallel::ParallelPolicy::default(),
         }
     }
 }
@@ -53,14 +56,18 @@ pub(super) struct Gateway {
     pub(super) label: String,
     /// The formats it refused (see `fetch::formats`).
     pub(super) refused: AtomicU8,
+    /// Its figures for this run, liveness and quarantine.
+    pub(super) score: super::score::Score,
 }
 
 /// A set of gateways tried in order, the last healthy one first.
 pub struct Gateways {
     client: HttpClient,
-    gateways: Vec<Gateway>,
-    policy: GatewayPolicy,
+    pub(super) gateways: Vec<Gateway>,
+    pub(super) policy: GatewayPolicy,
     preferred: AtomicUsize,
+    /// The most bytes of ranges one blob's parallel fetch held at once in this run.
+    pub(super) peak_held: std::sync::atomic::AtomicU64,
 }
 
 /// What the caller knows about a file's size before fetching it.
@@ -101,6 +108,7 @@ impl Gateways {
                 prefix,
                 label,
                 refused: AtomicU8::new(0),
+                score: Default::default(),
             });
         }
         if gateways.is_empty() {
@@ -113,11 +121,18 @@ impl Gateways {
             gateways,
             policy,
             preferred: AtomicUsize::new(0),
+            peak_held: Default::default(),
         }))
     }
 
     pub(super) fn client(&self) -> &HttpClient {
         &self.client
+    }
+
+    /// The most bytes of ranges (in flight, verified and waiting, being written) that one
+    /// blob's parallel fetch held at once in this run: the memory bound, observed.
+    pub fn peak_range_bytes(&self) -> u64 {
+        self.peak_held.load(Ordering::Relaxed)
     }
 
     pub fn labels(&self) -> Vec<String> {
@@ -132,8 +147,19 @@ impl Gateways {
 
     /// Fetches one block with `?format=raw` and verifies it against `cid`.
     pub async fn block(&self, cid: &Cid) -> Result<Bytes, FetchError> {
+        self.block_spread(cid, None).await
+    }
+
+    /// [`Gateways::block`], starting with gateway `first` (modulo their number) instead of
+    /// the last one that answered: many blocks fetched at once with different `first`s spread
+    /// over every gateway, past each one's per-client limit.
+    pub async fn block_spread(&self, cid: &Cid, first: Option<usize>) -> Result<Bytes, FetchError> {
         crate::reference::check_cid(cid)?;
         let mut tries = Tries::new(self, cid);
+        if let Some(f) = first {
+            let n = self.gateways.len();
+            tries.order = (0..n).map(|i| (f + i) % n).collect();
+        }
         while let Some(gw) = tries.next()? {
             match tries.bounded(self.block_any(gw, cid)).await? {
                 Ok(b) => return Ok(tries.succeeded(b)),
@@ -192,6 +218,26 @@ impl Gateways {
             return Ok(data.len() as u64);
         }
         let mut delivered = 0u64;
+        if let SizeRule::Exact(total) = rule {
+            let p = &self.policy.parallel;
+            if total >= p.min_file && p.total > 1 && p.window > 1 {
+                let started = Instant::now();
+                match tokio::time::timeout(
+                    self.policy.object_deadline,
+                    self.file_parallel(cid, total, sink, &mut delivered),
+                )
+                .await
+                {
+                    Err(_) => return Err(self.deadline(cid)),
+                    Ok(Ok(true)) => {
+                        info!(%cid, bytes = total, ms = started.elapsed().as_millis() as u64, "fetched in parallel ranges");
+                        return Ok(total);
+                    }
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => return Err(e),
+                }
+            }
+        }
         let mut size = None;
         let mut tries = Tries::new(self, cid);
         while let Some(gw) = tries.next()? {
@@ -410,14 +456,29 @@ impl<'a> Tries<'a> {
     }
 
     /// The gateway to try next, or `None` when every one has failed.
-    fn next(&self) -> Result<Option<&'a Gateway>, FetchError> {
+    fn next(&mut self) -> Result<Option<&'a Gateway>, FetchError> {
         self.gw.check_deadline(self.cid, self.started)?;
-        Ok(self.order.get(self.pos).map(|gi| &self.gw.gateways[*gi]))
+        // A gateway quarantined earlier in the run is passed over (and named in the error).
+        while let Some(gi) = self.order.get(self.pos) {
+            let gw = &self.gw.gateways[*gi];
+            if !gw.score.is_quarantined() {
+                return Ok(Some(gw));
+            }
+            if self.attempt == 0 {
+                self.failures
+                    .push((gw.label.clone(), FetchError::Quarantined));
+            }
+            self.pos += 1;
+            self.attempt = 0;
+        }
+        Ok(None)
     }
 
     fn succeeded<T>(&self, v: T) -> T {
         if let Some(gi) = self.order.get(self.pos) {
             self.gw.preferred.store(*gi, Ordering::Relaxed);
+            // It just answered: no probe needed before ranges go to it.
+            self.gw.gateways[*gi].score.mark_alive();
         }
         v
     }
@@ -431,6 +492,9 @@ impl<'a> Tries<'a> {
             return Err(e);
         };
         let gw = &self.gw.gateways[*gi];
+        if super::score::is_hostile(&e) {
+            gw.score.quarantine(&gw.label, &e);
+        }
         // A pause never outlasts the deadline; `next` then reports it.
         let pause = tokio::time::timeout(
             self.remaining(),
@@ -548,13 +612,21 @@ pub(super) fn check_content_type(
 }
 
 /// The block stream of one CAR response, checked against the traversal's expectations.
-struct Walk<R> {
+pub(super) struct Walk<R> {
     car: CarReader<R>,
     lookahead: Option<(Cid, Bytes)>,
     seen: HashSet<Cid>,
 }
 
 impl<R: AsyncRead + Unpin> Walk<R> {
+    pub(super) fn new(car: CarReader<R>) -> Self {
+        Walk {
+            car,
+            lookahead: None,
+            seen: HashSet::new(),
+        }
+    }
+
     async fn next(&mut self) -> Result<Option<(Cid, Bytes)>, FetchError> {
         if let Some(b) = self.lookahead.take() {
             return Ok(Some(b));
@@ -564,7 +636,11 @@ impl<R: AsyncRead + Unpin> Walk<R> {
 
     /// Takes the next block, which must be `want`. `Ok(None)` means the stream legitimately
     /// skipped a block it had already sent.
-    async fn expect(&mut self, want: &Cid, pending: &[Cid]) -> Result<Option<Bytes>, FetchError> {
+    pub(super) async fn expect(
+        &mut self,
+        want: &Cid,
+        pending: &[Cid],
+    ) -> Result<Option<Bytes>, FetchError> {
         let next = self.next().await?;
         let (got, data) = match next {
             Some(b) => b,

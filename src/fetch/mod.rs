@@ -9,8 +9,10 @@ pub mod dagpb;
 pub mod formats;
 pub mod gateway;
 pub mod hamt;
+pub mod parallel;
 pub(crate) mod pb;
 pub mod redirect;
+pub mod score;
 pub mod unixfs;
 
 use std::future::Future;
@@ -103,6 +105,12 @@ pub enum FetchError {
     Sink(io::Error),
     #[error("gave up on {cid} after {secs}s (deadline)")]
     Deadline { cid: String, secs: u64 },
+    #[error("the gateway {0} ignores entity-bytes: it cannot serve one range of a file")]
+    RangesIgnored(String),
+    #[error(
+        "not used: it served a block that failed verification earlier in this run (quarantined)"
+    )]
+    Quarantined,
     #[error("no gateway could serve {cid}:{}", summarize(failures))]
     AllGatewaysFailed {
         cid: String,

@@ -9,6 +9,8 @@
 pub mod metrics;
 
 use std::collections::BTreeMap;
+pub mod cache;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -83,6 +85,8 @@ pub struct HostConfig {
     /// Launch and supervise the enclave (see docs/launching.md).
     #[serde(default, deserialize_with = "enclave::checked")]
     pub enclave: Option<enclave::EnclaveConfig>,
+    /// A verified block cache served to the enclave as a trustless gateway (see cache.rs).
+    pub cache: Option<cache::CacheConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -305,10 +309,14 @@ pub fn parse(text: &str, origin: &str) -> Result<HostConfig, HostError> {
         && cfg.ingress.is_empty()
         && cfg.heartbeat.is_none()
         && cfg.enclave.is_none()
+        && cfg.cache.is_none()
     {
         return Err(bad(
-            "no service configured ([egress], [boot], [logs], [[ingress]], [heartbeat] or [enclave])".into(),
+            "no service configured ([egress], [boot], [logs], [[ingress]], [heartbeat], [cache] or [enclave])".into(),
         ));
+    }
+    if let Some(c) = &cfg.cache {
+        c.check().map_err(|e| bad(e.to_string()))?;
     }
     if let Some(e) = &cfg.egress {
         Allowlist::new(&e.allow).map_err(|e| bad(format!("egress.allow: {e}")))?;
@@ -472,6 +480,10 @@ pub async fn run(checked: Checked, json: bool) -> Result<(), HostError> {
         Some(h) => Some(bind("heartbeat", &h.listen).await?),
         None => None,
     };
+    let cachel = match &cfg.cache {
+        Some(c) => Some(bind("gateway cache", &c.listen).await?),
+        None => None,
+    };
     let metl = match &cfg.metrics {
         Some(m) => Some(metrics::bind(&m.listen).await?),
         None => None,
@@ -532,6 +544,14 @@ pub async fn run(checked: Checked, json: bool) -> Result<(), HostError> {
         set.spawn(async move {
             metrics::serve(l, s).await;
             Ok(())
+        });
+    }
+    if let (Some(c), Some(l)) = (cfg.cache.clone(), cachel) {
+        set.spawn(async move {
+            cache::run(c, l).await.map_err(|e| HostError::Stopped {
+                service: "gateway cache",
+                reason: e.to_string(),
+            })
         });
     }
     info!("cidboot host ready");
