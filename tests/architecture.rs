@@ -1,6 +1,13 @@
 //! The crate boundaries hold: the verifier crate, which a verifier service embeds, pulls in no
 //! async runtime, no HTTP stack and no system-call crate.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 use std::process::Command;
 

@@ -1,6 +1,13 @@
 //! OCI 1.1 artifacts: described by `inspect`, fetched by `pull` (as a layout, or as files the
 //! way `oras pull` writes them), refused by `run` and `unpack`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 mod common;
 

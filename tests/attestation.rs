@@ -1,6 +1,13 @@
 //! Attestation documents: real AWS documents, the documents that must be rejected, mutations,
 //! and the software NSM's documents.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

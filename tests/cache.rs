@@ -1,6 +1,13 @@
 //! The parent's verified gateway cache (`[cache]` of `cidboot host`): a real host process in
 //! front of a real HTTPS gateway process, and real pulls through it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 mod common;
 

@@ -1,7 +1,14 @@
 //! Deadlines that hold while a transfer runs: a gateway that trickles one byte a second, always
 //! inside the idle timeout, is cut by the throughput floor and failed over to a good one, and
 //! the object deadline ends a transfer that nothing else would.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 mod common;
 

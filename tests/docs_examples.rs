@@ -2,7 +2,14 @@
 //! parser the program uses. Each ```toml block is preceded by a marker saying which file it
 //! is an example of: `<!-- cidboot.toml -->` (a runtime configuration) or `<!-- host.toml -->`
 //! (the `cidboot host` configuration). A block without a marker fails the test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 use std::path::{Path, PathBuf};
 

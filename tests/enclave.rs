@@ -1,7 +1,14 @@
 //! `cidboot host` with `[enclave]`: the launcher, the watch and the restart policy, against a
 //! stand-in `nitro-cli` whose enclaves are real processes that report their status to the
 //! host's log sink over its Unix socket, exactly as an enclave's PID 1 does over vsock.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 mod common;
 

@@ -1,7 +1,14 @@
 //! `cidboot host` over tcp and unix addresses: the egress allowlist and its bounds, many
 //! concurrent tunnels, ingress, the log sink under 100k lines, the boot configuration, and
 //! bad input that must not stop the daemon.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 mod common;
 

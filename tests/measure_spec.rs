@@ -1,5 +1,12 @@
 //! docs/attestation.md specifies PCR16 byte for byte; its Python reimplementation must agree.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 use std::process::Command;
 

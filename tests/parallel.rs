@@ -1,6 +1,13 @@
 //! Parallel ranges across gateways: real `cidboot gateway` processes, each behind a small
 //! spying proxy that logs every request and can lie about one range or stall one.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 mod common;
 

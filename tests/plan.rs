@@ -1,6 +1,13 @@
 //! One plan for every boot: what the measured configuration says about fetching (`[tls]`,
 //! `[fetch]`) is what `cidboot run` and `cidboot expect` do, as PID 1 does.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 mod common;
 

@@ -1,7 +1,14 @@
 //! Progress and summaries: bars on a terminal (a real pseudo-terminal, from `script`), none
 //! when stderr is not one or with `--quiet`, and one summary line whose numbers are the JSON
 //! report's.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 mod common;
 

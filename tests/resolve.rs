@@ -1,6 +1,13 @@
 //! Round trips through a real HTTPS `cidboot gateway` process serving CARs made by ipfs-car,
 //! for the three ways an image can be published.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 mod common;
 

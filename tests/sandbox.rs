@@ -1,6 +1,13 @@
 //! The sandbox around helpers and the workload: each test is an escape a hostile image or a
 //! root workload tried, checked from outside the root.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 mod common;
 

@@ -1,7 +1,14 @@
 //! PID 1's supervision with real processes: this test process becomes a child subreaper, as PID
 //! 1 is, so orphans are re-parented to it. One test only: `waitpid(-1)` reaps any child of the
 //! process, so nothing else may run beside it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 use std::process::Command;
 

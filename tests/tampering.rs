@@ -1,7 +1,14 @@
 //! A tampering gateway for each attack: a man in the middle between cidboot and a real
 //! gateway process, rewriting responses. Every attack must fail with its own clear error and
 //! leave no complete-looking output.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 mod common;
 

@@ -1,6 +1,13 @@
 //! `cidboot unpack`: layers streamed from a real HTTPS gateway into a root, applied in order
 //! while later layers are still inflating, and all or nothing.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 mod common;
 

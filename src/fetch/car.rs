@@ -35,7 +35,8 @@ impl<R: AsyncRead + Unpin> CarReader<R> {
         if len == 0 || len > MAX_HEADER_SIZE {
             return Err(car_err(format!("header length {len} out of bounds")));
         }
-        let mut buf = vec![0u8; len as usize];
+        // Bounded by MAX_HEADER_SIZE above.
+        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
         read_exact(&mut r, &mut buf, "CAR header").await?;
         let roots = parse_header(&buf)?;
         Ok(CarReader { r, roots })
@@ -60,13 +61,14 @@ impl<R: AsyncRead + Unpin> CarReader<R> {
                 max: MAX_BLOCK_SIZE as u64,
             });
         }
-        let mut buf = BytesMut::zeroed(len as usize);
+        // Bounded by MAX_BLOCK_SIZE above.
+        let mut buf = BytesMut::zeroed(usize::try_from(len).unwrap_or(0));
         read_exact(&mut self.r, &mut buf, "CAR section").await?;
         let buf = buf.freeze();
         let mut cursor = io::Cursor::new(&buf[..]);
         let cid = Cid::read_bytes(&mut cursor)
             .map_err(|e| car_err(format!("bad CID in section: {e}")))?;
-        let at = cursor.position() as usize;
+        let at = usize::try_from(cursor.position()).unwrap_or(buf.len());
         Ok(Some((cid, buf.slice(at..))))
     }
 }

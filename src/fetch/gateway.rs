@@ -230,7 +230,7 @@ impl Gateways {
                 {
                     Err(_) => return Err(self.deadline(cid)),
                     Ok(Ok(true)) => {
-                        info!(%cid, bytes = total, ms = started.elapsed().as_millis() as u64, "fetched in parallel ranges");
+                        info!(%cid, bytes = total, ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "fetched in parallel ranges");
                         return Ok(total);
                     }
                     Ok(Ok(false)) => {}
@@ -402,7 +402,7 @@ impl Gateways {
             }
             _ => backoff + jitter,
         };
-        warn!(gateway = %gw.label, %cid, error = %e, wait_ms = wait.as_millis() as u64, "retrying");
+        warn!(gateway = %gw.label, %cid, error = %e, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "retrying");
         tokio::time::sleep(wait).await;
         true
     }
@@ -550,9 +550,12 @@ pub(super) async fn deliver<S: BlobSink>(
             cid: "(file)".into(),
             reason: format!("gap in file content at byte {}", *delivered),
         })?;
-    sink.write(&data[skip as usize..])
-        .await
-        .map_err(FetchError::Sink)?;
+    sink.write(
+        data.get(usize::try_from(skip).unwrap_or(usize::MAX)..)
+            .unwrap_or_default(),
+    )
+    .await
+    .map_err(FetchError::Sink)?;
     *delivered = end;
     Ok(())
 }

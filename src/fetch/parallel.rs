@@ -345,7 +345,7 @@ impl Gateways {
         Box::pin(async move {
             if gw.refused(NO_CAR) {
                 let t0 = Instant::now();
-                let mut buf = BytesMut::with_capacity((to - from) as usize);
+                let mut buf = BytesMut::with_capacity(usize::try_from(to - from).unwrap_or(0));
                 let mut at = from;
                 let node = FileNode::parse(root, self.block_any(gw, root).await?)?;
                 let ttfb = t0.elapsed();
@@ -380,7 +380,7 @@ impl Gateways {
         check_content_type(&resp, "application/vnd.ipld.car", "CAR")?;
         let car = CarReader::new(resp.into_reader()).await?;
         let mut walk = Walk::new(car);
-        let mut buf = BytesMut::with_capacity((to - from) as usize);
+        let mut buf = BytesMut::with_capacity(usize::try_from(to - from).unwrap_or(0));
         let mut at = from;
         let mut stack: Vec<(Cid, u64, u64, usize)> = vec![(*root, 0, size, 0)];
         while let Some((c, start, expect, depth)) = stack.pop() {
@@ -526,7 +526,11 @@ impl Gateways {
         let mut flying: HashMap<usize, Vec<u64>> = HashMap::new();
         let mut attempts: HashMap<u64, Attempt> = HashMap::new();
         let mut tries = vec![0u32; ranges.len()];
-        let max_tries = (n as u32 * self.policy.attempts_per_gateway.max(1)).max(2) * 2;
+        let max_tries = u32::try_from(n)
+            .unwrap_or(u32::MAX)
+            .saturating_mul(self.policy.attempts_per_gateway.max(1))
+            .max(2)
+            .saturating_mul(2);
         let mut failures: Vec<(String, FetchError)> = Vec::new();
         let mut running: Running<'_> = FuturesUnordered::new();
         let mut next_id = 0u64;
@@ -745,7 +749,7 @@ impl Gateways {
                                         .min(self.policy.backoff_max);
                                     let wait = retry_after.unwrap_or_default().max(backoff);
                                     l.not_before = Some(Instant::now() + wait);
-                                    warn!(gateway = %gw.label, %root, error = %e, wait_ms = wait.as_millis() as u64, "range failed; its range goes back to the queue");
+                                    warn!(gateway = %gw.label, %root, error = %e, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "range failed; its range goes back to the queue");
                                 }
                             }
                             if failures.len() >= MAX_FAILURES_KEPT {
@@ -883,7 +887,13 @@ fn keep(
         cid: root.to_string(),
         reason: format!("gap in file content at byte {}", *at),
     })?;
-    buf.extend_from_slice(&data[skip as usize..(end - start) as usize]);
+    buf.extend_from_slice(
+        data.get(
+            usize::try_from(skip).unwrap_or(usize::MAX)
+                ..usize::try_from(end - start).unwrap_or(usize::MAX),
+        )
+        .unwrap_or_default(),
+    );
     *at = end;
     Ok(())
 }

@@ -154,7 +154,7 @@ impl Score {
             if let Ok(mut f) = self.figures.lock() {
                 f.ttfb.get_or_insert(took);
             }
-            info!(gateway = %label, ms = took.as_millis() as u64, "gateway probe answered");
+            info!(gateway = %label, ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX), "gateway probe answered");
         } else {
             warn!(gateway = %label, error = %why.map(|e| e.to_string()).unwrap_or_default(), "gateway probe failed: not used for parallel ranges for now");
         }

@@ -380,7 +380,7 @@ pub async fn run(cfg: CacheConfig, listener: Listener) -> Result<(), CacheError>
         let t0 = std::time::Instant::now();
         match cache.prefetch(&c).await {
             Ok((blocks, bytes)) => {
-                info!(%c, blocks, bytes, ms = t0.elapsed().as_millis() as u64, "gateway cache prefetched")
+                info!(%c, blocks, bytes, ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX), "gateway cache prefetched")
             }
             // A failed prefetch leaves the cache working: the enclave's requests fill it.
             Err(source) => {

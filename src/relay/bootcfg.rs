@@ -86,7 +86,11 @@ pub async fn serve(listener: Listener, configs: Arc<RwLock<Arc<BootConfigs>>>) {
         };
         tokio::spawn(async move {
             let _permit = permit;
-            let mut frame = (config.bytes.len() as u32).to_be_bytes().to_vec();
+            // A boot configuration is at most MAX_CONFIG bytes, far below 4 GiB.
+            let mut frame = u32::try_from(config.bytes.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes()
+                .to_vec();
             frame.extend_from_slice(&config.bytes);
             let r = tokio::time::timeout(SERVE_TIMEOUT, async {
                 io.write_all(&frame).await?;

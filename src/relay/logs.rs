@@ -121,7 +121,12 @@ pub struct Frame {
 fn encode(kind: Kind, seq: u64, payload: &[u8], out: &mut Vec<u8>) {
     out.push(kind as u8);
     out.extend_from_slice(&seq.to_be_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    // Callers split payloads at MAX_RECORD, far below 4 GiB.
+    out.extend_from_slice(
+        &u32::try_from(payload.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     out.extend_from_slice(payload);
 }
 
@@ -226,7 +231,8 @@ fn new_boot_id() -> String {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        b[..8].copy_from_slice(&(t as u64).to_be_bytes());
+        // The low 64 bits of the time: only uniqueness matters.
+        b[..8].copy_from_slice(&u64::try_from(t % (1u128 << 64)).unwrap_or(0).to_be_bytes());
         b[8..].copy_from_slice(&fastrand::u64(..).to_be_bytes());
     }
     hex::encode(b)
@@ -384,7 +390,9 @@ impl SenderState {
                 }
             }
             // Jitter keeps several enclaves from reconnecting in step.
-            let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
+            let jitter = Duration::from_millis(fastrand::u64(
+                0..=u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX) / 2,
+            ));
             self.pause(backoff + jitter).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
             match tokio::time::timeout(CONNECT_TIMEOUT, self.addr.connect()).await {

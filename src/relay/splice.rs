@@ -28,8 +28,10 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             Ok(r) => r?,
             Err(_) => {
                 // Idle only if the other direction was idle too.
-                let quiet = start.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
-                if quiet >= idle.as_millis() as u64 {
+                let quiet = u64::try_from(start.elapsed().as_millis())
+                    .unwrap_or(u64::MAX)
+                    .saturating_sub(last.load(Ordering::Relaxed));
+                if quiet >= u64::try_from(idle.as_millis()).unwrap_or(u64::MAX) {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!("idle for {}s", idle.as_secs()),
@@ -44,7 +46,10 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         }
         w.write_all(&buf[..n]).await?;
         total += n as u64;
-        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        last.store(
+            u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 }
 
