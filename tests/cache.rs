@@ -32,12 +32,13 @@ impl Host {
             .args(["host", "--config"])
             .arg(&path)
             .env("CIDBOOT_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // The daemon logs to stderr.
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().unwrap();
+        let out = child.stderr.take().unwrap();
         let l2 = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {

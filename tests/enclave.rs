@@ -297,10 +297,22 @@ fn always_relaunches_successful_boots_up_to_max_restarts() {
     let host = Host::start(
         d,
         &["0"],
-        "restart = \"always\"\nrestart_backoff_secs = 1\nmax_restarts = 2",
+        "restart = \"always\"\nrestart_backoff_secs = 1\nmax_restarts = 2\n\n[metrics]\nlisten = \"127.0.0.1:0\"",
     );
     host.wait_for("max_restarts reached", Duration::from_secs(60));
     assert_eq!(launches(d), 3);
+    // The relaunches are counted on /metrics.
+    let l = host.wait_for("metrics listening on ", Duration::from_secs(5));
+    let addr = l.split(" listening on ").nth(1).unwrap().trim();
+    let mut m = std::net::TcpStream::connect(addr.strip_prefix("tcp:").unwrap_or(addr)).unwrap();
+    std::io::Write::write_all(&mut m, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    let _ = std::io::Read::read_to_string(&mut m, &mut body);
+    assert!(
+        body.lines()
+            .any(|l| l == "cidboot_enclave_restarts_total 2"),
+        "{body}"
+    );
     assert_eq!(host.all("the enclave ended").len(), 3);
     assert!(host
         .all("the enclave ended")

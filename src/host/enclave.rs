@@ -438,6 +438,7 @@ async fn supervise<L: Launcher>(
         }
         step = step.saturating_add(1);
         restarts += 1;
+        super::metrics::inc(&super::metrics::COUNTERS.restarts);
     }
 }
 
