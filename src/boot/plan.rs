@@ -20,18 +20,6 @@ use crate::transport::Connector;
 /// The platform taken from an index when neither the configuration nor a flag names one.
 pub const DEFAULT_PLATFORM: &str = "linux/amd64";
 
-/// Fetch settings given on a command line; each wins over the configuration's `[fetch]`.
-#[derive(Debug, Clone, Default)]
-pub struct FetchOverrides {
-    pub connect_timeout_secs: Option<u64>,
-    pub first_byte_timeout_secs: Option<u64>,
-    pub idle_timeout_secs: Option<u64>,
-    pub min_rate: Option<u64>,
-    pub rate_window_secs: Option<u64>,
-    pub tries: Option<u32>,
-    pub object_deadline_secs: Option<u64>,
-}
-
 /// What `cidboot run`'s command line adds to the configuration. The enclave passes none.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -44,7 +32,9 @@ pub struct Overrides {
     pub platform: Option<String>,
     pub tag: Option<String>,
     pub digest: Option<String>,
-    pub fetch: FetchOverrides,
+    /// Fetch flags, each of which wins over the configuration's `[fetch]` key of that name
+    /// (the command line sets no parallel-range key).
+    pub fetch: Fetch,
     pub attestation_listen: Option<String>,
 }
 
@@ -80,7 +70,7 @@ pub fn selector(
 }
 
 /// The HTTP timeouts and the gateway policy: the flags, else `[fetch]`, else the defaults.
-pub fn fetch_policy(cfg: &Fetch, o: &FetchOverrides) -> (Timeouts, GatewayPolicy) {
+pub fn fetch_policy(cfg: &Fetch, o: &Fetch) -> (Timeouts, GatewayPolicy) {
     let t = Timeouts::default();
     let p = GatewayPolicy::default();
     let secs = |flag: Option<u64>, key: Option<u64>, default: Duration| {
@@ -122,7 +112,7 @@ pub fn gateways(
     extra: &[String],
     cfg: &RuntimeConfig,
     ca: Option<&std::path::Path>,
-    fetch: &FetchOverrides,
+    fetch: &Fetch,
     dialer: Arc<dyn Connector>,
 ) -> Result<Arc<Gateways>, BootError> {
     let mut urls: Vec<String> = r.gateway.iter().cloned().collect();
@@ -138,6 +128,14 @@ pub fn gateways(
     let (timeouts, policy) = fetch_policy(&cfg.fetch, fetch);
     Gateways::new(HttpClient::new(dialer, tls, timeouts), &urls, policy)
         .map_err(|e| BootError::Plan(e.to_string()))
+}
+
+/// Where the attestation API listens: the flag, else the configuration's, else the default.
+pub fn attestation_listen(cfg: &RuntimeConfig, o: &Overrides) -> String {
+    o.attestation_listen
+        .clone()
+        .or_else(|| cfg.attestation.listen.clone())
+        .unwrap_or_else(|| crate::api::DEFAULT_LISTEN.to_string())
 }
 
 /// Makes the plan of a boot that starts now (its deadline runs from here).
@@ -168,11 +166,7 @@ pub fn build(config: Loaded, o: &Overrides, m: Machine) -> Result<Plan, BootErro
         &o.fetch,
         m.egress_dialer.clone(),
     )?;
-    let attestation_listen = o
-        .attestation_listen
-        .clone()
-        .or_else(|| cfg.attestation.listen.clone())
-        .unwrap_or_else(|| crate::api::DEFAULT_LISTEN.to_string());
+    let attestation_listen = attestation_listen(cfg, o);
     let sandbox = Sandbox {
         stage: m.stage,
         policy: cfg.workload.policy(),
@@ -206,18 +200,18 @@ mod tests {
     #[test]
     fn fetch_settings_come_from_the_flags_then_the_configuration_then_the_defaults() {
         let c = cfg("[fetch]\nconnect_timeout_secs = 4\ntries = 7\nmin_rate = 0\n");
-        let (t, p) = fetch_policy(&c.fetch, &FetchOverrides::default());
+        let (t, p) = fetch_policy(&c.fetch, &Fetch::default());
         assert_eq!(t.connect, Duration::from_secs(4));
         assert_eq!(t.min_rate, 0);
         assert_eq!(p.attempts_per_gateway, 7);
         assert_eq!(t.idle, Timeouts::default().idle, "unset: the default");
         assert_eq!(p.object_deadline, GatewayPolicy::default().object_deadline);
 
-        let flags = FetchOverrides {
+        let flags = Fetch {
             connect_timeout_secs: Some(2),
             tries: Some(1),
             object_deadline_secs: Some(60),
-            ..FetchOverrides::default()
+            ..Fetch::default()
         };
         let (t, p) = fetch_policy(&c.fetch, &flags);
         assert_eq!(t.connect, Duration::from_secs(2));

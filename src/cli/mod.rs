@@ -110,8 +110,8 @@ impl FetchArgs {
     }
 
     /// The fetch flags given, each of which wins over the configuration's `[fetch]`.
-    pub fn overrides(&self) -> crate::boot::plan::FetchOverrides {
-        crate::boot::plan::FetchOverrides {
+    pub fn overrides(&self) -> crate::config::Fetch {
+        crate::config::Fetch {
             connect_timeout_secs: self.connect_timeout,
             first_byte_timeout_secs: self.first_byte_timeout,
             idle_timeout_secs: self.idle_timeout,
@@ -119,6 +119,7 @@ impl FetchArgs {
             rate_window_secs: self.rate_window,
             tries: self.tries,
             object_deadline_secs: self.object_deadline,
+            ..crate::config::Fetch::default()
         }
     }
 }

@@ -222,11 +222,7 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
         attestation_listen: a.attestation_listen.clone(),
     };
     // The listen addresses are checked before the NSM is opened and anything is fetched.
-    let listen = overrides
-        .attestation_listen
-        .clone()
-        .or_else(|| config.config.attestation.listen.clone())
-        .unwrap_or_else(|| crate::api::DEFAULT_LISTEN.to_string());
+    let listen = boot::plan::attestation_listen(&config.config, &overrides);
     crate::api::check_listen(&listen)
         .await
         .map_err(crate::boot::BootError::from)?;

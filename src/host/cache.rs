@@ -394,14 +394,7 @@ pub async fn run(cfg: CacheConfig, listener: Listener) -> Result<(), CacheError>
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return Ok(());
         };
-        let (io, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "cache: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (io, peer) = listener.accept_retrying("cache").await;
         let cache = cache.clone();
         tokio::spawn(async move {
             let _permit = permit;

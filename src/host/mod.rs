@@ -385,10 +385,7 @@ async fn bind(service: &'static str, addr: &Addr) -> Result<Listener, HostError>
 
 async fn heartbeat(listener: Listener) {
     loop {
-        let Ok((mut io, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
+        let (mut io, peer) = listener.accept_retrying("heartbeat").await;
         tokio::spawn(async move {
             let r = tokio::time::timeout(Duration::from_secs(10), async {
                 let b = io.read_u8().await?;

@@ -63,14 +63,7 @@ pub fn vsock_cid(peer: &str) -> Option<u32> {
 pub async fn serve(listener: Listener, configs: Arc<RwLock<Arc<BootConfigs>>>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (mut io, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "boot config accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (mut io, peer) = listener.accept_retrying("boot config").await;
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             warn!(client = %peer, "boot configuration: {MAX_CONNECTIONS} connections already; closing this one");
             continue;

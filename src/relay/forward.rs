@@ -34,14 +34,7 @@ pub async fn forward(listener: Listener, target: Addr, limits: ForwardLimits) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let target = Arc::new(target);
     loop {
-        let (io, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "ingress accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (io, peer) = listener.accept_retrying("ingress").await;
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             warn!(client = %peer, "ingress connection limit reached; closing");
             continue;

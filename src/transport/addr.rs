@@ -190,7 +190,25 @@ pub enum Listener {
     Tcp(tokio::net::TcpListener),
 }
 
+/// The pause after a failed accept, so that a listener whose accept keeps failing (out of
+/// descriptors) does not spin.
+pub const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl Listener {
+    /// The next connection. A failed accept is logged under `service` and retried after
+    /// [`ACCEPT_BACKOFF`]: a listener never spins and never stops.
+    pub async fn accept_retrying(&self, service: &str) -> (BoxIo, String) {
+        loop {
+            match self.accept().await {
+                Ok(c) => return c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "{service} accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            }
+        }
+    }
+
     /// Accepts one connection, with a printable peer.
     pub async fn accept(&self) -> io::Result<(BoxIo, String)> {
         Ok(match self {
