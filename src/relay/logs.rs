@@ -39,6 +39,9 @@ pub const SENDER_BUFFER: usize = 4096;
 pub const SENDER_BYTES: usize = 8 * 1024 * 1024;
 /// A sink that leaves sent records unacknowledged this long is taken as gone: reconnect.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// A write the sink does not take within this fails the connection, so a sink that accepts
+/// and stops reading cannot hold the sender (and with it PID 1's power-off) forever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reconnection backoff: from the first to the longest pause, doubling.
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -241,6 +244,18 @@ fn new_boot_id() -> String {
 // ---------------------------------------------------------------------------------------------
 // The enclave side.
 
+/// Bounds one write to the sink by [`WRITE_TIMEOUT`].
+async fn written<T>(f: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
+    tokio::time::timeout(WRITE_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the sink took nothing for {}s", WRITE_TIMEOUT.as_secs()),
+            ))
+        })
+}
+
 /// The enclave side: a bounded queue drained to the sink by one task, which reconnects and
 /// resends until every record is acknowledged.
 #[derive(Clone)]
@@ -309,17 +324,17 @@ impl SenderState {
     async fn session(&mut self, io: BoxIo) -> io::Result<()> {
         let (mut r, w) = tokio::io::split(io);
         let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, w);
-        write_frame(&mut w, Kind::Hello, 0, &self.hello).await?;
+        written(write_frame(&mut w, Kind::Hello, 0, &self.hello)).await?;
         for p in &self.unacked {
-            write_frame(&mut w, p.kind, p.seq, &p.payload).await?;
+            written(write_frame(&mut w, p.kind, p.seq, &p.payload)).await?;
         }
-        w.flush().await?;
+        written(w.flush()).await?;
         let mut acks = [0u8; HEADER * 64];
         let mut filled = 0;
         let mut progress = Instant::now();
         loop {
             if self.done() {
-                w.shutdown().await?;
+                written(w.shutdown()).await?;
                 return Ok(());
             }
             let room = !self.closed && self.room();
@@ -354,15 +369,15 @@ impl SenderState {
                         }
                         let i = self.push(k, p);
                         if let Some(p) = self.unacked.get(i) {
-                            write_frame(&mut w, p.kind, p.seq, &p.payload).await?;
+                            written(write_frame(&mut w, p.kind, p.seq, &p.payload)).await?;
                         }
                         if self.rx.is_empty() || !self.room() {
-                            w.flush().await?;
+                            written(w.flush()).await?;
                         }
                     }
                     None => {
                         self.closed = true;
-                        w.flush().await?;
+                        written(w.flush()).await?;
                     }
                 },
                 _ = tokio::time::sleep_until(progress + ACK_TIMEOUT), if waiting => {
@@ -450,6 +465,34 @@ impl LogSender {
         };
         let task = tokio::spawn(state.run(io));
         Ok((LogSender { tx }, task))
+    }
+
+    /// Sends the final record and waits until the sink has acknowledged it and everything
+    /// before it, all within `patience`: a sink that stops reading, or never acknowledges,
+    /// costs at most that long.
+    pub async fn finish(
+        self,
+        task: tokio::task::JoinHandle<io::Result<()>>,
+        kind: Kind,
+        payload: Vec<u8>,
+        patience: Duration,
+    ) -> io::Result<()> {
+        let all = async move {
+            self.send(kind, payload).await?;
+            drop(self);
+            task.await.map_err(io::Error::other)?
+        };
+        tokio::time::timeout(patience, all)
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the sink did not acknowledge everything within {}s",
+                        patience.as_secs()
+                    ),
+                ))
+            })
     }
 
     /// Queues a record (split into [`MAX_RECORD`] pieces), waiting while the buffer is full.
@@ -1004,6 +1047,53 @@ async fn read_timed<R: AsyncBufReadExt + Unpin>(r: &mut R) -> io::Result<Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sink that accepts and never reads: the final record still returns within the
+    /// patience, so PID 1 goes on to power off.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sink_that_never_reads_costs_the_final_record_only_its_patience() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sink.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let (sender, task) = LogSender::connect(&Addr::Unix(path), Duration::from_secs(5), None)
+            .await
+            .unwrap();
+        // More than the socket, the sender's buffer and its queue together can hold.
+        let filler = sender.clone();
+        tokio::spawn(async move {
+            for _ in 0..1024 {
+                if filler
+                    .send(Kind::Stdout, vec![b'x'; MAX_RECORD])
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        let done = tokio::time::timeout(
+            Duration::from_secs(20),
+            sender.finish(task, Kind::Status, b"{}".to_vec(), Duration::from_secs(2)),
+        )
+        .await
+        .expect("finish must not wait past its patience");
+        let e = done.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        held.abort();
+    }
 
     #[test]
     fn escaping_leaves_one_line_with_no_control_character() {
