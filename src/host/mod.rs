@@ -292,6 +292,12 @@ pub fn check_enclave_config(p: &Path) -> Result<Served, String> {
         ));
     }
     ImageRef::parse(image).map_err(|e| format!("{}: image: {e}", p.display()))?;
+    if loaded.config.workload.allow_vsock {
+        warn!(
+            config = %p.display(),
+            "workload.allow_vsock: this enclave's workload can reach the log sink, where its records and status cannot be told from PID 1's"
+        );
+    }
     Ok(Served::new(p.to_path_buf(), loaded.bytes))
 }
 

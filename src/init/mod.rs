@@ -17,10 +17,9 @@ use tracing::{error, info, warn};
 use crate::boot;
 use crate::config::Loaded;
 use crate::host::{BOOT_PORT, EGRESS_PORT, HEARTBEAT, HEARTBEAT_PORT, LOGS_PORT};
-use crate::nsm::device::DeviceNsm;
 use crate::nsm::Nsm;
 use crate::relay::logs::{Kind, LogSender};
-use crate::transport::addr::{parent_cid, Addr};
+use crate::transport::addr::Addr;
 use crate::transport::connect::ConnectProxy;
 
 /// A configuration baked into the initramfs wins over the parent's boot service.
@@ -97,37 +96,39 @@ pub fn run() -> ! {
             system::power_off();
         }
     };
-    rt.block_on(async {
-        let mut sink: Option<(LogSender, tokio::task::JoinHandle<std::io::Result<()>>)> = None;
-        let result = boot(&mut sink).await;
-        let status = match &result {
-            Ok((code, reason)) => {
-                info!(exit_code = code, "{reason}");
-                json!({"exit_code": code, "reason": reason})
-            }
-            Err(e) => {
-                error!("fatal: {e}");
-                json!({"exit_code": null, "reason": format!("fatal: {e}")})
-            }
-        };
-        if let Some((sender, task)) = sink {
-            let _ = sender
-                .send(Kind::Status, status.to_string().into_bytes())
-                .await;
-            drop(sender);
-            match tokio::time::timeout(STATUS_PATIENCE, task).await {
-                Ok(Ok(Ok(()))) => info!("the parent acknowledged every record and the status"),
-                Ok(Ok(Err(e))) => warn!("the log sender stopped: {e}"),
-                Ok(Err(e)) => warn!("the log sender failed: {e}"),
-                Err(_) => warn!(
-                    "the parent did not acknowledge the status within {}s",
-                    STATUS_PATIENCE.as_secs()
-                ),
-            }
-        }
-        eprintln!("cidboot: status {status}; powering off");
-    });
+    let status = rt.block_on(lifecycle(&system::Real));
+    eprintln!("cidboot: status {status}; powering off");
     system::power_off();
+}
+
+/// Everything between the runtime's start and the power-off: the boot, the workload's run,
+/// and the final status, which reaches the parent's sink (if one answered) within
+/// [`system::System::status_patience`]. Returns the status; every path ends here, so the
+/// caller's power-off follows every outcome.
+pub async fn lifecycle(sys: &dyn system::System) -> serde_json::Value {
+    let mut sink: Option<(LogSender, tokio::task::JoinHandle<std::io::Result<()>>)> = None;
+    let result = boot(sys, &mut sink).await;
+    let status = match &result {
+        Ok((code, reason)) => {
+            info!(exit_code = code, "{reason}");
+            json!({"exit_code": code, "reason": reason})
+        }
+        Err(e) => {
+            error!("fatal: {e}");
+            json!({"exit_code": null, "reason": format!("fatal: {e}")})
+        }
+    };
+    if let Some((sender, task)) = sink {
+        let payload = status.to_string().into_bytes();
+        match sender
+            .finish(task, Kind::Status, payload, sys.status_patience())
+            .await
+        {
+            Ok(()) => info!("the parent acknowledged every record and the status"),
+            Err(e) => warn!("the status may not have reached the parent: {e}"),
+        }
+    }
+    status
 }
 
 async fn note(
@@ -161,16 +162,16 @@ async fn heartbeat(addr: &Addr) -> Result<(), InitError> {
 
 /// Boots, runs and supervises the workload; returns its exit code and a reason.
 async fn boot(
+    sys: &dyn system::System,
     sink: &mut Option<(LogSender, tokio::task::JoinHandle<std::io::Result<()>>)>,
 ) -> Result<(i32, String), InitError> {
-    let modules = system::load_modules()?;
-    system::loopback_up()?;
-    system::hostname(HOSTNAME)?;
-    let nsm: Arc<dyn Nsm> = Arc::new(DeviceNsm::open()?);
+    let modules = sys.load_modules()?;
+    sys.loopback_up()?;
+    sys.hostname(HOSTNAME)?;
+    let nsm: Arc<dyn Nsm> = sys.open_nsm()?;
     let seed = nsm.get_random()?;
-    system::add_entropy(&seed)?;
-    let parent = parent_cid();
-    let at = |port: u32| Addr::Vsock { cid: parent, port };
+    sys.add_entropy(&seed)?;
+    let at = |port: u32| sys.parent(port);
     heartbeat(&at(HEARTBEAT_PORT)).await?;
     match LogSender::connect(&at(LOGS_PORT), Duration::from_secs(10), None).await {
         Ok(s) => *sink = Some(s),
@@ -179,12 +180,12 @@ async fn boot(
             at(LOGS_PORT)
         ),
     }
-    note(sink, format!("cidboot {} as PID 1: modules {modules:?}, {} bytes of NSM entropy, heartbeat answered by CID {parent}", env!("CARGO_PKG_VERSION"), seed.len())).await;
+    note(sink, format!("cidboot {} as PID 1: modules {modules:?}, {} bytes of NSM entropy, heartbeat answered by {}", env!("CARGO_PKG_VERSION"), seed.len(), at(HEARTBEAT_PORT))).await;
 
-    let (bytes, source) = if Path::new(BAKED_CONFIG).exists() {
-        let b = std::fs::read(BAKED_CONFIG)
-            .map_err(|e| InitError::Config(format!("{BAKED_CONFIG}: {e}")))?;
-        (b, BAKED_CONFIG.to_string())
+    let (bytes, source) = if let Some(baked) = sys.baked_config() {
+        let b = std::fs::read(&baked)
+            .map_err(|e| InitError::Config(format!("{}: {e}", baked.display())))?;
+        (b, baked.display().to_string())
     } else {
         let a = at(BOOT_PORT);
         let b = crate::relay::bootcfg::fetch(&a, CONFIG_TIMEOUT)
@@ -199,15 +200,7 @@ async fn boot(
     )
     .await;
     for dir in [NEW_ROOT, SPILL] {
-        std::fs::create_dir_all(dir).map_err(|e| InitError::Other(format!("{dir}: {e}")))?;
-        nix::mount::mount(
-            Some("tmpfs"),
-            dir,
-            Some("tmpfs"),
-            nix::mount::MsFlags::MS_NOSUID,
-            Some("mode=0755"),
-        )
-        .map_err(|e| InitError::Other(format!("tmpfs on {dir}: {e}")))?;
+        sys.tmpfs(Path::new(dir))?;
     }
     crate::launch::exec::ensure_stage(Path::new(STAGE))
         .map_err(|e| InitError::Other(e.to_string()))?;

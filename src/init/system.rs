@@ -4,9 +4,15 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, IntoRawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use nix::mount::{mount, MsFlags};
+
+use crate::nsm::device::DeviceNsm;
+use crate::nsm::{Nsm, NsmError};
+use crate::transport::addr::{parent_cid, Addr};
 
 /// Where the kernel modules are in the initramfs, and the order they load in.
 pub const MODULE_DIR: &str = "/lib/modules/cidboot";
@@ -242,5 +248,74 @@ pub fn power_off() -> ! {
     // Not reached on a working kernel; PID 1 must still never exit.
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+/// What PID 1 asks of the machine once its filesystems and console are up. [`Real`] is the
+/// enclave: system calls, `/dev/nsm`, the parent over vsock. Tests drive the boot's failure
+/// and power-off paths through one of their own.
+pub trait System: Send + Sync {
+    /// Loads the kernel modules; returns their names.
+    fn load_modules(&self) -> Result<Vec<String>, SystemError>;
+    /// Brings up the loopback interface.
+    fn loopback_up(&self) -> Result<(), SystemError>;
+    /// Sets the hostname.
+    fn hostname(&self, name: &str) -> Result<(), SystemError>;
+    /// Opens the NSM.
+    fn open_nsm(&self) -> Result<Arc<dyn Nsm>, NsmError>;
+    /// Credits `seed` to the kernel's entropy pool.
+    fn add_entropy(&self, seed: &[u8]) -> Result<(), SystemError>;
+    /// Where the parent's service on `port` listens.
+    fn parent(&self, port: u32) -> Addr;
+    /// The configuration baked into the image, if there is one.
+    fn baked_config(&self) -> Option<PathBuf>;
+    /// Mounts a fresh tmpfs on `dir`, creating it.
+    fn tmpfs(&self, dir: &Path) -> Result<(), SystemError>;
+    /// How long the final status may take to be acknowledged before the power-off.
+    fn status_patience(&self) -> Duration;
+}
+
+/// The enclave.
+pub struct Real;
+
+impl System for Real {
+    fn load_modules(&self) -> Result<Vec<String>, SystemError> {
+        load_modules()
+    }
+    fn loopback_up(&self) -> Result<(), SystemError> {
+        loopback_up()
+    }
+    fn hostname(&self, name: &str) -> Result<(), SystemError> {
+        hostname(name)
+    }
+    fn open_nsm(&self) -> Result<Arc<dyn Nsm>, NsmError> {
+        Ok(Arc::new(DeviceNsm::open()?))
+    }
+    fn add_entropy(&self, seed: &[u8]) -> Result<(), SystemError> {
+        add_entropy(seed)
+    }
+    fn parent(&self, port: u32) -> Addr {
+        Addr::Vsock {
+            cid: parent_cid(),
+            port,
+        }
+    }
+    fn baked_config(&self) -> Option<PathBuf> {
+        let p = Path::new(super::BAKED_CONFIG);
+        p.exists().then(|| p.to_path_buf())
+    }
+    fn tmpfs(&self, dir: &Path) -> Result<(), SystemError> {
+        std::fs::create_dir_all(dir).map_err(io(format!("{}", dir.display())))?;
+        mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        )
+        .map_err(sys(format!("tmpfs on {}", dir.display())))
+    }
+    fn status_patience(&self) -> Duration {
+        super::STATUS_PATIENCE
     }
 }
