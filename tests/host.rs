@@ -1475,6 +1475,11 @@ fn json_logs_and_records() {
         task.await.unwrap().unwrap();
     });
     host.wait_for("log sink disconnected", Duration::from_secs(5));
+    // The records arrive on stdout, read apart from stderr: give them the same time.
+    let start = Instant::now();
+    while host.records.lock().unwrap().len() < 2 && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let recs: Vec<serde_json::Value> = host
         .records
         .lock()
