@@ -10,7 +10,9 @@ use sha2::{Digest, Sha256};
 /// Largest configuration accepted.
 pub const MAX_CONFIG_SIZE: usize = 256 * 1024;
 
+/// Why a runtime configuration was refused.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
     Read {
@@ -31,6 +33,7 @@ pub enum ConfigError {
 pub struct RuntimeConfig {
     /// `ipfs://<CID>` (required at boot; `cidboot run` takes it on the command line).
     pub image: Option<String>,
+    /// Gateway base URLs (`https://host[:port]`), tried in order; the defaults without any.
     #[serde(default)]
     pub gateways: Vec<String>,
     /// `os/arch[/variant]`; default linux/amd64.
@@ -42,20 +45,28 @@ pub struct RuntimeConfig {
     pub tag: Option<String>,
     /// The index.json entry to take, by digest (`sha256:<hex>`).
     pub digest: Option<String>,
+    /// `[workload]`: overrides of the image's process, and the sandbox's opt-ins.
     #[serde(default)]
     pub workload: Workload,
+    /// `[helpers]`: the pinned helpers and helper images.
     #[serde(default)]
     pub helpers: Helpers,
+    /// `[[prestart]]`: helpers run, in order, before the workload.
     #[serde(default)]
     pub prestart: Vec<Prestart>,
+    /// `[attestation]`: the workload's attestation API.
     #[serde(default)]
     pub attestation: Attestation,
+    /// `[egress]`: the measured allowlist for the workload's outbound connections.
     #[serde(default)]
     pub egress: Egress,
+    /// `[[ingress]]`: ports the parent forwards into the enclave.
     #[serde(default)]
     pub ingress: Vec<Ingress>,
+    /// `[tls]`: extra trust for the gateways.
     #[serde(default)]
     pub tls: Tls,
+    /// `[fetch]`: timeouts, retries and parallel ranges.
     #[serde(default)]
     pub fetch: Fetch,
 }
@@ -189,6 +200,7 @@ pub struct Egress {
 pub struct Ingress {
     /// `vsock:any:PORT` in an enclave (`tcp:…` for development).
     pub listen: String,
+    /// The loopback port inside the enclave the connections are forwarded to.
     pub port: u16,
 }
 
@@ -200,6 +212,7 @@ pub struct Attestation {
     pub listen: Option<String>,
 }
 
+/// `[workload]`: what replaces the image's own process settings, and what the sandbox allows.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workload {
@@ -239,6 +252,7 @@ impl Workload {
     }
 }
 
+/// `[helpers]`: executables pinned by digest, from the boot image or from helper images.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Helpers {
@@ -286,6 +300,7 @@ fn default_helper_dir() -> String {
 pub struct Prestart {
     /// A pinned helper's name.
     pub helper: String,
+    /// Its arguments.
     #[serde(default)]
     pub args: Vec<String>,
     /// A file (path inside the root) the helper writes as `KEY=VALUE` lines; merged into the
@@ -303,11 +318,15 @@ fn default_timeout() -> u64 {
 /// A configuration together with the exact bytes it was parsed from.
 #[derive(Debug, Clone)]
 pub struct Loaded {
+    /// What the bytes say.
     pub config: RuntimeConfig,
+    /// The bytes as read: these, not a re-serialisation, are measured into PCR16.
     pub bytes: Vec<u8>,
 }
 
 impl Loaded {
+    /// Parses and validates; refuses more than [`MAX_CONFIG_SIZE`] bytes, non-UTF-8 text and
+    /// unknown keys.
     pub fn parse(bytes: Vec<u8>) -> Result<Loaded, ConfigError> {
         if bytes.len() > MAX_CONFIG_SIZE {
             return Err(ConfigError::TooLarge {
@@ -323,6 +342,7 @@ impl Loaded {
         Ok(Loaded { config, bytes })
     }
 
+    /// Reads `path` (at most [`MAX_CONFIG_SIZE`] bytes) and parses it.
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         let bytes = read_capped(path)?;
         Loaded::parse(bytes)
@@ -466,6 +486,7 @@ impl RuntimeConfig {
     }
 }
 
+/// Checks one `KEY=VALUE` environment entry: a non-empty key and no NUL anywhere.
 pub fn check_env(e: &str) -> Result<(), ConfigError> {
     match e.split_once('=') {
         Some((k, _)) if !k.is_empty() && !k.contains('\0') && !e.contains('\0') => Ok(()),

@@ -20,7 +20,9 @@ use crate::reference::ImageRef;
 
 /// One dependency image: what is measured of it, and its helpers.
 pub struct FromImage {
+    /// The image as the event log records it.
     pub measured: HelperImage,
+    /// Its `/eigen/bin` files, verified and sealed.
     pub helpers: Vec<Helper>,
 }
 

@@ -24,7 +24,9 @@ use crate::nsm::Nsm;
 use crate::oci::{self, Limits, OciError, Resolved, Selector};
 use crate::reference::ImageRef;
 
+/// Why a boot stopped before the workload ran.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 pub enum BootError {
     #[error("{0}")]
     Plan(String),
@@ -48,17 +50,23 @@ pub enum BootError {
 
 /// Everything a boot needs to know.
 pub struct Plan {
+    /// The image to boot, as the configuration (or the command line) names it.
     pub reference: ImageRef,
+    /// The runtime configuration, with the exact bytes that are measured.
     pub config: Loaded,
     /// Which entry of an index: platform, tag, digest.
     pub select: Selector,
+    /// The trustless gateway client every fetch of this boot goes through.
     pub gateways: Arc<Gateways>,
     /// Where the helpers are on this machine (the boot image's `/eigen/bin`).
     pub helpers_dir: PathBuf,
     /// The staging directory and the policy (from the measured configuration).
     pub sandbox: Sandbox,
+    /// Caps on the image's documents (index, manifest, config).
     pub limits: Limits,
+    /// Caps on what the layers may write into the root.
     pub apply_limits: ApplyLimits,
+    /// Extends PCR16, locks the PCRs and serves the attestation API.
     pub nsm: Arc<dyn Nsm>,
     /// Where the attestation API listens (the configuration's, or the default).
     pub attestation_listen: String,
@@ -93,10 +101,15 @@ pub const DEFAULT_EGRESS_LISTEN: &str = "127.0.0.1:3128";
 
 /// A verified, applied and measured root, ready to launch.
 pub struct Prepared {
+    /// The image's verified manifest, config and index entry.
     pub resolved: Arc<Resolved>,
+    /// The applied root the workload runs in.
     pub root: apply::fs::Root,
+    /// The workload's process, from the image config and the runtime configuration.
     pub spec: ProcessSpec,
+    /// The event log that [`measure`] extends PCR16 with; a verifier replays it.
     pub log: EventLog,
+    /// What the layers put into the root.
     pub report: ApplyReport,
     /// The pinned helpers, verified, each sealed in the memfd it runs from.
     pub helpers: Vec<helpers::Helper>,

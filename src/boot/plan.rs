@@ -29,12 +29,16 @@ pub struct Overrides {
     pub gateways: Vec<String>,
     /// A CA file trusted beside the configuration's `[tls] extra_ca`.
     pub ca: Option<PathBuf>,
+    /// The index entry's platform, over the configuration's `platform`.
     pub platform: Option<String>,
+    /// The index entry's tag, over the configuration's `tag`.
     pub tag: Option<String>,
+    /// The index entry's manifest digest, over the configuration's `digest`.
     pub digest: Option<String>,
     /// Fetch flags, each of which wins over the configuration's `[fetch]` key of that name
     /// (the command line sets no parallel-range key).
     pub fetch: Fetch,
+    /// Where the attestation API listens, over the configuration's `[attestation] listen`.
     pub attestation_listen: Option<String>,
 }
 
@@ -42,11 +46,13 @@ pub struct Overrides {
 pub struct Machine {
     /// How gateways (and the workload's egress) are reached.
     pub egress_dialer: Arc<dyn Connector>,
+    /// The NSM: the device in an enclave, the software one under `cidboot run`.
     pub nsm: Arc<dyn Nsm>,
     /// Where the pinned helpers are.
     pub helpers_dir: PathBuf,
     /// Where each sandbox stages its root.
     pub stage: PathBuf,
+    /// Who watches the layers arrive.
     pub observer: Arc<dyn Observer>,
 }
 

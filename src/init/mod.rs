@@ -24,13 +24,19 @@ use crate::transport::connect::ConnectProxy;
 
 /// A configuration baked into the initramfs wins over the parent's boot service.
 pub const BAKED_CONFIG: &str = "/etc/cidboot/config.toml";
+/// Where the boot image keeps the pinned helpers.
 pub const HELPER_DIR: &str = "/eigen/bin";
+/// The tmpfs the image's layers are applied to.
 pub const NEW_ROOT: &str = "/mnt/root";
+/// The tmpfs that holds each layer's inflated tar stream while it is applied.
 pub const SPILL: &str = "/run/cidboot/spill";
 /// Where each sandbox stages its root (in its own mount namespace; empty in PID 1's view).
 pub const STAGE: &str = "/run/cidboot/stage";
+/// The enclave's hostname.
 pub const HOSTNAME: &str = "cidboot-enclave";
+/// How long the parent has to answer the boot heartbeat.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the parent's boot service has to hand over the configuration.
 pub const CONFIG_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the final status (and every record before it) is sent again until the parent's
 /// sink acknowledges it, before the power-off.
@@ -43,7 +49,9 @@ const FORWARDED: &[nix::sys::signal::Signal] = &[
     nix::sys::signal::Signal::SIGQUIT,
 ];
 
+/// Why PID 1's boot stopped; reported to the parent as the final status.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 pub enum InitError {
     #[error(transparent)]
     System(#[from] system::SystemError),

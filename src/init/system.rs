@@ -14,8 +14,9 @@ use crate::nsm::device::DeviceNsm;
 use crate::nsm::{Nsm, NsmError};
 use crate::transport::addr::{parent_cid, Addr};
 
-/// Where the kernel modules are in the initramfs, and the order they load in.
+/// Where the kernel modules are in the initramfs.
 pub const MODULE_DIR: &str = "/lib/modules/cidboot";
+/// The modules, in the order they load (each needs the ones before it).
 pub const MODULES: &[&str] = &[
     "virtio_mmio",
     "vsock",
@@ -24,11 +25,15 @@ pub const MODULES: &[&str] = &[
     "nsm",
 ];
 
+/// A system call that failed, and what it was for.
 #[derive(Debug, thiserror::Error)]
 pub enum SystemError {
+    /// `what` names the call and its object.
     #[error("{what}: {source}")]
     Sys {
+        /// The call and its object, such as `tmpfs on /mnt/root`.
         what: String,
+        /// The kernel's answer.
         source: std::io::Error,
     },
 }
@@ -203,6 +208,7 @@ pub fn loopback_up() -> Result<(), SystemError> {
     Ok(())
 }
 
+/// Sets the hostname (in PID 1's UTS namespace, which the sandboxes do not share).
 pub fn hostname(name: &str) -> Result<(), SystemError> {
     nix::unistd::sethostname(name).map_err(sys("sethostname"))
 }

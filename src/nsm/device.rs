@@ -12,6 +12,7 @@ pub struct DeviceNsm {
 }
 
 impl DeviceNsm {
+    /// Opens `/dev/nsm`; fails when the `nsm` module is not loaded (or this is no enclave).
     pub fn open() -> Result<DeviceNsm, NsmError> {
         let fd = driver::nsm_init();
         if fd < 0 {
