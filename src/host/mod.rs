@@ -34,13 +34,7 @@ pub mod enclave;
 pub mod launcher;
 pub mod status;
 
-/// The byte a Nitro enclave sends its parent once booted, and gets back.
-pub const HEARTBEAT: u8 = 0xB7;
-/// The vsock ports on the parent that an enclave uses by default.
-pub const EGRESS_PORT: u32 = 8000;
-pub const BOOT_PORT: u32 = 8001;
-pub const LOGS_PORT: u32 = 8002;
-pub const HEARTBEAT_PORT: u32 = 9000;
+pub use crate::relay::{BOOT_PORT, EGRESS_PORT, HEARTBEAT, HEARTBEAT_PORT, LOGS_PORT};
 /// Descriptors kept out of the egress tunnels' share of RLIMIT_NOFILE.
 pub const FD_MARGIN: u64 = 64;
 

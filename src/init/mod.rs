@@ -16,9 +16,9 @@ use tracing::{error, info, warn};
 
 use crate::boot;
 use crate::config::Loaded;
-use crate::host::{BOOT_PORT, EGRESS_PORT, HEARTBEAT, HEARTBEAT_PORT, LOGS_PORT};
 use crate::nsm::Nsm;
 use crate::relay::logs::{Kind, LogSender};
+use crate::relay::{BOOT_PORT, EGRESS_PORT, HEARTBEAT, HEARTBEAT_PORT, LOGS_PORT};
 use crate::transport::addr::Addr;
 use crate::transport::connect::ConnectProxy;
 

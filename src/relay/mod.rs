@@ -7,3 +7,14 @@ pub mod forward;
 pub mod logs;
 pub mod proxy;
 pub mod splice;
+
+/// The byte a Nitro enclave sends its parent once booted, and gets back.
+pub const HEARTBEAT: u8 = 0xB7;
+/// The parent's vsock port for the enclave's egress (HTTP CONNECT).
+pub const EGRESS_PORT: u32 = 8000;
+/// The parent's vsock port that hands the enclave its configuration, when none is baked in.
+pub const BOOT_PORT: u32 = 8001;
+/// The parent's vsock port for the enclave's logs and final status.
+pub const LOGS_PORT: u32 = 8002;
+/// The parent's vsock port for the boot heartbeat (where `nitro-cli` listens, too).
+pub const HEARTBEAT_PORT: u32 = 9000;
