@@ -1,6 +1,7 @@
 //! The crate boundaries hold: the verifier crate, which a verifier service embeds, and the
 //! IPLD crate, where untrusted bytes become verified blocks, pull in no async runtime, no HTTP
-//! stack and no system-call crate.
+//! stack and no system-call crate; the confined filesystem pulls in no async runtime and no
+//! network.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -83,6 +84,20 @@ fn the_ipld_crate_depends_on_no_runtime_http_or_system_calls() {
         assert!(
             !crates.contains(&banned),
             "the IPLD crate pulls in {banned}:\n{tree}"
+        );
+    }
+}
+
+#[test]
+fn the_rootfs_crate_depends_on_no_runtime_or_network() {
+    let (crates, tree) = dependency_tree("cidboot-rootfs");
+    let crates: Vec<&str> = crates.iter().map(String::as_str).collect();
+    assert!(crates.contains(&"cidboot-rootfs"), "{tree}");
+    assert!(crates.contains(&"nix"), "{tree}");
+    for banned in ["tokio", "hyper", "mio", "rustls", "cidboot", "cidboot-ipld"] {
+        assert!(
+            !crates.contains(&banned),
+            "the rootfs crate pulls in {banned}:\n{tree}"
         );
     }
 }
