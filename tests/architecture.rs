@@ -1,5 +1,7 @@
-//! The crate boundaries hold: the verifier crate, which a verifier service embeds, pulls in no
-//! async runtime, no HTTP stack and no system-call crate.
+//! The crate boundaries hold: the verifier crate, which a verifier service embeds, and the
+//! IPLD crate, where untrusted bytes become verified blocks, pull in no async runtime, no HTTP
+//! stack and no system-call crate; the confined filesystem pulls in no async runtime and no
+//! network.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -11,8 +13,8 @@
 
 use std::process::Command;
 
-#[test]
-fn the_verifier_crate_depends_on_no_runtime_http_or_system_calls() {
+/// The crates in `package`'s normal dependency tree (`cargo tree`), and the tree as printed.
+fn dependency_tree(package: &str) -> (Vec<String>, String) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let o = Command::new(cargo)
         .args([
@@ -20,7 +22,7 @@ fn the_verifier_crate_depends_on_no_runtime_http_or_system_calls() {
             "--locked",
             "--offline",
             "-p",
-            "cidboot-verify",
+            package,
             "-e",
             "normal",
             "--prefix",
@@ -30,11 +32,19 @@ fn the_verifier_crate_depends_on_no_runtime_http_or_system_calls() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let tree = String::from_utf8_lossy(&o.stdout);
-    let crates: Vec<&str> = tree
+    let tree = String::from_utf8_lossy(&o.stdout).into_owned();
+    let crates = tree
         .lines()
         .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
         .collect();
+    (crates, tree)
+}
+
+#[test]
+fn the_verifier_crate_depends_on_no_runtime_http_or_system_calls() {
+    let (crates, tree) = dependency_tree("cidboot-verify");
+    let crates: Vec<&str> = crates.iter().map(String::as_str).collect();
     assert!(crates.contains(&"cidboot-verify"), "{tree}");
     assert!(crates.contains(&"rustls-webpki"), "{tree}");
     for banned in [
@@ -50,6 +60,44 @@ fn the_verifier_crate_depends_on_no_runtime_http_or_system_calls() {
         assert!(
             !crates.contains(&banned),
             "the verifier crate pulls in {banned}:\n{tree}"
+        );
+    }
+}
+
+#[test]
+fn the_ipld_crate_depends_on_no_runtime_http_or_system_calls() {
+    let (crates, tree) = dependency_tree("cidboot-ipld");
+    let crates: Vec<&str> = crates.iter().map(String::as_str).collect();
+    assert!(crates.contains(&"cidboot-ipld"), "{tree}");
+    assert!(crates.contains(&"cid"), "{tree}");
+    for banned in [
+        "tokio",
+        "hyper",
+        "nix",
+        "rustix",
+        "mio",
+        "rustls",
+        "libc",
+        "cidboot",
+        "cidboot-verify",
+    ] {
+        assert!(
+            !crates.contains(&banned),
+            "the IPLD crate pulls in {banned}:\n{tree}"
+        );
+    }
+}
+
+#[test]
+fn the_rootfs_crate_depends_on_no_runtime_or_network() {
+    let (crates, tree) = dependency_tree("cidboot-rootfs");
+    let crates: Vec<&str> = crates.iter().map(String::as_str).collect();
+    assert!(crates.contains(&"cidboot-rootfs"), "{tree}");
+    assert!(crates.contains(&"nix"), "{tree}");
+    for banned in ["tokio", "hyper", "mio", "rustls", "cidboot", "cidboot-ipld"] {
+        assert!(
+            !crates.contains(&banned),
+            "the rootfs crate pulls in {banned}:\n{tree}"
         );
     }
 }

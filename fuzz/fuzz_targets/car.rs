@@ -1,4 +1,5 @@
-//! The CAR reader on arbitrary bytes: every section read, nothing trusted.
+//! The CAR reader on arbitrary bytes: every section read, nothing trusted; a block that
+//! verifies is decoded as part of a file.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -10,7 +11,9 @@ fuzz_target!(|data: &[u8]| {
             for _ in 0..10_000 {
                 match r.next_block().await {
                     Ok(Some((cid, block))) => {
-                        let _ = cidboot::reference::verify_block(&cid, &block);
+                        if let Ok(b) = cidboot::reference::verify_block(&cid, &block) {
+                            let _ = cidboot::fetch::unixfs::FileNode::parse(&b);
+                        }
                     }
                     _ => break,
                 }

@@ -146,6 +146,27 @@ pub enum ApplyError {
     Internal(String),
 }
 
+/// The confined filesystem's errors, as the applier has always named them.
+impl From<cidboot_rootfs::RootfsError> for ApplyError {
+    fn from(e: cidboot_rootfs::RootfsError) -> ApplyError {
+        use cidboot_rootfs::RootfsError as R;
+        match e {
+            R::AbsolutePath(p) => ApplyError::AbsolutePath(p),
+            R::DotDot(p) => ApplyError::DotDot(p),
+            R::PathTooLong { path, max } => ApplyError::PathTooLong { path, max },
+            R::PathTooDeep { path, max } => ApplyError::PathTooDeep { path, max },
+            R::BadName(n) => ApplyError::BadName(n),
+            R::RootType(t) => ApplyError::RootType(t),
+            R::SymlinkOutside(p) => ApplyError::SymlinkOutside(p),
+            R::SymlinkLoop(p) => ApplyError::SymlinkLoop(p),
+            R::NotADirectory(p) => ApplyError::NotADirectory(p),
+            R::SymlinkRefused(p) => ApplyError::SymlinkRefused(p),
+            R::Fs { path, op, source } => ApplyError::Fs { path, op, source },
+            R::Internal(what) => ApplyError::Internal(what),
+        }
+    }
+}
+
 impl ApplyError {
     /// Names the layer an error came from, unless the error already does (or only echoes the
     /// other end of a pipe, which [`cause`] discards).

@@ -48,6 +48,13 @@ pub enum BootError {
     HelperImage { image: String, reason: String },
 }
 
+/// The confined filesystem's errors, as the applier names them.
+impl From<cidboot_rootfs::RootfsError> for BootError {
+    fn from(e: cidboot_rootfs::RootfsError) -> BootError {
+        BootError::Apply(e.into())
+    }
+}
+
 /// Everything a boot needs to know.
 pub struct Plan {
     /// The image to boot, as the configuration (or the command line) names it.

@@ -7,7 +7,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use cid::Cid;
 use futures_util::stream::{self, StreamExt};
 use tracing::{info, warn};
@@ -18,7 +17,7 @@ use super::gateway::{
 };
 use super::unixfs::FileNode;
 use super::{BlobSink, FetchError, Gateways, MAX_DAG_DEPTH};
-use crate::reference::verify_block;
+use crate::reference::{verify_block, VerifiedBlock};
 
 /// Blocks of one file node fetched at once from a raw-only gateway.
 pub const RAW_CONCURRENCY: usize = 8;
@@ -59,7 +58,11 @@ type Step<'a> = Pin<Box<dyn Future<Output = Result<(), FetchError>> + Send + 'a>
 
 impl Gateways {
     /// One verified block from one gateway, in whichever format it speaks.
-    pub(super) async fn block_any(&self, gw: &Gateway, cid: &Cid) -> Result<Bytes, FetchError> {
+    pub(super) async fn block_any(
+        &self,
+        gw: &Gateway,
+        cid: &Cid,
+    ) -> Result<VerifiedBlock, FetchError> {
         if !gw.refused(NO_RAW) {
             match self.block_once(gw, cid).await {
                 Err(e) => match refuses(&e) {
@@ -73,7 +76,7 @@ impl Gateways {
     }
 
     /// One block as a CAR of exactly that block.
-    async fn block_via_car(&self, gw: &Gateway, cid: &Cid) -> Result<Bytes, FetchError> {
+    async fn block_via_car(&self, gw: &Gateway, cid: &Cid) -> Result<VerifiedBlock, FetchError> {
         let path = format!("{}/ipfs/{cid}?format=car&dag-scope=block", gw.prefix);
         let resp = self
             .get_following(gw, &path, &[("accept", ACCEPT_CAR)])
@@ -91,11 +94,11 @@ impl Gateways {
                 got: got.to_string(),
             });
         }
-        verify_block(cid, &data)?;
+        let block = verify_block(cid, &data)?;
         if let Some((extra, _)) = car.next_block().await? {
             return Err(FetchError::ExtraBlock(extra.to_string()));
         }
-        Ok(data)
+        Ok(block)
     }
 
     /// A file from one gateway, from byte `*delivered` on, in whichever format it speaks.
@@ -118,7 +121,7 @@ impl Gateways {
             }
         }
         let from = *delivered;
-        let root = FileNode::parse(cid, self.block_any(gw, cid).await?)?;
+        let root = FileNode::parse(&self.block_any(gw, cid).await?)?;
         let actual = root.size();
         check_size(cid, rule, actual)?;
         if let Some(e) = *size {
@@ -179,7 +182,7 @@ impl Gateways {
                 .buffered(RAW_CONCURRENCY);
             while let Some(next) = blocks.next().await {
                 let (c, offset, len, block) = next?;
-                let child = FileNode::parse(&c, block)?;
+                let child = FileNode::parse(&block)?;
                 if child.size() != len {
                     return Err(FetchError::SizeMismatch {
                         cid: c.to_string(),

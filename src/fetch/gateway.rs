@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use super::car::CarReader;
 use super::unixfs::{Directory, FileNode};
 use super::{BlobSink, FetchError, MAX_DAG_DEPTH};
-use crate::reference::{verify_block, CODEC_RAW, MAX_BLOCK_SIZE};
+use crate::reference::{verify_block, VerifiedBlock, CODEC_RAW, MAX_BLOCK_SIZE};
 use crate::transport::http::{HttpClient, Origin};
 
 const ACCEPT_RAW: &str = "application/vnd.ipld.raw";
@@ -146,14 +146,18 @@ impl Gateways {
     }
 
     /// Fetches one block with `?format=raw` and verifies it against `cid`.
-    pub async fn block(&self, cid: &Cid) -> Result<Bytes, FetchError> {
+    pub async fn block(&self, cid: &Cid) -> Result<VerifiedBlock, FetchError> {
         self.block_spread(cid, None).await
     }
 
     /// [`Gateways::block`], starting with gateway `first` (modulo their number) instead of
     /// the last one that answered: many blocks fetched at once with different `first`s spread
     /// over every gateway, past each one's per-client limit.
-    pub async fn block_spread(&self, cid: &Cid, first: Option<usize>) -> Result<Bytes, FetchError> {
+    pub async fn block_spread(
+        &self,
+        cid: &Cid,
+        first: Option<usize>,
+    ) -> Result<VerifiedBlock, FetchError> {
         crate::reference::check_cid(cid)?;
         let mut tries = Tries::new(self, cid);
         if let Some(f) = first {
@@ -169,7 +173,11 @@ impl Gateways {
         Err(tries.exhausted())
     }
 
-    pub(super) async fn block_once(&self, gw: &Gateway, cid: &Cid) -> Result<Bytes, FetchError> {
+    pub(super) async fn block_once(
+        &self,
+        gw: &Gateway,
+        cid: &Cid,
+    ) -> Result<VerifiedBlock, FetchError> {
         let path = format!("{}/ipfs/{cid}?format=raw", gw.prefix);
         let resp = self
             .get_following(gw, &path, &[("accept", ACCEPT_RAW)])
@@ -184,22 +192,21 @@ impl Gateways {
                 size: size as u64,
                 max: MAX_BLOCK_SIZE as u64,
             })?;
-        verify_block(cid, &data)?;
-        Ok(data)
+        Ok(verify_block(cid, &data)?)
     }
 
     /// Reads a UnixFS directory, plain or HAMT-sharded.
     pub async fn directory(&self, cid: &Cid) -> Result<Directory, FetchError> {
         let block = self.block(cid).await?;
-        self.directory_from(cid, block).await
+        self.directory_from(block).await
     }
 
-    /// Reads a UnixFS directory whose (verified) first block is already here.
-    pub async fn directory_from(&self, cid: &Cid, block: Bytes) -> Result<Directory, FetchError> {
-        if super::hamt::is_shard(cid, &block) {
-            return super::hamt::read_directory(self, cid, block).await;
+    /// Reads a UnixFS directory whose first block is already here.
+    pub async fn directory_from(&self, block: VerifiedBlock) -> Result<Directory, FetchError> {
+        if super::hamt::is_shard(&block) {
+            return super::hamt::read_directory(self, block).await;
         }
-        Directory::parse(cid, &block)
+        Ok(Directory::parse(&block)?)
     }
 
     /// Streams the UnixFS file (or raw block) `cid` into `sink`, verifying every block on the
@@ -314,7 +321,7 @@ impl Gateways {
                 }
                 Err(e) => return Err(e),
             };
-            let node = FileNode::parse(&c, block)?;
+            let node = FileNode::parse(&block)?;
             let actual = node.size();
             if depth == 0 {
                 check_size(cid, rule, actual)?;
@@ -643,7 +650,7 @@ impl<R: AsyncRead + Unpin> Walk<R> {
         &mut self,
         want: &Cid,
         pending: &[Cid],
-    ) -> Result<Option<Bytes>, FetchError> {
+    ) -> Result<Option<VerifiedBlock>, FetchError> {
         let next = self.next().await?;
         let (got, data) = match next {
             Some(b) => b,
@@ -669,8 +676,8 @@ impl<R: AsyncRead + Unpin> Walk<R> {
                 got: got.to_string(),
             });
         }
-        verify_block(want, &data)?;
+        let block = verify_block(want, &data)?;
         self.seen.insert(*want);
-        Ok(Some(data))
+        Ok(Some(block))
     }
 }

@@ -1,19 +1,21 @@
-//! Trustless retrieval: CAR, dag-pb, UnixFS and the gateway client.
+//! Trustless retrieval: the gateway client over the formats of the IPLD crate (CAR, dag-pb,
+//! UnixFS, HAMT).
 //!
 //! Trust boundary: bytes from a gateway are untrusted until [`crate::reference::verify_block`]
-//! has matched them to the CID that the traversal expected at that position. Only verified
-//! bytes leave this module.
+//! has matched them to the CID that the traversal expected at that position and made them a
+//! [`VerifiedBlock`](crate::reference::VerifiedBlock). Only verified bytes leave this module.
 
 pub mod car;
-pub mod dagpb;
+/// dag-pb, decoded strictly (the IPLD crate).
+pub use cidboot_ipld::dagpb;
 pub mod formats;
 pub mod gateway;
 pub mod hamt;
 pub mod parallel;
-pub(crate) mod pb;
 pub mod redirect;
 pub mod score;
-pub mod unixfs;
+/// UnixFS files and directories (the IPLD crate).
+pub use cidboot_ipld::unixfs;
 
 use std::future::Future;
 use std::io;
@@ -21,7 +23,9 @@ use std::time::Duration;
 
 pub use gateway::{GatewayPolicy, Gateways};
 
-use crate::reference::RefError;
+use cidboot_ipld::DecodeError;
+
+use crate::reference::{BlockError, RefError};
 use crate::transport::TransportError;
 
 /// Deepest file or directory DAG followed. A balanced DAG of 1024-wide nodes over 1 MiB
@@ -45,6 +49,8 @@ impl BlobSink for Vec<u8> {
 pub enum FetchError {
     #[error(transparent)]
     Ref(#[from] RefError),
+    #[error(transparent)]
+    Block(#[from] BlockError),
     #[error("malformed {what}: {reason}")]
     Decode { what: &'static str, reason: String },
     #[error("malformed CAR stream: {0}")]
@@ -118,6 +124,21 @@ pub enum FetchError {
     },
 }
 
+/// The decoders' errors, as the fetch side has always named them.
+impl From<DecodeError> for FetchError {
+    fn from(e: DecodeError) -> FetchError {
+        match e {
+            DecodeError::Decode { what, reason } => FetchError::Decode { what, reason },
+            DecodeError::BadCar(reason) => FetchError::BadCar(reason),
+            DecodeError::SectionTooLarge { size, max } => FetchError::BlockTooLarge { size, max },
+            DecodeError::NotAFile { cid, kind } => FetchError::NotAFile { cid, kind },
+            DecodeError::NotADirectory { cid, kind } => FetchError::NotADirectory { cid, kind },
+            DecodeError::BadUnixfs { cid, reason } => FetchError::BadUnixfs { cid, reason },
+            DecodeError::Unsupported(what) => FetchError::Unsupported(what),
+        }
+    }
+}
+
 fn summarize(failures: &[(String, FetchError)]) -> String {
     failures
         .iter()
@@ -145,7 +166,8 @@ impl FetchError {
                 | FetchError::NotFound { .. }
                 | FetchError::Sink(_)
                 | FetchError::Decode { .. }
-        ) || matches!(self, FetchError::Ref(r) if !matches!(r, RefError::HashMismatch{..} | RefError::BlockTooLarge{..}))
+        ) || matches!(self, FetchError::Ref(r) if !matches!(r, RefError::Cid(BlockError::HashMismatch{..} | BlockError::BlockTooLarge{..})))
+            || matches!(self, FetchError::Block(b) if !matches!(b, BlockError::HashMismatch{..} | BlockError::BlockTooLarge{..}))
     }
 
     /// True when a response body came too slowly: a silence over the idle timeout, or less

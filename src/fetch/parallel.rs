@@ -265,7 +265,7 @@ impl Gateways {
                             let Some(cid) = cid else {
                                 return Err(FetchError::Truncated("plan".into()));
                             };
-                            let node = FileNode::parse(&cid, self.block(&cid).await?)?;
+                            let node = FileNode::parse(&self.block(&cid).await?)?;
                             if node.size() != len {
                                 return Err(FetchError::SizeMismatch {
                                     cid: cid.to_string(),
@@ -347,7 +347,7 @@ impl Gateways {
                 let t0 = Instant::now();
                 let mut buf = BytesMut::with_capacity(usize::try_from(to - from).unwrap_or(0));
                 let mut at = from;
-                let node = FileNode::parse(root, self.block_any(gw, root).await?)?;
+                let node = FileNode::parse(&self.block_any(gw, root).await?)?;
                 let ttfb = t0.elapsed();
                 self.range_raw(gw, root, node, 0, 0, from, to, &mut at, &mut buf)
                     .await?;
@@ -404,7 +404,7 @@ impl Gateways {
                 }
                 Err(e) => return Err(e),
             };
-            let node = FileNode::parse(&c, block)?;
+            let node = FileNode::parse(&block)?;
             if node.size() != expect {
                 return Err(FetchError::SizeMismatch {
                     cid: c.to_string(),
@@ -479,7 +479,7 @@ impl Gateways {
                 .buffered(RAW_CONCURRENCY);
             while let Some(next) = blocks.next().await {
                 let (c, offset, len, block) = next?;
-                let child = FileNode::parse(&c, block)?;
+                let child = FileNode::parse(&block)?;
                 if child.size() != len {
                     return Err(FetchError::SizeMismatch {
                         cid: c.to_string(),
@@ -509,7 +509,7 @@ impl Gateways {
         let p = self.policy.parallel.clone();
         // The probes and the root block go at once: both are a round trip.
         let (_, block) = tokio::join!(self.probe_all(), self.block(root));
-        let node = FileNode::parse(root, block?)?;
+        let node = FileNode::parse(&block?)?;
         super::gateway::check_size(root, super::gateway::SizeRule::Exact(size), node.size())?;
         let Some(ranges) = self.plan(root, node).await? else {
             info!(%root, "file DAG too fragmented to fetch in ranges: fetching it as one stream");

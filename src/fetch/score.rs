@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::FetchError;
-use crate::reference::RefError;
+use crate::reference::BlockError;
 
 /// Weight of the newest sample in the moving averages.
 const EWMA_WEIGHT: f64 = 0.3;
@@ -166,7 +166,7 @@ impl Score {
 pub fn is_hostile(e: &FetchError) -> bool {
     matches!(
         e,
-        FetchError::Ref(RefError::HashMismatch { .. })
+        FetchError::Block(BlockError::HashMismatch { .. })
             | FetchError::UnexpectedBlock { .. }
             | FetchError::DuplicateBlock(_)
     )

@@ -33,7 +33,7 @@ use crate::fetch::car;
 use crate::fetch::gateway::in_range;
 use crate::fetch::unixfs::FileNode;
 use crate::fetch::{FetchError, GatewayPolicy, Gateways, MAX_DAG_DEPTH};
-use crate::reference::{verify_block, CODEC_DAG_PB, MAX_BLOCK_SIZE, MH_IDENTITY};
+use crate::reference::{verify_block, VerifiedBlock, CODEC_DAG_PB, MAX_BLOCK_SIZE};
 use crate::transport::addr::{Addr, Listener};
 use crate::transport::http::{HttpClient, Timeouts};
 
@@ -199,7 +199,7 @@ impl Store {
     }
 
     /// A cached block, verified again against its CID; a corrupted entry is removed.
-    async fn get(&self, cid: &Cid) -> Option<Bytes> {
+    async fn get(&self, cid: &Cid) -> Option<VerifiedBlock> {
         let known = self.index.lock().ok()?.entries.contains_key(cid);
         if !known {
             return None;
@@ -212,15 +212,18 @@ impl Store {
                 return None;
             }
         };
-        if let Err(e) = verify_block(cid, &data) {
-            warn!(%cid, error = %e, "corrupted cache entry: removed, fetching it again");
-            self.drop_entry(cid).await;
-            return None;
-        }
+        let block = match verify_block(cid, &data) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(%cid, error = %e, "corrupted cache entry: removed, fetching it again");
+                self.drop_entry(cid).await;
+                return None;
+            }
+        };
         if let Ok(mut ix) = self.index.lock() {
             ix.touch(cid);
         }
-        Some(data)
+        Some(block)
     }
 
     async fn drop_entry(&self, cid: &Cid) {
@@ -305,9 +308,9 @@ impl Cache {
     }
 
     /// One verified block: from disk, or else from upstream (then stored).
-    pub async fn block(&self, cid: &Cid) -> Result<Bytes, FetchError> {
-        if cid.hash().code() == MH_IDENTITY {
-            return Ok(Bytes::copy_from_slice(cid.hash().digest()));
+    pub async fn block(&self, cid: &Cid) -> Result<VerifiedBlock, FetchError> {
+        if let Some(b) = VerifiedBlock::inline(cid) {
+            return Ok(b);
         }
         if let Some(b) = self.store.get(cid).await {
             return Ok(b);
@@ -337,7 +340,7 @@ impl Cache {
             if frontier.is_empty() {
                 return Ok((blocks, bytes));
             }
-            let fetched: Vec<Result<(Cid, Bytes), FetchError>> =
+            let fetched: Vec<Result<(Cid, VerifiedBlock), FetchError>> =
                 futures_util::stream::iter(std::mem::take(&mut frontier))
                     .map(|c| async move { Ok((c, self.block(&c).await?)) })
                     .buffer_unordered(FETCH_CONCURRENCY)
@@ -524,7 +527,7 @@ async fn handle(cache: Arc<Cache>, req: Request<Incoming>) -> Response<Body> {
         Err(e) => return failed(&e),
     };
     if !q.car {
-        let body = Full::new(root).map_err(|never: Infallible| match never {});
+        let body = Full::new(root.data().clone()).map_err(|never: Infallible| match never {});
         let mut r = Response::new(BodyExt::boxed(body));
         set_headers(&mut r, "application/vnd.ipld.raw", &cid);
         return r;
@@ -576,7 +579,7 @@ fn walk<'a>(
     cache: &'a Cache,
     tx: &'a mpsc::Sender<Result<Bytes, std::io::Error>>,
     cid: Cid,
-    block: Bytes,
+    block: VerifiedBlock,
     start: u64,
     range: (u64, Option<u64>),
     depth: usize,
@@ -594,7 +597,7 @@ fn walk<'a>(
         // Not a file (a directory, say): its entity is its own block.
         let Ok(FileNode::Node {
             inline, children, ..
-        }) = FileNode::parse(&cid, block)
+        }) = FileNode::parse(&block)
         else {
             return Ok(());
         };

@@ -73,3 +73,10 @@ pub enum LaunchError {
     #[error(transparent)]
     Root(#[from] ApplyError),
 }
+
+/// The confined filesystem's errors, as the applier names them.
+impl From<cidboot_rootfs::RootfsError> for LaunchError {
+    fn from(e: cidboot_rootfs::RootfsError) -> LaunchError {
+        LaunchError::Root(e.into())
+    }
+}

@@ -252,15 +252,16 @@ impl Resolver<'_> {
     async fn root(&self, root: &Cid) -> Result<(RootKind, Locator, RootDoc), OciError> {
         if root.codec() == CODEC_DAG_PB {
             let block = self.gw.block(root).await?;
-            let node = dagpb::decode(&block).map_err(OciError::from)?;
+            let node = dagpb::decode(&block).map_err(FetchError::from)?;
             let kind = node
                 .data
                 .as_ref()
                 .map(unixfs::Data::decode)
-                .transpose()?
+                .transpose()
+                .map_err(FetchError::from)?
                 .map(|d| d.kind);
             if kind == Some(unixfs::Kind::Directory) || kind == Some(unixfs::Kind::HamtShard) {
-                let dir = self.gw.directory_from(root, block).await?;
+                let dir = self.gw.directory_from(block).await?;
                 return self.layout(root, dir).await;
             }
         }

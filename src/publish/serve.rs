@@ -27,7 +27,7 @@ use crate::fetch::gateway::in_range;
 use crate::fetch::hamt;
 use crate::fetch::unixfs::{Directory, FileNode};
 use crate::fetch::MAX_DAG_DEPTH;
-use crate::reference::{verify_block, MH_IDENTITY};
+use crate::reference::{verify_block, VerifiedBlock, MH_IDENTITY};
 
 /// Connections served at once; more wait in the accept queue.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -54,7 +54,7 @@ pub enum ServeError {
     Block {
         path: String,
         cid: String,
-        source: crate::reference::RefError,
+        source: crate::reference::BlockError,
     },
     #[error(transparent)]
     Tls(#[from] crate::transport::TransportError),
@@ -68,7 +68,11 @@ pub enum ServeError {
 /// Verified blocks, by CID.
 #[derive(Default)]
 pub struct BlockStore {
+    /// Every block loaded: what is served.
     blocks: HashMap<Cid, Bytes>,
+    /// The blocks that hashed to their CIDs (all of them unless verification is off): the
+    /// only ones parsed to plan a response.
+    verified: HashMap<Cid, VerifiedBlock>,
 }
 
 impl BlockStore {
@@ -95,14 +99,21 @@ impl BlockStore {
                     source,
                 })?
             {
-                if verify {
-                    verify_block(&cid, &block).map_err(|source| ServeError::Block {
-                        path: path.clone(),
-                        cid: cid.to_string(),
-                        source,
-                    })?;
+                let block = Bytes::copy_from_slice(&block);
+                match verify_block(&cid, &block) {
+                    Ok(v) => {
+                        store.verified.insert(cid, v);
+                    }
+                    Err(source) if verify => {
+                        return Err(ServeError::Block {
+                            path: path.clone(),
+                            cid: cid.to_string(),
+                            source,
+                        })
+                    }
+                    Err(_) => {}
                 }
-                store.blocks.insert(cid, Bytes::copy_from_slice(&block));
+                store.blocks.insert(cid, block);
             }
             info!(car = %path, blocks = store.blocks.len(), "loaded");
         }
@@ -122,6 +133,11 @@ impl BlockStore {
             return Some(Bytes::copy_from_slice(cid.hash().digest()));
         }
         self.blocks.get(cid).cloned()
+    }
+
+    /// A block to parse: only one that hashed to its CID.
+    fn verified(&self, cid: &Cid) -> Option<VerifiedBlock> {
+        VerifiedBlock::inline(cid).or_else(|| self.verified.get(cid).cloned())
     }
 }
 
@@ -409,10 +425,10 @@ fn resolve_path(
     let mut cur = *root;
     for seg in segments {
         let block = store
-            .get(&cur)
+            .verified(&cur)
             .ok_or_else(|| Reject::new(StatusCode::NOT_FOUND, format!("block {cur} not found")))?;
-        if hamt::is_shard(&cur, &block) {
-            let (found, shards) = hamt::lookup(&|c| store.get(c), &cur, seg).map_err(|e| {
+        if hamt::is_shard(&block) {
+            let (found, shards) = hamt::lookup(&|c| store.verified(c), &cur, seg).map_err(|e| {
                 Reject::new(
                     StatusCode::NOT_IMPLEMENTED,
                     format!("path through {cur}: {e}"),
@@ -424,7 +440,7 @@ fn resolve_path(
             })?;
             continue;
         }
-        let dir = Directory::parse(&cur, &block).map_err(|e| {
+        let dir = Directory::parse(&block).map_err(|e| {
             Reject::new(
                 StatusCode::NOT_IMPLEMENTED,
                 format!("path through {cur}: {e}"),
@@ -445,21 +461,21 @@ fn plan_scope(
     plan: &mut Vec<Cid>,
 ) -> Result<(), Reject> {
     let block = store
-        .get(target)
+        .verified(target)
         .ok_or_else(|| Reject::new(StatusCode::NOT_FOUND, format!("block {target} not found")))?;
     if q.scope == Scope::Block {
         plan.push(*target);
         return Ok(());
     }
     // A sharded directory's entity is all of its shards, in depth-first order.
-    if hamt::is_shard(target, &block) {
+    if hamt::is_shard(&block) {
         return plan_shard(store, target, &block, &[], q, plan);
     }
     // A directory's entity is its own block; a file's entity is its whole DAG (or a range).
-    if Directory::parse(target, &block).is_ok() {
+    if Directory::parse(&block).is_ok() {
         plan.push(*target);
         if q.scope == Scope::All {
-            let dir = Directory::parse(target, &block)
+            let dir = Directory::parse(&block)
                 .map_err(|e| Reject::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
             for (_, c) in dir.entries {
                 plan_scope(store, &c, q, plan)?;
@@ -474,7 +490,7 @@ fn plan_scope(
 fn plan_shard(
     store: &BlockStore,
     cid: &Cid,
-    block: &Bytes,
+    block: &VerifiedBlock,
     path: &[u8],
     q: &Query,
     plan: &mut Vec<Cid>,
@@ -485,13 +501,13 @@ fn plan_shard(
             "DAG too deep or too large",
         ));
     }
-    let shard = hamt::Shard::parse(cid, block, path)
+    let shard = hamt::Shard::parse(block, path)
         .map_err(|e| Reject::new(StatusCode::NOT_IMPLEMENTED, format!("{cid}: {e}")))?;
     plan.push(*cid);
     for (slot, link) in shard.links {
         match link {
             hamt::ShardLink::Shard(sub) => {
-                let b = store.get(&sub).ok_or_else(|| {
+                let b = store.verified(&sub).ok_or_else(|| {
                     Reject::new(StatusCode::NOT_FOUND, format!("block {sub} not found"))
                 })?;
                 let mut p = path.to_vec();
@@ -523,11 +539,11 @@ fn plan_file(
         ));
     }
     plan.push(*cid);
-    let Some(block) = store.get(cid) else {
+    let Some(block) = store.verified(cid) else {
         // A missing block ends the CAR early; the client sees a truncated stream.
         return Ok(());
     };
-    match FileNode::parse(cid, block) {
+    match FileNode::parse(&block) {
         Ok(FileNode::Node {
             inline, children, ..
         }) => {

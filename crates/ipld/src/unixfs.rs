@@ -3,18 +3,25 @@
 use bytes::Bytes;
 use cid::Cid;
 
-use super::dagpb::{self, PbNode};
-use super::pb::{self, Reader, WIRE_LEN, WIRE_VARINT};
-use super::FetchError;
-use crate::reference::{CODEC_DAG_PB, CODEC_RAW};
+use crate::block::{VerifiedBlock, CODEC_DAG_PB, CODEC_RAW};
+use crate::dagpb::{self, PbNode};
+use crate::pb::{self, Reader, WIRE_LEN, WIRE_VARINT};
+use crate::DecodeError;
 
+/// The UnixFS node types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// Raw data (read as file content).
     Raw,
+    /// A plain directory: one block, its entries are the links.
     Directory,
+    /// A file, or part of one.
     File,
+    /// Metadata (not read).
     Metadata,
+    /// A symbolic link (not read).
     Symlink,
+    /// A shard of a HAMT-sharded directory ([`crate::hamt`]).
     HamtShard,
 }
 
@@ -46,17 +53,24 @@ impl Kind {
 /// does not depend on them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Data {
+    /// The node's type.
     pub kind: Kind,
+    /// Inline content (a file's), or a shard's bitfield.
     pub data: Option<Bytes>,
+    /// A file's total size, when the writer gave it.
     pub filesize: Option<u64>,
+    /// The size of each child's content, one per link.
     pub blocksizes: Vec<u64>,
     /// HAMT shards: the hash function (multicodec) and the fanout.
     pub hash_type: Option<u64>,
+    /// HAMT shards: how many slots each shard has.
     pub fanout: Option<u64>,
 }
 
 impl Data {
-    pub fn decode(buf: &Bytes) -> Result<Data, FetchError> {
+    /// Decodes the `Data` field of a dag-pb node (a slice of a verified block, from
+    /// [`crate::dagpb::decode`]).
+    pub fn decode(buf: &Bytes) -> Result<Data, DecodeError> {
         let mut r = Reader::new(buf, "UnixFS data");
         let mut kind = None;
         let mut data = None;
@@ -130,22 +144,26 @@ pub enum FileNode {
     Leaf(Bytes),
     /// An interior (or single) dag-pb file node: inline content, then children.
     Node {
+        /// Content held in the node itself, before the children's.
         inline: Bytes,
+        /// Each child and the size of its content, in file order.
         children: Vec<(Cid, u64)>,
+        /// The content's total size: inline plus the children's.
         size: u64,
     },
 }
 
 impl FileNode {
     /// Interprets a verified block as part of a file.
-    pub fn parse(cid: &Cid, block: Bytes) -> Result<FileNode, FetchError> {
+    pub fn parse(block: &VerifiedBlock) -> Result<FileNode, DecodeError> {
+        let cid = block.cid();
         match cid.codec() {
-            CODEC_RAW => Ok(FileNode::Leaf(block)),
+            CODEC_RAW => Ok(FileNode::Leaf(block.data().clone())),
             CODEC_DAG_PB => {
-                let node = dagpb::decode(&block)?;
+                let node = dagpb::decode(block)?;
                 let data = node_data(cid, &node)?;
                 if !matches!(data.kind, Kind::File | Kind::Raw) {
-                    return Err(FetchError::NotAFile {
+                    return Err(DecodeError::NotAFile {
                         cid: cid.to_string(),
                         kind: format!("{:?}", data.kind),
                     });
@@ -184,6 +202,7 @@ impl FileNode {
         }
     }
 
+    /// The size of the content under this node.
     pub fn size(&self) -> u64 {
         match self {
             FileNode::Leaf(b) => b.len() as u64,
@@ -195,13 +214,17 @@ impl FileNode {
 /// A plain (unsharded) UnixFS directory: name to CID.
 #[derive(Debug, Clone)]
 pub struct Directory {
+    /// Name and CID of each entry, in the block's order; names are distinct components.
     pub entries: Vec<(String, Cid)>,
 }
 
 impl Directory {
-    pub fn parse(cid: &Cid, block: &Bytes) -> Result<Directory, FetchError> {
+    /// Reads a verified block as a plain directory (a sharded one is read with
+    /// [`crate::hamt`]).
+    pub fn parse(block: &VerifiedBlock) -> Result<Directory, DecodeError> {
+        let cid = block.cid();
         if cid.codec() != CODEC_DAG_PB {
-            return Err(FetchError::NotADirectory {
+            return Err(DecodeError::NotADirectory {
                 cid: cid.to_string(),
                 kind: "raw block".into(),
             });
@@ -211,12 +234,12 @@ impl Directory {
         match data.kind {
             Kind::Directory => {}
             Kind::HamtShard => {
-                return Err(FetchError::Unsupported(format!(
+                return Err(DecodeError::Unsupported(format!(
                     "directory {cid} is HAMT-sharded: its entries are in several blocks (read it with Gateways::directory)"
                 )))
             }
             k => {
-                return Err(FetchError::NotADirectory {
+                return Err(DecodeError::NotADirectory {
                     cid: cid.to_string(),
                     kind: format!("{k:?}"),
                 })
@@ -238,6 +261,7 @@ impl Directory {
         Ok(Directory { entries })
     }
 
+    /// The CID of the entry `name`.
     pub fn get(&self, name: &str) -> Option<Cid> {
         self.entries
             .iter()
@@ -254,7 +278,7 @@ pub fn check_entry_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn node_data(cid: &Cid, node: &PbNode) -> Result<Data, FetchError> {
+fn node_data(cid: &Cid, node: &PbNode) -> Result<Data, DecodeError> {
     let raw = node
         .data
         .as_ref()
@@ -262,8 +286,8 @@ fn node_data(cid: &Cid, node: &PbNode) -> Result<Data, FetchError> {
     Data::decode(raw)
 }
 
-fn bad(cid: &Cid, reason: &str) -> FetchError {
-    FetchError::BadUnixfs {
+fn bad(cid: &Cid, reason: &str) -> DecodeError {
+    DecodeError::BadUnixfs {
         cid: cid.to_string(),
         reason: reason.to_string(),
     }

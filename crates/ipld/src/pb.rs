@@ -6,7 +6,7 @@
 //! block it came from before anything is allocated. Blocks are at most 2 MiB, so every
 //! allocation below is bounded by the input.
 
-use super::FetchError;
+use crate::DecodeError;
 
 pub(crate) const WIRE_VARINT: u8 = 0;
 pub(crate) const WIRE_LEN: u8 = 2;
@@ -26,14 +26,14 @@ impl<'a> Reader<'a> {
         self.buf.is_empty()
     }
 
-    pub fn err(&self, reason: impl Into<String>) -> FetchError {
-        FetchError::Decode {
+    pub fn err(&self, reason: impl Into<String>) -> DecodeError {
+        DecodeError::Decode {
             what: self.what,
             reason: reason.into(),
         }
     }
 
-    pub fn varint(&mut self) -> Result<u64, FetchError> {
+    pub fn varint(&mut self) -> Result<u64, DecodeError> {
         let (v, rest) = unsigned_varint::decode::u64(self.buf)
             .map_err(|e| self.err(format!("bad varint: {e}")))?;
         self.buf = rest;
@@ -41,12 +41,12 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a field key, returning `(field number, wire type)`.
-    pub fn key(&mut self) -> Result<(u64, u8), FetchError> {
+    pub fn key(&mut self) -> Result<(u64, u8), DecodeError> {
         let k = self.varint()?;
         Ok((k >> 3, (k & 7) as u8))
     }
 
-    pub fn bytes(&mut self) -> Result<&'a [u8], FetchError> {
+    pub fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let len = self.varint()?;
         let len = usize::try_from(len).map_err(|_| self.err("length overflows"))?;
         if len > self.buf.len() {
@@ -61,7 +61,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Skips a field of the given wire type (used only where the format allows unknown fields).
-    pub fn skip(&mut self, wire: u8) -> Result<(), FetchError> {
+    pub fn skip(&mut self, wire: u8) -> Result<(), DecodeError> {
         match wire {
             WIRE_VARINT => self.varint().map(|_| ()),
             WIRE_LEN => self.bytes().map(|_| ()),
@@ -71,7 +71,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn advance(&mut self, n: usize) -> Result<(), FetchError> {
+    fn advance(&mut self, n: usize) -> Result<(), DecodeError> {
         if self.buf.len() < n {
             return Err(self.err("fixed-width field runs past the end"));
         }

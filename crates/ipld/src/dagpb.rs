@@ -3,26 +3,39 @@
 use bytes::Bytes;
 use cid::Cid;
 
-use super::pb::{self, Reader, WIRE_LEN, WIRE_VARINT};
-use super::FetchError;
+use crate::block::VerifiedBlock;
 
+use crate::pb::{self, Reader, WIRE_LEN, WIRE_VARINT};
+use crate::DecodeError;
+
+/// One link of a dag-pb node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PbLink {
+    /// The block it points to.
     pub cid: Cid,
+    /// Its name (a directory entry's, a HAMT slot's), raw bytes as the format has them.
     pub name: Option<Vec<u8>>,
+    /// The cumulative size of the DAG under it, as its writer claimed (never trusted).
     pub tsize: Option<u64>,
 }
 
+/// A dag-pb node: links, then opaque data (UnixFS's, for every node cidboot reads).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PbNode {
+    /// The links, in the order the block has them.
     pub links: Vec<PbLink>,
+    /// The Data field, a slice of the block.
     pub data: Option<Bytes>,
 }
 
-/// Decodes a dag-pb block, enforcing the canonical form from the dag-pb specification:
-/// all Links (field 2) before Data (field 1), Data at most once, link fields Hash, Name, Tsize
-/// in that order and each at most once, and nothing unknown.
-pub fn decode(block: &Bytes) -> Result<PbNode, FetchError> {
+/// Decodes a verified dag-pb block, enforcing the canonical form from the dag-pb
+/// specification: all Links (field 2) before Data (field 1), Data at most once, link fields
+/// Hash, Name, Tsize in that order and each at most once, and nothing unknown.
+pub fn decode(block: &VerifiedBlock) -> Result<PbNode, DecodeError> {
+    decode_bytes(block.data())
+}
+
+fn decode_bytes(block: &Bytes) -> Result<PbNode, DecodeError> {
     let mut r = Reader::new(block, "dag-pb node");
     let mut node = PbNode::default();
     while !r.is_empty() {
@@ -48,7 +61,7 @@ pub fn decode(block: &Bytes) -> Result<PbNode, FetchError> {
     Ok(node)
 }
 
-fn decode_link(raw: &[u8]) -> Result<PbLink, FetchError> {
+fn decode_link(raw: &[u8]) -> Result<PbLink, DecodeError> {
     let mut r = Reader::new(raw, "dag-pb link");
     let mut cid = None;
     let mut name = None;
@@ -98,7 +111,11 @@ pub fn encode(node: &PbNode) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reference::raw_cid;
+    use crate::block::{cid_for, raw_cid, verify_block, CODEC_DAG_PB};
+
+    fn decode(b: &Bytes) -> Result<PbNode, DecodeError> {
+        super::decode(&verify_block(&cid_for(CODEC_DAG_PB, b), b).unwrap())
+    }
 
     #[test]
     fn round_trips() {
