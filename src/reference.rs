@@ -16,7 +16,9 @@ pub use cidboot_ipld::block::{
     CODEC_DAG_PB, CODEC_RAW, MAX_BLOCK_SIZE, MH_IDENTITY, MH_SHA2_256,
 };
 
+/// Why an image reference or CID was refused.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 pub enum RefError {
     #[error("image reference {0:?} must be ipfs://<CID> or https://<gateway>/ipfs/<CID>")]
     Syntax(String),
@@ -40,12 +42,15 @@ pub fn parse_cid(s: &str) -> Result<Cid, RefError> {
 /// What the user names: a CID, and possibly the gateway it was quoted from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRef {
+    /// The image's root: a layout directory, index, manifest or descriptor.
     pub cid: Cid,
     /// `https://host[:port]` when the reference was a gateway URL; tried first.
     pub gateway: Option<String>,
 }
 
 impl ImageRef {
+    /// Parses `ipfs://<CID>` or `https://<gateway>/ipfs/<CID>`; the CID must be on the
+    /// allow-list.
     pub fn parse(input: &str) -> Result<Self, RefError> {
         let syntax = || RefError::Syntax(input.to_string());
         if let Some(rest) = input.strip_prefix("ipfs://") {

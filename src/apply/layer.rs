@@ -32,9 +32,11 @@ const MAX_XATTRS: usize = 128;
 /// What applying a layer did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct LayerStats {
+    /// Tar entries applied, whiteouts included.
     pub entries: u64,
     /// Bytes of regular files' content written (less than the tar stream: headers, padding).
     pub file_bytes: u64,
+    /// Whiteouts (`.wh.` entries) that removed something from a lower layer.
     pub whiteouts: u64,
 }
 

@@ -38,7 +38,9 @@ pub struct ApplyLimits {
     pub ratio_floor: u64,
     /// Entries in one layer.
     pub max_entries: u64,
+    /// Bytes in one entry's path (or link target).
     pub max_path_len: usize,
+    /// Components in one entry's path.
     pub max_path_depth: usize,
     /// One PAX extended header (the records before one entry).
     pub max_pax_size: u64,
@@ -65,7 +67,9 @@ impl Default for ApplyLimits {
     }
 }
 
+/// Why a layer was not applied; the root is then discarded.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 pub enum ApplyError {
     #[error(transparent)]
     Oci(#[from] OciError),
@@ -212,22 +216,34 @@ fn cause<A, B>(a: Result<A, ApplyError>, b: Result<B, ApplyError>) -> Result<(A,
 /// inflates to, `file_bytes` the regular files' content that stream carried.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct ApplyReport {
+    /// Each layer, in the order applied.
     pub layers: Vec<LayerReport>,
+    /// The layers' blobs as fetched, in all.
     pub compressed_bytes: u64,
+    /// Their tar streams, in all.
     pub uncompressed_bytes: u64,
+    /// Tar entries, in all.
     pub entries: u64,
+    /// Regular files' content, in all.
     pub file_bytes: u64,
+    /// Wall-clock seconds the whole apply took: fetch, verification, inflation and writing.
     pub seconds: f64,
 }
 
 /// What applying one layer did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct LayerReport {
+    /// The layer blob's digest (`sha256:…`).
     pub digest: String,
+    /// The blob as fetched.
     pub compressed_bytes: u64,
+    /// The tar stream it inflated to.
     pub uncompressed_bytes: u64,
+    /// Tar entries applied.
     pub entries: u64,
+    /// Regular files' content written.
     pub file_bytes: u64,
+    /// Whiteouts applied.
     pub whiteouts: u64,
 }
 

@@ -20,6 +20,7 @@ pub struct CarReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> CarReader<R> {
+    /// Reads and checks the CARv1 header (its length bounded before it is read).
     pub async fn new(mut r: R) -> Result<Self, FetchError> {
         let len = match read_varint(&mut r).await? {
             Some(l) => l,

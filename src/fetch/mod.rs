@@ -34,6 +34,7 @@ pub const MAX_DAG_DEPTH: usize = 32;
 
 /// Where verified bytes go, in order.
 pub trait BlobSink: Send {
+    /// Takes the next verified bytes; an error stops the fetch.
     fn write(&mut self, data: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
 }
 
@@ -45,7 +46,9 @@ impl BlobSink for Vec<u8> {
     }
 }
 
+/// Why a fetch failed; failover keeps one per gateway and reports them all.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 pub enum FetchError {
     #[error(transparent)]
     Ref(#[from] RefError),

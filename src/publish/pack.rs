@@ -15,7 +15,9 @@ use crate::fetch::hamt;
 use crate::fetch::unixfs::{Data, Kind};
 use crate::reference::{cid_for, raw_cid, CODEC_DAG_PB};
 
+/// Bytes per leaf of a file: ipfs-car's chunk size, so the CIDs match.
 pub const CHUNK_SIZE: usize = 1024 * 1024;
+/// Links per node of a file's balanced DAG: ipfs-car's width, so the CIDs match.
 pub const FILE_WIDTH: usize = 1024;
 /// Above this many entries a directory is written HAMT-sharded, as ipfs-car does.
 pub const MAX_DIR_ENTRIES: usize = 1000;
@@ -24,7 +26,9 @@ pub const MAX_PACKED_ENTRIES: usize = crate::fetch::hamt::MAX_DIR_ENTRIES;
 /// Deepest directory nesting packed (an OCI layout needs 3).
 pub const MAX_DIR_DEPTH: usize = 64;
 
+/// Why a directory could not be packed.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 pub enum PackError {
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
@@ -44,8 +48,11 @@ fn ioe(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
 /// What was packed.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Packed {
+    /// The root CID: the image's reference is `ipfs://` followed by it.
     pub root_cid: String,
+    /// Blocks written to the CAR.
     pub blocks: u64,
+    /// Bytes of the CAR.
     pub bytes: u64,
 }
 

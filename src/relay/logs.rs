@@ -44,6 +44,7 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reconnection backoff: from the first to the longest pause, doubling.
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+/// The longest pause between reconnections.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// One connection attempt.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,7 +66,9 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 const HEADER: usize = 13;
 
+/// Why the sink could not keep its records or its state.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 pub enum LogError {
     #[error("logs.file {path}: {source}")]
     File { path: String, source: io::Error },
@@ -75,9 +78,12 @@ pub enum LogError {
     StateFormat { path: String, reason: String },
 }
 
+/// What a frame carries (its first byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A line of the workload's stdout.
     Stdout = 1,
+    /// A line of the workload's stderr.
     Stderr = 2,
     /// JSON: `{"exit_code": N, "reason": "..."}`, the last record of a boot.
     Status = 3,
@@ -101,6 +107,7 @@ impl Kind {
             _ => return None,
         })
     }
+    /// The name a record line shows in brackets, such as `[status]`.
     pub fn label(self) -> &'static str {
         match self {
             Kind::Stdout => "stdout",
@@ -116,8 +123,11 @@ impl Kind {
 /// One frame, as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
+    /// What it carries.
     pub kind: Kind,
+    /// Its place in the boot's records, from 1 (a hello is 0; an ack names the last written).
     pub seq: u64,
+    /// At most [`MAX_RECORD`] bytes.
     pub payload: Vec<u8>,
 }
 
@@ -706,8 +716,12 @@ impl Output {
 /// Counts of what the sink has done, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct SinkCounters {
+    /// Records written.
     pub records: std::sync::atomic::AtomicU64,
+    /// Boots seen (one per hello with a new boot id).
     pub boots: std::sync::atomic::AtomicU64,
+    /// Final statuses written, by the exit code they report (`null` for a boot that failed
+    /// before its workload ran); at most 256 distinct codes are kept.
     pub statuses: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
@@ -718,6 +732,7 @@ pub struct Sink {
     state: Mutex<State>,
     conns: Arc<Semaphore>,
     next_conn: std::sync::atomic::AtomicU64,
+    /// What `/metrics` reports of this sink.
     pub counters: SinkCounters,
 }
 
