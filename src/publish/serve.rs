@@ -3,6 +3,10 @@
 //! It answers the subset of the trustless gateway specification that verifying clients use:
 //! `format=raw` and `format=car` (or the matching Accept headers), paths through plain UnixFS
 //! directories, `dag-scope=block|entity|all`, `entity-bytes=from:to`, and `dups=y|n`.
+//!
+//! A development and publishing tool, never part of the enclave build (the `dev-gateway`
+//! feature).
+#![cfg(feature = "dev-gateway")]
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;

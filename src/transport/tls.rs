@@ -93,6 +93,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Trans
     Ok(Arc::new(cfg))
 }
 
+#[cfg(feature = "dev-gateway")]
 /// A throwaway CA and a certificate for `localhost`, `127.0.0.1` and `::1`, for the dev
 /// gateway. The CA certificate is written to `ca_out` for clients to pass as `--ca`.
 pub fn self_signed(ca_out: &Path) -> Result<Arc<ServerConfig>, TransportError> {
