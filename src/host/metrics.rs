@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use super::HostError;
 use crate::relay::logs::Sink;
+use crate::transport::addr::accept_retrying;
 
 /// Longest request head read, and the time it may take.
 pub const MAX_REQUEST: usize = 8 * 1024;
@@ -148,14 +149,7 @@ pub fn render(sink: Option<&Sink>) -> String {
 pub async fn serve(listener: tokio::net::TcpListener, sink: Option<Arc<Sink>>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (mut io, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (mut io, peer) = accept_retrying(&listener, "metrics").await;
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             continue;
         };

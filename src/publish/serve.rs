@@ -24,7 +24,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::fetch::car::{self, CarReader};
 use crate::fetch::gateway::in_range;
@@ -32,6 +32,7 @@ use crate::fetch::hamt;
 use crate::fetch::unixfs::{Directory, FileNode};
 use crate::fetch::MAX_DAG_DEPTH;
 use crate::reference::{verify_block, MH_IDENTITY};
+use crate::transport::addr::accept_retrying;
 
 /// Connections served at once; more wait in the accept queue.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -141,14 +142,7 @@ pub async fn serve(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = accept_retrying(&listener, "gateway").await;
         let store = store.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::allow::{Allowlist, Decision};
 use super::splice::splice;
-use crate::transport::addr::Listener;
+use crate::transport::addr::{accept_shedding, Accepted, FdReserve, Listener};
 use crate::transport::{BoxIo, Connector};
 
 /// Bounds of the proxy (documented in docs/operating.md).
@@ -176,37 +176,22 @@ impl Proxy {
     /// so it is neither left waiting in the backlog nor accepted in a busy loop.
     pub async fn serve(self: Arc<Self>, listener: Listener) {
         let permits = Arc::new(Semaphore::new(self.limits.max_connections));
-        let mut reserve = std::fs::File::open("/dev/null").ok();
+        let mut reserve = FdReserve::new();
+        let service = format!("{} egress proxy", self.name);
         loop {
-            let (mut io, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
-                    warn!(proxy = self.name, error = %e, "out of file descriptors: refusing a client (raise LimitNOFILE, or lower max_connections)");
-                    if reserve.take().is_some() {
-                        if let Ok(Ok((mut io, _))) =
-                            tokio::time::timeout(Duration::from_secs(1), listener.accept()).await
-                        {
-                            count(&crate::host::metrics::COUNTERS.egress_refused);
-                            let _ = tokio::time::timeout(
-                                Duration::from_secs(1),
-                                respond(
-                                    &mut io,
-                                    "503 Service Unavailable",
-                                    "out of file descriptors",
-                                ),
-                            )
-                            .await;
-                        }
-                        reserve = std::fs::File::open("/dev/null").ok();
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        reserve = std::fs::File::open("/dev/null").ok();
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    warn!(proxy = self.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+            let (mut io, peer) = match accept_shedding(&listener, &service, &mut reserve).await {
+                Accepted::Serve(c) => c,
+                Accepted::Shed((mut io, _)) => {
+                    count(&crate::host::metrics::COUNTERS.egress_refused);
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        respond(
+                            &mut io,
+                            "503 Service Unavailable",
+                            "out of file descriptors",
+                        ),
+                    )
+                    .await;
                     continue;
                 }
             };
