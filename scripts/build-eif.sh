@@ -3,9 +3,11 @@
 # The initramfs is reproducible: sorted, owned by root, every timestamp 0, gzip without a name
 # or time. Two builds from the same inputs give the same PCR0.
 #
-# Usage: scripts/build-eif.sh --cidboot BIN --kernel-dir DIR --out EIF
+# Usage: scripts/build-eif.sh --cidboot BIN --kernel-dir DIR --out EIF [--tools FULL]
 #          [--helpers DIR] [--helper-image LAYOUT DIGEST]... [--config FILE] [--cmdline "..."]
-#   BIN           a static cidboot
+#   BIN           a static cidboot, the EIF's /init (the enclave build: --no-default-features)
+#   FULL          the cidboot that packs, serves and verifies helper images (a default build,
+#                 which has `cidboot gateway`); BIN if not given
 #   DIR           vmlinuz, config, and modules/*.ko (scripts/emulator-setup.sh prepares one)
 #   --helpers     files for /eigen/bin (EigenCloud-style helper clients)
 #   --helper-image  a dependency image as an OCI layout directory (what `skopeo copy
@@ -14,12 +16,13 @@
 #                 that no fetch is needed at boot; their [helpers.pins] lines go to stderr
 #   --config      a runtime configuration baked in at /etc/cidboot/config.toml
 set -euo pipefail
-cidboot= kdir= out= helpers= config=
+cidboot= tools= kdir= out= helpers= config=
 helper_images=()
 cmdline="console=ttyS0 reboot=k panic=30 pci=off random.trust_cpu=on"
 while [ $# -gt 0 ]; do
   case "$1" in
     --cidboot) cidboot=$2; shift 2 ;;
+    --tools) tools=$2; shift 2 ;;
     --kernel-dir) kdir=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --helpers) helpers=$2; shift 2 ;;
@@ -30,6 +33,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "$cidboot" ] && [ -n "$kdir" ] && [ -n "$out" ] || { sed -n '2,17p' "$0" >&2; exit 2; }
+tools=${tools:-$cidboot}
+if [ ${#helper_images[@]} -gt 0 ] && ! "$tools" gateway --help >/dev/null 2>&1; then
+  echo "build-eif: $tools has no gateway command (an enclave build): pass a default build as --tools" >&2
+  exit 2
+fi
 eif_build=${EIF_BUILD:-$(command -v eif_build || echo "${CIDBOOT_CACHE:-$HOME/.cache/cidboot}/emulator/bin/eif_build")}
 
 stage=$(mktemp -d)
@@ -52,19 +60,19 @@ for ((i = 0; i < ${#helper_images[@]}; i += 2)); do
   layout=${helper_images[i]} digest=${helper_images[i + 1]}
   dep="$stage/helper-image-$i"
   mkdir -p "$dep"
-  cid=$("$cidboot" pack "$layout" --car "$dep/image.car")
-  "$cidboot" gateway --car "$dep/image.car" --listen 127.0.0.1:0 --tls-self-signed "$dep/ca.pem" >"$dep/url" 2>"$dep/gateway.log" &
+  cid=$("$tools" pack "$layout" --car "$dep/image.car")
+  "$tools" gateway --car "$dep/image.car" --listen 127.0.0.1:0 --tls-self-signed "$dep/ca.pem" >"$dep/url" 2>"$dep/gateway.log" &
   gw_pid=$!
   for _ in $(seq 100); do [ -s "$dep/url" ] && break; sleep 0.1; done
   url=$(head -n1 "$dep/url")
-  manifest=$("$cidboot" inspect "ipfs://$cid" --gateway "$url" --ca "$dep/ca.pem" --json |
+  manifest=$("$tools" inspect "ipfs://$cid" --gateway "$url" --ca "$dep/ca.pem" --json |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["manifest_digest"])') || manifest=
   if [ "$manifest" != "$digest" ]; then
     kill "$gw_pid" 2>/dev/null || true
     echo "build-eif: helper image $layout: its manifest is ${manifest:-unknown}, not $digest" >&2
     exit 1
   fi
-  "$cidboot" unpack "ipfs://$cid" --gateway "$url" --ca "$dep/ca.pem" --rootfs "$dep/root" >/dev/null
+  "$tools" unpack "ipfs://$cid" --gateway "$url" --ca "$dep/ca.pem" --rootfs "$dep/root" >/dev/null
   kill "$gw_pid" 2>/dev/null || true
   found=0
   for h in "$dep/root/eigen/bin"/*; do

@@ -28,10 +28,22 @@ say() { echo "e2e: $*"; }
 fail() { echo "e2e: FAIL: $*" >&2; for f in "$work"/*.log; do echo "--- $f" >&2; tail -n 40 "$f" >&2; done; exit 1; }
 
 target=x86_64-unknown-linux-gnu
-say "building a static cidboot"
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked --target "$target"
+# Two static builds: the EIF's /init leaves the development parts out (no software NSM, no
+# gateway, no rcgen); the parent's side (host, gateway, pack, expect, verify) is the full one.
+# Both write target/.../release/cidboot, so the enclave's is copied away first.
 bin="${CARGO_TARGET_DIR:-$repo/target}/$target/release/cidboot"
-ldd "$bin" 2>&1 | grep -qE "statically linked|not a dynamic" || fail "cidboot is not static"
+say "building a static cidboot for the enclave (--no-default-features)"
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked --target "$target" --no-default-features
+init="$work/init"
+install -m 0755 "$bin" "$init"
+say "building a static cidboot for the parent"
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked --target "$target"
+for b in "$init" "$bin"; do
+  ldd "$b" 2>&1 | grep -qE "statically linked|not a dynamic" || fail "$b is not static"
+done
+"$init" gateway --help >/dev/null 2>&1 && fail "the enclave's cidboot has the development gateway"
+"$init" run --nsm software --help >/dev/null 2>&1 && fail "the enclave's cidboot has the software NSM"
+say "enclave build $(stat -c %s "$init") bytes, full build $(stat -c %s "$bin") bytes"
 
 say "building and publishing the sample image and a helper image"
 scripts/sample-image.sh "$work/layout" >/dev/null
@@ -112,17 +124,17 @@ TOML
 }
 
 say "building the EIF (twice: PCR0 must not change)"
-"$repo/scripts/build-eif.sh" --cidboot "$bin" --kernel-dir "$cache/kernel" --out "$work/cidboot.eif" >"$work/eif.json"
-"$repo/scripts/build-eif.sh" --cidboot "$bin" --kernel-dir "$cache/kernel" --out "$work/again.eif" >"$work/eif2.json"
+"$repo/scripts/build-eif.sh" --cidboot "$init" --kernel-dir "$cache/kernel" --out "$work/cidboot.eif" >"$work/eif.json"
+"$repo/scripts/build-eif.sh" --cidboot "$init" --kernel-dir "$cache/kernel" --out "$work/again.eif" >"$work/eif2.json"
 pcr() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d.get('Measurements', d)[sys.argv[2]])" "$1" "$2"; }
 [ "$(pcr "$work/eif.json" PCR0)" = "$(pcr "$work/eif2.json" PCR0)" ] || fail "two builds gave different PCR0"
 say "reproducible: PCR0 $(pcr "$work/eif.json" PCR0)"
 # An air-gapped EIF: helpers baked in from a dependency image's OCI layout, verified by digest.
-"$repo/scripts/build-eif.sh" --cidboot "$bin" --kernel-dir "$cache/kernel" --out "$work/baked.eif" \
+"$repo/scripts/build-eif.sh" --cidboot "$init" --tools "$bin" --kernel-dir "$cache/kernel" --out "$work/baked.eif" \
   --helper-image "$work/helpers" "$helpers_digest" >/dev/null 2>"$work/baked.log" || fail "baking the helper image: $(cat "$work/baked.log")"
 want="fake-kms-client = \"sha256:$(sha256sum "${CARGO_TARGET_DIR:-$repo/sample/target}/x86_64-unknown-linux-gnu/release/fake-kms-client" | cut -d' ' -f1)\""
 grep -qF "$want" "$work/baked.log" || fail "the baked helper's pin is not printed: $(cat "$work/baked.log")"
-if "$repo/scripts/build-eif.sh" --cidboot "$bin" --kernel-dir "$cache/kernel" --out "$work/bad.eif" \
+if "$repo/scripts/build-eif.sh" --cidboot "$init" --tools "$bin" --kernel-dir "$cache/kernel" --out "$work/bad.eif" \
   --helper-image "$work/helpers" "sha256:$(printf '0%.0s' $(seq 64))" >/dev/null 2>"$work/bad.log"; then
   fail "a helper image with the wrong digest was baked"
 fi
@@ -139,7 +151,7 @@ printf '#!/bin/sh\necho "nitro-cli stand-in: $*"\n' >"$work/buildah/nitro-cli"
 c=$(bh from scratch)
 bh copy --chmod 0755 "$c" "$work/buildah/nitro-cli" /usr/bin/nitro-cli >/dev/null
 bh commit -q "$c" localhost/nitro-cli-standin >/dev/null
-install -m 0755 "$bin" "$work/eif-ctx/cidboot"
+install -m 0755 "$init" "$work/eif-ctx/cidboot"
 cp "$cache"/kernel/modules/*.ko "$work/eif-ctx/modules/"
 bh bud -q -f "$repo/dockerfiles/Dockerfile.eif" -t localhost/cidboot-eif "$work/eif-ctx" >/dev/null 2>"$work/bud-eif.log" || fail "buildah bud Dockerfile.eif: $(cat "$work/bud-eif.log")"
 install -m 0755 "$bin" "$work/sleeve-ctx/cidboot"

@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::measure::EventLog;
 use crate::nsm::{Nsm, MAX_ATTESTATION_FIELD};
+use crate::transport::addr::accept_retrying;
 
 /// The documented default address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9393";
@@ -227,10 +228,7 @@ pub async fn bind(
     });
     let serve = async move {
         loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
+            let (stream, peer) = accept_retrying(&listener, "attestation API").await;
             let state = state.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {

@@ -35,6 +35,7 @@ pub enum Command {
     /// Pack an OCI image layout directory into a CARv1 and print its root CID.
     Pack(publish::PackArgs),
     /// Serve the blocks of CAR files as a trustless gateway (development, tests, air-gapped).
+    #[cfg(feature = "dev-gateway")]
     Gateway(publish::GatewayArgs),
     /// Resolve and verify an image's index, manifest and config, and describe it.
     Inspect(image::InspectArgs),
@@ -178,6 +179,7 @@ pub enum CliError {
     Apply(#[from] crate::apply::ApplyError),
     #[error(transparent)]
     Pack(#[from] crate::publish::pack::PackError),
+    #[cfg(feature = "dev-gateway")]
     #[error(transparent)]
     Serve(#[from] crate::publish::serve::ServeError),
     #[error("{0}")]
@@ -202,9 +204,16 @@ pub fn main() -> ExitCode {
         Command::Unpack(a) => a.json,
         Command::Verify(a) => a.json,
         Command::Expect(a) => a.json,
-        Command::Gateway(_) | Command::Host(_) => false,
+        #[cfg(feature = "dev-gateway")]
+        Command::Gateway(_) => false,
+        Command::Host(_) => false,
     };
-    let daemon = matches!(cli.command, Command::Gateway(_) | Command::Host(_));
+    let daemon = match &cli.command {
+        #[cfg(feature = "dev-gateway")]
+        Command::Gateway(_) => true,
+        Command::Host(_) => true,
+        _ => false,
+    };
     progress::enable(!cli.quiet && !json && !daemon);
     // Every command logs to stderr; `host` writes the enclave's records to stdout.
     init_logging(
@@ -348,6 +357,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     let ok = |r: Result<(), CliError>| r.map(|()| 0);
     match cli.command {
         Command::Pack(a) => ok(publish::pack(a)),
+        #[cfg(feature = "dev-gateway")]
         Command::Gateway(a) => ok(runtime()?.block_on(publish::gateway(a))),
         Command::Inspect(a) => ok(runtime()?.block_on(image::inspect(a))),
         Command::Pull(a) => ok(runtime()?.block_on(image::pull(a))),

@@ -3,7 +3,10 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::CliError;
-use crate::publish::{pack as packer, serve};
+use crate::publish::pack as packer;
+#[cfg(feature = "dev-gateway")]
+use crate::publish::serve;
+#[cfg(feature = "dev-gateway")]
 use crate::transport::tls;
 
 #[derive(Args, Debug)]
@@ -72,6 +75,7 @@ pub fn pack(a: PackArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+#[cfg(feature = "dev-gateway")]
 #[derive(Args, Debug)]
 pub struct GatewayArgs {
     /// CAR files whose blocks are served (repeatable).
@@ -96,6 +100,7 @@ pub struct GatewayArgs {
     pub insecure_serve_unverified: bool,
 }
 
+#[cfg(feature = "dev-gateway")]
 pub async fn gateway(a: GatewayArgs) -> Result<(), CliError> {
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => Some(tls::server_config(c, k)?),

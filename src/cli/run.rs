@@ -8,6 +8,7 @@ use super::{CliError, FetchArgs};
 use crate::boot;
 use crate::config::Loaded;
 use crate::nsm::device::DeviceNsm;
+#[cfg(feature = "software-nsm")]
 use crate::nsm::software::{SoftwareNsm, TestCa};
 use crate::nsm::Nsm;
 use crate::relay::logs::{Kind as LogKind, LogSender};
@@ -33,15 +34,18 @@ pub struct RunArgs {
     pub helpers_dir: Option<PathBuf>,
     /// Which NSM measures and attests: the device (/dev/nsm), the software NSM, or auto
     /// (the device if present).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "device", "software"])]
+    #[arg(long, default_value = "auto", value_parser = NSM_KINDS)]
     pub nsm: String,
     /// Software NSM: the test CA certificate (PEM) to sign under; a fresh one if not given.
+    #[cfg(feature = "software-nsm")]
     #[arg(long, requires = "nsm_ca_key")]
     pub nsm_ca_cert: Option<PathBuf>,
     /// Software NSM: the test CA's private key (PEM).
+    #[cfg(feature = "software-nsm")]
     #[arg(long, requires = "nsm_ca_cert")]
     pub nsm_ca_key: Option<PathBuf>,
     /// Software NSM: write the root certificate (PEM) that verifies its documents here.
+    #[cfg(feature = "software-nsm")]
     #[arg(long)]
     pub nsm_root_out: Option<PathBuf>,
     /// Where the attestation API listens, tcp:HOST:PORT or HOST:PORT (default: the
@@ -64,11 +68,31 @@ pub struct RunArgs {
     pub json: bool,
 }
 
+/// The `--nsm` choices: the enclave build has no software NSM to offer.
+#[cfg(feature = "software-nsm")]
+const NSM_KINDS: [&str; 3] = ["auto", "device", "software"];
+#[cfg(not(feature = "software-nsm"))]
+const NSM_KINDS: [&str; 2] = ["auto", "device"];
+
 fn open_nsm(a: &RunArgs) -> Result<Arc<dyn Nsm>, CliError> {
     let device = std::path::Path::new("/dev/nsm").exists();
     if a.nsm == "device" || (a.nsm == "auto" && device) {
         return Ok(Arc::new(DeviceNsm::open()?));
     }
+    software_nsm(a)
+}
+
+#[cfg(not(feature = "software-nsm"))]
+fn software_nsm(_: &RunArgs) -> Result<Arc<dyn Nsm>, CliError> {
+    Err(CliError::Usage(
+        "there is no /dev/nsm, and this cidboot is built without the software NSM (the \
+         `software-nsm` feature, in the default build)"
+            .into(),
+    ))
+}
+
+#[cfg(feature = "software-nsm")]
+fn software_nsm(a: &RunArgs) -> Result<Arc<dyn Nsm>, CliError> {
     let ca = match (&a.nsm_ca_cert, &a.nsm_ca_key) {
         (Some(c), Some(k)) => {
             let read = |p: &PathBuf| {

@@ -8,11 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
 
 use super::HostError;
 use crate::relay::logs::Sink;
+use crate::transport::addr::accept_retrying;
+use crate::transport::head::{read_head, Head, HeadError};
 
 /// Longest request head read, and the time it may take.
 pub const MAX_REQUEST: usize = 8 * 1024;
@@ -144,44 +146,28 @@ pub fn render(sink: Option<&Sink>) -> String {
     out
 }
 
-/// Serves `GET /metrics`; anything else gets 404.
+/// Serves `GET /metrics`; anything else gets 404, a head over [`MAX_REQUEST`] 431.
 pub async fn serve(listener: tokio::net::TcpListener, sink: Option<Arc<Sink>>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (mut io, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (mut io, peer) = accept_retrying(&listener, "metrics").await;
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             continue;
         };
         let sink = sink.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let mut head = Vec::new();
-            let got = tokio::time::timeout(REQUEST_TIMEOUT, async {
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
-                    let n = io.read(&mut buf).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    head.extend_from_slice(&buf[..n]);
+            let got = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut io, MAX_REQUEST)).await;
+            let (status, body) = match got {
+                Ok(Ok(Head { head, .. })) if head.starts_with(b"GET /metrics ") => {
+                    ("200 OK", render(sink.as_deref()))
                 }
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-            if !matches!(got, Ok(Ok(()))) {
-                return;
-            }
-            let (status, body) = if head.starts_with(b"GET /metrics ") {
-                ("200 OK", render(sink.as_deref()))
-            } else {
-                ("404 Not Found", "only GET /metrics\n".to_string())
+                Ok(Ok(_)) => ("404 Not Found", "only GET /metrics\n".to_string()),
+                Ok(Err(HeadError::TooLarge(max))) => (
+                    "431 Request Header Fields Too Large",
+                    format!("request head over {max} bytes\n"),
+                ),
+                Ok(Err(_)) | Err(_) => return,
             };
             let resp = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

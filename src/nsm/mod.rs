@@ -7,6 +7,7 @@
 pub mod device;
 /// The attestation document format (the verifier crate's).
 pub use cidboot_verify::document;
+#[cfg(feature = "software-nsm")]
 pub mod software;
 
 /// Largest `user_data`, `nonce` or `public_key` put in a document (some verifiers reject

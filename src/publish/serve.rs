@@ -3,6 +3,10 @@
 //! It answers the subset of the trustless gateway specification that verifying clients use:
 //! `format=raw` and `format=car` (or the matching Accept headers), paths through plain UnixFS
 //! directories, `dag-scope=block|entity|all`, `entity-bytes=from:to`, and `dups=y|n`.
+//!
+//! A development and publishing tool, never part of the enclave build (the `dev-gateway`
+//! feature).
+#![cfg(feature = "dev-gateway")]
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -20,7 +24,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::fetch::car::{self, CarReader};
 use crate::fetch::gateway::in_range;
@@ -28,6 +32,7 @@ use crate::fetch::hamt;
 use crate::fetch::unixfs::{Directory, FileNode};
 use crate::fetch::MAX_DAG_DEPTH;
 use crate::reference::{verify_block, VerifiedBlock, MH_IDENTITY};
+use crate::transport::addr::accept_retrying;
 
 /// Connections served at once; more wait in the accept queue.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -153,14 +158,7 @@ pub async fn serve(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = accept_retrying(&listener, "gateway").await;
         let store = store.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {

@@ -813,18 +813,10 @@ impl Sink {
     pub async fn serve(self: Arc<Self>, listener: Listener, mut shutdown: watch::Receiver<bool>) {
         let mut tasks = tokio::task::JoinSet::new();
         loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
+            let (io, peer) = tokio::select! {
+                c = listener.accept_retrying("log sink") => c,
                 _ = shutdown.wait_for(|s| *s) => break,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-            };
-            let (io, peer) = match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(error = %e, "log sink accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
             };
             let Ok(permit) = self.conns.clone().try_acquire_owned() else {
                 warn!(client = %peer, "log sink: {MAX_CONNECTIONS} connections already; closing this one");

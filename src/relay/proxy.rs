@@ -3,18 +3,20 @@
 //! TCP as its dialer; inside the enclave the workload's proxy runs it with the parent's proxy
 //! (over vsock) as its dialer, so the enclave's measured policy is enforced inside too.
 //!
-//! Request heads are parsed with `httparse` from a buffer capped before parsing.
+//! Request heads are parsed with `httparse` from a buffer capped before parsing
+//! (`transport::head`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use super::allow::{Allowlist, Decision};
 use super::splice::splice;
-use crate::transport::addr::Listener;
+use crate::transport::addr::{accept_shedding, Accepted, FdReserve, Listener};
+use crate::transport::head::{read_head, Head, HeadError};
 use crate::transport::{BoxIo, Connector};
 
 /// Bounds of the proxy (documented in docs/operating.md).
@@ -64,30 +66,6 @@ async fn respond(io: &mut BoxIo, status: &str, msg: &str) {
         .write_all(format!("HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes())
         .await;
     let _ = io.shutdown().await;
-}
-
-/// Reads a request head: up to `max` bytes, ending with CRLFCRLF. Returns the head and any
-/// bytes read past it.
-async fn read_request_head(io: &mut BoxIo, max: usize) -> Result<(Vec<u8>, Vec<u8>), &'static str> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    loop {
-        let n = io.read(&mut chunk).await.map_err(|_| "read error")?;
-        if n == 0 {
-            return Err("closed");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            if pos + 4 > max {
-                return Err("too large");
-            }
-            let rest = buf.split_off(pos + 4);
-            return Ok((buf, rest));
-        }
-        if buf.len() > max {
-            return Err("too large");
-        }
-    }
 }
 
 struct Target {
@@ -176,37 +154,22 @@ impl Proxy {
     /// so it is neither left waiting in the backlog nor accepted in a busy loop.
     pub async fn serve(self: Arc<Self>, listener: Listener) {
         let permits = Arc::new(Semaphore::new(self.limits.max_connections));
-        let mut reserve = std::fs::File::open("/dev/null").ok();
+        let mut reserve = FdReserve::new();
+        let service = format!("{} egress proxy", self.name);
         loop {
-            let (mut io, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
-                    warn!(proxy = self.name, error = %e, "out of file descriptors: refusing a client (raise LimitNOFILE, or lower max_connections)");
-                    if reserve.take().is_some() {
-                        if let Ok(Ok((mut io, _))) =
-                            tokio::time::timeout(Duration::from_secs(1), listener.accept()).await
-                        {
-                            count(&crate::host::metrics::COUNTERS.egress_refused);
-                            let _ = tokio::time::timeout(
-                                Duration::from_secs(1),
-                                respond(
-                                    &mut io,
-                                    "503 Service Unavailable",
-                                    "out of file descriptors",
-                                ),
-                            )
-                            .await;
-                        }
-                        reserve = std::fs::File::open("/dev/null").ok();
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        reserve = std::fs::File::open("/dev/null").ok();
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    warn!(proxy = self.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+            let (mut io, peer) = match accept_shedding(&listener, &service, &mut reserve).await {
+                Accepted::Serve(c) => c,
+                Accepted::Shed((mut io, _)) => {
+                    count(&crate::host::metrics::COUNTERS.egress_refused);
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        respond(
+                            &mut io,
+                            "503 Service Unavailable",
+                            "out of file descriptors",
+                        ),
+                    )
+                    .await;
                     continue;
                 }
             };
@@ -235,7 +198,7 @@ impl Proxy {
         let started = Instant::now();
         let head = match tokio::time::timeout(
             self.limits.head_timeout,
-            read_request_head(&mut io, self.limits.max_head),
+            read_head(&mut io, self.limits.max_head),
         )
         .await
         {
@@ -248,7 +211,7 @@ impl Proxy {
                 )
                 .await;
             }
-            Ok(Err("too large")) => {
+            Ok(Err(HeadError::TooLarge(_))) => {
                 warn!(proxy = self.name, client = %peer, decision = "refuse", reason = "request head too large", "egress");
                 return respond(
                     &mut io,
@@ -260,7 +223,7 @@ impl Proxy {
             Ok(Err(_)) => return,
             Ok(Ok(h)) => h,
         };
-        let (head, early) = head;
+        let Head { head, rest: early } = head;
         let target = match parse_request(&head) {
             Ok(t) => t,
             Err(e) => {

@@ -194,19 +194,118 @@ pub enum Listener {
 /// descriptors) does not spin.
 pub const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
-impl Listener {
-    /// The next connection. A failed accept is logged under `service` and retried after
-    /// [`ACCEPT_BACKOFF`]: a listener never spins and never stops.
-    pub async fn accept_retrying(&self, service: &str) -> (BoxIo, String) {
-        loop {
-            match self.accept().await {
-                Ok(c) => return c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "{service} accept failed");
+/// How long [`accept_shedding`] waits, with the reserve descriptor let go, for the client it
+/// refuses.
+pub const SHED_ACCEPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A listener the accept loops share one back-off policy over: [`Listener`], and tokio's
+/// `TcpListener` for the HTTP services that only ever listen on TCP.
+pub trait Accept {
+    type Conn: Send;
+    /// One accept, as the listener's own `accept`.
+    fn accept_one(&self) -> impl std::future::Future<Output = io::Result<Self::Conn>> + Send;
+}
+
+impl Accept for Listener {
+    type Conn = (BoxIo, String);
+    fn accept_one(&self) -> impl std::future::Future<Output = io::Result<Self::Conn>> + Send {
+        self.accept()
+    }
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Conn = (tokio::net::TcpStream, std::net::SocketAddr);
+    fn accept_one(&self) -> impl std::future::Future<Output = io::Result<Self::Conn>> + Send {
+        self.accept()
+    }
+}
+
+/// The next connection. A failed accept is logged under `service` and retried after
+/// [`ACCEPT_BACKOFF`]: a listener never spins and never stops.
+pub async fn accept_retrying<L: Accept>(listener: &L, service: &str) -> L::Conn {
+    loop {
+        match listener.accept_one().await {
+            Ok(c) => return c,
+            Err(e) => {
+                tracing::warn!(error = %e, "{service} accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// One descriptor held back for when the process runs out of them (EMFILE, ENFILE): let go, it
+/// lets an accept loop take a waiting client to answer and close, so that the client is
+/// neither left in the backlog nor accepted in a busy loop.
+pub struct FdReserve(Option<std::fs::File>);
+
+impl FdReserve {
+    pub fn new() -> FdReserve {
+        FdReserve(Self::open())
+    }
+
+    fn open() -> Option<std::fs::File> {
+        std::fs::File::open("/dev/null").ok()
+    }
+}
+
+impl Default for FdReserve {
+    fn default() -> FdReserve {
+        FdReserve::new()
+    }
+}
+
+/// What [`accept_shedding`] took.
+pub enum Accepted<C> {
+    /// A connection to serve.
+    Serve(C),
+    /// A client accepted on the reserve's descriptor while the process is out of them: answer
+    /// it briefly and drop it before the next accept, which takes the reserve back.
+    Shed(C),
+}
+
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+/// [`accept_retrying`] for a service that answers every client: out of descriptors, the
+/// reserve is let go to accept one waiting client (within [`SHED_ACCEPT_TIMEOUT`]), handed back
+/// as [`Accepted::Shed`]; with no reserve to let go, the accept backs off as any other failure.
+pub async fn accept_shedding<L: Accept>(
+    listener: &L,
+    service: &str,
+    reserve: &mut FdReserve,
+) -> Accepted<L::Conn> {
+    loop {
+        if reserve.0.is_none() {
+            reserve.0 = FdReserve::open();
+        }
+        match listener.accept_one().await {
+            Ok(c) => return Accepted::Serve(c),
+            Err(e) if out_of_descriptors(&e) => {
+                tracing::warn!(error = %e, "{service}: out of file descriptors: refusing a client (raise LimitNOFILE, or lower max_connections)");
+                if reserve.0.take().is_some() {
+                    if let Ok(Ok(c)) =
+                        tokio::time::timeout(SHED_ACCEPT_TIMEOUT, listener.accept_one()).await
+                    {
+                        return Accepted::Shed(c);
+                    }
+                } else {
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             }
+            Err(e) => {
+                tracing::warn!(error = %e, "{service} accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
         }
+    }
+}
+
+impl Listener {
+    /// The next connection, by [`accept_retrying`].
+    pub async fn accept_retrying(&self, service: &str) -> (BoxIo, String) {
+        accept_retrying(self, service).await
     }
 
     /// Accepts one connection, with a printable peer.

@@ -7,6 +7,7 @@ use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::addr::Addr;
+use super::head::{read_head_exact, HeadError};
 use super::{BoxFuture, BoxIo, Connector};
 
 /// Largest proxy response head accepted.
@@ -19,27 +20,6 @@ const MAX_REFUSAL_BODY: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct ConnectProxy {
     pub proxy: Addr,
-}
-
-/// Reads one HTTP response head, byte by byte so that nothing after it is consumed.
-pub async fn read_head<R: tokio::io::AsyncRead + Unpin>(
-    r: &mut R,
-    max: usize,
-) -> io::Result<Vec<u8>> {
-    let mut head = Vec::with_capacity(256);
-    loop {
-        let b = r.read_u8().await?;
-        head.push(b);
-        if head.ends_with(b"\r\n\r\n") {
-            return Ok(head);
-        }
-        if head.len() >= max {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("head over {max} bytes"),
-            ));
-        }
-    }
 }
 
 impl Connector for ConnectProxy {
@@ -57,7 +37,17 @@ impl Connector for ConnectProxy {
                 format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
             )
             .await?;
-            let head = read_head(&mut s, MAX_RESPONSE_HEAD).await?;
+            // Nothing past the head is read: after a 200 the stream is the tunnel.
+            let head = read_head_exact(&mut s, MAX_RESPONSE_HEAD)
+                .await
+                .map_err(|e| match e {
+                    HeadError::Io(e) => e,
+                    HeadError::Closed => io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("egress proxy {} closed before answering", self.proxy),
+                    ),
+                    e @ HeadError::TooLarge(_) => io::Error::new(io::ErrorKind::InvalidData, e),
+                })?;
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut resp = httparse::Response::new(&mut headers);
             let status = match resp.parse(&head) {

@@ -3,6 +3,7 @@
 
 pub mod addr;
 pub mod connect;
+pub mod head;
 pub mod http;
 pub mod tls;
 

@@ -83,6 +83,15 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Trans
         path: key.display().to_string(),
         reason: format!("no usable private key: {e}"),
     })?;
+    server_config_for(certs, key)
+}
+
+/// Every server configuration cidboot makes: the safe default protocol versions of the ring
+/// provider, no client authentication, one certificate chain, HTTP/1.1 by ALPN.
+fn server_config_for(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, TransportError> {
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TransportError::TlsConfig(e.to_string()))?
@@ -93,6 +102,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Trans
     Ok(Arc::new(cfg))
 }
 
+#[cfg(feature = "dev-gateway")]
 /// A throwaway CA and a certificate for `localhost`, `127.0.0.1` and `::1`, for the dev
 /// gateway. The CA certificate is written to `ca_out` for clients to pass as `--ca`.
 pub fn self_signed(ca_out: &Path) -> Result<Arc<ServerConfig>, TransportError> {
@@ -120,12 +130,5 @@ pub fn self_signed(ca_out: &Path) -> Result<Arc<ServerConfig>, TransportError> {
     })?;
     let key = PrivateKeyDer::try_from(leaf_key.serialize_der())
         .map_err(|e| TransportError::TlsConfig(e.to_string()))?;
-    let mut cfg = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TransportError::TlsConfig(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone()], key)
-        .map_err(|e| TransportError::TlsConfig(e.to_string()))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    server_config_for(vec![leaf.der().clone()], key)
 }
