@@ -21,15 +21,18 @@ use crate::oci::{OciError, Selector};
     version,
     about = "Run a content-addressed (IPFS CID) OCI image, verified end to end"
 )]
+/// The command line (`cidboot COMMAND`); PID 1 never parses one.
 pub struct Cli {
     /// No progress bars and no informational logs (warnings and errors only); the result on
     /// stdout is unchanged. Bars appear only when stderr is a terminal anyway.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The commands; each one's doc comment is its `--help` line.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Pack an OCI image layout directory into a CARv1 and print its root CID.
@@ -125,6 +128,7 @@ impl FetchArgs {
     }
 }
 
+/// `cidboot host`: the parent's side.
 #[derive(Args, Debug)]
 #[command(after_help = HOST_SECTIONS)]
 pub struct HostArgs {
@@ -163,7 +167,9 @@ host.toml sections (each optional, at least one needed; addresses are vsock:CID:
 
 See docs/operating.md for a complete example, limits and systemd setup.";
 
+/// Why a command failed; printed as one `error:` line (and as JSON with `--json`).
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 pub enum CliError {
     #[error(transparent)]
     Host(#[from] crate::host::HostError),
@@ -194,6 +200,7 @@ pub enum CliError {
     Runtime(std::io::Error),
 }
 
+/// Parses the command line, sets up logging and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = match &cli.command {

@@ -17,9 +17,12 @@ pub const MAX_ATTESTATION_FIELD: usize = 512;
 pub const MAX_EXTEND_DATA: usize = 512;
 /// PCRs an NSM has; 0-15 are locked at boot, 16-31 are the enclave's own.
 pub const PCR_COUNT: u16 = 32;
+/// The first PCR an enclave may extend: cidboot's measurement goes into it.
 pub const FIRST_EXTENDABLE_PCR: u16 = 16;
 
+/// Why an NSM request failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 pub enum NsmError {
     #[error("PCR{0} does not exist")]
     InvalidIndex(u16),
@@ -45,6 +48,7 @@ pub trait Nsm: Send + Sync {
     fn describe_pcr(&self, index: u16) -> Result<(bool, Vec<u8>), NsmError>;
     /// `PCR = SHA-384(PCR || data)`; returns the new value.
     fn extend_pcr(&self, index: u16, data: &[u8]) -> Result<Vec<u8>, NsmError>;
+    /// Makes one PCR read-only until the enclave ends.
     fn lock_pcr(&self, index: u16) -> Result<(), NsmError>;
     /// Locks PCR0 up to `range - 1` (NSM LockPCRs).
     fn lock_pcrs(&self, range: u16) -> Result<(), NsmError>;

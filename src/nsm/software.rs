@@ -29,6 +29,7 @@ pub struct TestCa {
 }
 
 impl TestCa {
+    /// A fresh P-384 root, as the software NSM's stand-in for the AWS Nitro root.
     pub fn generate() -> Result<TestCa, NsmError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).map_err(sw)?;
         let p = ca_params()?;
@@ -70,10 +71,12 @@ impl TestCa {
         })
     }
 
+    /// The root certificate a verifier pins (`cidboot verify --root`).
     pub fn root_pem(&self) -> &str {
         &self.root_pem
     }
 
+    /// The root's private key, so a later run can sign under the same root.
     pub fn key_pem(&self) -> String {
         self.key.serialize_pem()
     }

@@ -41,7 +41,9 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Blocks one CAR response may carry.
 pub const MAX_RESPONSE_BLOCKS: usize = 4 << 20;
 
+/// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 pub enum ServeError {
     #[error("--listen: {0}")]
     Addr(#[from] crate::transport::addr::AddrError),
@@ -125,10 +127,12 @@ impl BlockStore {
         Ok(store)
     }
 
+    /// Blocks loaded.
     pub fn len(&self) -> usize {
         self.blocks.len()
     }
 
+    /// Whether no block was loaded.
     pub fn is_empty(&self) -> bool {
         self.blocks.is_empty()
     }
