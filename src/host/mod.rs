@@ -36,14 +36,21 @@ pub mod status;
 
 /// The byte a Nitro enclave sends its parent once booted, and gets back.
 pub const HEARTBEAT: u8 = 0xB7;
-/// The vsock ports on the parent that an enclave uses by default.
+/// The vsock port on the parent where an enclave dials the egress proxy by default; the
+/// ports below are the other services' defaults, also on the parent.
 pub const EGRESS_PORT: u32 = 8000;
+/// The boot configuration service, which the enclave asks for its runtime configuration.
 pub const BOOT_PORT: u32 = 8001;
+/// The log and status sink, where PID 1 sends its records and the workload's final status.
 pub const LOGS_PORT: u32 = 8002;
+/// Where the enclave sends its boot heartbeat: Nitro's own responder, or `[heartbeat]` for an
+/// emulated enclave.
 pub const HEARTBEAT_PORT: u32 = 9000;
 /// Descriptors kept out of the egress tunnels' share of RLIMIT_NOFILE.
 pub const FD_MARGIN: u64 = 64;
 
+/// What stops the daemon from being configured or from running.
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     #[error("reading {path}: {source}")]
@@ -59,6 +66,7 @@ pub enum HostError {
         addr: String,
         source: std::io::Error,
     },
+    /// A signal the daemon acts on (SIGTERM, SIGINT, SIGHUP) could not be watched.
     #[error("{service}: {reason}")]
     Signal {
         service: &'static str,
@@ -75,12 +83,18 @@ pub enum HostError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
+    /// The egress proxy the enclave's outbound connections go through.
     pub egress: Option<Egress>,
+    /// Serves the enclave its runtime configuration.
     pub boot: Option<Boot>,
+    /// Receives the enclave's log records and final status.
     pub logs: Option<Logs>,
+    /// Forwarders from the parent into the enclave, one per listener.
     #[serde(default)]
     pub ingress: Vec<Ingress>,
+    /// Answers an emulated enclave's boot heartbeat.
     pub heartbeat: Option<Heartbeat>,
+    /// The Prometheus endpoint for the daemon's counters.
     pub metrics: Option<Metrics>,
     /// Launch and supervise the enclave (see docs/launching.md).
     #[serde(default, deserialize_with = "enclave::checked")]
@@ -89,17 +103,26 @@ pub struct HostConfig {
     pub cache: Option<cache::CacheConfig>,
 }
 
+/// `[egress]`: the HTTP CONNECT proxy that is the enclave's only way out; unset limits take
+/// [`ProxyLimits::default`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Egress {
+    /// Where the enclave dials the proxy (by default `vsock:any:8000`).
     pub listen: Addr,
     /// `host:port` patterns; everything else is denied.
     pub allow: Vec<String>,
+    /// Tunnels open at once; more get 503 (default 512, also bounded by RLIMIT_NOFILE).
     pub max_connections: Option<usize>,
+    /// Longest CONNECT request line plus headers (default 8 KiB).
     pub max_head_bytes: Option<usize>,
+    /// Time a client gets to send its whole request head (default 10 s).
     pub head_timeout_secs: Option<u64>,
+    /// Time allowed to connect to the destination (default 10 s).
     pub connect_timeout_secs: Option<u64>,
+    /// A tunnel with no bytes either way for this long is closed (default 120 s).
     pub idle_timeout_secs: Option<u64>,
+    /// A tunnel is closed this long after it opened, busy or not (default 1 h).
     pub max_lifetime_secs: Option<u64>,
     /// Let an allowed name that resolves to a loopback, private, link-local (the instance
     /// metadata service) or unique-local address be connected to. Off: an enclave's egress
@@ -108,9 +131,11 @@ pub struct Egress {
     pub allow_private_destinations: bool,
 }
 
+/// `[boot]`: the service the enclave asks for its runtime configuration at boot.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Boot {
+    /// Where the enclave asks (by default `vsock:any:8001`).
     pub listen: Addr,
     /// The enclave's runtime configuration (TOML), served byte for byte to every enclave
     /// that `enclaves` does not name.
@@ -121,9 +146,11 @@ pub struct Boot {
     pub enclaves: BTreeMap<String, PathBuf>,
 }
 
+/// `[logs]`: the sink for the enclave's log records and final status.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Logs {
+    /// Where the enclave sends them (by default `vsock:any:8002`).
     pub listen: Addr,
     /// Also append every record here.
     pub file: Option<PathBuf>,
@@ -132,6 +159,7 @@ pub struct Logs {
     pub state: Option<PathBuf>,
 }
 
+/// `[metrics]`: the Prometheus endpoint.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
@@ -139,20 +167,26 @@ pub struct Metrics {
     pub listen: String,
 }
 
+/// `[[ingress]]`: one way in, from a listener on the parent to a port the enclave listens on.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ingress {
+    /// Where clients connect on the parent, usually `tcp:HOST:PORT`.
     pub listen: Addr,
+    /// The enclave's listener each connection is forwarded to, usually `vsock:CID:PORT`.
     pub target: Addr,
 }
 
+/// `[heartbeat]`: the responder an emulated enclave needs in place of Nitro's.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
+    /// Where the heartbeat arrives, and is echoed back.
     pub listen: Addr,
 }
 
 impl Egress {
+    /// The proxy's limits: the configured ones, and the defaults for the rest.
     pub fn limits(&self) -> ProxyLimits {
         let d = ProxyLimits::default();
         let secs = |v: Option<u64>, d: Duration| v.map(Duration::from_secs).unwrap_or(d);
@@ -170,8 +204,11 @@ impl Egress {
 /// A host configuration that passed every check, with the boot configurations it serves.
 #[derive(Debug)]
 pub struct Checked {
+    /// The file it was read from, re-read for the boot configurations on SIGHUP.
     pub path: PathBuf,
+    /// The configuration itself.
     pub cfg: HostConfig,
+    /// The checked boot configurations `[boot]` serves, if it is set.
     pub boot: Option<BootConfigs>,
 }
 
