@@ -30,7 +30,7 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// Default interval between `describe-enclaves` calls (`poll_secs`).
 pub const DEFAULT_POLL: Duration = Duration::from_secs(5);
-/// Longest `poll_secs`: a dead enclave must be noticed within minutes.
+/// Longest `poll_secs` accepted.
 pub const MAX_POLL: Duration = Duration::from_secs(300);
 /// Default time each `describe-enclaves` and `terminate-enclave` call gets
 /// (`command_timeout_secs`).

@@ -36,8 +36,8 @@ pub mod status;
 
 /// The byte a Nitro enclave sends its parent once booted, and gets back.
 pub const HEARTBEAT: u8 = 0xB7;
-/// The vsock port on the parent where an enclave dials the egress proxy by default; the
-/// ports below are the other services' defaults, also on the parent.
+/// The vsock port on the parent where cidboot as PID 1 dials the egress proxy; the ports
+/// below are the other services' ports, also on the parent.
 pub const EGRESS_PORT: u32 = 8000;
 /// The boot configuration service, which the enclave asks for its runtime configuration.
 pub const BOOT_PORT: u32 = 8001;
@@ -108,7 +108,7 @@ pub struct HostConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Egress {
-    /// Where the enclave dials the proxy (by default `vsock:any:8000`).
+    /// Where the proxy listens; cidboot as PID 1 dials parent port [`EGRESS_PORT`].
     pub listen: Addr,
     /// `host:port` patterns; everything else is denied.
     pub allow: Vec<String>,
@@ -135,7 +135,7 @@ pub struct Egress {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Boot {
-    /// Where the enclave asks (by default `vsock:any:8001`).
+    /// Where the service listens; cidboot as PID 1 asks parent port [`BOOT_PORT`].
     pub listen: Addr,
     /// The enclave's runtime configuration (TOML), served byte for byte to every enclave
     /// that `enclaves` does not name.
@@ -150,7 +150,7 @@ pub struct Boot {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Logs {
-    /// Where the enclave sends them (by default `vsock:any:8002`).
+    /// Where the sink listens; cidboot as PID 1 sends to parent port [`LOGS_PORT`].
     pub listen: Addr,
     /// Also append every record here.
     pub file: Option<PathBuf>,
