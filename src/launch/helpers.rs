@@ -28,7 +28,7 @@ pub const MAX_ENV_FILE: u64 = 64 << 10;
 /// A helper whose bytes matched its pin, and the sealed memfd it runs from.
 #[derive(Debug, Clone)]
 pub struct Helper {
-    /// Its file name, as pinned and as installed.
+    /// Its file name, which it is installed under.
     pub name: String,
     /// `sha256:` digest of its bytes, equal to its pin.
     pub digest: String,

@@ -90,7 +90,7 @@ pub struct Spec {
     pub root: PathBuf,
     /// An empty directory for the staging mount.
     pub stage: PathBuf,
-    /// The command line; `argv[0]` is an absolute path inside the root.
+    /// The command line the program gets.
     pub argv: Vec<String>,
     /// The complete environment, as `NAME=value`.
     pub env: Vec<String>,
