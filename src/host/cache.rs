@@ -55,6 +55,8 @@ pub const MAX_PREFETCH_DEPTH: usize = 64;
 /// Verified sections queued between the walker and the connection.
 const QUEUE: usize = 8;
 
+/// What stops the cache from being configured, opened or prefetched.
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("cache directory {path}: {source}")]
@@ -88,6 +90,8 @@ pub struct CacheConfig {
 }
 
 impl CacheConfig {
+    /// Refuses a configuration that could not serve anything: no gateways, a zero size cap, or a
+    /// prefetch that is not an `ipfs://<CID>`.
     pub fn check(&self) -> Result<(), CacheError> {
         if self.gateways.is_empty() {
             return Err(CacheError::Config("cache.gateways is empty".into()));
@@ -287,6 +291,8 @@ pub struct Cache {
 }
 
 impl Cache {
+    /// Checks the configuration, opens (or creates) the store on disk and builds the verifying
+    /// upstream client.
     pub fn open(cfg: &CacheConfig) -> Result<Arc<Cache>, CacheError> {
         cfg.check()?;
         let store = Store::open(&cfg.dir, cfg.max_bytes.unwrap_or(DEFAULT_MAX_BYTES))?;

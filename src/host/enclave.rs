@@ -21,14 +21,23 @@ use tracing::{error, info, warn};
 use super::launcher::{LaunchError, Launcher, NitroCli, Qemu};
 use super::status::{self, StatusEvent};
 
-/// Defaults and bounds of the `[enclave]` keys (docs/limits.md).
+/// Default first relaunch delay (`restart_backoff_secs`); docs/limits.md lists these defaults
+/// and bounds of the `[enclave]` keys.
 pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
+/// Default cap on the doubled relaunch delay (`restart_backoff_max_secs`).
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Longest relaunch delay either backoff key may set.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// Default interval between `describe-enclaves` calls (`poll_secs`).
 pub const DEFAULT_POLL: Duration = Duration::from_secs(5);
+/// Longest `poll_secs` accepted.
 pub const MAX_POLL: Duration = Duration::from_secs(300);
+/// Default time each `describe-enclaves` and `terminate-enclave` call gets
+/// (`command_timeout_secs`).
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time `run-enclave` gets, which returns only after the heartbeat (`run_timeout_secs`).
 pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest either timeout may be set to.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// A boot that ran this long resets the backoff to its first step.
 pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
@@ -41,6 +50,8 @@ pub const POWEROFF_GRACE: Duration = Duration::from_secs(60);
 /// enclave is terminated.
 pub const MAX_WATCH_ERRORS: u32 = 3;
 
+/// What stops the enclave from being configured or supervised.
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 #[derive(Debug, thiserror::Error)]
 pub enum EnclaveError {
     #[error("[enclave] {key}: {reason}")]
@@ -54,20 +65,27 @@ pub enum EnclaveError {
     },
 }
 
+/// `restart`: which ended boots are followed by a relaunch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
+    /// Launch once.
     Never,
+    /// Relaunch after a failed boot (the default).
     #[default]
     OnFailure,
+    /// Relaunch after every boot, failed or not.
     Always,
 }
 
+/// `launcher`: what starts the enclave.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub enum LauncherKind {
+    /// `nitro-cli`, on a parent instance with Nitro Enclaves (the default).
     #[default]
     #[serde(rename = "nitro-cli")]
     NitroCli,
+    /// QEMU's emulated `nitro-enclave` machine, configured in `[enclave.qemu]`.
     #[serde(rename = "qemu")]
     Qemu,
 }
@@ -80,8 +98,11 @@ fn default_nitro_cli() -> PathBuf {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnclaveConfig {
+    /// The enclave image file to boot.
     pub eif: PathBuf,
+    /// The enclave's memory (at least 64); the image is unpacked into it, so leave room.
     pub memory_mib: u64,
+    /// vCPUs given to the enclave (at least 1).
     pub cpu_count: u32,
     /// The enclave's vsock CID (at least 4; 0-3 are reserved).
     pub cid: u32,
@@ -89,18 +110,28 @@ pub struct EnclaveConfig {
     /// zeros in attestation documents.
     #[serde(default)]
     pub debug_mode: bool,
+    /// When a boot that ended is followed by a relaunch.
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// First relaunch delay, doubled after each consecutive relaunch (default 1 s).
     pub restart_backoff_secs: Option<u64>,
+    /// Cap on the doubled delay (default 60 s, at least `restart_backoff_secs`).
     pub restart_backoff_max_secs: Option<u64>,
+    /// Relaunches in all before supervision stops; unset: no limit.
     pub max_restarts: Option<u32>,
+    /// What starts the enclave.
     #[serde(default)]
     pub launcher: LauncherKind,
+    /// The nitro-cli program (default: `nitro-cli` on PATH).
     #[serde(default = "default_nitro_cli")]
     pub nitro_cli: PathBuf,
+    /// How often the running enclave is checked with `describe-enclaves` (default 5 s).
     pub poll_secs: Option<u64>,
+    /// Time each `describe-enclaves` and `terminate-enclave` call gets (default 30 s).
     pub command_timeout_secs: Option<u64>,
+    /// Time `run-enclave` gets, up to the enclave's heartbeat (default 300 s).
     pub run_timeout_secs: Option<u64>,
+    /// The emulated machine, for `launcher = "qemu"` only.
     pub qemu: Option<QemuConfig>,
 }
 
@@ -112,6 +143,7 @@ pub struct QemuConfig {
     pub qemu: PathBuf,
     /// The `-L` directory with bios-microvm.bin and linuxboot_dma.bin.
     pub firmware: PathBuf,
+    /// The vhost-device-vsock program that carries the enclave's vsock to Unix sockets.
     pub vhost_device_vsock: PathBuf,
     /// vhost-device-vsock's `--uds-path`: the enclave's connection to parent port P arrives on
     /// the Unix socket `{uds_path}_P`, so `[logs] listen = "unix:{uds_path}_8002"` and so on.
@@ -130,21 +162,26 @@ fn secs(v: Option<u64>, d: Duration) -> Duration {
 }
 
 impl EnclaveConfig {
+    /// The first relaunch delay.
     pub fn backoff(&self) -> Duration {
         secs(self.restart_backoff_secs, DEFAULT_BACKOFF)
     }
+    /// The cap on the doubled relaunch delay, never below the first delay.
     pub fn backoff_max(&self) -> Duration {
         secs(
             self.restart_backoff_max_secs,
             DEFAULT_BACKOFF_MAX.max(self.backoff()),
         )
     }
+    /// The interval between checks of the running enclave.
     pub fn poll(&self) -> Duration {
         secs(self.poll_secs, DEFAULT_POLL)
     }
+    /// The time each `describe-enclaves` and `terminate-enclave` call gets.
     pub fn command_timeout(&self) -> Duration {
         secs(self.command_timeout_secs, DEFAULT_COMMAND_TIMEOUT)
     }
+    /// The time `run-enclave` gets.
     pub fn run_timeout(&self) -> Duration {
         secs(self.run_timeout_secs, DEFAULT_RUN_TIMEOUT)
     }
@@ -223,6 +260,7 @@ pub fn checked<'de, D: Deserializer<'de>>(d: D) -> Result<Option<EnclaveConfig>,
 pub enum Outcome {
     /// The status reported exit code 0.
     Succeeded,
+    /// Anything else; why, for the log.
     Failed(String),
 }
 
@@ -237,7 +275,9 @@ pub enum Ended {
 
 /// A configured launcher, checked and ready.
 pub enum Supervisor {
+    /// Launched with nitro-cli.
     NitroCli(EnclaveConfig, NitroCli),
+    /// Launched as an emulated enclave under QEMU.
     Qemu(EnclaveConfig, Qemu),
 }
 

@@ -30,6 +30,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long vhost-device-vsock gets to create its socket.
 pub const VSOCK_BACKEND_START: Duration = Duration::from_secs(10);
 
+/// What goes wrong starting, watching or stopping an enclave's programs.
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     #[error("starting {program}: {source}")]
@@ -259,11 +261,17 @@ async fn stop_child(child: &mut Child, what: &str) {
 
 /// `nitro-cli`, on a real parent instance.
 pub struct NitroCli {
+    /// The nitro-cli program.
     pub program: PathBuf,
+    /// The enclave image file.
     pub eif: PathBuf,
+    /// `--memory`, in MiB.
     pub memory_mib: u64,
+    /// `--cpu-count`.
     pub cpu_count: u32,
+    /// `--enclave-cid`.
     pub cid: u32,
+    /// `--debug-mode`, which also captures the console into the host log.
     pub debug_mode: bool,
     /// For `run-enclave`, which returns only after the enclave's heartbeat.
     pub run_timeout: Duration,
@@ -293,6 +301,7 @@ fn json_part(out: &str) -> &str {
 }
 
 impl NitroCli {
+    /// Takes the program, enclave and timeouts from `[enclave]`.
     pub fn from_config(c: &EnclaveConfig) -> NitroCli {
         NitroCli {
             program: c.nitro_cli.clone(),
@@ -424,17 +433,29 @@ impl Launcher for NitroCli {
 /// QEMU's `nitro-enclave` machine with a vhost-device-vsock backend: an emulated enclave on
 /// any Linux host (see `scripts/e2e-emulated.sh`).
 pub struct Qemu {
+    /// The qemu-system-x86_64 with the nitro-enclave machine.
     pub qemu: PathBuf,
+    /// The `-L` firmware directory.
     pub firmware: PathBuf,
+    /// The vhost-device-vsock program.
     pub vhost_device_vsock: PathBuf,
+    /// vhost-device-vsock's `--uds-path`: parent port P is the Unix socket `{uds_path}_P`.
     pub uds_path: PathBuf,
+    /// The vhost-user socket between QEMU and the backend.
     pub socket: PathBuf,
+    /// Added, unmeasured, to the EIF's kernel command line.
     pub append: String,
+    /// QEMU's `-accel`.
     pub accel: String,
+    /// The enclave image file.
     pub eif: PathBuf,
+    /// The enclave's memory, in MiB.
     pub memory_mib: u64,
+    /// vCPUs given to the enclave.
     pub cpu_count: u32,
+    /// The enclave's vsock CID.
     pub cid: u32,
+    /// Debug mode: the console is captured into the host log.
     pub debug_mode: bool,
 }
 

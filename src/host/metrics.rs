@@ -16,25 +16,30 @@ use crate::relay::logs::Sink;
 use crate::transport::addr::accept_retrying;
 use crate::transport::head::{read_head, Head, HeadError};
 
-/// Longest request head read, and the time it may take.
+/// Longest request head read.
 pub const MAX_REQUEST: usize = 8 * 1024;
+/// Time a scraper gets to send its request head.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Scrapes served at once.
 pub const MAX_CONNECTIONS: usize = 16;
 
 /// The daemon's counters.
 pub struct Counters {
+    /// CONNECT requests the allowlist let through.
     pub egress_allowed: AtomicU64,
+    /// CONNECT requests the allowlist refused.
     pub egress_denied: AtomicU64,
     /// Refused for want of a slot (503) or a descriptor.
     pub egress_refused: AtomicU64,
     /// Client to destination, and back.
     pub egress_bytes_up: AtomicU64,
+    /// Bytes from destination to client.
     pub egress_bytes_down: AtomicU64,
     /// Enclave restarts by the launcher.
     pub restarts: AtomicU64,
 }
 
+/// The process's counters, served at `/metrics`.
 pub static COUNTERS: Counters = Counters {
     egress_allowed: AtomicU64::new(0),
     egress_denied: AtomicU64::new(0),
@@ -63,6 +68,7 @@ pub fn loopback(listen: &str) -> Result<SocketAddr, String> {
     Ok(a)
 }
 
+/// Checks that `listen` is a loopback address and binds it; errors are [`HostError::Bind`].
 pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, HostError> {
     let bad = |reason: String| HostError::Bind {
         service: "metrics",

@@ -34,10 +34,13 @@ pub mod enclave;
 pub mod launcher;
 pub mod status;
 
+/// The ports and the heartbeat byte are the enclave-parent contract, in [`crate::relay`].
 pub use crate::relay::{BOOT_PORT, EGRESS_PORT, HEARTBEAT, HEARTBEAT_PORT, LOGS_PORT};
 /// Descriptors kept out of the egress tunnels' share of RLIMIT_NOFILE.
 pub const FD_MARGIN: u64 = 64;
 
+/// What stops the daemon from being configured or from running.
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     #[error("reading {path}: {source}")]
@@ -53,6 +56,7 @@ pub enum HostError {
         addr: String,
         source: std::io::Error,
     },
+    /// A signal the daemon acts on (SIGTERM, SIGINT, SIGHUP) could not be watched.
     #[error("{service}: {reason}")]
     Signal {
         service: &'static str,
@@ -69,12 +73,18 @@ pub enum HostError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
+    /// The egress proxy the enclave's outbound connections go through.
     pub egress: Option<Egress>,
+    /// Serves the enclave its runtime configuration.
     pub boot: Option<Boot>,
+    /// Receives the enclave's log records and final status.
     pub logs: Option<Logs>,
+    /// Forwarders from the parent into the enclave, one per listener.
     #[serde(default)]
     pub ingress: Vec<Ingress>,
+    /// Answers an emulated enclave's boot heartbeat.
     pub heartbeat: Option<Heartbeat>,
+    /// The Prometheus endpoint for the daemon's counters.
     pub metrics: Option<Metrics>,
     /// Launch and supervise the enclave (see docs/launching.md).
     #[serde(default, deserialize_with = "enclave::checked")]
@@ -83,17 +93,26 @@ pub struct HostConfig {
     pub cache: Option<cache::CacheConfig>,
 }
 
+/// `[egress]`: the HTTP CONNECT proxy that is the enclave's only way out; unset limits take
+/// [`ProxyLimits::default`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Egress {
+    /// Where the proxy listens; cidboot as PID 1 dials parent port [`EGRESS_PORT`].
     pub listen: Addr,
     /// `host:port` patterns; everything else is denied.
     pub allow: Vec<String>,
+    /// Tunnels open at once; more get 503 (default 512, also bounded by RLIMIT_NOFILE).
     pub max_connections: Option<usize>,
+    /// Longest CONNECT request line plus headers (default 8 KiB).
     pub max_head_bytes: Option<usize>,
+    /// Time a client gets to send its whole request head (default 10 s).
     pub head_timeout_secs: Option<u64>,
+    /// Time allowed to connect to the destination (default 10 s).
     pub connect_timeout_secs: Option<u64>,
+    /// A tunnel with no bytes either way for this long is closed (default 120 s).
     pub idle_timeout_secs: Option<u64>,
+    /// A tunnel is closed this long after it opened, busy or not (default 1 h).
     pub max_lifetime_secs: Option<u64>,
     /// Let an allowed name that resolves to a loopback, private, link-local (the instance
     /// metadata service) or unique-local address be connected to. Off: an enclave's egress
@@ -102,9 +121,11 @@ pub struct Egress {
     pub allow_private_destinations: bool,
 }
 
+/// `[boot]`: the service the enclave asks for its runtime configuration at boot.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Boot {
+    /// Where the service listens; cidboot as PID 1 asks parent port [`BOOT_PORT`].
     pub listen: Addr,
     /// The enclave's runtime configuration (TOML), served byte for byte to every enclave
     /// that `enclaves` does not name.
@@ -115,9 +136,11 @@ pub struct Boot {
     pub enclaves: BTreeMap<String, PathBuf>,
 }
 
+/// `[logs]`: the sink for the enclave's log records and final status.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Logs {
+    /// Where the sink listens; cidboot as PID 1 sends to parent port [`LOGS_PORT`].
     pub listen: Addr,
     /// Also append every record here.
     pub file: Option<PathBuf>,
@@ -126,6 +149,7 @@ pub struct Logs {
     pub state: Option<PathBuf>,
 }
 
+/// `[metrics]`: the Prometheus endpoint.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
@@ -133,20 +157,26 @@ pub struct Metrics {
     pub listen: String,
 }
 
+/// `[[ingress]]`: one way in, from a listener on the parent to a port the enclave listens on.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ingress {
+    /// Where clients connect on the parent, usually `tcp:HOST:PORT`.
     pub listen: Addr,
+    /// The enclave's listener each connection is forwarded to, usually `vsock:CID:PORT`.
     pub target: Addr,
 }
 
+/// `[heartbeat]`: the responder an emulated enclave needs in place of Nitro's.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
+    /// Where the heartbeat arrives, and is echoed back.
     pub listen: Addr,
 }
 
 impl Egress {
+    /// The proxy's limits: the configured ones, and the defaults for the rest.
     pub fn limits(&self) -> ProxyLimits {
         let d = ProxyLimits::default();
         let secs = |v: Option<u64>, d: Duration| v.map(Duration::from_secs).unwrap_or(d);
@@ -164,8 +194,11 @@ impl Egress {
 /// A host configuration that passed every check, with the boot configurations it serves.
 #[derive(Debug)]
 pub struct Checked {
+    /// The file it was read from, re-read for the boot configurations on SIGHUP.
     pub path: PathBuf,
+    /// The configuration itself.
     pub cfg: HostConfig,
+    /// The checked boot configurations `[boot]` serves, if it is set.
     pub boot: Option<BootConfigs>,
 }
 

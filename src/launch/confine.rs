@@ -47,6 +47,8 @@ pub struct Policy {
     pub allow_setuid: bool,
 }
 
+/// What stops the sandbox's capabilities or seccomp filter from being set up.
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 #[derive(Debug, thiserror::Error)]
 pub enum ConfineError {
     #[error("unknown capability {0:?} (names as in capabilities(7), e.g. NET_ADMIN)")]

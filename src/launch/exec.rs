@@ -29,6 +29,7 @@ pub struct Sandbox {
     /// An empty directory the sandbox stages its root on (its own mount namespace's tmpfs;
     /// nothing is written to it in the supervisor's view).
     pub stage: std::path::PathBuf,
+    /// What the sandboxed process may do beyond the defaults.
     pub policy: Policy,
 }
 

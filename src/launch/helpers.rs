@@ -28,7 +28,9 @@ pub const MAX_ENV_FILE: u64 = 64 << 10;
 /// A helper whose bytes matched its pin, and the sealed memfd it runs from.
 #[derive(Debug, Clone)]
 pub struct Helper {
+    /// Its file name, which it is installed under.
     pub name: String,
+    /// `sha256:` digest of its bytes, equal to its pin.
     pub digest: String,
     /// The manifest digest of the dependency image it came from; `None` for a helper the
     /// boot image carries, pinned in `[helpers.pins]`.

@@ -15,9 +15,13 @@ use crate::apply::ApplyError;
 /// Where a workload's `argv[0]` came from: what to change when it is not in the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArgvSource {
+    /// The image config's `Entrypoint`.
     ImageEntrypoint,
+    /// The image config's `Cmd`, the image having no `Entrypoint`.
     ImageCmd,
+    /// `workload.entrypoint` in the runtime configuration.
     ConfigEntrypoint,
+    /// `workload.cmd` in the runtime configuration, the image having no `Entrypoint`.
     ConfigCmd,
 }
 
@@ -45,6 +49,8 @@ impl ArgvSource {
     }
 }
 
+/// What stops the workload from being prepared or started.
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     #[error(

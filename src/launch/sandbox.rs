@@ -46,13 +46,18 @@ pub const FORWARDED: &[Signal] = &[
     Signal::SIGWINCH,
 ];
 
+/// What fails in the sandbox's processes before the program's exec; sent to the supervisor over
+/// the sync pipe.
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// A system call (namespaces, mounts, fork, signals) failed.
     #[error("{what}: {source}")]
     Sys {
         what: String,
         source: std::io::Error,
     },
+    /// A file operation while building the sandbox's filesystem failed.
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -85,16 +90,23 @@ pub struct Spec {
     pub root: PathBuf,
     /// An empty directory for the staging mount.
     pub stage: PathBuf,
+    /// The command line the program gets.
     pub argv: Vec<String>,
+    /// The complete environment, as `NAME=value`.
     pub env: Vec<String>,
+    /// Working directory inside the root.
     pub cwd: String,
+    /// User the process runs as.
     pub uid: u32,
+    /// Primary group the process runs as.
     pub gid: u32,
+    /// Supplementary groups.
     pub groups: Vec<u32>,
     /// Exec this descriptor (a sealed helper) instead of `argv[0]`.
     pub exec_fd: Option<RawFd>,
     /// The write end of the sync pipe.
     pub sync_fd: RawFd,
+    /// Capabilities, vsock and setuid, as the runtime configuration allows.
     pub policy: Policy,
 }
 

@@ -15,10 +15,15 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// What to execute, as whom, where and with what environment.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessSpec {
-    /// argv; argv[0] is resolved to an absolute path inside the root.
+    /// `argv`; `argv[0]` is resolved to an absolute path inside the root.
     pub argv: Vec<String>,
+    /// The complete environment, as `NAME=value`: the image's, the configuration's, then defaults
+    /// for `PATH` and `HOME`.
     pub env: Vec<String>,
+    /// Working directory inside the root (`/` when neither the image nor the configuration sets
+    /// one).
     pub cwd: String,
+    /// Who the process runs as.
     pub user: Identity,
 }
 

@@ -10,13 +10,19 @@ pub const MAX_DB_SIZE: u64 = 4 << 20;
 /// Supplementary groups kept (Linux's NGROUPS_MAX is 65536; real users have a handful).
 pub const MAX_GROUPS: usize = 256;
 
+/// A user and its groups, resolved against the image's own /etc/passwd and /etc/group.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Identity {
+    /// User id the process runs as.
     pub uid: u32,
+    /// Primary group id.
     pub gid: u32,
     /// Supplementary groups, primary gid first.
     pub groups: Vec<u32>,
+    /// The user's name, when the image's /etc/passwd knows it.
     pub name: Option<String>,
+    /// The user's home directory from /etc/passwd, which becomes `HOME` when the environment has
+    /// none.
     pub home: Option<String>,
 }
 

@@ -130,6 +130,7 @@ impl LayoutWriter {
     }
 }
 
+/// A blob streamed to a new file on disk, for `cidboot pull`.
 pub struct FileSink {
     file: tokio::io::BufWriter<tokio::fs::File>,
 }
@@ -148,6 +149,7 @@ impl FileSink {
         })
     }
 
+    /// Flushes the file and syncs it to disk, so that a complete return means a complete file.
     pub async fn finish(mut self) -> io::Result<()> {
         self.file.flush().await?;
         self.file.get_mut().sync_all().await

@@ -16,12 +16,19 @@ pub use resolve::{resolve, resolve_any, Artifact, Blob, Resolved, RootKind, Targ
 
 use crate::fetch::FetchError;
 
+/// OCI image index.
 pub const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// OCI image manifest.
 pub const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image config.
 pub const MT_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// Docker manifest list, taken as an image index.
 pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Docker image manifest, taken as an OCI manifest.
 pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker image config, taken as an OCI config.
 pub const MT_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+/// Docker's gzip layer, applied as an OCI tar+gzip layer.
 pub const MT_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 /// The empty descriptor's media type (image-spec 1.1): the 2-byte `{}`.
 pub const MT_EMPTY: &str = "application/vnd.oci.empty.v1+json";
@@ -33,13 +40,19 @@ pub const ANN_TITLE: &str = "org.opencontainers.image.title";
 /// Size and count caps for image resolution (see docs/limits.md).
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Largest image index document.
     pub max_index: u64,
+    /// Largest image manifest document.
     pub max_manifest: u64,
+    /// Largest image config document.
     pub max_config: u64,
     /// The `oci-layout` file and a nerdctl root descriptor.
     pub max_small_doc: u64,
+    /// Largest single layer blob.
     pub max_blob: u64,
+    /// Largest image, all its compressed layers together.
     pub max_image: u64,
+    /// Most layers an image may have.
     pub max_layers: usize,
     /// Image indexes nested inside image indexes.
     pub max_index_depth: usize,
@@ -63,6 +76,7 @@ impl Default for Limits {
 /// Which entry of an image index to take.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selector {
+    /// The platform an index's manifest must be for (default `linux/amd64`).
     pub platform: Platform,
     /// The `org.opencontainers.image.ref.name` of a top-level index entry.
     pub tag: Option<String>,
@@ -71,6 +85,7 @@ pub struct Selector {
 }
 
 impl Selector {
+    /// Checks the tag and digest before anything is fetched, so that a typo fails at once.
     pub fn new(
         platform: Platform,
         tag: Option<String>,
@@ -102,6 +117,7 @@ impl Selector {
         })
     }
 
+    /// Selects by platform alone, with neither a tag nor a digest.
     pub fn platform(platform: Platform) -> Selector {
         Selector {
             platform,
@@ -117,8 +133,11 @@ pub const MAX_TAG_LEN: usize = 256;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
+    /// A plain tar.
     None,
+    /// tar+gzip.
     Gzip,
+    /// tar+zstd.
     Zstd,
 }
 
@@ -194,8 +213,11 @@ pub fn check_bytes(desc: &Descriptor, what: &'static str, data: &[u8]) -> Result
 /// An `os/arch[/variant]` platform.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Platform {
+    /// Operating system, as in the image index (`linux`).
     pub os: String,
+    /// CPU architecture, as in the image index (`amd64`, `arm64`).
     pub arch: String,
+    /// CPU variant (`v8`); when unset, any variant matches.
     pub variant: Option<String>,
 }
 
@@ -241,6 +263,8 @@ impl fmt::Display for Platform {
 }
 
 impl Platform {
+    /// Whether an index entry's platform is this one; a variant is compared only when this one sets
+    /// it.
     pub fn matches(&self, p: &oci_spec::image::Platform) -> bool {
         if p.os().to_string() != self.os || p.architecture().to_string() != self.arch {
             return false;
@@ -253,7 +277,9 @@ impl Platform {
     }
 }
 
+/// What stops an image from being resolved, verified or written out.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 pub enum OciError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
@@ -296,14 +322,17 @@ pub enum OciError {
     Parse { what: &'static str, reason: String },
     #[error("platform: {0}")]
     Platform(String),
+    /// The root is published in no way cidboot reads, or its OCI image layout is malformed.
     #[error("{0}")]
     Layout(String),
+    /// A blob a descriptor names cannot be found in the layout or from its urls.
     #[error("{digest}: {reason}")]
     Location { digest: String, reason: String },
     #[error("the image has {count} layers, over the cap of {max}")]
     TooManyLayers { count: usize, max: usize },
     #[error("the image is {size} bytes compressed, over the {max}-byte cap")]
     ImageTooLarge { size: u64, max: u64 },
+    /// The tag, digest or platform asked for names no single entry of the index.
     #[error("{0}")]
     Select(String),
     #[error("this is an OCI artifact (artifactType {artifact_type}), not a runnable image: `cidboot inspect` describes it, `cidboot pull --oci-layout DIR` or `--files DIR` fetches it")]

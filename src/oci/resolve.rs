@@ -35,30 +35,46 @@ pub enum RootKind {
 /// A blob, its descriptor, and the CID it is fetched by.
 #[derive(Debug, Clone)]
 pub struct Blob {
+    /// The blob's descriptor, whose size and digest its bytes must match.
     pub desc: Descriptor,
+    /// Where the blob is fetched: from the layout's `blobs/sha256` directory or a descriptor's
+    /// `ipfs://` url.
     pub cid: Cid,
 }
 
 /// A verified image: everything but the layer contents, which stream later.
 #[derive(Debug, Clone)]
 pub struct Resolved {
+    /// The CID the image was resolved from.
     pub root: Cid,
+    /// How that CID was published.
     pub kind: RootKind,
+    /// The platform the manifest is for.
     pub platform: Platform,
+    /// The manifest's descriptor, checked against its bytes.
     pub manifest_desc: Descriptor,
+    /// The manifest as fetched, byte for byte.
     pub manifest_bytes: Bytes,
+    /// The manifest, parsed after its bytes matched its descriptor.
     pub manifest: ImageManifest,
+    /// The config blob.
     pub config: Blob,
+    /// The config as fetched, byte for byte.
     pub config_bytes: Bytes,
+    /// The config, parsed after its bytes matched its descriptor.
     pub image_config: ImageConfiguration,
+    /// The layer blobs, bottom first.
     pub layers: Vec<Blob>,
 }
 
 impl Resolved {
+    /// The size of all layers as fetched, before decompression.
     pub fn total_compressed(&self) -> u64 {
         self.layers.iter().map(|l| l.desc.size()).sum()
     }
 
+    /// How layer `i` is compressed, refusing a media type that is not applied; panics if `i` is out
+    /// of range.
     pub fn layer_compression(&self, i: usize) -> Result<Compression, OciError> {
         layer_compression(self.layers[i].desc.media_type())
     }
@@ -92,19 +108,28 @@ impl Resolved {
 /// or that declares an `artifactType`. Its layers may be of any media type.
 #[derive(Debug, Clone)]
 pub struct Artifact {
+    /// The CID the artifact was resolved from.
     pub root: Cid,
+    /// How that CID was published.
     pub kind: RootKind,
     /// The manifest's `artifactType`, or else its config's media type.
     pub artifact_type: String,
+    /// The manifest's descriptor, checked against its bytes.
     pub manifest_desc: Descriptor,
+    /// The manifest as fetched, byte for byte.
     pub manifest_bytes: Bytes,
+    /// The manifest, parsed after its bytes matched its descriptor.
     pub manifest: ImageManifest,
+    /// The config blob (for many artifacts the 2-byte empty `{}`).
     pub config: Blob,
+    /// The config as fetched, byte for byte.
     pub config_bytes: Bytes,
+    /// The artifact's files, in manifest order.
     pub layers: Vec<Blob>,
 }
 
 impl Artifact {
+    /// The size of all layers, as fetched.
     pub fn total_size(&self) -> u64 {
         self.layers.iter().map(|l| l.desc.size()).sum()
     }
@@ -113,7 +138,9 @@ impl Artifact {
 /// What a reference resolved to.
 #[derive(Debug, Clone)]
 pub enum Target {
+    /// A runnable image.
     Image(Box<Resolved>),
+    /// An artifact, which `cidboot pull` fetches but cannot boot.
     Artifact(Box<Artifact>),
 }
 

@@ -17,22 +17,28 @@ enum HostPat {
     Ip(IpAddr),
 }
 
+/// The egress proxy's allowlist: a target passes only if one pattern matches it.
 #[derive(Debug, Clone, Default)]
 pub struct Allowlist {
     patterns: Vec<Pattern>,
 }
 
+/// A malformed pattern, refused when the allowlist is built rather than left to allow nothing.
 #[derive(Debug, thiserror::Error)]
 #[error("allowlist pattern {pattern:?}: {reason}")]
 pub struct PatternError {
+    /// The pattern as written.
     pub pattern: String,
+    /// What is wrong with it, and how to write it instead where that is known.
     pub reason: String,
 }
 
 /// Why a target was allowed or denied, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
+    /// Allowed; which pattern matched.
     Allow(String),
+    /// Denied; why.
     Deny(String),
 }
 
@@ -49,6 +55,8 @@ fn split_host_port(s: &str) -> Option<(&str, &str)> {
 }
 
 impl Allowlist {
+    /// Parses every pattern, refusing the first that is malformed (URLs, paths, misplaced
+    /// wildcards, bad ports).
     pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Allowlist, PatternError> {
         let mut out = Vec::new();
         for p in patterns {
@@ -94,6 +102,7 @@ impl Allowlist {
         Ok(Allowlist { patterns: out })
     }
 
+    /// Whether no pattern is set, so that every target is denied.
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
     }

@@ -22,13 +22,16 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// One configuration, as read at start or at the last SIGHUP.
 #[derive(Debug, Clone)]
 pub struct Served {
+    /// The file it was read from, for the log.
     pub path: PathBuf,
+    /// The bytes served, exactly as read: the enclave measures them.
     pub bytes: Arc<Vec<u8>>,
     /// `sha256:<hex>` of the bytes: the value `cidboot expect --config` computes.
     pub sha256: String,
 }
 
 impl Served {
+    /// Computes the digest of `bytes`, once, for the log and for comparing with `cidboot expect`.
     pub fn new(path: PathBuf, bytes: Vec<u8>) -> Served {
         let sha256 = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         Served {
@@ -42,7 +45,9 @@ impl Served {
 /// The configurations a parent serves: one per enclave CID, and one for every other enclave.
 #[derive(Debug, Clone, Default)]
 pub struct BootConfigs {
+    /// For an enclave `by_cid` does not name, or a peer with no CID.
     pub default: Option<Served>,
+    /// Per enclave vsock CID, from `[boot.enclaves]`.
     pub by_cid: BTreeMap<u32, Served>,
 }
 

@@ -10,11 +10,16 @@ use tracing::{debug, info, warn};
 use super::splice::splice;
 use crate::transport::addr::{Addr, Listener};
 
+/// Bounds on one forwarder's connections, so that clients cannot exhaust the parent or the enclave.
 #[derive(Debug, Clone)]
 pub struct ForwardLimits {
+    /// Connections forwarded at once; more are closed on accept (default 512).
     pub max_connections: usize,
+    /// Time allowed to connect to the target (default 10 s).
     pub connect_timeout: Duration,
+    /// A connection with no bytes either way for this long is closed (default 10 min).
     pub idle_timeout: Duration,
+    /// A connection is closed this long after it opened, busy or not (default 24 h).
     pub max_lifetime: Duration,
 }
 

@@ -16,5 +16,6 @@ pub const EGRESS_PORT: u32 = 8000;
 pub const BOOT_PORT: u32 = 8001;
 /// The parent's vsock port for the enclave's logs and final status.
 pub const LOGS_PORT: u32 = 8002;
-/// The parent's vsock port for the boot heartbeat (where `nitro-cli` listens, too).
+/// Where the enclave sends its boot heartbeat: answered by Nitro's own responder, or by
+/// `cidboot host`'s `[heartbeat]` for an emulated enclave.
 pub const HEARTBEAT_PORT: u32 = 9000;

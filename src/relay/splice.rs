@@ -10,7 +10,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Bytes moved each way.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Moved {
+    /// Bytes copied from [`splice`]'s `a` to its `b`.
     pub a_to_b: u64,
+    /// Bytes copied from `b` back to `a`.
     pub b_to_a: u64,
 }
 
