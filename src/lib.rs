@@ -1,6 +1,6 @@
 //! cidboot: boot an OCI image named by an IPFS CID, verified end to end.
 //!
-//! Modules follow the direction data flows: a [`reference`] names content, [`fetch`] retrieves
+//! Modules follow the direction data flows: a [`reference`](mod@reference) names content, [`fetch`] retrieves
 //! it trustlessly over a [`transport`], [`oci`] checks it against its descriptors, and
 //! [`publish`] is the publisher's side (packing and serving CARs).
 

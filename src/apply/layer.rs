@@ -92,7 +92,7 @@ impl<R: Read> Read for PadToBlock<R> {
 }
 
 /// Applies a tar stream to `root`. The stream may end with the end-of-archive blocks, at a
-/// block boundary, or right after the last entry's data (see [`PadToBlock`]).
+/// block boundary, or right after the last entry's data (see `PadToBlock`).
 pub fn apply_tar<R: Read>(
     root: &Root,
     reader: R,
