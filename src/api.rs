@@ -31,9 +31,12 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9393";
 pub const MAX_BODY: usize = 8 * 1024;
 /// Requests served at once.
 pub const MAX_CONCURRENT: usize = 32;
+/// Time a client gets to send a request's headers (slowloris bound).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why the attestation API cannot listen.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 pub enum ApiError {
     #[error("attestation API: listening on {addr}: {source}")]
     Listen {
@@ -66,8 +69,11 @@ pub async fn check_listen(listen: &str) -> Result<(), ApiError> {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AttestationRequest {
+    /// The document's `nonce`: the verifier's challenge, which shows the document is fresh.
     pub nonce: Option<String>,
+    /// The document's `user_data`: whatever the workload wants signed along with the PCRs.
     pub user_data: Option<String>,
+    /// The document's `public_key`: a key of the workload's, for a verifier to encrypt to.
     pub public_key: Option<String>,
     /// `base64` (the default, standard alphabet) or `hex`: how the three fields are encoded.
     pub encoding: Option<String>,

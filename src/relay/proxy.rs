@@ -22,13 +22,17 @@ use crate::transport::{BoxIo, Connector};
 /// Bounds of the proxy (documented in docs/operating.md).
 #[derive(Debug, Clone)]
 pub struct ProxyLimits {
+    /// Clients served at once; one more is answered 503 and closed.
     pub max_connections: usize,
     /// Request line plus headers.
     pub max_head: usize,
     /// Time a client gets to send its whole request head (slowloris bound).
     pub head_timeout: Duration,
+    /// Time the dialer gets to reach an allowed target; past it the client is answered 504.
     pub connect_timeout: Duration,
+    /// A tunnel with no traffic either way for this long is closed.
     pub idle_timeout: Duration,
+    /// A tunnel open this long is closed, busy or not.
     pub max_lifetime: Duration,
 }
 
@@ -45,11 +49,16 @@ impl Default for ProxyLimits {
     }
 }
 
+/// One egress proxy: the parent's, or the enclave's own in front of it.
 pub struct Proxy {
     /// "parent" or "enclave", for the logs.
     pub name: &'static str,
+    /// Which targets may be reached; any other is answered 403.
     pub allow: Allowlist,
+    /// The size, count and time bounds.
     pub limits: ProxyLimits,
+    /// How an allowed target is reached: guarded TCP on the parent, the parent's proxy from
+    /// inside the enclave.
     pub dialer: Arc<dyn Connector>,
 }
 

@@ -17,24 +17,35 @@ pub const DEFAULT_PARENT_CID: u32 = 3;
 /// Kernel command-line key that overrides it (the emulated enclave reaches its host at CID 2).
 pub const PARENT_CID_PARAM: &str = "cidboot.parent_cid";
 
+/// A place to listen on or connect to, in one of the [`FORMS`] (which is how it parses and
+/// prints, and how configuration files spell it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Addr {
     /// `vsock:CID:PORT`; `any` as the CID listens on every CID, `parent` means the parent's.
     Vsock {
+        /// The VM's context ID; `VMADDR_CID_ANY` when parsed from `any`.
         cid: u32,
+        /// A vsock port, 32 bits wide unlike TCP's.
         port: u32,
     },
+    /// `unix:PATH`: a Unix socket, as in tests and the emulated enclave's vsock backend.
     Unix(PathBuf),
+    /// `tcp:HOST:PORT` or a bare `HOST:PORT`.
     Tcp {
+        /// A name or IP literal; an IPv6 literal is kept without its brackets.
         host: String,
+        /// 0 on a listen address picks a free port ([`Listener::local_addr`] says which).
         port: u16,
     },
 }
 
+/// A string that is not an address in one of the [`FORMS`].
 #[derive(Debug, thiserror::Error)]
 #[error("address {input:?}: {reason} (use {FORMS})")]
 pub struct AddrError {
+    /// The string as given.
     pub input: String,
+    /// What is wrong with it.
     pub reason: String,
 }
 
@@ -46,6 +57,8 @@ pub fn parent_cid() -> u32 {
         .unwrap_or(DEFAULT_PARENT_CID)
 }
 
+/// The `cidboot.parent_cid=N` value in a kernel command line, if there is one and it is a
+/// number.
 pub fn parent_cid_from(cmdline: &str) -> Option<u32> {
     cmdline.split_whitespace().find_map(|kv| {
         kv.strip_prefix(PARENT_CID_PARAM)?
@@ -147,6 +160,7 @@ impl serde::Serialize for Addr {
 }
 
 impl Addr {
+    /// Opens a stream to the address (with Nagle's algorithm off for TCP).
     pub async fn connect(&self) -> io::Result<BoxIo> {
         Ok(match self {
             Addr::Vsock { cid, port } => Box::new(
@@ -161,6 +175,8 @@ impl Addr {
         })
     }
 
+    /// Listens on the address. A Unix socket file left by an earlier run is removed first, so
+    /// that a restart does not fail on it.
     pub async fn bind(&self) -> io::Result<Listener> {
         Ok(match self {
             Addr::Vsock { cid, port } => Listener::Vsock(tokio_vsock::VsockListener::bind(
@@ -185,8 +201,12 @@ impl Addr {
 
 /// A bound listener of any of the three kinds.
 pub enum Listener {
+    /// On a vsock port.
     Vsock(tokio_vsock::VsockListener),
+    /// On a Unix socket, with its path: Unix peers have no address, so the path is what
+    /// names them, and what [`Listener::local_addr`] reports.
     Unix(tokio::net::UnixListener, PathBuf),
+    /// On a TCP port.
     Tcp(tokio::net::TcpListener),
 }
 
@@ -201,6 +221,7 @@ pub const SHED_ACCEPT_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// A listener the accept loops share one back-off policy over: [`Listener`], and tokio's
 /// `TcpListener` for the HTTP services that only ever listen on TCP.
 pub trait Accept {
+    /// What one accept yields: the stream and its peer's address.
     type Conn: Send;
     /// One accept, as the listener's own `accept`.
     fn accept_one(&self) -> impl std::future::Future<Output = io::Result<Self::Conn>> + Send;
@@ -240,6 +261,8 @@ pub async fn accept_retrying<L: Accept>(listener: &L, service: &str) -> L::Conn 
 pub struct FdReserve(Option<std::fs::File>);
 
 impl FdReserve {
+    /// Holds one descriptor (on /dev/null). If none can be opened now, [`accept_shedding`]
+    /// tries again before each accept.
     pub fn new() -> FdReserve {
         FdReserve(Self::open())
     }

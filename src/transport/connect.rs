@@ -19,6 +19,7 @@ const MAX_REFUSAL_BODY: usize = 1024;
 /// Tunnels through an HTTP CONNECT proxy reached at `proxy` (vsock on Nitro).
 #[derive(Debug, Clone)]
 pub struct ConnectProxy {
+    /// Where the egress proxy listens: the parent's vsock port in an enclave.
     pub proxy: Addr,
 }
 
@@ -98,6 +99,8 @@ impl Connector for ConnectProxy {
 /// that forwards raw bytes to that one remote.
 #[derive(Debug, Clone, Default)]
 pub struct DirectRoutes {
+    /// `(host, port, forwarder)`: a connect to `host:port` (host case-insensitive) opens a
+    /// stream to the forwarder; one to any other destination is refused.
     pub routes: Vec<(String, u16, Addr)>,
 }
 

@@ -9,7 +9,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// Bytes asked for per read by [`read_head`].
 const READ_CHUNK: usize = 2048;
 
+/// Why no complete HTTP head was read.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 pub enum HeadError {
     #[error("the peer closed before the end of the head")]
     Closed,
@@ -22,7 +24,10 @@ pub enum HeadError {
 /// A head through its blank line, and whatever arrived after it.
 #[derive(Debug)]
 pub struct Head {
+    /// The head, its final CRLFCRLF included.
     pub head: Vec<u8>,
+    /// Bytes that arrived after the head (the start of a body or of tunnelled data), for the
+    /// caller to pass on.
     pub rest: Vec<u8>,
 }
 

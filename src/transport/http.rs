@@ -91,12 +91,17 @@ impl Floor {
 /// The parts of an `http(s)://host[:port]` URL that a request needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
+    /// `https`: the stream is wrapped in TLS, and the certificate verified for `host`.
     pub tls: bool,
+    /// The name or IP to connect to (an IPv6 literal without brackets), also sent as `Host`.
     pub host: String,
+    /// The URL's port, or the scheme's default (443 or 80).
     pub port: u16,
 }
 
 impl Origin {
+    /// Splits an `http(s)://` URL into its origin and its path, the query dropped and trailing
+    /// slashes trimmed so that request paths can be appended to it.
     pub fn parse(url: &str) -> Result<(Origin, String), TransportError> {
         let bad = |reason: &str| TransportError::BadUrl {
             url: url.to_string(),
@@ -142,15 +147,22 @@ impl std::fmt::Display for Origin {
     }
 }
 
+/// An HTTP/1.1 client over any [`Connector`], with rustls for `https` origins and a fresh
+/// connection per request.
 #[derive(Clone)]
 pub struct HttpClient {
     connector: Arc<dyn Connector>,
     tls: Arc<rustls::ClientConfig>,
+    /// The limits on every request of this client and on reading its response body.
     pub timeouts: Timeouts,
 }
 
+/// A response whose head has arrived; the body is read through [`Response::into_reader`],
+/// under the client's timeouts.
 pub struct Response {
+    /// The status; what a non-success means is the caller's to decide.
     pub status: StatusCode,
+    /// The response headers, as received.
     pub headers: HeaderMap,
     body: Incoming,
     timeouts: Timeouts,
@@ -158,6 +170,7 @@ pub struct Response {
 }
 
 impl HttpClient {
+    /// A client that opens its streams through `connector` and verifies servers with `tls`.
     pub fn new(
         connector: Arc<dyn Connector>,
         tls: Arc<rustls::ClientConfig>,
@@ -262,6 +275,7 @@ impl HttpClient {
 }
 
 impl Response {
+    /// The first value of header `name`, if present and visible ASCII.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }

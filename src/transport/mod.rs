@@ -17,11 +17,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
+/// A boxed [`Io`]: what every [`Connector`] and [`addr::Listener`] hands out, whatever the
+/// transport underneath.
 pub type BoxIo = Box<dyn Io>;
+/// A boxed, sendable future, which keeps [`Connector`] usable as `Arc<dyn Connector>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Opens a byte stream to `host:port`. Implementations decide how: directly, or tunnelled.
 pub trait Connector: Send + Sync + 'static {
+    /// A raw stream to `host:port`; TLS, if any, is started over it by the caller.
     fn connect<'a>(&'a self, host: &'a str, port: u16) -> BoxFuture<'a, io::Result<BoxIo>>;
 }
 
@@ -45,6 +49,7 @@ impl Connector for TcpConnector {
 /// unspecified and multicast addresses. An IP literal is taken as given: the allowlist had to
 /// name it explicitly.
 pub struct GuardedTcp {
+    /// Let names resolve to internal addresses too (`[egress] allow_private_destinations`).
     pub allow_private: bool,
 }
 
@@ -116,7 +121,9 @@ impl Connector for GuardedTcp {
     }
 }
 
+/// Why a request to an HTTP(S) origin failed, or its TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message is its documentation
 pub enum TransportError {
     #[error("invalid URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
