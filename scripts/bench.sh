@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks against peers, each measured in the same run on this machine. Prints a table of
 # figures and ratios. Usage: scripts/bench.sh [SECONDS_PER_MEASUREMENT]
+# BENCH_CASES selects what runs (default: all of "verify reference reference-zstd large throttled");
+# BENCH_LARGE=0 and BENCH_THROTTLED=0 leave out one of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-3}
@@ -13,11 +15,13 @@ RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked
 bin=${CARGO_TARGET_DIR:-bench/target}/release
 cidboot=${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/cidboot
 
+want() { case " ${BENCH_CASES:-verify reference reference-zstd large throttled} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 fixtures=${BENCH_FIXTURES:-../shared/fixtures/attestation}
 doc=$fixtures/nitro-attest-2025-01-06.cose
 # Both verifiers check certificates at the wall clock; the document's leaf certificate was valid
 # for three hours on 2025-01-06, so the clock is set inside that window.
-verify=$(faketime '2025-01-06 17:00:00' "$bin/verify-throughput" "$doc" "$secs")
+verify=
+if want verify; then verify=$(faketime '2025-01-06 17:00:00' "$bin/verify-throughput" "$doc" "$secs"); fi
 
 # Pull and apply: each generated image served over HTTPS on loopback by `cidboot gateway`, and
 # applied to tmpfs by cidboot and by umoci; each time is the best of $runs runs.
@@ -89,9 +93,11 @@ print(json.dumps({"name": name, "compression": comp, "cidboot_s": float(ct), "ci
 PY
   rm -rf "$dir"
 }
-cases=("$(case_ reference 1 gzip)" "$(case_ reference-zstd 1 zstd)")
+cases=()
+if want reference; then cases+=("$(case_ reference 1 gzip)"); fi
+if want reference-zstd; then cases+=("$(case_ reference-zstd 1 zstd)"); fi
 # The large image shows that memory does not grow with the image (set BENCH_LARGE=0 to skip).
-if [ "${BENCH_LARGE:-1}" != 0 ]; then cases+=("$(case_ large 3.3 gzip)"); fi
+if want large && [ "${BENCH_LARGE:-1}" != 0 ]; then cases+=("$(case_ large 3.3 gzip)"); fi
 
 # Throttled gateways: three `cidboot gateway` processes serving one image with a single
 # incompressible layer, each behind a loopback link (bench/throttle.py) limited per connection
@@ -182,22 +188,27 @@ best = min(float(p[0]) for p in pulls)
 cbest = min(float(c[0]) for c in curls)
 # The layer alone, as cidboot logs it ("fetched in parallel ranges ... ms=N").
 import re
-layer_ms = min(int(re.search(r"fetched in parallel ranges.* ms=(\d+)", open(f"{d}/pull.{r}.log").read()).group(1)) for r in range(1, runs + 1))
+layer_mss = [int(re.search(r"fetched in parallel ranges.* ms=(\d+)", open(f"{d}/pull.{r}.log").read()).group(1)) for r in range(1, runs + 1)]
+layer_ms = min(layer_mss)
+# Each run's pull and curl, side by side (the load on the cores varies between runs).
+each = [(size / float(p[0]) / 1e6, int(c[1]) / float(c[0]) / 1e6, size / (l / 1000) / 1e6) for p, c, l in zip(pulls, curls, layer_mss)]
 cold, warm = (open(f"{d}/cache.{b}.time").read().split() for b in ("cold", "warm"))
 print(json.dumps({"size_mb": size / 1e6, "aggregate_mb_s": 3 * total / 1e6, "per_conn_mb_s": per / 1e6,
   "link_mb_s": total / 1e6, "delay_ms": delay, "cidboot_s": best, "cidboot_rss_kib": max(int(p[1]) for p in pulls),
   "cidboot_mb_s": size / best / 1e6, "layer_mb_s": size / (layer_ms / 1000) / 1e6, "curl_s": cbest, "curl_mb_s": int(curls[0][1]) / cbest / 1e6,
-  "cache_cold_s": float(cold[0]), "cache_warm_s": float(warm[0])}))
+  "cache_cold_s": float(cold[0]), "cache_warm_s": float(warm[0]), "each": each}))
 PY
 }
-if [ "${BENCH_THROTTLED:-1}" != 0 ]; then throttled_json=$(throttled); else throttled_json=; fi
+if want throttled && [ "${BENCH_THROTTLED:-1}" != 0 ]; then throttled_json=$(throttled); else throttled_json=; fi
 
 echo "| benchmark | cidboot | peer | ratio |"
 echo "|---|---|---|---|"
 python3 - "$verify" "$cidboot" "$throttled_json" "${cases[@]}" <<'PY'
 import json, os, sys
-v = json.loads(sys.argv[1]); binary = sys.argv[2]; t = sys.argv[3]
-print(f"| attestation verify (documents/s), peer: attestation-doc-validation | {v['cidboot_per_s']:.0f} | {v['attestation_doc_validation_per_s']:.0f} | {v['ratio']:.2f}x faster |")
+v = sys.argv[1]; binary = sys.argv[2]; t = sys.argv[3]
+if v:
+    v = json.loads(v)
+    print(f"| attestation verify (documents/s), peer: attestation-doc-validation | {v['cidboot_per_s']:.0f} | {v['attestation_doc_validation_per_s']:.0f} | {v['ratio']:.2f}x faster |")
 for c in map(json.loads, sys.argv[4:]):
     what = f"{c['name']}: {c['compressed_mb']:.0f} MB {c['compression']} / {c['uncompressed_mb']:.0f} MB"
     peer = "GNU tar -x of each layer (umoci 0.4 refuses zstd)" if c['compression'] == "zstd" else "umoci unpack of the local layout"
@@ -213,6 +224,8 @@ if t:
     print(f"| {what}: pull (MB/s), peer: curl of the layer's CAR from one gateway | {t['cidboot_mb_s']:.1f} | {t['curl_mb_s']:.1f} | {t['cidboot_mb_s']/t['curl_mb_s']:.2f}x faster |")
     print(f"| the same, as a fraction of the links' aggregate {t['aggregate_mb_s']:.0f} MB/s | {t['cidboot_mb_s']/t['aggregate_mb_s']:.2f} | {t['curl_mb_s']/t['aggregate_mb_s']:.2f} | |")
     print(f"| the layer's transfer alone (MB/s; fraction of the aggregate) | {t['layer_mb_s']:.1f} | | {t['layer_mb_s']/t['aggregate_mb_s']:.2f} |")
+    runs = "; ".join(f"{c/t['aggregate_mb_s']:.2f} (curl {k:.1f} MB/s, layer {l/t['aggregate_mb_s']:.2f})" for c, k, l in t['each'])
+    print(f"| each run: pull as a fraction of the aggregate (curl in the same run; the layer alone) | {runs} | | |")
     print(f"| the same, peak RSS (MiB) | {t['cidboot_rss_kib']/1024:.0f} | | |")
     print(f"| the same through `cidboot host` [cache]: first pull vs second (s) | {t['cache_cold_s']:.2f} | {t['cache_warm_s']:.2f} | {t['cache_cold_s']/t['cache_warm_s']:.1f}x faster warm |")
 print(f"| static stripped binary (MiB) | {os.path.getsize(binary)/2**20:.1f} | | |")

@@ -26,6 +26,9 @@ enum Mode {
     LieOnce,
     /// Sends half of the first range response, then holds the connection silent.
     StallOnce,
+    /// Sends half of every response over 1.5 MiB (every range and every whole-file stream),
+    /// then holds the connection silent.
+    StallLarge,
 }
 
 /// A plain-HTTP proxy in front of one gateway; logs the request paths.
@@ -93,8 +96,16 @@ impl Spy {
                     );
                     let mut resp = Vec::new();
                     let _ = up.read_to_end(&mut resp);
+                    if mode == Mode::StallLarge && resp.len() > 3 << 19 {
+                        let _ = conn.write_all(&resp[..resp.len() / 2]);
+                        std::thread::sleep(Duration::from_secs(600));
+                        return;
+                    }
                     let is_range = path.contains("entity-bytes=");
-                    if mode != Mode::Pass && is_range && !acted.swap(true, Ordering::SeqCst) {
+                    if matches!(mode, Mode::LieOnce | Mode::StallOnce)
+                        && is_range
+                        && !acted.swap(true, Ordering::SeqCst)
+                    {
                         *acted_on.lock().unwrap() = Some(path.clone());
                         if mode == Mode::LieOnce {
                             // Inside the last leaf's bytes (the body ends with a 1 MiB leaf
@@ -384,4 +395,60 @@ fn memory_stays_bounded_when_the_consumer_is_slower_than_the_gateways() {
         assert!(peak <= (window + 3) * range, "{peak} bytes held");
         assert!(peak * 2 < data.len() as u64, "{peak} bytes held");
     }
+}
+
+#[test]
+fn ranges_and_the_stream_after_them_share_one_object_deadline() {
+    use cidboot::fetch::gateway::SizeRule;
+    use cidboot::fetch::{FetchError, GatewayPolicy, Gateways};
+    use cidboot::transport::http::{HttpClient, Timeouts};
+    use cidboot::transport::{tls, TcpConnector};
+
+    let work = tempfile::tempdir().unwrap();
+    let data = noise(24 << 20, 5);
+    let file = work.path().join("blob");
+    std::fs::write(&file, &data).unwrap();
+    let car = work.path().join("blob.car");
+    let cid: cid::Cid = ipfs_car_pack(&file, &car, true).parse().unwrap();
+    let gateway = Gateway::start_plain(std::slice::from_ref(&car));
+    // Every range stalls, so the parallel fetch gives up after one idle timeout and the file
+    // continues as one stream, which stalls too (after half of each response).
+    let spy = Spy::start(&gateway.url, Mode::StallLarge);
+    let idle = Duration::from_secs(3);
+    let deadline = Duration::from_secs(6);
+    let policy = GatewayPolicy {
+        object_deadline: deadline,
+        ..GatewayPolicy::default()
+    };
+    let gw = Gateways::new(
+        HttpClient::new(
+            Arc::new(TcpConnector),
+            tls::client_config(None).unwrap(),
+            Timeouts {
+                idle,
+                ..Timeouts::default()
+            },
+        ),
+        std::slice::from_ref(&spy.url),
+        policy,
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut sink = Vec::new();
+    let t0 = Instant::now();
+    let err = rt
+        .block_on(gw.file(&cid, SizeRule::Exact(data.len() as u64), &mut sink))
+        .unwrap_err();
+    let took = t0.elapsed();
+    assert!(matches!(err, FetchError::Deadline { .. }), "{err}");
+    // Ranges were tried first, then the stream: it delivered verified bytes before stalling.
+    assert!(!spy.ranges().is_empty(), "no ranges were tried");
+    assert!(!sink.is_empty(), "the stream after the ranges never ran");
+    assert!(
+        sink[..] == data[..sink.len()],
+        "the stream delivered wrong bytes"
+    );
+    // Both together within the one deadline (a deadline of its own for the stream would end
+    // one idle timeout later).
+    assert!(took < deadline + idle / 2, "{took:?}");
 }

@@ -225,10 +225,12 @@ impl Gateways {
             return Ok(data.len() as u64);
         }
         let mut delivered = 0u64;
+        // One deadline for the object: a stream that continues after the parallel ranges gave
+        // up has only what is left of it.
+        let started = Instant::now();
         if let SizeRule::Exact(total) = rule {
             let p = &self.policy.parallel;
             if total >= p.min_file && p.total > 1 && p.window > 1 {
-                let started = Instant::now();
                 match tokio::time::timeout(
                     self.policy.object_deadline,
                     self.file_parallel(cid, total, sink, &mut delivered),
@@ -247,6 +249,7 @@ impl Gateways {
         }
         let mut size = None;
         let mut tries = Tries::new(self, cid);
+        tries.started = started;
         while let Some(gw) = tries.next()? {
             let before = delivered;
             match tries

@@ -11,7 +11,13 @@
 //! Memory is bounded: at most [`ParallelPolicy::window`] ranges are held at once (fetching,
 //! or verified and waiting for their turn), plus the range the sink waits for when it has to
 //! be fetched again, plus at most [`ParallelPolicy::max_hedges`] second copies of a stalled
-//! range. Ranges are taken from one queue by whichever gateway has a free
+//! range: [`ParallelPolicy::max_held_bytes`] in all, whatever the file's size. The sink gets
+//! each range in writes of at most `WRITE_CHUNK` (256 KiB), so what it queues is a few of
+//! those, not whole ranges. When the sink is slower than the gateways (a fast local gateway
+//! feeding the inflater), far fewer ranges are held: until the sink's rate and a range's
+//! time are measured, none starts while a verified one waits for the busy sink; after, the
+//! ranges ahead of the sink are only as many as keep it fed (see `file_parallel`), one or
+//! two instead of the window. Ranges are taken from one queue by whichever gateway has a free
 //! connection, so a fast gateway takes more of them (work stealing); a gateway measured at
 //! under a quarter of the best one's throughput keeps one connection only; and a range that
 //! runs far longer than its expected time is hedged on another gateway, the first verified copy
@@ -47,6 +53,13 @@ const FAST_CONNECTION: f64 = 32e6;
 const MAX_FAILURES_KEPT: usize = 16;
 /// How often the scheduler looks for stalled ranges and gateways out of their backoff.
 const TICK: Duration = Duration::from_millis(100);
+/// Most bytes of a verified range handed to the sink in one write. The inflater's channel
+/// queues four writes, each a copy: in pieces this size it holds 1 MiB per blob, not four
+/// whole ranges.
+const WRITE_CHUNK: usize = 256 * 1024;
+/// Slack over the ranges a consumer-bound sink needs ahead of it (see `file_parallel`), for
+/// the spread of range times.
+const LOOKAHEAD_SLACK: f64 = 1.5;
 
 /// How a large file is fetched in parallel. Every number is documented in docs/limits.md.
 #[derive(Debug, Clone)]
@@ -507,11 +520,23 @@ impl Gateways {
         delivered: &mut u64,
     ) -> Result<bool, FetchError> {
         let p = self.policy.parallel.clone();
-        // The probes and the root block go at once: both are a round trip.
-        let (_, block) = tokio::join!(self.probe_all(), self.block(root));
-        let node = FileNode::parse(&block?)?;
-        super::gateway::check_size(root, super::gateway::SizeRule::Exact(size), node.size())?;
-        let Some(ranges) = self.plan(root, node).await? else {
+        // The probes run beside the root block, the plan and the ranges: a gateway takes
+        // ranges once its probe has answered, and one whose probe times out delays nobody.
+        let mut probes = std::pin::pin!(self.probe_all());
+        let mut probing = true;
+        let planned = async {
+            let node = FileNode::parse(&self.block(root).await?)?;
+            super::gateway::check_size(root, super::gateway::SizeRule::Exact(size), node.size())?;
+            self.plan(root, node).await
+        };
+        let mut planned = std::pin::pin!(planned);
+        let planned = loop {
+            tokio::select! {
+                r = &mut planned => break r,
+                () = &mut probes, if probing => probing = false,
+            }
+        };
+        let Some(ranges) = planned? else {
             info!(%root, "file DAG too fragmented to fetch in ranges: fetching it as one stream");
             return Ok(false);
         };
@@ -541,6 +566,14 @@ impl Gateways {
         let mut writing: Option<Writing<'_, S>> = None;
         let mut hedges = 0usize;
         let mut writing_len = 0u64;
+        // What bounds the lookahead when the sink is slower than the gateways: how fast the
+        // sink takes bytes (all written over the time spent writing) and how long one range
+        // takes to fetch (a moving average).
+        let mut sink_bytes = 0u64;
+        let mut sink_busy = Duration::ZERO;
+        let mut write_started = Instant::now();
+        let mut range_secs: Option<f64> = None;
+        let avg_range = size as f64 / ranges.len() as f64;
 
         loop {
             let held_bytes = done.values().map(|d| d.len() as u64).sum::<u64>()
@@ -558,8 +591,9 @@ impl Gateways {
                     if let Some(s) = sink_slot.take() {
                         let len = data.len() as u64;
                         writing_len = len;
+                        write_started = Instant::now();
                         writing = Some(Box::pin(async move {
-                            let r = s.write(&data).await;
+                            let r = write_chunked(s, &data).await;
                             (s, r, len)
                         }));
                     }
@@ -568,18 +602,33 @@ impl Gateways {
             if next == ranges.len() && writing.is_none() {
                 return Ok(true);
             }
-            // Start ranges while the limits allow. Verified ranges piling up while the sink is
-            // busy mean the consumer is the bottleneck: fetching further ahead would only use
-            // memory.
-            let waiting_for_sink = done.len();
+            // Start ranges while the limits allow. Before anything is measured, a verified
+            // range waiting for a busy sink means the consumer is the bottleneck: fetching
+            // further ahead would only use memory. Once the sink's rate and a range's time are
+            // measured, the ranges held ahead of the sink (fetching or verified) are no more
+            // than keep it fed (Little's law: its rate times a range's time, in ranges, with
+            // some slack), so that a fast local gateway holds one range ahead where slow
+            // public ones get the whole window.
+            let sink_rate = (sink_busy > Duration::ZERO && sink_bytes > 0)
+                .then(|| sink_bytes as f64 / sink_busy.as_secs_f64());
+            let needed = match (sink_rate, range_secs) {
+                (Some(c), Some(t)) => Some(LOOKAHEAD_SLACK * c * t / avg_range.max(1.0)),
+                _ => None,
+            };
             while let Some(&r) = pending.first() {
-                let held = flying.len() + done.len() + usize::from(writing.is_some());
+                let ahead = flying.len() + done.len();
+                let held = ahead + usize::from(writing.is_some());
                 let normal = attempts.values().filter(|a| !a.hedge).count();
-                let consumer_bound = writing.is_some() && waiting_for_sink >= 1;
+                // Until the rates are measured: a verified range waiting for the busy sink.
+                let consumer_bound =
+                    needed.is_none() && writing.is_some() && done.contains_key(&(next + 1));
+                let enough_ahead = needed.is_some_and(|n| ahead as f64 >= n);
                 // The range the sink waits for always goes (one range over the window at most):
                 // everything held is waiting for it.
                 let head = r == next;
-                if normal >= p.total || (!head && (held >= p.window || consumer_bound)) {
+                if normal >= p.total
+                    || (!head && (held >= p.window || consumer_bound || enough_ahead))
+                {
                     break;
                 }
                 let Some(gi) = self.pick(&locals, best, None) else {
@@ -644,18 +693,20 @@ impl Gateways {
             }
             // Nothing running and nothing can start: no gateway can serve ranges now.
             if running.is_empty() && writing.is_none() && !pending.is_empty() {
-                let waiting = locals.iter().enumerate().any(|(gi, l)| {
-                    l.not_before.is_some_and(|t| Instant::now() < t)
-                        && !l.benched
-                        && !self.gateways[gi].score.is_quarantined()
-                });
+                // A probe still out may yet bring a gateway in.
+                let waiting = probing
+                    || locals.iter().enumerate().any(|(gi, l)| {
+                        l.not_before.is_some_and(|t| Instant::now() < t)
+                            && !l.benched
+                            && !self.gateways[gi].score.is_quarantined()
+                    });
                 if !waiting {
                     // Deliver what is verified and contiguous, then continue as one stream.
                     let Some(sink) = sink_slot.take() else {
                         return Ok(false);
                     };
                     while let Some(data) = done.remove(&next) {
-                        sink.write(&data).await.map_err(FetchError::Sink)?;
+                        write_chunked(sink, &data).await.map_err(FetchError::Sink)?;
                         *delivered += data.len() as u64;
                         next += 1;
                     }
@@ -682,6 +733,10 @@ impl Gateways {
                     match out {
                         Ok((data, ttfb)) => {
                             gw.score.success(data.len() as u64, ttfb, a.started.elapsed());
+                            if !a.hedge {
+                                let t = a.started.elapsed().as_secs_f64();
+                                range_secs = Some(range_secs.map_or(t, |o| o * 0.7 + t * 0.3));
+                            }
                             locals[a.gw].errors_in_a_row = 0;
                             // The first verified copy wins; a twin still running is cut.
                             for other in flying.remove(&a.range).unwrap_or_default() {
@@ -779,9 +834,12 @@ impl Gateways {
                     writing = None;
                     r.map_err(FetchError::Sink)?;
                     sink_slot = Some(s);
+                    sink_bytes += len;
+                    sink_busy += write_started.elapsed();
                     *delivered += len;
                     next += 1;
                 }
+                () = &mut probes, if probing => probing = false,
                 _ = tokio::time::sleep(TICK) => {}
             }
         }
@@ -831,6 +889,14 @@ impl Gateways {
             },
         );
     }
+}
+
+/// Hands a verified range to the sink in pieces of at most `WRITE_CHUNK` bytes.
+async fn write_chunked<S: BlobSink>(sink: &mut S, data: &[u8]) -> std::io::Result<()> {
+    for piece in data.chunks(WRITE_CHUNK) {
+        sink.write(piece).await?;
+    }
+    Ok(())
 }
 
 fn push_children(out: &mut Vec<Piece>, node: FileNode, start: u64) {

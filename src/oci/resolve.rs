@@ -373,40 +373,42 @@ impl Resolver<'_> {
         let layout_cid = need("oci-layout")?;
         let index_cid = need("index.json")?;
         let blobs_cid = need("blobs")?;
-        let marker = self
-            .fetch_capped(&layout_cid, self.limits.max_small_doc, "oci-layout")
-            .await?;
-        let marker: serde_json::Value = parse_json("oci-layout", &marker)?;
-        match marker.get("imageLayoutVersion").and_then(|v| v.as_str()) {
-            Some(v) if v.starts_with("1.") => {}
-            other => {
-                return Err(OciError::Layout(format!(
+        // The marker, the blobs directory and index.json are fetched at once: each is a round
+        // trip, and through a gateway far away those add up before the first layer starts.
+        let marker = async {
+            let marker = self
+                .fetch_capped(&layout_cid, self.limits.max_small_doc, "oci-layout")
+                .await?;
+            let marker: serde_json::Value = parse_json("oci-layout", &marker)?;
+            match marker.get("imageLayoutVersion").and_then(|v| v.as_str()) {
+                Some(v) if v.starts_with("1.") => Ok(()),
+                other => Err(OciError::Layout(format!(
                     "unsupported imageLayoutVersion {other:?} (1.x only)"
-                )))
+                ))),
             }
-        }
-        let blobs = self
-            .gw
-            .directory(&blobs_cid)
-            .await
-            .map_err(|source| OciError::Fetching {
-                what: "the layout's blobs directory".into(),
-                source,
+        };
+        let sha_dir = async {
+            let blobs =
+                self.gw
+                    .directory(&blobs_cid)
+                    .await
+                    .map_err(|source| OciError::Fetching {
+                        what: "the layout's blobs directory".into(),
+                        source,
+                    })?;
+            let sha_cid = blobs.get("sha256").ok_or_else(|| {
+                OciError::Layout(format!("{root}: blobs has no sha256 directory"))
             })?;
-        let sha_cid = blobs
-            .get("sha256")
-            .ok_or_else(|| OciError::Layout(format!("{root}: blobs has no sha256 directory")))?;
-        let sha_dir = self
-            .gw
-            .directory(&sha_cid)
-            .await
-            .map_err(|source| OciError::Fetching {
-                what: "the layout's blobs/sha256 directory".into(),
-                source,
-            })?;
-        let index = self
-            .fetch_capped(&index_cid, self.limits.max_index, "index.json")
-            .await?;
+            self.gw
+                .directory(&sha_cid)
+                .await
+                .map_err(|source| OciError::Fetching {
+                    what: "the layout's blobs/sha256 directory".into(),
+                    source,
+                })
+        };
+        let index = self.fetch_capped(&index_cid, self.limits.max_index, "index.json");
+        let ((), sha_dir, index) = tokio::try_join!(marker, sha_dir, index)?;
         let desc = synthetic(&index, MediaType::ImageIndex)?;
         info!(%root, blobs = sha_dir.entries.len(), "found an OCI image layout");
         Ok((
