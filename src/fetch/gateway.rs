@@ -73,7 +73,9 @@ pub struct Gateways {
 /// What the caller knows about a file's size before fetching it.
 #[derive(Debug, Clone, Copy)]
 pub enum SizeRule {
+    /// The descriptor's size: the file must be exactly this long.
     Exact(u64),
+    /// Only a cap: the file may be at most this long; the text names the cap in the error.
     AtMost(u64, &'static str),
 }
 
@@ -131,10 +133,12 @@ impl Gateways {
 
     /// The most bytes of ranges (in flight, verified and waiting, being written) that one
     /// blob's parallel fetch held at once in this run: the memory bound, observed.
+    /// The most bytes of parallel ranges held at once so far (what the memory bound caps).
     pub fn peak_range_bytes(&self) -> u64 {
         self.peak_held.load(Ordering::Relaxed)
     }
 
+    /// The gateways' names as logs and errors show them, in configured order.
     pub fn labels(&self) -> Vec<String> {
         self.gateways.iter().map(|g| g.label.clone()).collect()
     }

@@ -77,6 +77,7 @@ pub struct ParallelPolicy {
     /// A range is hedged after `hedge_factor` times its expected time, and never sooner than
     /// this.
     pub hedge_min: Duration,
+    /// How many times its expected time a range may take before it is hedged.
     pub hedge_factor: f64,
     /// Second copies of stalled ranges in flight at once.
     pub max_hedges: usize,

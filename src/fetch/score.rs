@@ -24,9 +24,12 @@ pub const PROBE_RETRY: Duration = Duration::from_secs(30);
 /// cidboot refuses identity CIDs as content (they prove nothing); this one is only a ping.
 pub const PROBE_CID: &str = "bafkqaaa";
 
+/// What one gateway has done so far in this run.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Figures {
+    /// Transfers completed.
     pub successes: u64,
+    /// Transfers failed or abandoned for being slow.
     pub errors: u64,
     /// Time to first byte, moving average.
     pub ttfb: Option<Duration>,
@@ -34,14 +37,18 @@ pub struct Figures {
     pub rate: Option<f64>,
 }
 
+/// What the probe (or real traffic) says of a gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
+    /// Not probed yet and not heard from.
     Unknown,
+    /// Answered a probe or a real request.
     Alive,
     /// The probe failed at this instant.
     Down(Instant),
 }
 
+/// One gateway's figures, liveness and quarantine, shared by every fetch of the run.
 pub struct Score {
     figures: Mutex<Figures>,
     live: Mutex<Liveness>,
@@ -66,6 +73,7 @@ fn ewma(old: Option<f64>, new: f64) -> f64 {
 }
 
 impl Score {
+    /// A snapshot of the figures.
     pub fn figures(&self) -> Figures {
         self.figures.lock().map(|f| *f).unwrap_or_default()
     }
@@ -86,6 +94,7 @@ impl Score {
         }
     }
 
+    /// A failed transfer.
     pub fn error(&self) {
         if let Ok(mut f) = self.figures.lock() {
             f.errors += 1;
@@ -118,10 +127,12 @@ impl Score {
         first
     }
 
+    /// Whether the gateway served a block that failed verification in this run.
     pub fn is_quarantined(&self) -> bool {
         self.quarantined.load(Ordering::Relaxed)
     }
 
+    /// What is known of the gateway's liveness.
     pub fn liveness(&self) -> Liveness {
         self.live.lock().map(|l| *l).unwrap_or(Liveness::Unknown)
     }
@@ -142,6 +153,7 @@ impl Score {
         }
     }
 
+    /// Records a probe's outcome; an answered probe's time seeds the time to first byte.
     pub fn set_live(&self, label: &str, alive: bool, took: Duration, why: Option<&FetchError>) {
         if let Ok(mut l) = self.live.lock() {
             *l = if alive {
