@@ -540,11 +540,7 @@ impl<'a> Tries<'a> {
     }
 }
 
-/// Whether a child covering `[offset, offset+len)` is needed when reading from byte `from`.
-/// The dev gateway uses the same rule to choose which blocks an `entity-bytes` range sends.
-pub fn in_range(offset: u64, len: u64, from: u64) -> bool {
-    offset.saturating_add(len) > from || (len == 0 && offset >= from)
-}
+pub use crate::fetch::unixfs::in_range;
 
 pub(super) async fn deliver<S: BlobSink>(
     sink: &mut S,

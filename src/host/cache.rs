@@ -30,8 +30,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::fetch::car;
-use crate::fetch::gateway::in_range;
-use crate::fetch::unixfs::FileNode;
+use crate::fetch::unixfs::{in_range, FileNode};
 use crate::fetch::{FetchError, GatewayPolicy, Gateways, MAX_DAG_DEPTH};
 use crate::reference::{verify_block, VerifiedBlock, CODEC_DAG_PB, MAX_BLOCK_SIZE};
 use crate::transport::addr::{Addr, Listener};

@@ -27,9 +27,8 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info};
 
 use crate::fetch::car::{self, CarReader};
-use crate::fetch::gateway::in_range;
 use crate::fetch::hamt;
-use crate::fetch::unixfs::{Directory, FileNode};
+use crate::fetch::unixfs::{in_range, Directory, FileNode};
 use crate::fetch::MAX_DAG_DEPTH;
 use crate::reference::{verify_block, VerifiedBlock, MH_IDENTITY};
 use crate::transport::addr::accept_retrying;

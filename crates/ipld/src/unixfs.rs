@@ -270,6 +270,13 @@ impl Directory {
     }
 }
 
+/// Whether a file's child covering `[offset, offset+len)` is needed when reading from byte
+/// `from`: the one rule the client, the development gateway and the parent's cache use to
+/// choose the blocks of an `entity-bytes` range.
+pub fn in_range(offset: u64, len: u64, from: u64) -> bool {
+    offset.saturating_add(len) > from || (len == 0 && offset >= from)
+}
+
 /// A directory entry's name: one path component.
 pub fn check_entry_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
