@@ -1,20 +1,40 @@
-//! A minimal HTTP/1.1 client: one connection per request, TLS by rustls, every phase timed.
+//! A minimal HTTP/1.1 client: TLS by rustls, every phase timed, connections kept alive.
 //!
-//! One connection per request keeps failure handling simple (a broken connection never
-//! poisons a pool) and costs little: cidboot makes a few dozen large requests per boot.
+//! Resolving an image is a chain of small sequential requests (layout, index, manifest,
+//! config) and a blob is fetched as parallel ranges, so a new TCP (or tunnel) connection and
+//! TLS handshake per request would cost a few round trips each. A connection is therefore
+//! kept in a small idle pool per origin once its response is done, under these rules:
+//!
+//! - It goes back only after its body was read to the end, from an HTTP/1.1 response that
+//!   did not say `Connection: close`, and once hyper reports it ready for the next request.
+//!   A body dropped early, an error or a timeout drops the connection instead, so what is
+//!   left of one response is never read as the next (hyper frames each response by its
+//!   `Content-Length` or chunking; a peer sending bytes nobody asked for on an idle
+//!   connection gets that connection closed).
+//! - A pooled connection hyper reports closed or not ready is discarded, never waited on;
+//!   one idle for [`POOL_IDLE`] is closed. At most [`POOL_PER_ORIGIN`] wait per origin and
+//!   [`POOL_TOTAL`] in all.
+//! - A request on a reused connection that fails before a response head arrives (the server
+//!   closed it meanwhile) is sent once more on a fresh connection; nothing else is retried.
+//!
+//! The pool belongs to one [`HttpClient`] (and its clones), so a connection is only reused
+//! with the connector and TLS configuration that opened it, and the origin key includes the
+//! scheme: a plain connection never serves an `https` request.
 
+use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode, Uri};
+use http::{HeaderMap, Request, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncRead;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsConnector;
 
 use super::{BoxIo, Connector, TransportError};
@@ -89,7 +109,7 @@ impl Floor {
 }
 
 /// The parts of an `http(s)://host[:port]` URL that a request needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Origin {
     /// `https`: the stream is wrapped in TLS, and the certificate verified for `host`.
     pub tls: bool,
@@ -147,12 +167,157 @@ impl std::fmt::Display for Origin {
     }
 }
 
-/// An HTTP/1.1 client over any [`Connector`], with rustls for `https` origins and a fresh
-/// connection per request.
+/// Most idle connections kept for one origin.
+pub const POOL_PER_ORIGIN: usize = 8;
+/// Most idle connections kept in all, per client.
+pub const POOL_TOTAL: usize = 32;
+/// How long an idle connection is kept: below the usual server keep-alive timeouts, so
+/// that cidboot, not the server, is usually the side that closes.
+pub const POOL_IDLE: Duration = Duration::from_secs(20);
+/// How long a finished connection may take to become ready for another request before it
+/// is dropped rather than pooled. The reader sees the end of a body only after that wait
+/// (microseconds, normally), so that a request made right after finds the connection pooled.
+const SETTLE: Duration = Duration::from_millis(100);
+
+type Sender = SendRequest<Empty<Bytes>>;
+
+/// A connection waiting for its next request.
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// Idle keep-alive connections, by origin.
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<HashMap<Origin, Vec<Idle>>>,
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Origin, Vec<Idle>>> {
+        // The map is consistent after every statement, so a panic elsewhere cannot poison it.
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently used idle connection to `origin` that is ready now.
+    fn checkout(&self, origin: &Origin) -> Option<Sender> {
+        let mut map = self.lock();
+        let list = map.get_mut(origin)?;
+        let now = Instant::now();
+        let mut found = None;
+        while let Some(idle) = list.pop() {
+            if now.duration_since(idle.since) < POOL_IDLE
+                && !idle.sender.is_closed()
+                && idle.sender.is_ready()
+            {
+                found = Some(idle.sender);
+                break;
+            }
+        }
+        if list.is_empty() {
+            map.remove(origin);
+        }
+        found
+    }
+
+    /// Keeps `sender` for a later request to `origin`, unless the caps are reached.
+    fn put(self: &Arc<Self>, origin: Origin, sender: Sender) {
+        {
+            let mut map = self.lock();
+            let total: usize = map.values().map(Vec::len).sum();
+            let here = map.get(&origin).map_or(0, Vec::len);
+            if total >= POOL_TOTAL || here >= POOL_PER_ORIGIN {
+                return;
+            }
+            map.entry(origin.clone()).or_default().push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(POOL_IDLE).await;
+            expire(&pool, &origin);
+        });
+    }
+}
+
+/// Closes the connections to `origin` idle for [`POOL_IDLE`] or found closed.
+fn expire(pool: &Weak<Pool>, origin: &Origin) {
+    let Some(pool) = pool.upgrade() else { return };
+    let mut map = pool.lock();
+    if let Some(list) = map.get_mut(origin) {
+        let now = Instant::now();
+        list.retain(|i| now.duration_since(i.since) < POOL_IDLE && !i.sender.is_closed());
+        if list.is_empty() {
+            map.remove(origin);
+        }
+    }
+}
+
+/// A connection lent to one response: back to the pool when its body ends, closed if
+/// dropped before.
+struct Lease {
+    sender: Sender,
+    origin: Origin,
+    pool: Arc<Pool>,
+}
+
+impl Lease {
+    /// Pools the connection once hyper has it ready for the next request, which it does
+    /// just after delivering the end of the body; dropped if that takes over [`SETTLE`].
+    async fn release(self) {
+        let Lease {
+            mut sender,
+            origin,
+            pool,
+        } = self;
+        if let Ok(Ok(())) = timeout(SETTLE, sender.ready()).await {
+            pool.put(origin, sender);
+        }
+    }
+}
+
+/// Whether a response lets its connection carry another request.
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && !headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
+/// Whether a request failed because its reused connection had been closed by the peer
+/// before the response head arrived: the keep-alive race, worth one fresh attempt.
+fn is_stale(e: &hyper::Error) -> bool {
+    if e.is_canceled() || e.is_incomplete_message() || e.is_closed() {
+        return true;
+    }
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<io::Error>() {
+            return matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            );
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// An HTTP/1.1 client over any [`Connector`], with rustls for `https` origins and
+/// keep-alive connections (see the module documentation for when one is reused).
 #[derive(Clone)]
 pub struct HttpClient {
     connector: Arc<dyn Connector>,
     tls: Arc<rustls::ClientConfig>,
+    pool: Arc<Pool>,
     /// The limits on every request of this client and on reading its response body.
     pub timeouts: Timeouts,
 }
@@ -167,6 +332,7 @@ pub struct Response {
     body: Incoming,
     timeouts: Timeouts,
     addr: String,
+    lease: Option<Lease>,
 }
 
 impl HttpClient {
@@ -179,11 +345,12 @@ impl HttpClient {
         HttpClient {
             connector,
             tls,
+            pool: Arc::default(),
             timeouts,
         }
     }
 
-    /// Sends `GET path_and_query` to `origin`.
+    /// Sends `GET path_and_query` to `origin`, on an idle connection to it if one is ready.
     pub async fn get(
         &self,
         origin: &Origin,
@@ -191,45 +358,90 @@ impl HttpClient {
         headers: &[(&str, &str)],
     ) -> Result<Response, TransportError> {
         let addr = origin.to_string();
-        let io = self.open(origin, &addr).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        let build = || {
+            let mut req = Request::get(path_and_query)
+                .header(http::header::HOST, origin.authority())
+                .header(
+                    http::header::USER_AGENT,
+                    concat!("cidboot/", env!("CARGO_PKG_VERSION")),
+                );
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            req.body(Empty::<Bytes>::new())
+        };
+        if let Some(sender) = self.pool.checkout(origin) {
+            match self.send(sender, build()?, origin, &addr).await {
+                Err(Failure::Stale(_)) => {}
+                other => return other.map_err(Failure::into_inner),
+            }
+        }
+        let sender = self.handshake(origin, &addr).await?;
+        self.send(sender, build()?, origin, &addr)
+            .await
+            .map_err(Failure::into_inner)
+    }
+
+    /// A fresh connection to `origin`, ready for a request.
+    async fn handshake(&self, origin: &Origin, addr: &str) -> Result<Sender, TransportError> {
+        let io = self.open(origin, addr).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|source| TransportError::Http {
-                addr: addr.clone(),
+                addr: addr.to_string(),
                 source,
             })?;
-        // The connection task ends when the response body is dropped or finished.
+        // The connection task ends when its sender is dropped (the pool let it go, or the
+        // response was abandoned) or the peer closes.
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let mut req = Request::get(path_and_query)
-            .header(http::header::HOST, origin.authority())
-            .header(
-                http::header::USER_AGENT,
-                concat!("cidboot/", env!("CARGO_PKG_VERSION")),
-            );
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req.body(Empty::<Bytes>::new())?;
-        let resp = timeout(self.timeouts.first_byte, sender.send_request(req))
-            .await
-            .map_err(|_| TransportError::Timeout {
-                phase: "waiting for the response",
-                addr: addr.clone(),
-                secs: self.timeouts.first_byte.as_secs(),
-            })?
-            .map_err(|source| TransportError::Http {
-                addr: addr.clone(),
-                source,
-            })?;
+        Ok(sender)
+    }
+
+    /// Sends `req` on `sender` and waits for the response head.
+    async fn send(
+        &self,
+        mut sender: Sender,
+        req: Request<Empty<Bytes>>,
+        origin: &Origin,
+        addr: &str,
+    ) -> Result<Response, Failure> {
+        let resp = match timeout(self.timeouts.first_byte, sender.send_request(req)).await {
+            Err(_) => {
+                return Err(Failure::Other(TransportError::Timeout {
+                    phase: "waiting for the response",
+                    addr: addr.to_string(),
+                    secs: self.timeouts.first_byte.as_secs(),
+                }))
+            }
+            Ok(Err(source)) => {
+                let stale = is_stale(&source);
+                let e = TransportError::Http {
+                    addr: addr.to_string(),
+                    source,
+                };
+                return Err(if stale {
+                    Failure::Stale(e)
+                } else {
+                    Failure::Other(e)
+                });
+            }
+            Ok(Ok(resp)) => resp,
+        };
         let (parts, body) = resp.into_parts();
+        let lease = keeps_alive(parts.version, &parts.headers).then(|| Lease {
+            sender,
+            origin: origin.clone(),
+            pool: self.pool.clone(),
+        });
         Ok(Response {
             status: parts.status,
             headers: parts.headers,
             body,
             timeouts: self.timeouts,
-            addr,
+            addr: addr.to_string(),
+            lease,
         })
     }
 
@@ -274,6 +486,20 @@ impl HttpClient {
     }
 }
 
+/// How a request failed: `Stale` only for a connection closed before the response head.
+enum Failure {
+    Stale(TransportError),
+    Other(TransportError),
+}
+
+impl Failure {
+    fn into_inner(self) -> TransportError {
+        match self {
+            Failure::Stale(e) | Failure::Other(e) => e,
+        }
+    }
+}
+
 impl Response {
     /// The first value of header `name`, if present and visible ASCII.
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -281,12 +507,15 @@ impl Response {
     }
 
     /// The body as a reader. A silence longer than the idle timeout, or less than the
-    /// throughput floor over a window, is an `io::ErrorKind::TimedOut`.
+    /// throughput floor over a window, is an `io::ErrorKind::TimedOut`. Once the body has
+    /// been read to its end the connection may carry another request; a reader dropped
+    /// before that, or failed, closes it.
     pub fn into_reader(self) -> impl AsyncRead + Send + Unpin {
         let Response {
             body,
             timeouts,
             addr,
+            lease,
             ..
         } = self;
         let idle = timeouts.idle;
@@ -296,10 +525,10 @@ impl Response {
             waited: Duration::ZERO,
             bytes: 0,
         };
-        let stream = futures_util::stream::unfold(Some((body, floor)), move |state| {
+        let stream = futures_util::stream::unfold(Some((body, floor, lease)), move |state| {
             let addr = addr.clone();
             async move {
-                let (mut body, mut floor) = state?;
+                let (mut body, mut floor, mut lease) = state?;
                 let fail = |e: io::Error| Some((Err(e), None));
                 // The silence so far, across waits cut short by the end of a window.
                 let mut silent = Duration::ZERO;
@@ -322,7 +551,12 @@ impl Response {
                                 return fail(e);
                             }
                         }
-                        Ok(None) => return None,
+                        Ok(None) => {
+                            if let Some(lease) = lease.take() {
+                                lease.release().await;
+                            }
+                            return None;
+                        }
                         Ok(Some(Err(e))) => {
                             return fail(io::Error::other(format!("reading from {addr}: {e}")));
                         }
@@ -332,7 +566,14 @@ impl Response {
                                 if let Err(e) = floor.account(waited, data.len() as u64, &addr) {
                                     return fail(e);
                                 }
-                                return Some((Ok(data), Some((body, floor))));
+                                // A reader that stops at the known length still frees the
+                                // connection: hyper has read the whole body by then.
+                                if body.is_end_stream() {
+                                    if let Some(lease) = lease.take() {
+                                        lease.release().await;
+                                    }
+                                }
+                                return Some((Ok(data), Some((body, floor, lease))));
                             }
                             if let Err(e) = floor.account(waited, 0, &addr) {
                                 return fail(e);
@@ -369,6 +610,17 @@ mod tests {
             waited: Duration::ZERO,
             bytes: 0,
         }
+    }
+
+    #[test]
+    fn only_an_http11_response_without_close_keeps_its_connection() {
+        let mut h = HeaderMap::new();
+        assert!(keeps_alive(Version::HTTP_11, &h));
+        assert!(!keeps_alive(Version::HTTP_10, &h));
+        h.insert(http::header::CONNECTION, "keep-alive".parse().unwrap());
+        assert!(keeps_alive(Version::HTTP_11, &h));
+        h.append(http::header::CONNECTION, "Upgrade, CLOSE".parse().unwrap());
+        assert!(!keeps_alive(Version::HTTP_11, &h));
     }
 
     #[test]
