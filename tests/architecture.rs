@@ -13,8 +13,9 @@
 
 use std::process::Command;
 
-/// The crates in `package`'s normal dependency tree (`cargo tree`), and the tree as printed.
-fn dependency_tree(package: &str) -> (Vec<String>, String) {
+/// The crates in `package`'s normal dependency tree (`cargo tree`, with `extra` arguments),
+/// and the tree as printed.
+fn dependency_tree(package: &str, extra: &[&str]) -> (Vec<String>, String) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let o = Command::new(cargo)
         .args([
@@ -28,6 +29,7 @@ fn dependency_tree(package: &str) -> (Vec<String>, String) {
             "--prefix",
             "none",
         ])
+        .args(extra)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
@@ -41,65 +43,70 @@ fn dependency_tree(package: &str) -> (Vec<String>, String) {
     (crates, tree)
 }
 
-#[test]
-fn the_verifier_crate_depends_on_no_runtime_http_or_system_calls() {
-    let (crates, tree) = dependency_tree("cidboot-verify");
-    let crates: Vec<&str> = crates.iter().map(String::as_str).collect();
-    assert!(crates.contains(&"cidboot-verify"), "{tree}");
-    assert!(crates.contains(&"rustls-webpki"), "{tree}");
-    for banned in [
-        "tokio",
-        "hyper",
-        "nix",
-        "rustix",
-        "mio",
-        "rustls",
-        "cidboot",
-        "aws-nitro-enclaves-nsm-api",
-    ] {
+/// Asserts that `package`'s tree has every crate in `needed` and none in `banned`.
+fn assert_tree(package: &str, extra: &[&str], needed: &[&str], banned: &[&str]) {
+    let (crates, tree) = dependency_tree(package, extra);
+    for n in needed {
         assert!(
-            !crates.contains(&banned),
-            "the verifier crate pulls in {banned}:\n{tree}"
+            crates.iter().any(|c| c == n),
+            "{package} lacks {n}:\n{tree}"
         );
     }
+    for b in banned {
+        assert!(
+            !crates.iter().any(|c| c == b),
+            "{package} {extra:?} pulls in {b}:\n{tree}"
+        );
+    }
+}
+
+#[test]
+fn the_verifier_crate_depends_on_no_runtime_http_or_system_calls() {
+    assert_tree(
+        "cidboot-verify",
+        &[],
+        &["cidboot-verify", "rustls-webpki"],
+        &[
+            "tokio",
+            "hyper",
+            "nix",
+            "rustix",
+            "mio",
+            "rustls",
+            "cidboot",
+            "aws-nitro-enclaves-nsm-api",
+        ],
+    );
 }
 
 #[test]
 fn the_ipld_crate_depends_on_no_runtime_http_or_system_calls() {
-    let (crates, tree) = dependency_tree("cidboot-ipld");
-    let crates: Vec<&str> = crates.iter().map(String::as_str).collect();
-    assert!(crates.contains(&"cidboot-ipld"), "{tree}");
-    assert!(crates.contains(&"cid"), "{tree}");
-    for banned in [
-        "tokio",
-        "hyper",
-        "nix",
-        "rustix",
-        "mio",
-        "rustls",
-        "libc",
-        "cidboot",
-        "cidboot-verify",
-    ] {
-        assert!(
-            !crates.contains(&banned),
-            "the IPLD crate pulls in {banned}:\n{tree}"
-        );
-    }
+    assert_tree(
+        "cidboot-ipld",
+        &[],
+        &["cidboot-ipld", "cid"],
+        &[
+            "tokio",
+            "hyper",
+            "nix",
+            "rustix",
+            "mio",
+            "rustls",
+            "libc",
+            "cidboot",
+            "cidboot-verify",
+        ],
+    );
 }
 
 #[test]
 fn the_rootfs_crate_depends_on_no_runtime_or_network() {
-    let (crates, tree) = dependency_tree("cidboot-rootfs");
-    let crates: Vec<&str> = crates.iter().map(String::as_str).collect();
-    assert!(crates.contains(&"cidboot-rootfs"), "{tree}");
-    assert!(crates.contains(&"nix"), "{tree}");
-    for banned in ["tokio", "hyper", "mio", "rustls", "cidboot", "cidboot-ipld"] {
-        assert!(
-            !crates.contains(&banned),
-            "the rootfs crate pulls in {banned}:\n{tree}"
-        );
-    }
+    assert_tree(
+        "cidboot-rootfs",
+        &[],
+        &["cidboot-rootfs", "nix"],
+        &["tokio", "hyper", "mio", "rustls", "cidboot", "cidboot-ipld"],
+    );
 }
 
 /// The enclave's build (`--no-default-features`) leaves the development parts out: rcgen, which
@@ -107,43 +114,16 @@ fn the_rootfs_crate_depends_on_no_runtime_or_network() {
 /// the default build still has it.
 #[test]
 fn the_enclave_build_leaves_rcgen_out() {
-    let tree = |extra: &[&str]| -> Vec<String> {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let o = Command::new(cargo)
-            .args([
-                "tree",
-                "--locked",
-                "--offline",
-                "-p",
-                "cidboot",
-                "-e",
-                "normal",
-                "--prefix",
-                "none",
-            ])
-            .args(extra)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-            .collect()
-    };
-    let full = tree(&[]);
-    assert!(full.iter().any(|c| c == "rcgen"), "{full:?}");
-    let enclave = tree(&["--no-default-features"]);
-    for needed in [
+    assert_tree("cidboot", &[], &["rcgen"], &[]);
+    assert_tree(
         "cidboot",
-        "cidboot-verify",
-        "rustls",
-        "aws-nitro-enclaves-nsm-api",
-    ] {
-        assert!(enclave.iter().any(|c| c == needed), "{needed}: {enclave:?}");
-    }
-    assert!(
-        !enclave.iter().any(|c| c == "rcgen"),
-        "the enclave build pulls in rcgen: {enclave:?}"
+        &["--no-default-features"],
+        &[
+            "cidboot",
+            "cidboot-verify",
+            "rustls",
+            "aws-nitro-enclaves-nsm-api",
+        ],
+        &["rcgen"],
     );
 }
