@@ -95,16 +95,8 @@ pub enum ApplyError {
     Decompress(io::Error),
     #[error("malformed tar stream: {0}")]
     Tar(io::Error),
-    #[error("entry {0:?} has an absolute name")]
-    AbsolutePath(String),
-    #[error("entry {0:?} contains a \"..\" component")]
-    DotDot(String),
     #[error("entry {path:?} is longer than {max} bytes")]
     PathTooLong { path: String, max: usize },
-    #[error("entry {path:?} is nested deeper than {max} levels")]
-    PathTooDeep { path: String, max: usize },
-    #[error("entry name {0:?} contains a NUL byte")]
-    BadName(String),
     #[error("more than {0} entries in one layer")]
     TooManyEntries(u64),
     #[error("PAX or long-name header of {size} bytes exceeds the {max}-byte limit")]
@@ -113,14 +105,6 @@ pub enum ApplyError {
     Pax(String),
     #[error("an entry would replace the root directory with a {0} entry")]
     RootType(String),
-    #[error("{0}: a symlink in the path leads outside the root or to nothing")]
-    SymlinkOutside(String),
-    #[error("{0}: too many levels of symbolic links")]
-    SymlinkLoop(String),
-    #[error("{0}: a path component is not a directory")]
-    NotADirectory(String),
-    #[error("{0} is a symlink in the image, where cidboot follows none")]
-    SymlinkRefused(String),
     #[error("hard link {0} points outside the root")]
     HardlinkOutside(String),
     #[error("bad link entry {0}")]
@@ -148,27 +132,9 @@ pub enum ApplyError {
     Interrupted(String),
     #[error("internal: {0}")]
     Internal(String),
-}
-
-/// The confined filesystem's errors, as the applier has always named them.
-impl From<cidboot_rootfs::RootfsError> for ApplyError {
-    fn from(e: cidboot_rootfs::RootfsError) -> ApplyError {
-        use cidboot_rootfs::RootfsError as R;
-        match e {
-            R::AbsolutePath(p) => ApplyError::AbsolutePath(p),
-            R::DotDot(p) => ApplyError::DotDot(p),
-            R::PathTooLong { path, max } => ApplyError::PathTooLong { path, max },
-            R::PathTooDeep { path, max } => ApplyError::PathTooDeep { path, max },
-            R::BadName(n) => ApplyError::BadName(n),
-            R::RootType(t) => ApplyError::RootType(t),
-            R::SymlinkOutside(p) => ApplyError::SymlinkOutside(p),
-            R::SymlinkLoop(p) => ApplyError::SymlinkLoop(p),
-            R::NotADirectory(p) => ApplyError::NotADirectory(p),
-            R::SymlinkRefused(p) => ApplyError::SymlinkRefused(p),
-            R::Fs { path, op, source } => ApplyError::Fs { path, op, source },
-            R::Internal(what) => ApplyError::Internal(what),
-        }
-    }
+    /// A path or file operation the confined filesystem refused or that failed there.
+    #[error(transparent)]
+    Rootfs(#[from] cidboot_rootfs::RootfsError),
 }
 
 impl ApplyError {
