@@ -87,11 +87,7 @@ impl Root {
             Err(Errno::ENOENT) => {}
             Err(e) => return Err(self.classify(rel, e)),
         }
-        let mut cur = self.fd.try_clone().map_err(|e| RootfsError::Fs {
-            path: "/".into(),
-            op: "dup",
-            source: e,
-        })?;
+        let mut cur = self.dup_root()?;
         let mut prefix = RelPath::default();
         for comp in &rel.0 {
             prefix = prefix.join(comp);
@@ -280,17 +276,22 @@ impl Root {
             .ok_or_else(|| RootfsError::Internal(format!("{} vanished", rel.display())))
     }
 
+    /// A descriptor of the root of its own, for a walk that moves down from it.
+    fn dup_root(&self) -> Result<OwnedFd, RootfsError> {
+        self.fd.try_clone().map_err(|e| RootfsError::Fs {
+            path: "/".into(),
+            op: "dup",
+            source: e,
+        })
+    }
+
     /// Opens the directory `rel` following no symlink, or `None` if a component is missing.
     pub fn open_real_dir(&self, rel: &RelPath) -> Result<Option<OwnedFd>, RootfsError> {
         self.real_dir(rel, false)
     }
 
     fn real_dir(&self, rel: &RelPath, create: bool) -> Result<Option<OwnedFd>, RootfsError> {
-        let mut cur = self.fd.try_clone().map_err(|e| RootfsError::Fs {
-            path: "/".into(),
-            op: "dup",
-            source: e,
-        })?;
+        let mut cur = self.dup_root()?;
         let mut prefix = RelPath::default();
         for comp in &rel.0 {
             prefix = prefix.join(comp);
