@@ -34,6 +34,12 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$cidboot" ] && [ -n "$kdir" ] && [ -n "$out" ] || { sed -n '2,17p' "$0" >&2; exit 2; }
 tools=${tools:-$cidboot}
+# The measured /init is the enclave build: a default build carries the software NSM and the
+# development gateway, which no enclave should.
+if "$cidboot" gateway --help >/dev/null 2>&1; then
+  echo "build-eif: $cidboot is a default build (it has the gateway command); build /init with --no-default-features" >&2
+  exit 2
+fi
 if [ ${#helper_images[@]} -gt 0 ] && ! "$tools" gateway --help >/dev/null 2>&1; then
   echo "build-eif: $tools has no gateway command (an enclave build): pass a default build as --tools" >&2
   exit 2
