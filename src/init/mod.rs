@@ -78,14 +78,14 @@ fn forwarded_set() -> nix::sys::signal::SigSet {
 /// The PID 1 entry point.
 pub fn run() -> ! {
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("cidboot: internal error (panic): {info}; powering off");
+        console(format_args!("internal error (panic): {info}; powering off"));
         system::power_off();
     }));
     // Blocked before any thread exists, so every thread inherits the mask and the signals
     // arrive only through the signalfd. Children get an empty mask back (launch::exec).
     let _ = forwarded_set().thread_block();
     if let Err(e) = system::mount_basics().and_then(|()| system::console()) {
-        eprintln!("cidboot: fatal: {e}; powering off");
+        console(format_args!("fatal: {e}; powering off"));
         system::power_off();
     }
     let _ = tracing_subscriber::fmt()
@@ -100,13 +100,20 @@ pub fn run() -> ! {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cidboot: fatal: async runtime: {e}; powering off");
+            console(format_args!("fatal: async runtime: {e}; powering off"));
             system::power_off();
         }
     };
     let status = rt.block_on(lifecycle(&system::Real));
-    eprintln!("cidboot: status {status}; powering off");
+    console(format_args!("status {status}; powering off"));
     system::power_off();
+}
+
+/// A line on the console that cannot panic (`eprintln!` does when the write fails), so that
+/// nothing on the way to the power-off can end PID 1.
+fn console(msg: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "cidboot: {msg}");
 }
 
 /// Everything between the runtime's start and the power-off: the boot, the workload's run,
@@ -338,8 +345,15 @@ async fn supervise(
     let supervise::Ended { code, reason } = rx
         .await
         .map_err(|_| InitError::Other("the reaper stopped".into()))?;
-    for p in pumps {
-        let _ = tokio::time::timeout(Duration::from_secs(10), p).await;
+    // A pump still held open (by a daemon the workload left, or by a sink that stopped
+    // acknowledging) is stopped, so the final status is the last record and the sender can end.
+    for mut p in pumps {
+        if tokio::time::timeout(Duration::from_secs(10), &mut p)
+            .await
+            .is_err()
+        {
+            p.abort();
+        }
     }
     Ok((code, reason))
 }
