@@ -302,12 +302,15 @@ impl SenderState {
         self.unacked.len() - 1
     }
 
-    fn acked(&mut self, upto: u64) {
+    /// Drops what the sink has written; true if that was anything.
+    fn acked(&mut self, upto: u64) -> bool {
+        let before = self.unacked.len();
         while self.unacked.front().is_some_and(|p| p.seq <= upto) {
             if let Some(p) = self.unacked.pop_front() {
                 self.bytes -= p.payload.len();
             }
         }
+        self.unacked.len() < before
     }
 
     fn done(&self) -> bool {
@@ -358,6 +361,7 @@ impl SenderState {
                     }
                     filled += n;
                     let mut at = 0;
+                    let mut moved = false;
                     while filled - at >= HEADER {
                         let f = &acks[at..at + HEADER];
                         let mut seq = [0u8; 8];
@@ -365,12 +369,16 @@ impl SenderState {
                         if f[0] != Kind::Ack as u8 || f[9..13] != [0, 0, 0, 0] {
                             return Err(io::Error::new(io::ErrorKind::InvalidData, "the sink sent something other than an acknowledgement"));
                         }
-                        self.acked(u64::from_be_bytes(seq));
+                        moved |= self.acked(u64::from_be_bytes(seq));
                         at += HEADER;
                     }
                     acks.copy_within(at..filled, 0);
                     filled -= at;
-                    progress = Instant::now();
+                    // Only an acknowledgement of something new counts: a sink that trickles
+                    // bytes or repeats old acknowledgements is still taken as gone.
+                    if moved {
+                        progress = Instant::now();
+                    }
                 }
                 m = self.rx.recv(), if room => match m {
                     Some((k, p)) => {
@@ -452,7 +460,15 @@ impl LogSender {
         }
         let deadline = Instant::now() + patience;
         let io = loop {
-            match addr.connect().await {
+            let attempt = tokio::time::timeout(CONNECT_TIMEOUT, addr.connect())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()),
+                    ))
+                });
+            match attempt {
                 Ok(s) => break s,
                 Err(e) if Instant::now() >= deadline => return Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
