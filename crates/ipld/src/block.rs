@@ -2,8 +2,10 @@
 //!
 //! A CID on the allow-list is one whose multihash cidboot can recompute, so every byte fetched
 //! under it can be checked. Identity multihashes are refused because they carry their content
-//! inline and so prove nothing about where it came from. [`verify_block`] is the only way to
-//! make a [`VerifiedBlock`], and the decoders of a block's structure take one.
+//! inline and so prove nothing about where it came from. [`verify_block`] makes a
+//! [`VerifiedBlock`] from fetched bytes, and the decoders of a block's structure take one; the
+//! only other constructor, `VerifiedBlock::inline`, takes an identity CID, whose content is the
+//! CID itself, for the gateways' liveness probe (content under an identity CID is refused).
 
 use std::fmt;
 use std::ops::Deref;

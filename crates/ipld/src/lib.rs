@@ -3,8 +3,9 @@
 //! stream format ([`car`]), dag-pb ([`dagpb`]), UnixFS files and directories ([`unixfs`]) and
 //! HAMT-sharded directories ([`hamt`]).
 //!
-//! "Verified" is a type here: [`VerifiedBlock`] is made only by [`verify_block`], after the
-//! bytes hashed to their CID, and the decoders of a block's structure take one. The CAR
+//! "Verified" is a type here: [`VerifiedBlock`] is made by [`verify_block`], after the bytes
+//! hashed to their CID (or, for an identity CID only, from the CID itself), and the decoders of
+//! a block's structure take one. The CAR
 //! reader, which faces the stream before anything is verified, bounds every length before it
 //! allocates. The crate has no async runtime, no HTTP and no system calls: fetching, serving
 //! and caching blocks is the caller's.
