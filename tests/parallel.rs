@@ -26,7 +26,7 @@ enum Mode {
     LieOnce,
     /// Sends half of the first range response, then holds the connection silent.
     StallOnce,
-    /// Sends half of every response over 1.5 MiB (every range and every whole-file stream),
+    /// Sends half of every response over 768 KiB (every range and every whole-file stream),
     /// then holds the connection silent.
     StallLarge,
 }
@@ -96,7 +96,7 @@ impl Spy {
                     );
                     let mut resp = Vec::new();
                     let _ = up.read_to_end(&mut resp);
-                    if mode == Mode::StallLarge && resp.len() > 3 << 19 {
+                    if mode == Mode::StallLarge && resp.len() > 3 << 18 {
                         let _ = conn.write_all(&resp[..resp.len() / 2]);
                         std::thread::sleep(Duration::from_secs(600));
                         return;
@@ -328,12 +328,14 @@ fn a_stalled_range_is_hedged_on_another_gateway() {
 struct SlowSink {
     hasher: sha2::Sha256,
     bytes: u64,
+    /// How long each write takes.
+    delay: Duration,
 }
 
 impl cidboot::fetch::BlobSink for SlowSink {
     async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
         use sha2::Digest;
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        tokio::time::sleep(self.delay).await;
         self.hasher.update(data);
         self.bytes += data.len() as u64;
         Ok(())
@@ -381,6 +383,7 @@ fn memory_stays_bounded_when_the_consumer_is_slower_than_the_gateways() {
         let mut sink = SlowSink {
             hasher: sha2::Sha256::new(),
             bytes: 0,
+            delay: Duration::from_millis(40),
         };
         let got = rt
             .block_on(gw.file(&cid, SizeRule::Exact(data.len() as u64), &mut sink))
@@ -395,6 +398,84 @@ fn memory_stays_bounded_when_the_consumer_is_slower_than_the_gateways() {
         assert!(peak <= (window + 3) * range, "{peak} bytes held");
         assert!(peak * 2 < data.len() as u64, "{peak} bytes held");
     }
+}
+
+/// The ranges a spy forwarded, as `(from, to)` with `to` exclusive.
+fn spans(spy: &Spy) -> Vec<(u64, u64)> {
+    spy.ranges()
+        .iter()
+        .filter_map(|p| {
+            let (from, last) = p.split("entity-bytes=").nth(1)?.split_once(':')?;
+            let last = last.split('&').next()?;
+            Some((from.parse().ok()?, last.parse::<u64>().ok()? + 1))
+        })
+        .collect()
+}
+
+#[test]
+fn the_first_and_the_last_ranges_are_cut_smaller() {
+    use cidboot::fetch::gateway::SizeRule;
+    use cidboot::fetch::{GatewayPolicy, Gateways};
+    use cidboot::transport::http::{HttpClient, Timeouts};
+    use cidboot::transport::{tls, TcpConnector};
+    use sha2::Digest;
+
+    let work = tempfile::tempdir().unwrap();
+    let data = noise(48 << 20, 17);
+    let file = work.path().join("blob");
+    std::fs::write(&file, &data).unwrap();
+    let car = work.path().join("blob.car");
+    let cid: cid::Cid = ipfs_car_pack(&file, &car, true).parse().unwrap();
+    let gateway = Gateway::start_plain(std::slice::from_ref(&car));
+    let spy = Spy::start(&gateway.url, Mode::Pass);
+    let policy = GatewayPolicy::default();
+    let range = policy.parallel.range_bytes;
+    // Before anything is measured every connection opens at once: the ranges they take, and
+    // the ones the connections finish on, are half-size.
+    let edge = policy.parallel.total as u64 * range / 2;
+    let gw = Gateways::new(
+        HttpClient::new(
+            Arc::new(TcpConnector),
+            tls::client_config(None).unwrap(),
+            Timeouts::default(),
+        ),
+        std::slice::from_ref(&spy.url),
+        policy,
+    )
+    .unwrap();
+    let mut sink = SlowSink {
+        hasher: sha2::Sha256::new(),
+        bytes: 0,
+        delay: Duration::ZERO,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let got = rt
+        .block_on(gw.file(&cid, SizeRule::Exact(data.len() as u64), &mut sink))
+        .unwrap();
+    assert_eq!(got, data.len() as u64);
+    assert_eq!(hex::encode(sink.hasher.finalize()), sha256_hex(&data));
+    let mut spans = spans(&spy);
+    spans.sort_unstable();
+    // Each range once, and together the whole file.
+    let mut at = 0;
+    for (from, to) in &spans {
+        assert_eq!(*from, at, "{spans:?}");
+        at = *to;
+    }
+    assert_eq!(at, data.len() as u64, "{spans:?}");
+    let size = data.len() as u64;
+    for (from, to) in &spans {
+        let limit = if *from < edge || *from >= size - edge {
+            range / 2
+        } else {
+            range
+        };
+        assert!(to - from <= limit, "{from}..{to} over {limit}: {spans:?}");
+    }
+    assert!(
+        spans.iter().any(|(from, to)| to - from > range / 2),
+        "the middle ranges are whole: {spans:?}"
+    );
 }
 
 #[test]

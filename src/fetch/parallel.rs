@@ -310,16 +310,22 @@ impl Gateways {
             }
             pieces = next;
         }
-        // The last ranges are cut smaller: at the end of a blob, connections go idle one by
+        // The first and the last ranges are cut smaller. At the start nothing is measured, so
+        // every connection opens at once: smaller ranges hold less before the sink's rate says
+        // how many are needed, and measure it sooner. At the end, connections go idle one by
         // one while the last ranges finish, each at one connection's speed.
         let total: u64 = pieces.iter().map(|p| p.len).sum();
-        let tail_from =
-            total.saturating_sub((self.policy.parallel.total as u64).saturating_mul(range) / 2);
+        let edge = (self.policy.parallel.total as u64).saturating_mul(range) / 2;
+        let tail_from = total.saturating_sub(edge);
         let mut ranges = Vec::new();
         let mut start = 0u64;
         let mut end = 0u64;
         for p in &pieces {
-            let range = if end >= tail_from { range / 2 } else { range };
+            let range = if start < edge || end >= tail_from {
+                range / 2
+            } else {
+                range
+            };
             // A raw leaf is one block: a parent that claims more for it is wrong, and the
             // claim must not size a buffer.
             if p.cid.is_some_and(|c| c.codec() != CODEC_DAG_PB) && p.len > MAX_BLOCK_SIZE as u64 {
@@ -568,13 +574,12 @@ impl Gateways {
         let mut hedges = 0usize;
         let mut writing_len = 0u64;
         // What bounds the lookahead when the sink is slower than the gateways: how fast the
-        // sink takes bytes (all written over the time spent writing) and how long one range
-        // takes to fetch (a moving average).
+        // sink takes bytes (all written over the time spent writing) and how long a range
+        // takes to fetch, per byte of it (a moving average: the first ranges are smaller).
         let mut sink_bytes = 0u64;
         let mut sink_busy = Duration::ZERO;
         let mut write_started = Instant::now();
-        let mut range_secs: Option<f64> = None;
-        let avg_range = size as f64 / ranges.len() as f64;
+        let mut secs_per_byte: Option<f64> = None;
 
         loop {
             let held_bytes = done.values().map(|d| d.len() as u64).sum::<u64>()
@@ -608,12 +613,13 @@ impl Gateways {
             // further ahead would only use memory. Once the sink's rate and a range's time are
             // measured, the ranges held ahead of the sink (fetching or verified) are no more
             // than keep it fed (Little's law: its rate times a range's time, in ranges, with
-            // some slack), so that a fast local gateway holds one range ahead where slow
-            // public ones get the whole window.
+            // some slack; a range of L bytes takes L times the seconds per byte, and the sink
+            // takes L bytes in L over its rate, so L cancels), so that a fast local gateway
+            // holds one range ahead where slow public ones get the whole window.
             let sink_rate = (sink_busy > Duration::ZERO && sink_bytes > 0)
                 .then(|| sink_bytes as f64 / sink_busy.as_secs_f64());
-            let needed = match (sink_rate, range_secs) {
-                (Some(c), Some(t)) => Some(LOOKAHEAD_SLACK * c * t / avg_range.max(1.0)),
+            let needed = match (sink_rate, secs_per_byte) {
+                (Some(c), Some(t)) => Some(LOOKAHEAD_SLACK * c * t),
                 _ => None,
             };
             while let Some(&r) = pending.first() {
@@ -734,9 +740,10 @@ impl Gateways {
                     match out {
                         Ok((data, ttfb)) => {
                             gw.score.success(data.len() as u64, ttfb, a.started.elapsed());
-                            if !a.hedge {
-                                let t = a.started.elapsed().as_secs_f64();
-                                range_secs = Some(range_secs.map_or(t, |o| o * 0.7 + t * 0.3));
+                            if !a.hedge && !data.is_empty() {
+                                let t = a.started.elapsed().as_secs_f64() / data.len() as f64;
+                                secs_per_byte =
+                                    Some(secs_per_byte.map_or(t, |o| o * 0.7 + t * 0.3));
                             }
                             locals[a.gw].errors_in_a_row = 0;
                             // The first verified copy wins; a twin still running is cut.
