@@ -12,6 +12,9 @@ cargo clippy --workspace --locked --all-targets -- -D warnings
 cargo clippy --locked --no-default-features --lib --bins -- -D warnings
 # Dependency policy (deny.toml): permissive licenses, crates.io only, no unexplained duplicates.
 cargo deny --locked check bans licenses sources
+# The benchmarks (scripts/bench.sh) are a crate of their own: they still build against this
+# tree, warning-free, from their own lock file.
+cargo clippy --locked --manifest-path bench/Cargo.toml --all-targets -- -D warnings
 cargo test --workspace --locked
 # A short smoke pass of every fuzz target (longer runs: scripts/fuzz.sh 600).
 scripts/fuzz.sh 15
