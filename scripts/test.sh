@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CIDBOOT_IPFS_CAR=$(scripts/setup-tools.sh)
 export CIDBOOT_IPFS_CAR
+# The workspace, and the two crates outside it (the benchmarks, the fuzz targets).
 cargo fmt --all --check
+cargo fmt --manifest-path bench/Cargo.toml --check
+cargo fmt --manifest-path fuzz/Cargo.toml --check
 cargo clippy --workspace --locked --all-targets -- -D warnings
 # The enclave's build (no software NSM, no development gateway, no rcgen) stands on its own:
 # it builds, warning-free; scripts/e2e-emulated.sh boots it as /init.

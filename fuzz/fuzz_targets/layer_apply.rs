@@ -18,6 +18,12 @@ fuzz_target!(|data: &[u8]| {
         let _ = cidboot::apply::layer::apply_tar(&root, data, &limits);
     }
     // Nothing may appear beside the root.
-    let entries: Vec<_> = std::fs::read_dir(dir.path()).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
-    assert_eq!(entries, vec![std::ffi::OsString::from("root")], "an entry escaped the root");
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        entries,
+        vec![std::ffi::OsString::from("root")],
+        "an entry escaped the root"
+    );
 });

@@ -47,5 +47,8 @@ fn main() {
         hash += compressed + compressed / 2.0 * (n as f64 / data.len() as f64);
         eprintln!("{p}: {n} bytes");
     }
-    println!("{}", serde_json::json!({ "seconds": secs, "hash_seconds": hash }));
+    println!(
+        "{}",
+        serde_json::json!({ "seconds": secs, "hash_seconds": hash })
+    );
 }

@@ -9,16 +9,26 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 /// Where real files come from, in order; symlinks and special files are skipped.
-const SOURCES: &[&str] = &["/usr/lib", "/usr/share", "/usr/bin", "/root/.rustup/toolchains", "/usr/libexec"];
+const SOURCES: &[&str] = &[
+    "/usr/lib",
+    "/usr/share",
+    "/usr/bin",
+    "/root/.rustup/toolchains",
+    "/usr/libexec",
+];
 
 fn files(budget: u64, skip: &mut u64) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut total = 0u64;
     let mut stack: Vec<PathBuf> = SOURCES.iter().rev().map(PathBuf::from).collect();
     while let Some(p) = stack.pop() {
-        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
         if m.is_dir() {
-            let Ok(rd) = std::fs::read_dir(&p) else { continue };
+            let Ok(rd) = std::fs::read_dir(&p) else {
+                continue;
+            };
             let mut kids: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
             kids.sort();
             stack.extend(kids.into_iter().rev());
@@ -78,8 +88,14 @@ fn main() {
     let out = PathBuf::from(args.next().expect("usage: make-image OUT_DIR [SCALE]"));
     let scale: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1.0);
     let (compression, media_type) = match args.next().as_deref() {
-        None | Some("gzip") => (Compression::Gzip, "application/vnd.oci.image.layer.v1.tar+gzip"),
-        Some("zstd") => (Compression::Zstd, "application/vnd.oci.image.layer.v1.tar+zstd"),
+        None | Some("gzip") => (
+            Compression::Gzip,
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        ),
+        Some("zstd") => (
+            Compression::Zstd,
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+        ),
         Some(other) => panic!("unknown compression {other}"),
     };
     let layout = out.join("layout");
@@ -91,7 +107,11 @@ fn main() {
     for budget_mb in [180.0, 100.0, 50.0] {
         let budget = (budget_mb * scale * 1e6) as u64;
         let paths = files(budget, &mut skip);
-        skip += paths.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum::<u64>();
+        skip += paths
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum::<u64>();
         let (compressed, diff_id) = layer(&paths, compression);
         let (digest, size) = blob(&layout, &compressed);
         layer_files.push(layout.join("blobs/sha256").join(&digest[7..]));
@@ -103,11 +123,22 @@ fn main() {
     let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs}, "layers": layers});
     let (md, ms) = blob(&layout, &serde_json::to_vec(&manifest).expect("json"));
-    std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("write");
+    std::fs::write(
+        layout.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .expect("write");
     let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
         "platform": {"architecture": "amd64", "os": "linux"}, "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
-    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).expect("json")).expect("write");
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).expect("json"),
+    )
+    .expect("write");
     let car = out.join("image.car");
     let packed = cidboot::publish::pack::pack_dir(&layout, &car).expect("pack");
-    println!("{}", serde_json::json!({"cid": packed.root_cid, "car": car, "layout": layout, "layers": layer_files}));
+    println!(
+        "{}",
+        serde_json::json!({"cid": packed.root_cid, "car": car, "layout": layout, "layers": layer_files})
+    );
 }
