@@ -324,6 +324,32 @@ fn a_stalled_range_is_hedged_on_another_gateway() {
     );
 }
 
+/// `len` bytes of noise packed by ipfs-car as a bare file: the bytes, the CAR and its root.
+fn packed_noise(work: &std::path::Path, len: usize, seed: u64) -> (Vec<u8>, PathBuf, cid::Cid) {
+    let data = noise(len, seed);
+    let file = work.join("blob");
+    std::fs::write(&file, &data).unwrap();
+    let car = work.join("blob.car");
+    let cid = ipfs_car_pack(&file, &car, true).parse().unwrap();
+    (data, car, cid)
+}
+
+/// The library's gateway client for `urls`, trusting `ca` (plain HTTP needs none).
+fn client(
+    urls: &[String],
+    ca: Option<&std::path::Path>,
+    timeouts: cidboot::transport::http::Timeouts,
+    policy: cidboot::fetch::GatewayPolicy,
+) -> Arc<cidboot::fetch::Gateways> {
+    use cidboot::transport::{http::HttpClient, tls, TcpConnector};
+    let http = HttpClient::new(
+        Arc::new(TcpConnector),
+        tls::client_config(ca).unwrap(),
+        timeouts,
+    );
+    cidboot::fetch::Gateways::new(http, urls, policy).unwrap()
+}
+
 /// A sink slower than the network: the inflater of a big layer, say.
 struct SlowSink {
     hasher: sha2::Sha256,
@@ -345,17 +371,12 @@ impl cidboot::fetch::BlobSink for SlowSink {
 #[test]
 fn memory_stays_bounded_when_the_consumer_is_slower_than_the_gateways() {
     use cidboot::fetch::gateway::SizeRule;
-    use cidboot::fetch::{GatewayPolicy, Gateways};
-    use cidboot::transport::http::{HttpClient, Timeouts};
-    use cidboot::transport::{tls, TcpConnector};
+    use cidboot::fetch::GatewayPolicy;
+    use cidboot::transport::http::Timeouts;
     use sha2::Digest;
 
     let work = tempfile::tempdir().unwrap();
-    let data = noise(96 << 20, 9);
-    let file = work.path().join("blob");
-    std::fs::write(&file, &data).unwrap();
-    let car = work.path().join("blob.car");
-    let cid: cid::Cid = ipfs_car_pack(&file, &car, true).parse().unwrap();
+    let (data, car, cid) = packed_noise(work.path(), 96 << 20, 9);
     let gateways: Vec<Gateway> = (0..3)
         .map(|_| Gateway::start(std::slice::from_ref(&car), work.path()))
         .collect();
@@ -370,16 +391,7 @@ fn memory_stays_bounded_when_the_consumer_is_slower_than_the_gateways() {
         let urls: Vec<String> = gateways[..n].iter().map(|g| g.url.clone()).collect();
         let window = policy.parallel.window as u64;
         let range = policy.parallel.range_bytes;
-        let gw = Gateways::new(
-            HttpClient::new(
-                Arc::new(TcpConnector),
-                tls::client_config(Some(&ca)).unwrap(),
-                Timeouts::default(),
-            ),
-            &urls,
-            policy,
-        )
-        .unwrap();
+        let gw = client(&urls, Some(&ca), Timeouts::default(), policy);
         let mut sink = SlowSink {
             hasher: sha2::Sha256::new(),
             bytes: 0,
@@ -415,17 +427,12 @@ fn spans(spy: &Spy) -> Vec<(u64, u64)> {
 #[test]
 fn the_first_and_the_last_ranges_are_cut_smaller() {
     use cidboot::fetch::gateway::SizeRule;
-    use cidboot::fetch::{GatewayPolicy, Gateways};
-    use cidboot::transport::http::{HttpClient, Timeouts};
-    use cidboot::transport::{tls, TcpConnector};
+    use cidboot::fetch::GatewayPolicy;
+    use cidboot::transport::http::Timeouts;
     use sha2::Digest;
 
     let work = tempfile::tempdir().unwrap();
-    let data = noise(48 << 20, 17);
-    let file = work.path().join("blob");
-    std::fs::write(&file, &data).unwrap();
-    let car = work.path().join("blob.car");
-    let cid: cid::Cid = ipfs_car_pack(&file, &car, true).parse().unwrap();
+    let (data, car, cid) = packed_noise(work.path(), 48 << 20, 17);
     let gateway = Gateway::start_plain(std::slice::from_ref(&car));
     let spy = Spy::start(&gateway.url, Mode::Pass);
     let policy = GatewayPolicy::default();
@@ -433,16 +440,12 @@ fn the_first_and_the_last_ranges_are_cut_smaller() {
     // Before anything is measured every connection opens at once: the ranges they take, and
     // the ones the connections finish on, are half-size.
     let edge = policy.parallel.total as u64 * range / 2;
-    let gw = Gateways::new(
-        HttpClient::new(
-            Arc::new(TcpConnector),
-            tls::client_config(None).unwrap(),
-            Timeouts::default(),
-        ),
+    let gw = client(
         std::slice::from_ref(&spy.url),
+        None,
+        Timeouts::default(),
         policy,
-    )
-    .unwrap();
+    );
     let mut sink = SlowSink {
         hasher: sha2::Sha256::new(),
         bytes: 0,
@@ -481,16 +484,11 @@ fn the_first_and_the_last_ranges_are_cut_smaller() {
 #[test]
 fn ranges_and_the_stream_after_them_share_one_object_deadline() {
     use cidboot::fetch::gateway::SizeRule;
-    use cidboot::fetch::{FetchError, GatewayPolicy, Gateways};
-    use cidboot::transport::http::{HttpClient, Timeouts};
-    use cidboot::transport::{tls, TcpConnector};
+    use cidboot::fetch::{FetchError, GatewayPolicy};
+    use cidboot::transport::http::Timeouts;
 
     let work = tempfile::tempdir().unwrap();
-    let data = noise(24 << 20, 5);
-    let file = work.path().join("blob");
-    std::fs::write(&file, &data).unwrap();
-    let car = work.path().join("blob.car");
-    let cid: cid::Cid = ipfs_car_pack(&file, &car, true).parse().unwrap();
+    let (data, car, cid) = packed_noise(work.path(), 24 << 20, 5);
     let gateway = Gateway::start_plain(std::slice::from_ref(&car));
     // Every range stalls, so the parallel fetch gives up after one idle timeout and the file
     // continues as one stream, which stalls too (after half of each response).
@@ -501,19 +499,15 @@ fn ranges_and_the_stream_after_them_share_one_object_deadline() {
         object_deadline: deadline,
         ..GatewayPolicy::default()
     };
-    let gw = Gateways::new(
-        HttpClient::new(
-            Arc::new(TcpConnector),
-            tls::client_config(None).unwrap(),
-            Timeouts {
-                idle,
-                ..Timeouts::default()
-            },
-        ),
+    let gw = client(
         std::slice::from_ref(&spy.url),
+        None,
+        Timeouts {
+            idle,
+            ..Timeouts::default()
+        },
         policy,
-    )
-    .unwrap();
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut sink = Vec::new();
     let t0 = Instant::now();

@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 use super::car::CarReader;
 use super::formats::{NO_CAR, NO_RANGES, NO_RAW, RAW_CONCURRENCY};
 use super::gateway::{check_content_type, check_status, Gateway, Walk, ACCEPT_CAR};
-use super::score::{is_hostile, PROBE_CID, PROBE_TIMEOUT};
+use super::score::{ewma, is_hostile, PROBE_CID, PROBE_TIMEOUT};
 use super::unixfs::FileNode;
 use super::{BlobSink, FetchError, Gateways, MAX_DAG_DEPTH};
 use crate::reference::{CODEC_DAG_PB, MAX_BLOCK_SIZE};
@@ -742,8 +742,7 @@ impl Gateways {
                             gw.score.success(data.len() as u64, ttfb, a.started.elapsed());
                             if !a.hedge && !data.is_empty() {
                                 let t = a.started.elapsed().as_secs_f64() / data.len() as f64;
-                                secs_per_byte =
-                                    Some(secs_per_byte.map_or(t, |o| o * 0.7 + t * 0.3));
+                                secs_per_byte = Some(ewma(secs_per_byte, t));
                             }
                             locals[a.gw].errors_in_a_row = 0;
                             // The first verified copy wins; a twin still running is cut.

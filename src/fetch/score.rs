@@ -65,7 +65,8 @@ impl Default for Score {
     }
 }
 
-fn ewma(old: Option<f64>, new: f64) -> f64 {
+/// A moving average: each new figure weighs `EWMA_WEIGHT`.
+pub(super) fn ewma(old: Option<f64>, new: f64) -> f64 {
     match old {
         Some(o) => o * (1.0 - EWMA_WEIGHT) + new * EWMA_WEIGHT,
         None => new,
