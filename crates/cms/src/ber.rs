@@ -195,6 +195,10 @@ impl<'a> Reader<'a> {
             ));
         }
         if id == 0 {
+            if self.pos >= limit {
+                // The first octet of an end-of-contents marker, and the input ends.
+                return Err(truncated(path, self.pos));
+            }
             return Err(malformed(
                 path,
                 offset,

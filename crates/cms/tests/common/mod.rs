@@ -215,6 +215,12 @@ pub struct Parts {
     pub iv: Vec<u8>,
     pub content: Vec<u8>,
     pub chunk: usize,
+    /// Elements written as given instead of the ones these fields make.
+    pub raw_version: Option<Vec<u8>>,
+    pub raw_encrypted_key: Option<Vec<u8>>,
+    pub raw_content: Option<Vec<u8>>,
+    /// More RecipientInfos after the first.
+    pub more_recipients: Vec<Vec<u8>>,
 }
 
 impl Parts {
@@ -233,6 +239,10 @@ impl Parts {
             iv: e.iv().to_vec(),
             content: e.encrypted_content().to_vec(),
             chunk: 48,
+            raw_version: None,
+            raw_encrypted_key: None,
+            raw_content: None,
+            more_recipients: Vec::new(),
         }
     }
 
@@ -252,24 +262,30 @@ impl Parts {
                 ),
             ],
         );
+        let version = tlv(0x02, &[self.version]);
         let ktri = seq(
             0x30,
             &[
-                tlv(0x02, &[self.version]),
+                self.raw_version.clone().unwrap_or_else(|| version.clone()),
                 tlv(0x80, &self.ski),
                 seq(0x30, &[tlv(0x06, OID_RSAES_OAEP), oaep_params]),
-                tlv(0x04, &self.encrypted_key),
+                self.raw_encrypted_key
+                    .clone()
+                    .unwrap_or_else(|| tlv(0x04, &self.encrypted_key)),
             ],
         );
+        let recipients = [vec![ktri], self.more_recipients.clone()].concat();
         let eci = indefinite(
             0x30,
             &[
                 tlv(0x06, OID_DATA),
                 seq(0x30, &[tlv(0x06, self.content_alg), tlv(0x04, &self.iv)]),
-                chunked(0xa0, &self.content, self.chunk),
+                self.raw_content
+                    .clone()
+                    .unwrap_or_else(|| chunked(0xa0, &self.content, self.chunk)),
             ],
         );
-        let ed = indefinite(0x30, &[tlv(0x02, &[self.version]), seq(0x31, &[ktri]), eci]);
+        let ed = indefinite(0x30, &[version, seq(0x31, &recipients), eci]);
         indefinite(
             0x30,
             &[tlv(0x06, OID_ENVELOPED_DATA), indefinite(0xa0, &[ed])],
