@@ -19,6 +19,7 @@
 
 pub mod credentials;
 mod ops;
+mod recipient;
 pub mod sealed;
 pub mod sign;
 
@@ -63,6 +64,12 @@ pub enum KmsError {
     Sign { call: Call, reason: String },
     #[error("{call}: {source}")]
     Transport { call: Call, source: TransportError },
+    #[error("{call}: TLS with {endpoint} failed: {reason}; KMS is trusted only through the web PKI roots, or a CA given with --ca (in an enclave, the configuration's [tls] extra_ca)")]
+    Certificate {
+        call: Call,
+        endpoint: String,
+        reason: String,
+    },
     #[error("{call}: reading the answer from {endpoint}: {source}")]
     Read {
         call: Call,
@@ -236,17 +243,9 @@ impl KmsClient {
         tls: Arc<rustls::ClientConfig>,
         credentials: Arc<dyn Credentials>,
     ) -> KmsClient {
-        let timeouts = Timeouts {
-            connect: Duration::from_secs(10),
-            first_byte: DEFAULT_TIMEOUT,
-            idle: Duration::from_secs(10),
-            // Answers are a few KiB: the whole-call timeout bounds them, not a rate.
-            min_rate: 0,
-            rate_window: Duration::from_secs(30),
-        };
         KmsClient {
             endpoint,
-            http: HttpClient::new(connector, tls, timeouts),
+            http: HttpClient::new(connector, tls, http_timeouts(DEFAULT_TIMEOUT)),
             credentials,
             timeout: DEFAULT_TIMEOUT,
         }
@@ -255,8 +254,7 @@ impl KmsClient {
     /// The same client with another limit on each whole call (at least one second).
     pub fn with_timeout(mut self, timeout: Duration) -> KmsClient {
         self.timeout = timeout.max(Duration::from_secs(1));
-        self.http.timeouts.first_byte = self.timeout;
-        self.http.timeouts.connect = self.http.timeouts.connect.min(self.timeout);
+        self.http.timeouts = http_timeouts(self.timeout);
         self
     }
 
@@ -315,9 +313,16 @@ impl KmsClient {
             .http
             .post(&self.endpoint.origin, "/", &headers, Bytes::from(body))
             .await
-            .map_err(|source| KmsError::Transport {
-                call: call.clone(),
-                source,
+            .map_err(|source| match source {
+                TransportError::Certificate { source, .. } => KmsError::Certificate {
+                    call: call.clone(),
+                    endpoint: endpoint.clone(),
+                    reason: source.to_string(),
+                },
+                source => KmsError::Transport {
+                    call: call.clone(),
+                    source,
+                },
             })?;
         let status = resp.status;
         let header_type = resp.header("x-amzn-errortype").map(str::to_string);
@@ -363,19 +368,42 @@ impl KmsClient {
     }
 }
 
+/// The HTTP client's own limits under a whole-call limit of `call`: connecting may take 10 s of
+/// it; waiting for the answer is bounded by the call's limit alone, which always ends first.
+fn http_timeouts(call: Duration) -> Timeouts {
+    Timeouts {
+        connect: Duration::from_secs(10).min(call),
+        first_byte: call + Duration::from_secs(1),
+        idle: call + Duration::from_secs(1),
+        // Answers are a few KiB: the whole-call limit bounds them, not a rate.
+        min_rate: 0,
+        rate_window: call + Duration::from_secs(1),
+    }
+}
+
 /// KMS's error code and message: `__type` (or the `x-amzn-ErrorType` header) without its
-/// namespace (`com.amazonaws.kms#`) or suffix (`:http://…`), and `message` (or `Message`).
+/// namespace (`com.amazonaws.kms#`) or suffix (`:http://…`), and `message` (or `Message`). An
+/// answer in the XML error format of AWS's front ends gives its `<Code>` and `<Message>`.
 fn error_of(
     json: Option<&serde_json::Value>,
     header: Option<&str>,
     body: &[u8],
 ) -> (String, String) {
     let field = |k: &str| json.and_then(|j| j.get(k)).and_then(|v| v.as_str());
+    let text = String::from_utf8_lossy(body);
+    let xml = |tag: &str| {
+        let open = format!("<{tag}>");
+        let start = text.find(&open)? + open.len();
+        let len = text[start..].find(&format!("</{tag}>"))?;
+        Some(text[start..start + len].to_string())
+    };
     let raw = field("__type")
         .or(field("code"))
-        .or(header)
-        .unwrap_or("UnknownError");
-    let code = raw.rsplit('#').next().unwrap_or(raw);
+        .map(str::to_string)
+        .or(header.map(str::to_string))
+        .or_else(|| xml("Code"))
+        .unwrap_or_else(|| "UnknownError".into());
+    let code = raw.rsplit('#').next().unwrap_or(&raw);
     let code = code.split(':').next().unwrap_or(code);
     let code: String = code
         .chars()
@@ -384,11 +412,14 @@ fn error_of(
         .collect();
     let message = match field("message").or(field("Message")) {
         Some(m) => m.to_string(),
-        None if json.is_none() => format!(
-            "(not JSON: {:?})",
-            String::from_utf8_lossy(&body[..body.len().min(200)])
-        ),
-        None => "(no message)".into(),
+        None => match xml("Message") {
+            Some(m) => m,
+            None if json.is_none() => format!(
+                "(not JSON: {:?})",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ),
+            None => "(no message)".into(),
+        },
     };
     let message: String = message
         .chars()
@@ -445,6 +476,14 @@ mod tests {
             (
                 "ThrottlingException".into(),
                 "(not JSON: \"<html>\")".into()
+            )
+        );
+        let xml = b"<?xml version=\"1.0\"?><ErrorResponse><Errors><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message></Error></Errors></ErrorResponse>";
+        assert_eq!(
+            error_of(None, None, xml),
+            (
+                "SignatureDoesNotMatch".into(),
+                "The request signature we calculated does not match".into()
             )
         );
     }
