@@ -318,14 +318,26 @@ impl<'a> Reader<'a> {
     /// end-of-contents marker comes next and is consumed).
     pub fn finish(&mut self, contents: &Contents, path: &Path) -> Result<(), CmsError> {
         let at = self.pos;
-        match self.next(contents, path)? {
-            None => Ok(()),
-            Some(e) => Err(CmsError::TrailingData {
-                path: path.to_string(),
-                offset: at,
-                tag: e.tag,
-            }),
+        let ended = if contents.indefinite {
+            match self.input.get(at..at.saturating_add(2)) {
+                Some([0, 0]) if at + 2 <= contents.limit => {
+                    self.pos += 2;
+                    true
+                }
+                Some(_) if at + 2 <= contents.limit => false,
+                _ => return Err(truncated(path, at)),
+            }
+        } else {
+            at >= contents.limit
+        };
+        if ended {
+            return Ok(());
         }
+        Err(CmsError::TrailingData {
+            path: path.to_string(),
+            offset: at,
+            tag: self.input.get(at).copied().unwrap_or_default(),
+        })
     }
 
     /// The contents of primitive element `e` (its length was checked against the input).
@@ -414,5 +426,125 @@ fn malformed(path: &Path, offset: usize, what: String) -> CmsError {
         path: path.to_string(),
         offset,
         what,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads one string element (primitive or chunked) that must be the whole input.
+    fn string(input: &[u8]) -> Result<Vec<u8>, CmsError> {
+        let mut r = Reader::new(input);
+        let top = r.top();
+        let path = Path::root("test");
+        let e = r.next(&top, &path)?.ok_or(CmsError::Missing {
+            path: "test".into(),
+            offset: 0,
+            expected: "an element",
+        })?;
+        let mut out = Vec::new();
+        r.octets(&e, &top, 64, &path, &mut out)?;
+        r.finish(&top, &path)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn lengths_short_long_and_non_minimal() {
+        assert_eq!(string(&[0x04, 0x02, 1, 2]).unwrap(), [1, 2]);
+        assert_eq!(string(&[0x04, 0x81, 0x02, 1, 2]).unwrap(), [1, 2]);
+        // BER allows more length octets than needed.
+        assert_eq!(string(&[0x04, 0x84, 0, 0, 0, 0x02, 1, 2]).unwrap(), [1, 2]);
+        assert!(matches!(
+            string(&[0x04, 0x85, 0, 0, 0, 0, 0x02, 1, 2]),
+            Err(CmsError::Malformed { .. })
+        ));
+        assert!(matches!(
+            string(&[0x04, 0xff, 1]),
+            Err(CmsError::Malformed { .. })
+        ));
+        assert!(matches!(
+            string(&[0x04, 0x03, 1, 2]),
+            Err(CmsError::LengthOverrun {
+                length: 3,
+                remaining: 2,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn chunks_concatenate_and_end_where_they_should() {
+        let chunked = [0x24, 0x80, 0x04, 0x01, 1, 0x04, 0x02, 2, 3, 0, 0];
+        assert_eq!(string(&chunked).unwrap(), [1, 2, 3]);
+        // The same chunks in a definite constructed string.
+        assert_eq!(
+            string(&[0x24, 0x07, 0x04, 0x01, 1, 0x04, 0x02, 2, 3]).unwrap(),
+            [1, 2, 3]
+        );
+        // A chunk that is not an OCTET STRING.
+        assert!(matches!(
+            string(&[0x24, 0x80, 0x02, 0x01, 1, 0, 0]),
+            Err(CmsError::UnexpectedTag { found: 0x02, .. })
+        ));
+        // No end-of-contents marker.
+        assert!(matches!(
+            string(&[0x24, 0x80, 0x04, 0x01, 1]),
+            Err(CmsError::Truncated { offset: 5, .. })
+        ));
+        // An end-of-contents marker in a definite-length element.
+        assert!(matches!(
+            string(&[0x24, 0x05, 0x04, 0x01, 1, 0, 0]),
+            Err(CmsError::Malformed { offset: 5, .. })
+        ));
+        // An indefinite string inside a definite one may not run past it.
+        assert!(matches!(
+            string(&[0x24, 0x05, 0x24, 0x80, 0x04, 0x01, 1, 0, 0]),
+            Err(CmsError::Truncated { .. } | CmsError::LengthOverrun { .. })
+        ));
+        // Over the cap, before the copy.
+        let mut long = vec![0x24, 0x80];
+        for _ in 0..3 {
+            long.extend_from_slice(&[0x04, 30]);
+            long.extend_from_slice(&[7; 30]);
+        }
+        long.extend_from_slice(&[0, 0]);
+        assert!(matches!(
+            string(&long),
+            Err(CmsError::TooLarge { max: 64, .. })
+        ));
+    }
+
+    #[test]
+    fn identifiers_cms_does_not_use() {
+        assert!(matches!(
+            string(&[0x1f, 0x81, 0x00, 0x00]),
+            Err(CmsError::Malformed { .. })
+        ));
+        assert!(matches!(
+            string(&[0x00, 0x00]),
+            Err(CmsError::Malformed { .. })
+        ));
+        assert!(matches!(
+            string(&[0x04, 0x80, 0, 0]),
+            Err(CmsError::IndefinitePrimitive { tag: 0x04, .. })
+        ));
+        assert!(matches!(
+            string(&[0x04, 0x01, 1, 0x04]),
+            Err(CmsError::TrailingData { offset: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn paths_name_the_field() {
+        let p = Path::root("ContentInfo")
+            .child("content")
+            .child("EnvelopedData");
+        assert_eq!(p.to_string(), "ContentInfo.content.EnvelopedData");
+        let mut deep = Path::root("a");
+        for _ in 0..100 {
+            deep = deep.child("b");
+        }
+        assert_eq!(deep.to_string().split('.').count(), MAX_DEPTH + 8);
     }
 }
