@@ -530,4 +530,22 @@ fn run_refuses_nsm_pcrs_that_are_not_an_eifs_before_fetching() {
             out.stderr
         );
     }
+    // The device reports its own PCRs: the flag is refused rather than ignored.
+    let out = run(&[
+        "run",
+        "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
+        "--gateway",
+        "http://127.0.0.1:1",
+        "--nsm",
+        "device",
+        "--nsm-pcrs",
+        eif.to_str().unwrap(),
+        "--attestation-listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(
+        !out.ok && out.stderr.contains("reports its own"),
+        "{}",
+        out.stderr
+    );
 }

@@ -83,6 +83,12 @@ const NSM_KINDS: [&str; 2] = ["auto", "device"];
 fn open_nsm(a: &RunArgs) -> Result<Arc<dyn Nsm>, CliError> {
     let device = std::path::Path::new("/dev/nsm").exists();
     if a.nsm == "device" || (a.nsm == "auto" && device) {
+        #[cfg(feature = "software-nsm")]
+        if a.nsm_pcrs.is_some() {
+            return Err(CliError::Usage(
+                "--nsm-pcrs sets the software NSM's PCR0-2, but this run uses /dev/nsm, which reports its own (give --nsm software)".into(),
+            ));
+        }
         return Ok(Arc::new(DeviceNsm::open()?));
     }
     software_nsm(a)
