@@ -582,3 +582,100 @@ async fn a_malformed_oversized_or_late_answer_is_refused() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// `cidboot host` with an egress proxy that allows `allow`; killed when dropped.
+struct Parent {
+    child: std::process::Child,
+    proxy: String,
+}
+
+impl Parent {
+    fn start(dir: &Path, allow: &str) -> Parent {
+        use std::io::BufRead;
+        let cfg = config(
+            dir,
+            "host.toml",
+            &format!("[egress]\nlisten = \"tcp:127.0.0.1:0\"\nallow = [\"{allow}\"]\n"),
+        );
+        let mut child = cidboot()
+            .args(["host", "--config"])
+            .arg(&cfg)
+            .env("CIDBOOT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let proxy = loop {
+            let line = lines.next().expect("the host ended").unwrap();
+            if let Some(a) = line.split("egress proxy listening on ").nth(1) {
+                break a.trim().to_string();
+            }
+        };
+        // Keep reading, so that the host never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Parent { child, proxy }
+    }
+}
+
+impl Drop for Parent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// In an enclave the client connects through the parent's egress proxy, as the gateways do:
+/// the tunnel carries TLS that ends in the client, and the parent's allowlist still decides.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_go_through_the_parents_proxy_with_tls_ending_in_the_client() {
+    use cidboot::kms::credentials::StaticCredentials;
+    use cidboot::kms::{AwsCredentials, Endpoint};
+    use cidboot::transport::connect::ConnectProxy;
+    use std::sync::Arc;
+
+    let work = tempfile::tempdir().unwrap();
+    let tls = Tls::make(work.path());
+    let moto = Server::moto(&tls, true, 1);
+    let port = moto.url.rsplit(':').next().unwrap().to_string();
+    let parent = Parent::start(work.path(), &format!("127.0.0.1:{port}"));
+    let through = |url: &str| {
+        KmsClient::new(
+            Endpoint::new(&moto.region, Some(url)).unwrap(),
+            Arc::new(ConnectProxy {
+                proxy: parent.proxy.parse().unwrap(),
+            }),
+            cidboot::transport::tls::client_config(Some(&tls.ca)).unwrap(),
+            Arc::new(StaticCredentials::new(
+                AwsCredentials::new(&moto.access_key_id, &moto.secret_access_key, None),
+                "the test",
+            )),
+        )
+    };
+    let c = through(&moto.url);
+    let key = moto.keys[0].as_str();
+    let sealed = c
+        .encrypt(key, b"via the parent", &context("p"))
+        .await
+        .unwrap();
+    let opened = c
+        .decrypt(Some(key), &sealed.ciphertext, &context("p"))
+        .await
+        .unwrap();
+    assert_eq!(opened.as_slice(), b"via the parent");
+    // An endpoint the parent's allowlist does not name is refused by the proxy.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let e = through(&format!(
+        "https://127.0.0.1:{}",
+        other.local_addr().unwrap().port()
+    ))
+    .generate_random(8)
+    .await
+    .unwrap_err();
+    assert!(matches!(e, KmsError::Transport { .. }), "{e}");
+    let s = e.to_string();
+    assert!(
+        s.contains("KMS GenerateRandom") && s.contains("egress proxy refused"),
+        "{s}"
+    );
+}
