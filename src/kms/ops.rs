@@ -1,7 +1,7 @@
-//! The typed KMS operations. Those without a `Recipient` (here) return KMS's `Plaintext` as
-//! sent over TLS: they are the operator's (`Encrypt`, `GenerateDataKeyWithoutPlaintext`) and
-//! the tests'. The enclave's calls carry a `Recipient` (`recipient.rs`), so that the plaintext
-//! never leaves KMS unencrypted.
+//! The typed KMS operations. Those without a `Recipient` (here) send and return the plaintext
+//! inside TLS, through JSON buffers that are not wiped: they are the operator's (`Encrypt`,
+//! `GenerateDataKeyWithoutPlaintext`) and the tests'. The enclave's calls carry a `Recipient`
+//! (`recipient.rs`), so that the plaintext never leaves KMS unencrypted.
 
 use std::collections::BTreeMap;
 
@@ -140,12 +140,12 @@ impl KmsClient {
                 ),
             });
         }
-        let req = Zeroizing::new(body(&json!({
+        let req = body(&json!({
             "KeyId": key_id,
             "Plaintext": b64(plaintext),
             "EncryptionContext": context,
-        })));
-        let v = self.call(&call, req.to_vec()).await?;
+        }));
+        let v = self.call(&call, req).await?;
         Ok(Encrypted {
             ciphertext: required(&call, &v, "CiphertextBlob")?,
             key_id: key_of(&v, Some(key_id)),

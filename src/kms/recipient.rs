@@ -84,9 +84,9 @@ impl KmsClient {
     }
 
     /// Opens the answer's `CiphertextForRecipient` with `key`. An answer that also carries a
-    /// `Plaintext` is refused: KMS never sends one to a call with a `Recipient`.
+    /// `Plaintext` is refused: KMS sends it null or empty to a call with a `Recipient`.
     fn open(call: &Call, v: &Value, key: RecipientKey) -> Result<Secret, KmsError> {
-        if ops::blob(call, v, "Plaintext")?.is_some() {
+        if ops::blob(call, v, "Plaintext")?.is_some_and(|p| !p.is_empty()) {
             return Err(KmsError::Response {
                 call: call.clone(),
                 reason: "a Plaintext in the answer to a call with a Recipient".into(),

@@ -297,11 +297,14 @@ def count(params):
     return n
 
 
-def answer(st, doc, fields, plaintext):
+def answer(st, doc, fields, plaintext, empty=None):
+    """The plaintext, or for a Recipient CiphertextForRecipient and a Plaintext that is null (or
+    empty, as `empty` says: AWS documents "null or empty")."""
     if doc is None:
         fields["Plaintext"] = base64.b64encode(plaintext).decode()
     else:
         fields["CiphertextForRecipient"] = base64.b64encode(for_recipient(st, doc, plaintext)).decode()
+        fields["Plaintext"] = empty
         if st.a.fault == "with-plaintext":
             fields["Plaintext"] = base64.b64encode(plaintext).decode()
     return fields
@@ -333,7 +336,7 @@ def operate(st, op, params):
         return answer(st, doc, {"KeyId": st.key_arn, "CiphertextBlob": base64.b64encode(blob).decode()}, key)
     if op == "GenerateRandom":
         doc = recipient_document(st, params)
-        return answer(st, doc, {}, os.urandom(count(params)))
+        return answer(st, doc, {}, os.urandom(count(params)), empty="")
     raise KmsError("UnknownOperationException", f"{op} is not served here", 400)
 
 
