@@ -49,7 +49,9 @@ impl std::fmt::Debug for RecipientKey {
 
 impl RecipientKey {
     /// A fresh RSA-2048 key pair, generated in this process (AWS-LC's generator, seeded from
-    /// the kernel's random pool, which cidboot seeds from the NSM at boot).
+    /// the kernel's random pool, which cidboot seeds from the NSM at boot). It blocks for the
+    /// generation (see above: up to seconds in an emulated enclave), so async code calls it on
+    /// a blocking thread; the key is `Send`.
     pub fn generate() -> Result<RecipientKey, CmsError> {
         let key = PrivateDecryptingKey::generate(KeySize::Rsa2048)
             .map_err(|_| CmsError::KeyGeneration("AWS-LC could not generate an RSA-2048 key"))?;
@@ -125,5 +127,22 @@ impl RecipientKey {
         }
         out.truncate(len);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_can_move_to_and_from_a_blocking_thread() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<RecipientKey>();
+        let key = std::thread::spawn(RecipientKey::generate)
+            .join()
+            .unwrap()
+            .unwrap();
+        assert_eq!(key.public_key_der().len(), 294);
+        assert!(format!("{key:?}").contains("2048"));
     }
 }
