@@ -5,9 +5,9 @@
 //! under the 512 bytes cidboot puts in an attestation field (RSA-4096's, 550, would not fit).
 //! A key is generated for every exchange, and generation time is what the choice weighs.
 //! Measured with AWS-LC (20 keys each): on a 2-core x86-64 host, RSA-2048 takes 0.07-0.13 s
-//! (median) against 0.2-0.7 s for RSA-3072; in a guest of the QEMU (TCG) that emulates the enclave,
-//! 0.5 s (median; 0.8 s at the 90th percentile, 3.6 s at worst) against 2.0 s (3.6 s, 4.0 s),
-//! for each secret at boot. RSA-3072's margin buys little for a key that lives for one
+//! (median) against 0.2-0.7 s for RSA-3072; in a guest of the QEMU (TCG) that emulates the
+//! enclave, 0.5 s (median; 0.8 s at the 90th percentile, 3.6 s at worst) against 2.0 s (3.6 s,
+//! 4.0 s), for each secret at boot. RSA-3072's margin buys little for a key that lives for one
 //! exchange: it never leaves the enclave's memory and is dropped after its one decryption.
 //!
 //! RSAES-OAEP is AWS-LC's (through `aws-lc-rs`): its OAEP decoding runs in constant time and
