@@ -3,12 +3,12 @@
 //!
 //! RSA-2048, as AWS's own Nitro Enclaves SDK uses. Its SubjectPublicKeyInfo is 294 bytes, well
 //! under the 512 bytes cidboot puts in an attestation field (RSA-4096's, 550, would not fit).
-//! A key is generated for every exchange, and generation time is what the choice weighs: on a
-//! 2-core x86-64 host, AWS-LC takes 0.13 s for RSA-2048 (median; 0.2 s at the 90th
-//! percentile) against 0.7 s for RSA-3072 (1.5 s at the 90th), so in a TCG-emulated enclave,
-//! 50 to 100 times slower, about 10 s against about a minute, per secret. RSA-3072's margin
-//! buys little for a key that lives for one exchange: it never leaves the enclave's memory and
-//! is dropped after its one decryption.
+//! A key is generated for every exchange, and generation time is what the choice weighs.
+//! Measured with AWS-LC (20 keys each): on a 2-core x86-64 host, RSA-2048 takes 0.07-0.13 s
+//! (median) against 0.2-0.7 s for RSA-3072; in a guest of the QEMU (TCG) that emulates the
+//! enclave, 0.5 s (median; 0.8 s at the 90th percentile, 3.6 s at worst) against 2.0 s (3.6 s,
+//! 4.0 s), for each secret at boot. RSA-3072's margin buys little for a key that lives for one
+//! exchange: it never leaves the enclave's memory and is dropped after its one decryption.
 //!
 //! RSAES-OAEP is AWS-LC's (through `aws-lc-rs`): its OAEP decoding runs in constant time and
 //! the private-key operation is blinded, so the time a decryption takes says nothing about the
@@ -49,7 +49,9 @@ impl std::fmt::Debug for RecipientKey {
 
 impl RecipientKey {
     /// A fresh RSA-2048 key pair, generated in this process (AWS-LC's generator, seeded from
-    /// the kernel's random pool, which cidboot seeds from the NSM at boot).
+    /// the kernel's random pool, which cidboot seeds from the NSM at boot). It blocks for the
+    /// generation (see above: up to seconds in an emulated enclave), so async code calls it on
+    /// a blocking thread; the key is `Send`.
     pub fn generate() -> Result<RecipientKey, CmsError> {
         let key = PrivateDecryptingKey::generate(KeySize::Rsa2048)
             .map_err(|_| CmsError::KeyGeneration("AWS-LC could not generate an RSA-2048 key"))?;
@@ -125,5 +127,22 @@ impl RecipientKey {
         }
         out.truncate(len);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_can_move_to_and_from_a_blocking_thread() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<RecipientKey>();
+        let key = std::thread::spawn(RecipientKey::generate)
+            .join()
+            .unwrap()
+            .unwrap();
+        assert_eq!(key.public_key_der().len(), 294);
+        assert!(format!("{key:?}").contains("2048"));
     }
 }
