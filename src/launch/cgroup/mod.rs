@@ -505,6 +505,87 @@ mod tests {
         );
     }
 
+    /// A hybrid host in a temporary directory: an empty unified hierarchy, and v1 memory
+    /// (cidboot in `/outer`, limited to 256 MiB) and pids hierarchies.
+    fn hybrid(t: &Path, name: &str) -> (String, &'static str) {
+        let (u, m, p) = (t.join("unified"), t.join("memory"), t.join("pids"));
+        for d in [&u, &m.join("outer").join(name), &p.join(name)] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        for f in [
+            "cgroup.controllers",
+            "cgroup.subtree_control",
+            "cgroup.procs",
+        ] {
+            std::fs::write(u.join(f), "").unwrap();
+        }
+        // What the kernel makes in a new cgroup, made here beforehand.
+        for d in [
+            m.join("outer"),
+            m.join("outer").join(name),
+            p.join(name),
+            p.clone(),
+        ] {
+            std::fs::write(d.join("cgroup.procs"), "").unwrap();
+        }
+        std::fs::write(m.join("outer/memory.limit_in_bytes"), "268435456\n").unwrap();
+        let mountinfo = format!(
+            "41 31 0:38 / {} rw - cgroup2 cgroup2 rw\n35 31 0:32 / {} rw - cgroup cgroup rw,memory\n39 31 0:36 / {} rw - cgroup cgroup rw,pids\n",
+            u.display(),
+            m.display(),
+            p.display()
+        );
+        (mountinfo, "8:pids:/\n4:memory:/outer\n0::/\n")
+    }
+
+    #[test]
+    fn a_run_falls_back_to_v1_where_the_unified_hierarchy_has_no_controllers() {
+        let t = tempfile::tempdir().unwrap();
+        let (mountinfo, own) = hybrid(t.path(), "cidboot-run-9");
+        let stale = t.path().join("memory/outer/cidboot-run-4194304");
+        std::fs::create_dir(&stale).unwrap();
+        let mut cg = place_for_run(&mountinfo, own, "cidboot-run-9", None, 1 << 40).unwrap();
+        cg.remove = false;
+        assert_eq!(cg.kind(), "cgroup v1");
+        assert_eq!(
+            cg.settings().memory_max,
+            192 * MIB,
+            "the outer limit, less the reserve"
+        );
+        assert_eq!(
+            cg.paths(),
+            [
+                t.path().join("memory/outer/cidboot-run-9"),
+                t.path().join("pids/cidboot-run-9")
+            ]
+        );
+        assert_eq!(cg.join_fds().len(), 2);
+        assert!(!stale.exists(), "an interrupted run's cgroup is removed");
+        let over = Limits {
+            memory_max_mib: Some(193),
+            ..Limits::default()
+        };
+        assert!(matches!(
+            place_for_run(&mountinfo, own, "cidboot-run-9", Some(&over), 1 << 40),
+            Err(CgroupError::MemoryOverReserve { most: 192, .. })
+        ));
+    }
+
+    #[test]
+    fn without_any_usable_hierarchy_the_reasons_are_named() {
+        let t = tempfile::tempdir().unwrap();
+        let (mountinfo, own) = hybrid(t.path(), "cidboot-run-9");
+        let only_v2: String = mountinfo.lines().take(1).collect();
+        let e = place_for_run(&only_v2, own, "cidboot-run-9", None, 1 << 40)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the memory controller is not available in")
+                && e.ends_with("no cgroup v1 memory and pids hierarchies either"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn stale_names_are_those_of_no_running_process() {
         assert!(!is_stale(&run_name(std::process::id())));
