@@ -80,7 +80,7 @@ def record(s, kind, payload):
 s = socket.socket(socket.AF_UNIX)
 s.settimeout(10)
 s.connect(os.path.join(d, "logs.sock"))
-frame(s, 5, 0, json.dumps({"boot": os.urandom(16).hex(), "name": "fake"}).encode())
+frame(s, 5, 0, json.dumps({"boot": os.urandom(16).hex(), "secret": os.urandom(32).hex(), "name": "fake"}).encode())
 record(s, 4, ("fake enclave %s booted" % eid).encode())
 if plan not in ("none", "hang"):
     record(s, 3, json.dumps({"exit_code": int(plan), "reason": "the workload exited"}, separators=(",", ":")).encode())
