@@ -1,6 +1,8 @@
 //! `cidboot host` with `[enclave]`: the launcher, the watch and the restart policy, against a
 //! stand-in `nitro-cli` whose enclaves are real processes that report their status to the
-//! host's log sink over its Unix socket, exactly as an enclave's PID 1 does over vsock.
+//! host's log sink over its Unix socket, as an enclave's PID 1 does over vsock. Each runs as
+//! the process the stand-in reports as the enclave's (`ProcessID`), which is what makes the
+//! supervisor take its status; a status from any other peer is ignored.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
