@@ -267,13 +267,11 @@ impl Sink {
         let Some(hello) = self.hello(&mut r, peer).await else {
             return;
         };
-        let full = boot_key(&hello.boot);
-        let published = published_id(&full).to_string();
+        let key = boot_key(&hello.boot);
+        let published = published_id(&key).to_string();
         let enclave = enclave_tag(peer, hello.name.as_deref(), &published);
-        // Kept per enclave and boot: over vsock one enclave cannot touch another's numbers
-        // by naming its boot id.
         let boot = Boot {
-            key: format!("{enclave}/{full}"),
+            key,
             published,
             enclave,
         };

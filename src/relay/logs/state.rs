@@ -36,7 +36,7 @@ pub(super) struct BootState {
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StateFile {
-    /// Keyed by `ENCLAVE/KEY`, the key being [`super::boot_key`]: never the boot id itself.
+    /// Keyed by [`super::boot_key`], a hash of the boot id, never the id itself.
     #[serde(default)]
     boots: HashMap<String, BootState>,
 }
@@ -97,9 +97,8 @@ impl State {
         // An older release kept boots by their full id and without a secret: such an entry
         // can be claimed by no sender of this release.
         let before = file.boots.len();
-        file.boots.retain(|k, b| {
-            b.secret.len() == 64 && k.rsplit('/').next().is_some_and(|h| h.len() == 64)
-        });
+        file.boots
+            .retain(|k, b| b.secret.len() == 64 && k.len() == 64);
         let dropped = before - file.boots.len();
         let s = State {
             path,
@@ -113,9 +112,10 @@ impl State {
         Ok(s)
     }
 
-    /// Claims boot `key` for a hello whose secret hashes to `secret`, at `now`: a known boot
-    /// only with the same secret; a new one only if there is room, made by forgetting a boot
-    /// that is certainly over, never one that may still be live.
+    /// Claims boot `key` for a hello from `enclave` whose secret hashes to `secret`, at
+    /// `now`: a known boot only with the same secret and from the same enclave; a new one only
+    /// if there is room, made by forgetting a boot that is certainly over, never one that may
+    /// still be live.
     pub fn claim(
         &mut self,
         key: &str,
@@ -128,6 +128,12 @@ impl State {
                 return Ok(Claim::Refused(
                     "it names a boot this sink knows, with another secret: only that boot's sender can write to it".into(),
                 ));
+            }
+            if b.enclave != enclave {
+                return Ok(Claim::Refused(format!(
+                    "it names a boot of {}, from another enclave",
+                    b.enclave
+                )));
             }
             b.seen = now;
             return Ok(Claim::Known);
@@ -229,7 +235,7 @@ mod tests {
     use std::time::Duration;
 
     fn key(i: usize) -> String {
-        format!("web/{:064x}", i)
+        format!("{:064x}", i)
     }
     const SECRET: &str = "5ec4e75ec4e75ec4e75ec4e75ec4e75ec4e75ec4e75ec4e75ec4e75ec4e75ec4";
 
@@ -253,6 +259,10 @@ mod tests {
         let other = "0".repeat(64);
         assert!(matches!(
             s.claim(&key(1), "web", &other, t).unwrap(),
+            Claim::Refused(_)
+        ));
+        assert!(matches!(
+            s.claim(&key(1), "cid:16", SECRET, t).unwrap(),
             Claim::Refused(_)
         ));
         // Kept across a restart, and private.
