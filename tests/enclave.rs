@@ -616,7 +616,10 @@ fn a_forged_status_beside_a_qemu_enclave_is_ignored_and_qemu_runs_on() {
         });
     }
     let host = Host { child, lines };
-    host.wait_for("[init] the emulated enclave booted", Duration::from_secs(30));
+    host.wait_for(
+        "[init] the emulated enclave booted",
+        Duration::from_secs(30),
+    );
     forge_status(&d.join("vsock_8002"));
     host.wait_for(
         "a status from a peer that is not the supervised enclave: ignored",
