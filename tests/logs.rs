@@ -869,6 +869,7 @@ fn the_socket_admits_only_the_daemons_user_unless_sockets_widens_it() {
             "[sockets]\ngroup = \"no-such-group-here\"\n",
             "sockets.group",
         ),
+        ("idle_timeout_secs = 5\n", "logs.idle_timeout_secs"),
     ] {
         let cfg = config(work.path(), &format!("{logs}\n{extra}"));
         let out = cidboot()
