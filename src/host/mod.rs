@@ -102,7 +102,8 @@ pub struct HostConfig {
 pub struct Sockets {
     /// Permission bits, `0o600` to `0o777` (TOML takes `0o660`).
     pub mode: Option<u32>,
-    /// A group name or number to give each socket, so that `mode = 0o660` admits its members.
+    /// A group (a name in /etc/group, or a number) to give each socket, so that
+    /// `mode = 0o660` admits its members.
     pub group: Option<String>,
 }
 
@@ -125,15 +126,27 @@ impl Sockets {
             None => None,
             Some(g) => Some(match g.parse::<u32>() {
                 Ok(gid) => gid,
-                Err(_) => nix::unistd::Group::from_name(g)
-                    .map_err(|e| format!("sockets.group {g:?}: {e}"))?
-                    .ok_or_else(|| format!("sockets.group {g:?}: no such group"))?
-                    .gid
-                    .as_raw(),
+                Err(_) => group_id(g, Path::new("/etc/group"))
+                    .map_err(|e| format!("sockets.group {g:?}: {e}"))?,
             }),
         };
         Ok(SocketPerms { mode, group })
     }
+}
+
+/// A group's id from the group file (`name:password:gid:members` lines). Read directly: the
+/// static binary cannot rely on the C library's name service, and the parent's groups that
+/// matter here are local ones.
+fn group_id(name: &str, file: &Path) -> Result<u32, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    text.lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 3 && f[0] == name)
+        .map(|f| {
+            f[2].parse::<u32>()
+                .map_err(|_| format!("{}: its gid is not a number", file.display()))
+        })
+        .unwrap_or_else(|| Err(format!("no such group in {}", file.display())))
 }
 
 /// The mode and group of the daemon's Unix sockets, from `[sockets]`, set before anything
@@ -745,5 +758,37 @@ fn log_boot_configs(c: &RwLock<Arc<BootConfigs>>) {
     }
     for (cid, s) in &c.by_cid {
         info!(cid, file = %s.path.display(), sha256 = %s.sha256, "boot configuration for the enclave at this CID");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_group_is_found_by_name_in_the_group_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("group");
+        std::fs::write(&f, "root:x:0:\ncidboot:x:991:alice,bob\nodd:x:nope:\n").unwrap();
+        assert_eq!(group_id("cidboot", &f), Ok(991));
+        assert_eq!(group_id("root", &f), Ok(0));
+        assert!(group_id("odd", &f).unwrap_err().contains("not a number"));
+        assert!(group_id("cid", &f).unwrap_err().contains("no such group"));
+        let s = Sockets {
+            mode: Some(0o660),
+            group: Some("0".into()),
+        };
+        assert_eq!(
+            s.perms(),
+            Ok(SocketPerms {
+                mode: 0o660,
+                group: Some(0)
+            })
+        );
+        let s = Sockets {
+            mode: Some(0o060),
+            group: None,
+        };
+        assert!(s.perms().unwrap_err().contains("sockets.mode"));
     }
 }

@@ -140,6 +140,10 @@ fn exit_code_label(payload: &[u8]) -> String {
     }
 }
 
+/// A claimed boot: how, the turn to wait for, and what says when a newer connection
+/// replaces this one.
+type Claimed = (Claim, Arc<tokio::sync::Mutex<()>>, watch::Receiver<bool>);
+
 /// One connection's boot, once its hello is accepted.
 struct Boot {
     key: String,
@@ -275,38 +279,10 @@ impl Sink {
             published,
             enclave,
         };
-        let secret = secret_hash(&hello.secret);
-        let claimed = {
-            let Ok(mut s) = self.state.lock() else { return };
-            match s.claim(&boot.key, &boot.enclave, &secret, Instant::now()) {
-                Ok(Claim::Refused(why)) => Err(why),
-                Ok(c) => {
-                    // The boot's connection from now on: a live one lets go.
-                    let (tx, rx) = watch::channel(false);
-                    let turn = match s.live.get(&boot.key) {
-                        Some(old) => {
-                            let _ = old.stop.send(true);
-                            old.turn.clone()
-                        }
-                        None => Arc::default(),
-                    };
-                    s.live.insert(
-                        boot.key.clone(),
-                        Live {
-                            conn: idx,
-                            stop: tx,
-                            turn: turn.clone(),
-                        },
-                    );
-                    Ok((c, turn, rx))
-                }
-                Err(e) => Err(format!("{e}")),
-            }
-        };
-        let (claim, turn, replaced) = match claimed {
+        let (claim, turn, replaced) = match self.claim(&boot, &hello, idx) {
             Ok(c) => c,
             Err(why) => {
-                warn!(enclave = %boot.enclave, boot = %boot.published, client = %peer, "log sink: a hello refused: {why}; closing this connection");
+                warn!(enclave = %boot.enclave, boot = %boot.published, client = %peer, "log sink: {why}; closing this connection");
                 return;
             }
         };
@@ -324,6 +300,43 @@ impl Sink {
         self.release(&boot.key, idx);
         drop(turn);
         info!(enclave = %boot.enclave, boot = %boot.published, client = %peer, conn = idx, records, reason = %why, "log sink disconnected");
+    }
+
+    /// Claims the hello's boot for connection `idx` and makes it the boot's live connection,
+    /// asking the one before (if any) to let go. Returns the claim, the turn to wait for, and
+    /// what tells this connection when a newer one replaces it.
+    fn claim(&self, boot: &Boot, hello: &Hello, idx: u64) -> Result<Claimed, String> {
+        let mut s = self
+            .state
+            .lock()
+            .map_err(|_| "the state lock".to_string())?;
+        let claim = match s.claim(
+            &boot.key,
+            &boot.enclave,
+            &secret_hash(&hello.secret),
+            Instant::now(),
+        ) {
+            Ok(Claim::Refused(why)) => return Err(format!("a hello refused: {why}")),
+            Err(e) => return Err(format!("the state file was not written: {e}")),
+            Ok(c) => c,
+        };
+        let (stop, replaced) = watch::channel(false);
+        let turn = match s.live.get(&boot.key) {
+            Some(old) => {
+                let _ = old.stop.send(true);
+                old.turn.clone()
+            }
+            None => Arc::default(),
+        };
+        s.live.insert(
+            boot.key.clone(),
+            Live {
+                conn: idx,
+                stop,
+                turn: turn.clone(),
+            },
+        );
+        Ok((claim, turn, replaced))
     }
 
     /// Lets go of a boot's live slot, if this connection still holds it.
