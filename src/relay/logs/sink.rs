@@ -512,9 +512,24 @@ impl Sink {
     }
 }
 
+/// Acknowledges everything up to `seq`. A peer that takes no acknowledgement for
+/// [`FRAME_TIMEOUT`] loses its connection, so it cannot keep its boot's turn by not reading.
 async fn ack<W: AsyncWrite + Unpin>(w: &mut W, seq: u64) -> io::Result<()> {
-    write_frame(w, Kind::Ack, seq, &[]).await?;
-    w.flush().await
+    let sent = async {
+        write_frame(w, Kind::Ack, seq, &[]).await?;
+        w.flush().await
+    };
+    tokio::time::timeout(FRAME_TIMEOUT, sent)
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the peer took no acknowledgement for {}s",
+                    FRAME_TIMEOUT.as_secs()
+                ),
+            ))
+        })
 }
 
 /// Waits up to `idle` for a frame to start (a quiet sender sends keepalives), then gives the
