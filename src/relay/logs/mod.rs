@@ -14,8 +14,8 @@
 //!
 //! Only the sender can write to its boot: the sink keeps a hash of the boot id and of the secret
 //! from the boot's first hello, and refuses a later hello for that boot whose secret does not
-//! hash the same. It publishes (in the log, its own log and the state file) only the first
-//! digits of the boot id's hash, never the id, and the secret never leaves the sender. A boot has
+//! hash the same. It shows only the first digits of the boot id's hash (in the log and its own
+//! log; the state file keeps the hash), never the id, and the secret never leaves the sender. A boot has
 //! one live connection: a new one that proves the secret replaces the old (the sender lost its
 //! connection and the sink has not noticed yet). A record numbered more than [`SENDER_BUFFER`]
 //! past the last one written cannot come from a sender, which holds no more: it ends the
