@@ -15,11 +15,11 @@
 //! Only the sender can write to its boot: the sink keeps a hash of the boot id and of the secret
 //! from the boot's first hello, and refuses a later hello for that boot whose secret does not
 //! hash the same. It shows only the first digits of the boot id's hash (in the log and its own
-//! log; the state file keeps the hash), never the id, and the secret never leaves the sender. A boot has
-//! one live connection: a new one that proves the secret replaces the old (the sender lost its
-//! connection and the sink has not noticed yet). A record numbered more than [`SENDER_BUFFER`]
-//! past the last one written cannot come from a sender, which holds no more: it ends the
-//! connection and nothing of its batch is written.
+//! log; the state file keeps the hash), never the id, and the secret never leaves the sender. A
+//! boot has one live connection: a new one that proves the secret replaces the old (the sender
+//! lost its connection and the sink has not noticed yet). A record numbered more than
+//! [`SENDER_BUFFER`] past the last one written cannot come from a sender, which holds no more:
+//! it ends the connection and nothing of its batch is written.
 //!
 //! The policy, for a chatty workload or an absent sink: nothing is dropped and the workload is
 //! never killed. The sender holds at most [`SENDER_BUFFER`] records ([`SENDER_BYTES`] bytes);
