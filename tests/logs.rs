@@ -367,6 +367,8 @@ fn an_impostor_of_a_live_boot_is_refused_over_unix_and_tcp() {
             forged(&mut p);
             assert!(p.refused(), "{listen}: the full id was taken as {name}");
         }
+        // The refusal reaches the peer before the daemon's log line: wait for all three.
+        host.wait_count("with another secret", 3, Duration::from_secs(5));
         assert_eq!(host.count("with another secret"), 3);
         let mut p = Peer::connect(&sink);
         p.send(&frame(
@@ -391,6 +393,7 @@ fn an_impostor_of_a_live_boot_is_refused_over_unix_and_tcp() {
         let all = std::fs::read_to_string(&file).unwrap();
         assert!(!all.contains("forged"), "{listen}: {all}");
         assert_eq!(records(&file).len(), want.len() + 1, "{all}");
+        host.wait_count("enclave reported its status", 1, Duration::from_secs(5));
         assert_eq!(host.count("enclave reported its status"), 1);
 
         // The full id is published nowhere: log file, records, daemon log, state, /metrics.
