@@ -15,6 +15,9 @@
 #   2. the same with a tampering gateway: the enclave reports the verification error, the
 #      workload never runs, and it powers off.
 #   3. two EIF builds from the same inputs give the same PCR0.
+#   4. a workload that allocates without bound, and one that forks without bound, under
+#      [workload.limits]: each ends with a status naming the cause (an OOM kill, the pids limit),
+#      every line it printed before reaches the host, and PID 1 powers off as usual.
 # Runs are judged by what the enclave reports to the host, never by QEMU's exit status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,7 +63,7 @@ start_gateway() { # $1: extra flags, $2: the sample's CAR; sets gw_url
   [ -n "$gw_url" ] || fail "gateway did not start"
 }
 
-boot_enclave() { # $1: name, $2: more [enclave] keys, $3: the EIF ($work/$3.eif, default cidboot), $4: launches expected (1); uses $gw_url and $work/ca.pem; leaves $work/$1.log
+boot_enclave() { # $1: name, $2: more [enclave] keys, $3: the EIF ($work/$3.eif, default cidboot), $4: launches expected (1), $5: more enclave configuration; uses $gw_url and $work/ca.pem; leaves $work/$1.log
   # `cidboot host` launches the enclave itself ([enclave] launcher = "qemu"), watches it and
   # applies its restart policy; the enclave's console lands in the host's log.
   local name=$1 dir="$work/$1"
@@ -69,7 +72,7 @@ boot_enclave() { # $1: name, $2: more [enclave] keys, $3: the EIF ($work/$3.eif,
   { printf 'image = "ipfs://%s"\ngateways = ["%s"]\n\n' "$cid" "$gw_url"
     printf '[[helpers.images]]\nimage = "ipfs://%s"\ndigest = "%s"\n\n' "$helpers_cid" "$helpers_digest"
     printf '[[prestart]]\nhelper = "fake-kms-client"\nargs = ["/run/kms.env"]\nenv_file = "/run/kms.env"\n\n'
-    printf '[tls]\nextra_ca = """\n'; cat "$work/ca.pem"; printf '"""\n'; } >"$dir/enclave.toml"
+    printf '[tls]\nextra_ca = """\n'; cat "$work/ca.pem"; printf '"""\n'; printf '%s\n' "${5:-}"; } >"$dir/enclave.toml"
   local khz
   khz=$(awk -F: '/cpu MHz/ {printf "%d", $2 * 1000; exit}' /proc/cpuinfo)
   cat >"$dir/host.toml" <<TOML
@@ -221,6 +224,31 @@ ex() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['pcrs'][s
   || fail "the enclave's document does not verify"
 say "the document verifies: PCR0-2 of the EIF, PCR16 of the image, PCR17-31 locked at zero, our nonce"
 
+grep -q 'helpers and workload limited (cgroup v2): memory [0-9]* MiB, swap 0 MiB, 4096 processes, cpu weight 100' "$log" ||
+  fail "no default limits in the enclave: $(grep 'limited' "$log")"
+say "the helpers and the workload ran in a cgroup v2 of their own, with the default limits"
+
+status_of() { sed -n 's/^[^ ]* [^ ]* [0-9]* \[status\] //p' "$work/$1.log"; }
+say "booting the enclave (a workload that allocates without bound, memory_max_mib = 48)"
+boot_enclave oom 'restart = "never"' cidboot 1 $'[workload]\ncmd = ["--allocate-forever"]\n[workload.limits]\nmemory_max_mib = 48'
+[ "$(status_of oom)" = '{"exit_code":137,"reason":"killed: out of memory (the limit is 48 MiB); the workload was killed by SIGKILL"}' ] ||
+  fail "the OOM kill is not the status: $(status_of oom)"
+# Every line the workload printed reached the host, in order, with the status after them all.
+got=$(sed -n 's/^[^ ]* [^ ]* [0-9]* \[stdout\] allocated \([0-9]*\) MiB$/\1/p' "$work/oom.log" | tr '\n' ' ')
+echo "$got" | awk '{ for (i = 1; i <= NF; i++) if ($i != 8 * i) exit 1; if (NF < 3) exit 1 }' ||
+  fail "the workload's lines before the OOM kill are not 8, 16, 24, ... MiB: $got"
+tail -n1 "$work/oom.log" | grep -q '\[status\]' || fail "the status is not the last record"
+say "an OOM kill ended the workload: status $(status_of oom)"
+
+say "booting the enclave (a workload that forks without bound, pids_max = 32)"
+boot_enclave forks 'restart = "never"' cidboot 1 $'[workload]\ncmd = ["--fork-forever"]\n[workload.limits]\npids_max = 32'
+[ "$(status_of forks)" = '{"exit_code":1,"reason":"pids limit reached (at most 32 processes); the workload exited with status 1"}' ] ||
+  fail "the pids limit is not the status: $(status_of forks)"
+grep -q '^[^ ]* [^ ]* [0-9]* \[stdout\] fork failed after [0-9]* children: EAGAIN$' "$work/forks.log" ||
+  fail "the workload's last line did not reach the host: $(grep stdout "$work/forks.log" | tail -n 3)"
+tail -n1 "$work/forks.log" | grep -q '\[status\]' || fail "the status is not the last record"
+say "the pids limit ended the workload: status $(status_of forks)"
+
 say "booting the enclave (tampering gateway)"
 python3 - "$work/sample.car" "$work/tampered.car" <<'PY'
 import sys
@@ -240,5 +268,5 @@ grep -q 'max_restarts reached' "$work/tampered-host.log" || fail "the supervisor
 say "the failed boot was relaunched once after 1 s, then max_restarts stopped it"
 grep -q '^[^ ]* [^ ]* [0-9]* \[status\] {"exit_code":null,"reason":"fatal: .*does not hash to its CID' "$log" || fail "no verification error reported: $(grep '^[^ ]* [^ ]* [0-9]* \[status\]' "$log")"
 grep -q '^[^ ]* [^ ]* [0-9]* \[stdout\]' "$log" && fail "the workload ran on tampered content"
-say "PASS: 2 passed, 0 failed"
-echo "2 passed, 0 failed"
+say "PASS: 4 passed, 0 failed"
+echo "4 passed, 0 failed"

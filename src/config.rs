@@ -260,6 +260,65 @@ pub struct Workload {
     /// then not mounted `nosuid`, and `no_new_privs` is not set).
     #[serde(default)]
     pub allow_setuid: bool,
+    /// `[workload.limits]`: the cgroup limits of the helpers and the workload. Absent, the
+    /// defaults apply where the machine allows (docs/limits.md); present, even empty, `cidboot
+    /// run` refuses to start where they cannot be applied.
+    pub limits: Option<Limits>,
+}
+
+/// `[workload.limits]`: what the helpers and the workload may take, together, so that cidboot
+/// keeps what it needs to report and power off. Every key is optional (docs/limits.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Memory in MiB (`memory.max`); default: what the machine has, less cidboot's reserve.
+    pub memory_max_mib: Option<u64>,
+    /// Swap in MiB (`memory.swap.max`); default 0.
+    pub swap_max_mib: Option<u64>,
+    /// Processes and threads (`pids.max`); default 4096.
+    pub pids_max: Option<u64>,
+    /// CPU weight against cidboot's own work (`cpu.weight`, 1..=10000); default 100.
+    pub cpu_weight: Option<u64>,
+}
+
+/// The bounds `[workload.limits]` accepts; what a machine has bounds `memory_max_mib` again at
+/// the boot.
+pub mod limits {
+    /// Least `memory_max_mib`.
+    pub const MIN_MEMORY_MIB: u64 = 16;
+    /// Most `memory_max_mib` and `swap_max_mib` (1 TiB).
+    pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+    /// Least `pids_max`.
+    pub const MIN_PIDS: u64 = 8;
+    /// Most `pids_max` (the kernel's PID_MAX_LIMIT).
+    pub const MAX_PIDS: u64 = 4_194_304;
+    /// `pids_max` when unset.
+    pub const DEFAULT_PIDS: u64 = 4096;
+    /// `cpu_weight` when unset (the kernel's default weight).
+    pub const DEFAULT_CPU_WEIGHT: u64 = 100;
+    /// Most `cpu_weight`.
+    pub const MAX_CPU_WEIGHT: u64 = 10_000;
+}
+
+impl Limits {
+    fn validate(&self) -> Result<(), ConfigError> {
+        use limits::*;
+        let check = |key: &str, v: Option<u64>, lo: u64, hi: u64| match v {
+            Some(v) if !(lo..=hi).contains(&v) => Err(ConfigError::Invalid(format!(
+                "[workload.limits] {key} = {v} is out of bounds: {lo}..={hi}"
+            ))),
+            _ => Ok(()),
+        };
+        check(
+            "memory_max_mib",
+            self.memory_max_mib,
+            MIN_MEMORY_MIB,
+            MAX_MEMORY_MIB,
+        )?;
+        check("swap_max_mib", self.swap_max_mib, 0, MAX_MEMORY_MIB)?;
+        check("pids_max", self.pids_max, MIN_PIDS, MAX_PIDS)?;
+        check("cpu_weight", self.cpu_weight, 1, MAX_CPU_WEIGHT)
+    }
 }
 
 impl Workload {
@@ -433,6 +492,9 @@ impl RuntimeConfig {
         for e in &self.workload.env {
             check_env(e)?;
         }
+        if let Some(l) = &self.workload.limits {
+            l.validate()?;
+        }
         self.workload
             .policy()
             .validate()
@@ -588,6 +650,18 @@ mod tests {
             http.contains("[kms]") && http.contains("AES-CBC without a MAC"),
             "{http}"
         );
+        assert!(l.config.workload.limits.is_none());
+        let lim = Loaded::parse(b"[workload.limits]\n".to_vec()).unwrap();
+        assert!(
+            lim.config.workload.limits.is_some(),
+            "an empty section asks for the defaults"
+        );
+        let lim = Loaded::parse(
+            b"[workload.limits]\nmemory_max_mib = 16\nswap_max_mib = 0\npids_max = 8\ncpu_weight = 10000\n"
+                .to_vec(),
+        )
+        .unwrap();
+        assert_eq!(lim.config.workload.limits.unwrap().pids_max, Some(8));
         for bad in [
             "typo = 1",
             "[workload]\nenv = [\"NOEQUALS\"]",
@@ -610,6 +684,14 @@ mod tests {
             "[kms]\nendpoint = \"https://kms.example\"",
             "[kms]\nregion = \"us-east-1\"\nendpoint = \"http://kms.example\"",
             "[kms]\nregion = \"Mars\"",
+            "[workload.limits]\nmemory_max_mib = 15",
+            "[workload.limits]\nmemory_max_mib = 1048577",
+            "[workload.limits]\npids_max = 7",
+            "[workload.limits]\npids_max = 4194305",
+            "[workload.limits]\ncpu_weight = 0",
+            "[workload.limits]\ncpu_weight = 10001",
+            "[workload.limits]\nswap_max_mib = 1048577",
+            "[workload.limits]\nmemory = 1",
         ] {
             assert!(Loaded::parse(bad.as_bytes().to_vec()).is_err(), "{bad}");
         }

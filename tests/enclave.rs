@@ -1,6 +1,8 @@
 //! `cidboot host` with `[enclave]`: the launcher, the watch and the restart policy, against a
 //! stand-in `nitro-cli` whose enclaves are real processes that report their status to the
-//! host's log sink over its Unix socket, exactly as an enclave's PID 1 does over vsock.
+//! host's log sink over its Unix socket, as an enclave's PID 1 does over vsock. Each runs as
+//! the process the stand-in reports as the enclave's (`ProcessID`), which is what makes the
+//! supervisor take its status; a status from any other peer is ignored.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -59,7 +61,8 @@ esac
 
 /// A fake enclave: reports to the log sink like PID 1 (a hello naming its boot, then numbered
 /// frames of kind, sequence, length and payload, until the sink acknowledges the last), then
-/// "powers off". Plans: an exit code, `none` (no status), `hang` (no status, runs on).
+/// "powers off". Plans: an exit code, `none` (no status), `hang` (no status, runs on),
+/// `waitN` (exit code N once the file `go` exists).
 const ENCLAVE: &str = r#"
 import json, os, socket, struct, sys, time
 d, plan, eid, n = sys.argv[1:5]
@@ -80,8 +83,12 @@ def record(s, kind, payload):
 s = socket.socket(socket.AF_UNIX)
 s.settimeout(10)
 s.connect(os.path.join(d, "logs.sock"))
-frame(s, 5, 0, json.dumps({"boot": os.urandom(16).hex(), "name": "fake"}).encode())
+frame(s, 5, 0, json.dumps({"boot": os.urandom(16).hex(), "secret": os.urandom(32).hex(), "name": "fake"}).encode())
 record(s, 4, ("fake enclave %s booted" % eid).encode())
+if plan.startswith("wait"):
+    while not os.path.exists(os.path.join(d, "go")):
+        time.sleep(0.1)
+    plan = plan[4:]
 if plan not in ("none", "hang"):
     record(s, 3, json.dumps({"exit_code": int(plan), "reason": "the workload exited"}, separators=(",", ":")).encode())
 while True:
@@ -495,3 +502,159 @@ fn the_qemu_launcher_starts_the_backend_then_qemu_and_stops_both_on_sigterm() {
         "vhost-device-vsock got no SIGTERM"
     );
 }
+
+/// A hello of a boot of its own, then a final status claiming exit code 1, from a local peer
+/// that is not the enclave: returns once the sink has acknowledged it (it is written).
+fn forge_status(sock: &Path) {
+    use std::io::Write;
+    let frame = |kind: u8, seq: u64, payload: &[u8]| {
+        let mut f = vec![kind];
+        f.extend_from_slice(&seq.to_be_bytes());
+        f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let hello = format!(
+        r#"{{"boot":"{:032x}","secret":"{:064x}","name":"fake"}}"#,
+        fastrand::u128(..),
+        fastrand::u128(..)
+    );
+    s.write_all(&frame(5, 0, hello.as_bytes())).unwrap();
+    s.write_all(&frame(
+        3,
+        1,
+        b"{\"exit_code\":1,\"reason\":\"forged\\nby a local peer\"}",
+    ))
+    .unwrap();
+    let mut ack = [0u8; 13];
+    loop {
+        s.read_exact(&mut ack).unwrap();
+        if ack[1..9] == 1u64.to_be_bytes() {
+            return;
+        }
+    }
+}
+
+/// A status forged by a local peer beside a running enclave: logged and ignored; the enclave
+/// runs on, and its own status decides the boot.
+#[test]
+fn a_forged_status_beside_a_nitro_cli_enclave_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let host = Host::start(d, &["wait0"], "restart = \"never\"");
+    host.wait_for("fake enclave i-fake-enc1 booted", Duration::from_secs(30));
+    forge_status(&d.join("logs.sock"));
+    let ignored = host.wait_for(
+        "a status from a peer that is not the supervised enclave: ignored",
+        Duration::from_secs(10),
+    );
+    assert!(ignored.contains("forged\\nby a local peer"), "{ignored}");
+    // Three polls later the enclave still runs, and the supervisor decided nothing.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(d.join("running.i-fake-enc1").exists());
+    assert!(host.find("the enclave ended").is_none());
+    assert!(host.find("terminat").is_none());
+    std::fs::write(d.join("go"), b"").unwrap();
+    host.wait_for("not relaunching the enclave", Duration::from_secs(30));
+    let ended = host.wait_for("the enclave ended", Duration::from_secs(1));
+    assert!(ended.contains("Succeeded"), "{ended}");
+    assert_eq!(launches(d), 1);
+}
+
+/// The emulated enclave's statuses reach the sink through its vsock backend, the process the
+/// launcher started; here the stand-in backend is the enclave too. A local peer's status on
+/// the same Unix socket is ignored, and QEMU is not torn down.
+#[test]
+fn a_forged_status_beside_a_qemu_enclave_is_ignored_and_qemu_runs_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("enclave.py"), QEMU_ENCLAVE).unwrap();
+    let script = |name: &str, body: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, format!("#!/bin/bash\nd=$(dirname \"$0\")\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        p
+    };
+    // The backend creates its vhost-user socket, then becomes the enclave (same process).
+    let vhost = script(
+        "vhost",
+        "for a; do case $a in --socket=*) touch \"${a#--socket=}\";; esac; done\nexec python3 \"$d/enclave.py\" \"$d\"",
+    );
+    // QEMU runs until the enclave powers off.
+    let qemu = script(
+        "qemu",
+        "while [ ! -e \"$d/off\" ]; do sleep 0.1; done\necho 'powered off'",
+    );
+    std::fs::write(d.join("x.eif"), b"an EIF").unwrap();
+    let config = format!(
+        "[logs]\nlisten = \"unix:{d}/vsock_8002\"\n[enclave]\nlauncher = \"qemu\"\neif = \"{d}/x.eif\"\nmemory_mib = 256\ncpu_count = 1\ncid = 4\ndebug_mode = true\npoll_secs = 1\nrestart = \"never\"\n[enclave.qemu]\nqemu = \"{q}\"\nfirmware = \"{d}/fw\"\nvhost_device_vsock = \"{v}\"\nuds_path = \"{d}/vsock\"\n",
+        d = d.display(),
+        q = qemu.display(),
+        v = vhost.display()
+    );
+    std::fs::write(d.join("host.toml"), config).unwrap();
+    let mut child = cidboot()
+        .args(["host", "--config"])
+        .arg(d.join("host.toml"))
+        .env("CIDBOOT_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    for r in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+    }
+    let host = Host { child, lines };
+    host.wait_for(
+        "[init] the emulated enclave booted",
+        Duration::from_secs(30),
+    );
+    forge_status(&d.join("vsock_8002"));
+    host.wait_for(
+        "a status from a peer that is not the supervised enclave: ignored",
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(host.find("the enclave ended").is_none());
+    assert!(host.find("QEMU exited").is_none(), "QEMU was stopped");
+    std::fs::write(d.join("go"), b"").unwrap();
+    host.wait_for("not relaunching the enclave", Duration::from_secs(30));
+    let ended = host.wait_for("the enclave ended", Duration::from_secs(1));
+    assert!(ended.contains("Succeeded"), "{ended}");
+    assert!(host.find("QEMU exited").is_some());
+    assert!(host.find("terminating it").is_none());
+}
+
+/// The emulated enclave behind the stand-in backend: boots, waits for `go`, reports exit code
+/// 0, and powers off (QEMU's stand-in ends when `off` exists).
+const QEMU_ENCLAVE: &str = r#"
+import json, os, socket, struct, sys, time
+d = sys.argv[1]
+def frame(s, kind, seq, payload):
+    s.sendall(struct.pack(">BQI", kind, seq, len(payload)) + payload)
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(30)
+s.connect(os.path.join(d, "vsock_8002"))
+frame(s, 5, 0, json.dumps({"boot": os.urandom(16).hex(), "secret": os.urandom(32).hex()}).encode())
+frame(s, 4, 1, b"the emulated enclave booted")
+while not os.path.exists(os.path.join(d, "go")):
+    time.sleep(0.1)
+frame(s, 3, 2, json.dumps({"exit_code": 0, "reason": "the workload exited"}).encode())
+while True:
+    kind, seq, size = struct.unpack(">BQI", s.recv(13, socket.MSG_WAITALL))
+    if kind == 6 and seq >= 2:
+        break
+open(os.path.join(d, "off"), "w").close()
+time.sleep(3600)
+"#;

@@ -97,10 +97,15 @@ struct Boot {
 /// Boots the probe workload with `config` (where `{dep}` is the dependency image's CID and
 /// `{digest}` its manifest digest), one gateway serving both images.
 fn boot(dep: &Image, tamper: impl FnOnce(&Path), config: &str) -> Boot {
+    let workload = probe_image(json!({"Entrypoint": ["/bin/probe"], "User": "app"}));
+    boot_workload(dep, tamper, config, &workload)
+}
+
+/// [`boot`] with a workload image of the caller's.
+fn boot_workload(dep: &Image, tamper: impl FnOnce(&Path), config: &str, workload: &Image) -> Boot {
     let work = tempfile::tempdir().unwrap();
     let (dep_cid, dep_car) = pack(dep, work.path(), tamper);
-    let workload = probe_image(json!({"Entrypoint": ["/bin/probe"], "User": "app"}));
-    let (cid, car) = pack(&workload, work.path(), |_| {});
+    let (cid, car) = pack(workload, work.path(), |_| {});
     let gateway = Gateway::start(&[car, dep_car], work.path());
     let cfg = config
         .replace("{dep}", &dep_cid)
@@ -375,4 +380,138 @@ fn a_helper_name_from_two_sources_is_an_error() {
         "{stderr}"
     );
     assert!(!String::from_utf8_lossy(&o.stdout).contains("probe:"));
+}
+
+/// The host's dash and the shared libraries it loads, as a layer (`/bin/sh` is dash): the
+/// workload image then has the interpreter a script helper names.
+fn shell_layer() -> Vec<u8> {
+    let o = std::process::Command::new("ldd")
+        .arg("/bin/dash")
+        .output()
+        .unwrap();
+    let libs: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(String::from)
+        .collect();
+    assert!(!libs.is_empty(), "ldd /bin/dash: {o:?}");
+    let mut dirs: Vec<String> = libs
+        .iter()
+        .filter_map(|l| Path::new(l.trim_start_matches('/')).parent())
+        .map(|d| d.to_str().unwrap().to_string())
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let mut entries: Vec<TarEntry> = Vec::new();
+    let mut all_dirs: Vec<String> = Vec::new();
+    for d in &dirs {
+        let mut acc = String::new();
+        for part in d.split('/') {
+            acc = if acc.is_empty() {
+                part.to_string()
+            } else {
+                format!("{acc}/{part}")
+            };
+            if !all_dirs.contains(&acc) {
+                all_dirs.push(acc.clone());
+            }
+        }
+    }
+    for d in &all_dirs {
+        entries.push(TarEntry::Dir {
+            path: d,
+            mode: 0o755,
+            uid: 0,
+        });
+    }
+    entries.push(TarEntry::Dir {
+        path: "tmp",
+        mode: 0o1777,
+        uid: 0,
+    });
+    let lib_paths: Vec<String> = libs
+        .iter()
+        .map(|l| l.trim_start_matches('/').to_string())
+        .collect();
+    for (l, rel) in libs.iter().zip(&lib_paths) {
+        entries.push(TarEntry::File {
+            path: rel,
+            data: std::fs::read(l).unwrap(),
+            mode: 0o755,
+        });
+    }
+    entries.push(TarEntry::File {
+        path: "bin/sh",
+        data: std::fs::read("/bin/dash").unwrap(),
+        mode: 0o755,
+    });
+    tar_entries(&entries)
+}
+
+const SCRIPT: &[u8] = b"#!/bin/sh\n# A helper that is a shell script, run by the image's own /bin/sh.\necho \"script-helper: running from $0, args: $*\"\necho \"SCRIPT_SECRET=from-a-script\" >\"$1\"\n";
+
+#[test]
+fn a_script_helper_from_a_dependency_image_runs_from_its_hashed_bytes() {
+    let dep = image_from_tars(
+        &[tar_entries(&[
+            TarEntry::Dir {
+                path: "eigen",
+                mode: 0o755,
+                uid: 0,
+            },
+            TarEntry::Dir {
+                path: "eigen/bin",
+                mode: 0o755,
+                uid: 0,
+            },
+            TarEntry::File {
+                path: "eigen/bin/script-helper",
+                data: SCRIPT.to_vec(),
+                mode: 0o755,
+            },
+        ])],
+        json!({}),
+    );
+    let workload = image_from_tars(
+        &[base_layer(), shell_layer()],
+        json!({"Entrypoint": ["/bin/probe"], "User": "app"}),
+    );
+    let config = r#"
+[[helpers.images]]
+image = "ipfs://{dep}"
+digest = "{digest}"
+
+[[prestart]]
+helper = "script-helper"
+args = ["/tmp/script.env"]
+env_file = "/tmp/script.env"
+"#;
+    let b = boot_workload(&dep, |_| {}, config, &workload);
+    let r = &b.ran;
+    assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+    // The interpreter read the script from the sealed descriptor, not from a path in the root.
+    let line = r.line("script-helper: running from ");
+    assert!(line.starts_with("/dev/fd/"), "{line}");
+    assert!(line.ends_with("args: /tmp/script.env"), "{line}");
+    assert!(r
+        .lines("probe: env ")
+        .contains(&"SCRIPT_SECRET=from-a-script".to_string()));
+    let report: serde_json::Value = serde_json::from_str(r.stdout.lines().last().unwrap()).unwrap();
+    let helper = report["measurements"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "helper")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        helper,
+        format!(
+            "script-helper sha256:{} {}",
+            sha256_hex(SCRIPT),
+            dep.manifest.digest
+        )
+    );
 }

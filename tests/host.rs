@@ -521,7 +521,7 @@ fn log_sink_keeps_100k_lines_in_order_and_the_status() {
     ok.write_all(&frame(
         5,
         0,
-        br#"{"boot":"00000000000000000000000000000001","name":"raw"}"#,
+        &raw_hello("00000000000000000000000000000001", "raw"),
     ))
     .unwrap();
     ok.write_all(&frame(1, 1, b"after")).unwrap();
@@ -534,7 +534,7 @@ fn log_sink_keeps_100k_lines_in_order_and_the_status() {
         .write_all(&frame(
             5,
             0,
-            br#"{"boot":"00000000000000000000000000000001","name":"raw"}"#,
+            &raw_hello("00000000000000000000000000000001", "raw"),
         ))
         .unwrap();
     let mut ack = [0u8; 13];
@@ -554,6 +554,12 @@ fn log_sink_keeps_100k_lines_in_order_and_the_status() {
     host.wait_for(" raw 2 [stdout] later", Duration::from_secs(5));
     let text = std::fs::read_to_string(&file).unwrap();
     assert_eq!(text.matches("[stdout] after").count(), 1, "written twice");
+}
+
+/// A hello for `boot` under `name`, with a secret of its own (the same for every call).
+fn raw_hello(boot: &str, name: &str) -> Vec<u8> {
+    let secret = format!("{:064x}", u128::from_str_radix(boot, 16).unwrap());
+    format!(r#"{{"boot":"{boot}","secret":"{secret}","name":"{name}"}}"#).into_bytes()
 }
 
 /// A log frame: kind, seq, length, payload.
@@ -732,7 +738,7 @@ fn two_enclaves_log_at_once_past_a_stuck_one_and_cannot_forge_a_status() {
         .write_all(&frame(
             5,
             0,
-            br#"{"boot":"000000000000000000000000000000ff","name":"stuck"}"#,
+            &raw_hello("000000000000000000000000000000ff", "stuck"),
         ))
         .unwrap();
     stuck

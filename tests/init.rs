@@ -91,6 +91,13 @@ impl System for Fake {
     fn status_patience(&self) -> Duration {
         Duration::from_secs(3)
     }
+    fn workload_limits(
+        &self,
+        _: Option<&cidboot::config::Limits>,
+    ) -> Result<Option<cidboot::launch::cgroup::Cgroup>, SystemError> {
+        self.call("workload_limits");
+        Err(failed("workload_limits"))
+    }
 }
 
 /// A parent heartbeat service that answers `answer` to every heartbeat.

@@ -117,3 +117,50 @@ pub fn try_reopen_setuid(fd: u32) -> String {
     unsafe { libc::close(f) };
     out
 }
+
+/// Allocates and touches memory 1 MiB at a time, without end, printing a line every 8 MiB:
+/// a workload that only its memory limit stops.
+pub fn allocate_forever() -> ! {
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut chunk = vec![0u8; 1 << 20];
+        // Touch every page, so that each one is really charged.
+        for i in (0..chunk.len()).step_by(4096) {
+            chunk[i] = 1;
+        }
+        held.push(std::hint::black_box(chunk));
+        if held.len() % 8 == 0 {
+            println!("allocated {} MiB", held.len());
+        }
+    }
+}
+
+/// Forks children that wait forever, until a fork fails; reports how many there were and the
+/// error, and returns 1 (the children end with the sandbox). A workload that only its process
+/// limit stops.
+pub fn fork_forever() -> i32 {
+    let mut children = 0u64;
+    loop {
+        // SAFETY: this program is single-threaded; the child only pauses.
+        match unsafe { libc::fork() } {
+            -1 => {
+                println!("fork failed after {children} children: {}", last_errno_name());
+                return 1;
+            }
+            0 => loop {
+                // SAFETY: pause takes no arguments.
+                unsafe { libc::pause() };
+            },
+            _ => children += 1,
+        }
+    }
+}
+
+fn last_errno_name() -> String {
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) => "EAGAIN".into(),
+        Some(libc::ENOMEM) => "ENOMEM".into(),
+        Some(c) => errno_name(c),
+        None => "unknown".into(),
+    }
+}

@@ -176,6 +176,7 @@ pub fn build(config: Loaded, o: &Overrides, m: Machine) -> Result<Plan, BootErro
     let sandbox = Sandbox {
         stage: m.stage,
         policy: cfg.workload.policy(),
+        cgroup: None,
     };
     let deadline = super::deadline_for(&config);
     Ok(Plan {

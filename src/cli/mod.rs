@@ -157,8 +157,9 @@ host.toml sections (each optional, at least one needed; addresses are vsock:CID:
                  and connects through; everything not allowed is denied
   [boot]         listen, config = PATH, [boot.enclaves] CID = PATH: serves each enclave its
                  runtime configuration byte for byte
-  [logs]         listen, file = PATH, state = PATH: receives the workload's output and the
-                 boot's final status, each record written once
+  [logs]         listen, file = PATH, state = PATH, idle_timeout_secs: receives the workload's
+                 output and the boot's final status, each record written once, each boot
+                 writable only by its sender
   [metrics]      listen = \"127.0.0.1:PORT\": Prometheus /metrics
   [[ingress]]    listen, target: forwards connections from the network into the enclave
   [heartbeat]    listen: answers the enclave's boot heartbeat (emulated enclaves only: on
@@ -168,6 +169,8 @@ host.toml sections (each optional, at least one needed; addresses are vsock:CID:
                  policy (docs/launching.md)
   [cache]        listen, dir, gateways = [URL, ...], max_bytes, ca, prefetch = [\"ipfs://CID\"]:
                  a verified block cache served to the enclave as a trustless gateway
+  [sockets]      mode = 0o660, group = NAME: who may connect to the daemon's Unix sockets
+                 (default 0600: only the daemon's user)
 
 See docs/operating.md for a complete example, limits and systemd setup.";
 

@@ -222,6 +222,10 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
         Some(p) => Loaded::load(p)?,
         None => Loaded::empty(),
     };
+    // The helpers' and the workload's cgroup, below cidboot's own; removed when it is dropped.
+    let cgroup = crate::launch::cgroup::for_run(config.config.workload.limits.as_ref())
+        .map_err(|e| boot::BootError::from(crate::launch::LaunchError::from(e)))?
+        .map(Arc::new);
     let egress_dialer: Arc<dyn crate::transport::Connector> = match &a.parent_egress {
         Some(p) => Arc::new(ConnectProxy {
             proxy: p
@@ -287,7 +291,8 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
         stage,
         observer: super::progress::layers(),
     };
-    let plan = boot::plan::build(config, &overrides, machine)?;
+    let mut plan = boot::plan::build(config, &overrides, machine)?;
+    plan.sandbox.cgroup = cgroup.clone();
     let mut prepared = match boot::by_deadline(&plan, boot::prepare(&plan, &rootfs, &scratch)).await
     {
         Ok(p) => p,
@@ -304,6 +309,7 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
     boot::measure(&plan, &prepared)?;
     let api = boot::serve_api(&plan, &mut prepared).await?;
     boot::start_relays(&plan, &mut prepared).await?;
+    let before = cgroup.as_ref().map(|c| c.counters()).unwrap_or_default();
     let mut child = boot::by_deadline(&plan, boot::launch(&plan, &mut prepared)).await?;
     let own = match sender {
         Some(_) => Vec::new(),
@@ -338,8 +344,14 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
     let code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let cause = cgroup.as_ref().and_then(|c| c.cause(before));
+    let reason = match cause {
+        Some(c) => format!("{c}; exit code {code}"),
+        None => "the workload exited".to_string(),
+    };
     if a.json {
         let v = json!({
+            "reason": reason,
             "cid": prepared.resolved.root.to_string(),
             "manifest_digest": prepared.resolved.manifest_desc.digest().to_string(),
             "config_digest": prepared.resolved.config.desc.digest().to_string(),
@@ -352,7 +364,10 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
         });
         println!("{v}");
     }
-    tracing::info!(exit_code = code, "workload exited");
+    match cause {
+        Some(_) => tracing::warn!(exit_code = code, "the workload ended: {reason}"),
+        None => tracing::info!(exit_code = code, "workload exited"),
+    }
     Ok(code)
 }
 

@@ -325,18 +325,33 @@ impl Supervisor {
     }
 }
 
-/// Whether a status came from this enclave: a vsock peer must have its CID; other peers
-/// (Unix sockets of an emulated enclave) serve one enclave each.
-fn ours(e: &StatusEvent, cid: u32) -> bool {
-    e.cid().is_none_or(|c| c == cid)
+/// Whether a status came from this enclave: over vsock, from its CID (which nothing else can
+/// use); over a Unix socket, from one of the enclave's own processes on the parent (`pids`:
+/// the vsock backend of a QEMU enclave); never over tcp, and never from any other local
+/// process, which can connect to the sink but cannot be those processes.
+fn ours(e: &StatusEvent, cid: u32, pids: &[u32]) -> bool {
+    match (e.cid(), e.pid()) {
+        (Some(c), _) => c == cid,
+        (None, Some(p)) => pids.contains(&p),
+        (None, None) => false,
+    }
 }
 
-/// The next status of this enclave.
-async fn next_status(rx: &mut broadcast::Receiver<StatusEvent>, cid: u32) -> StatusEvent {
+/// The next status of this enclave; any other is logged and ignored.
+async fn next_status(
+    rx: &mut broadcast::Receiver<StatusEvent>,
+    cid: u32,
+    pids: &[u32],
+) -> StatusEvent {
     loop {
         match rx.recv().await {
-            Ok(e) if ours(&e, cid) => return e,
-            Ok(_) => {}
+            Ok(e) if ours(&e, cid, pids) => return e,
+            Ok(e) => warn!(
+                client = %e.peer,
+                exit_code = ?e.exit_code,
+                reason = %e.reason,
+                "a status from a peer that is not the supervised enclave: ignored"
+            ),
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 warn!(
                     missed = n,
@@ -362,6 +377,7 @@ async fn watch<L: Launcher>(
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> Watched {
     let id = L::id(enclave);
+    let pids = L::peers(enclave);
     let mut status: Option<(StatusEvent, Instant)> = None;
     let mut errors = 0u32;
     let mut tick = tokio::time::interval(c.poll());
@@ -369,7 +385,7 @@ async fn watch<L: Launcher>(
     loop {
         tokio::select! {
             () = &mut *shutdown => return Watched::Shutdown,
-            e = next_status(statuses, c.cid), if status.is_none() => {
+            e = next_status(statuses, c.cid, &pids), if status.is_none() => {
                 info!(enclave = %id, exit_code = ?e.exit_code, reason = %e.reason, "the enclave reported its status");
                 status = Some((e, Instant::now()));
             }
@@ -399,7 +415,7 @@ async fn watch<L: Launcher>(
     if status.is_none() {
         tokio::select! {
             () = &mut *shutdown => return Watched::Shutdown,
-            e = next_status(statuses, c.cid) => status = Some((e, Instant::now())),
+            e = next_status(statuses, c.cid, &pids) => status = Some((e, Instant::now())),
             _ = tokio::time::sleep(STATUS_GRACE) => {}
         }
     }
@@ -495,6 +511,21 @@ mod tests {
         let c: EnclaveConfig = toml::from_str(&text).map_err(|e| e.to_string())?;
         c.check().map_err(|e| e.to_string())?;
         Ok(c)
+    }
+
+    #[test]
+    fn only_the_enclaves_cid_or_its_own_processes_decide_its_status() {
+        let ev = |peer: &str| StatusEvent::parse(peer, br#"{"exit_code":0}"#);
+        assert!(ours(&ev("vsock:16:1023"), 16, &[]));
+        assert!(!ours(&ev("vsock:17:1023"), 16, &[77]));
+        assert!(ours(&ev("unix:/run/vsock_8002 (pid 77, uid 0)"), 16, &[77]));
+        assert!(!ours(
+            &ev("unix:/run/vsock_8002 (pid 78, uid 0)"),
+            16,
+            &[77]
+        ));
+        assert!(!ours(&ev("unix:/run/vsock_8002"), 16, &[77]));
+        assert!(!ours(&ev("tcp:127.0.0.1:5000"), 16, &[77]));
     }
 
     #[test]

@@ -77,6 +77,12 @@ pub trait Launcher: Send + Sync {
     fn launch(&self) -> impl Future<Output = Result<Self::Enclave, LaunchError>> + Send;
     /// The enclave's id, for the log.
     fn id(enclave: &Self::Enclave) -> String;
+    /// The processes on the parent that speak for the enclave over a Unix socket: a status
+    /// that reaches the log sink from one of them is the enclave's (over vsock, its CID says
+    /// so). QEMU: the vhost-device-vsock backend, which carries everything the enclave sends.
+    /// nitro-cli: the enclave's process (`ProcessID`), which a stand-in for nitro-cli may
+    /// use; a real enclave speaks over vsock.
+    fn peers(enclave: &Self::Enclave) -> Vec<u32>;
     /// Whether it still runs.
     fn running(
         &self,
@@ -282,6 +288,7 @@ pub struct NitroCli {
 /// One enclave started by nitro-cli.
 pub struct NitroEnclave {
     id: String,
+    process: Option<u32>,
     console: Option<(Child, tokio::task::JoinHandle<u64>)>,
 }
 
@@ -292,6 +299,8 @@ struct Described {
     id: String,
     #[serde(rename = "State", default)]
     state: Option<String>,
+    #[serde(rename = "ProcessID", default)]
+    process: Option<u32>,
 }
 
 /// The JSON part of a nitro-cli answer: it may print progress lines before it.
@@ -377,11 +386,19 @@ impl Launcher for NitroCli {
         } else {
             None
         };
-        Ok(NitroEnclave { id: d.id, console })
+        Ok(NitroEnclave {
+            id: d.id,
+            process: d.process,
+            console,
+        })
     }
 
     fn id(e: &NitroEnclave) -> String {
         e.id.clone()
+    }
+
+    fn peers(e: &NitroEnclave) -> Vec<u32> {
+        e.process.into_iter().collect()
     }
 
     async fn running(&self, e: &mut NitroEnclave) -> Result<bool, LaunchError> {
@@ -464,6 +481,9 @@ pub struct QemuEnclave {
     id: String,
     qemu: Child,
     backend: Child,
+    /// Taken at launch: the backend is not reaped before the enclave is torn down, so the
+    /// id stays its own.
+    backend_pid: Option<u32>,
     console: Option<tokio::task::JoinHandle<u64>>,
 }
 
@@ -570,16 +590,22 @@ impl Launcher for Qemu {
             capture_console(err, id.clone());
         }
         let console = qemu.stdout.take().map(|o| capture_console(o, id.clone()));
+        let backend_pid = backend.id();
         Ok(QemuEnclave {
             id,
             qemu,
             backend,
+            backend_pid,
             console,
         })
     }
 
     fn id(e: &QemuEnclave) -> String {
         e.id.clone()
+    }
+
+    fn peers(e: &QemuEnclave) -> Vec<u32> {
+        e.backend_pid.into_iter().collect()
     }
 
     async fn running(&self, e: &mut QemuEnclave) -> Result<bool, LaunchError> {
@@ -623,7 +649,11 @@ mod tests {
     fn nitro_cli_answers_may_start_with_progress_lines() {
         let out = "Start allocating memory...\nStarted enclave with enclave-cid: 16\n{\n \"EnclaveID\": \"i-1-enc2\"\n}\n";
         let d: Described = serde_json::from_str(json_part(out)).unwrap();
-        assert_eq!(d.id, "i-1-enc2");
+        assert_eq!((d.id.as_str(), d.process), ("i-1-enc2", None));
+        let d: Described =
+            serde_json::from_str(r#"{"EnclaveID":"i-2","ProcessID":4242,"EnclaveCID":16}"#)
+                .unwrap();
+        assert_eq!(d.process, Some(4242));
         assert!(serde_json::from_str::<Described>(json_part("no json")).is_err());
     }
 

@@ -28,7 +28,7 @@ use crate::relay::forward::{self, ForwardLimits};
 use crate::relay::logs::{Sink, SinkConfig};
 use crate::relay::proxy::{Proxy, ProxyLimits};
 use crate::relay::{bootcfg, logs};
-use crate::transport::addr::{Addr, Listener};
+use crate::transport::addr::{Addr, Listener, SocketPerms};
 
 pub mod enclave;
 pub mod launcher;
@@ -91,7 +91,70 @@ pub struct HostConfig {
     pub enclave: Option<enclave::EnclaveConfig>,
     /// A verified block cache served to the enclave as a trustless gateway (see cache.rs).
     pub cache: Option<cache::CacheConfig>,
+    /// Who may connect to the daemon's Unix sockets (default: only its own user).
+    pub sockets: Option<Sockets>,
 }
+
+/// `[sockets]`: the mode and group of every Unix socket the daemon listens on. Unset, a
+/// socket is `0600`: only the daemon's user can connect.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sockets {
+    /// Permission bits, `0o600` to `0o777` (TOML takes `0o660`).
+    pub mode: Option<u32>,
+    /// A group (a name in /etc/group, or a number) to give each socket, so that
+    /// `mode = 0o660` admits its members.
+    pub group: Option<String>,
+}
+
+impl Sockets {
+    /// The mode, checked without the file system.
+    fn mode(&self) -> Result<u32, String> {
+        let mode = self.mode.unwrap_or(SocketPerms::default().mode);
+        if mode & !0o777 != 0 || mode & 0o600 != 0o600 {
+            return Err(format!(
+                "sockets.mode {mode:#o}: use 0o600 to 0o777 (the daemon's user keeps read and write)"
+            ));
+        }
+        Ok(mode)
+    }
+
+    /// The mode and the group (looked up by name unless it is a number).
+    pub fn perms(&self) -> Result<SocketPerms, String> {
+        let mode = self.mode()?;
+        let group = match self.group.as_deref() {
+            None => None,
+            Some(g) => Some(match g.parse::<u32>() {
+                Ok(gid) => gid,
+                Err(_) => group_id(g, Path::new("/etc/group"))
+                    .map_err(|e| format!("sockets.group {g:?}: {e}"))?,
+            }),
+        };
+        Ok(SocketPerms { mode, group })
+    }
+}
+
+/// A group's id from the group file (`name:password:gid:members` lines). Read directly: the
+/// static binary cannot rely on the C library's name service, and the parent's groups that
+/// matter here are local ones.
+fn group_id(name: &str, file: &Path) -> Result<u32, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    text.lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 3 && f[0] == name)
+        .map(|f| {
+            f[2].parse::<u32>()
+                .map_err(|_| format!("{}: its gid is not a number", file.display()))
+        })
+        .unwrap_or_else(|| Err(format!("no such group in {}", file.display())))
+}
+
+/// The mode and group of the daemon's Unix sockets, from `[sockets]`, set before anything
+/// binds.
+static SOCKET_PERMS: RwLock<SocketPerms> = RwLock::new(SocketPerms {
+    mode: 0o600,
+    group: None,
+});
 
 /// `[egress]`: the HTTP CONNECT proxy that is the enclave's only way out; unset limits take
 /// [`ProxyLimits::default`].
@@ -147,6 +210,9 @@ pub struct Logs {
     /// Where the last record written per boot is kept, for exactly-once delivery across
     /// restarts (default: `.NAME.state` beside `file`).
     pub state: Option<PathBuf>,
+    /// After its hello, a connection that sends nothing (a sender sends a keepalive every
+    /// 5 s) for this long is closed (default 60 s, 15 s to 3600 s).
+    pub idle_timeout_secs: Option<u64>,
 }
 
 /// `[metrics]`: the Prometheus endpoint.
@@ -229,6 +295,9 @@ pub fn load(path: &Path) -> Result<Checked, HostError> {
             check_writable(&st).map_err(|e| bad(format!("logs.state {}: {e}", st.display())))?;
         }
     }
+    if let Some(s) = &cfg.sockets {
+        s.perms().map_err(bad)?;
+    }
     // The enclave's EIF and launcher, as a start would check them.
     if let Some(e) = &cfg.enclave {
         enclave::Supervisor::new(e).map_err(|e| bad(format!("enclave: {e}")))?;
@@ -245,6 +314,7 @@ fn sink_config(l: &Logs, json: bool) -> SinkConfig {
         file: l.file.clone(),
         state: l.state.clone(),
         json,
+        idle_timeout: l.idle_timeout_secs.map(Duration::from_secs),
     }
 }
 
@@ -367,6 +437,18 @@ pub fn parse(text: &str, origin: &str) -> Result<HostConfig, HostError> {
     if let Some(m) = &cfg.metrics {
         metrics::loopback(&m.listen).map_err(|e| bad(format!("metrics.listen: {e}")))?;
     }
+    if let Some(t) = cfg.logs.as_ref().and_then(|l| l.idle_timeout_secs) {
+        let (lo, hi) = (
+            logs::MIN_IDLE_TIMEOUT.as_secs(),
+            logs::MAX_IDLE_TIMEOUT.as_secs(),
+        );
+        if !(lo..=hi).contains(&t) {
+            return Err(bad(format!("logs.idle_timeout_secs {t}: {lo} to {hi}")));
+        }
+    }
+    if let Some(s) = &cfg.sockets {
+        s.mode().map_err(bad)?;
+    }
     Ok(cfg)
 }
 
@@ -403,11 +485,15 @@ pub fn sd_notify(state: &str) {
 }
 
 async fn bind(service: &'static str, addr: &Addr) -> Result<Listener, HostError> {
-    let l = addr.bind().await.map_err(|source| HostError::Bind {
-        service,
-        addr: addr.to_string(),
-        source,
-    })?;
+    let perms = SOCKET_PERMS.read().map(|p| *p).unwrap_or_default();
+    let l = addr
+        .bind_with(&perms)
+        .await
+        .map_err(|source| HostError::Bind {
+            service,
+            addr: addr.to_string(),
+            source,
+        })?;
     let local = l
         .local_addr()
         .map(|a| a.to_string())
@@ -478,6 +564,16 @@ pub async fn run(checked: Checked, json: bool) -> Result<(), HostError> {
                 warn!(soft, max_connections = want, tunnels = tunnel_cap, "the descriptor limit is below what egress.max_connections tunnels need; raise LimitNOFILE");
             }
         }
+    }
+    let perms = match &cfg.sockets {
+        Some(s) => s.perms().map_err(|reason| HostError::Config {
+            path: path.display().to_string(),
+            reason,
+        })?,
+        None => SocketPerms::default(),
+    };
+    if let Ok(mut p) = SOCKET_PERMS.write() {
+        *p = perms;
     }
     // Opened before anything binds: a log file that cannot be written stops the start.
     let sink = match &cfg.logs {
@@ -662,5 +758,37 @@ fn log_boot_configs(c: &RwLock<Arc<BootConfigs>>) {
     }
     for (cid, s) in &c.by_cid {
         info!(cid, file = %s.path.display(), sha256 = %s.sha256, "boot configuration for the enclave at this CID");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_group_is_found_by_name_in_the_group_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("group");
+        std::fs::write(&f, "root:x:0:\ncidboot:x:991:alice,bob\nodd:x:nope:\n").unwrap();
+        assert_eq!(group_id("cidboot", &f), Ok(991));
+        assert_eq!(group_id("root", &f), Ok(0));
+        assert!(group_id("odd", &f).unwrap_err().contains("not a number"));
+        assert!(group_id("cid", &f).unwrap_err().contains("no such group"));
+        let s = Sockets {
+            mode: Some(0o660),
+            group: Some("0".into()),
+        };
+        assert_eq!(
+            s.perms(),
+            Ok(SocketPerms {
+                mode: 0o660,
+                group: Some(0)
+            })
+        );
+        let s = Sockets {
+            mode: Some(0o060),
+            group: None,
+        };
+        assert!(s.perms().unwrap_err().contains("sockets.mode"));
     }
 }

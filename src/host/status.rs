@@ -1,13 +1,18 @@
 //! The boot statuses the log sink receives, published for whoever supervises the enclave.
 //!
-//! The sink publishes every `[status]` record it writes; the enclave supervisor subscribes
-//! before each launch and learns from it whether a boot succeeded. Publishing never blocks
-//! the sink: a subscriber that falls more than [`CAPACITY`] events behind loses the oldest.
+//! The sink publishes every `[status]` record it writes, with the peer that sent it; the
+//! enclave supervisor subscribes before each launch and learns from it whether a boot
+//! succeeded, taking only a status whose peer is its enclave (the vsock CID, or one of the
+//! enclave's processes on the parent for a Unix socket). Publishing never blocks the sink: a
+//! subscriber that falls more than [`CAPACITY`] events behind loses the oldest.
 
 use std::sync::LazyLock;
 
 use serde::Deserialize;
 use tokio::sync::broadcast;
+
+use crate::relay::logs::printable;
+use crate::transport::addr::unix_peer_pid;
 
 /// Events kept for a slow subscriber.
 pub const CAPACITY: usize = 64;
@@ -15,12 +20,14 @@ pub const CAPACITY: usize = 64;
 /// One final status record, as the log sink received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusEvent {
-    /// The sink's peer: `vsock:CID:PORT` on Nitro, `unix:PATH` or `tcp:…` otherwise.
+    /// The sink's peer: `vsock:CID:PORT` on Nitro, `unix:PATH (pid N, uid N)` or `tcp:…`
+    /// otherwise.
     pub peer: String,
     /// The workload's exit code; `None` when the record had none (a fatal error before or
     /// instead of the workload) or did not parse.
     pub exit_code: Option<i64>,
-    /// The record's `reason`, or the record itself when it is not the expected JSON.
+    /// The record's `reason`, or the record itself when it is not the expected JSON; escaped
+    /// and cut as [`printable`] does, ready for the daemon's log.
     pub reason: String,
 }
 
@@ -38,12 +45,12 @@ impl StatusEvent {
             Ok(r) => StatusEvent {
                 peer: peer.to_string(),
                 exit_code: r.exit_code,
-                reason: r.reason,
+                reason: printable(r.reason.as_bytes()),
             },
             Err(_) => StatusEvent {
                 peer: peer.to_string(),
                 exit_code: None,
-                reason: String::from_utf8_lossy(payload).into_owned(),
+                reason: printable(payload),
             },
         }
     }
@@ -52,6 +59,11 @@ impl StatusEvent {
     pub fn cid(&self) -> Option<u32> {
         let rest = self.peer.strip_prefix("vsock:")?;
         rest.split(':').next()?.parse().ok()
+    }
+
+    /// The process id of a Unix peer.
+    pub fn pid(&self) -> Option<u32> {
+        unix_peer_pid(&self.peer)
     }
 }
 
@@ -87,6 +99,13 @@ mod tests {
         assert_eq!(e.cid(), None);
         let e = StatusEvent::parse("unix:/x", b"not json");
         assert_eq!((e.exit_code, e.reason.as_str()), (None, "not json"));
+        assert_eq!(e.pid(), None);
+        let e = StatusEvent::parse(
+            "unix:/x (pid 42, uid 0)",
+            b"{\"exit_code\":0,\"reason\":\"a\\nb\\u001b[2J\"}",
+        );
+        assert_eq!((e.pid(), e.cid()), (Some(42), None));
+        assert_eq!(e.reason, "a\\nb\\x1b[2J");
     }
 
     #[tokio::test]

@@ -219,8 +219,26 @@ async fn boot(
     }
     crate::launch::exec::ensure_stage(Path::new(STAGE))
         .map_err(|e| InitError::Other(e.to_string()))?;
+    let cgroup = sys
+        .workload_limits(config.config.workload.limits.as_ref())?
+        .map(Arc::new);
+    if let Some(c) = &cgroup {
+        let s = c.settings();
+        note(
+            sink,
+            format!(
+                "helpers and workload limited ({}): memory {} MiB, swap {} MiB, {} processes, cpu weight {}",
+                c.kind(),
+                s.memory_max >> 20,
+                s.swap_max >> 20,
+                s.pids_max,
+                s.cpu_weight
+            ),
+        )
+        .await;
+    }
     // Everything from the measured configuration, nothing from anywhere else.
-    let plan = boot::plan::build(
+    let mut plan = boot::plan::build(
         config,
         &boot::plan::Overrides::default(),
         boot::plan::Machine {
@@ -234,6 +252,7 @@ async fn boot(
         },
     )
     .map_err(|e| InitError::Config(e.to_string()))?;
+    plan.sandbox.cgroup = cgroup.clone();
     // A busy listen address fails the boot now, not after the whole fetch.
     crate::api::check_listen(&plan.attestation_listen)
         .await
@@ -265,8 +284,14 @@ async fn boot(
     // in a sandbox of their own (launch::sandbox).
     boot::serve_api(&plan, &mut prepared).await?;
     boot::start_relays(&plan, &mut prepared).await?;
+    let before = cgroup.as_ref().map(|c| c.counters()).unwrap_or_default();
     let cmd = boot::by_deadline(&plan, boot::prepare_launch(&plan, &mut prepared)).await?;
-    supervise(cmd, sink).await
+    let (code, reason) = supervise(cmd, sink).await?;
+    // What the cgroup saw says why, where the exit status alone cannot.
+    Ok(match cgroup.as_ref().and_then(|c| c.cause(before)) {
+        Some(cause) => (code, format!("{cause}; {reason}")),
+        None => (code, reason),
+    })
 }
 
 /// Starts the workload, forwards signals to it, reaps every child, and returns when the

@@ -36,6 +36,21 @@ pub enum SystemError {
         /// The kernel's answer.
         source: std::io::Error,
     },
+    /// The workload's cgroup could not be made as the configuration asks.
+    #[error("resource limits: {0}")]
+    Limits(#[from] crate::launch::cgroup::CgroupError),
+}
+
+/// Where PID 1 mounts cgroup v2.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The helpers' and the workload's cgroup, below [`CGROUP_ROOT`].
+pub const WORKLOAD_CGROUP: &str = "workload";
+
+/// Keeps the OOM killer away from PID 1 (`oom_score_adj` -1000): if the enclave as a whole runs
+/// short, the kernel kills in the workload, and PID 1 can still report and power off. Each
+/// sandbox gets the default back (`launch::exec`).
+pub fn shield_from_oom() -> Result<(), SystemError> {
+    std::fs::write("/proc/self/oom_score_adj", "-1000").map_err(io("/proc/self/oom_score_adj"))
 }
 
 fn sys(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> SystemError {
@@ -279,6 +294,12 @@ pub trait System: Send + Sync {
     fn tmpfs(&self, dir: &Path) -> Result<(), SystemError>;
     /// How long the final status may take to be acknowledged before the power-off.
     fn status_patience(&self) -> Duration;
+    /// Shields PID 1 from the OOM killer and makes the cgroup the helpers and the workload
+    /// run in, with the limits of `[workload.limits]` (or the defaults).
+    fn workload_limits(
+        &self,
+        cfg: Option<&crate::config::Limits>,
+    ) -> Result<Option<crate::launch::cgroup::Cgroup>, SystemError>;
 }
 
 /// The enclave.
@@ -323,5 +344,13 @@ impl System for Real {
     }
     fn status_patience(&self) -> Duration {
         super::STATUS_PATIENCE
+    }
+    fn workload_limits(
+        &self,
+        cfg: Option<&crate::config::Limits>,
+    ) -> Result<Option<crate::launch::cgroup::Cgroup>, SystemError> {
+        shield_from_oom()?;
+        let cg = crate::launch::cgroup::enclave(Path::new(CGROUP_ROOT), WORKLOAD_CGROUP, cfg)?;
+        Ok(Some(cg))
     }
 }

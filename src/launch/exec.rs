@@ -31,6 +31,8 @@ pub struct Sandbox {
     pub stage: std::path::PathBuf,
     /// What the sandboxed process may do beyond the defaults.
     pub policy: Policy,
+    /// The cgroup every sandbox joins before its stage 1 runs (none: no limits).
+    pub cgroup: Option<Arc<super::cgroup::Cgroup>>,
 }
 
 /// A sandboxed process, ready to spawn.
@@ -89,6 +91,16 @@ pub fn command(
     // process could reopen one through /proc/self/fd and chown or chmod the file (or device)
     // behind it, or use a terminal. stdin is a pipe with no writer; stdout and stderr are
     // pipes the caller copies out (see `pump_to_own`).
+    let join = sandbox
+        .cgroup
+        .as_ref()
+        .map(|c| c.join_fds())
+        .unwrap_or_default();
+    // PID 1 keeps the OOM killer off itself (init::system); the sandbox gets the default back.
+    let reset_oom_score = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .is_some_and(|v| v < 0);
     let (stdin_r, stdin_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_err("pipe", e))?;
     drop(stdin_w);
@@ -104,6 +116,28 @@ pub fn command(
         // PID 1 blocks the signals it forwards; the sandbox gets a clean mask.
         nix::sys::signal::SigSet::empty().thread_set_mask()?;
         nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+        // Into the workload's cgroup before stage 1 is exec'd: everything the sandbox starts
+        // is inside it from its first instruction.
+        for fd in &join {
+            // SAFETY: write(2) of a static buffer to a descriptor the supervisor holds open.
+            if unsafe { libc::write(*fd, b"0".as_ptr().cast(), 1) } != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        if reset_oom_score {
+            // SAFETY: open(2) of a static NUL-terminated path, write(2) of a static buffer and
+            // close(2) of the descriptor just opened.
+            unsafe {
+                let fd = libc::open(
+                    c"/proc/self/oom_score_adj".as_ptr(),
+                    libc::O_WRONLY | libc::O_CLOEXEC,
+                );
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
+        }
         for fd in &inherit {
             // SAFETY: fcntl(F_SETFD) on a descriptor this process holds open; it clears
             // close-on-exec so that exactly these descriptors reach stage 1.

@@ -263,6 +263,7 @@ pub async fn run_chain(
             },
         };
         info!(helper = %step.helper, "prestart");
+        let before = sandbox.cgroup.as_ref().map(|c| c.counters());
         let mut child = exec::command(root, &helper_spec, sandbox, Some(helper.exe.clone()))?
             .spawn()
             .await?;
@@ -284,7 +285,14 @@ pub async fn run_chain(
         };
         exec::drain(pumps).await;
         if !status.success() {
-            return Err(fail(format!("exited with {status}")));
+            let cause = sandbox
+                .cgroup
+                .as_ref()
+                .zip(before)
+                .and_then(|(c, b)| c.cause(b))
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default();
+            return Err(fail(format!("exited with {status}{cause}")));
         }
         if let Some(f) = &step.env_file {
             let rel = RelPath::parse(f.trim_start_matches('/').as_bytes(), 4096, 64)?;

@@ -2,6 +2,7 @@
 //! databases, the pinned helpers, and the sandbox they run in (namespaces, pivot_root,
 //! capabilities, seccomp).
 
+pub mod cgroup;
 pub mod confine;
 pub mod exec;
 pub mod helpers;
@@ -74,6 +75,8 @@ pub enum LaunchError {
     Spawn(String),
     #[error("the sandbox for {prog:?} failed before its exec: {reason}")]
     Sandbox { prog: String, reason: String },
+    #[error("resource limits: {0}")]
+    Limits(#[from] cgroup::CgroupError),
     #[error("sandbox policy: {0}")]
     Policy(#[from] confine::ConfineError),
     #[error(transparent)]

@@ -380,6 +380,27 @@ fn pid1(spec: &Spec, status: OwnedFd) -> Result<Infallible, SandboxError> {
     }
 }
 
+/// A helper that is a script (`#!`) runs its interpreter, which the kernel hands the script
+/// as `/dev/fd/N`: the sealed memfd must then stay open across the exec, or the interpreter
+/// has nothing to open. It reads exactly the bytes that were hashed, since the memfd is sealed
+/// and read-only; `/dev/fd` is the sandbox's own link to `/proc/self/fd`. A binary helper
+/// keeps no such descriptor.
+fn keep_open_for_interpreter(fd: BorrowedFd<'_>) -> Result<(), SandboxError> {
+    let mut magic = [0u8; 2];
+    let n = rustix::io::pread(fd, &mut magic, 0).map_err(|e| SandboxError::Sys {
+        what: "reading the helper's first bytes".into(),
+        source: e.into(),
+    })?;
+    if n == 2 && &magic == b"#!" {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .map_err(sys("keeping the script helper open for its interpreter"))?;
+    }
+    Ok(())
+}
+
 fn cstrings(v: &[String]) -> Result<Vec<CString>, SandboxError> {
     v.iter()
         .map(|s| {
@@ -441,6 +462,7 @@ fn program(spec: &Spec) -> Result<Infallible, SandboxError> {
         Some(fd) => {
             // SAFETY: the sealed helper's descriptor, inherited open for this exec.
             let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            keep_open_for_interpreter(fd)?;
             nix::unistd::fexecve(fd, &argv, &env)
         }
         None => nix::unistd::execve(prog.as_c_str(), &argv, &env),

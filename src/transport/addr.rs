@@ -175,28 +175,123 @@ impl Addr {
         })
     }
 
-    /// Listens on the address. A Unix socket file left by an earlier run is removed first, so
+    /// Listens on the address; a Unix socket admits only this process's user
+    /// ([`SocketPerms::default`]). A Unix socket file left by an earlier run is replaced, so
     /// that a restart does not fail on it.
     pub async fn bind(&self) -> io::Result<Listener> {
+        self.bind_with(&SocketPerms::default()).await
+    }
+
+    /// [`Addr::bind`], with a Unix socket's mode and group given.
+    pub async fn bind_with(&self, perms: &SocketPerms) -> io::Result<Listener> {
         Ok(match self {
             Addr::Vsock { cid, port } => Listener::Vsock(tokio_vsock::VsockListener::bind(
                 tokio_vsock::VsockAddr::new(*cid, *port),
             )?),
-            Addr::Unix(p) => {
-                // A stale socket file from an earlier run would make bind fail.
-                if std::fs::symlink_metadata(p).is_ok_and(|m| {
-                    use std::os::unix::fs::FileTypeExt;
-                    m.file_type().is_socket()
-                }) {
-                    let _ = std::fs::remove_file(p);
-                }
-                Listener::Unix(tokio::net::UnixListener::bind(p)?, p.clone())
-            }
+            Addr::Unix(p) => Listener::Unix(bind_unix(p, perms)?, p.clone()),
             Addr::Tcp { host, port } => {
                 Listener::Tcp(tokio::net::TcpListener::bind((host.as_str(), *port)).await?)
             }
         })
     }
+}
+
+/// Who may connect to a Unix socket the process listens on: its mode and, optionally, its
+/// group. The default, `0600` and the process's own group, admits only the process's user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketPerms {
+    /// Permission bits (`0o600` to `0o777`).
+    pub mode: u32,
+    /// A group to give the socket, so that `0o660` admits its members.
+    pub group: Option<u32>,
+}
+
+impl Default for SocketPerms {
+    fn default() -> SocketPerms {
+        SocketPerms {
+            mode: 0o600,
+            group: None,
+        }
+    }
+}
+
+/// Binds a Unix socket that has its mode and group from the instant it is reachable: it is
+/// bound inside a fresh `0700` directory beside `path` (so nobody else can reach it while
+/// its mode is set), then renamed into place. A socket left at `path` by an earlier run is
+/// replaced; anything else there is an error.
+fn bind_unix(path: &std::path::Path, perms: &SocketPerms) -> io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let named = |e: io::Error, what: &str| {
+        io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+    };
+    if perms.mode & !0o777 != 0 || perms.mode & 0o600 != 0o600 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("socket mode {:o}: use 600 to 777", perms.mode),
+        ));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ))
+        }
+        _ => {}
+    }
+    // tempfile creates the directory 0700. Short names keep the staged path within the 108
+    // bytes a socket address holds whenever the final one is.
+    let staging = tempfile::Builder::new()
+        .prefix(".s")
+        .rand_bytes(6)
+        .tempdir_in(dir)
+        .map_err(|e| named(e, "staging a socket beside"))?;
+    let staged = staging.path().join("s");
+    let listener = tokio::net::UnixListener::bind(&staged).map_err(|e| named(e, "binding"))?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(perms.mode))
+        .map_err(|e| named(e, "setting the mode of"))?;
+    if let Some(gid) = perms.group {
+        std::os::unix::fs::chown(&staged, None, Some(gid))
+            .map_err(|e| named(e, &format!("giving group {gid}")))?;
+    }
+    // A stale socket from an earlier run is replaced; a file that appeared meanwhile is not.
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        &staged,
+        rustix::fs::CWD,
+        path,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .map_err(|e| named(e.into(), "placing the socket at"))?;
+    Ok(listener)
+}
+
+/// How a Unix peer is printed: the socket's path, and the peer's process and user as the
+/// kernel reports them (`SO_PEERCRED`), which [`unix_peer_pid`] reads back.
+fn unix_peer(path: &std::path::Path, cred: Option<tokio::net::unix::UCred>) -> String {
+    match cred {
+        Some(c) => match c.pid() {
+            Some(pid) => format!("unix:{} (pid {pid}, uid {})", path.display(), c.uid()),
+            None => format!("unix:{} (uid {})", path.display(), c.uid()),
+        },
+        None => format!("unix:{}", path.display()),
+    }
+}
+
+/// The process id of a Unix peer as [`Listener::accept`] prints it.
+pub fn unix_peer_pid(peer: &str) -> Option<u32> {
+    if !peer.starts_with("unix:") {
+        return None;
+    }
+    let (_, tail) = peer.rsplit_once(" (pid ")?;
+    tail.split(',').next()?.parse().ok()
 }
 
 /// A bound listener of any of the three kinds.
@@ -340,7 +435,8 @@ impl Listener {
             }
             Listener::Unix(l, p) => {
                 let (s, _) = l.accept().await?;
-                (Box::new(s), format!("unix:{}", p.display()))
+                let peer = unix_peer(p, s.peer_cred().ok());
+                (Box::new(s), peer)
             }
             Listener::Tcp(l) => {
                 let (s, a) = l.accept().await?;
@@ -436,5 +532,52 @@ mod tests {
         }
         let e = Addr::tcp_only("unix:/x").unwrap_err().to_string();
         assert!(e.contains("only TCP") && e.contains("tcp:HOST:PORT"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn unix_sockets_admit_only_their_user_and_name_the_peer_process() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.sock");
+        let a = Addr::Unix(p.clone());
+        let l = a.bind().await.unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Nothing of the staging is left beside it.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+        let _c = a.connect().await.unwrap();
+        let (_, peer) = l.accept().await.unwrap();
+        assert_eq!(unix_peer_pid(&peer), Some(std::process::id()), "{peer}");
+        assert!(
+            peer.starts_with(&format!("unix:{} (pid ", p.display())),
+            "{peer}"
+        );
+        // Bound again over the stale socket, with a wider mode.
+        drop(l);
+        let wide = SocketPerms {
+            mode: 0o660,
+            group: None,
+        };
+        let _l = a.bind_with(&wide).await.unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o660);
+        // A file that is not a socket is never replaced; nor is a mode below 600 taken.
+        let f = dir.path().join("file");
+        std::fs::write(&f, b"keep").unwrap();
+        let e = Addr::Unix(f.clone()).bind().await.err().unwrap();
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        assert_eq!(std::fs::read(&f).unwrap(), b"keep");
+        let e = Addr::Unix(dir.path().join("y.sock"))
+            .bind_with(&SocketPerms {
+                mode: 0o400,
+                group: None,
+            })
+            .await
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("600 to 777"), "{e}");
+        assert_eq!(unix_peer_pid("tcp:1.2.3.4:5 (pid 7, uid 0)"), None);
+        assert_eq!(unix_peer_pid("unix:/a (pid 7) (pid 9, uid 0)"), Some(9));
     }
 }

@@ -9,6 +9,12 @@ fn main() {
     if !args.is_empty() {
         println!("args: {}", args.join(" "));
     }
+    // Test modes for the resource limits; without them, the sample does what it always did.
+    match args.first().map(String::as_str) {
+        Some("--allocate-forever") => cidboot_sample::allocate_forever(),
+        Some("--fork-forever") => std::process::exit(cidboot_sample::fork_forever()),
+        _ => {}
+    }
     if let Ok(cwd) = std::env::current_dir() {
         println!("cwd: {}", cwd.display());
     }

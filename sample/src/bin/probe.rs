@@ -1,6 +1,7 @@
 //! A test workload: reports what it was started with, then exits as told.
 //! Usage: probe [exit N] [write PATH] [attest NONCE_HEX] [http-get URL] [escape-proc PATH]
 //!              [mknod PATH MAJOR MINOR] [mount-devtmpfs DIR] [open PATH] [vsock] [reopen-stdio]
+//!              [allocate-forever] [fork-forever]
 
 fn status_field(name: &str) -> String {
     std::fs::read_to_string("/proc/self/status")
@@ -104,6 +105,8 @@ fn main() {
                 }
             }
             "vsock" => println!("probe: vsock {}", cidboot_sample::try_vsock()),
+            "allocate-forever" => cidboot_sample::allocate_forever(),
+            "fork-forever" => std::process::exit(cidboot_sample::fork_forever()),
             "reopen-stdio" => {
                 for fd in 0..3 {
                     println!("probe: reopen-stdio {fd} {}", cidboot_sample::try_reopen_setuid(fd));
