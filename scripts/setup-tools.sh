@@ -2,7 +2,10 @@
 # Installs the tools the tests use, once, behind stamps outside the repository:
 #   - ipfs-car (npm), the independent CAR packer the tests compare against;
 #   - cargo-deny, which checks the dependency policy;
-#   - buildah (apt), which builds the EIF image and the sleeve in the end-to-end test.
+#   - buildah (apt), which builds the EIF image and the sleeve in the end-to-end test;
+#   - moto (PyPI, in a venv), the independent AWS KMS the KMS client and `seal` are tested
+#     against, and cbor2 for the test KMS that answers the enclave's attested calls (the tests
+#     run $CIDBOOT_MOTO_PYTHON, by default the venv's python).
 # Override the cache with CIDBOOT_CACHE (default ~/.cache/cidboot).
 set -euo pipefail
 cache=${CIDBOOT_CACHE:-$HOME/.cache/cidboot}
@@ -15,6 +18,10 @@ command -v gzip >/dev/null || need_apt+=(gzip)
 command -v umoci >/dev/null || need_apt+=(umoci)
 command -v skopeo >/dev/null || need_apt+=(skopeo)
 command -v buildah >/dev/null || need_apt+=(buildah)
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v python3 >/dev/null || need_apt+=(python3)
+# Debian's python3 makes venvs only with python3-venv (ensurepip).
+if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then need_apt+=(python3-venv); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} with apt-get" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -25,6 +32,21 @@ CARGO_DENY_VERSION=0.20.2
 if ! cargo deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION"; then
   echo "setup: installing cargo-deny $CARGO_DENY_VERSION" >&2
   cargo install --locked --quiet cargo-deny --version "$CARGO_DENY_VERSION" >&2
+fi
+
+# moto and cbor2, in a venv of their own under the cache ($cache/moto/bin/python, or
+# CIDBOOT_MOTO_PYTHON).
+MOTO_VERSION=5.2.6
+CBOR2_VERSION=5.6.5
+moto_venv="$cache/moto"
+moto_stamp="$moto_venv/.moto-$MOTO_VERSION-cbor2-$CBOR2_VERSION"
+if [ ! -f "$moto_stamp" ] || [ ! -x "$moto_venv/bin/python" ]; then
+  echo "setup: installing moto[server]==$MOTO_VERSION and cbor2==$CBOR2_VERSION into $moto_venv" >&2
+  rm -rf "$moto_venv"
+  python3 -m venv "$moto_venv"
+  "$moto_venv/bin/pip" install --quiet --disable-pip-version-check \
+    "moto[server]==$MOTO_VERSION" "cbor2==$CBOR2_VERSION" >&2
+  touch "$moto_stamp"
 fi
 
 tools="$cache/tools"

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CIDBOOT_IPFS_CAR=$(scripts/setup-tools.sh)
 export CIDBOOT_IPFS_CAR
+# The venv setup-tools.sh made for moto (the tests' independent AWS KMS) and the test KMS.
+export CIDBOOT_MOTO_PYTHON=${CIDBOOT_CACHE:-$HOME/.cache/cidboot}/moto/bin/python
 # The workspace, and the two crates outside it (the benchmarks, the fuzz targets).
 cargo fmt --all --check
 cargo fmt --manifest-path bench/Cargo.toml --check

@@ -69,6 +69,27 @@ pub struct RuntimeConfig {
     /// `[fetch]`: timeouts, retries and parallel ranges.
     #[serde(default)]
     pub fetch: Fetch,
+    /// `[kms]`: the AWS KMS the enclave asks for its secrets.
+    pub kms: Option<Kms>,
+}
+
+/// `[kms]`: which AWS KMS to ask, over HTTPS that ends in cidboot, trusted through the web
+/// PKI roots and `[tls] extra_ca`. An `http://` endpoint is refused (see [`crate::kms`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kms {
+    /// The AWS region (`us-east-1`): the scope requests are signed for.
+    pub region: String,
+    /// `https://host[:port]` instead of `https://kms.<region>.amazonaws.com` (a VPC endpoint,
+    /// a FIPS endpoint, a test KMS).
+    pub endpoint: Option<String>,
+}
+
+impl Kms {
+    /// Where KMS is, checked: an https origin and a region name.
+    pub fn endpoint(&self) -> Result<crate::kms::Endpoint, crate::kms::KmsError> {
+        crate::kms::Endpoint::new(&self.region, self.endpoint.as_deref())
+    }
 }
 
 /// How gateways are asked: timeouts, the throughput floor, tries, the deadline of one object,
@@ -457,6 +478,10 @@ impl RuntimeConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.fetch.validate()?;
+        if let Some(k) = &self.kms {
+            k.endpoint()
+                .map_err(|e| ConfigError::Invalid(format!("[kms] {e}")))?;
+        }
         if let Some(d) = self.boot_deadline_secs {
             if d == 0 || d > MAX_BOOT_DEADLINE_SECS {
                 return Err(ConfigError::Invalid(format!(
@@ -607,6 +632,24 @@ mod tests {
         let p = f.config.fetch.parallel_policy();
         assert_eq!((p.total, p.range_bytes, p.window), (24, 1 << 20, 28));
         assert!(l.digest().starts_with("sha256:"));
+        let k = Loaded::parse(
+            b"[kms]\nregion = \"eu-central-1\"\nendpoint = \"https://vpce.example:8443\"".to_vec(),
+        )
+        .unwrap();
+        let e = k.config.kms.unwrap().endpoint().unwrap();
+        assert_eq!(
+            (e.region(), e.to_string().as_str()),
+            ("eu-central-1", "https://vpce.example:8443")
+        );
+        let http = Loaded::parse(
+            b"[kms]\nregion = \"us-east-1\"\nendpoint = \"http://10.0.0.1\"".to_vec(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            http.contains("[kms]") && http.contains("AES-CBC without a MAC"),
+            "{http}"
+        );
         assert!(l.config.workload.limits.is_none());
         let lim = Loaded::parse(b"[workload.limits]\n".to_vec()).unwrap();
         assert!(
@@ -638,6 +681,9 @@ mod tests {
             "[fetch]\nconnections_per_gateway = 17",
             "[fetch]\nrange_bytes = 1024",
             "[fetch]\nconnections = 32\nrange_bytes = 16777216",
+            "[kms]\nendpoint = \"https://kms.example\"",
+            "[kms]\nregion = \"us-east-1\"\nendpoint = \"http://kms.example\"",
+            "[kms]\nregion = \"Mars\"",
             "[workload.limits]\nmemory_max_mib = 15",
             "[workload.limits]\nmemory_max_mib = 1048577",
             "[workload.limits]\npids_max = 7",

@@ -16,6 +16,7 @@ pub mod config;
 pub mod fetch;
 pub mod host;
 pub mod init;
+pub mod kms;
 pub mod launch;
 /// The PCR16 event log (in the verifier crate, which the verifier side shares).
 pub use cidboot_verify::measure;

@@ -1,7 +1,7 @@
-//! The crate boundaries hold: the verifier crate, which a verifier service embeds, and the
-//! IPLD crate, where untrusted bytes become verified blocks, pull in no async runtime, no HTTP
-//! stack and no system-call crate; the confined filesystem pulls in no async runtime and no
-//! network.
+//! The crate boundaries hold: the verifier crate, which a verifier service embeds, the IPLD
+//! crate, where untrusted bytes become verified blocks, and the CMS crate, which opens KMS's
+//! answers, pull in no async runtime, no HTTP stack and no system-call crate; the confined
+//! filesystem pulls in no async runtime and no network.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -81,6 +81,18 @@ fn the_ipld_crate_depends_on_no_runtime_http_or_system_calls() {
         &[],
         &["cidboot-ipld", "cid"],
         &[NO_RUNTIME, &["libc", "cidboot", "cidboot-verify"]].concat(),
+    );
+}
+
+/// The crate that opens KMS's envelopes is bytes and cryptography only: AWS-LC for RSA and AES
+/// (never the `rsa` crate, whose decryption is not constant time), nothing that does I/O.
+#[test]
+fn the_cms_crate_depends_on_no_runtime_http_or_system_calls() {
+    assert_tree(
+        "cidboot-cms",
+        &[],
+        &["cidboot-cms", "aws-lc-rs"],
+        &[NO_RUNTIME, &["libc", "cidboot", "cidboot-verify", "rsa"]].concat(),
     );
 }
 

@@ -320,6 +320,11 @@ fn round_trip_through_run_and_verify() {
     let (reference, gw) = publish(&img, work.path());
     let root = work.path().join("nsm-root.pem");
     let ca = gw.ca.to_str().unwrap();
+    // The software NSM reports the EIF's PCR0-2, from eif_build's output, as the verifier and
+    // `expect` take them.
+    let eif = work.path().join("eif.json");
+    let (p0, p1, p2) = ("aa".repeat(48), "BB".repeat(48), "cc".repeat(48));
+    std::fs::write(&eif, json!({"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": p0, "PCR1": p1, "PCR2": p2}}).to_string()).unwrap();
     let o = cidboot()
         .args([
             "run",
@@ -336,6 +341,8 @@ fn round_trip_through_run_and_verify() {
         ])
         .arg("--nsm-root-out")
         .arg(&root)
+        .arg("--nsm-pcrs")
+        .arg(&eif)
         .env("CIDBOOT_LOG", "warn")
         .output()
         .unwrap();
@@ -372,6 +379,10 @@ fn round_trip_through_run_and_verify() {
         "--json",
     ];
     args.extend(zero_pins.iter().map(String::as_str));
+    let eif_pins = [format!("0={p0}"), format!("1={p1}"), format!("2={p2}")];
+    for p in &eif_pins {
+        args.extend(["--pcr", p.as_str()]);
+    }
     let ok = run(&args);
     assert!(ok.ok, "{}\n{}", ok.stdout, ok.stderr);
     assert_eq!(
@@ -409,9 +420,6 @@ fn round_trip_through_run_and_verify() {
         "a software NSM document must fail against the AWS root"
     );
     // `expect` prints the PCR16 the verifier pinned, and PCR0-2 from eif_build's output.
-    let eif = work.path().join("eif.json");
-    let (p0, p1, p2) = ("aa".repeat(48), "BB".repeat(48), "cc".repeat(48));
-    std::fs::write(&eif, json!({"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": p0, "PCR1": p1, "PCR2": p2}}).to_string()).unwrap();
     let e = run(&[
         "expect",
         &reference,

@@ -1,7 +1,8 @@
 //! Every TOML example in docs/ (and README.md) is a configuration the program accepts, parsed with the same
 //! parser the program uses. Each ```toml block is preceded by a marker saying which file it
-//! is an example of: `<!-- cidboot.toml -->` (a runtime configuration) or `<!-- host.toml -->`
-//! (the `cidboot host` configuration). A block without a marker fails the test.
+//! is an example of: `<!-- cidboot.toml -->` (a runtime configuration), `<!-- host.toml -->`
+//! (the `cidboot host` configuration) or `<!-- secrets.toml -->` (a secrets file). A block
+//! without a marker fails the test.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -20,6 +21,7 @@ use cidboot::transport::addr::Addr;
 enum Kind {
     Runtime,
     Host,
+    Secrets,
 }
 
 #[derive(Debug)]
@@ -34,6 +36,7 @@ fn marker(line: &str) -> Option<Kind> {
     match line.trim() {
         "<!-- cidboot.toml -->" => Some(Kind::Runtime),
         "<!-- host.toml -->" => Some(Kind::Host),
+        "<!-- secrets.toml -->" => Some(Kind::Secrets),
         _ => None,
     }
 }
@@ -91,12 +94,18 @@ fn docs() -> Vec<Block> {
 
 fn check(b: &Block) -> Result<(), String> {
     match b.kind {
-        None => Err("no <!-- cidboot.toml --> or <!-- host.toml --> marker before it".into()),
+        None => Err(
+            "no <!-- cidboot.toml -->, <!-- host.toml --> or <!-- secrets.toml --> marker before it"
+                .into(),
+        ),
         Some(Kind::Runtime) => Loaded::parse(b.text.clone().into_bytes())
             .map(|_| ())
             .map_err(|e| e.to_string()),
         Some(Kind::Host) => cidboot::host::parse(&b.text, &b.file)
             .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Some(Kind::Secrets) => cidboot::kms::sealed::SecretsFile::parse(b.text.as_bytes())
+            .map(|f| assert!(!f.secrets.is_empty(), "{}: an empty secrets file", b.file))
             .map_err(|e| e.to_string()),
     }
 }
@@ -112,6 +121,10 @@ fn every_toml_example_in_docs_parses() {
     assert!(
         all.iter().any(|b| b.kind == Some(Kind::Host)),
         "no host.toml example found in docs/"
+    );
+    assert!(
+        all.iter().any(|b| b.kind == Some(Kind::Secrets)),
+        "no secrets.toml example found in docs/"
     );
     let failures: Vec<String> = all
         .iter()
@@ -166,6 +179,12 @@ allow = [\"ipfs.*:443\"]
     assert_eq!(bs[2].kind, Some(Kind::Host));
     check(&bs[2]).unwrap();
     assert!(check(&bs[3]).is_err(), "a wildcard not at the start");
+    let secrets = blocks(
+        "secrets.md",
+        "<!-- secrets.toml -->\n```toml\n[[secrets]]\nname = \"../x\"\nkey_id = \"k\"\nciphertext = \"Yw==\"\n```\n",
+    );
+    assert_eq!(secrets[0].kind, Some(Kind::Secrets));
+    assert!(check(&secrets[0]).is_err(), "a secret named ../x");
 }
 
 /// The host's ingress example forwards to the port the runtime example's ingress listens on.
@@ -194,7 +213,7 @@ fn the_ingress_examples_agree() {
                     }
                 }
             }
-            None => {}
+            Some(Kind::Secrets) | None => {}
         }
     }
     assert!(!targets.is_empty() && !listens.is_empty());

@@ -495,3 +495,57 @@ fn a_log_filter_that_is_not_a_level_is_reported_not_obeyed() {
     // Logging still works at the default level: the failed try is logged.
     assert!(stderr.contains("WARN"), "{stderr}");
 }
+
+#[test]
+fn run_refuses_nsm_pcrs_that_are_not_an_eifs_before_fetching() {
+    let work = tempfile::tempdir().unwrap();
+    let eif = work.path().join("eif.json");
+    for (pcrs, want) in [
+        (
+            serde_json::json!({"PCR0": "aa".repeat(48), "PCR1": "aa".repeat(47), "PCR2": "aa".repeat(48)}),
+            "PCR1 is",
+        ),
+        (
+            serde_json::json!({"Measurements": {"PCR0": "aa".repeat(48)}}),
+            "no PCR1",
+        ),
+    ] {
+        std::fs::write(&eif, pcrs.to_string()).unwrap();
+        // No gateway answers: the refusal must come before any fetch.
+        let out = run(&[
+            "run",
+            "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
+            "--gateway",
+            "http://127.0.0.1:1",
+            "--nsm",
+            "software",
+            "--nsm-pcrs",
+            eif.to_str().unwrap(),
+            "--attestation-listen",
+            "127.0.0.1:0",
+        ]);
+        assert!(
+            !out.ok && out.stderr.contains("--nsm-pcrs") && out.stderr.contains(want),
+            "{}",
+            out.stderr
+        );
+    }
+    // The device reports its own PCRs: the flag is refused rather than ignored.
+    let out = run(&[
+        "run",
+        "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
+        "--gateway",
+        "http://127.0.0.1:1",
+        "--nsm",
+        "device",
+        "--nsm-pcrs",
+        eif.to_str().unwrap(),
+        "--attestation-listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(
+        !out.ok && out.stderr.contains("reports its own"),
+        "{}",
+        out.stderr
+    );
+}

@@ -418,16 +418,6 @@ fn kms_statement(
     }))
 }
 
-/// A PCR value as `eif_build` prints it: 48 bytes, hex; returned in lowercase.
-fn pcr_hex(what: &str, v: &str) -> Result<String, CliError> {
-    match hex::decode(v) {
-        Ok(b) if b.len() == 48 => Ok(hex::encode(b)),
-        _ => Err(CliError::Usage(format!(
-            "{what} is {v:?}, not 48 bytes of hex: a PCR is a SHA-384, 96 hex digits, as eif_build and nitro-cli build-enclave print it"
-        ))),
-    }
-}
-
 pub async fn expect(a: ExpectArgs) -> Result<(), CliError> {
     let principal = match (&a.principal, a.kms_policy, &a.eif_pcrs) {
         (_, true, None) => {
@@ -444,18 +434,10 @@ pub async fn expect(a: ExpectArgs) -> Result<(), CliError> {
     // The EIF's PCRs are checked before anything is fetched.
     let mut pcrs = serde_json::Map::new();
     if let Some(p) = &a.eif_pcrs {
-        let v: serde_json::Value = serde_json::from_slice(&read_input(p)?)
+        let eif = crate::nsm::parse_eif_pcrs(&read_input(p)?)
             .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))?;
-        let m = v.get("Measurements").unwrap_or(&v);
-        for k in ["PCR0", "PCR1", "PCR2"] {
-            let val = m
-                .get(k)
-                .and_then(|x| x.as_str())
-                .ok_or_else(|| CliError::Usage(format!("{}: no {k}", p.display())))?;
-            pcrs.insert(
-                k.into(),
-                json!(pcr_hex(&format!("{}: {k}", p.display()), val)?),
-            );
+        for (i, v) in eif {
+            pcrs.insert(format!("PCR{i}"), json!(hex::encode(v)));
         }
     }
     let log = expected_log(&a.reference, &a.fetch, a.config.as_ref()).await?;

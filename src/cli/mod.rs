@@ -5,6 +5,7 @@ mod image;
 mod progress;
 mod publish;
 mod run;
+mod seal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +55,9 @@ pub enum Command {
     Expect(attest::ExpectArgs),
     /// The parent-instance daemon: egress proxy, boot configuration, log sink, ingress.
     Host(HostArgs),
+    /// Encrypt a secret (from stdin, or made by KMS) for an enclave with AWS KMS, and print its
+    /// secrets-file entry.
+    Seal(seal::SealArgs),
 }
 
 /// How to reach content: gateways, trust anchors, platform.
@@ -199,6 +203,10 @@ pub enum CliError {
     Boot(#[from] crate::boot::BootError),
     #[error(transparent)]
     Nsm(#[from] crate::nsm::NsmError),
+    #[error(transparent)]
+    Kms(#[from] crate::kms::KmsError),
+    #[error(transparent)]
+    Sealed(#[from] crate::kms::sealed::SealedError),
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -217,6 +225,7 @@ pub fn main() -> ExitCode {
         #[cfg(feature = "dev-gateway")]
         Command::Gateway(_) => false,
         Command::Host(_) => false,
+        Command::Seal(_) => false,
     };
     let daemon = match &cli.command {
         #[cfg(feature = "dev-gateway")]
@@ -375,6 +384,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Unpack(a) => ok(runtime()?.block_on(image::unpack(a))),
         Command::Verify(a) => runtime()?.block_on(attest::verify(a)),
         Command::Expect(a) => ok(runtime()?.block_on(attest::expect(a))),
+        Command::Seal(a) => ok(runtime()?.block_on(seal::seal(a))),
         Command::Host(a) => {
             let checked = crate::host::load(&a.config)?;
             if a.check {

@@ -48,6 +48,12 @@ pub struct RunArgs {
     #[cfg(feature = "software-nsm")]
     #[arg(long)]
     pub nsm_root_out: Option<PathBuf>,
+    /// Software NSM: PCR0-2 of an EIF, from the JSON eif_build (or scripts/build-eif.sh, or
+    /// nitro-cli build-enclave) printed, instead of zeros; so that what `cidboot expect
+    /// --eif-pcrs` pins can be checked against its documents.
+    #[cfg(feature = "software-nsm")]
+    #[arg(long, value_name = "FILE")]
+    pub nsm_pcrs: Option<PathBuf>,
     /// Where the attestation API listens, tcp:HOST:PORT or HOST:PORT (default: the
     /// configuration's, or 127.0.0.1:9393).
     #[arg(long, value_name = "ADDR")]
@@ -77,6 +83,12 @@ const NSM_KINDS: [&str; 2] = ["auto", "device"];
 fn open_nsm(a: &RunArgs) -> Result<Arc<dyn Nsm>, CliError> {
     let device = std::path::Path::new("/dev/nsm").exists();
     if a.nsm == "device" || (a.nsm == "auto" && device) {
+        #[cfg(feature = "software-nsm")]
+        if a.nsm_pcrs.is_some() {
+            return Err(CliError::Usage(
+                "--nsm-pcrs sets the software NSM's PCR0-2, but this run uses /dev/nsm, which reports its own (give --nsm software)".into(),
+            ));
+        }
         return Ok(Arc::new(DeviceNsm::open()?));
     }
     software_nsm(a)
@@ -107,8 +119,25 @@ fn software_nsm(a: &RunArgs) -> Result<Arc<dyn Nsm>, CliError> {
         std::fs::write(out, ca.root_pem())
             .map_err(|e| CliError::Usage(format!("{}: {e}", out.display())))?;
     }
+    let boot_pcrs = match &a.nsm_pcrs {
+        Some(p) => {
+            use std::io::Read;
+            let bad = |e: String| CliError::Usage(format!("--nsm-pcrs {}: {e}", p.display()));
+            let mut buf = Vec::new();
+            std::fs::File::open(p)
+                .and_then(|f| {
+                    f.take(crate::nsm::MAX_EIF_PCRS as u64 + 1)
+                        .read_to_end(&mut buf)
+                })
+                .map_err(|e| bad(e.to_string()))?;
+            crate::nsm::parse_eif_pcrs(&buf)
+                .map_err(|e| bad(e.to_string()))?
+                .to_vec()
+        }
+        None => Vec::new(),
+    };
     tracing::warn!("using the SOFTWARE NSM: its documents are signed by a test CA and prove nothing about hardware");
-    Ok(Arc::new(SoftwareNsm::new(&ca, &[])?))
+    Ok(Arc::new(SoftwareNsm::new(&ca, &boot_pcrs)?))
 }
 
 /// How long `run` waits for its log sink to accept a connection.

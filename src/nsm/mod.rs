@@ -40,6 +40,8 @@ pub enum NsmError {
     Device(String),
     #[error("the software NSM failed: {0}")]
     Software(String),
+    #[error("{0}")]
+    EifPcrs(String),
 }
 
 /// What cidboot needs from an NSM.
@@ -128,4 +130,38 @@ pub fn measure_and_lock(
         }
     }
     Ok(value)
+}
+
+/// Largest PCR file read (`eif_build`'s JSON is under 1 KiB).
+pub const MAX_EIF_PCRS: usize = 64 * 1024;
+
+/// PCR0, PCR1 and PCR2 from the JSON that `eif_build`, `nitro-cli build-enclave` and
+/// scripts/build-eif.sh print: `{"Measurements": {"PCR0": HEX, …}}`, or the same keys at the
+/// top level. Each must be 48 bytes of hex.
+pub fn parse_eif_pcrs(json: &[u8]) -> Result<[(u16, [u8; 48]); 3], NsmError> {
+    if json.len() > MAX_EIF_PCRS {
+        return Err(NsmError::EifPcrs(format!(
+            "{} bytes, over the {MAX_EIF_PCRS}-byte limit",
+            json.len()
+        )));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| NsmError::EifPcrs(e.to_string()))?;
+    let m = v.get("Measurements").unwrap_or(&v);
+    let mut out = [(0u16, [0u8; 48]); 3];
+    for (i, slot) in (0u16..).zip(out.iter_mut()) {
+        let k = format!("PCR{i}");
+        let val = m
+            .get(&k)
+            .and_then(|x| x.as_str())
+            .ok_or_else(|| NsmError::EifPcrs(format!("no {k}")))?;
+        let bytes: [u8; 48] = hex::decode(val)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| NsmError::EifPcrs(format!(
+                "{k} is {val:?}, not 48 bytes of hex: a PCR is a SHA-384, 96 hex digits, as eif_build and nitro-cli build-enclave print it"
+            )))?;
+        *slot = (i, bytes);
+    }
+    Ok(out)
 }

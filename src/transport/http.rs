@@ -27,8 +27,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::Method;
 use http::{HeaderMap, Request, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -145,7 +146,9 @@ impl Origin {
         Ok((Origin { tls, host, port }, path))
     }
 
-    fn authority(&self) -> String {
+    /// `host[:port]` as the `Host` header carries it: the port only when not the scheme's
+    /// default, an IPv6 literal in brackets.
+    pub fn authority(&self) -> String {
         let default = if self.tls { 443 } else { 80 };
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
@@ -179,7 +182,7 @@ pub const POOL_IDLE: Duration = Duration::from_secs(20);
 /// (microseconds, normally), so that a request made right after finds the connection pooled.
 const SETTLE: Duration = Duration::from_millis(100);
 
-type Sender = SendRequest<Empty<Bytes>>;
+type Sender = SendRequest<Full<Bytes>>;
 
 /// A connection waiting for its next request.
 struct Idle {
@@ -357,18 +360,50 @@ impl HttpClient {
         path_and_query: &str,
         headers: &[(&str, &str)],
     ) -> Result<Response, TransportError> {
+        self.request(Method::GET, origin, path_and_query, headers, Bytes::new())
+            .await
+    }
+
+    /// Sends `POST path` with `body` to `origin`, under the same rules as [`HttpClient::get`]
+    /// (a request that found its reused connection closed before any answer is sent once
+    /// more on a fresh one). `headers` must carry what the server needs to read the body,
+    /// such as `Content-Type`; the length is set from `body`.
+    pub async fn post(
+        &self,
+        origin: &Origin,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Response, TransportError> {
+        self.request(Method::POST, origin, path, headers, body)
+            .await
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        origin: &Origin,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Response, TransportError> {
         let addr = origin.to_string();
         let build = || {
-            let mut req = Request::get(path_and_query)
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(path_and_query)
                 .header(http::header::HOST, origin.authority())
                 .header(
                     http::header::USER_AGENT,
                     concat!("cidboot/", env!("CARGO_PKG_VERSION")),
                 );
+            if method == Method::POST {
+                req = req.header(http::header::CONTENT_LENGTH, body.len());
+            }
             for (k, v) in headers {
                 req = req.header(*k, *v);
             }
-            req.body(Empty::<Bytes>::new())
+            req.body(Full::new(body.clone()))
         };
         if let Some(sender) = self.pool.checkout(origin) {
             match self.send(sender, build()?, origin, &addr).await {
@@ -403,7 +438,7 @@ impl HttpClient {
     async fn send(
         &self,
         mut sender: Sender,
-        req: Request<Empty<Bytes>>,
+        req: Request<Full<Bytes>>,
         origin: &Origin,
         addr: &str,
     ) -> Result<Response, Failure> {

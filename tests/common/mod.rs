@@ -16,6 +16,8 @@ use std::process::{Child, Command, Stdio};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+pub mod kms;
+
 pub fn cidboot() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cidboot"))
 }
