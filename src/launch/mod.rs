@@ -68,12 +68,29 @@ pub enum LaunchError {
         /// Where the program name came from, when known.
         from: Option<ArgvSource>,
     },
+    /// The file is there but is not something to execute (a directory, a file without an
+    /// execute bit): what a shell reports as "Permission denied" (exit 126).
+    #[error("{prog:?} in the image cannot be executed: {reason}{}", from.map(|f| f.hint()).unwrap_or_default())]
+    NotExecutable {
+        prog: String,
+        reason: &'static str,
+        /// Where the program name came from, when known.
+        from: Option<ArgvSource>,
+    },
     #[error("helper {name}: {reason}")]
     Helper { name: String, reason: String },
     #[error("starting the workload: {0}")]
     Spawn(String),
     #[error("the sandbox for {prog:?} failed before its exec: {reason}")]
     Sandbox { prog: String, reason: String },
+    /// The program's own `execve` failed, with this errno (sent over the sync pipe): ENOENT
+    /// when it or its interpreter is missing, EACCES, ENOEXEC and the like when it cannot run.
+    #[error("{prog:?} could not be executed: {reason}")]
+    Exec {
+        prog: String,
+        errno: nix::errno::Errno,
+        reason: String,
+    },
     #[error("sandbox policy: {0}")]
     Policy(#[from] confine::ConfineError),
     #[error(transparent)]
