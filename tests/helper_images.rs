@@ -97,7 +97,8 @@ struct Boot {
 /// Boots the probe workload with `config` (where `{dep}` is the dependency image's CID and
 /// `{digest}` its manifest digest), one gateway serving both images.
 fn boot(dep: &Image, tamper: impl FnOnce(&Path), config: &str) -> Boot {
-    let work = tempfile::tempdir().unwrap();
+    // Private: the kept root is under it.
+    let work = private_tempdir();
     let (dep_cid, dep_car) = pack(dep, work.path(), tamper);
     let workload = probe_image(json!({"Entrypoint": ["/bin/probe"], "User": "app"}));
     let (cid, car) = pack(&workload, work.path(), |_| {});
@@ -271,7 +272,7 @@ fn a_wrong_digest_stops_the_boot_before_anything_runs() {
     let dep = dependency_image();
     let wrong = format!("sha256:{}", "0".repeat(64));
     let b = boot(&dep, |_| {}, &CHAIN.replace("{digest}", &wrong));
-    assert_eq!(b.ran.code, Some(1));
+    assert_eq!(b.ran.code, Some(125));
     assert!(
         b.ran.stderr.contains(&format!(
             "its manifest for linux/amd64 is {}, but the configuration pins {wrong}",
@@ -292,7 +293,7 @@ fn a_prestart_helper_no_source_provides_stops_the_boot() {
         |_| {},
         &format!("{CHAIN}\n[[prestart]]\nhelper = \"ghost\"\n"),
     );
-    assert_eq!(b.ran.code, Some(1));
+    assert_eq!(b.ran.code, Some(125));
     assert!(
         b.ran.stderr.contains(
             "helper ghost: the prestart chain names it, but neither [helpers.pins] nor any helper image provides it"
@@ -319,7 +320,7 @@ fn a_tampered_dependency_image_stops_the_boot() {
         },
         CHAIN,
     );
-    assert_eq!(b.ran.code, Some(1));
+    assert_eq!(b.ran.code, Some(125));
     assert!(
         b.ran.stderr.contains("helper image ipfs://") && b.ran.stderr.contains(&layer),
         "{}",
@@ -369,7 +370,7 @@ fn a_helper_name_from_two_sources_is_an_error() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(125));
     assert!(
         stderr.contains("helper fake-kms-client is provided by both [helpers.pins] and the helper image with manifest"),
         "{stderr}"
