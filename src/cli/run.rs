@@ -171,6 +171,7 @@ pub async fn run(a: RunArgs, sig: Interrupts) -> Result<i32, CliError> {
         None => None,
     };
     let sender = sink.as_ref().map(|(s, _)| s.clone());
+    let mut late = sig.clone();
     let result = boot_and_run(&a, sender.clone(), sig).await;
     if let Some(s) = &sender {
         let status = match &result {
@@ -189,11 +190,20 @@ pub async fn run(a: RunArgs, sig: Interrupts) -> Result<i32, CliError> {
         } else {
             STATUS_PATIENCE_SECS
         };
-        match tokio::time::timeout(std::time::Duration::from_secs(patience), task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!("the log sender stopped: {e}"),
-            Ok(Err(e)) => tracing::warn!("the log sender failed: {e}"),
-            Err(_) => {
+        let delivered = tokio::time::timeout(std::time::Duration::from_secs(patience), task);
+        // A signal while waiting for the sink (after the run ended) ends the wait.
+        let delivered = tokio::select! {
+            d = delivered => Some(d),
+            s = late.first(), if !crate::scratch::interrupted() => {
+                tracing::warn!("{}: not waiting for the log sink any longer", s.as_str());
+                None
+            }
+        };
+        match delivered {
+            None | Some(Ok(Ok(Ok(())))) => {}
+            Some(Ok(Ok(Err(e)))) => tracing::warn!("the log sender stopped: {e}"),
+            Some(Ok(Err(e))) => tracing::warn!("the log sender failed: {e}"),
+            Some(Err(_)) => {
                 tracing::warn!("the log sink did not acknowledge every record within {patience}s")
             }
         }

@@ -37,6 +37,10 @@ pub enum PackError {
     NotADirectory(String),
     #[error("{path}: {reason}")]
     Unsupported { path: String, reason: String },
+    /// The process got a signal ([`crate::scratch::interrupt`]): packing stops at the next
+    /// block, and the partial CAR goes with its private directory.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 fn ioe(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
@@ -133,6 +137,9 @@ struct CarOut {
 
 impl CarOut {
     fn put(&mut self, cid: &Cid, block: &[u8]) -> Result<(), PackError> {
+        if crate::scratch::interrupted() {
+            return Err(PackError::Interrupted);
+        }
         self.blocks += 1;
         car::write_section(&mut self.w, cid, block).map_err(ioe(&self.path))
     }
