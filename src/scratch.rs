@@ -141,18 +141,21 @@ pub fn interrupted() -> bool {
 }
 
 /// Removes every registered directory and empties every registered kept root; returns what
-/// it removed or emptied, and what it could not (with the reason).
-pub fn clean_up_interrupted() -> (Vec<PathBuf>, Vec<String>) {
+/// it did (`removed PATH`, `emptied PATH`) and what it could not do (with the reason).
+pub fn clean_up_interrupted() -> (Vec<String>, Vec<String>) {
     let entries: Vec<(PathBuf, Cleanup)> = live().drain(..).map(|e| (e.path, e.cleanup)).collect();
     let mut done = Vec::new();
     let mut failed = Vec::new();
     for (path, cleanup) in entries {
-        let r = match &cleanup {
-            Cleanup::Remove => remove_tree(&path),
-            Cleanup::Empty { marker } => empty_dir(&path).and_then(|()| remove_file(marker)),
+        let (verb, r) = match &cleanup {
+            Cleanup::Remove => ("removed", remove_tree(&path)),
+            Cleanup::Empty { marker } => (
+                "emptied",
+                empty_dir(&path).and_then(|()| remove_file(marker)),
+            ),
         };
         match r {
-            Ok(()) => done.push(path),
+            Ok(()) => done.push(format!("{verb} {}", path.display())),
             Err(e) => failed.push(format!("{}: {e}", path.display())),
         }
     }

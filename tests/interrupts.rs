@@ -596,6 +596,11 @@ fn a_kept_root_is_emptied_on_sighup_and_must_be_private() {
     assert!(private.join(".root.cidboot-partial").exists());
     let (code, _, stderr) = interrupt(child, Signal::SIGHUP);
     assert_eq!(code, Some(129), "{stderr}");
+    assert!(
+        stderr.contains("interrupted by SIGHUP: removed ")
+            && stderr.contains(&format!("emptied {}", rootfs.display())),
+        "{stderr}"
+    );
     assert!(processes_with(&token).is_empty());
     assert!(
         entries(&rootfs).is_empty(),

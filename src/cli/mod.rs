@@ -549,8 +549,7 @@ fn interruptible(command: Command) -> Result<i32, CliError> {
     let what = if removed.is_empty() {
         "nothing to remove".to_string()
     } else {
-        let list: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
-        format!("removed {}", list.join(", "))
+        removed.join(", ")
     };
     if failed.is_empty() {
         tracing::warn!(
