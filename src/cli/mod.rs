@@ -373,7 +373,7 @@ fn init_logging(json: bool, quiet: bool) {
         {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("cidboot: ignoring CIDBOOT_LOG={v:?}: {e}; logging at info");
+                errln!("cidboot: ignoring CIDBOOT_LOG={v:?}: {e}; logging at info");
                 default()
             }
         },

@@ -211,23 +211,35 @@ pub async fn run(a: RunArgs, sig: Interrupts) -> Result<i32, CliError> {
     result
 }
 
-/// The first directory at or above `dir`'s parent that other users cannot search, if any;
-/// otherwise the parent they can pass, and its mode. A root under `--rootfs` holds the
-/// image's setuid files and device nodes (and what the workload writes), so only root may
-/// reach it.
-fn reachable_by_others(dir: &Path) -> Option<(PathBuf, u32)> {
+/// Why other local users could reach `dir`, unless a directory above it is this user's (root's)
+/// and closed to them (no search permission for others, nor for a group other than root's).
+/// A root under `--rootfs` holds the image's setuid files and device nodes (and what the
+/// workload writes), so only root may reach it. Anything that cannot be checked counts as
+/// reachable.
+fn reachable_by_others(dir: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let abs = std::path::absolute(dir).ok()?;
+    let unknown = |e: std::io::Error| Some(format!("{} cannot be checked: {e}", dir.display()));
+    let abs = match std::path::absolute(dir) {
+        Ok(a) => a,
+        Err(e) => return unknown(e),
+    };
     // The part of the path that exists, with its symlinks resolved: what really decides.
-    let mut existing = abs.parent()?.to_path_buf();
+    let mut existing = abs.parent().unwrap_or(&abs).to_path_buf();
     while !existing.exists() {
-        existing = existing.parent()?.to_path_buf();
+        match existing.parent() {
+            Some(p) => existing = p.to_path_buf(),
+            None => break,
+        }
     }
-    let existing = existing.canonicalize().ok()?;
+    let existing = match existing.canonicalize() {
+        Ok(e) => e,
+        Err(e) => return unknown(e),
+    };
     let me = nix::unistd::geteuid().as_raw();
     for a in existing.ancestors() {
-        let Ok(m) = std::fs::metadata(a) else {
-            continue;
+        let m = match std::fs::metadata(a) {
+            Ok(m) => m,
+            Err(e) => return unknown(e),
         };
         let mode = m.mode() & 0o7777;
         let group_ok = mode & 0o010 == 0 || m.gid() == 0;
@@ -235,20 +247,20 @@ fn reachable_by_others(dir: &Path) -> Option<(PathBuf, u32)> {
             return None;
         }
     }
-    let mode = std::fs::metadata(&existing)
-        .map(|m| m.mode() & 0o7777)
-        .unwrap_or(0);
-    Some((existing, mode))
+    let mode = std::fs::metadata(&existing).map_or(0, |m| m.mode() & 0o7777);
+    Some(format!(
+        "other local users can reach it (through {}, mode {mode:04o}, and no directory above is closed to them)",
+        existing.display()
+    ))
 }
 
 /// Claims the root the user asked to keep: only where no other user can reach it, never one
 /// that another run is using, and an interrupted run's leftover there is emptied first.
 fn claim_rootfs(p: &Path) -> Result<KeptDir, CliError> {
-    if let Some((through, mode)) = reachable_by_others(p) {
+    if let Some(why) = reachable_by_others(p) {
         return Err(CliError::Usage(format!(
-            "--rootfs {}: other local users can reach it (through {}, mode {mode:04o}), and the root holds the image's setuid files and device nodes, usable by whoever reaches them; keep it in a directory only root can enter (made with `mkdir -m 0700`), or leave out --rootfs",
-            p.display(),
-            through.display()
+            "--rootfs {}: {why}; the root holds the image's setuid files and device nodes, usable by whoever reaches them: keep it in a directory only root can enter (made with `mkdir -m 0700`), or leave out --rootfs",
+            p.display()
         )));
     }
     KeptDir::claim(p).map_err(|e| match e {
