@@ -25,6 +25,7 @@ pub mod oci;
 pub mod publish;
 pub mod reference;
 pub mod relay;
+pub mod scratch;
 pub mod transport;
 /// Attestation documents against a pinned root (the verifier crate).
 pub use cidboot_verify::attestation as verify;

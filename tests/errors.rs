@@ -68,7 +68,7 @@ fn a_missing_executable_says_where_it_came_from_and_what_overrides_it() {
         ),
     ] {
         let r = run_image(&probe_image(config), workload, None, &[]);
-        assert_eq!(r.code, Some(1), "{}", r.stderr);
+        assert_eq!(r.code, Some(127), "{}", r.stderr);
         assert!(r.stderr.contains(want), "{want}: {}", r.stderr);
     }
 }
@@ -170,7 +170,7 @@ fn a_destination_the_egress_allowlist_denies_shows_why_and_is_not_retried() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert_eq!(o.status.code(), Some(125), "{stderr}");
     let gw_authority = gw.url.trim_start_matches("https://");
     assert!(
         stderr.contains(&format!(
@@ -209,7 +209,7 @@ fn a_busy_attestation_port_fails_before_anything_is_fetched() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert_eq!(o.status.code(), Some(125), "{stderr}");
     assert!(
         stderr.contains(&format!("cannot listen on {addr}"))
             && stderr.contains("--attestation-listen"),

@@ -103,7 +103,8 @@ fn boot(dep: &Image, tamper: impl FnOnce(&Path), config: &str) -> Boot {
 
 /// [`boot`] with a workload image of the caller's.
 fn boot_workload(dep: &Image, tamper: impl FnOnce(&Path), config: &str, workload: &Image) -> Boot {
-    let work = tempfile::tempdir().unwrap();
+    // Private: the kept root is under it.
+    let work = private_tempdir();
     let (dep_cid, dep_car) = pack(dep, work.path(), tamper);
     let (cid, car) = pack(workload, work.path(), |_| {});
     let gateway = Gateway::start(&[car, dep_car], work.path());
@@ -276,7 +277,7 @@ fn a_wrong_digest_stops_the_boot_before_anything_runs() {
     let dep = dependency_image();
     let wrong = format!("sha256:{}", "0".repeat(64));
     let b = boot(&dep, |_| {}, &CHAIN.replace("{digest}", &wrong));
-    assert_eq!(b.ran.code, Some(1));
+    assert_eq!(b.ran.code, Some(125));
     assert!(
         b.ran.stderr.contains(&format!(
             "its manifest for linux/amd64 is {}, but the configuration pins {wrong}",
@@ -297,7 +298,7 @@ fn a_prestart_helper_no_source_provides_stops_the_boot() {
         |_| {},
         &format!("{CHAIN}\n[[prestart]]\nhelper = \"ghost\"\n"),
     );
-    assert_eq!(b.ran.code, Some(1));
+    assert_eq!(b.ran.code, Some(125));
     assert!(
         b.ran.stderr.contains(
             "helper ghost: the prestart chain names it, but neither [helpers.pins] nor any helper image provides it"
@@ -324,7 +325,7 @@ fn a_tampered_dependency_image_stops_the_boot() {
         },
         CHAIN,
     );
-    assert_eq!(b.ran.code, Some(1));
+    assert_eq!(b.ran.code, Some(125));
     assert!(
         b.ran.stderr.contains("helper image ipfs://") && b.ran.stderr.contains(&layer),
         "{}",
@@ -374,7 +375,7 @@ fn a_helper_name_from_two_sources_is_an_error() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(125));
     assert!(
         stderr.contains("helper fake-kms-client is provided by both [helpers.pins] and the helper image with manifest"),
         "{stderr}"

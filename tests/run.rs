@@ -82,23 +82,26 @@ working_dir = "/created/on/demand"
 
 #[test]
 fn a_missing_user_or_executable_fails_before_anything_runs() {
-    for (config, want) in [
+    for (config, code, want) in [
         (
             json!({"Entrypoint": ["/bin/probe"], "User": "ghost"}),
+            125,
             "no user \"ghost\" in the image's /etc/passwd",
         ),
         (
             json!({"Entrypoint": ["/bin/probe"], "User": "app:nogroup"}),
+            125,
             "no group \"nogroup\"",
         ),
         (
             json!({"Entrypoint": ["missing"], "Env": ["PATH=/bin:/usr/bin"]}),
+            127,
             "executable \"missing\" not found in the image (PATH=/bin:/usr/bin)",
         ),
-        (json!({"Env": ["A=1"]}), "defines no command"),
+        (json!({"Env": ["A=1"]}), 125, "defines no command"),
     ] {
         let r = run_image(&probe_image(config), None, None, &[]);
-        assert_eq!(r.code, Some(1));
+        assert_eq!(r.code, Some(code), "{}", r.stderr);
         assert!(r.stderr.contains(want), "{want}: {}", r.stderr);
         assert!(!r.stdout.contains("probe:"), "the workload ran");
     }
@@ -149,7 +152,7 @@ fn a_helper_that_does_not_match_its_pin_refuses_to_start() {
     std::fs::write(dir.join("fake-kms-client"), b"#!/bin/sh\necho tampered\n").unwrap();
     let img = probe_image(json!({"Entrypoint": ["/bin/probe"]}));
     let r = run_image(&img, Some(&pins), Some(&dir), &[]);
-    assert_eq!(r.code, Some(1));
+    assert_eq!(r.code, Some(125));
     assert!(
         r.stderr.contains("helper fake-kms-client")
             && r.stderr.contains("but the configuration pins"),
@@ -166,7 +169,7 @@ fn a_failing_helper_is_named_and_the_workload_never_runs() {
     let cfg = format!("{pins}\n[[prestart]]\nhelper = \"fail-helper\"\n");
     let img = probe_image(json!({"Entrypoint": ["/bin/probe"]}));
     let r = run_image(&img, Some(&cfg), Some(&dir), &[]);
-    assert_eq!(r.code, Some(1));
+    assert_eq!(r.code, Some(125));
     assert!(
         r.stderr
             .contains("helper fail-helper: exited with exit status: 3"),
@@ -184,7 +187,7 @@ fn a_layer_whose_diff_id_does_not_match_never_runs() {
         |_, _| format!("sha256:{}", "0".repeat(64)),
     );
     let r = run_image(&img, None, None, &[]);
-    assert_eq!(r.code, Some(1));
+    assert_eq!(r.code, Some(125));
     assert!(
         r.stderr.contains("but the config's diff_id is sha256:000"),
         "{}",
@@ -200,10 +203,10 @@ fn a_kept_root_is_left_empty_when_a_layer_does_not_verify() {
         json!({"Entrypoint": ["/bin/probe"]}),
         |_, _| format!("sha256:{}", "0".repeat(64)),
     );
-    let keep = tempfile::tempdir().unwrap();
+    let keep = private_tempdir();
     let rootfs = keep.path().join("root");
     let r = run_image(&img, None, None, &["--rootfs", rootfs.to_str().unwrap()]);
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(125), "{}", r.stderr);
     assert!(r.stderr.contains("diff_id"), "{}", r.stderr);
     let left: Vec<_> = std::fs::read_dir(&rootfs).unwrap().collect();
     assert!(left.is_empty(), "partly applied root left behind: {left:?}");
@@ -227,7 +230,7 @@ fn layers_apply_in_order_with_whiteouts() {
         &[base_layer(), upper],
         json!({"Entrypoint": ["/bin/probe"]}),
     );
-    let work = tempfile::tempdir().unwrap();
+    let work = private_tempdir();
     let rootfs = work.path().join("kept");
     let r = run_image(&img, None, None, &["--rootfs", rootfs.to_str().unwrap()]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);

@@ -53,7 +53,7 @@ fn a_working_dir_through_proc_is_refused_and_nothing_runs() {
         "WorkingDir": "/proc/2/root", "User": "app",
     }));
     let r = run_image(&img, None, None, &[]);
-    assert_eq!(r.code, Some(1));
+    assert_eq!(r.code, Some(125));
     assert!(
         r.stderr
             .contains("WorkingDir \"/proc/2/root\" is inside /proc, /sys or /dev"),
@@ -85,7 +85,7 @@ fn a_working_dir_symlinked_through_proc_stays_inside_the_root() {
         extra,
         json!({"Entrypoint": ["/bin/probe"], "Cmd": ["write", &name], "WorkingDir": "/work"}),
     );
-    let keep = tempfile::tempdir().unwrap();
+    let keep = private_tempdir();
     let rootfs = keep.path().join("root");
     let r = run_image(&img, None, None, &["--rootfs", rootfs.to_str().unwrap()]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
@@ -136,7 +136,7 @@ fn a_root_workload_has_no_device_mknod_mount_or_extra_capability() {
             "mount-devtmpfs", "/tmp/devtmpfs",
         ]}),
     );
-    let keep = tempfile::tempdir().unwrap();
+    let keep = private_tempdir();
     let rootfs = keep.path().join("root");
     let r = run_image(&img, None, None, &["--rootfs", rootfs.to_str().unwrap()]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
@@ -201,7 +201,7 @@ fn capability_and_setuid_opt_ins_come_only_from_the_configuration() {
         None,
         &[],
     );
-    assert_eq!(r.code, Some(1));
+    assert_eq!(r.code, Some(125));
     assert!(
         r.stderr.contains("unknown capability \"FLY\""),
         "{}",
@@ -268,7 +268,7 @@ fn an_image_whose_helper_directory_is_a_symlink_is_refused() {
             json!({"Entrypoint": ["/bin/probe"]}),
         );
         let r = run_image(&img, Some(&helper_config(&pins)), Some(&dir), &[]);
-        assert_eq!(r.code, Some(1), "{}", r.stdout);
+        assert_eq!(r.code, Some(125), "{}", r.stdout);
         assert!(
             r.stderr
                 .contains(&format!("{named} is a symlink in the image")),
@@ -377,7 +377,7 @@ fn a_dangling_working_dir_symlink_is_refused() {
         json!({"Entrypoint": ["/bin/probe"], "WorkingDir": "/work"}),
     );
     let r = run_image(&img, None, None, &[]);
-    assert_eq!(r.code, Some(1));
+    assert_eq!(r.code, Some(125));
     assert!(
         r.stderr
             .contains("/work: a symlink in the path leads outside the root or to nothing"),
@@ -397,11 +397,11 @@ fn a_sandbox_failure_is_a_launch_error_not_an_exit_code() {
     }]);
     let img = image_with_extra(extra, json!({"Entrypoint": ["/bin/not-elf"]}));
     let r = run_image(&img, None, None, &[]);
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    // The kernel's ENOEXEC, carried over the sync pipe: the entrypoint cannot be executed.
+    assert_eq!(r.code, Some(126), "{}", r.stderr);
     assert!(
-        r.stderr.contains(
-            "the sandbox for \"/bin/not-elf\" failed before its exec: exec \"/bin/not-elf\""
-        ),
+        r.stderr
+            .contains("\"/bin/not-elf\" could not be executed: exec \"/bin/not-elf\""),
         "{}",
         r.stderr
     );

@@ -126,10 +126,7 @@ async fn expected_log(
     let resolved = oci::resolve(&gw, &r.cid, &selector, &Limits::default()).await?;
     drop(spinner);
     // Helpers from dependency images are measured by their content: fetch and verify them.
-    let scratch = tempfile::Builder::new()
-        .prefix("cidboot-expect-")
-        .tempdir()
-        .map_err(|e| CliError::Usage(format!("temporary directory: {e}")))?;
+    let scratch = crate::scratch::PrivateDir::create(&std::env::temp_dir(), "cidboot-expect-")?;
     let from_images = crate::boot::helper_images::fetch_all(
         &cfg.config.helpers,
         &gw,
@@ -250,7 +247,9 @@ fn parse_at(s: &str) -> Result<At, CliError> {
 
 pub async fn verify(a: VerifyArgs) -> Result<i32, CliError> {
     let raw = read_input(&a.document)?;
-    let doc = verify::decode_input(&raw).map_err(|e| CliError::Usage(e.to_string()))?;
+    // Not an attestation document at all: the answer is no, as for one that fails a check.
+    let doc =
+        verify::decode_input(&raw).map_err(|e| CliError::Rejected(format!("NOT verified: {e}")))?;
     let root_der = match &a.root {
         Some(p) => verify::pem_cert(
             &std::fs::read_to_string(p)
@@ -311,31 +310,31 @@ pub async fn verify(a: VerifyArgs) -> Result<i32, CliError> {
     let report = verify::verify(&doc, &policy);
     if !policy.is_pinned() {
         if policy.allow_unpinned {
-            eprintln!("WARNING: INSECURE VERIFICATION: nothing is pinned (--allow-unpinned): the document is not tied to any EIF or image.");
+            errln!("WARNING: INSECURE VERIFICATION: nothing is pinned (--allow-unpinned): the document is not tied to any EIF or image.");
         } else {
-            eprintln!("error: NOTHING IS PINNED: without --pcr, --expect-image, --expect-pcr16 or --expect-* with --measurements the document is not tied to any EIF or image, so it is refused (--allow-unpinned to check only its signature and chain).");
+            errln!("error: NOTHING IS PINNED: without --pcr, --expect-image, --expect-pcr16 or --expect-* with --measurements the document is not tied to any EIF or image, so it is refused (--allow-unpinned to check only its signature and chain).");
         }
     }
     if report.insecure {
-        eprintln!("WARNING: INSECURE VERIFICATION: the document is unsigned (an emulated NSM); its signature and certificate chain were NOT checked, and it proves nothing about hardware.");
+        errln!("WARNING: INSECURE VERIFICATION: the document is unsigned (an emulated NSM); its signature and certificate chain were NOT checked, and it proves nothing about hardware.");
     }
     if a.json {
         let mut v = serde_json::to_value(&report).unwrap_or_default();
         v["notes"] = json!(notes);
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())?;
     } else {
         for n in &notes {
-            println!("note: {n}");
+            outln!("note: {n}")?;
         }
         if let Some(f) = &report.measured {
-            println!("measured: reference {}", f.reference);
-            println!("measured: cid {}", f.cid);
-            println!("measured: manifest {}", f.manifest_digest);
-            println!("measured: config {}", f.config_digest);
+            outln!("measured: reference {}", f.reference)?;
+            outln!("measured: cid {}", f.cid)?;
+            outln!("measured: manifest {}", f.manifest_digest)?;
+            outln!("measured: config {}", f.config_digest)?;
             for (n, d) in &f.helpers {
-                println!("measured: helper {n} {d}");
+                outln!("measured: helper {n} {d}")?;
             }
-            println!("measured: runtime config {}", f.runtime_config_digest);
+            outln!("measured: runtime config {}", f.runtime_config_digest)?;
         }
         for c in &report.checks {
             let s = match c.status {
@@ -343,16 +342,16 @@ pub async fn verify(a: VerifyArgs) -> Result<i32, CliError> {
                 Status::Fail => "FAIL",
                 Status::Skipped => "SKIP",
             };
-            println!("{s} {}: {}", c.name, c.detail);
+            outln!("{s} {}: {}", c.name, c.detail)?;
         }
-        println!(
+        outln!(
             "{}",
             if report.ok {
                 "verified"
             } else {
                 "NOT verified"
             }
-        );
+        )?;
     }
     Ok(if report.ok { 0 } else { 1 })
 }
@@ -444,19 +443,19 @@ pub async fn expect(a: ExpectArgs) -> Result<(), CliError> {
     pcrs.insert("PCR16".into(), json!(log.pcr16));
     if let Some(principal) = principal {
         let statement = kms_statement(&principal, &pcrs)?;
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&statement).unwrap_or_default()
-        );
+        )?;
     } else if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({"pcrs": pcrs, "measurements": log}))
                 .unwrap_or_default()
-        );
+        )?;
     } else {
         for (k, v) in &pcrs {
-            println!("{k} {}", v.as_str().unwrap_or(""));
+            outln!("{k} {}", v.as_str().unwrap_or(""))?;
         }
     }
     Ok(())

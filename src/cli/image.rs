@@ -1,5 +1,5 @@
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
@@ -10,6 +10,7 @@ use crate::fetch::{BlobSink, Gateways};
 use crate::oci::layout::{FileSink, LayoutWriter};
 use crate::oci::{self, sha256_hex, Artifact, Limits, Resolved, Target};
 use crate::reference::ImageRef;
+use crate::scratch::PrivateDir;
 use crate::transport::TcpConnector;
 
 #[derive(Args, Debug)]
@@ -189,34 +190,36 @@ fn layout_name(k: oci::RootKind) -> String {
         .to_string()
 }
 
-fn print_human(o: &ImageOut) {
-    println!("cid:             {}", o.cid);
-    println!("layout:          {}", layout_name(o.layout));
-    println!("platform:        {}", o.platform);
-    println!("manifest_digest: {}", o.manifest_digest);
-    println!("config_digest:   {}", o.config_digest);
-    println!("layers:");
+fn print_human(o: &ImageOut) -> Result<(), CliError> {
+    outln!("cid:             {}", o.cid)?;
+    outln!("layout:          {}", layout_name(o.layout))?;
+    outln!("platform:        {}", o.platform)?;
+    outln!("manifest_digest: {}", o.manifest_digest)?;
+    outln!("config_digest:   {}", o.config_digest)?;
+    outln!("layers:")?;
     for l in &o.layers {
-        println!("  {}  {:>12}  {}", l.digest, l.size, l.media_type);
+        outln!("  {}  {:>12}  {}", l.digest, l.size, l.media_type)?;
     }
-    println!("total_compressed_size: {}", o.total_compressed_size);
+    outln!("total_compressed_size: {}", o.total_compressed_size)
 }
 
-fn print_artifact(o: &ArtifactOut) {
-    println!("cid:             {}", o.cid);
-    println!("layout:          {}", layout_name(o.layout));
-    println!("artifact_type:   {}", o.artifact_type);
-    println!("manifest_digest: {}", o.manifest_digest);
-    println!(
+fn print_artifact(o: &ArtifactOut) -> Result<(), CliError> {
+    outln!("cid:             {}", o.cid)?;
+    outln!("layout:          {}", layout_name(o.layout))?;
+    outln!("artifact_type:   {}", o.artifact_type)?;
+    outln!("manifest_digest: {}", o.manifest_digest)?;
+    outln!(
         "config:          {}  {}  {}",
-        o.config.digest, o.config.size, o.config.media_type
-    );
+        o.config.digest,
+        o.config.size,
+        o.config.media_type
+    )?;
     if let Some(s) = &o.subject {
-        println!("subject:         {s}");
+        outln!("subject:         {s}")?;
     }
-    println!("layers:");
+    outln!("layers:")?;
     for l in &o.layers {
-        println!(
+        outln!(
             "  {}  {:>12}  {}{}",
             l.digest,
             l.size,
@@ -225,15 +228,15 @@ fn print_artifact(o: &ArtifactOut) {
                 .as_deref()
                 .map(|t| format!("  {t}"))
                 .unwrap_or_default()
-        );
+        )?;
     }
     if !o.annotations.is_empty() {
-        println!("annotations:");
+        outln!("annotations:")?;
         for (k, v) in &o.annotations {
-            println!("  {k}: {v}");
+            outln!("  {k}: {v}")?;
         }
     }
-    println!("total_size:      {}", o.total_size);
+    outln!("total_size:      {}", o.total_size)
 }
 
 /// Resolves a runnable image; an artifact is refused by name.
@@ -260,18 +263,17 @@ async fn resolve_any(reference: &str, f: &FetchArgs) -> Result<(Arc<Gateways>, T
 pub async fn inspect(a: InspectArgs) -> Result<(), CliError> {
     let (_, target) = resolve_any(&a.reference, &a.fetch).await?;
     match (&target, a.json) {
-        (Target::Image(r), true) => println!(
+        (Target::Image(r), true) => outln!(
             "{}",
             serde_json::to_string_pretty(&describe(r)).unwrap_or_default()
         ),
         (Target::Image(r), false) => print_human(&describe(r)),
-        (Target::Artifact(x), true) => println!(
+        (Target::Artifact(x), true) => outln!(
             "{}",
             serde_json::to_string_pretty(&describe_artifact(x)).unwrap_or_default()
         ),
         (Target::Artifact(x), false) => print_artifact(&describe_artifact(x)),
     }
-    Ok(())
 }
 
 struct Progress<'a, S> {
@@ -414,7 +416,10 @@ pub async fn pull(a: PullArgs) -> Result<(), CliError> {
         "mediaType": oci::MT_OCI_INDEX,
         "manifests": [desc],
     });
-    let index = serde_json::to_vec_pretty(&index).map_err(|e| CliError::Usage(e.to_string()))?;
+    let index = serde_json::to_vec_pretty(&index).map_err(|e| CliError::Io {
+        what: "index.json".into(),
+        source: e.into(),
+    })?;
     let path = writer.commit(&index)?;
     let (mut v, what, count, size) = match &target {
         Target::Image(r) => {
@@ -435,13 +440,13 @@ pub async fn pull(a: PullArgs) -> Result<(), CliError> {
     };
     if a.json {
         v["oci_layout"] = serde_json::Value::String(path.display().to_string());
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())?;
     } else {
-        println!(
+        outln!(
             "verified {what} {} ({count} layers, {size} bytes fetched) into {}",
             v["cid"].as_str().unwrap_or_default(),
             path.display()
-        );
+        )?;
     }
     Ok(())
 }
@@ -538,25 +543,25 @@ async fn pull_files(
         })
         .collect();
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "files": files, "skipped_untitled": skipped, "dir": path.display().to_string(),
             }))
             .unwrap_or_default()
-        );
+        )?;
     } else {
         for (b, n) in &named {
-            println!("{}  {:>12}  {n}", b.desc.digest(), b.desc.size());
+            outln!("{}  {:>12}  {n}", b.desc.digest(), b.desc.size())?;
         }
         if !skipped.is_empty() {
-            eprintln!(
+            errln!(
                 "skipped {} untitled layer(s): {}",
                 skipped.len(),
                 skipped.join(", ")
             );
         }
-        println!("verified {} file(s) into {}", named.len(), path.display());
+        outln!("verified {} file(s) into {}", named.len(), path.display())?;
     }
     Ok(())
 }
@@ -584,39 +589,39 @@ pub struct UnpackArgs {
 /// CID: the boot path without the measurement and the workload.
 pub async fn unpack(a: UnpackArgs) -> Result<(), CliError> {
     let (gw, resolved) = resolve(&a.reference, &a.fetch).await?;
-    let usage = |e: std::io::Error| CliError::Usage(format!("{}: {e}", a.rootfs.display()));
-    if a.rootfs.exists()
-        && std::fs::read_dir(&a.rootfs)
-            .map_err(usage)?
-            .next()
-            .is_some()
-    {
+    let io = |what: &Path| {
+        let what = what.display().to_string();
+        move |source| CliError::Io { what, source }
+    };
+    if a.rootfs.is_file() || std::fs::read_dir(&a.rootfs).is_ok_and(|mut d| d.next().is_some()) {
         return Err(CliError::Usage(format!(
             "--rootfs {} exists and is not empty",
             a.rootfs.display()
         )));
     }
-    // Apply beside the target and rename into place at the end, so that a failure leaves
-    // nothing behind: neither a half-applied root nor one whose last layer did not verify.
+    // The root is applied inside a private directory beside the target (mode 0700 from its
+    // creation, see crate::scratch), and renamed into place only once complete and private
+    // itself: a failure, a signal or a kill leaves nothing usable behind, and at no instant
+    // can another local user reach the image's setuid files or device nodes through it.
     let parent = match a.rootfs.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
+        _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).map_err(usage)?;
-    let staging = tempfile::Builder::new()
-        .prefix(".cidboot-unpack-")
-        .tempdir_in(&parent)
-        .map_err(usage)?;
-
-    let scratch = tempfile::Builder::new()
-        .prefix(".cidboot-spill-")
-        .tempdir_in(&parent)
-        .map_err(usage)?;
+    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+    let work = PrivateDir::create(&parent, ".cidboot-unpack-")?;
+    let staged = work.path().join("root");
+    let spill = work.path().join("spill");
+    for d in [&staged, &spill] {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(d)
+            .map_err(io(d))?;
+    }
     let report = crate::apply::apply_observed(
         gw,
         Arc::new(resolved),
-        staging.path(),
-        scratch.path(),
+        &staged,
+        &spill,
         &crate::apply::ApplyLimits {
             no_special_files: a.no_special_files,
             ..crate::apply::ApplyLimits::default()
@@ -624,22 +629,23 @@ pub async fn unpack(a: UnpackArgs) -> Result<(), CliError> {
         super::progress::layers(),
     )
     .await?;
-    // Only its owner may enter the root, whatever mode the image gives `/`: an image's device
-    // nodes and setuid binaries are then of no use to any other local user.
-    std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o700))
-        .map_err(usage)?;
+    // Only its owner may enter the root, whatever mode the image gives `/` (its `./` entry
+    // sets it): an image's device nodes and setuid binaries are then of no use to any other
+    // local user. Still inside the private directory, so there is no instant without it.
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o700))
+        .map_err(io(&staged))?;
     if a.rootfs.exists() {
-        std::fs::remove_dir(&a.rootfs).map_err(usage)?;
+        std::fs::remove_dir(&a.rootfs).map_err(io(&a.rootfs))?;
     }
-    std::fs::rename(staging.path(), &a.rootfs).map_err(usage)?;
-    let _ = staging.keep();
+    std::fs::rename(&staged, &a.rootfs).map_err(io(&a.rootfs))?;
+    drop(work);
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
-        );
+        )?;
     } else {
-        println!("{}", super::progress::summary(&report, &a.rootfs));
+        outln!("{}", super::progress::summary(&report, &a.rootfs))?;
     }
     Ok(())
 }

@@ -1,11 +1,14 @@
 //! The command line: one binary for the enclave, the operator, the publisher and the verifier.
 
+#[macro_use]
+mod out;
 mod attest;
 mod image;
 mod progress;
 mod publish;
 mod run;
 mod seal;
+mod signals;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -209,11 +212,108 @@ pub enum CliError {
     Sealed(#[from] crate::kms::sealed::SealedError),
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Scratch(#[from] crate::scratch::ScratchError),
+    /// The command's answer is no (exit status 1): a document `verify` cannot even decode.
+    #[error("{0}")]
+    Rejected(String),
+    /// The workload's entrypoint could not be started: exit status 126 or 127.
+    #[error(transparent)]
+    Entrypoint(crate::launch::LaunchError),
+    #[error("interrupted by {}", .0.as_str())]
+    Interrupted(nix::sys::signal::Signal),
+    /// Whoever read stdout went away: the command ends quietly (exit status 141).
+    #[error("stdout was closed")]
+    StdoutClosed,
+}
+
+/// The exit statuses of every command (the table in docs/workload.md, "Exit statuses").
+pub mod exit {
+    /// Done; `verify`: the document passed every check; `host --check`: the daemon would start.
+    pub const OK: u8 = 0;
+    /// The command's answer is no: `verify` checked the document and it did not pass;
+    /// `host --check` found a configuration the daemon would not start with.
+    pub const NO: u8 = 1;
+    /// The command line is wrong (clap's errors, and cidboot's checks of what flags say); for
+    /// `run`, [`FAILED`] instead, so that 2 stays the workload's own.
+    pub const USAGE: u8 = 2;
+    /// cidboot itself failed: configuration, fetch, verification, apply, measurement, sandbox,
+    /// I/O (and, for `run`, a usage error).
+    pub const FAILED: u8 = 125;
+    /// `run`: the entrypoint is there but cannot be executed.
+    pub const CANNOT_EXECUTE: u8 = 126;
+    /// `run`: the entrypoint (or its interpreter) was not found.
+    pub const NOT_FOUND: u8 = 127;
+    /// Stdout was closed before the whole result was written (128 + SIGPIPE).
+    pub const STDOUT_CLOSED: u8 = 141;
+
+    /// 128 + the signal's number: a command interrupted by it (or, for `run`, a workload
+    /// killed by it).
+    pub fn signaled(signal: i32) -> u8 {
+        u8::try_from(128 + signal.clamp(0, 127)).unwrap_or(u8::MAX)
+    }
+}
+
+impl CliError {
+    /// The exit status this error ends the command with (see [`exit`]).
+    pub fn exit_code(&self, run: bool) -> u8 {
+        use crate::launch::LaunchError as L;
+        use nix::errno::Errno;
+        match self {
+            CliError::Usage(_) if !run => exit::USAGE,
+            CliError::Rejected(_) => exit::NO,
+            CliError::Interrupted(s) => exit::signaled(*s as i32),
+            CliError::StdoutClosed => exit::STDOUT_CLOSED,
+            CliError::Entrypoint(L::Exec {
+                errno: Errno::ENOENT | Errno::ENOTDIR,
+                ..
+            }) => exit::NOT_FOUND,
+            CliError::Entrypoint(L::Exec { .. }) => exit::CANNOT_EXECUTE,
+            CliError::Entrypoint(L::NotFound { .. })
+            | CliError::Boot(crate::boot::BootError::Launch(L::NotFound { .. })) => exit::NOT_FOUND,
+            CliError::Entrypoint(L::NotExecutable { .. })
+            | CliError::Boot(crate::boot::BootError::Launch(L::NotExecutable { .. })) => {
+                exit::CANNOT_EXECUTE
+            }
+            _ => exit::FAILED,
+        }
+    }
+}
+
+/// Whether the command line names `run` (for a usage error clap found before a command
+/// was parsed). Only `--quiet`/`-q` may come before the command, and it takes no value.
+fn invoked_run() -> bool {
+    std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .is_some_and(|a| a == "run")
+}
+
+/// Prints clap's message (help and version on stdout, errors on stderr) and picks the exit
+/// status: 0 for help and version, [`exit::USAGE`] for an error ([`exit::FAILED`] under `run`).
+fn parse_failed(e: &clap::Error) -> ExitCode {
+    let _ = e.print();
+    if !e.use_stderr() {
+        return ExitCode::SUCCESS;
+    }
+    ExitCode::from(if invoked_run() {
+        exit::FAILED
+    } else {
+        exit::USAGE
+    })
 }
 
 /// Parses the command line, sets up logging and runs the command.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return parse_failed(&e),
+    };
     let json = match &cli.command {
         Command::Pack(a) => a.json,
         Command::Inspect(a) => a.json,
@@ -233,6 +333,7 @@ pub fn main() -> ExitCode {
         Command::Host(_) => true,
         _ => false,
     };
+    let is_run = matches!(&cli.command, Command::Run(_));
     progress::enable(!cli.quiet && !json && !daemon);
     // Every command logs to stderr; `host` writes the enclave's records to stdout.
     init_logging(
@@ -242,13 +343,30 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(u8::MAX)),
         Err(e) => {
-            if json {
-                let v = serde_json::json!({ "error": e.to_string() });
-                println!("{v}");
-            }
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
+            let code = e.exit_code(is_run);
+            report(&e, code, json, is_run);
+            ExitCode::from(code)
         }
+    }
+}
+
+/// Says why a command failed: one `error:` line on stderr and, with `--json`, a last line on
+/// stdout naming the exit status (and, for `run`, that cidboot rather than the workload ended
+/// the run). A closed stdout ends the command with nothing more said; an interruption has
+/// said its own last line already.
+fn report(e: &CliError, code: u8, json: bool, run: bool) {
+    if matches!(e, CliError::StdoutClosed) {
+        return;
+    }
+    if json {
+        let mut v = serde_json::json!({ "exit_code": code, "error": e.to_string() });
+        if run {
+            v["ended"] = "cidboot".into();
+        }
+        let _ = outln!("{v}");
+    }
+    if !matches!(e, CliError::Interrupted(_)) {
+        errln!("error: {e}");
     }
 }
 
@@ -267,7 +385,7 @@ fn init_logging(json: bool, quiet: bool) {
         {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("cidboot: ignoring CIDBOOT_LOG={v:?}: {e}; logging at info");
+                errln!("cidboot: ignoring CIDBOOT_LOG={v:?}: {e}; logging at info");
                 default()
             }
         },
@@ -371,31 +489,125 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(CliError::Runtime)
 }
 
+/// How long, after a signal, the command's remaining tasks get to stop before what they made
+/// is removed under them.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs a command; the result is the process exit code.
 fn run(cli: Cli) -> Result<i32, CliError> {
-    let ok = |r: Result<(), CliError>| r.map(|()| 0);
     match cli.command {
-        Command::Pack(a) => ok(publish::pack(a)),
         #[cfg(feature = "dev-gateway")]
-        Command::Gateway(a) => ok(runtime()?.block_on(publish::gateway(a))),
-        Command::Inspect(a) => ok(runtime()?.block_on(image::inspect(a))),
-        Command::Pull(a) => ok(runtime()?.block_on(image::pull(a))),
-        Command::Run(a) => runtime()?.block_on(run::run(a)),
-        Command::Unpack(a) => ok(runtime()?.block_on(image::unpack(a))),
-        Command::Verify(a) => runtime()?.block_on(attest::verify(a)),
-        Command::Expect(a) => ok(runtime()?.block_on(attest::expect(a))),
-        Command::Seal(a) => ok(runtime()?.block_on(seal::seal(a))),
-        Command::Host(a) => {
-            let checked = crate::host::load(&a.config)?;
-            if a.check {
-                println!("{}: ok", a.config.display());
-                return Ok(0);
+        Command::Gateway(a) => runtime()?.block_on(publish::gateway(a)).map(|()| 0),
+        Command::Host(a) => host(&a),
+        command => interruptible(command),
+    }
+}
+
+/// `cidboot host`: the daemon handles its own signals (it shuts down cleanly on them).
+fn host(a: &HostArgs) -> Result<i32, CliError> {
+    let checked = match crate::host::load(&a.config) {
+        Ok(c) => c,
+        // `--check` answers whether the daemon would start: "no" is its answer, not a failure.
+        Err(e) if a.check => return Err(CliError::Rejected(e.to_string())),
+        Err(e) => return Err(e.into()),
+    };
+    if a.check {
+        outln!("{}: ok", a.config.display())?;
+        return Ok(0);
+    }
+    runtime()?.block_on(async {
+        crate::host::run(checked, a.json)
+            .await
+            .map_err(CliError::from)
+            .map(|()| 0)
+    })
+}
+
+/// Runs a command that may stage files, under SIGINT, SIGTERM and SIGHUP: on the first of
+/// them the command stops (`run` stops its workload first), its remaining tasks get
+/// [`STOP_GRACE`] to end, everything it staged is removed (and a `run --rootfs` root emptied),
+/// one log line says so, and the command ends with 128 + the signal's number.
+fn interruptible(command: Command) -> Result<i32, CliError> {
+    let rt = runtime()?;
+    let (result, signal) = rt.block_on(async move {
+        let mut sig = match signals::install() {
+            Ok(s) => s,
+            Err(source) => {
+                let e = CliError::Io {
+                    what: "watching SIGINT, SIGTERM and SIGHUP".into(),
+                    source,
+                };
+                return (Err(e), None);
             }
-            ok(runtime()?.block_on(async {
-                crate::host::run(checked, a.json)
-                    .await
-                    .map_err(CliError::from)
-            }))
-        }
+        };
+        let result = match command {
+            // `run` stops its workload itself before it returns.
+            Command::Run(a) => run::run(a, sig.clone()).await,
+            other => {
+                tokio::select! {
+                    r = dispatch(other) => r,
+                    s = sig.first() => Err(CliError::Interrupted(s)),
+                }
+            }
+        };
+        (result, sig.received())
+    });
+    let Some(signal) = signal else {
+        return result;
+    };
+    rt.shutdown_timeout(STOP_GRACE);
+    let (removed, failed) = crate::scratch::clean_up_interrupted();
+    let code = exit::signaled(signal as i32);
+    let what = if removed.is_empty() {
+        "nothing to remove".to_string()
+    } else {
+        removed.join(", ")
+    };
+    if failed.is_empty() {
+        tracing::warn!(
+            "interrupted by {}: {what}; exit status {code}",
+            signal.as_str()
+        );
+    } else {
+        tracing::error!(
+            "interrupted by {}: {what}; could not remove {}; exit status {code}",
+            signal.as_str(),
+            failed.join(", ")
+        );
+    }
+    match result {
+        // The work was done (committed) before the signal took effect.
+        Ok(c) => Ok(c),
+        Err(CliError::StdoutClosed) => Err(CliError::StdoutClosed),
+        Err(_) => Err(CliError::Interrupted(signal)),
+    }
+}
+
+async fn dispatch(command: Command) -> Result<i32, CliError> {
+    let ok = |r: Result<(), CliError>| r.map(|()| 0);
+    match command {
+        // Packing is synchronous: on a thread of its own, so that a signal is seen at once.
+        Command::Pack(a) => ok(tokio::task::spawn_blocking(move || publish::pack(a))
+            .await
+            .map_err(|e| CliError::Io {
+                what: "packing".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?),
+        Command::Inspect(a) => ok(image::inspect(a).await),
+        Command::Pull(a) => ok(image::pull(a).await),
+        Command::Unpack(a) => ok(image::unpack(a).await),
+        Command::Verify(a) => attest::verify(a).await,
+        Command::Expect(a) => ok(attest::expect(a).await),
+        Command::Seal(a) => ok(seal::seal(a).await),
+        Command::Run(_) | Command::Host(_) => Err(not_here()),
+        #[cfg(feature = "dev-gateway")]
+        Command::Gateway(_) => Err(not_here()),
+    }
+}
+
+fn not_here() -> CliError {
+    CliError::Io {
+        what: "internal".into(),
+        source: std::io::Error::other("this command is not dispatched here"),
     }
 }

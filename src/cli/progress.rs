@@ -151,7 +151,7 @@ impl Observer for Layers {
             );
             b.finish_and_clear();
             m.remove(&b);
-            m.suspend(|| eprintln!("{line}"));
+            m.suspend(|| errln!("{line}"));
         }
     }
 }

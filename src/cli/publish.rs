@@ -40,12 +40,10 @@ pub fn pack(a: PackArgs) -> Result<(), CliError> {
     }
     let to_stdout = a.car.as_os_str() == "-";
     let staged = if to_stdout {
-        Some(
-            tempfile::Builder::new()
-                .prefix("cidboot-pack-")
-                .tempdir()
-                .map_err(|e| CliError::Usage(format!("temporary directory: {e}")))?,
-        )
+        Some(crate::scratch::PrivateDir::create(
+            &std::env::temp_dir(),
+            "cidboot-pack-",
+        )?)
     } else {
         None
     };
@@ -61,15 +59,17 @@ pub fn pack(a: PackArgs) -> Result<(), CliError> {
     };
     if to_stdout {
         // The CAR is built in a file first: its header is rewritten once the root is known.
-        let mut f = std::fs::File::open(&car)
-            .map_err(|e| CliError::Usage(format!("{}: {e}", car.display())))?;
+        let mut f = std::fs::File::open(&car).map_err(|source| CliError::Io {
+            what: car.display().to_string(),
+            source,
+        })?;
         let mut out = std::io::stdout().lock();
         std::io::copy(&mut f, &mut out)
             .and_then(|_| std::io::Write::flush(&mut out))
-            .map_err(|e| CliError::Usage(format!("writing the CAR to stdout: {e}")))?;
-        eprintln!("{line}");
+            .map_err(super::out::stdout_error)?;
+        errln!("{line}");
     } else {
-        println!("{line}");
+        outln!("{line}")?;
     }
     tracing::info!(blocks = packed.blocks, bytes = packed.bytes, car = %a.car.display(), "packed");
     Ok(())

@@ -1,17 +1,21 @@
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Args;
 use serde_json::json;
 
+use super::signals::Interrupts;
 use super::{CliError, FetchArgs};
-use crate::boot;
+use crate::boot::{self, BootError};
 use crate::config::Loaded;
+use crate::launch::LaunchError;
 use crate::nsm::device::DeviceNsm;
 #[cfg(feature = "software-nsm")]
 use crate::nsm::software::{SoftwareNsm, TestCa};
 use crate::nsm::Nsm;
 use crate::relay::logs::{Kind as LogKind, LogSender};
+use crate::scratch::{KeptDir, PrivateDir, ScratchError};
 use crate::transport::addr::Addr;
 use crate::transport::connect::ConnectProxy;
 use std::sync::Arc;
@@ -25,8 +29,9 @@ pub struct RunArgs {
     /// Runtime configuration (TOML); measured.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Apply into this directory (must not exist, or be empty) and keep it afterwards. If the
-    /// image fails to verify or apply, it is emptied again.
+    /// Apply into this directory (must not exist, or be empty) and keep it afterwards; it must
+    /// be inside a directory only root can enter. If the boot fails or the run is interrupted,
+    /// it is emptied again (by the next run in the same place, if this one was killed).
     #[arg(long)]
     pub rootfs: Option<PathBuf>,
     /// Directory holding the helper clients (default: the configuration's helpers.dir).
@@ -144,8 +149,13 @@ fn software_nsm(a: &RunArgs) -> Result<Arc<dyn Nsm>, CliError> {
 const LOG_SINK_PATIENCE_SECS: u64 = 30;
 /// How long `run` keeps sending until the sink has acknowledged every record and the status.
 const STATUS_PATIENCE_SECS: u64 = 60;
+/// The same after a signal: the run is ending at someone's request, and should not linger.
+const STATUS_PATIENCE_INTERRUPTED_SECS: u64 = 5;
+/// How long the workload has to end after cidboot passes on a SIGINT, SIGTERM or SIGHUP,
+/// before it is killed (as `docker stop` waits 10 s); a second signal kills it at once.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn run(a: RunArgs) -> Result<i32, CliError> {
+pub async fn run(a: RunArgs, sig: Interrupts) -> Result<i32, CliError> {
     let sink = match &a.log_sink {
         Some(s) => {
             let addr: Addr = s
@@ -173,7 +183,11 @@ pub async fn run(a: RunArgs) -> Result<i32, CliError> {
                     tracing::warn!(
                             "waiting up to {LOG_SINK_PATIENCE_SECS}s for the log sink {addr} to accept a connection (a `cidboot host` with [logs] listen = \"{addr}\")"
                         );
-                    connect.await
+                    let mut sig = sig.clone();
+                    tokio::select! {
+                        r = connect => r,
+                        s = sig.first() => return Err(CliError::Interrupted(s)),
+                    }
                 }
             };
             let (sender, task) = connected.map_err(|e| {
@@ -186,7 +200,8 @@ pub async fn run(a: RunArgs) -> Result<i32, CliError> {
         None => None,
     };
     let sender = sink.as_ref().map(|(s, _)| s.clone());
-    let result = boot_and_run(&a, sender.clone()).await;
+    let mut late = sig.clone();
+    let result = boot_and_run(&a, sender.clone(), sig).await;
     if let Some(s) = &sender {
         let status = match &result {
             Ok(code) => json!({"exit_code": code, "reason": "the workload exited"}),
@@ -199,20 +214,102 @@ pub async fn run(a: RunArgs) -> Result<i32, CliError> {
     drop(sender);
     if let Some((s, task)) = sink {
         drop(s);
-        match tokio::time::timeout(std::time::Duration::from_secs(STATUS_PATIENCE_SECS), task).await
-        {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!("the log sender stopped: {e}"),
-            Ok(Err(e)) => tracing::warn!("the log sender failed: {e}"),
-            Err(_) => tracing::warn!(
-                "the log sink did not acknowledge every record within {STATUS_PATIENCE_SECS}s"
-            ),
+        let patience = if crate::scratch::interrupted() {
+            STATUS_PATIENCE_INTERRUPTED_SECS
+        } else {
+            STATUS_PATIENCE_SECS
+        };
+        let delivered = tokio::time::timeout(std::time::Duration::from_secs(patience), task);
+        // A signal while waiting for the sink (after the run ended) ends the wait.
+        let delivered = tokio::select! {
+            d = delivered => Some(d),
+            s = late.first(), if !crate::scratch::interrupted() => {
+                tracing::warn!("{}: not waiting for the log sink any longer", s.as_str());
+                None
+            }
+        };
+        match delivered {
+            None | Some(Ok(Ok(Ok(())))) => {}
+            Some(Ok(Ok(Err(e)))) => tracing::warn!("the log sender stopped: {e}"),
+            Some(Ok(Err(e))) => tracing::warn!("the log sender failed: {e}"),
+            Some(Err(_)) => {
+                tracing::warn!("the log sink did not acknowledge every record within {patience}s")
+            }
         }
     }
     result
 }
 
-async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, CliError> {
+/// Why other local users could reach `dir`, unless a directory above it is this user's (root's)
+/// and closed to them (no search permission for others, nor for a group other than root's).
+/// A root under `--rootfs` holds the image's setuid files and device nodes (and what the
+/// workload writes), so only root may reach it. Anything that cannot be checked counts as
+/// reachable.
+fn reachable_by_others(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let unknown = |e: std::io::Error| Some(format!("{} cannot be checked: {e}", dir.display()));
+    let abs = match std::path::absolute(dir) {
+        Ok(a) => a,
+        Err(e) => return unknown(e),
+    };
+    // The part of the path that exists, with its symlinks resolved: what really decides.
+    let mut existing = abs.parent().unwrap_or(&abs).to_path_buf();
+    while !existing.exists() {
+        match existing.parent() {
+            Some(p) => existing = p.to_path_buf(),
+            None => break,
+        }
+    }
+    let existing = match existing.canonicalize() {
+        Ok(e) => e,
+        Err(e) => return unknown(e),
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    for a in existing.ancestors() {
+        let m = match std::fs::metadata(a) {
+            Ok(m) => m,
+            Err(e) => return unknown(e),
+        };
+        let mode = m.mode() & 0o7777;
+        let group_ok = mode & 0o010 == 0 || m.gid() == 0;
+        if m.uid() == me && mode & 0o001 == 0 && group_ok {
+            return None;
+        }
+    }
+    let mode = std::fs::metadata(&existing).map_or(0, |m| m.mode() & 0o7777);
+    Some(format!(
+        "other local users can reach it (through {}, mode {mode:04o}, and no directory above is closed to them)",
+        existing.display()
+    ))
+}
+
+/// Claims the root the user asked to keep: only where no other user can reach it, never one
+/// that another run is using, and an interrupted run's leftover there is emptied first.
+fn claim_rootfs(p: &Path) -> Result<KeptDir, CliError> {
+    if let Some(why) = reachable_by_others(p) {
+        return Err(CliError::Usage(format!(
+            "--rootfs {}: {why}; the root holds the image's setuid files and device nodes, usable by whoever reaches them: keep it in a directory only root can enter (made with `mkdir -m 0700`), or leave out --rootfs",
+            p.display()
+        )));
+    }
+    KeptDir::claim(p).map_err(|e| match e {
+        ScratchError::NotEmpty { .. } => {
+            CliError::Usage(format!("--rootfs {} exists and is not empty", p.display()))
+        }
+        e => e.into(),
+    })
+}
+
+fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> CliError {
+    let what = what.to_string();
+    move |source| CliError::Io { what, source }
+}
+
+async fn boot_and_run(
+    a: &RunArgs,
+    sender: Option<LogSender>,
+    mut sig: Interrupts,
+) -> Result<i32, CliError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(CliError::Usage(
             "cidboot run needs root: it applies ownership, chroots and changes users".into(),
@@ -234,40 +331,29 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
         }),
         None => Arc::new(crate::transport::TcpConnector),
     };
-    let work = tempfile::Builder::new()
-        .prefix("cidboot-run-")
-        .tempdir()
-        .map_err(|e| CliError::Usage(format!("temporary directory: {e}")))?;
+    // Everything the run makes is inside one private directory (0700 from its creation):
+    // the root (whose own mode the image sets), the spill files and the sandbox's stage. No
+    // other local user can reach the image's setuid files or device nodes through it.
+    let work = PrivateDir::create(&std::env::temp_dir(), "cidboot-run-")?;
+    // A root the user keeps is emptied again on a failure or a signal, unless the workload ran.
+    let kept = a.rootfs.as_deref().map(claim_rootfs).transpose()?;
     let rootfs = match &a.rootfs {
-        Some(p) => {
-            if p.exists()
-                && std::fs::read_dir(p)
-                    .map(|mut d| d.next().is_some())
-                    .unwrap_or(true)
-            {
-                return Err(CliError::Usage(format!(
-                    "--rootfs {} exists and is not empty",
-                    p.display()
-                )));
-            }
-            std::fs::create_dir_all(p)
-                .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))?;
-            p.clone()
-        }
+        Some(p) => p.clone(),
         None => {
             let p = work.path().join("rootfs");
-            std::fs::create_dir(&p)
-                .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))?;
+            std::fs::create_dir(&p).map_err(io_err(p.display()))?;
             p
         }
     };
     let scratch = work.path().join("spill");
-    std::fs::create_dir(&scratch)
-        .map_err(|e| CliError::Usage(format!("{}: {e}", scratch.display())))?;
+    std::fs::create_dir(&scratch).map_err(io_err(scratch.display()))?;
     let helpers_dir =
         crate::launch::helpers::source_dir(&config.config.helpers, a.helpers_dir.as_deref());
     let stage = work.path().join("stage");
-    crate::launch::exec::ensure_stage(&stage).map_err(|e| CliError::Usage(e.to_string()))?;
+    crate::launch::exec::ensure_stage(&stage).map_err(|e| CliError::Io {
+        what: "the sandbox's stage".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     let overrides = boot::plan::Overrides {
         reference: a.reference.clone(),
         gateways: a.fetch.gateways.clone(),
@@ -278,39 +364,44 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
         fetch: a.fetch.overrides(),
         attestation_listen: a.attestation_listen.clone(),
     };
-    // The listen addresses are checked before the NSM is opened and anything is fetched.
-    let listen = boot::plan::attestation_listen(&config.config, &overrides);
-    crate::api::check_listen(&listen)
-        .await
-        .map_err(crate::boot::BootError::from)?;
-    boot::check_listens(&config.config).await?;
-    let machine = boot::plan::Machine {
-        egress_dialer,
-        nsm: open_nsm(a)?,
-        helpers_dir,
-        stage,
-        observer: super::progress::layers(),
+    // Everything up to the workload's exec, which a signal interrupts at any point: what it
+    // started (a helper, the sandbox) is killed as its future is dropped.
+    let booting = async {
+        // The listen addresses are checked before the NSM is opened and anything is fetched.
+        let listen = boot::plan::attestation_listen(&config.config, &overrides);
+        crate::api::check_listen(&listen)
+            .await
+            .map_err(crate::boot::BootError::from)?;
+        boot::check_listens(&config.config).await?;
+        let machine = boot::plan::Machine {
+            egress_dialer,
+            nsm: open_nsm(a)?,
+            helpers_dir,
+            stage,
+            observer: super::progress::layers(),
+        };
+        let mut plan = boot::plan::build(config, &overrides, machine)?;
+        plan.sandbox.cgroup = cgroup.clone();
+        let mut prepared =
+            boot::by_deadline(&plan, boot::prepare(&plan, &rootfs, &scratch)).await?;
+        boot::measure(&plan, &prepared)?;
+        let api = boot::serve_api(&plan, &mut prepared).await?;
+        boot::start_relays(&plan, &mut prepared).await?;
+        let cmd = boot::by_deadline(&plan, boot::prepare_launch(&plan, &mut prepared)).await?;
+        let before = cgroup.as_ref().map(|c| c.counters()).unwrap_or_default();
+        // The workload's own exec failing is its entrypoint's fault (126, 127), not cidboot's.
+        let child = boot::by_deadline(&plan, async { Ok(cmd.spawn().await) })
+            .await?
+            .map_err(|e| match e {
+                e @ LaunchError::Exec { .. } => CliError::Entrypoint(e),
+                e => BootError::from(e).into(),
+            })?;
+        Ok::<_, CliError>((prepared, api, child, before))
     };
-    let mut plan = boot::plan::build(config, &overrides, machine)?;
-    plan.sandbox.cgroup = cgroup.clone();
-    let mut prepared = match boot::by_deadline(&plan, boot::prepare(&plan, &rootfs, &scratch)).await
-    {
-        Ok(p) => p,
-        Err(e) => {
-            // A root the user asked to keep must not be left half-applied: empty it again.
-            if a.rootfs.is_some() {
-                if let Err(d) = empty_dir(&rootfs) {
-                    tracing::warn!(rootfs = %rootfs.display(), "could not remove the partly applied root: {d}");
-                }
-            }
-            return Err(e.into());
-        }
+    let (prepared, api, mut child, before) = tokio::select! {
+        r = booting => r?,
+        s = sig.first() => return Err(CliError::Interrupted(s)),
     };
-    boot::measure(&plan, &prepared)?;
-    let api = boot::serve_api(&plan, &mut prepared).await?;
-    boot::start_relays(&plan, &mut prepared).await?;
-    let before = cgroup.as_ref().map(|c| c.counters()).unwrap_or_default();
-    let mut child = boot::by_deadline(&plan, boot::launch(&plan, &mut prepared)).await?;
     let own = match sender {
         Some(_) => Vec::new(),
         None => crate::launch::exec::pump_to_own(&mut child),
@@ -332,10 +423,15 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
             }),
         )
     });
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| CliError::Usage(format!("waiting for the workload: {e}")))?;
+    let mut interrupted = None;
+    let status = tokio::select! {
+        s = child.wait() => s,
+        s = sig.first() => {
+            interrupted = Some(s);
+            stop(&mut child, s, &mut sig).await
+        }
+    }
+    .map_err(io_err("waiting for the workload"))?;
     if let Some((o, e)) = pumps {
         let _ = o.await;
         let _ = e.await;
@@ -344,6 +440,13 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
     let code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    if let Some(s) = interrupted {
+        tracing::warn!(exit_code = code, "the workload was stopped");
+        return Err(CliError::Interrupted(s));
+    }
+    if let Some(k) = kept {
+        k.keep();
+    }
     let cause = cgroup.as_ref().and_then(|c| c.cause(before));
     let reason = match cause {
         Some(c) => format!("{c}; exit code {code}"),
@@ -360,9 +463,10 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
             "apply": prepared.report,
             "process": prepared.spec,
             "exit_code": code,
+            "ended": "workload",
             "attestation_api": api.to_string(),
         });
-        println!("{v}");
+        outln!("{v}")?;
     }
     match cause {
         Some(_) => tracing::warn!(exit_code = code, "the workload ended: {reason}"),
@@ -371,15 +475,26 @@ async fn boot_and_run(a: &RunArgs, sender: Option<LogSender>) -> Result<i32, Cli
     Ok(code)
 }
 
-/// Removes everything inside `dir`, keeping `dir`. Symlinks are removed, never followed.
-fn empty_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if std::fs::symlink_metadata(&path)?.is_dir() {
-            std::fs::remove_dir_all(&path)?;
-        } else {
-            std::fs::remove_file(&path)?;
-        }
+/// Passes the signal on to the workload (the sandbox forwards it to the program), and kills
+/// it if it has not ended within [`STOP_TIMEOUT`] or at another signal.
+async fn stop(
+    child: &mut tokio::process::Child,
+    s: nix::sys::signal::Signal,
+    sig: &mut Interrupts,
+) -> std::io::Result<std::process::ExitStatus> {
+    tracing::warn!(
+        "{}: stopping the workload (the signal is passed on; SIGKILL in {}s, or at a second signal)",
+        s.as_str(),
+        STOP_TIMEOUT.as_secs()
+    );
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), s);
     }
-    Ok(())
+    tokio::select! {
+        st = child.wait() => return st,
+        () = tokio::time::sleep(STOP_TIMEOUT) => {}
+        () = sig.another() => {}
+    }
+    child.kill().await?;
+    child.wait().await
 }

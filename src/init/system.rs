@@ -302,6 +302,26 @@ pub trait System: Send + Sync {
     ) -> Result<Option<crate::launch::cgroup::Cgroup>, SystemError>;
 }
 
+/// Makes `dir` (and any missing directory above it) mode 0700: what is mounted under it (the
+/// image root on `/mnt/root`, the spill files and the sandboxes' stage under `/run/cidboot`)
+/// is PID 1's alone; a sandbox reaches its root only through its own bind mount. A `dir` the
+/// initramfs already has is changed to 0700: nothing but PID 1 runs yet, so there is no
+/// instant in which anything else could enter it.
+pub fn private_dir(dir: &Path) -> Result<(), SystemError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let what = || format!("{}", dir.display());
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(what())(e)),
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(what()))
+}
+
 /// The enclave.
 pub struct Real;
 
@@ -332,6 +352,9 @@ impl System for Real {
         p.exists().then(|| p.to_path_buf())
     }
     fn tmpfs(&self, dir: &Path) -> Result<(), SystemError> {
+        if let Some(parent) = dir.parent() {
+            private_dir(parent)?;
+        }
         std::fs::create_dir_all(dir).map_err(io(format!("{}", dir.display())))?;
         mount(
             Some("tmpfs"),

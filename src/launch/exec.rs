@@ -213,31 +213,42 @@ impl Sandboxed {
         drop(self.sync_w);
         started(self.sync_r)
             .await
-            .map_err(|reason| LaunchError::Sandbox {
-                prog: self.prog,
-                reason,
+            .map_err(|(errno, reason)| match errno {
+                Some(errno) => LaunchError::Exec {
+                    prog: self.prog,
+                    errno: nix::errno::Errno::from_raw(errno),
+                    reason,
+                },
+                None => LaunchError::Sandbox {
+                    prog: self.prog,
+                    reason,
+                },
             })
     }
 }
 
-/// Reads the sync pipe to its end: nothing means the exec happened.
-async fn started(r: OwnedFd) -> Result<(), String> {
+/// Reads the sync pipe to its end: nothing means the exec happened; otherwise the failed
+/// exec's errno (when that is what failed) and the message.
+async fn started(r: OwnedFd) -> Result<(), (Option<i32>, String)> {
     let read = tokio::task::spawn_blocking(move || {
         let mut s = Vec::new();
         std::fs::File::from(r)
             .take(MAX_SETUP_ERROR)
             .read_to_end(&mut s)
-            .map(|_| String::from_utf8_lossy(&s).into_owned())
+            .map(|_| s)
     });
     match tokio::time::timeout(SETUP_TIMEOUT, read).await {
-        Err(_) => Err(format!(
-            "the sandbox did not reach the exec within {}s",
-            SETUP_TIMEOUT.as_secs()
+        Err(_) => Err((
+            None,
+            format!(
+                "the sandbox did not reach the exec within {}s",
+                SETUP_TIMEOUT.as_secs()
+            ),
         )),
-        Ok(Err(e)) => Err(format!("waiting for the sandbox: {e}")),
-        Ok(Ok(Err(e))) => Err(format!("reading the sandbox's sync pipe: {e}")),
+        Ok(Err(e)) => Err((None, format!("waiting for the sandbox: {e}"))),
+        Ok(Ok(Err(e))) => Err((None, format!("reading the sandbox's sync pipe: {e}"))),
         Ok(Ok(Ok(s))) if s.is_empty() => Ok(()),
-        Ok(Ok(Ok(s))) => Err(s),
+        Ok(Ok(Ok(s))) => Err(super::sandbox::decode_report(&s)),
     }
 }
 

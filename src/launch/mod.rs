@@ -69,6 +69,15 @@ pub enum LaunchError {
         /// Where the program name came from, when known.
         from: Option<ArgvSource>,
     },
+    /// The file is there but is not something to execute (a directory, a file without an
+    /// execute bit): what a shell reports as "Permission denied" (exit 126).
+    #[error("{prog:?} in the image cannot be executed: {reason}{}", from.map(|f| f.hint()).unwrap_or_default())]
+    NotExecutable {
+        prog: String,
+        reason: &'static str,
+        /// Where the program name came from, when known.
+        from: Option<ArgvSource>,
+    },
     #[error("helper {name}: {reason}")]
     Helper { name: String, reason: String },
     #[error("starting the workload: {0}")]
@@ -77,6 +86,14 @@ pub enum LaunchError {
     Sandbox { prog: String, reason: String },
     #[error("resource limits: {0}")]
     Limits(#[from] cgroup::CgroupError),
+    /// The program's own `execve` failed, with this errno (sent over the sync pipe): ENOENT
+    /// when it or its interpreter is missing, EACCES, ENOEXEC and the like when it cannot run.
+    #[error("{prog:?} could not be executed: {reason}")]
+    Exec {
+        prog: String,
+        errno: nix::errno::Errno,
+        reason: String,
+    },
     #[error("sandbox policy: {0}")]
     Policy(#[from] confine::ConfineError),
     #[error(transparent)]

@@ -147,13 +147,38 @@ fn signal_set() -> SigSet {
     set
 }
 
-/// Writes a setup failure to the sync pipe (the supervisor shows it) and to stderr.
+/// The first byte of a sync-pipe report of a failed `execve`, followed by its errno (four
+/// bytes, big-endian) and the message. Any other report is the message alone, which never
+/// starts with a NUL.
+const SYNC_EXEC_FAILED: u8 = 0;
+
+/// A report read from the sync pipe: the errno of the program's failed `execve`, if that is
+/// what failed, and the message.
+pub fn decode_report(b: &[u8]) -> (Option<i32>, String) {
+    match b {
+        [SYNC_EXEC_FAILED, e0, e1, e2, e3, msg @ ..] => (
+            Some(i32::from_be_bytes([*e0, *e1, *e2, *e3])),
+            String::from_utf8_lossy(msg).into_owned(),
+        ),
+        _ => (None, String::from_utf8_lossy(b).into_owned()),
+    }
+}
+
+/// Writes a setup failure to the sync pipe (the supervisor shows it) and to stderr. A failed
+/// exec carries its errno, so that the supervisor can tell a missing program from one that
+/// cannot run without matching the message.
 fn report(sync_fd: RawFd, e: &SandboxError) {
     let msg = format!("{e}");
+    let mut rec = Vec::with_capacity(msg.len() + 5);
+    if let SandboxError::Exec { source, .. } = e {
+        rec.push(SYNC_EXEC_FAILED);
+        rec.extend_from_slice(&source.raw_os_error().unwrap_or(0).to_be_bytes());
+    }
+    rec.extend_from_slice(msg.as_bytes());
     // SAFETY: `sync_fd` is the sync pipe's write end, inherited open from the supervisor and
     // not closed by this process before the exec; it is only borrowed here.
     let fd = unsafe { BorrowedFd::borrow_raw(sync_fd) };
-    let _ = nix::unistd::write(fd, msg.as_bytes());
+    let _ = nix::unistd::write(fd, &rec);
     let _ = writeln!(std::io::stderr(), "cidboot sandbox: {msg}");
 }
 
@@ -480,6 +505,26 @@ fn program(spec: &Spec) -> Result<Infallible, SandboxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exec_failure_report_carries_its_errno() {
+        let e = SandboxError::Exec {
+            prog: "/bin/x".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOEXEC),
+        };
+        let (r, w) = nix::unistd::pipe().unwrap();
+        report(std::os::fd::AsRawFd::as_raw_fd(&w), &e);
+        drop(w);
+        let mut got = Vec::new();
+        std::fs::File::from(r).read_to_end(&mut got).unwrap();
+        let (errno, msg) = decode_report(&got);
+        assert_eq!(errno, Some(libc::ENOEXEC));
+        assert!(msg.starts_with("exec \"/bin/x\": "), "{msg}");
+        assert_eq!(
+            decode_report(b"mount: EPERM"),
+            (None, "mount: EPERM".into())
+        );
+    }
 
     #[test]
     fn endings_round_trip() {

@@ -109,6 +109,11 @@ pub fn build(
             path,
             from: Some(from),
         },
+        LaunchError::NotExecutable { prog, reason, .. } => LaunchError::NotExecutable {
+            prog,
+            reason,
+            from: Some(from),
+        },
         e => e,
     })?;
     Ok(ProcessSpec {
@@ -141,17 +146,46 @@ fn check_working_dir(cwd: &str) -> Result<(), LaunchError> {
     Ok(())
 }
 
+const IS_A_DIRECTORY: &str = "it is a directory";
+
+/// Why a file that is there cannot be executed, if it cannot.
+fn not_executable(root: &Root, rel: &RelPath) -> Option<&'static str> {
+    let st = root.stat(rel)?;
+    let kind = st.st_mode & libc::S_IFMT;
+    Some(if kind == libc::S_IFDIR {
+        IS_A_DIRECTORY
+    } else if kind != libc::S_IFREG {
+        "it is not a regular file"
+    } else if st.st_mode & 0o111 == 0 {
+        "it has no execute permission"
+    } else {
+        return None;
+    })
+}
+
 /// Finds `prog` inside the root: as given if it has a slash, else along the workload's PATH.
+/// Nothing there is [`LaunchError::NotFound`]; something there that cannot be executed (and,
+/// along PATH, nothing executable after it) is [`LaunchError::NotExecutable`], as a shell
+/// tells "command not found" (127) from "Permission denied" (126).
 pub fn resolve_exe(root: &Root, prog: &str, env: &[String]) -> Result<String, LaunchError> {
     let rel = |p: &str| RelPath::parse(p.trim_start_matches('/').as_bytes(), 4096, 256);
+    let cannot = |reason| LaunchError::NotExecutable {
+        prog: prog.to_string(),
+        reason,
+        from: None,
+    };
     if prog.contains('/') {
         let abs = if prog.starts_with('/') {
             prog.to_string()
         } else {
             format!("/{prog}")
         };
-        if root.is_executable(&rel(&abs)?) {
+        let r = rel(&abs)?;
+        if root.is_executable(&r) {
             return Ok(abs);
+        }
+        if let Some(reason) = not_executable(root, &r) {
+            return Err(cannot(reason));
         }
         return Err(LaunchError::NotFound {
             prog: prog.to_string(),
@@ -163,17 +197,25 @@ pub fn resolve_exe(root: &Root, prog: &str, env: &[String]) -> Result<String, La
         .iter()
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or(DEFAULT_PATH);
+    let mut first_unusable = None;
     for dir in path.split(':').filter(|d| d.starts_with('/')) {
         let candidate = format!("{}/{prog}", dir.trim_end_matches('/'));
         if let Ok(r) = rel(&candidate) {
             if root.is_executable(&r) {
                 return Ok(candidate);
             }
+            // A shell passes over directories along PATH, but not over files it may not run.
+            if first_unusable.is_none() {
+                first_unusable = not_executable(root, &r).filter(|r| *r != IS_A_DIRECTORY);
+            }
         }
     }
-    Err(LaunchError::NotFound {
-        prog: prog.to_string(),
-        path: path.to_string(),
-        from: None,
-    })
+    match first_unusable {
+        Some(reason) => Err(cannot(reason)),
+        None => Err(LaunchError::NotFound {
+            prog: prog.to_string(),
+            path: path.to_string(),
+            from: None,
+        }),
+    }
 }

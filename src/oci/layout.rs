@@ -8,13 +8,16 @@ use tokio::io::AsyncWriteExt;
 
 use super::OciError;
 use crate::fetch::BlobSink;
+use crate::scratch::PrivateDir;
 
-/// A directory under construction in a hidden sibling of its target, renamed into place
-/// only when complete and removed if dropped before.
+/// A directory under construction inside a hidden private sibling of its target
+/// (`.NAME.partial-…`, mode 0700 from its creation: see [`crate::scratch`]), renamed into
+/// place only when complete; removed, with its private parent, if dropped before. The
+/// directory itself is made with the usual mode (the umask's), which it keeps at its target.
 pub struct Staging {
     target: PathBuf,
     tmp: PathBuf,
-    committed: bool,
+    _private: PrivateDir,
 }
 
 fn werr(path: &Path, source: io::Error) -> OciError {
@@ -49,41 +52,33 @@ impl Staging {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let tmp = parent.join(format!(
-            ".{name}.partial-{}-{:08x}",
-            std::process::id(),
-            fastrand::u32(..)
-        ));
-        std::fs::create_dir_all(&tmp).map_err(|e| werr(&tmp, e))?;
+        std::fs::create_dir_all(&parent).map_err(|e| werr(&parent, e))?;
+        let private = PrivateDir::create(&parent, &format!(".{name}.partial-")).map_err(|e| {
+            let (path, source) = e.into_io();
+            OciError::Write { path, source }
+        })?;
+        let tmp = private.path().join(&name);
+        std::fs::create_dir(&tmp).map_err(|e| werr(&tmp, e))?;
         Ok(Staging {
             target: target.to_path_buf(),
             tmp,
-            committed: false,
+            _private: private,
         })
     }
 
-    /// The hidden directory being filled.
+    /// The directory being filled.
     pub fn path(&self) -> &Path {
         &self.tmp
     }
 
     /// Renames the directory into place.
-    pub fn commit(mut self) -> Result<PathBuf, OciError> {
+    pub fn commit(self) -> Result<PathBuf, OciError> {
         if self.target.is_dir() {
             // Only an empty directory gets here (checked in create).
             std::fs::remove_dir(&self.target).map_err(|e| werr(&self.target, e))?;
         }
         std::fs::rename(&self.tmp, &self.target).map_err(|e| werr(&self.target, e))?;
-        self.committed = true;
         Ok(self.target.clone())
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.tmp);
-        }
     }
 }
 

@@ -14,6 +14,7 @@ use crate::fetch::dagpb::{self, PbLink, PbNode};
 use crate::fetch::hamt;
 use crate::fetch::unixfs::{Data, Kind};
 use crate::reference::{cid_for, raw_cid, CODEC_DAG_PB};
+use crate::scratch::PrivateDir;
 
 /// Bytes per leaf of a file: ipfs-car's chunk size, so the CIDs match.
 pub const CHUNK_SIZE: usize = 1024 * 1024;
@@ -36,6 +37,10 @@ pub enum PackError {
     NotADirectory(String),
     #[error("{path}: {reason}")]
     Unsupported { path: String, reason: String },
+    /// The process got a signal ([`crate::scratch::interrupt`]): packing stops at the next
+    /// block, and the partial CAR goes with its private directory.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 fn ioe(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
@@ -56,12 +61,31 @@ pub struct Packed {
     pub bytes: u64,
 }
 
-/// Packs `dir` into a CAR at `out`, atomically.
+/// Packs `dir` into a CAR at `out`, atomically: the CAR is written inside a hidden private
+/// sibling directory (`.NAME.partial-…`, see [`crate::scratch`]) and renamed into place when
+/// complete; on an error, or if the process is interrupted or killed, nothing is left at `out`
+/// and the sibling is removed (by this process, or by the next pack into the same directory).
 pub fn pack_dir(dir: &Path, out: &Path) -> Result<Packed, PackError> {
     if !dir.is_dir() {
         return Err(PackError::NotADirectory(dir.display().to_string()));
     }
-    let tmp = PathBuf::from(format!("{}.partial-{}", out.display(), std::process::id()));
+    let name = out
+        .file_name()
+        .ok_or_else(|| PackError::Unsupported {
+            path: out.display().to_string(),
+            reason: "names no file".into(),
+        })?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let private = PrivateDir::create(&parent, &format!(".{name}.partial-")).map_err(|e| {
+        let (path, source) = e.into_io();
+        PackError::Io { path, source }
+    })?;
+    let tmp = private.path().join(&name);
     let result = (|| {
         let f = File::create(&tmp).map_err(ioe(&tmp))?;
         let mut w = CarOut {
@@ -99,16 +123,10 @@ pub fn pack_dir(dir: &Path, out: &Path) -> Result<Packed, PackError> {
             bytes,
         })
     })();
-    match result {
-        Ok(p) => {
-            std::fs::rename(&tmp, out).map_err(ioe(out))?;
-            Ok(p)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    // Either way the private directory goes when `private` is dropped.
+    let packed = result?;
+    std::fs::rename(&tmp, out).map_err(ioe(out))?;
+    Ok(packed)
 }
 
 struct CarOut {
@@ -119,6 +137,9 @@ struct CarOut {
 
 impl CarOut {
     fn put(&mut self, cid: &Cid, block: &[u8]) -> Result<(), PackError> {
+        if crate::scratch::interrupted() {
+            return Err(PackError::Interrupted);
+        }
         self.blocks += 1;
         car::write_section(&mut self.w, cid, block).map_err(ioe(&self.path))
     }

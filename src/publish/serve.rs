@@ -602,8 +602,13 @@ pub async fn run(
         source,
     })?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    // The first line of stdout is the URL, for scripts and tests that bind port 0.
-    println!("{scheme}://{addr}");
+    // The first line of stdout is the URL, for scripts and tests that bind port 0. A reader
+    // that has gone (`| head -1` took the URL) does not stop the gateway, nor panic it.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{scheme}://{addr}").and_then(|()| out.flush());
+    }
     info!(%addr, blocks = store.len(), "trustless gateway serving");
     serve(listener, store, tls).await;
     Ok(())

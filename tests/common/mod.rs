@@ -256,6 +256,16 @@ impl Drop for Gateway {
     }
 }
 
+/// A temporary directory only its owner can enter: where `cidboot run --rootfs` may keep a
+/// root (it refuses a place other users can reach).
+pub fn private_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .unwrap()
+}
+
 /// Output of a cidboot command.
 pub struct Out {
     pub ok: bool,

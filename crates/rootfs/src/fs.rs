@@ -392,14 +392,16 @@ impl Root {
 
     /// Whether `rel` resolves (in the root) to a regular file with an execute bit.
     pub fn is_executable(&self, rel: &RelPath) -> bool {
+        self.stat(rel)
+            .is_some_and(|st| is_type(&st, SFlag::S_IFREG) && st.st_mode & 0o111 != 0)
+    }
+
+    /// What `rel` resolves to in the root (following symlinks inside it), if anything.
+    pub fn stat(&self, rel: &RelPath) -> Option<FileStat> {
         let how = OpenHow::new()
             .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        let Ok(fd) = openat2(self.fd.as_fd(), OsStr::from_bytes(&rel.as_bytes()), how) else {
-            return false;
-        };
-        nix::sys::stat::fstat(fd.as_fd())
-            .map(|st| is_type(&st, SFlag::S_IFREG) && st.st_mode & 0o111 != 0)
-            .unwrap_or(false)
+        let fd = openat2(self.fd.as_fd(), OsStr::from_bytes(&rel.as_bytes()), how).ok()?;
+        nix::sys::stat::fstat(fd.as_fd()).ok()
     }
 }
