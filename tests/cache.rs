@@ -150,6 +150,7 @@ fn cached_blocks(s: &Setup) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(s.work.path().join("cache"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| !p.ends_with("CACHEDIR.TAG"))
         .collect();
     v.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
     v
