@@ -130,7 +130,8 @@ impl Gateways {
             }
         }
         *size = Some(actual);
-        let fetch: Fetch<'_> = Box::new(move |c| Box::pin(async move { self.block_any(gw, &c).await }));
+        let fetch: Fetch<'_> =
+            Box::new(move |c| Box::pin(async move { self.block_any(gw, &c).await }));
         let mut walk = FileWalk::new(
             *cid,
             root,

@@ -82,7 +82,9 @@ pub enum FetchError {
     BadUnixfs { cid: String, reason: String },
     #[error("DAG under {cid} is deeper than {max} levels")]
     TooDeep { cid: String, max: usize },
-    #[error("DAG under {cid} is too wide to walk: more than {max} links would wait at once (the limit)")]
+    #[error(
+        "DAG under {cid} is too wide to walk: more than {max} links would wait at once (the limit)"
+    )]
     TooWide { cid: String, max: usize },
     #[error("size mismatch: {cid} holds {actual} bytes but {expected} were expected")]
     SizeMismatch {

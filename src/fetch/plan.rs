@@ -155,7 +155,15 @@ impl Gateways {
             }
             // The node stops being a piece; its children become pieces.
             pieces = pieces.saturating_sub(1);
-            if !open(root, &mut frames, &mut cut, &mut pieces, node, offset, range)? {
+            if !open(
+                root,
+                &mut frames,
+                &mut cut,
+                &mut pieces,
+                node,
+                offset,
+                range,
+            )? {
                 return Ok(Planned::TooFragmented);
             }
         }

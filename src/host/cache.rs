@@ -293,7 +293,14 @@ pub async fn run(cfg: CacheConfig, listener: Listener) -> Result<(), CacheError>
                 )
                 .await;
             if let Err(e) = r {
-                debug!(%peer, error = %e, "cache connection ended with an error");
+                let stalled = std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<std::io::Error>())
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+                if stalled {
+                    info!(%peer, secs = WRITE_STALL_TIMEOUT.as_secs(), "a cache client read nothing of its response for too long: dropped");
+                } else {
+                    debug!(%peer, error = %e, "cache connection ended with an error");
+                }
             }
         });
     }

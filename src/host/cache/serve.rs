@@ -496,9 +496,7 @@ async fn visit_node(
     if wanted.is_empty() {
         return Ok(None);
     }
-    share
-        .resize(wanted.len().saturating_mul(LINK_COST))
-        .await?;
+    share.resize(wanted.len().saturating_mul(LINK_COST)).await?;
     Ok(Some(Waiting {
         children: wanted,
         warmed: 0,
@@ -595,10 +593,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for StallIo<T> {
         }
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

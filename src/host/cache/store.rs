@@ -123,7 +123,7 @@ pub fn check_dir(dir: &Path) -> Result<(), CacheError> {
     match std::fs::metadata(dir) {
         Ok(m) if !m.is_dir() => return Err(dir_error(dir, "is not a directory".into())),
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e) if is_missing(&e) => {
             // Created at start, with its missing parents: the nearest existing one must let us.
             let mut up = dir.parent();
             while let Some(p) = up {
@@ -147,7 +147,7 @@ pub fn check_dir(dir: &Path) -> Result<(), CacheError> {
                             format!("cannot be created: {} is not a directory", p.display()),
                         ))
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => up = p.parent(),
+                    Err(e) if is_missing(&e) => up = p.parent(),
                     Err(e) => return Err(dir_error(dir, format!("{}: {e}", p.display()))),
                 }
             }
@@ -155,8 +155,11 @@ pub fn check_dir(dir: &Path) -> Result<(), CacheError> {
         }
         Err(e) => return Err(dir_error(dir, e.to_string())),
     }
-    access(dir, AccessFlags::R_OK | AccessFlags::W_OK | AccessFlags::X_OK)
-        .map_err(|e| dir_error(dir, format!("is not writable: {e}")))?;
+    access(
+        dir,
+        AccessFlags::R_OK | AccessFlags::W_OK | AccessFlags::X_OK,
+    )
+    .map_err(|e| dir_error(dir, format!("is not writable: {e}")))?;
     let s = scan(dir)?;
     if s.foreign_count > 0 {
         return Err(foreign(dir, &s));
@@ -182,6 +185,15 @@ fn foreign(dir: &Path, s: &Scan) -> CacheError {
                 String::new()
             }
         ),
+    )
+}
+
+/// Not there: missing, or under something that is not a directory (which the walk up to the
+/// nearest existing parent then names).
+fn is_missing(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
     )
 }
 
