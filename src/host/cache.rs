@@ -10,6 +10,12 @@
 //! It answers the requests cidboot's client makes: `format=raw` blocks, and `format=car`
 //! with `dag-scope=block` or `dag-scope=entity` (a file, optionally `entity-bytes`), plus
 //! the identity-CID probe. Paths are not served.
+//!
+//! It runs in the daemon beside the log sink and the egress proxy, so it must never take them
+//! down: its directory is its own and it removes nothing else ([`store`]); what it holds in
+//! memory is bounded before it is spent, per connection and for all responses together
+//! ([`serve`], [`budget`]), whatever the DAGs and the clients do; and a cache that fails stops
+//! alone.
 
 mod budget;
 mod serve;
@@ -82,7 +88,8 @@ pub enum CacheError {
 pub struct CacheConfig {
     /// Where the enclave reaches the cache (`tcp:…`, `vsock:any:PORT`, `unix:…`).
     pub listen: Addr,
-    /// Directory of the cached blocks (created if missing).
+    /// The cache's own directory (created if missing): it must hold nothing but the cache's
+    /// files.
     pub dir: PathBuf,
     /// Bytes of blocks kept; least recently used go first.
     pub max_bytes: Option<u64>,
