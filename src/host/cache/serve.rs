@@ -247,12 +247,19 @@ async fn send_pieces(tx: &Tx, data: &Bytes) -> Result<(), Cut> {
 /// corrupted there) fetched into memory under the budget.
 async fn send_block(cache: &Cache, tx: &Tx, cid: &Cid, section: bool) -> Result<(), Cut> {
     if cid.hash().code() == MH_SHA2_256 {
-        if let Some((file, len)) = cache.store.open_block(cid).await {
-            if send_from_disk(cache, tx, cid, file, len, section).await? {
-                return Ok(());
+        for again in [false, true] {
+            if let Some((file, len)) = cache.store.open_block(cid).await {
+                if send_from_disk(cache, tx, cid, file, len, section).await? {
+                    return Ok(());
+                }
+            }
+            // Evicted, or corrupted and removed: fetched and stored again, then read again.
+            if !again {
+                cache.warm(cid).await?;
             }
         }
     }
+    // Not kept on disk (a cache smaller than its blocks, a disk that refuses writes).
     let mut share = cache.budget.take(MAX_BLOCK_SIZE).await?;
     let block = cache.block(cid).await?;
     share.resize(block.len()).await?;
@@ -459,6 +466,9 @@ async fn visit_node(
     (from, to): (u64, Option<u64>),
     pending: &mut usize,
 ) -> Result<Option<Waiting>, Cut> {
+    // Fetched and stored first, holding nothing while upstream answers; then read back at its
+    // known size.
+    cache.warm(&cid).await?;
     let known = cache
         .store
         .size(&cid)
