@@ -315,6 +315,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn entry_names_are_one_component_of_at_most_255_bytes() {
+        assert!(check_entry_name(&"a".repeat(255)).is_ok());
+        let e = check_entry_name(&"a".repeat(256)).unwrap_err();
+        assert!(e.contains("over the 255-byte limit"), "{e}");
+        for bad in ["", ".", "..", "a/b"] {
+            assert!(check_entry_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn data_round_trip_and_packed() {
         let d = Data {
             kind: Kind::File,
