@@ -3,12 +3,9 @@
 //! itself a few blocks at a time; one that refuses `format=raw` is asked for single blocks as
 //! CARs (`dag-scope=block`). What each gateway refused is remembered for the rest of the run.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 
 use cid::Cid;
-use futures_util::stream::{self, StreamExt};
 use tracing::{info, warn};
 
 use super::car::CarReader;
@@ -16,10 +13,11 @@ use super::gateway::{
     check_content_type, check_size, check_status, deliver, in_range, Gateway, SizeRule, ACCEPT_CAR,
 };
 use super::unixfs::FileNode;
-use super::{BlobSink, FetchError, Gateways, MAX_DAG_DEPTH};
+use super::walk::{Fetch, FileWalk};
+use super::{BlobSink, FetchError, Gateways};
 use crate::reference::{verify_block, VerifiedBlock};
 
-/// Blocks of one file node fetched at once from a raw-only gateway.
+/// Blocks fetched ahead of one file's walk from a raw-only gateway.
 pub const RAW_CONCURRENCY: usize = 8;
 
 /// The gateway refused `format=car`.
@@ -53,8 +51,6 @@ impl Gateway {
         }
     }
 }
-
-type Step<'a> = Pin<Box<dyn Future<Output = Result<(), FetchError>> + Send + 'a>>;
 
 impl Gateways {
     /// One verified block from one gateway, in whichever format it speaks.
@@ -134,66 +130,19 @@ impl Gateways {
             }
         }
         *size = Some(actual);
-        self.walk_blocks(gw, cid, root, 0, 0, from, delivered, sink)
-            .await
-    }
-
-    /// Delivers a verified file node's content from byte `from` on, fetching its children a
-    /// few at a time, in order.
-    #[allow(clippy::too_many_arguments)]
-    fn walk_blocks<'a, S: BlobSink>(
-        &'a self,
-        gw: &'a Gateway,
-        root: &'a Cid,
-        node: FileNode,
-        start: u64,
-        depth: usize,
-        from: u64,
-        delivered: &'a mut u64,
-        sink: &'a mut S,
-    ) -> Step<'a> {
-        Box::pin(async move {
-            let (inline, children) = match node {
-                FileNode::Leaf(data) => return deliver(sink, &data, start, delivered).await,
-                FileNode::Node {
-                    inline, children, ..
-                } => (inline, children),
-            };
-            deliver(sink, &inline, start, delivered).await?;
-            if depth + 1 > MAX_DAG_DEPTH {
-                return Err(FetchError::TooDeep {
-                    cid: root.to_string(),
-                    max: MAX_DAG_DEPTH,
-                });
-            }
-            let mut offset = start + inline.len() as u64;
-            let mut wanted = Vec::with_capacity(children.len());
-            for (child, len) in children {
-                if in_range(offset, len, from) {
-                    wanted.push((child, offset, len));
-                }
-                offset += len;
-            }
-            let mut blocks = stream::iter(wanted)
-                .map(|(c, offset, len)| async move {
-                    let b = self.block_any(gw, &c).await?;
-                    Ok::<_, FetchError>((c, offset, len, b))
-                })
-                .buffered(RAW_CONCURRENCY);
-            while let Some(next) = blocks.next().await {
-                let (c, offset, len, block) = next?;
-                let child = FileNode::parse(&block)?;
-                if child.size() != len {
-                    return Err(FetchError::SizeMismatch {
-                        cid: c.to_string(),
-                        expected: len,
-                        actual: child.size(),
-                    });
-                }
-                self.walk_blocks(gw, root, child, offset, depth + 1, from, delivered, sink)
-                    .await?;
-            }
-            Ok(())
-        })
+        let fetch: Fetch<'_> =
+            Box::new(move |c| Box::pin(async move { self.block_any(gw, &c).await }));
+        let mut walk = FileWalk::new(
+            *cid,
+            root,
+            0,
+            RAW_CONCURRENCY,
+            fetch,
+            Box::new(move |offset, len| in_range(offset, len, from)),
+        )?;
+        while let Some((start, data)) = walk.next().await? {
+            deliver(sink, &data, start, delivered).await?;
+        }
+        Ok(())
     }
 }

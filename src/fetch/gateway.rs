@@ -312,8 +312,7 @@ impl Gateways {
                     max: MAX_DAG_DEPTH,
                 });
             }
-            let pending: Vec<Cid> = stack.iter().map(|p| p.0).collect();
-            let block = match walk.expect(&c, &pending).await {
+            let block = match walk.expect(&c, |g| stack.iter().any(|p| p.0 == *g)).await {
                 Ok(Some(b)) => b,
                 // The stream omitted a block it had already sent (dups=n): fetch it alone.
                 Ok(None) => self.block(&c).await?,
@@ -353,6 +352,9 @@ impl Gateways {
                     let mut kids = Vec::with_capacity(children.len());
                     for (child, len) in children {
                         if in_range(offset, len, from) {
+                            if stack.len() + kids.len() >= super::walk::MAX_PENDING_LINKS {
+                                return Err(super::walk::too_wide(cid));
+                            }
                             kids.push((child, offset, Some(len), depth + 1));
                         }
                         offset += len;
@@ -648,11 +650,12 @@ impl<R: AsyncRead + Unpin> Walk<R> {
     }
 
     /// Takes the next block, which must be `want`. `Ok(None)` means the stream legitimately
-    /// skipped a block it had already sent.
+    /// skipped a block it had already sent. `pending` tells whether a block is still to come
+    /// in the walk (asked only when the stream sent something else, to name the error).
     pub(super) async fn expect(
         &mut self,
         want: &Cid,
-        pending: &[Cid],
+        pending: impl Fn(&Cid) -> bool,
     ) -> Result<Option<VerifiedBlock>, FetchError> {
         let next = self.next().await?;
         let (got, data) = match next {
@@ -668,7 +671,7 @@ impl<R: AsyncRead + Unpin> Walk<R> {
             if self.seen.contains(&got) {
                 return Err(FetchError::DuplicateBlock(got.to_string()));
             }
-            if pending.contains(&got) {
+            if pending(&got) {
                 return Err(FetchError::OutOfOrder {
                     expected: want.to_string(),
                     got: got.to_string(),

@@ -12,8 +12,10 @@ pub mod formats;
 pub mod gateway;
 pub mod hamt;
 pub mod parallel;
+pub mod plan;
 pub mod redirect;
 pub mod score;
+pub mod walk;
 /// UnixFS files and directories (the IPLD crate).
 pub use cidboot_ipld::unixfs;
 
@@ -80,6 +82,10 @@ pub enum FetchError {
     BadUnixfs { cid: String, reason: String },
     #[error("DAG under {cid} is deeper than {max} levels")]
     TooDeep { cid: String, max: usize },
+    #[error(
+        "DAG under {cid} is too wide to walk: more than {max} links would wait at once (the limit)"
+    )]
+    TooWide { cid: String, max: usize },
     #[error("size mismatch: {cid} holds {actual} bytes but {expected} were expected")]
     SizeMismatch {
         cid: String,
@@ -163,6 +169,7 @@ impl FetchError {
                 | FetchError::NotADirectory { .. }
                 | FetchError::BadUnixfs { .. }
                 | FetchError::TooDeep { .. }
+                | FetchError::TooWide { .. }
                 | FetchError::SizeMismatch { .. }
                 | FetchError::TooLarge { .. }
                 | FetchError::Unsupported(_)

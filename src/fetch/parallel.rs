@@ -37,16 +37,13 @@ use tracing::{debug, info, warn};
 use super::car::CarReader;
 use super::formats::{NO_CAR, NO_RANGES, NO_RAW, RAW_CONCURRENCY};
 use super::gateway::{check_content_type, check_status, Gateway, Walk, ACCEPT_CAR};
+use super::plan::Planned;
+pub use super::plan::MAX_PLAN_PIECES;
 use super::score::{ewma, is_hostile, PROBE_CID, PROBE_TIMEOUT};
 use super::unixfs::FileNode;
+use super::walk::{too_wide, Fetch, FileWalk, MAX_PENDING_LINKS};
 use super::{BlobSink, FetchError, Gateways, MAX_DAG_DEPTH};
-use crate::reference::{CODEC_DAG_PB, MAX_BLOCK_SIZE};
 
-/// Most pieces (leaves and small subtrees) a file's range plan may hold. An 8 GiB layer of
-/// 256 KiB leaves is 32,768; a plan larger than this falls back to one sequential stream.
-pub const MAX_PLAN_PIECES: usize = 1 << 18;
-/// Interior blocks fetched at once while planning.
-const PLAN_CONCURRENCY: usize = 8;
 /// Bytes per second over one connection above which a gateway gets at most two connections.
 const FAST_CONNECTION: f64 = 32e6;
 /// Most failures remembered for the error message.
@@ -107,13 +104,6 @@ impl Default for ParallelPolicy {
             max_hedges: 2,
         }
     }
-}
-
-/// A piece of the plan: a leaf, a subtree, or a node's inline bytes (no CID).
-struct Piece {
-    cid: Option<Cid>,
-    offset: u64,
-    len: u64,
 }
 
 type RangeFuture<'a> =
@@ -241,117 +231,6 @@ impl Gateways {
             .reduce(f64::max)
     }
 
-    /// Splits the file under `root` into ranges at the boundaries of its own DAG, fetching
-    /// (and verifying) interior nodes larger than a range. `None`: the DAG is too fragmented
-    /// to plan, fetch it as one stream.
-    async fn plan(
-        &self,
-        root: &Cid,
-        node: FileNode,
-    ) -> Result<Option<Vec<(u64, u64)>>, FetchError> {
-        let range = self.policy.parallel.range_bytes.max(1);
-        let mut pieces = vec![];
-        push_children(&mut pieces, node, 0);
-        let mut depth = 1;
-        loop {
-            let expand: Vec<usize> = (0..pieces.len())
-                .filter(|i| {
-                    let p = &pieces[*i];
-                    p.len > range && p.cid.is_some_and(|c| c.codec() == CODEC_DAG_PB)
-                })
-                .collect();
-            if expand.is_empty() {
-                break;
-            }
-            depth += 1;
-            if depth > MAX_DAG_DEPTH {
-                return Err(FetchError::TooDeep {
-                    cid: root.to_string(),
-                    max: MAX_DAG_DEPTH,
-                });
-            }
-            let fetched: Vec<Result<(usize, FileNode), FetchError>> =
-                futures_util::stream::iter(expand)
-                    .map(|i| {
-                        let cid = pieces[i].cid;
-                        let len = pieces[i].len;
-                        async move {
-                            let Some(cid) = cid else {
-                                return Err(FetchError::Truncated("plan".into()));
-                            };
-                            let node = FileNode::parse(&self.block(&cid).await?)?;
-                            if node.size() != len {
-                                return Err(FetchError::SizeMismatch {
-                                    cid: cid.to_string(),
-                                    expected: len,
-                                    actual: node.size(),
-                                });
-                            }
-                            Ok((i, node))
-                        }
-                    })
-                    .buffered(PLAN_CONCURRENCY)
-                    .collect()
-                    .await;
-            let mut nodes: HashMap<usize, FileNode> = HashMap::new();
-            for f in fetched {
-                let (i, n) = f?;
-                nodes.insert(i, n);
-            }
-            let mut next = Vec::with_capacity(pieces.len());
-            for (i, p) in pieces.into_iter().enumerate() {
-                match nodes.remove(&i) {
-                    Some(n) => push_children(&mut next, n, p.offset),
-                    None => next.push(p),
-                }
-                if next.len() > MAX_PLAN_PIECES {
-                    return Ok(None);
-                }
-            }
-            pieces = next;
-        }
-        // The first and the last ranges are cut smaller. At the start nothing is measured, so
-        // every connection opens at once: smaller ranges hold less before the sink's rate says
-        // how many are needed, and measure it sooner. At the end, connections go idle one by
-        // one while the last ranges finish, each at one connection's speed.
-        let total: u64 = pieces.iter().map(|p| p.len).sum();
-        let edge = (self.policy.parallel.total as u64).saturating_mul(range) / 2;
-        let tail_from = total.saturating_sub(edge);
-        let mut ranges = Vec::new();
-        let mut start = 0u64;
-        let mut end = 0u64;
-        for p in &pieces {
-            let range = if start < edge || end >= tail_from {
-                range / 2
-            } else {
-                range
-            };
-            // A raw leaf is one block: a parent that claims more for it is wrong, and the
-            // claim must not size a buffer.
-            if p.cid.is_some_and(|c| c.codec() != CODEC_DAG_PB) && p.len > MAX_BLOCK_SIZE as u64 {
-                return Err(FetchError::BadUnixfs {
-                    cid: root.to_string(),
-                    reason: format!("a raw leaf of {} bytes, over the block limit", p.len),
-                });
-            }
-            if p.offset != end {
-                return Err(FetchError::BadUnixfs {
-                    cid: root.to_string(),
-                    reason: format!("gap in file content at byte {end}"),
-                });
-            }
-            if end > start && end - start + p.len > range {
-                ranges.push((start, end));
-                start = end;
-            }
-            end = p.offset + p.len;
-        }
-        if end > start {
-            ranges.push((start, end));
-        }
-        Ok(Some(ranges))
-    }
-
     /// Fetches `[from, to)` of the file `root` (of `size` bytes) from one gateway, verified.
     /// Returns the bytes and the time to the response headers.
     fn range<'a>(
@@ -369,7 +248,7 @@ impl Gateways {
                 let mut at = from;
                 let node = FileNode::parse(&self.block_any(gw, root).await?)?;
                 let ttfb = t0.elapsed();
-                self.range_raw(gw, root, node, 0, 0, from, to, &mut at, &mut buf)
+                self.range_raw(gw, root, node, from, to, &mut at, &mut buf)
                     .await?;
                 return finish(root, buf, at, to, ttfb);
             }
@@ -410,8 +289,7 @@ impl Gateways {
                     max: MAX_DAG_DEPTH,
                 });
             }
-            let pending: Vec<Cid> = stack.iter().map(|p| p.0).collect();
-            let block = match walk.expect(&c, &pending).await {
+            let block = match walk.expect(&c, |g| stack.iter().any(|p| p.0 == *g)).await {
                 Ok(Some(b)) => b,
                 Ok(None) => self.block_any(gw, &c).await?,
                 // A block from before the range, right after the root: the gateway ignores
@@ -442,6 +320,9 @@ impl Gateways {
                     let mut kids = Vec::with_capacity(children.len());
                     for (child, len) in children {
                         if overlaps(offset, len, from, to) {
+                            if stack.len() + kids.len() >= MAX_PENDING_LINKS {
+                                return Err(too_wide(root));
+                            }
                             kids.push((child, offset, len, depth + 1));
                         }
                         offset += len;
@@ -455,63 +336,32 @@ impl Gateways {
         finish(root, buf, at, to, ttfb)
     }
 
-    /// The range walk for a gateway that only serves raw blocks.
+    /// The range walk for a gateway that only serves raw blocks, from its verified root node.
     #[allow(clippy::too_many_arguments)]
-    fn range_raw<'a>(
-        &'a self,
-        gw: &'a Gateway,
-        root: &'a Cid,
+    async fn range_raw(
+        &self,
+        gw: &Gateway,
+        root: &Cid,
         node: FileNode,
-        start: u64,
-        depth: usize,
         from: u64,
         to: u64,
-        at: &'a mut u64,
-        buf: &'a mut BytesMut,
-    ) -> Pin<Box<dyn Future<Output = Result<(), FetchError>> + Send + 'a>> {
-        Box::pin(async move {
-            let (inline, children) = match node {
-                FileNode::Leaf(data) => return keep(root, buf, &data, start, to, at),
-                FileNode::Node {
-                    inline, children, ..
-                } => (inline, children),
-            };
-            keep(root, buf, &inline, start, to, at)?;
-            if depth + 1 > MAX_DAG_DEPTH {
-                return Err(FetchError::TooDeep {
-                    cid: root.to_string(),
-                    max: MAX_DAG_DEPTH,
-                });
-            }
-            let mut offset = start + inline.len() as u64;
-            let mut wanted = Vec::new();
-            for (child, len) in children {
-                if overlaps(offset, len, from, to) {
-                    wanted.push((child, offset, len));
-                }
-                offset += len;
-            }
-            let mut blocks = futures_util::stream::iter(wanted)
-                .map(|(c, offset, len)| async move {
-                    let b = self.block_any(gw, &c).await?;
-                    Ok::<_, FetchError>((c, offset, len, b))
-                })
-                .buffered(RAW_CONCURRENCY);
-            while let Some(next) = blocks.next().await {
-                let (c, offset, len, block) = next?;
-                let child = FileNode::parse(&block)?;
-                if child.size() != len {
-                    return Err(FetchError::SizeMismatch {
-                        cid: c.to_string(),
-                        expected: len,
-                        actual: child.size(),
-                    });
-                }
-                self.range_raw(gw, root, child, offset, depth + 1, from, to, at, buf)
-                    .await?;
-            }
-            Ok(())
-        })
+        at: &mut u64,
+        buf: &mut BytesMut,
+    ) -> Result<(), FetchError> {
+        let fetch: Fetch<'_> =
+            Box::new(move |c| Box::pin(async move { self.block_any(gw, &c).await }));
+        let mut walk = FileWalk::new(
+            *root,
+            node,
+            0,
+            RAW_CONCURRENCY,
+            fetch,
+            Box::new(move |offset, len| overlaps(offset, len, from, to)),
+        )?;
+        while let Some((start, data)) = walk.next().await? {
+            keep(root, buf, &data, start, to, at)?;
+        }
+        Ok(())
     }
 
     /// Streams the file `root` of exactly `size` bytes into `sink` in verified ranges from
@@ -543,9 +393,12 @@ impl Gateways {
                 () = &mut probes, if probing => probing = false,
             }
         };
-        let Some(ranges) = planned? else {
-            info!(%root, "file DAG too fragmented to fetch in ranges: fetching it as one stream");
-            return Ok(false);
+        let ranges = match planned? {
+            Planned::Ranges(r) => r,
+            Planned::TooFragmented => {
+                info!(%root, max_pieces = MAX_PLAN_PIECES, "file DAG too fragmented to fetch in ranges: fetching it as one stream");
+                return Ok(false);
+            }
         };
         if ranges.len() < 2 {
             return Ok(false);
@@ -904,37 +757,6 @@ async fn write_chunked<S: BlobSink>(sink: &mut S, data: &[u8]) -> std::io::Resul
         sink.write(piece).await?;
     }
     Ok(())
-}
-
-fn push_children(out: &mut Vec<Piece>, node: FileNode, start: u64) {
-    match node {
-        FileNode::Leaf(data) => out.push(Piece {
-            cid: None,
-            offset: start,
-            len: data.len() as u64,
-        }),
-        FileNode::Node {
-            inline, children, ..
-        } => {
-            let mut offset = start;
-            if !inline.is_empty() {
-                out.push(Piece {
-                    cid: None,
-                    offset,
-                    len: inline.len() as u64,
-                });
-                offset += inline.len() as u64;
-            }
-            for (cid, len) in children {
-                out.push(Piece {
-                    cid: Some(cid),
-                    offset,
-                    len,
-                });
-                offset += len;
-            }
-        }
-    }
 }
 
 /// Whether a child covering `[offset, offset+len)` holds bytes of `[from, to)`. The dev

@@ -10,29 +10,37 @@
 //! It answers the requests cidboot's client makes: `format=raw` blocks, and `format=car`
 //! with `dag-scope=block` or `dag-scope=entity` (a file, optionally `entity-bytes`), plus
 //! the identity-CID probe. Paths are not served.
+//!
+//! It runs in the daemon beside the log sink and the egress proxy, so it must never take them
+//! down: its directory is its own and it removes nothing else ([`store`]); what it holds in
+//! memory is bounded before it is spent, per connection and for all responses together
+//! ([`serve`], [`budget`]), whatever the DAGs and the clients do; and a cache that fails stops
+//! alone.
 
-use std::collections::{BTreeMap, HashMap};
+mod budget;
+mod serve;
+mod store;
+
+pub use budget::{BUDGET_WAIT, RESPONSE_MEMORY};
+pub use serve::{PIECE, WRITE_STALL_TIMEOUT};
+pub use store::{check_dir, MAX_CACHED_BLOCKS, TAG};
+
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use cid::Cid;
-use futures_util::stream::StreamExt;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::fetch::car;
-use crate::fetch::unixfs::{in_range, FileNode};
-use crate::fetch::{FetchError, GatewayPolicy, Gateways, MAX_DAG_DEPTH};
-use crate::reference::{verify_block, VerifiedBlock, CODEC_DAG_PB, MAX_BLOCK_SIZE};
+use crate::fetch::walk::{too_wide, MAX_PENDING_LINKS};
+use crate::fetch::{FetchError, GatewayPolicy, Gateways};
+use crate::reference::{VerifiedBlock, CODEC_DAG_PB};
 use crate::transport::addr::{Addr, Listener};
 use crate::transport::http::{HttpClient, Timeouts};
 
@@ -42,17 +50,20 @@ pub const DEFAULT_MAX_BYTES: u64 = 16 << 30;
 pub const MAX_CONNECTIONS: usize = 256;
 /// Time a client gets to send its request headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Blocks fetched from upstream at once for one response or one prefetch.
+/// Blocks fetched from upstream at once for one response (made sure of ahead of the walk) or
+/// one prefetch.
 pub const FETCH_CONCURRENCY: usize = 8;
 /// Upstream requests in flight at once, for all clients together: many enclave connections
 /// missing at once must not become a flood on the public gateways.
 pub const UPSTREAM_CONCURRENCY: usize = 16;
-/// Blocks one CAR response may carry, and one prefetch may fetch.
+/// Blocks one CAR response may carry, and one prefetch may visit (a block linked many times
+/// counts each time).
 pub const MAX_BLOCKS: usize = 4 << 20;
 /// Deepest DAG a prefetch follows (directories, then a file's DAG).
 pub const MAX_PREFETCH_DEPTH: usize = 64;
-/// Verified sections queued between the walker and the connection.
-const QUEUE: usize = 8;
+/// The bytes of cache per block a response fetches ahead of the one it sends: with a cache
+/// smaller than eight times this, blocks fetched ahead would only push each other out.
+const AHEAD_CACHE_BYTES: u64 = 8 << 20;
 
 /// What stops the cache from being configured, opened or prefetched.
 #[allow(missing_docs)] // each variant's #[error] message is its documentation
@@ -65,6 +76,8 @@ pub enum CacheError {
     },
     #[error("cache: {0}")]
     Config(String),
+    #[error("cache.dir {path}: {reason}")]
+    Dir { path: String, reason: String },
     #[error("cache prefetch of {what}: {source}")]
     Prefetch { what: String, source: FetchError },
 }
@@ -75,7 +88,8 @@ pub enum CacheError {
 pub struct CacheConfig {
     /// Where the enclave reaches the cache (`tcp:…`, `vsock:any:PORT`, `unix:…`).
     pub listen: Addr,
-    /// Directory of the cached blocks (created if missing).
+    /// The cache's own directory (created if missing): it must hold nothing but the cache's
+    /// files.
     pub dir: PathBuf,
     /// Bytes of blocks kept; least recently used go first.
     pub max_bytes: Option<u64>,
@@ -105,6 +119,17 @@ impl CacheConfig {
     }
 }
 
+impl CacheConfig {
+    /// What [`CacheConfig::check`] cannot see from the text: that the directory can be the
+    /// cache's own and the upstream CA file reads. Creates nothing (`cidboot host --check`).
+    pub fn check_files(&self) -> Result<(), CacheError> {
+        check_dir(&self.dir)?;
+        crate::transport::tls::client_config(self.ca.as_deref())
+            .map_err(|e| CacheError::Config(format!("cache.ca: {e}")))?;
+        Ok(())
+    }
+}
+
 fn prefetch_cid(r: &str) -> Result<Cid, CacheError> {
     let s = r.strip_prefix("ipfs://").unwrap_or(r).trim_end_matches('/');
     let c: Cid = s
@@ -115,178 +140,15 @@ fn prefetch_cid(r: &str) -> Result<Cid, CacheError> {
     Ok(c)
 }
 
-/// The blocks on disk, one file per block named by its CID, and their use order.
-struct Store {
-    dir: PathBuf,
-    max_bytes: u64,
-    index: Mutex<Index>,
-}
-
-#[derive(Default)]
-struct Index {
-    entries: HashMap<Cid, (u64, u64)>,
-    order: BTreeMap<u64, Cid>,
-    total: u64,
-    tick: u64,
-}
-
-impl Index {
-    fn touch(&mut self, cid: &Cid) {
-        self.tick += 1;
-        let t = self.tick;
-        if let Some(e) = self.entries.get_mut(cid) {
-            self.order.remove(&e.1);
-            e.1 = t;
-            self.order.insert(t, *cid);
-        }
-    }
-    fn insert(&mut self, cid: Cid, size: u64) {
-        if self.entries.contains_key(&cid) {
-            return self.touch(&cid);
-        }
-        self.tick += 1;
-        self.entries.insert(cid, (size, self.tick));
-        self.order.insert(self.tick, cid);
-        self.total += size;
-    }
-    fn remove(&mut self, cid: &Cid) {
-        if let Some((size, t)) = self.entries.remove(cid) {
-            self.order.remove(&t);
-            self.total -= size;
-        }
-    }
-}
-
-impl Store {
-    fn open(dir: &Path, max_bytes: u64) -> Result<Store, CacheError> {
-        let io = |source| CacheError::Io {
-            path: dir.display().to_string(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let mut found = Vec::new();
-        for e in std::fs::read_dir(dir).map_err(io)? {
-            let e = e.map_err(io)?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            let meta = e.metadata().map_err(io)?;
-            match name.parse::<Cid>() {
-                Ok(c) if meta.is_file() && meta.len() <= MAX_BLOCK_SIZE as u64 => {
-                    let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-                    found.push((mtime, c, meta.len()));
-                }
-                // Leftovers of an interrupted write, or anything else: not a block.
-                _ if meta.is_file() => {
-                    let _ = std::fs::remove_file(e.path());
-                }
-                _ => {}
-            }
-        }
-        found.sort();
-        let store = Store {
-            dir: dir.to_path_buf(),
-            max_bytes,
-            index: Mutex::new(Index::default()),
-        };
-        if let Ok(mut ix) = store.index.lock() {
-            for (_, c, size) in found {
-                ix.insert(c, size);
-            }
-            info!(dir = %dir.display(), blocks = ix.entries.len(), bytes = ix.total, "gateway cache opened");
-        }
-        store.evict(None);
-        Ok(store)
-    }
-
-    fn path(&self, cid: &Cid) -> PathBuf {
-        self.dir.join(cid.to_string())
-    }
-
-    /// A cached block, verified again against its CID; a corrupted entry is removed.
-    async fn get(&self, cid: &Cid) -> Option<VerifiedBlock> {
-        let known = self.index.lock().ok()?.entries.contains_key(cid);
-        if !known {
-            return None;
-        }
-        let path = self.path(cid);
-        let data = match tokio::fs::read(&path).await {
-            Ok(d) if d.len() <= MAX_BLOCK_SIZE => Bytes::from(d),
-            _ => {
-                self.drop_entry(cid).await;
-                return None;
-            }
-        };
-        let block = match verify_block(cid, &data) {
-            Ok(b) => b,
-            Err(e) => {
-                warn!(%cid, error = %e, "corrupted cache entry: removed, fetching it again");
-                self.drop_entry(cid).await;
-                return None;
-            }
-        };
-        if let Ok(mut ix) = self.index.lock() {
-            ix.touch(cid);
-        }
-        Some(block)
-    }
-
-    async fn drop_entry(&self, cid: &Cid) {
-        if let Ok(mut ix) = self.index.lock() {
-            ix.remove(cid);
-        }
-        let _ = tokio::fs::remove_file(self.path(cid)).await;
-    }
-
-    /// Stores a verified block (written to a temporary name, then renamed into place).
-    async fn put(&self, cid: &Cid, data: &Bytes) {
-        let tmp = self.dir.join(format!(".tmp-{}", fastrand::u64(..)));
-        let r = async {
-            tokio::fs::write(&tmp, data).await?;
-            tokio::fs::rename(&tmp, self.path(cid)).await
-        }
-        .await;
-        if let Err(e) = r {
-            warn!(%cid, error = %e, "could not store a block in the cache");
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return;
-        }
-        if let Ok(mut ix) = self.index.lock() {
-            ix.insert(*cid, data.len() as u64);
-        }
-        self.evict(Some(cid));
-    }
-
-    /// Removes least recently used blocks until the total is under the cap.
-    fn evict(&self, keep: Option<&Cid>) {
-        let mut gone = Vec::new();
-        if let Ok(mut ix) = self.index.lock() {
-            while ix.total > self.max_bytes {
-                let Some((_, c)) = ix
-                    .order
-                    .iter()
-                    .find(|(_, c)| Some(*c) != keep)
-                    .map(|(t, c)| (*t, *c))
-                else {
-                    break;
-                };
-                ix.remove(&c);
-                gone.push(c);
-            }
-        }
-        for c in &gone {
-            let _ = std::fs::remove_file(self.path(c));
-        }
-        if !gone.is_empty() {
-            debug!(blocks = gone.len(), "evicted from the gateway cache");
-        }
-    }
-}
-
 /// The cache: the store and the verifying client of its upstream gateways.
 pub struct Cache {
-    store: Store,
+    store: store::Store,
     upstream: Arc<Gateways>,
     upstream_permits: Semaphore,
     next_upstream: std::sync::atomic::AtomicUsize,
+    budget: budget::Budget,
+    /// Blocks one response makes sure of ahead of the one it sends.
+    walk_ahead: usize,
 }
 
 impl Cache {
@@ -294,7 +156,8 @@ impl Cache {
     /// upstream client.
     pub fn open(cfg: &CacheConfig) -> Result<Arc<Cache>, CacheError> {
         cfg.check()?;
-        let store = Store::open(&cfg.dir, cfg.max_bytes.unwrap_or(DEFAULT_MAX_BYTES))?;
+        let max_bytes = cfg.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
+        let store = store::Store::open(&cfg.dir, max_bytes)?;
         let tls = crate::transport::tls::client_config(cfg.ca.as_deref())
             .map_err(|e| CacheError::Config(format!("cache.ca: {e}")))?;
         let client = HttpClient::new(
@@ -309,6 +172,10 @@ impl Cache {
             upstream,
             upstream_permits: Semaphore::new(UPSTREAM_CONCURRENCY),
             next_upstream: Default::default(),
+            budget: budget::Budget::new(RESPONSE_MEMORY),
+            walk_ahead: usize::try_from(max_bytes / AHEAD_CACHE_BYTES)
+                .unwrap_or(usize::MAX)
+                .min(FETCH_CONCURRENCY),
         }))
     }
 
@@ -331,51 +198,64 @@ impl Cache {
             .next_upstream
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let b = self.upstream.block_spread(cid, Some(first)).await?;
-        self.store.put(cid, &b).await;
+        self.store.put(cid, b.data()).await;
         Ok(b)
     }
 
-    /// Fetches every block reachable from `root` into the cache.
+    /// Makes sure a block is on disk (fetched and stored if it is not), holding nothing after.
+    async fn warm(&self, cid: &Cid) -> Result<(), FetchError> {
+        if VerifiedBlock::inline(cid).is_some() || self.store.size(cid).is_some() {
+            return Ok(());
+        }
+        self.block(cid).await.map(drop)
+    }
+
+    /// Fetches every block reachable from `root` into the cache: depth-first, a few blocks at
+    /// once, holding only the dag-pb nodes being read for their links and the links still to
+    /// visit (at most [`MAX_PENDING_LINKS`]); a leaf already on disk is not even read.
     pub async fn prefetch(&self, root: &Cid) -> Result<(usize, u64), FetchError> {
-        let mut frontier = vec![*root];
-        let mut seen = std::collections::HashSet::new();
-        seen.insert(*root);
-        let (mut blocks, mut bytes) = (0usize, 0u64);
-        for _ in 0..MAX_PREFETCH_DEPTH {
-            if frontier.is_empty() {
-                return Ok((blocks, bytes));
-            }
-            let fetched: Vec<Result<(Cid, VerifiedBlock), FetchError>> =
-                futures_util::stream::iter(std::mem::take(&mut frontier))
-                    .map(|c| async move { Ok((c, self.block(&c).await?)) })
-                    .buffer_unordered(FETCH_CONCURRENCY)
-                    .collect()
-                    .await;
-            for f in fetched {
-                let (c, b) = f?;
-                blocks += 1;
-                bytes += b.len() as u64;
-                if c.codec() == CODEC_DAG_PB {
-                    for l in crate::fetch::dagpb::decode(&b)?.links {
-                        if seen.len() >= MAX_BLOCKS {
-                            return Err(FetchError::Unsupported(format!(
-                                "{root} has more than {MAX_BLOCKS} blocks"
-                            )));
-                        }
-                        if seen.insert(l.cid) {
-                            frontier.push(l.cid);
-                        }
+        let mut stack: Vec<(Cid, usize)> = vec![(*root, 0)];
+        let mut running = FuturesUnordered::new();
+        let (mut visits, mut blocks, mut bytes) = (0usize, 0usize, 0u64);
+        loop {
+            while running.len() < FETCH_CONCURRENCY {
+                let Some((c, depth)) = stack.pop() else { break };
+                visits += 1;
+                if visits > MAX_BLOCKS {
+                    return Err(FetchError::Unsupported(format!(
+                        "{root} has more than {MAX_BLOCKS} blocks to prefetch (the limit)"
+                    )));
+                }
+                if c.codec() != CODEC_DAG_PB {
+                    if let Some(size) = self.store.size(&c) {
+                        blocks += 1;
+                        bytes += size;
+                        continue;
                     }
                 }
+                running.push(async move { (c, depth, self.block(&c).await) });
             }
-        }
-        if frontier.is_empty() {
-            Ok((blocks, bytes))
-        } else {
-            Err(FetchError::TooDeep {
-                cid: root.to_string(),
-                max: MAX_PREFETCH_DEPTH,
-            })
+            let Some((c, depth, r)) = running.next().await else {
+                return Ok((blocks, bytes));
+            };
+            let b = r?;
+            blocks += 1;
+            bytes += b.len() as u64;
+            if c.codec() != CODEC_DAG_PB {
+                continue;
+            }
+            let links = crate::fetch::dagpb::decode(&b)?.links;
+            drop(b);
+            if !links.is_empty() && depth + 1 >= MAX_PREFETCH_DEPTH {
+                return Err(FetchError::TooDeep {
+                    cid: root.to_string(),
+                    max: MAX_PREFETCH_DEPTH,
+                });
+            }
+            if stack.len() + links.len() > MAX_PENDING_LINKS {
+                return Err(too_wide(root));
+            }
+            stack.extend(links.into_iter().rev().map(|l| (l.cid, depth + 1)));
         }
     }
 }
@@ -408,234 +288,27 @@ pub async fn run(cfg: CacheConfig, listener: Listener) -> Result<(), CacheError>
             let _permit = permit;
             let svc = service_fn(move |req| {
                 let cache = cache.clone();
-                async move { Ok::<_, Infallible>(handle(cache, req).await) }
+                async move { Ok::<_, Infallible>(serve::handle(cache, req).await) }
             });
             let r = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(io), svc)
+                .max_buf_size(PIECE)
+                .serve_connection(
+                    TokioIo::new(serve::StallIo::new(io, WRITE_STALL_TIMEOUT)),
+                    svc,
+                )
                 .await;
             if let Err(e) = r {
-                debug!(%peer, error = %e, "cache connection ended with an error");
+                let stalled = std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<std::io::Error>())
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+                if stalled {
+                    info!(%peer, secs = WRITE_STALL_TIMEOUT.as_secs(), "a cache client read nothing of its response for too long: dropped");
+                } else {
+                    debug!(%peer, error = %e, "cache connection ended with an error");
+                }
             }
         });
-    }
-}
-
-type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
-
-fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
-    let body =
-        Full::new(Bytes::from(msg.into() + "\n")).map_err(|never: Infallible| match never {});
-    let mut r = Response::new(BodyExt::boxed(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-fn failed(e: &FetchError) -> Response<Body> {
-    let status = if e.is_content_fault() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::BAD_GATEWAY
-    };
-    text(status, e.to_string())
-}
-
-struct Query {
-    car: bool,
-    block_scope: bool,
-    range: (u64, Option<u64>),
-}
-
-fn parse_query(q: &str, accept: &str) -> Result<Query, String> {
-    let accept = accept.to_ascii_lowercase();
-    let mut car = if accept.contains("application/vnd.ipld.raw") {
-        Some(false)
-    } else if accept.contains("application/vnd.ipld.car") {
-        Some(true)
-    } else {
-        None
-    };
-    let mut query = Query {
-        car: false,
-        block_scope: false,
-        range: (0, None),
-    };
-    for pair in q.split('&').filter(|s| !s.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match (k, v) {
-            ("format", "raw") => car = Some(false),
-            ("format", "car") => car = Some(true),
-            ("format", other) => return Err(format!("unsupported format {other:?}")),
-            ("dag-scope", "block") => query.block_scope = true,
-            ("dag-scope", "entity" | "all") => query.block_scope = false,
-            ("dag-scope", other) => return Err(format!("unknown dag-scope {other:?}")),
-            ("entity-bytes", v) => {
-                let (from, to) = v
-                    .split_once(':')
-                    .ok_or_else(|| format!("bad entity-bytes {v:?}"))?;
-                let from: u64 = from
-                    .parse()
-                    .map_err(|_| format!("entity-bytes start {from:?}"))?;
-                let to = match to {
-                    "*" => None,
-                    t => Some(
-                        t.parse::<u64>()
-                            .map_err(|_| format!("entity-bytes end {t:?}"))?,
-                    ),
-                };
-                if to.is_some_and(|t| t < from) {
-                    return Err(format!("entity-bytes {v:?} ends before it starts"));
-                }
-                query.range = (from, to);
-            }
-            _ => {}
-        }
-    }
-    query.car = car.ok_or("this is a trustless gateway: ask for format=raw or format=car")?;
-    Ok(query)
-}
-
-async fn handle(cache: Arc<Cache>, req: Request<Incoming>) -> Response<Body> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
-    }
-    let Some(rest) = req.uri().path().strip_prefix("/ipfs/") else {
-        return text(StatusCode::NOT_FOUND, "only /ipfs/<cid> is served");
-    };
-    let rest = rest.trim_end_matches('/');
-    if rest.contains('/') {
-        return text(
-            StatusCode::NOT_IMPLEMENTED,
-            "the cache does not serve paths",
-        );
-    }
-    let Ok(cid) = rest.parse::<Cid>() else {
-        return text(StatusCode::BAD_REQUEST, format!("invalid CID {rest:?}"));
-    };
-    let accept = req
-        .headers()
-        .get(http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let q = match parse_query(req.uri().query().unwrap_or(""), accept) {
-        Ok(q) => q,
-        Err(e) => return text(StatusCode::BAD_REQUEST, e),
-    };
-    let root = match cache.block(&cid).await {
-        Ok(b) => b,
-        Err(e) => return failed(&e),
-    };
-    if !q.car {
-        let body = Full::new(root.data().clone()).map_err(|never: Infallible| match never {});
-        let mut r = Response::new(BodyExt::boxed(body));
-        set_headers(&mut r, "application/vnd.ipld.raw", &cid);
-        return r;
-    }
-    let (tx, mut rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(QUEUE);
-    let header = Bytes::from(car::encode_header(&cid));
-    let scope_block = q.block_scope;
-    tokio::spawn(async move {
-        let _ = tx.send(Ok(header)).await;
-        let r = if scope_block {
-            section(&tx, &cid, &root).await
-        } else {
-            let mut sent = 0usize;
-            walk(&cache, &tx, cid, root, 0, q.range, 0, &mut sent).await
-        };
-        if let Err(e) = r {
-            // The body ends with an error: the client sees a broken stream and goes elsewhere.
-            warn!(%cid, error = %e, "cache: response cut short");
-            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-        }
-    });
-    let stream =
-        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(|r| r.map(Frame::data));
-    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-    set_headers(
-        &mut r,
-        "application/vnd.ipld.car; version=1; order=dfs; dups=y",
-        &cid,
-    );
-    r
-}
-
-async fn section(
-    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
-    cid: &Cid,
-    block: &Bytes,
-) -> Result<(), FetchError> {
-    let mut out = Vec::with_capacity(block.len() + 48);
-    car::write_section(&mut out, cid, block).map_err(FetchError::Sink)?;
-    tx.send(Ok(Bytes::from(out)))
-        .await
-        .map_err(|_| FetchError::Sink(std::io::Error::other("client went away")))
-}
-
-/// Sends a file's blocks in depth-first order, those of `[from, to]` only, fetching the
-/// children of each node a few at a time.
-#[allow(clippy::too_many_arguments)]
-fn walk<'a>(
-    cache: &'a Cache,
-    tx: &'a mpsc::Sender<Result<Bytes, std::io::Error>>,
-    cid: Cid,
-    block: VerifiedBlock,
-    start: u64,
-    range: (u64, Option<u64>),
-    depth: usize,
-    sent: &'a mut usize,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), FetchError>> + Send + 'a>> {
-    Box::pin(async move {
-        if depth > MAX_DAG_DEPTH || *sent >= MAX_BLOCKS {
-            return Err(FetchError::TooDeep {
-                cid: cid.to_string(),
-                max: MAX_DAG_DEPTH,
-            });
-        }
-        section(tx, &cid, &block).await?;
-        *sent += 1;
-        // Not a file (a directory, say): its entity is its own block.
-        let Ok(FileNode::Node {
-            inline, children, ..
-        }) = FileNode::parse(&block)
-        else {
-            return Ok(());
-        };
-        let (from, to) = range;
-        let mut offset = start + inline.len() as u64;
-        let mut wanted = Vec::new();
-        for (child, len) in children {
-            if in_range(offset, len, from) && to.is_none_or(|t| offset <= t) {
-                wanted.push((child, offset));
-            }
-            offset += len;
-        }
-        let mut blocks =
-            futures_util::stream::iter(wanted)
-                .map(|(c, offset)| async move {
-                    Ok::<_, FetchError>((c, offset, cache.block(&c).await?))
-                })
-                .buffered(FETCH_CONCURRENCY);
-        while let Some(next) = blocks.next().await {
-            let (c, offset, b) = next?;
-            walk(cache, tx, c, b, offset, range, depth + 1, sent).await?;
-        }
-        Ok(())
-    })
-}
-
-fn set_headers(r: &mut Response<Body>, ct: &'static str, cid: &Cid) {
-    let h = r.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(ct),
-    );
-    if let Ok(v) = http::HeaderValue::from_str(&format!("\"{cid}\"")) {
-        h.insert(http::header::ETAG, v);
     }
 }

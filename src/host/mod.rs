@@ -298,6 +298,10 @@ pub fn load(path: &Path) -> Result<Checked, HostError> {
     if let Some(s) = &cfg.sockets {
         s.perms().map_err(bad)?;
     }
+    // The cache's directory: usable, and its own (it removes files there).
+    if let Some(c) = &cfg.cache {
+        c.check_files().map_err(|e| bad(e.to_string()))?;
+    }
     // The enclave's EIF and launcher, as a start would check them.
     if let Some(e) = &cfg.enclave {
         enclave::Supervisor::new(e).map_err(|e| bad(format!("enclave: {e}")))?;
@@ -673,11 +677,13 @@ pub async fn run(checked: Checked, json: bool) -> Result<(), HostError> {
         });
     }
     if let (Some(c), Some(l)) = (cfg.cache.clone(), cachel) {
+        // A cache that fails stops alone: the log sink, the egress proxy and the boot
+        // configuration go on (the enclave fails over to its other gateways).
         set.spawn(async move {
-            cache::run(c, l).await.map_err(|e| HostError::Stopped {
-                service: "gateway cache",
-                reason: e.to_string(),
-            })
+            if let Err(e) = cache::run(c, l).await {
+                error!(error = %e, "the gateway cache stopped; the other services keep running");
+            }
+            Ok(())
         });
     }
     info!("cidboot host ready");

@@ -155,13 +155,19 @@ pub fn encode_header(root: &Cid) -> Vec<u8> {
     out
 }
 
-/// Writes one section (`varint(len) | cid | block`).
-pub fn write_section<W: Write>(w: &mut W, cid: &Cid, block: &[u8]) -> io::Result<()> {
+/// The start of a section (`varint(len) | cid`) for a block of `block_len` bytes, which follow
+/// it.
+pub fn section_head(cid: &Cid, block_len: u64) -> Vec<u8> {
     let cid_bytes = cid.to_bytes();
     let mut head = Vec::with_capacity(12 + cid_bytes.len());
-    crate::pb::put_varint(&mut head, (cid_bytes.len() + block.len()) as u64);
+    crate::pb::put_varint(&mut head, cid_bytes.len() as u64 + block_len);
     head.extend_from_slice(&cid_bytes);
-    w.write_all(&head)?;
+    head
+}
+
+/// Writes one section (`varint(len) | cid | block`).
+pub fn write_section<W: Write>(w: &mut W, cid: &Cid, block: &[u8]) -> io::Result<()> {
+    w.write_all(&section_head(cid, block.len() as u64))?;
     w.write_all(block)
 }
 

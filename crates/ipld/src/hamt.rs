@@ -107,6 +107,16 @@ pub struct Shard {
     pub links: Vec<(u8, ShardLink)>,
 }
 
+impl Shard {
+    /// Whether it holds directory entries (and not only sub-shards): such a shard is valid at
+    /// one place in the HAMT only, where its entries' hashes lead.
+    pub fn has_entries(&self) -> bool {
+        self.links
+            .iter()
+            .any(|(_, l)| matches!(l, ShardLink::Entry { .. }))
+    }
+}
+
 /// Whether a block is a HAMT shard (without checking it).
 pub fn is_shard(block: &VerifiedBlock) -> bool {
     block.cid().codec() == CODEC_DAG_PB

@@ -277,8 +277,18 @@ pub fn in_range(offset: u64, len: u64, from: u64) -> bool {
     offset.saturating_add(len) > from || (len == 0 && offset >= from)
 }
 
-/// A directory entry's name: one path component.
+/// Longest directory entry name, in bytes (a path component, as in Linux's `NAME_MAX`): it
+/// bounds what the 100,000 entries of a directory can hold.
+pub const MAX_ENTRY_NAME: usize = 255;
+
+/// A directory entry's name: one path component, of at most [`MAX_ENTRY_NAME`] bytes.
 pub fn check_entry_name(name: &str) -> Result<(), String> {
+    if name.len() > MAX_ENTRY_NAME {
+        return Err(format!(
+            "entry name of {} bytes, over the {MAX_ENTRY_NAME}-byte limit",
+            name.len()
+        ));
+    }
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return Err(format!("invalid entry name {name:?}"));
     }
@@ -303,6 +313,16 @@ fn bad(cid: &Cid, reason: &str) -> DecodeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entry_names_are_one_component_of_at_most_255_bytes() {
+        assert!(check_entry_name(&"a".repeat(255)).is_ok());
+        let e = check_entry_name(&"a".repeat(256)).unwrap_err();
+        assert!(e.contains("over the 255-byte limit"), "{e}");
+        for bad in ["", ".", "..", "a/b"] {
+            assert!(check_entry_name(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn data_round_trip_and_packed() {
