@@ -699,3 +699,56 @@ fn the_workload_and_an_aws_sdk_get_answers_through_the_proxy_under_cidboot_run()
     assert_eq!(sdk["random"]["ok"]["bytes"], 64, "{sdk}");
     assert_eq!(booted.stop(), Some(143));
 }
+
+#[test]
+fn a_run_without_credentials_or_with_a_busy_port_stops_before_anything_is_fetched() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let cfg = write(
+        dir,
+        "cidboot.toml",
+        &format!("[kms]\nregion = \"us-east-1\"\n[kms_proxy]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    // No gateway answers there: a run that got as far as fetching would say so instead.
+    let args = |c: &mut Command| {
+        c.args([
+            "run",
+            "ipfs://bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy",
+            "--gateway",
+            "https://127.0.0.1:9",
+            "--config",
+        ])
+        .arg(&cfg)
+        .env_clear()
+        .env("HOME", dir)
+        .env("CIDBOOT_LOG", "warn");
+    };
+    let mut c = cidboot();
+    args(&mut c);
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("KMS proxy: its KMS calls are signed with cidboot's own credentials")
+            && err.contains("none found"),
+        "{err}"
+    );
+    let mut c = cidboot();
+    args(&mut c);
+    let o = c
+        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains(&format!(
+            "kms_proxy.listen: cannot listen on tcp:127.0.0.1:{port}"
+        )),
+        "{err}"
+    );
+    drop(busy);
+}
