@@ -244,6 +244,21 @@ fn hostile_requests_get_kms_shaped_errors_and_the_proxy_keeps_serving() {
         "head is over 16384 bytes",
     );
 
+    // A head that is not HTTP, and one with too many headers.
+    refused(
+        exchange(addr, b"HELLO KMS\r\n\r\n"),
+        400,
+        "SerializationException",
+        "the request head is not HTTP/1.1",
+    );
+    let many: String = (0..65).map(|i| format!("X-H{i}: v\r\n")).collect();
+    refused(
+        exchange(addr, format!("POST / HTTP/1.1\r\n{many}\r\n").as_bytes()),
+        431,
+        "SerializationException",
+        "at most 64 headers",
+    );
+
     // Slow clients: a head that never ends, and a body that never comes. Each gets its answer
     // at the read deadline, and meanwhile others are served.
     let slow = |raw: &'static [u8]| {

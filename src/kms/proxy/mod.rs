@@ -15,8 +15,9 @@
 //! bounded ([`Limits`]), before the memory or time is spent.
 //!
 //! HTTP is hyper's, one request per connection. The head is read first here, within the read
-//! deadline and [`MAX_HEAD`], so that a client too slow or too large even for a head still gets
-//! an answer in KMS's shape; hyper then parses that head and the rest.
+//! deadline and [`MAX_HEAD`], and checked with `httparse` (hyper's own parser), so that a
+//! client too slow, too large or too garbled even for a head still gets an answer in KMS's
+//! shape; hyper then parses that head and the rest.
 
 pub mod reply;
 pub mod request;
@@ -53,6 +54,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9394";
 pub const ENDPOINT_VAR: &str = "AWS_ENDPOINT_URL_KMS";
 /// Largest request head (request line and headers; a session token is a few KiB).
 pub const MAX_HEAD: usize = 16 * 1024;
+/// Most headers in a request head (an SDK sends about ten).
+pub const MAX_HEADERS: usize = 64;
 
 /// The proxy's bounds; [`Limits::default`] is what the boot uses (docs/limits.md).
 #[derive(Debug, Clone)]
@@ -179,6 +182,21 @@ async fn connection(state: Arc<State>, stream: TcpStream, peer: SocketAddr) {
             return refuse_raw(&mut wr, &r, peer).await;
         }
     };
+    // hyper would answer a head it cannot parse with a bare 400; this one says why, in KMS's
+    // shape.
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    if let Err(e) = httparse::Request::new(&mut headers).parse(&head.head) {
+        let status = match e {
+            httparse::Error::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let r = Refusal::new(
+            status,
+            "SerializationException",
+            format!("the request head is not HTTP/1.1 (at most {MAX_HEADERS} headers): {e}"),
+        );
+        return refuse_raw(&mut wr, &r, peer).await;
+    }
     let mut first = head.head;
     first.extend_from_slice(&head.rest);
     let io = tokio::io::join(std::io::Cursor::new(first).chain(rd), wr);
