@@ -20,8 +20,7 @@ For every request it:
   condition (StringEquals and StringEqualsIgnoreCase, on the kms:RecipientAttestation:ImageSha384
   and kms:RecipientAttestation:PCR<n> keys, taken from the verified document's PCRs; a key
   the request does not carry fails its condition, as in IAM). Refused: an AccessDeniedException
-  formatted as KMS formats it. The statement file is read again at every request, so that a
-  test can install the policy after sealing under the key (as PutKeyPolicy does). Encrypt, GenerateDataKeyWithoutPlaintext and GenerateRandom are
+  formatted as KMS formats it. Encrypt, GenerateDataKeyWithoutPlaintext and GenerateRandom are
   the caller's own permissions (an IAM policy, not the key policy) and are allowed to the
   known access key;
 - answers a call with a `Recipient` with CiphertextForRecipient made by openssl cms
@@ -30,6 +29,9 @@ For every request it:
 
 Ciphertexts are AES-256-GCM under the key's own random key, the encryption context as AAD,
 so a ciphertext opens only with the context it was sealed with (InvalidCiphertextException).
+
+The policy file is read again for every request, so that a test can write the statement
+after the server (and so its key and port) exists.
 
 --fault makes it misbehave for the client's failure paths: truncated-cfr (half of the
 CiphertextForRecipient), with-plaintext (a Plaintext beside it), oversize (a 100 KiB answer),
