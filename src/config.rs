@@ -71,6 +71,42 @@ pub struct RuntimeConfig {
     pub fetch: Fetch,
     /// `[kms]`: the AWS KMS the enclave asks for its secrets.
     pub kms: Option<Kms>,
+    /// `[kms_proxy]`: the AWS KMS JSON API on loopback for the workload (needs `[kms]`).
+    pub kms_proxy: Option<KmsProxy>,
+}
+
+/// `[kms_proxy]`: a loopback endpoint that speaks the AWS KMS JSON API to the workload and
+/// makes each call to `[kms]` with an attestation document as its `Recipient`
+/// ([`crate::kms::proxy`]). Its presence is the opt-in, and it is measured.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsProxy {
+    /// A loopback address; default 127.0.0.1:9394.
+    pub listen: Option<String>,
+}
+
+impl KmsProxy {
+    /// Where the proxy listens, as `HOST:PORT`: the configured address or the default, which
+    /// must be a loopback one (the answers carry plaintexts).
+    pub fn listen(&self) -> Result<String, ConfigError> {
+        let given = self
+            .listen
+            .as_deref()
+            .unwrap_or(crate::kms::proxy::DEFAULT_LISTEN);
+        let bad =
+            |why: String| ConfigError::Invalid(format!("[kms_proxy] listen {given:?}: {why}"));
+        let addr = crate::transport::addr::Addr::tcp_only(given).map_err(|e| bad(e.to_string()))?;
+        let ip: std::net::SocketAddr = addr
+            .parse()
+            .map_err(|_| bad("give an IP address and port, like 127.0.0.1:9394".into()))?;
+        if !ip.ip().is_loopback() {
+            return Err(bad(
+                "only a loopback address (127.0.0.0/8 or [::1]): the proxy answers with plaintexts"
+                    .into(),
+            ));
+        }
+        Ok(addr)
+    }
 }
 
 /// `[kms]`: which AWS KMS to ask, over HTTPS that ends in cidboot, trusted through the web
@@ -482,6 +518,14 @@ impl RuntimeConfig {
             k.endpoint()
                 .map_err(|e| ConfigError::Invalid(format!("[kms] {e}")))?;
         }
+        if let Some(p) = &self.kms_proxy {
+            if self.kms.is_none() {
+                return Err(ConfigError::Invalid(
+                    "[kms_proxy] needs [kms]: the region and endpoint its calls go to".into(),
+                ));
+            }
+            p.listen()?;
+        }
         if let Some(d) = self.boot_deadline_secs {
             if d == 0 || d > MAX_BOOT_DEADLINE_SECS {
                 return Err(ConfigError::Invalid(format!(
@@ -650,6 +694,36 @@ mod tests {
             http.contains("[kms]") && http.contains("AES-CBC without a MAC"),
             "{http}"
         );
+        let kms = "[kms]\nregion = \"us-east-1\"\n";
+        let p = Loaded::parse(format!("{kms}[kms_proxy]\n").into_bytes()).unwrap();
+        assert_eq!(
+            p.config.kms_proxy.unwrap().listen().unwrap(),
+            "127.0.0.1:9394"
+        );
+        let p =
+            Loaded::parse(format!("{kms}[kms_proxy]\nlisten = \"[::1]:0\"").into_bytes()).unwrap();
+        assert_eq!(p.config.kms_proxy.unwrap().listen().unwrap(), "[::1]:0");
+        for (bad, says) in [
+            ("[kms_proxy]\n", "[kms_proxy] needs [kms]"),
+            (
+                "[kms_proxy]\nlisten = \"0.0.0.0:9394\"",
+                "only a loopback address",
+            ),
+            (
+                "[kms_proxy]\nlisten = \"localhost:9394\"",
+                "an IP address and port",
+            ),
+            ("[kms_proxy]\nlisten = \"vsock:any:9394\"", "only TCP"),
+            ("[kms_proxy]\nport = 9394", "unknown field"),
+        ] {
+            let text = if says.contains("needs") {
+                bad.to_string()
+            } else {
+                format!("{kms}{bad}")
+            };
+            let e = Loaded::parse(text.into_bytes()).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
         assert!(l.config.workload.limits.is_none());
         let lim = Loaded::parse(b"[workload.limits]\n".to_vec()).unwrap();
         assert!(

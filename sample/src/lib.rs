@@ -28,6 +28,68 @@ pub fn attest(nonce_hex: &str) -> Result<String, String> {
     Ok(body[start..start + end].to_string())
 }
 
+/// One call of the AWS KMS JSON API to `$AWS_ENDPOINT_URL_KMS` (cidboot's KMS proxy), as an
+/// AWS SDK makes it but signed with nothing: the proxy signs. Returns the HTTP status and the
+/// answer's body.
+pub fn kms_call(target: &str, body: &str) -> Result<(u16, String), String> {
+    let url = std::env::var("AWS_ENDPOINT_URL_KMS").map_err(|_| "AWS_ENDPOINT_URL_KMS is not set".to_string())?;
+    let addr = url.strip_prefix("http://").ok_or("the URL is not http://")?.trim_end_matches('/');
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(90))).map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nX-Amz-Target: {target}\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    let (head, body) = resp.split_once("\r\n\r\n").ok_or("malformed response")?;
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no status")?;
+    Ok((status, body.to_string()))
+}
+
+/// The string value of `field` in a flat JSON object (base64 and error codes: no escapes).
+pub fn json_str<'a>(body: &'a str, field: &str) -> Option<&'a str> {
+    let key = format!("\"{field}\":\"");
+    let start = body.find(&key)? + key.len();
+    let len = body[start..].find('"')?;
+    Some(&body[start..start + len])
+}
+
+/// Standard base64 (with padding) decoded, or None.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let s = s.as_bytes();
+    if s.len() % 4 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    for chunk in s.chunks(4) {
+        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
+        let mut n = 0u32;
+        for &c in &chunk[..4 - pad] {
+            n = (n << 6) | u32::from(value(c)?);
+        }
+        n <<= 6 * pad as u32;
+        out.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
+    }
+    Some(out)
+}
+
+/// SHA-256, hex.
+pub fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// 16 random bytes, hex, from /dev/urandom.
 pub fn fresh_nonce() -> Result<String, String> {
     let mut b = [0u8; 16];

@@ -46,6 +46,8 @@ pub enum BootError {
     Deadline(u64),
     #[error("helper image {image}: {reason}")]
     HelperImage { image: String, reason: String },
+    #[error("KMS proxy: {0}")]
+    KmsProxy(String),
 }
 
 /// The confined filesystem's errors, as the applier names them.
@@ -227,6 +229,40 @@ pub async fn serve_api(plan: &Plan, p: &mut Prepared) -> Result<std::net::Socket
     Ok(addr)
 }
 
+/// Starts the KMS proxy of `[kms_proxy]`, if the configuration has one, and tells the
+/// workload where it is (`AWS_ENDPOINT_URL_KMS`). Its calls go to `[kms]` through the boot's
+/// egress path, trusting the web PKI roots and `[tls] extra_ca`, signed with `credentials`.
+pub async fn start_kms_proxy(
+    plan: &Plan,
+    p: &mut Prepared,
+    credentials: Option<Arc<dyn crate::kms::Credentials>>,
+) -> Result<Option<std::net::SocketAddr>, BootError> {
+    let cfg = &plan.config.config;
+    let (Some(proxy), Some(kms)) = (&cfg.kms_proxy, &cfg.kms) else {
+        return Ok(None);
+    };
+    let fail = |e: String| BootError::KmsProxy(e);
+    let credentials =
+        credentials.ok_or_else(|| fail("no AWS credentials to sign its calls with".into()))?;
+    let endpoint = kms.endpoint().map_err(|e| fail(e.to_string()))?;
+    let tls = crate::transport::tls::client_config_with(None, cfg.tls.extra_ca.as_deref())
+        .map_err(|e| fail(e.to_string()))?;
+    let client = crate::kms::KmsClient::new(endpoint, plan.egress_dialer.clone(), tls, credentials);
+    let listen = proxy.listen().map_err(|e| fail(e.to_string()))?;
+    let (addr, serve) = crate::kms::proxy::bind(
+        &listen,
+        client,
+        plan.nsm.clone(),
+        crate::kms::proxy::Limits::default(),
+    )
+    .await
+    .map_err(|e| fail(e.to_string()))?;
+    tokio::spawn(serve);
+    let var = format!("{}=http://{addr}", crate::kms::proxy::ENDPOINT_VAR);
+    p.spec.merge_env([var.as_str()]);
+    Ok(Some(addr))
+}
+
 /// Checks, before anything is fetched, that the workload's egress proxy and the ingress
 /// listeners will be able to listen on their TCP addresses: a busy port should fail the boot at
 /// once, not after the whole image has been fetched.
@@ -246,6 +282,11 @@ pub async fn check_listens(cfg: &crate::config::RuntimeConfig) -> Result<(), Boo
             .iter()
             .map(|i| ("ingress.listen", i.listen.as_str())),
     );
+    let kms_proxy = match &cfg.kms_proxy {
+        Some(k) => Some(k.listen().map_err(|e| BootError::KmsProxy(e.to_string()))?),
+        None => None,
+    };
+    listens.extend(kms_proxy.as_deref().map(|l| ("kms_proxy.listen", l)));
     for (key, listen) in listens {
         let addr: Addr = listen
             .parse()

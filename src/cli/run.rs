@@ -319,6 +319,22 @@ async fn boot_and_run(
         Some(p) => Loaded::load(p)?,
         None => Loaded::empty(),
     };
+    // The KMS proxy signs with the AWS environment's or profile's credentials: missing ones
+    // stop the run now, not at the workload's first call.
+    let kms_credentials: Option<Arc<dyn crate::kms::Credentials>> =
+        match &config.config.kms_proxy {
+            Some(_) => Some(Arc::new(
+                crate::kms::credentials::from_environment(
+                    &crate::kms::credentials::Environment::process(),
+                )
+                .map_err(|e| {
+                    BootError::KmsProxy(format!(
+                        "its KMS calls are signed with cidboot's own credentials, from the AWS environment variables or profile: {e}"
+                    ))
+                })?,
+            )),
+            None => None,
+        };
     // The helpers' and the workload's cgroup, below cidboot's own; removed when it is dropped.
     let cgroup = crate::launch::cgroup::for_run(config.config.workload.limits.as_ref())
         .map_err(|e| boot::BootError::from(crate::launch::LaunchError::from(e)))?
@@ -386,6 +402,7 @@ async fn boot_and_run(
             boot::by_deadline(&plan, boot::prepare(&plan, &rootfs, &scratch)).await?;
         boot::measure(&plan, &prepared)?;
         let api = boot::serve_api(&plan, &mut prepared).await?;
+        boot::start_kms_proxy(&plan, &mut prepared, kms_credentials).await?;
         boot::start_relays(&plan, &mut prepared).await?;
         let cmd = boot::by_deadline(&plan, boot::prepare_launch(&plan, &mut prepared)).await?;
         let before = cgroup.as_ref().map(|c| c.counters()).unwrap_or_default();

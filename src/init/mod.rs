@@ -283,6 +283,11 @@ async fn boot(
     // PID 1 stays in the initramfs: each helper and the workload pivot into the image root
     // in a sandbox of their own (launch::sandbox).
     boot::serve_api(&plan, &mut prepared).await?;
+    // The enclave has no AWS credentials of its own: until the parent supplies them, a
+    // configuration with [kms_proxy] stops here, saying so.
+    if let Some(addr) = boot::start_kms_proxy(&plan, &mut prepared, None).await? {
+        note(sink, format!("KMS proxy listening on {addr}")).await;
+    }
     boot::start_relays(&plan, &mut prepared).await?;
     let before = cgroup.as_ref().map(|c| c.counters()).unwrap_or_default();
     let cmd = boot::by_deadline(&plan, boot::prepare_launch(&plan, &mut prepared)).await?;

@@ -19,6 +19,7 @@
 
 pub mod credentials;
 mod ops;
+pub mod proxy;
 mod recipient;
 pub mod sealed;
 pub mod sign;

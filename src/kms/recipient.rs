@@ -162,4 +162,23 @@ impl KmsClient {
         ops::check_length(&call, &plaintext, number_of_bytes)?;
         Ok(plaintext)
     }
+
+    /// One attested call of the KMS proxy ([`super::proxy`]): `fields`, checked by the proxy,
+    /// with a `Recipient` added. Returns the answer's JSON and its plaintext, opened here.
+    pub(super) async fn call_opened(
+        &self,
+        nsm: &dyn Nsm,
+        call: &Call,
+        fields: serde_json::Map<String, Value>,
+    ) -> Result<(Value, Secret), KmsError> {
+        let (v, key) = self
+            .call_attested(call, nsm, |doc| {
+                let mut fields = fields;
+                fields.insert("Recipient".into(), ops::recipient(doc));
+                Ok(ops::body(&Value::Object(fields)))
+            })
+            .await?;
+        let plaintext = Self::open(call, &v, key)?;
+        Ok((v, plaintext))
+    }
 }

@@ -30,6 +30,9 @@ For every request it:
 Ciphertexts are AES-256-GCM under the key's own random key, the encryption context as AAD,
 so a ciphertext opens only with the context it was sealed with (InvalidCiphertextException).
 
+The policy file is read again for every request, so that a test can write the statement
+after the server (and so its key and port) exists.
+
 --fault makes it misbehave for the client's failure paths: truncated-cfr (half of the
 CiphertextForRecipient), with-plaintext (a Plaintext beside it), oversize (a 100 KiB answer),
 stall (no answer at all).
@@ -75,8 +78,6 @@ class State:
     def __init__(self, a):
         self.a = a
         self.region = a.region
-        with open(a.policy) as f:
-            self.statement = json.load(f)
         with open(a.root, "rb") as f:
             self.root_der = x509.load_pem_x509_certificate(f.read()).public_bytes(serialization.Encoding.DER)
         key_id = str(uuid.uuid4())
@@ -226,7 +227,8 @@ def context_value(key, doc):
 
 
 def allowed(st, principal, action, doc):
-    s = st.statement
+    with open(st.a.policy) as f:
+        s = json.load(f)
     if s.get("Effect") != "Allow":
         return False
     p = s.get("Principal", {}).get("AWS")
@@ -290,7 +292,15 @@ def unseal(st, blob, context):
         raise KmsError("InvalidCiphertextException", "")
 
 
-def count(params):
+def count(params, key_spec=False):
+    """NumberOfBytes, or for GenerateDataKey a KeySpec instead (AES_256: 32, AES_128: 16)."""
+    spec = params.get("KeySpec") if key_spec else None
+    if spec is not None:
+        if params.get("NumberOfBytes") is not None:
+            raise KmsError("ValidationException", "KeySpec and NumberOfBytes are mutually exclusive")
+        if spec not in ("AES_256", "AES_128"):
+            raise KmsError("ValidationException", f"KeySpec {spec!r} must be AES_256 or AES_128")
+        return 32 if spec == "AES_256" else 16
     n = params.get("NumberOfBytes")
     if not isinstance(n, int) or not 1 <= n <= 1024:
         raise KmsError("ValidationException", f"NumberOfBytes {n!r} must be 1..1024")
@@ -331,7 +341,7 @@ def operate(st, op, params):
         check_key(st, params.get("KeyId"))
         doc = recipient_document(st, params)
         authorize(st, "kms:GenerateDataKey", doc)
-        key = os.urandom(count(params))
+        key = os.urandom(count(params, key_spec=True))
         blob = seal(st, key, context)
         return answer(st, doc, {"KeyId": st.key_arn, "CiphertextBlob": base64.b64encode(blob).decode()}, key)
     if op == "GenerateRandom":

@@ -1,7 +1,7 @@
 //! A test workload: reports what it was started with, then exits as told.
 //! Usage: probe [exit N] [write PATH] [attest NONCE_HEX] [http-get URL] [escape-proc PATH]
 //!              [mknod PATH MAJOR MINOR] [mount-devtmpfs DIR] [open PATH] [vsock] [reopen-stdio]
-//!              [allocate-forever] [fork-forever]
+//!              [allocate-forever] [fork-forever] [kms TARGET JSON]
 
 fn status_field(name: &str) -> String {
     std::fs::read_to_string("/proc/self/status")
@@ -25,6 +25,17 @@ fn http_get(url: &str) -> u16 {
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp);
     String::from_utf8_lossy(&resp).split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// `status=N plaintext-bytes=N plaintext-sha256=HEX`, or `status=N error=CODE`.
+fn kms(target: &str, body: &str) -> String {
+    match cidboot_sample::kms_call(target, body) {
+        Ok((status, answer)) => match cidboot_sample::json_str(&answer, "Plaintext").and_then(cidboot_sample::base64_decode) {
+            Some(p) => format!("status={status} plaintext-bytes={} plaintext-sha256={}", p.len(), cidboot_sample::sha256_hex(&p)),
+            None => format!("status={status} error={}", cidboot_sample::json_str(&answer, "__type").unwrap_or("?")),
+        },
+        Err(e) => format!("failed: {e}"),
+    }
 }
 
 fn main() {
@@ -105,6 +116,13 @@ fn main() {
                 }
             }
             "vsock" => println!("probe: vsock {}", cidboot_sample::try_vsock()),
+            "kms" => {
+                // One call to the KMS proxy: the answer's status, and a hash of its plaintext
+                // (never the plaintext) or its error code.
+                if let (Some(target), Some(body)) = (it.next(), it.next()) {
+                    println!("probe: kms {target} {}", kms(target, body));
+                }
+            }
             "allocate-forever" => cidboot_sample::allocate_forever(),
             "fork-forever" => std::process::exit(cidboot_sample::fork_forever()),
             "reopen-stdio" => {
