@@ -46,6 +46,8 @@ pub enum BootError {
     Deadline(u64),
     #[error("helper image {image}: {reason}")]
     HelperImage { image: String, reason: String },
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
 }
 
 /// The confined filesystem's errors, as the applier names them.
@@ -83,6 +85,11 @@ pub struct Plan {
     pub deadline: tokio::time::Instant,
     /// Who watches the layers arrive (a terminal's progress bars under `cidboot run`).
     pub observer: Arc<dyn apply::Observer>,
+    /// The sealed secrets that came with the boot (not measured): the parent's, or
+    /// `cidboot run --secrets`.
+    pub sealed: Option<crate::kms::sealed::SecretsFile>,
+    /// What signs the KMS calls that open them (needed only with `[[secrets]]`).
+    pub credentials: Option<Arc<dyn crate::kms::Credentials>>,
 }
 
 /// The instant a boot that starts now must reach the workload by.
@@ -337,8 +344,33 @@ pub async fn launch(plan: &Plan, p: &mut Prepared) -> Result<tokio::process::Chi
     Ok(cmd.spawn().await?)
 }
 
-/// Runs the prestart chain and returns the workload's sandboxed command, ready to spawn.
+/// Opens the secrets the configuration names (see [`crate::secrets`]): after the measurement
+/// (KMS checks the PCRs it locked), before anything from the image runs.
+pub async fn open_secrets(plan: &Plan) -> Result<crate::secrets::Opened, BootError> {
+    let cfg = &plan.config.config;
+    if cfg.secrets.is_empty() {
+        return Ok(crate::secrets::Opened::default());
+    }
+    let credentials = plan.credentials.clone().ok_or_else(|| {
+        BootError::Plan("[[secrets]]: no AWS credentials to sign the KMS calls with".into())
+    })?;
+    let client = crate::secrets::client(cfg, plan.egress_dialer.clone(), credentials)
+        .map_err(BootError::Plan)?;
+    info!(count = cfg.secrets.len(), kms = %client.endpoint(), "opening the workload's secrets");
+    let opened = crate::secrets::open(
+        &client,
+        plan.nsm.as_ref(),
+        &cfg.secrets,
+        plan.sealed.as_ref(),
+    )
+    .await?;
+    Ok(opened)
+}
+
+/// Opens the secrets, runs the prestart chain and returns the workload's sandboxed command,
+/// ready to spawn, with its secrets.
 pub async fn prepare_launch(plan: &Plan, p: &mut Prepared) -> Result<Sandboxed, BootError> {
+    let secrets = open_secrets(plan).await?;
     helpers::run_chain(
         &p.root,
         &plan.config.config.prestart,
@@ -348,11 +380,12 @@ pub async fn prepare_launch(plan: &Plan, p: &mut Prepared) -> Result<Sandboxed, 
         &plan.sandbox,
     )
     .await?;
-    info!(argv = ?p.spec.argv, uid = p.spec.user.uid, gid = p.spec.user.gid, cwd = %p.spec.cwd, "starting the workload");
-    Ok(crate::launch::exec::command(
+    info!(argv = ?p.spec.argv, uid = p.spec.user.uid, gid = p.spec.user.gid, cwd = %p.spec.cwd, secrets = ?secrets, "starting the workload");
+    Ok(crate::launch::exec::command_with_secrets(
         &p.root,
         &p.spec,
         &plan.sandbox,
         None,
+        Some(&secrets),
     )?)
 }

@@ -29,6 +29,10 @@ pub struct RunArgs {
     /// Runtime configuration (TOML); measured.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The sealed secrets the configuration's [[secrets]] name (what `cidboot seal` prints);
+    /// not measured. KMS is asked with the AWS environment variables and profile.
+    #[arg(long, value_name = "FILE")]
+    pub secrets: Option<PathBuf>,
     /// Apply into this directory (must not exist, or be empty) and keep it afterwards; it must
     /// be inside a directory only root can enter. If the boot fails or the run is interrupted,
     /// it is emptied again (by the next run in the same place, if this one was killed).
@@ -319,6 +323,8 @@ async fn boot_and_run(
         Some(p) => Loaded::load(p)?,
         None => Loaded::empty(),
     };
+    let (sealed, credentials) =
+        crate::secrets::for_run(&config.config, a.secrets.as_deref()).map_err(CliError::Usage)?;
     // The helpers' and the workload's cgroup, below cidboot's own; removed when it is dropped.
     let cgroup = crate::launch::cgroup::for_run(config.config.workload.limits.as_ref())
         .map_err(|e| boot::BootError::from(crate::launch::LaunchError::from(e)))?
@@ -379,6 +385,8 @@ async fn boot_and_run(
             helpers_dir,
             stage,
             observer: super::progress::layers(),
+            sealed,
+            credentials,
         };
         let mut plan = boot::plan::build(config, &overrides, machine)?;
         plan.sandbox.cgroup = cgroup.clone();
