@@ -546,3 +546,388 @@ fn base64_of(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
 }
+
+/// A `cidboot host` of the test's, its log kept; killed when dropped.
+struct Host {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Host {
+    fn start(config: &Path, env: &[(String, String)]) -> Host {
+        use std::io::BufRead;
+        let mut child = cidboot()
+            .args(["host", "--config"])
+            .arg(config)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("CIDBOOT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (l, err) = (lines.clone(), child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                l.lock().unwrap().push(line);
+            }
+        });
+        let h = Host { child, lines };
+        h.wait_for("cidboot host ready", 1);
+        h
+    }
+
+    /// Waits (10 s at most) until `needle` has appeared `n` times in the log.
+    fn wait_for(&self, needle: &str, n: usize) {
+        let start = std::time::Instant::now();
+        while self.count(needle) < n {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "{needle:?} not {n} times in {:?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The IMDSv2 double of tests/kms/imds.py; stopped when dropped.
+struct Imds {
+    url: String,
+    child: std::process::Child,
+    _stdin: std::process::ChildStdin,
+}
+
+impl Imds {
+    fn start(args: &[&str]) -> Imds {
+        use std::io::BufRead;
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kms/imds.py");
+        let mut child = std::process::Command::new(common::kms::moto_python())
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        Imds {
+            url: format!("http://127.0.0.1:{}", v["port"]),
+            child,
+            _stdin: stdin,
+        }
+    }
+
+    /// The status of one raw request to the double.
+    fn status(&self, head: &str) -> String {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(self.url.trim_start_matches("http://")).unwrap();
+        s.write_all(
+            format!("{head}\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        r.split_whitespace().nth(1).unwrap_or_default().to_string()
+    }
+}
+
+impl Drop for Imds {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn addr(p: &Path) -> cidboot::transport::addr::Addr {
+    format!("unix:{}", p.display()).parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_parent_serves_the_secrets_file_and_the_instance_roles_credentials() {
+    use cidboot::kms::Credentials;
+    use cidboot::relay::credentials::{fetch, FromParent};
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    // What AWS documents, enforced: a token needs its TTL, a read needs a token.
+    // Credentials that live 303 s and are replaced 300 s before they expire (AWS: at least five
+    // minutes), so that they are due for a refresh after 3 s; every token expires after 2 s.
+    let imds = Imds::start(&[
+        "--lifetime",
+        "303",
+        "--rotate-before",
+        "300",
+        "--token-cap",
+        "2",
+    ]);
+    assert_eq!(imds.status("PUT /latest/api/token HTTP/1.1"), "400");
+    assert_eq!(
+        imds.status("GET /latest/meta-data/iam/security-credentials/ HTTP/1.1"),
+        "401"
+    );
+
+    let key = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let enclave = write(
+        dir,
+        "enclave.toml",
+        format!(
+            "image = \"ipfs://bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy\"\n[kms]\nregion = \"us-east-1\"\n[[secrets]]\nname = \"db-password\"\nkey_id = \"{key}\"\nenv = \"DB_PASSWORD\"\n"
+        ),
+    );
+    let entry = |ct: &[u8]| SealedSecret::new("db-password", key, ct).unwrap();
+    let secrets = secrets_file(dir, "secrets.toml", &[&entry(b"first ciphertext")]);
+    let (boot, creds) = (dir.join("boot.sock"), dir.join("creds.sock"));
+    let host_toml = write(
+        dir,
+        "host.toml",
+        format!(
+            "[boot]\nlisten = \"unix:{}\"\nconfig = \"{}\"\nsecrets = \"{}\"\n[credentials]\nlisten = \"unix:{}\"\nsource = \"imds\"\nimds_endpoint = \"{}\"\n",
+            boot.display(),
+            enclave.display(),
+            secrets.display(),
+            creds.display(),
+            imds.url
+        ),
+    );
+    let o = cidboot()
+        .args(["host", "--check", "--config"])
+        .arg(&host_toml)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let host = Host::start(&host_toml, &[]);
+
+    // The boot configuration and the secrets file, each byte for byte.
+    let got = cidboot::relay::bootcfg::fetch(&addr(&boot), std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(got.config.unwrap(), std::fs::read(&enclave).unwrap());
+    assert_eq!(got.secrets.unwrap(), std::fs::read(&secrets).unwrap());
+
+    // The instance role's credentials, with their expiration.
+    let first = fetch(&addr(&creds)).await.unwrap();
+    assert_eq!(first.creds.access_key_id, "ASIAIMDSTEST00000001");
+    assert!(first
+        .creds
+        .session_token
+        .as_ref()
+        .is_some_and(|t| t.len() > 100));
+    let exp = first.expiration.unwrap();
+    let left = exp.duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(left > std::time::Duration::from_secs(290), "{left:?}");
+    host.wait_for("credentials served", 1);
+
+    // The enclave's client keeps them until five minutes before they expire: 3 s here.
+    let client = FromParent::new(addr(&creds));
+    let a = client.credentials().await.unwrap();
+    let b = client.credentials().await.unwrap();
+    assert_eq!(
+        (a.access_key_id.as_str(), b.access_key_id.as_str()),
+        ("ASIAIMDSTEST00000001", "ASIAIMDSTEST00000001")
+    );
+    assert_eq!(
+        host.count("credentials served"),
+        2,
+        "the second call used the kept ones"
+    );
+    // Then both sides take new ones (the host's token expired meanwhile: it takes another).
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let c = client.credentials().await.unwrap();
+    assert_eq!(c.access_key_id, "ASIAIMDSTEST00000002");
+    assert_ne!(*c.secret_access_key, *a.secret_access_key);
+
+    // SIGHUP reads the secrets file again: a rotated value is served at once.
+    std::fs::write(&secrets, entry(b"second ciphertext").to_toml()).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(host.child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    host.wait_for("boot configuration for every other enclave", 2);
+    let got = cidboot::relay::bootcfg::fetch(&addr(&boot), std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(got.secrets.unwrap(), std::fs::read(&secrets).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_parent_can_serve_its_own_credentials_and_checks_what_it_would_serve() {
+    use cidboot::relay::credentials::fetch;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let creds = dir.join("creds.sock");
+    let host_toml = write(
+        dir,
+        "host.toml",
+        format!(
+            "[credentials]\nlisten = \"unix:{}\"\nsource = \"environment\"\n",
+            creds.display()
+        ),
+    );
+    let env = vec![
+        ("HOME".to_string(), dir.display().to_string()),
+        (
+            "AWS_ACCESS_KEY_ID".to_string(),
+            "AKIAHOSTENV000000001".to_string(),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY".to_string(),
+            "host-secret".to_string(),
+        ),
+    ];
+    let _host = Host::start(&host_toml, &env);
+    let got = fetch(&addr(&creds)).await.unwrap();
+    assert_eq!(got.creds.access_key_id, "AKIAHOSTENV000000001");
+    assert_eq!(got.creds.secret_access_key.as_str(), "host-secret");
+    assert!(got.expiration.is_none());
+
+    // --check refuses what the daemon (or the enclave) could not use, saying what and where.
+    let check = |text: String, env: &[(String, String)]| {
+        let p = write(dir, "check.toml", text);
+        let o = cidboot()
+            .args(["host", "--check", "--config"])
+            .arg(&p)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let home = vec![("HOME".to_string(), dir.display().to_string())];
+    let (code, e) = check(
+        format!(
+            "[credentials]\nlisten = \"unix:{}\"\nsource = \"environment\"\n",
+            creds.display()
+        ),
+        &home,
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        e.contains("source = \"environment\"") && e.contains("none found"),
+        "{e}"
+    );
+    let (_, e) = check(
+        "[credentials]\nlisten = \"tcp:127.0.0.1:0\"\nsource = \"imds\"\nimds_endpoint = \"https://169.254.169.254\"\n".into(),
+        &home,
+    );
+    assert!(e.contains("imds_endpoint"), "{e}");
+    let (_, e) = check(
+        "[credentials]\nlisten = \"tcp:127.0.0.1:0\"\nsource = \"vault\"\n".into(),
+        &home,
+    );
+    assert!(e.contains("unknown variant `vault`"), "{e}");
+
+    let key = "arn:aws:kms:us-east-1:111122223333:key/k";
+    let enclave = write(
+        dir,
+        "enclave.toml",
+        format!(
+            "image = \"ipfs://bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy\"\n[kms]\nregion = \"us-east-1\"\n[[secrets]]\nname = \"db-password\"\nkey_id = \"{key}\"\nenv = \"DB_PASSWORD\"\n[[secrets]]\nname = \"app-key\"\nkey_id = \"{key}\"\nfile = \"/run/secrets/app-key\"\nformat = \"hex\"\n"
+        ),
+    );
+    let only_db = secrets_file(
+        dir,
+        "only-db.toml",
+        &[&SealedSecret::new("db-password", key, b"ct").unwrap()],
+    );
+    let bad = write(dir, "bad.toml", "[[secrets]]\nname = \"db-password\"\n");
+    let boot = |rest: &str| format!("[boot]\nlisten = \"tcp:127.0.0.1:0\"\n{rest}\n");
+    let (code, e) = check(
+        boot(&format!(
+            "config = \"{}\"\nsecrets = \"{}\"",
+            enclave.display(),
+            only_db.display()
+        )),
+        &home,
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        e.contains("boot: ")
+            && e.contains("secret \"app-key\"")
+            && e.contains("no ciphertext for it"),
+        "{e}"
+    );
+    let (_, e) = check(boot(&format!("config = \"{}\"", enclave.display())), &home);
+    assert!(
+        e.contains("secret \"db-password\"") && e.contains("no secrets file"),
+        "{e}"
+    );
+    let (_, e) = check(
+        boot(&format!(
+            "config = \"{}\"\nsecrets = \"{}\"",
+            enclave.display(),
+            bad.display()
+        )),
+        &home,
+    );
+    assert!(
+        e.contains(&format!(
+            "boot.secrets: {}: the secrets file is not valid",
+            bad.display()
+        )),
+        "{e}"
+    );
+    // Per enclave, a configuration alone or with its secrets; unknown keys refused.
+    let (code, e) = check(
+        boot(&format!(
+            "[boot.enclaves]\n16 = {{ config = \"{}\", secrets = \"{}\" }}\n17 = {{ secrets = \"{}\" }}",
+            enclave.display(),
+            only_db.display(),
+            only_db.display()
+        )),
+        &home,
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        e.contains("boot.enclaves.16: ") && e.contains("secret \"app-key\""),
+        "{e}"
+    );
+    let (code, e) = check(
+        boot(&format!(
+            "[boot.enclaves]\n17 = {{ secret = \"{}\" }}",
+            only_db.display()
+        )),
+        &home,
+    );
+    assert_eq!(code, Some(1));
+    assert!(e.contains("unknown field `secret`"), "{e}");
+    let (code, e) = check(
+        boot(&format!(
+            "[boot.enclaves]\n17 = {{ secrets = \"{}\" }}\n18 = \"{}\"",
+            only_db.display(),
+            enclave.display()
+        )),
+        &home,
+    );
+    assert_eq!(code, Some(1), "{e}");
+    assert!(
+        e.contains("boot.enclaves.18: ") && e.contains("no secrets file"),
+        "{e}"
+    );
+}

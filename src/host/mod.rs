@@ -816,7 +816,7 @@ pub async fn run(checked: Checked, json: bool) -> Result<(), HostError> {
         });
     }
     if let Some((l, source)) = credl {
-        info!(source = %source.describe(), "credentials served to the enclave");
+        info!(source = %source.describe(), "AWS credentials for the enclave's KMS calls");
         set.spawn(async move {
             crate::relay::credentials::serve(l, source).await;
             Ok(())
