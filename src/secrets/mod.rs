@@ -90,14 +90,8 @@ pub fn check_config(cfg: &RuntimeConfig) -> Result<(), String> {
         if !names.insert(s.name.as_str()) {
             return Err(bad("named twice".into()));
         }
-        if s.key_id.is_empty()
-            || s.key_id.len() > MAX_KEY_ID
-            || s.key_id.chars().any(char::is_control)
-        {
-            return Err(bad(format!(
-                "key_id must be 1 to {MAX_KEY_ID} characters without control characters"
-            )));
-        }
+        let region = cfg.kms.as_ref().map_or("", |k| k.region.as_str());
+        check_key_arn(&s.key_id, region).map_err(bad)?;
         if s.env.is_none() && s.file.is_none() {
             return Err(bad(
                 "give env = \"VAR\" and/or file = \"/run/secrets/NAME\": how the workload gets it"
@@ -121,6 +115,43 @@ pub fn check_config(cfg: &RuntimeConfig) -> Result<(), String> {
                 return Err(bad(format!("file {f:?} is given to another secret too")));
             }
         }
+    }
+    Ok(())
+}
+
+/// A key's full ARN (`arn:aws:kms:REGION:ACCOUNT:key/ID`) in the `[kms]` region. Anything
+/// shorter is resolved in the account of whoever signs the call, and the parent supplies the
+/// credentials: a key id or an alias could then name a key of the parent's own, whose policy
+/// lets it choose the secret's value. A full ARN names the operator's key and no other.
+fn check_key_arn(key_id: &str, region: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "key_id {key_id:?}: {why}: give the key's full ARN, arn:aws:kms:{region}:ACCOUNT:key/KEY-ID (a key id or an alias would be resolved in the account of the credentials, which the parent supplies)"
+        ))
+    };
+    if key_id.len() > MAX_KEY_ID {
+        return bad(&format!("over {MAX_KEY_ID} characters"));
+    }
+    let parts: Vec<&str> = key_id.splitn(6, ':').collect();
+    let [arn, partition, service, key_region, account, resource] = parts[..] else {
+        return bad("not a key ARN");
+    };
+    let key = resource.strip_prefix("key/").unwrap_or("");
+    let word = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
+    if arn != "arn"
+        || !word(partition)
+        || service != "kms"
+        || account.len() != 12
+        || !account.bytes().all(|b| b.is_ascii_digit())
+        || key.is_empty()
+        || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return bad("not a key ARN");
+    }
+    if key_region != region {
+        return bad(&format!(
+            "the key is in region {key_region:?}, but [kms] asks region {region:?}"
+        ));
     }
     Ok(())
 }
@@ -323,7 +354,13 @@ pub fn for_run(cfg: &RuntimeConfig, file: Option<&std::path::Path>) -> Result<Fo
 mod tests {
     use crate::config::Loaded;
 
+    const ARN: &str = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+    /// `extra` under a `[kms]` and a `[workload]`; `key_id = "k"` stands for a real key ARN.
     fn check(extra: &str) -> Result<(), String> {
+        let extra = extra
+            .replace("key_id = \"k\"", &format!("key_id = \"{ARN}\""))
+            .replace("key_id = \"KEY\"", &format!("key_id = \"{ARN}\""));
         let text =
             format!("[kms]\nregion = \"us-east-1\"\n[workload]\nenv = [\"MODE=prod\"]\n{extra}");
         Loaded::parse(text.into_bytes())
@@ -333,14 +370,30 @@ mod tests {
 
     #[test]
     fn secrets_in_the_configuration_are_checked_when_it_is_read() {
-        let ok = "[[secrets]]\nname = \"db\"\nkey_id = \"k\"\nenv = \"DB_PASSWORD\"\nfile = \"/run/secrets/db\"\n[[secrets]]\nname = \"app-key\"\nkey_id = \"k\"\nenv = \"MNEMONIC\"\nformat = \"mnemonic\"\n";
+        let ok = "[[secrets]]\nname = \"db\"\nkey_id = \"KEY\"\nenv = \"DB_PASSWORD\"\nfile = \"/run/secrets/db\"\n[[secrets]]\nname = \"app-key\"\nkey_id = \"k\"\nenv = \"MNEMONIC\"\nformat = \"mnemonic\"\n";
         check(ok).unwrap();
         for (bad, want) in [
             (
                 "name = \"../x\"\nkey_id = \"k\"\nenv = \"X\"",
                 "secret name \"../x\"",
             ),
-            ("name = \"x\"\nkey_id = \"\"\nenv = \"X\"", "key_id must be"),
+            ("name = \"x\"\nkey_id = \"\"\nenv = \"X\"", "not a key ARN"),
+            (
+                "name = \"x\"\nkey_id = \"alias/app\"\nenv = \"X\"",
+                "give the key's full ARN, arn:aws:kms:us-east-1:ACCOUNT:key/KEY-ID",
+            ),
+            (
+                "name = \"x\"\nkey_id = \"1234abcd-12ab-34cd-56ef-1234567890ab\"\nenv = \"X\"",
+                "which the parent supplies",
+            ),
+            (
+                "name = \"x\"\nkey_id = \"arn:aws:kms:us-east-1:111122223333:alias/app\"\nenv = \"X\"",
+                "not a key ARN",
+            ),
+            (
+                "name = \"x\"\nkey_id = \"arn:aws:kms:eu-west-1:111122223333:key/k1\"\nenv = \"X\"",
+                "the key is in region \"eu-west-1\", but [kms] asks region \"us-east-1\"",
+            ),
             ("name = \"x\"\nkey_id = \"k\"", "give env"),
             (
                 "name = \"x\"\nkey_id = \"k\"\nenv = \"1X\"",
