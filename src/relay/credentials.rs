@@ -265,7 +265,10 @@ impl Credentials for FromParent {
                 }
             }
             let e = fetch(&self.addr).await.map_err(|e| {
-                KmsError::Credentials(format!("from the parent ({}): {e}", self.addr))
+                KmsError::Credentials(format!(
+                    "from the parent ({}): {e} (the parent's cidboot host serves them with [credentials])",
+                    self.addr
+                ))
             })?;
             if e.expiration.is_some_and(|exp| exp <= SystemTime::now()) {
                 return Err(KmsError::Credentials(format!(
