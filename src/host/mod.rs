@@ -945,15 +945,20 @@ fn log_boot_configs(c: &RwLock<Arc<BootConfigs>>) {
     if let Some(d) = &c.default {
         let (file, sha256, secrets) = files(d);
         info!(
-            file,
-            sha256, secrets, "boot configuration for every other enclave"
+            file = %file,
+            sha256 = %sha256,
+            secrets = %secrets,
+            "boot configuration for every other enclave"
         );
     }
     for (cid, s) in &c.by_cid {
         let (file, sha256, secrets) = files(s);
         info!(
             cid,
-            file, sha256, secrets, "boot configuration for the enclave at this CID"
+            file = %file,
+            sha256 = %sha256,
+            secrets = %secrets,
+            "boot configuration for the enclave at this CID"
         );
     }
 }

@@ -149,7 +149,7 @@ pub async fn serve(listener: Listener, configs: Arc<RwLock<Arc<BootConfigs>>>) {
                 .map_or_else(none, |p| p.path.display().to_string());
             match r {
                 Ok(Ok(())) => {
-                    info!(client = %peer, file, bytes = frame.len(), sha256, secrets, "boot configuration served")
+                    info!(client = %peer, file = %file, bytes = frame.len(), sha256 = %sha256, secrets = %secrets, "boot configuration served")
                 }
                 Ok(Err(e)) => {
                     warn!(client = %peer, error = %e, "serving the boot configuration failed")
