@@ -18,6 +18,13 @@
 #   4. a workload that allocates without bound, and one that forks without bound, under
 #      [workload.limits]: each ends with a status naming the cause (an OOM kill, the pids limit),
 #      every line it printed before reaches the host, and PID 1 powers off as usual.
+#   5. secrets: the honest boot of 1 also gets a sealed secret and a generated app key (sealed
+#      with `cidboot seal` by the test KMS, tests/kms/test_kms.py, on the parent's side over
+#      TLS, reached through the parent's egress proxy, with credentials from `cidboot host`);
+#      the test KMS evaluates the statement `cidboot expect --kms-policy --eif-pcrs` printed
+#      against the emulated NSM's documents (unsigned: its explicit emulated-enclave mode), and
+#      the workload prints a hash of each secret. The same boot with one byte more in its
+#      configuration gets AccessDeniedException and powers off before anything runs.
 # Runs are judged by what the enclave reports to the host, never by QEMU's exit status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +62,35 @@ scripts/sample-image.sh "$work/helpers" --helpers >/dev/null
 helpers_cid=$("$bin" pack "$work/helpers" --car "$work/helpers.car" 2>/dev/null)
 helpers_digest=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['manifests'][0]['digest'])" "$work/helpers/index.json")
 
+say "starting the test KMS (TLS, emulated-enclave documents) and sealing two secrets with cidboot seal"
+role="arn:aws:iam::111122223333:role/enclave-parent"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/kms-ca.key" -out "$work/kms-ca.pem" \
+  -days 2 -subj "/CN=cidboot e2e test KMS CA" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/kms.key" -out "$work/kms.csr" -subj "/CN=127.0.0.1" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' >"$work/kms.ext"
+openssl x509 -req -in "$work/kms.csr" -CA "$work/kms-ca.pem" -CAkey "$work/kms-ca.key" -CAcreateserial -days 2 \
+  -extfile "$work/kms.ext" -out "$work/kms.pem" 2>/dev/null
+echo '{"Effect": "Deny"}' >"$work/statement.json"
+kms_env=(AWS_ACCESS_KEY_ID=AKIAE2ETESTKMS000001 AWS_SECRET_ACCESS_KEY=e2e-test-kms-secret AWS_REGION=us-east-1)
+mkfifo "$work/kms.in"
+"${CIDBOOT_MOTO_PYTHON:-${CIDBOOT_CACHE:-$HOME/.cache/cidboot}/moto/bin/python}" tests/kms/test_kms.py \
+  --cert "$work/kms.pem" --key "$work/kms.key" --policy "$work/statement.json" --principal "$role" \
+  --access-key-id AKIAE2ETESTKMS000001 --secret-access-key e2e-test-kms-secret \
+  --INSECURE-accept-unsigned-emulated-documents <"$work/kms.in" >"$work/kms.out" 2>"$work/kms.log" &
+pids+=($!)
+exec 9>"$work/kms.in"
+for _ in $(seq 100); do [ -s "$work/kms.out" ] && break; sleep 0.1; done
+kms_port=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['port'])" "$work/kms.out") || fail "the test KMS did not start"
+kms_key=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['keys'][0])" "$work/kms.out")
+kms_url="https://127.0.0.1:$kms_port"
+db_password="e2e db password $(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+printf '%s' "$db_password" | env -i HOME="$work" "${kms_env[@]}" "$bin" seal --key-id "$kms_key" --name db-password \
+  --kms-endpoint "$kms_url" --ca "$work/kms-ca.pem" >"$work/secrets.toml" 2>"$work/seal.log" || fail "seal: $(cat "$work/seal.log")"
+env -i HOME="$work" "${kms_env[@]}" "$bin" seal --generate --key-id "$kms_key" --name app-key \
+  --kms-endpoint "$kms_url" --ca "$work/kms-ca.pem" >>"$work/secrets.toml" 2>>"$work/seal.log" || fail "seal --generate: $(cat "$work/seal.log")"
+secrets_toml=$(printf '[kms]\nregion = "us-east-1"\nendpoint = "%s"\n\n[workload]\ncmd = ["--secrets", "DB_PASSWORD", "/run/secrets/db-password", "APP_MNEMONIC"]\n\n[[secrets]]\nname = "db-password"\nkey_id = "%s"\nenv = "DB_PASSWORD"\nfile = "/run/secrets/db-password"\n\n[[secrets]]\nname = "app-key"\nkey_id = "%s"\nenv = "APP_MNEMONIC"\nformat = "mnemonic"\n' "$kms_url" "$kms_key" "$kms_key")
+say "test KMS on $kms_url; db-password and app-key sealed"
+
 start_gateway() { # $1: extra flags, $2: the sample's CAR; sets gw_url
   "$bin" gateway --car "$2" --car "$work/helpers.car" --listen 127.0.0.1:0 --tls-self-signed "$work/ca.pem" $1 >"$work/gateway.url" 2>"$work/gateway.log" &
   pids+=($!)
@@ -63,7 +99,7 @@ start_gateway() { # $1: extra flags, $2: the sample's CAR; sets gw_url
   [ -n "$gw_url" ] || fail "gateway did not start"
 }
 
-boot_enclave() { # $1: name, $2: more [enclave] keys, $3: the EIF ($work/$3.eif, default cidboot), $4: launches expected (1), $5: more enclave configuration; uses $gw_url and $work/ca.pem; leaves $work/$1.log
+boot_enclave() { # $1: name, $2: more [enclave] keys, $3: the EIF ($work/$3.eif, default cidboot), $4: launches expected (1), $5: more enclave configuration, $6: "admit" to make the test KMS's statement the one printed for this configuration, or a line appended to the configuration after that; uses $gw_url and $work/ca.pem; leaves $work/$1.log
   # `cidboot host` launches the enclave itself ([enclave] launcher = "qemu"), watches it and
   # applies its restart policy; the enclave's console lands in the host's log.
   local name=$1 dir="$work/$1"
@@ -72,16 +108,26 @@ boot_enclave() { # $1: name, $2: more [enclave] keys, $3: the EIF ($work/$3.eif,
   { printf 'image = "ipfs://%s"\ngateways = ["%s"]\n\n' "$cid" "$gw_url"
     printf '[[helpers.images]]\nimage = "ipfs://%s"\ndigest = "%s"\n\n' "$helpers_cid" "$helpers_digest"
     printf '[[prestart]]\nhelper = "fake-kms-client"\nargs = ["/run/kms.env"]\nenv_file = "/run/kms.env"\n\n'
-    printf '[tls]\nextra_ca = """\n'; cat "$work/ca.pem"; printf '"""\n'; printf '%s\n' "${5:-}"; } >"$dir/enclave.toml"
+    printf '[tls]\nextra_ca = """\n'; cat "$work/ca.pem" "$work/kms-ca.pem"; printf '"""\n'; printf '%s\n' "${5:-}"; } >"$dir/enclave.toml"
+  if [ "${6:-}" = admit ]; then
+    "$bin" expect "ipfs://$cid" --gateway "$gw_url" --ca "$work/ca.pem" --config "$dir/enclave.toml" --eif-pcrs "$work/eif.json" \
+      --kms-policy --principal "$role" >"$work/statement.json" 2>"$work/$name-expect.log" || fail "$name: expect --kms-policy: $(cat "$work/$name-expect.log")"
+  elif [ -n "${6:-}" ]; then
+    printf '%s\n' "$6" >>"$dir/enclave.toml"
+  fi
   local khz
   khz=$(awk -F: '/cpu MHz/ {printf "%d", $2 * 1000; exit}' /proc/cpuinfo)
   cat >"$dir/host.toml" <<TOML
 [egress]
 listen = "unix:$dir/vsock_8000"
-allow = ["127.0.0.1:$port"]
+allow = ["127.0.0.1:$port", "127.0.0.1:$kms_port"]
 [boot]
 listen = "unix:$dir/vsock_8001"
 config = "$dir/enclave.toml"
+secrets = "$work/secrets.toml"
+[credentials]
+listen = "unix:$dir/vsock_8003"
+source = "environment"
 [logs]
 listen = "unix:$dir/vsock_8002"
 file = "$dir/enclave.log"
@@ -105,7 +151,7 @@ socket = "$dir/vhost.sock"
 append = "tsc_early_khz=$khz tsc=reliable cidboot.parent_cid=2"
 TOML
   local hlog="$work/$name-host.log"
-  "$bin" host --config "$dir/host.toml" >"$hlog" 2>&1 &
+  env "${kms_env[@]}" "$bin" host --config "$dir/host.toml" >"$hlog" 2>&1 &
   local host=$!
   pids+=($host)
   # Bounded wait for the supervisor to decide after the boot: no relaunch, or its limit.
@@ -200,7 +246,7 @@ say "EIF image and sleeve built: layouts and entrypoints as documented; the hone
 
 say "booting the enclave (honest gateway)"
 start_gateway "" "$work/sample.car"
-boot_enclave good 'restart = "on-failure"' sleeve
+boot_enclave good 'restart = "on-failure"' sleeve 1 "$secrets_toml" admit
 log="$work/good.log"
 grep -q 'not relaunching the enclave' "$work/good-host.log" || fail "the supervisor did not take exit code 0 as success"
 grep -q 'heartbeat answered' "$log" || fail "no heartbeat"
@@ -212,6 +258,16 @@ grep -q '^[^ ]* [^ ]* [0-9]* \[stdout\] sandbox: open /dev/nsm: ENOENT' "$log" |
 grep -q '^[^ ]* [^ ]* [0-9]* \[stdout\] sandbox: socket(AF_VSOCK): EPERM' "$log" || fail "the workload opened AF_VSOCK: $(grep 'sandbox:' "$log")"
 say "the workload ran sandboxed: no /dev/nsm, no AF_VSOCK"
 grep -q '^[^ ]* [^ ]* [0-9]* \[status\] {"exit_code":0' "$log" || fail "the workload did not exit 0: $(grep '^[^ ]* [^ ]* [0-9]* \[status\]' "$log")"
+db_sha=$(printf '%s' "$db_password" | sha256sum | cut -d' ' -f1)
+grep -q "^[^ ]* [^ ]* [0-9]* \[stdout\] secret env DB_PASSWORD sha256=$db_sha bytes=${#db_password} " "$log" ||
+  fail "the sealed secret did not reach the workload's environment: $(grep 'secret ' "$log")"
+grep -q "^[^ ]* [^ ]* [0-9]* \[stdout\] secret file /run/secrets/db-password sha256=$db_sha bytes=${#db_password} words=[0-9]* owner=1000:1000 mode=0400 dir owner=1000:1000 mode=0500$" "$log" ||
+  fail "the sealed secret did not reach /run/secrets as the workload's 0400 file: $(grep 'secret ' "$log")"
+app_line=$(sed -n 's/^[^ ]* [^ ]* [0-9]* \[stdout\] \(secret env APP_MNEMONIC sha256=[0-9a-f]\{64\} bytes=[0-9]* words=24\)$/\1/p' "$log")
+[ -n "$app_line" ] || fail "the app key did not reach the workload as a 24-word phrase: $(grep 'secret ' "$log")"
+grep -qF "$db_password" "$log" "$work/good-host.log" && fail "the secret's value is in a log"
+grep -q 'secret opened by KMS for the workload secret=app-key' "$work/good-console.log" || fail "no KMS opening in the console log"
+say "the workload got its sealed secret (sha256 $db_sha, in its environment and /run/secrets) and its app key ($app_line)"
 nonce=$(sed -n 's/^[^ ]* [^ ]* [0-9]* \[stdout\] attestation nonce: //p' "$log")
 sed -n 's/^[^ ]* [^ ]* [0-9]* \[stdout\] attestation document: //p' "$log" >"$work/doc.b64"
 [ -s "$work/doc.b64" ] || fail "no attestation document"
@@ -249,6 +305,15 @@ grep -q '^[^ ]* [^ ]* [0-9]* \[stdout\] fork failed after [0-9]* children: EAGAI
 tail -n1 "$work/forks.log" | grep -q '\[status\]' || fail "the status is not the last record"
 say "the pids limit ended the workload: status $(status_of forks)"
 
+say "booting the enclave (one byte more in the configuration: the key policy refuses it)"
+boot_enclave notadmitted 'restart = "never"' cidboot 1 "$secrets_toml" "#"
+# The status is JSON, which the log sink escapes once more: the name's quotes come as \\".
+grep -q '^[^ ]* [^ ]* [0-9]* \[status\] {"exit_code":null,"reason":"fatal: secret [\\"]*db-password[\\"]*: KMS Decrypt with key .*AccessDeniedException.*PCR16=' "$work/notadmitted.log" ||
+  fail "no AccessDeniedException naming the secret: $(status_of notadmitted)"
+grep -q '^[^ ]* [^ ]* [0-9]* \[stdout\]' "$work/notadmitted.log" && fail "the workload ran without its secrets"
+grep -q 'fake-kms-client: wrote' "$work/notadmitted-console.log" && fail "a helper ran before the secrets were opened"
+say "a configuration the key policy does not name: AccessDeniedException, nothing ran, powered off"
+
 say "booting the enclave (tampering gateway)"
 python3 - "$work/sample.car" "$work/tampered.car" <<'PY'
 import sys
@@ -268,5 +333,5 @@ grep -q 'max_restarts reached' "$work/tampered-host.log" || fail "the supervisor
 say "the failed boot was relaunched once after 1 s, then max_restarts stopped it"
 grep -q '^[^ ]* [^ ]* [0-9]* \[status\] {"exit_code":null,"reason":"fatal: .*does not hash to its CID' "$log" || fail "no verification error reported: $(grep '^[^ ]* [^ ]* [0-9]* \[status\]' "$log")"
 grep -q '^[^ ]* [^ ]* [0-9]* \[stdout\]' "$log" && fail "the workload ran on tampered content"
-say "PASS: 4 passed, 0 failed"
-echo "4 passed, 0 failed"
+say "PASS: 5 passed, 0 failed"
+echo "5 passed, 0 failed"

@@ -73,6 +73,9 @@ pub struct RuntimeConfig {
     pub kms: Option<Kms>,
     /// `[kms_proxy]`: the AWS KMS JSON API on loopback for the workload (needs `[kms]`).
     pub kms_proxy: Option<KmsProxy>,
+    /// `[[secrets]]`: the sealed secrets the workload gets, and how (see [`crate::secrets`]).
+    #[serde(default)]
+    pub secrets: Vec<Secret>,
 }
 
 /// `[kms_proxy]`: a loopback endpoint that speaks the AWS KMS JSON API to the workload and
@@ -107,6 +110,27 @@ impl KmsProxy {
         }
         Ok(addr)
     }
+}
+
+/// `[[secrets]]`: one sealed secret the workload gets. Its ciphertext is not here (it is not
+/// measured): it comes with the boot, by name, and KMS opens it only for this enclave.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secret {
+    /// The name it was sealed under (`cidboot seal --name`), bound into its ciphertext.
+    pub name: String,
+    /// The KMS key that must open it (its ARN, best): `Decrypt` names it, so a ciphertext
+    /// under any other key is refused by KMS.
+    pub key_id: String,
+    /// Deliver it in this environment variable of the workload.
+    pub env: Option<String>,
+    /// Deliver it in this file, `/run/secrets/NAME`: a tmpfs of the workload's own, the file
+    /// owned by the workload's user, mode 0400.
+    pub file: Option<String>,
+    /// How the value is written: `raw` (default), `base64`, `hex`, or `mnemonic` (the 24-word
+    /// BIP-39 phrase of a 32-byte value).
+    #[serde(default)]
+    pub format: crate::secrets::Format,
 }
 
 /// `[kms]`: which AWS KMS to ask, over HTTPS that ends in cidboot, trusted through the web
@@ -526,6 +550,7 @@ impl RuntimeConfig {
             }
             p.listen()?;
         }
+        crate::secrets::check_config(self).map_err(ConfigError::Invalid)?;
         if let Some(d) = self.boot_deadline_secs {
             if d == 0 || d > MAX_BOOT_DEADLINE_SECS {
                 return Err(ConfigError::Invalid(format!(

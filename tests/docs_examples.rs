@@ -126,6 +126,16 @@ fn every_toml_example_in_docs_parses() {
         all.iter().any(|b| b.kind == Some(Kind::Secrets)),
         "no secrets.toml example found in docs/"
     );
+    assert!(
+        all.iter()
+            .any(|b| b.kind == Some(Kind::Runtime) && b.text.contains("[[secrets]]")),
+        "no [[secrets]] example found in docs/"
+    );
+    assert!(
+        all.iter()
+            .any(|b| b.kind == Some(Kind::Host) && b.text.contains("[credentials]")),
+        "no [credentials] example found in docs/"
+    );
     let failures: Vec<String> = all
         .iter()
         .filter_map(|b| {

@@ -821,6 +821,8 @@ fn sighup_reopens_the_log_and_rereads_the_boot_configuration() {
             Duration::from_secs(5),
         ))
         .unwrap()
+        .config
+        .unwrap()
     };
     assert_eq!(fetch(), v1.as_bytes());
     host.wait_for(
@@ -900,7 +902,8 @@ fn boot_configuration_is_served_byte_for_byte() {
             Duration::from_secs(5),
         ))
         .unwrap();
-    assert_eq!(got, body.as_bytes());
+    assert_eq!(got.config.unwrap(), body.as_bytes());
+    assert_eq!(got.secrets, None);
 }
 
 fn host_fails(config: &str) -> String {

@@ -226,3 +226,37 @@ fn last_errno_name() -> String {
         None => "unknown".into(),
     }
 }
+
+/// What a workload sees of a secret, for tests to check without printing the value: an
+/// environment variable (`NAME`) or a file (an absolute path), its SHA-256 and length, the
+/// words of a phrase, and a file's owner and mode (the directory's too).
+pub fn describe_secret(what: &str) -> String {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::MetadataExt;
+    let hex = |b: &[u8]| Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let words = |b: &[u8]| String::from_utf8_lossy(b).split(' ').count();
+    if !what.starts_with('/') {
+        return match std::env::var_os(what) {
+            Some(v) => {
+                let b = std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str());
+                format!("secret env {what} sha256={} bytes={} words={}", hex(b), b.len(), words(b))
+            }
+            None => format!("secret env {what} unset"),
+        };
+    }
+    let mode = |p: &std::path::Path| match std::fs::symlink_metadata(p) {
+        Ok(m) => format!("owner={}:{} mode={:04o}", m.uid(), m.gid(), m.mode() & 0o7777),
+        Err(e) => errno_name(e.raw_os_error().unwrap_or(0)),
+    };
+    let dir = std::path::Path::new(what).parent().map(mode).unwrap_or_default();
+    match std::fs::read(what) {
+        Ok(b) => format!(
+            "secret file {what} sha256={} bytes={} words={} {} dir {dir}",
+            hex(&b),
+            b.len(),
+            words(&b),
+            mode(std::path::Path::new(what))
+        ),
+        Err(e) => format!("secret file {what} {}", errno_name(e.raw_os_error().unwrap_or(0))),
+    }
+}

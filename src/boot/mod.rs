@@ -48,6 +48,8 @@ pub enum BootError {
     HelperImage { image: String, reason: String },
     #[error("KMS proxy: {0}")]
     KmsProxy(String),
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
 }
 
 /// The confined filesystem's errors, as the applier names them.
@@ -85,6 +87,11 @@ pub struct Plan {
     pub deadline: tokio::time::Instant,
     /// Who watches the layers arrive (a terminal's progress bars under `cidboot run`).
     pub observer: Arc<dyn apply::Observer>,
+    /// The sealed secrets that came with the boot (not measured): the parent's, or
+    /// `cidboot run --secrets`.
+    pub sealed: Option<crate::kms::sealed::SecretsFile>,
+    /// What signs the KMS calls that open them (needed only with `[[secrets]]`).
+    pub credentials: Option<Arc<dyn crate::kms::Credentials>>,
 }
 
 /// The instant a boot that starts now must reach the workload by.
@@ -231,19 +238,21 @@ pub async fn serve_api(plan: &Plan, p: &mut Prepared) -> Result<std::net::Socket
 
 /// Starts the KMS proxy of `[kms_proxy]`, if the configuration has one, and tells the
 /// workload where it is (`AWS_ENDPOINT_URL_KMS`). Its calls go to `[kms]` through the boot's
-/// egress path, trusting the web PKI roots and `[tls] extra_ca`, signed with `credentials`.
+/// egress path, trusting the web PKI roots and `[tls] extra_ca`, signed with the plan's
+/// credentials (the parent's in an enclave, the AWS environment's under `cidboot run`).
 pub async fn start_kms_proxy(
     plan: &Plan,
     p: &mut Prepared,
-    credentials: Option<Arc<dyn crate::kms::Credentials>>,
 ) -> Result<Option<std::net::SocketAddr>, BootError> {
     let cfg = &plan.config.config;
     let (Some(proxy), Some(kms)) = (&cfg.kms_proxy, &cfg.kms) else {
         return Ok(None);
     };
     let fail = |e: String| BootError::KmsProxy(e);
-    let credentials =
-        credentials.ok_or_else(|| fail("no AWS credentials to sign its calls with".into()))?;
+    let credentials = plan
+        .credentials
+        .clone()
+        .ok_or_else(|| fail("no AWS credentials to sign its calls with".into()))?;
     let endpoint = kms.endpoint().map_err(|e| fail(e.to_string()))?;
     let tls = crate::transport::tls::client_config_with(None, cfg.tls.extra_ca.as_deref())
         .map_err(|e| fail(e.to_string()))?;
@@ -378,8 +387,33 @@ pub async fn launch(plan: &Plan, p: &mut Prepared) -> Result<tokio::process::Chi
     Ok(cmd.spawn().await?)
 }
 
-/// Runs the prestart chain and returns the workload's sandboxed command, ready to spawn.
+/// Opens the secrets the configuration names (see [`crate::secrets`]): after the measurement
+/// (KMS checks the PCRs it locked), before anything from the image runs.
+pub async fn open_secrets(plan: &Plan) -> Result<crate::secrets::Opened, BootError> {
+    let cfg = &plan.config.config;
+    if cfg.secrets.is_empty() {
+        return Ok(crate::secrets::Opened::default());
+    }
+    let credentials = plan.credentials.clone().ok_or_else(|| {
+        BootError::Plan("[[secrets]]: no AWS credentials to sign the KMS calls with".into())
+    })?;
+    let client = crate::secrets::client(cfg, plan.egress_dialer.clone(), credentials)
+        .map_err(BootError::Plan)?;
+    info!(count = cfg.secrets.len(), kms = %client.endpoint(), "opening the workload's secrets");
+    let opened = crate::secrets::open(
+        &client,
+        plan.nsm.as_ref(),
+        &cfg.secrets,
+        plan.sealed.as_ref(),
+    )
+    .await?;
+    Ok(opened)
+}
+
+/// Opens the secrets, runs the prestart chain and returns the workload's sandboxed command,
+/// ready to spawn, with its secrets.
 pub async fn prepare_launch(plan: &Plan, p: &mut Prepared) -> Result<Sandboxed, BootError> {
+    let secrets = open_secrets(plan).await?;
     helpers::run_chain(
         &p.root,
         &plan.config.config.prestart,
@@ -389,11 +423,12 @@ pub async fn prepare_launch(plan: &Plan, p: &mut Prepared) -> Result<Sandboxed, 
         &plan.sandbox,
     )
     .await?;
-    info!(argv = ?p.spec.argv, uid = p.spec.user.uid, gid = p.spec.user.gid, cwd = %p.spec.cwd, "starting the workload");
-    Ok(crate::launch::exec::command(
+    info!(argv = ?p.spec.argv, uid = p.spec.user.uid, gid = p.spec.user.gid, cwd = %p.spec.cwd, secrets = ?secrets, "starting the workload");
+    Ok(crate::launch::exec::command_with_secrets(
         &p.root,
         &p.spec,
         &plan.sandbox,
         None,
+        Some(&secrets),
     )?)
 }

@@ -54,6 +54,11 @@ pub struct Machine {
     pub stage: PathBuf,
     /// Who watches the layers arrive.
     pub observer: Arc<dyn Observer>,
+    /// The sealed secrets that came with the boot (the parent's, or `cidboot run --secrets`).
+    pub sealed: Option<crate::kms::sealed::SecretsFile>,
+    /// What signs the KMS calls that open them: the parent's credentials in an enclave, the
+    /// AWS environment and profile under `cidboot run`.
+    pub credentials: Option<Arc<dyn crate::kms::Credentials>>,
 }
 
 /// Which index entry: the flags, else the configuration, else linux/amd64 and no tag.
@@ -158,6 +163,8 @@ pub fn build(config: Loaded, o: &Overrides, m: Machine) -> Result<Plan, BootErro
             )
         })?;
     let reference = ImageRef::parse(&image).map_err(|e| BootError::Plan(e.to_string()))?;
+    // A secret that did not come with the boot stops it now, not after the whole fetch.
+    crate::secrets::check_present(&cfg.secrets, m.sealed.as_ref())?;
     let select = selector(
         cfg,
         o.platform.as_deref(),
@@ -193,6 +200,8 @@ pub fn build(config: Loaded, o: &Overrides, m: Machine) -> Result<Plan, BootErro
         egress_dialer: m.egress_dialer,
         deadline,
         observer: m.observer,
+        sealed: m.sealed,
+        credentials: m.credentials,
     })
 }
 

@@ -158,8 +158,11 @@ host.toml sections (each optional, at least one needed; addresses are vsock:CID:
 `any` to listen on every CID, unix:PATH or tcp:HOST:PORT):
   [egress]       listen, allow = [\"host:port\", ...]: the HTTP CONNECT proxy the enclave fetches
                  and connects through; everything not allowed is denied
-  [boot]         listen, config = PATH, [boot.enclaves] CID = PATH: serves each enclave its
-                 runtime configuration byte for byte
+  [boot]         listen, config = PATH, secrets = PATH, [boot.enclaves] CID = PATH or
+                 { config, secrets }: serves each enclave its runtime configuration byte for
+                 byte, and the sealed secrets it names
+  [credentials]  listen, source = imds|environment: AWS credentials for the enclave's KMS calls
+                 (the instance role's, or the daemon's own)
   [logs]         listen, file = PATH, state = PATH, idle_timeout_secs: receives the workload's
                  output and the boot's final status, each record written once, each boot
                  writable only by its sender

@@ -29,6 +29,10 @@ pub struct RunArgs {
     /// Runtime configuration (TOML); measured.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The sealed secrets the configuration's [[secrets]] name (what `cidboot seal` prints);
+    /// not measured. KMS is asked with the AWS environment variables and profile.
+    #[arg(long, value_name = "FILE")]
+    pub secrets: Option<PathBuf>,
     /// Apply into this directory (must not exist, or be empty) and keep it afterwards; it must
     /// be inside a directory only root can enter. If the boot fails or the run is interrupted,
     /// it is emptied again (by the next run in the same place, if this one was killed).
@@ -319,22 +323,8 @@ async fn boot_and_run(
         Some(p) => Loaded::load(p)?,
         None => Loaded::empty(),
     };
-    // The KMS proxy signs with the AWS environment's or profile's credentials: missing ones
-    // stop the run now, not at the workload's first call.
-    let kms_credentials: Option<Arc<dyn crate::kms::Credentials>> =
-        match &config.config.kms_proxy {
-            Some(_) => Some(Arc::new(
-                crate::kms::credentials::from_environment(
-                    &crate::kms::credentials::Environment::process(),
-                )
-                .map_err(|e| {
-                    BootError::KmsProxy(format!(
-                        "its KMS calls are signed with cidboot's own credentials, from the AWS environment variables or profile: {e}"
-                    ))
-                })?,
-            )),
-            None => None,
-        };
+    let (sealed, credentials) =
+        crate::secrets::for_run(&config.config, a.secrets.as_deref()).map_err(CliError::Usage)?;
     // The helpers' and the workload's cgroup, below cidboot's own; removed when it is dropped.
     let cgroup = crate::launch::cgroup::for_run(config.config.workload.limits.as_ref())
         .map_err(|e| boot::BootError::from(crate::launch::LaunchError::from(e)))?
@@ -395,6 +385,8 @@ async fn boot_and_run(
             helpers_dir,
             stage,
             observer: super::progress::layers(),
+            sealed,
+            credentials,
         };
         let mut plan = boot::plan::build(config, &overrides, machine)?;
         plan.sandbox.cgroup = cgroup.clone();
@@ -402,7 +394,7 @@ async fn boot_and_run(
             boot::by_deadline(&plan, boot::prepare(&plan, &rootfs, &scratch)).await?;
         boot::measure(&plan, &prepared)?;
         let api = boot::serve_api(&plan, &mut prepared).await?;
-        boot::start_kms_proxy(&plan, &mut prepared, kms_credentials).await?;
+        boot::start_kms_proxy(&plan, &mut prepared).await?;
         boot::start_relays(&plan, &mut prepared).await?;
         let cmd = boot::by_deadline(&plan, boot::prepare_launch(&plan, &mut prepared)).await?;
         let before = cgroup.as_ref().map(|c| c.counters()).unwrap_or_default();

@@ -6,6 +6,7 @@
 //! SIGTERM lets the log sink write and acknowledge what it has read before the daemon exits;
 //! SIGHUP reopens the log file and re-reads the boot configurations.
 
+pub mod imds;
 pub mod metrics;
 
 use std::collections::BTreeMap;
@@ -23,7 +24,7 @@ use tracing::{error, info, warn};
 use crate::config::Loaded;
 use crate::reference::ImageRef;
 use crate::relay::allow::Allowlist;
-use crate::relay::bootcfg::{BootConfigs, Served};
+use crate::relay::bootcfg::{BootConfigs, Part, Served};
 use crate::relay::forward::{self, ForwardLimits};
 use crate::relay::logs::{Sink, SinkConfig};
 use crate::relay::proxy::{Proxy, ProxyLimits};
@@ -35,7 +36,9 @@ pub mod launcher;
 pub mod status;
 
 /// The ports and the heartbeat byte are the enclave-parent contract, in [`crate::relay`].
-pub use crate::relay::{BOOT_PORT, EGRESS_PORT, HEARTBEAT, HEARTBEAT_PORT, LOGS_PORT};
+pub use crate::relay::{
+    BOOT_PORT, CREDENTIALS_PORT, EGRESS_PORT, HEARTBEAT, HEARTBEAT_PORT, LOGS_PORT,
+};
 /// Descriptors kept out of the egress tunnels' share of RLIMIT_NOFILE.
 pub const FD_MARGIN: u64 = 64;
 
@@ -75,8 +78,10 @@ pub enum HostError {
 pub struct HostConfig {
     /// The egress proxy the enclave's outbound connections go through.
     pub egress: Option<Egress>,
-    /// Serves the enclave its runtime configuration.
+    /// Serves the enclave its runtime configuration and its sealed secrets.
     pub boot: Option<Boot>,
+    /// Serves the enclave AWS credentials for its KMS calls.
+    pub credentials: Option<HostCredentials>,
     /// Receives the enclave's log records and final status.
     pub logs: Option<Logs>,
     /// Forwarders from the parent into the enclave, one per listener.
@@ -184,7 +189,8 @@ pub struct Egress {
     pub allow_private_destinations: bool,
 }
 
-/// `[boot]`: the service the enclave asks for its runtime configuration at boot.
+/// `[boot]`: the service the enclave asks for its runtime configuration (and its sealed
+/// secrets) at boot.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Boot {
@@ -193,10 +199,105 @@ pub struct Boot {
     /// The enclave's runtime configuration (TOML), served byte for byte to every enclave
     /// that `enclaves` does not name.
     pub config: Option<PathBuf>,
+    /// The secrets file (what `cidboot seal` prints) served with it: not measured.
+    pub secrets: Option<PathBuf>,
     /// Per enclave: its vsock CID (as given to `nitro-cli run-enclave --enclave-cid`) to its
-    /// configuration.
+    /// configuration, or to `{ config = PATH, secrets = PATH }`.
     #[serde(default)]
-    pub enclaves: BTreeMap<String, PathBuf>,
+    pub enclaves: BTreeMap<String, EnclaveBoot>,
+}
+
+/// What `[boot.enclaves]` gives one enclave: `CID = "PATH"` (a configuration alone) or
+/// `CID = { config = "PATH", secrets = "PATH" }`.
+#[derive(Debug, Default)]
+pub struct EnclaveBoot {
+    /// Its runtime configuration.
+    pub config: Option<PathBuf>,
+    /// Its secrets file.
+    pub secrets: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnclaveBootTable {
+    config: Option<PathBuf>,
+    secrets: Option<PathBuf>,
+}
+
+impl<'de> Deserialize<'de> for EnclaveBoot {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = EnclaveBoot;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a configuration's path, or { config = PATH, secrets = PATH }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EnclaveBoot, E> {
+                Ok(EnclaveBoot {
+                    config: Some(PathBuf::from(v)),
+                    secrets: None,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<EnclaveBoot, A::Error> {
+                let t =
+                    EnclaveBootTable::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                Ok(EnclaveBoot {
+                    config: t.config,
+                    secrets: t.secrets,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `[credentials]`: AWS credentials for the enclave's KMS calls (they authorize the calls;
+/// the key policy's attestation conditions release the secrets).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostCredentials {
+    /// Where the service listens; cidboot as PID 1 asks parent port [`CREDENTIALS_PORT`].
+    pub listen: Addr,
+    /// `imds`: the instance role's, from the instance metadata service (IMDSv2);
+    /// `environment`: this daemon's own AWS environment variables and profile (development).
+    pub source: CredentialSource,
+    /// The instance metadata service (default `http://169.254.169.254`).
+    pub imds_endpoint: Option<String>,
+}
+
+/// Where `[credentials]` takes what it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialSource {
+    /// The instance role, from IMDSv2.
+    Imds,
+    /// The daemon's AWS environment variables and profile.
+    Environment,
+}
+
+impl HostCredentials {
+    /// The source, checked: the service's address, or credentials present now.
+    pub fn source(&self) -> Result<Arc<dyn crate::relay::credentials::Source>, String> {
+        match self.source {
+            CredentialSource::Imds => Ok(Arc::new(imds::Imds::new(
+                self.imds_endpoint
+                    .as_deref()
+                    .unwrap_or(imds::DEFAULT_ENDPOINT),
+            )?)),
+            CredentialSource::Environment => {
+                if self.imds_endpoint.is_some() {
+                    return Err("credentials.imds_endpoint is for source = \"imds\"".into());
+                }
+                let env = crate::kms::credentials::Environment::process();
+                crate::kms::credentials::from_environment(&env)
+                    .map_err(|e| format!("credentials (source = \"environment\"): {e}"))?;
+                Ok(Arc::new(crate::relay::credentials::HostEnvironment))
+            }
+        }
+    }
 }
 
 /// `[logs]`: the sink for the enclave's log records and final status.
@@ -302,6 +403,9 @@ pub fn load(path: &Path) -> Result<Checked, HostError> {
     if let Some(c) = &cfg.cache {
         c.check_files().map_err(|e| bad(e.to_string()))?;
     }
+    if let Some(c) = &cfg.credentials {
+        c.source().map_err(bad)?;
+    }
     // The enclave's EIF and launcher, as a start would check them.
     if let Some(e) = &cfg.enclave {
         enclave::Supervisor::new(e).map_err(|e| bad(format!("enclave: {e}")))?;
@@ -348,18 +452,29 @@ fn check_writable(p: &Path) -> Result<(), String> {
     }
 }
 
-/// Reads and checks every boot configuration `[boot]` names; errors name the key and file.
+/// Reads and checks every boot configuration and secrets file `[boot]` names; errors name the
+/// key and file.
 pub fn load_boot_configs(b: &Boot) -> Result<BootConfigs, String> {
     let mut out = BootConfigs::default();
-    if let Some(p) = &b.config {
-        out.default = Some(check_enclave_config(p).map_err(|e| format!("boot.config: {e}"))?);
+    if b.config.is_some() || b.secrets.is_some() {
+        out.default = Some(load_served(
+            b.config.as_deref(),
+            b.secrets.as_deref(),
+            "boot",
+        )?);
     }
-    for (key, p) in &b.enclaves {
+    for (key, e) in &b.enclaves {
         let cid: u32 = key.parse().map_err(|_| {
             format!("boot.enclaves.{key}: the key is an enclave CID (a number, as given to nitro-cli run-enclave --enclave-cid)")
         })?;
-        let served = check_enclave_config(p).map_err(|e| format!("boot.enclaves.{key}: {e}"))?;
-        out.by_cid.insert(cid, served);
+        let at = format!("boot.enclaves.{key}");
+        if e.config.is_none() && e.secrets.is_none() {
+            return Err(format!("{at}: give config = PATH and/or secrets = PATH"));
+        }
+        out.by_cid.insert(
+            cid,
+            load_served(e.config.as_deref(), e.secrets.as_deref(), &at)?,
+        );
     }
     if out.default.is_none() && out.by_cid.is_empty() {
         return Err("[boot] needs config = FILE, or [boot.enclaves] CID = FILE".into());
@@ -367,10 +482,44 @@ pub fn load_boot_configs(b: &Boot) -> Result<BootConfigs, String> {
     Ok(out)
 }
 
+/// One enclave's configuration and secrets file, each checked as the enclave would check it,
+/// and every secret the configuration names present in the file (the boot would stop
+/// otherwise). `at` is the key that names them (`boot`, `boot.enclaves.16`).
+fn load_served(config: Option<&Path>, secrets: Option<&Path>, at: &str) -> Result<Served, String> {
+    let (config, loaded) = match config {
+        Some(p) => {
+            let (part, loaded) =
+                check_enclave_config(p).map_err(|e| format!("{at}.config: {e}"))?;
+            (Some(part), Some(loaded))
+        }
+        None => (None, None),
+    };
+    let (secrets, file) = match secrets {
+        Some(p) => {
+            let (bytes, file) = crate::kms::sealed::SecretsFile::load(p).map_err(|e| match e {
+                crate::kms::sealed::SealedError::Read { .. } => format!("{at}.secrets: {e}"),
+                e => format!("{at}.secrets: {}: {e}", p.display()),
+            })?;
+            (Some(Part::new(p.to_path_buf(), bytes)), Some(file))
+        }
+        None => (None, None),
+    };
+    if let Some(l) = &loaded {
+        crate::secrets::check_present(&l.config.secrets, file.as_ref()).map_err(|e| {
+            let cfg = config
+                .as_ref()
+                .map(|c| c.path.display().to_string())
+                .unwrap_or_default();
+            format!("{at}: {cfg}: {e}")
+        })?;
+    }
+    Ok(Served { config, secrets })
+}
+
 /// Reads an enclave configuration and refuses what the enclave would refuse at boot: a file
 /// its parser rejects, no `image`, or an image reference that does not parse (such as a
 /// placeholder CID).
-pub fn check_enclave_config(p: &Path) -> Result<Served, String> {
+pub fn check_enclave_config(p: &Path) -> Result<(Part, Loaded), String> {
     let loaded = Loaded::load(p).map_err(|e| {
         let e = e.to_string();
         let name = p.display().to_string();
@@ -399,7 +548,7 @@ pub fn check_enclave_config(p: &Path) -> Result<Served, String> {
             "workload.allow_vsock: this enclave's workload can reach the log sink, where its records and status cannot be told from PID 1's"
         );
     }
-    Ok(Served::new(p.to_path_buf(), loaded.bytes))
+    Ok((Part::new(p.to_path_buf(), loaded.bytes.clone()), loaded))
 }
 
 /// Parses and checks the text of a host configuration (`origin` names it in errors):
@@ -412,6 +561,7 @@ pub fn parse(text: &str, origin: &str) -> Result<HostConfig, HostError> {
     let cfg: HostConfig = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
     if cfg.egress.is_none()
         && cfg.boot.is_none()
+        && cfg.credentials.is_none()
         && cfg.logs.is_none()
         && cfg.ingress.is_empty()
         && cfg.heartbeat.is_none()
@@ -419,7 +569,7 @@ pub fn parse(text: &str, origin: &str) -> Result<HostConfig, HostError> {
         && cfg.cache.is_none()
     {
         return Err(bad(
-            "no service configured ([egress], [boot], [logs], [[ingress]], [heartbeat], [cache] or [enclave])".into(),
+            "no service configured ([egress], [boot], [credentials], [logs], [[ingress]], [heartbeat], [cache] or [enclave])".into(),
         ));
     }
     if let Some(c) = &cfg.cache {
@@ -432,9 +582,19 @@ pub fn parse(text: &str, origin: &str) -> Result<HostConfig, HostError> {
         }
     }
     if let Some(b) = &cfg.boot {
-        if b.config.is_none() && b.enclaves.is_empty() {
+        if b.config.is_none() && b.secrets.is_none() && b.enclaves.is_empty() {
             return Err(bad(
                 "[boot] needs config = FILE, or [boot.enclaves] CID = FILE".into(),
+            ));
+        }
+    }
+    if let Some(c) = &cfg.credentials {
+        if c.source == CredentialSource::Imds {
+            imds::Imds::new(c.imds_endpoint.as_deref().unwrap_or(imds::DEFAULT_ENDPOINT))
+                .map_err(|e| bad(format!("credentials: {e}")))?;
+        } else if c.imds_endpoint.is_some() {
+            return Err(bad(
+                "credentials.imds_endpoint is for source = \"imds\"".into()
             ));
         }
     }
@@ -598,6 +758,16 @@ pub async fn run(checked: Checked, json: bool) -> Result<(), HostError> {
         Some(b) => Some(bind("boot configuration", &b.listen).await?),
         None => None,
     };
+    let credl = match &cfg.credentials {
+        Some(c) => {
+            let source = c.source().map_err(|reason| HostError::Config {
+                path: path.display().to_string(),
+                reason,
+            })?;
+            Some((bind("credentials", &c.listen).await?, source))
+        }
+        None => None,
+    };
     let logl = match &cfg.logs {
         Some(l) => Some(bind("log sink", &l.listen).await?),
         None => None,
@@ -646,6 +816,13 @@ pub async fn run(checked: Checked, json: bool) -> Result<(), HostError> {
         let c = boot_configs.clone();
         set.spawn(async move {
             bootcfg::serve(l, c).await;
+            Ok(())
+        });
+    }
+    if let Some((l, source)) = credl {
+        info!(source = %source.describe(), "AWS credentials for the enclave's KMS calls");
+        set.spawn(async move {
+            crate::relay::credentials::serve(l, source).await;
             Ok(())
         });
     }
@@ -759,11 +936,36 @@ const ENCLAVE_STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn log_boot_configs(c: &RwLock<Arc<BootConfigs>>) {
     let Ok(c) = c.read() else { return };
+    let files = |s: &Served| {
+        let none = || "-".to_string();
+        (
+            s.config
+                .as_ref()
+                .map_or_else(none, |p| p.path.display().to_string()),
+            s.config.as_ref().map_or_else(none, |p| p.sha256.clone()),
+            s.secrets
+                .as_ref()
+                .map_or_else(none, |p| p.path.display().to_string()),
+        )
+    };
     if let Some(d) = &c.default {
-        info!(file = %d.path.display(), sha256 = %d.sha256, "boot configuration for every other enclave");
+        let (file, sha256, secrets) = files(d);
+        info!(
+            file = %file,
+            sha256 = %sha256,
+            secrets = %secrets,
+            "boot configuration for every other enclave"
+        );
     }
     for (cid, s) in &c.by_cid {
-        info!(cid, file = %s.path.display(), sha256 = %s.sha256, "boot configuration for the enclave at this CID");
+        let (file, sha256, secrets) = files(s);
+        info!(
+            cid,
+            file = %file,
+            sha256 = %sha256,
+            secrets = %secrets,
+            "boot configuration for the enclave at this CID"
+        );
     }
 }
 

@@ -197,16 +197,25 @@ async fn boot(
     }
     note(sink, format!("cidboot {} as PID 1: modules {modules:?}, {} bytes of NSM entropy, heartbeat answered by {}", env!("CARGO_PKG_VERSION"), seed.len(), at(HEARTBEAT_PORT))).await;
 
-    let (bytes, source) = if let Some(baked) = sys.baked_config() {
+    let (bytes, source, mut from_parent) = if let Some(baked) = sys.baked_config() {
         let b = std::fs::read(&baked)
             .map_err(|e| InitError::Config(format!("{}: {e}", baked.display())))?;
-        (b, baked.display().to_string())
+        (b, baked.display().to_string(), None)
     } else {
         let a = at(BOOT_PORT);
-        let b = crate::relay::bootcfg::fetch(&a, CONFIG_TIMEOUT)
+        let r = crate::relay::bootcfg::fetch(&a, CONFIG_TIMEOUT)
             .await
             .map_err(|e| InitError::Config(e.to_string()))?;
-        (b, format!("the parent's boot service ({a})"))
+        let b = r.config.ok_or_else(|| {
+            InitError::Config(format!(
+                "the parent's boot service ({a}) serves no configuration for this enclave (its [boot] config)"
+            ))
+        })?;
+        (
+            b,
+            format!("the parent's boot service ({a})"),
+            Some(r.secrets),
+        )
     };
     let config = Loaded::parse(bytes).map_err(|e| InitError::Config(e.to_string()))?;
     note(
@@ -214,6 +223,37 @@ async fn boot(
         format!("configuration from {source}, {}", config.digest()),
     )
     .await;
+    // The sealed secrets come from the parent (never measured), only when the configuration
+    // names some; the secrets and the KMS proxy ask KMS with the parent's credentials.
+    let credentials: Option<Arc<dyn crate::kms::Credentials>> =
+        (!config.config.secrets.is_empty() || config.config.kms_proxy.is_some()).then(|| {
+            Arc::new(crate::relay::credentials::FromParent::new(at(
+                crate::relay::CREDENTIALS_PORT,
+            ))) as Arc<dyn crate::kms::Credentials>
+        });
+    let sealed = if config.config.secrets.is_empty() {
+        None
+    } else {
+        let a = at(BOOT_PORT);
+        let raw = match from_parent.take() {
+            Some(raw) => raw,
+            None => {
+                crate::relay::bootcfg::fetch(&a, CONFIG_TIMEOUT)
+                    .await
+                    .map_err(|e| InitError::Config(format!("the secrets: {e}")))?
+                    .secrets
+            }
+        };
+        let sealed = raw
+            .map(|b| crate::kms::sealed::SecretsFile::parse(&b))
+            .transpose()
+            .map_err(|e| InitError::Config(format!("the secrets from {a}: {e}")))?;
+        if let Some(f) = &sealed {
+            let names: Vec<&str> = f.secrets.iter().map(|s| s.name.as_str()).collect();
+            note(sink, format!("secrets file from {a}: {}", names.join(", "))).await;
+        }
+        sealed
+    };
     for dir in [NEW_ROOT, SPILL] {
         sys.tmpfs(Path::new(dir))?;
     }
@@ -249,6 +289,8 @@ async fn boot(
             helpers_dir: HELPER_DIR.into(),
             stage: STAGE.into(),
             observer: Arc::new(crate::apply::Unobserved),
+            sealed,
+            credentials,
         },
     )
     .map_err(|e| InitError::Config(e.to_string()))?;
@@ -283,9 +325,7 @@ async fn boot(
     // PID 1 stays in the initramfs: each helper and the workload pivot into the image root
     // in a sandbox of their own (launch::sandbox).
     boot::serve_api(&plan, &mut prepared).await?;
-    // The enclave has no AWS credentials of its own: until the parent supplies them, a
-    // configuration with [kms_proxy] stops here, saying so.
-    if let Some(addr) = boot::start_kms_proxy(&plan, &mut prepared, None).await? {
+    if let Some(addr) = boot::start_kms_proxy(&plan, &mut prepared).await? {
         note(sink, format!("KMS proxy listening on {addr}")).await;
     }
     boot::start_relays(&plan, &mut prepared).await?;

@@ -44,6 +44,11 @@ pub enum SealedError {
     Duplicate { name: String },
     #[error("secret {name:?}: {reason}")]
     Entry { name: String, reason: String },
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Checks a secret's name: it becomes an encryption-context value, an environment variable's
@@ -193,6 +198,22 @@ impl SecretsFile {
             }
         }
         Ok(f)
+    }
+
+    /// Reads (at most [`MAX_SECRETS_FILE`] bytes) and parses the secrets file at `path`;
+    /// returns its bytes too, exactly as read.
+    pub fn load(path: &std::path::Path) -> Result<(Vec<u8>, SecretsFile), SealedError> {
+        use std::io::Read;
+        let err = |source| SealedError::Read {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_SECRETS_FILE as u64 + 1).read_to_end(&mut bytes))
+            .map_err(err)?;
+        let f = SecretsFile::parse(&bytes)?;
+        Ok((bytes, f))
     }
 
     /// The entry named `name`.

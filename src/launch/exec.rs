@@ -42,6 +42,7 @@ pub struct Sandboxed {
     sync_w: OwnedFd,
     _spec: OwnedFd,
     _exe: Option<Arc<OwnedFd>>,
+    _secrets: Option<OwnedFd>,
     prog: String,
 }
 
@@ -57,19 +58,47 @@ pub fn command(
     sandbox: &Sandbox,
     exe: Option<Arc<OwnedFd>>,
 ) -> Result<Sandboxed, LaunchError> {
+    command_with_secrets(root, spec, sandbox, exe, None)
+}
+
+/// [`command`] for the workload with its opened secrets: their variables merged over its
+/// environment (for this process only: `spec` keeps none of them), their files on a tmpfs its
+/// sandbox mounts at `/run/secrets` ([`super::secrets`]).
+pub fn command_with_secrets(
+    root: &Root,
+    spec: &ProcessSpec,
+    sandbox: &Sandbox,
+    exe: Option<Arc<OwnedFd>>,
+    secrets: Option<&crate::secrets::Opened>,
+) -> Result<Sandboxed, LaunchError> {
+    use zeroize::Zeroize;
     let rel = |p: &str| RelPath::parse(p.trim_start_matches('/').as_bytes(), 4096, 256);
     root.ensure_dir(&rel(&spec.cwd)?)?;
     // Mount points for the sandbox's own /proc and /dev: real directories, whatever the
     // image put there.
     root.make_real_dir(&rel("proc")?, 0o555)?;
     root.make_real_dir(&rel("dev")?, 0o755)?;
+    let secrets_fd = match secrets.filter(|s| !s.files.is_empty()) {
+        Some(s) => {
+            super::secrets::mount_point(root)?;
+            Some(
+                super::secrets::memfd(&s.files)
+                    .map_err(|e| spawn_err("the secret files' memfd", e))?,
+            )
+        }
+        None => None,
+    };
+    let mut env = spec.env.clone();
+    if let Some(s) = secrets {
+        super::spec::merge(&mut env, s.env.iter().map(|e| e.as_str()));
+    }
     let (sync_r, sync_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_err("pipe", e))?;
-    let full = Spec {
+    let mut full = Spec {
         root: root.path().to_path_buf(),
         stage: sandbox.stage.clone(),
         argv: spec.argv.clone(),
-        env: spec.env.clone(),
+        env,
         cwd: spec.cwd.clone(),
         uid: spec.user.uid,
         gid: spec.user.gid,
@@ -77,12 +106,17 @@ pub fn command(
         exec_fd: exe.as_ref().map(|f| f.as_raw_fd()),
         sync_fd: sync_w.as_raw_fd(),
         policy: sandbox.policy.clone(),
+        secrets_fd: secrets_fd.as_ref().map(|f| f.as_raw_fd()),
     };
-    let spec_fd = spec_memfd(&full)?;
+    let spec_fd = spec_memfd(&full);
+    // The environment may hold secrets: this copy is wiped once it is in the memfd.
+    full.env.zeroize();
+    let spec_fd = spec_fd?;
     let inherit: Vec<RawFd> = [
         Some(spec_fd.as_raw_fd()),
         Some(sync_w.as_raw_fd()),
         full.exec_fd,
+        full.secrets_fd,
     ]
     .into_iter()
     .flatten()
@@ -158,12 +192,16 @@ pub fn command(
         sync_w,
         _spec: spec_fd,
         _exe: exe,
+        _secrets: secrets_fd,
         prog: spec.argv.first().cloned().unwrap_or_default(),
     })
 }
 
 fn spec_memfd(spec: &Spec) -> Result<OwnedFd, LaunchError> {
-    let json = serde_json::to_vec(spec).map_err(|e| spawn_err("sandbox specification", e))?;
+    // The workload's environment may hold secrets: the serialized copy is wiped when dropped.
+    let json = zeroize::Zeroizing::new(
+        serde_json::to_vec(spec).map_err(|e| spawn_err("sandbox specification", e))?,
+    );
     let fd = nix::sys::memfd::memfd_create(
         "cidboot-sandbox-spec",
         nix::sys::memfd::MFdFlags::MFD_CLOEXEC,

@@ -8,6 +8,7 @@ pub mod exec;
 pub mod helpers;
 pub mod mounts;
 pub mod sandbox;
+pub mod secrets;
 pub mod spec;
 pub mod user;
 

@@ -64,9 +64,18 @@ fn sys(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> SandboxErro
 
 const NONE: Option<&str> = None;
 
+/// The workload's secret files and their owner, for the tmpfs at `/run/secrets`.
+pub type Secrets<'a> = (&'a [crate::secrets::SecretFile], u32, u32);
+
 /// Builds the root at `image` (through the empty directory `stage`) and enters it: on
-/// return the process's root and working directory are the image root.
-pub fn enter(image: &Path, stage: &Path, allow_setuid: bool) -> Result<(), SandboxError> {
+/// return the process's root and working directory are the image root. With `secrets`, the
+/// root's `/run/secrets` is a tmpfs of this namespace holding them ([`super::secrets`]).
+pub fn enter(
+    image: &Path,
+    stage: &Path,
+    allow_setuid: bool,
+    secrets: Option<Secrets<'_>>,
+) -> Result<(), SandboxError> {
     mount(NONE, "/", NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE)
         .map_err(sys("making every mount private"))?;
     mount(
@@ -97,6 +106,9 @@ pub fn enter(image: &Path, stage: &Path, allow_setuid: bool) -> Result<(), Sandb
     mount(NONE, &new, NONE, flags, NONE).map_err(sys("remounting the root nodev"))?;
     dev(&new.join("dev"))?;
     proc(&new)?;
+    if let Some((files, uid, gid)) = secrets {
+        super::secrets::install(&new, files, uid, gid)?;
+    }
 
     let others = mount_points()?;
     chdir(stage).map_err(sys("chdir to the staging mount"))?;

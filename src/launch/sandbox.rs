@@ -108,6 +108,10 @@ pub struct Spec {
     pub sync_fd: RawFd,
     /// Capabilities, vsock and setuid, as the runtime configuration allows.
     pub policy: Policy,
+    /// A sealed memfd of the workload's secret files, for its `/run/secrets`
+    /// ([`super::secrets`]).
+    #[serde(default)]
+    pub secrets_fd: Option<RawFd>,
 }
 
 /// How the program ended, as stage 1 reproduces it.
@@ -276,7 +280,10 @@ fn close_range(first: u32, last: u32) -> Result<(), SandboxError> {
 }
 
 fn stage1(spec: &Spec) -> Result<Ended, SandboxError> {
-    let keep: Vec<RawFd> = std::iter::once(spec.sync_fd).chain(spec.exec_fd).collect();
+    let keep: Vec<RawFd> = std::iter::once(spec.sync_fd)
+        .chain(spec.exec_fd)
+        .chain(spec.secrets_fd)
+        .collect();
     close_others(&keep)?;
     // A session of its own: no controlling terminal to inject input into (TIOCSTI).
     nix::unistd::setsid().map_err(sys("setsid"))?;
@@ -361,7 +368,15 @@ fn read_signal(sfd: &SignalFd) -> Result<Option<u32>, SandboxError> {
 /// every process of the namespace, and tells stage 1 how the program ended.
 fn pid1(spec: &Spec, status: OwnedFd) -> Result<Infallible, SandboxError> {
     prctl::set_pdeathsig(Signal::SIGKILL).map_err(sys("PR_SET_PDEATHSIG"))?;
-    mounts::enter(&spec.root, &spec.stage, spec.policy.allow_setuid)?;
+    let secrets = spec.secrets_fd.map(super::secrets::read).transpose()?;
+    mounts::enter(
+        &spec.root,
+        &spec.stage,
+        spec.policy.allow_setuid,
+        secrets.as_deref().map(|f| (f, spec.uid, spec.gid)),
+    )?;
+    // The values now exist on the tmpfs alone; this copy is wiped as it goes.
+    drop(secrets);
     let sfd = SignalFd::new(&signal_set()).map_err(sys("signalfd"))?;
     // SAFETY: single-threaded, as stage 1 was.
     let program = match unsafe { fork() }.map_err(sys("fork"))? {

@@ -34,7 +34,7 @@ impl ProcessSpec {
     }
 }
 
-fn merge<'a>(env: &mut Vec<String>, entries: impl IntoIterator<Item = &'a str>) {
+pub(crate) fn merge<'a>(env: &mut Vec<String>, entries: impl IntoIterator<Item = &'a str>) {
     for e in entries {
         let Some((k, _)) = e.split_once('=') else {
             continue;

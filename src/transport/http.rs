@@ -379,6 +379,17 @@ impl HttpClient {
             .await
     }
 
+    /// Sends `PUT path` with `body` to `origin`, as [`HttpClient::post`] does.
+    pub async fn put(
+        &self,
+        origin: &Origin,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Response, TransportError> {
+        self.request(Method::PUT, origin, path, headers, body).await
+    }
+
     async fn request(
         &self,
         method: Method,
@@ -397,7 +408,7 @@ impl HttpClient {
                     http::header::USER_AGENT,
                     concat!("cidboot/", env!("CARGO_PKG_VERSION")),
                 );
-            if method == Method::POST {
+            if method == Method::POST || method == Method::PUT {
                 req = req.header(http::header::CONTENT_LENGTH, body.len());
             }
             for (k, v) in headers {

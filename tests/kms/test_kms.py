@@ -36,6 +36,14 @@ after the server (and so its key and port) exists.
 --fault makes it misbehave for the client's failure paths: truncated-cfr (half of the
 CiphertextForRecipient), with-plaintext (a Plaintext beside it), oversize (a 100 KiB answer),
 stall (no answer at all).
+
+--INSECURE-accept-unsigned-emulated-documents is for the emulated enclave only (QEMU's
+nitro-enclave machine), whose NSM signs nothing: protected header {1: -1}, a zeroed signature,
+a zeroed certificate and cabundle. In that mode a document of exactly that shape is taken
+without its signature and chain (anything else is still verified as above), and its PCRs, which
+QEMU computes for real (PCR0-2 as eif_build prints them, PCR16 as cidboot extends it), are
+still evaluated against the statement. --root is then optional. Never point a real enclave at
+it: it says so on stderr at start.
 """
 
 import argparse
@@ -78,8 +86,10 @@ class State:
     def __init__(self, a):
         self.a = a
         self.region = a.region
-        with open(a.root, "rb") as f:
-            self.root_der = x509.load_pem_x509_certificate(f.read()).public_bytes(serialization.Encoding.DER)
+        self.root_der = None
+        if a.root:
+            with open(a.root, "rb") as f:
+                self.root_der = x509.load_pem_x509_certificate(f.read()).public_bytes(serialization.Encoding.DER)
         key_id = str(uuid.uuid4())
         self.key_arn = f"arn:aws:kms:{a.region}:{ACCOUNT}:key/{key_id}"
         self.key_uuid = uuid.UUID(key_id).bytes
@@ -150,9 +160,15 @@ def verify_document(st, raw):
     if not isinstance(cose, list) or len(cose) != 4:
         raise bad("not a COSE_Sign1")
     protected, _unprotected, payload, signature = cose
+    doc = cbor2.loads(payload)
+    if st.a.INSECURE_accept_unsigned_emulated_documents and emulated_unsigned(cbor2.loads(protected), doc, signature):
+        if doc.get("public_key") is None or not isinstance(doc.get("pcrs"), dict):
+            raise bad("no public_key or pcrs")
+        return doc
     if cbor2.loads(protected).get(1) != -35:
         raise bad("not ES384")
-    doc = cbor2.loads(payload)
+    if st.root_der is None:
+        raise bad("no root to verify it against (--root)")
     for k in ("module_id", "digest", "timestamp", "pcrs", "certificate", "cabundle", "public_key"):
         if doc.get(k) is None:
             raise bad(f"no {k}")
@@ -184,6 +200,20 @@ def verify_document(st, raw):
     except Exception:
         raise bad("the COSE signature does not verify with the leaf certificate")
     return doc
+
+
+def emulated_unsigned(protected, doc, signature):
+    """Exactly what QEMU's emulated NSM sends: algorithm -1, and zeros where a signature, the
+    certificate and the CA bundle would be."""
+    zero = lambda b: isinstance(b, bytes) and len(b) > 0 and not any(b)
+    return (
+        protected == {1: -1}
+        and zero(signature)
+        and zero(doc.get("certificate"))
+        and isinstance(doc.get("cabundle"), list)
+        and len(doc["cabundle"]) == 1
+        and zero(doc["cabundle"][0])
+    )
 
 
 def recipient_document(st, params):
@@ -393,11 +423,17 @@ class Handler(BaseHTTPRequestHandler):
 
 def main():
     p = argparse.ArgumentParser()
-    for k in ("--cert", "--key", "--root", "--policy", "--principal", "--access-key-id", "--secret-access-key"):
+    for k in ("--cert", "--key", "--policy", "--principal", "--access-key-id", "--secret-access-key"):
         p.add_argument(k, required=True)
+    p.add_argument("--root")
     p.add_argument("--region", default="us-east-1")
+    p.add_argument("--INSECURE-accept-unsigned-emulated-documents", action="store_true")
     p.add_argument("--fault", choices=["truncated-cfr", "with-plaintext", "oversize", "stall"])
     a = p.parse_args()
+    if a.INSECURE_accept_unsigned_emulated_documents:
+        print("test KMS: INSECURE: accepting the UNSIGNED attestation documents of an emulated enclave", file=sys.stderr, flush=True)
+    elif not a.root:
+        p.error("--root is required (unless --INSECURE-accept-unsigned-emulated-documents)")
     st = State(a)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(a.cert, a.key)

@@ -1,6 +1,7 @@
 //! The bundled sample workload: greets, then asks cidboot for an attestation document bound
 //! to a fresh nonce and prints it, so that anyone can check it with `cidboot verify`. On the
-//! way it reports what its sandbox denies it (the NSM device, vsock sockets).
+//! way it reports what its sandbox denies it (the NSM device, vsock sockets). With `--secrets
+//! NAME|PATH…` it first prints a hash of each secret it was given.
 
 fn main() {
     let greeting = std::env::var("GREETING").unwrap_or_else(|_| "hello".into());
@@ -9,10 +10,17 @@ fn main() {
     if !args.is_empty() {
         println!("args: {}", args.join(" "));
     }
-    // Test modes for the resource limits; without them, the sample does what it always did.
+    // Test modes for the resource limits and the secrets; without them, the sample does what
+    // it always did.
     match args.first().map(String::as_str) {
         Some("--allocate-forever") => cidboot_sample::allocate_forever(),
         Some("--fork-forever") => std::process::exit(cidboot_sample::fork_forever()),
+        // A hash of each secret named (an environment variable, or a file's path), then on.
+        Some("--secrets") => {
+            for what in &args[1..] {
+                println!("{}", cidboot_sample::describe_secret(what));
+            }
+        }
         _ => {}
     }
     if let Ok(cwd) = std::env::current_dir() {

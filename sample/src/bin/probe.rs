@@ -1,7 +1,8 @@
 //! A test workload: reports what it was started with, then exits as told.
 //! Usage: probe [exit N] [write PATH] [attest NONCE_HEX] [http-get URL] [escape-proc PATH]
 //!              [mknod PATH MAJOR MINOR] [mount-devtmpfs DIR] [open PATH] [vsock] [reopen-stdio]
-//!              [allocate-forever] [fork-forever] [kms TARGET JSON]
+//!              [allocate-forever] [fork-forever] [kms TARGET JSON] [secret NAME|PATH]
+//!              [cat PATH] [create PATH]
 
 fn status_field(name: &str) -> String {
     std::fs::read_to_string("/proc/self/status")
@@ -121,6 +122,28 @@ fn main() {
                 // (never the plaintext) or its error code.
                 if let (Some(target), Some(body)) = (it.next(), it.next()) {
                     println!("probe: kms {target} {}", kms(target, body));
+                }
+            }
+            "secret" => {
+                if let Some(w) = it.next() {
+                    println!("probe: {}", cidboot_sample::describe_secret(w));
+                }
+            }
+            "cat" => {
+                if let Some(p) = it.next() {
+                    match std::fs::read(p) {
+                        Ok(b) => println!("probe: cat {p} hex={}", b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+                        Err(e) => println!("probe: cat {p} {}", cidboot_sample::errno_name(e.raw_os_error().unwrap_or(0))),
+                    }
+                }
+            }
+            "create" => {
+                if let Some(p) = it.next() {
+                    let r = match std::fs::OpenOptions::new().write(true).create_new(true).open(p) {
+                        Ok(_) => "ok".to_string(),
+                        Err(e) => cidboot_sample::errno_name(e.raw_os_error().unwrap_or(0)),
+                    };
+                    println!("probe: create {p} {r}");
                 }
             }
             "allocate-forever" => cidboot_sample::allocate_forever(),
