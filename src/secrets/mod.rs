@@ -343,14 +343,14 @@ pub fn for_run(cfg: &RuntimeConfig, file: Option<&std::path::Path>) -> Result<Fo
     }
     // The secrets and the KMS proxy sign with cidboot's own credentials: missing ones stop the
     // run now, not at the first call.
-    let user = match (cfg.secrets.is_empty(), cfg.kms_proxy.is_some()) {
+    let why = match (cfg.secrets.is_empty(), cfg.kms_proxy.is_some()) {
         (true, false) => return Ok((sealed, None)),
-        (false, _) => "[[secrets]]",
-        (true, true) => "[kms_proxy]",
+        (false, _) => "[[secrets]]: KMS is asked with",
+        (true, true) => "KMS proxy: its KMS calls are signed with cidboot's own credentials, from the AWS environment variables or profile:",
     };
     let env = crate::kms::credentials::Environment::process();
-    let creds = crate::kms::credentials::from_environment(&env)
-        .map_err(|e| format!("{user}: KMS is asked with {e}"))?;
+    let creds =
+        crate::kms::credentials::from_environment(&env).map_err(|e| format!("{why} {e}"))?;
     Ok((sealed, Some(Arc::new(creds))))
 }
 
