@@ -23,7 +23,8 @@
 #      TLS, reached through the parent's egress proxy, with credentials from `cidboot host`);
 #      the test KMS evaluates the statement `cidboot expect --kms-policy --eif-pcrs` printed
 #      against the emulated NSM's documents (unsigned: its explicit emulated-enclave mode), and
-#      the workload prints a hash of each secret. The same boot with one byte more in its
+#      the workload prints a hash of each secret, and asks KMS for random bytes through the KMS
+#      proxy ([kms_proxy]), which signs with those credentials. The same boot with one byte more in its
 #      configuration gets AccessDeniedException and powers off before anything runs.
 # Runs are judged by what the enclave reports to the host, never by QEMU's exit status.
 set -euo pipefail
@@ -88,7 +89,7 @@ printf '%s' "$db_password" | env -i HOME="$work" "${kms_env[@]}" "$bin" seal --k
   --kms-endpoint "$kms_url" --ca "$work/kms-ca.pem" >"$work/secrets.toml" 2>"$work/seal.log" || fail "seal: $(cat "$work/seal.log")"
 env -i HOME="$work" "${kms_env[@]}" "$bin" seal --generate --key-id "$kms_key" --name app-key \
   --kms-endpoint "$kms_url" --ca "$work/kms-ca.pem" >>"$work/secrets.toml" 2>>"$work/seal.log" || fail "seal --generate: $(cat "$work/seal.log")"
-secrets_toml=$(printf '[kms]\nregion = "us-east-1"\nendpoint = "%s"\n\n[workload]\ncmd = ["--secrets", "DB_PASSWORD", "/run/secrets/db-password", "APP_MNEMONIC"]\n\n[[secrets]]\nname = "db-password"\nkey_id = "%s"\nenv = "DB_PASSWORD"\nfile = "/run/secrets/db-password"\n\n[[secrets]]\nname = "app-key"\nkey_id = "%s"\nenv = "APP_MNEMONIC"\nformat = "mnemonic"\n' "$kms_url" "$kms_key" "$kms_key")
+secrets_toml=$(printf '[kms]\nregion = "us-east-1"\nendpoint = "%s"\n\n[kms_proxy]\n\n[workload]\ncmd = ["--secrets", "DB_PASSWORD", "/run/secrets/db-password", "APP_MNEMONIC"]\n\n[[secrets]]\nname = "db-password"\nkey_id = "%s"\nenv = "DB_PASSWORD"\nfile = "/run/secrets/db-password"\n\n[[secrets]]\nname = "app-key"\nkey_id = "%s"\nenv = "APP_MNEMONIC"\nformat = "mnemonic"\n' "$kms_url" "$kms_key" "$kms_key")
 say "test KMS on $kms_url; db-password and app-key sealed"
 
 start_gateway() { # $1: extra flags, $2: the sample's CAR; sets gw_url
@@ -268,6 +269,9 @@ app_line=$(sed -n 's/^[^ ]* [^ ]* [0-9]* \[stdout\] \(secret env APP_MNEMONIC sh
 grep -qF "$db_password" "$log" "$work/good-host.log" && fail "the secret's value is in a log"
 grep -q 'secret opened by KMS for the workload secret=app-key' "$work/good-console.log" || fail "no KMS opening in the console log"
 say "the workload got its sealed secret (sha256 $db_sha, in its environment and /run/secrets) and its app key ($app_line)"
+grep -q '^[^ ]* [^ ]* [0-9]* \[stdout\] kms proxy: GenerateRandom status=200 plaintext-bytes=32 plaintext-sha256=[0-9a-f]\{64\}$' "$log" ||
+  fail "the workload's call through the KMS proxy failed: $(grep 'kms proxy' "$log")"
+say "the workload's GenerateRandom through the KMS proxy was answered, with the parent's credentials"
 nonce=$(sed -n 's/^[^ ]* [^ ]* [0-9]* \[stdout\] attestation nonce: //p' "$log")
 sed -n 's/^[^ ]* [^ ]* [0-9]* \[stdout\] attestation document: //p' "$log" >"$work/doc.b64"
 [ -s "$work/doc.b64" ] || fail "no attestation document"

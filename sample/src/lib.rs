@@ -49,6 +49,18 @@ pub fn kms_call(target: &str, body: &str) -> Result<(u16, String), String> {
     Ok((status, body.to_string()))
 }
 
+/// One KMS call through the proxy, summed up: `status=N plaintext-bytes=N plaintext-sha256=HEX`
+/// (a hash, never the plaintext), or `status=N error=CODE`.
+pub fn kms_summary(target: &str, body: &str) -> String {
+    match kms_call(target, body) {
+        Ok((status, answer)) => match json_str(&answer, "Plaintext").and_then(base64_decode) {
+            Some(p) => format!("status={status} plaintext-bytes={} plaintext-sha256={}", p.len(), sha256_hex(&p)),
+            None => format!("status={status} error={}", json_str(&answer, "__type").unwrap_or("?")),
+        },
+        Err(e) => format!("failed: {e}"),
+    }
+}
+
 /// The string value of `field` in a flat JSON object (base64 and error codes: no escapes).
 pub fn json_str<'a>(body: &'a str, field: &str) -> Option<&'a str> {
     let key = format!("\"{field}\":\"");

@@ -1,7 +1,8 @@
 //! The bundled sample workload: greets, then asks cidboot for an attestation document bound
 //! to a fresh nonce and prints it, so that anyone can check it with `cidboot verify`. On the
 //! way it reports what its sandbox denies it (the NSM device, vsock sockets). With `--secrets
-//! NAME|PATH…` it first prints a hash of each secret it was given.
+//! NAME|PATH…` it first prints a hash of each secret it was given; under a KMS proxy, it asks
+//! KMS for random bytes through it.
 
 fn main() {
     let greeting = std::env::var("GREETING").unwrap_or_else(|_| "hello".into());
@@ -29,6 +30,13 @@ fn main() {
     // What the sandbox leaves this process: no NSM device, no vsock.
     println!("sandbox: open /dev/nsm: {}", cidboot_sample::try_open("/dev/nsm"));
     println!("sandbox: socket(AF_VSOCK): {}", cidboot_sample::try_vsock());
+    // With cidboot's KMS proxy ([kms_proxy]), 32 random bytes from KMS through it.
+    if std::env::var_os("AWS_ENDPOINT_URL_KMS").is_some() {
+        println!(
+            "kms proxy: GenerateRandom {}",
+            cidboot_sample::kms_summary("TrentService.GenerateRandom", r#"{"NumberOfBytes":32}"#)
+        );
+    }
     if std::env::var_os("CIDBOOT_ATTESTATION_URL").is_none() {
         return;
     }

@@ -28,16 +28,6 @@ fn http_get(url: &str) -> u16 {
     String::from_utf8_lossy(&resp).split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
 
-/// `status=N plaintext-bytes=N plaintext-sha256=HEX`, or `status=N error=CODE`.
-fn kms(target: &str, body: &str) -> String {
-    match cidboot_sample::kms_call(target, body) {
-        Ok((status, answer)) => match cidboot_sample::json_str(&answer, "Plaintext").and_then(cidboot_sample::base64_decode) {
-            Some(p) => format!("status={status} plaintext-bytes={} plaintext-sha256={}", p.len(), cidboot_sample::sha256_hex(&p)),
-            None => format!("status={status} error={}", cidboot_sample::json_str(&answer, "__type").unwrap_or("?")),
-        },
-        Err(e) => format!("failed: {e}"),
-    }
-}
 
 fn main() {
     println!("probe: uid={}", status_field("Uid:"));
@@ -121,7 +111,7 @@ fn main() {
                 // One call to the KMS proxy: the answer's status, and a hash of its plaintext
                 // (never the plaintext) or its error code.
                 if let (Some(target), Some(body)) = (it.next(), it.next()) {
-                    println!("probe: kms {target} {}", kms(target, body));
+                    println!("probe: kms {target} {}", cidboot_sample::kms_summary(target, body));
                 }
             }
             "secret" => {
