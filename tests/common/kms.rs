@@ -121,7 +121,7 @@ pub struct Server {
     pub access_key_id: String,
     pub secret_access_key: String,
     child: Child,
-    _stdin: ChildStdin,
+    stdin: Option<ChildStdin>,
 }
 
 impl Server {
@@ -156,7 +156,7 @@ impl Server {
             access_key_id: id,
             secret_access_key: secret,
             child,
-            _stdin: stdin,
+            stdin: Some(stdin),
         }
     }
 
@@ -235,7 +235,17 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Closes the server's stdin, its signal to clean up its scratch directory and end; kills
+    /// it only if it has not ended within 5 s.
     fn drop(&mut self) {
+        drop(self.stdin.take());
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < until {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

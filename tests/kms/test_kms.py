@@ -54,6 +54,7 @@ import hmac
 import json
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -443,9 +444,13 @@ def main():
     server.st = st
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(json.dumps({"port": server.server_address[1], "region": a.region, "keys": [st.key_arn]}), flush=True)
-    # The test holds stdin open; when it goes away (the test ended, or died), so does this.
-    sys.stdin.read()
-    shutil.rmtree(st.work, ignore_errors=True)
+    # The test holds stdin open; when it goes away (the test ended, or died), so does this,
+    # and so does it on SIGTERM (the end-to-end script's clean-up): nothing is left in /tmp.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        sys.stdin.read()
+    finally:
+        shutil.rmtree(st.work, ignore_errors=True)
 
 
 if __name__ == "__main__":
