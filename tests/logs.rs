@@ -887,3 +887,89 @@ fn the_socket_admits_only_the_daemons_user_unless_sockets_widens_it() {
         );
     }
 }
+
+/// A figure of a process's memory from /proc (`VmHWM`: its peak), in bytes.
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Peers of boots of their own that send records of 64 KiB as fast as they can, each of
+/// control characters that the escaping makes four times longer: every connection holds at
+/// most its read buffer and 1 MiB of records before they are written and acknowledged, and
+/// only one batch's text is built at a time, so the daemon's peak stays within a few MiB per
+/// connection, whatever the peers send.
+#[test]
+fn peers_sending_big_records_fast_cost_the_daemon_a_bounded_amount_of_memory() {
+    const PEERS: usize = 8;
+    const RECORDS: u64 = 512;
+    let work = tempfile::tempdir().unwrap();
+    let cfg = config(work.path(), "[logs]\nlisten = \"tcp:127.0.0.1:0\"\n");
+    // The records go to stdout, which nobody reads here but /dev/null.
+    let mut child = cidboot()
+        .args(["host", "--config"])
+        .arg(&cfg)
+        .env("CIDBOOT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = Lines::default();
+    collect(child.stderr.take().unwrap(), err.clone());
+    let mut host = Host {
+        child,
+        out: Lines::default(),
+        err,
+    };
+    let sink = host.sink();
+    let baseline = peak_memory(host.child.id());
+    let record = frame(1, 0, &[1u8; cidboot::relay::logs::MAX_RECORD]);
+    let peers: Vec<_> = (0..PEERS)
+        .map(|i| {
+            let sink = sink.clone();
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let s = std::net::TcpStream::connect(sink.strip_prefix("tcp:").unwrap()).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+                let mut p = Peer(Box::new(s));
+                let mut bytes = frame(
+                    5,
+                    0,
+                    &hello(&rand_hex(16), &rand_hex(32), Some(&format!("big{i}"))),
+                );
+                for seq in 1..=RECORDS {
+                    let mut f = record.clone();
+                    f[1..9].copy_from_slice(&seq.to_be_bytes());
+                    bytes.extend_from_slice(&f);
+                }
+                p.send(&bytes);
+                while let Some(n) = p.ack() {
+                    if n == RECORDS {
+                        return true;
+                    }
+                }
+                false
+            })
+        })
+        .collect();
+    for p in peers {
+        assert!(
+            p.join().unwrap(),
+            "a peer's records were not all acknowledged"
+        );
+    }
+    let grew = peak_memory(host.child.id()).saturating_sub(baseline);
+    assert!(
+        grew < 48 << 20,
+        "{PEERS} peers sending {RECORDS} records of 64 KiB made the daemon grow by {} MiB",
+        grew >> 20
+    );
+    host.child.kill().unwrap();
+    let _ = host.child.wait();
+}
