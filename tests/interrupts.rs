@@ -436,6 +436,73 @@ fn an_interrupted_pack_leaves_no_partial_car() {
     assert!(entries(&out).is_empty(), "left behind: {:?}", entries(&out));
 }
 
+/// A signal while the CAR is being finished (its blocks all written, its header rewritten and
+/// synced): either the pack stops and leaves nothing, with 130, or it had committed and says
+/// so, with 0 and the CID; never a CAR left in place after "interrupted".
+#[test]
+fn a_signal_as_a_pack_finishes_leaves_nothing_or_reports_the_car() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dir");
+    std::fs::create_dir(&dir).unwrap();
+    // Incompressible and not sparse, so that syncing the CAR takes a moment.
+    std::fs::write(dir.join("large"), common::noise(192 << 20, 7)).unwrap();
+    let out = work.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let car = out.join("image.car");
+    let pack = |car: &Path| {
+        start(
+            &[
+                "pack",
+                dir.to_str().unwrap(),
+                "--any-dir",
+                "--car",
+                car.to_str().unwrap(),
+            ],
+            work.path(),
+        )
+    };
+    // Its full size, from a pack elsewhere.
+    let full = work.path().join("full.car");
+    assert!(pack(&full).wait().unwrap().success());
+    let size = std::fs::metadata(&full).unwrap().len();
+    std::fs::remove_file(&full).unwrap();
+    for _ in 0..3 {
+        let child = pack(&car);
+        // The signal once the partial CAR has all its bytes: the header and the sync remain.
+        let t0 = Instant::now();
+        loop {
+            let done = named(&out, ".image.car.partial-").first().is_some_and(|d| {
+                std::fs::metadata(d.join("image.car")).is_ok_and(|m| m.len() >= size)
+            });
+            if done || car.exists() {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{:?}",
+                entries(&out)
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (code, stdout, stderr) = interrupt(child, Signal::SIGINT);
+        match code {
+            Some(130) => {
+                assert!(
+                    entries(&out).is_empty(),
+                    "left behind after 130: {:?}\n{stderr}",
+                    entries(&out)
+                );
+            }
+            Some(0) => {
+                assert_eq!(entries(&out), ["image.car"], "{stderr}");
+                assert!(stdout.starts_with("bafy"), "{stdout}");
+                std::fs::remove_file(&car).unwrap();
+            }
+            other => panic!("exit {other:?}: {stderr}"),
+        }
+    }
+}
+
 #[test]
 fn an_interrupted_run_mid_transfer_leaves_nothing_and_its_root_is_private_meanwhile() {
     let s = serve(&setuid_image(json!({"Entrypoint": ["/bin/probe"]})));
