@@ -973,3 +973,65 @@ fn peers_sending_big_records_fast_cost_the_daemon_a_bounded_amount_of_memory() {
     host.child.kill().unwrap();
     let _ = host.child.wait();
 }
+
+/// A log directory that another user owns: they could plant a symlink where the daemon writes
+/// (the state file's temporary name, say), and the daemon, run as root, overwrote the file it
+/// names with its state at start. The daemon refuses such a directory, at `--check` and at
+/// start, and writes nothing there.
+#[test]
+fn a_log_directory_another_user_can_change_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let theirs = work.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(1000), Some(1000)).unwrap();
+    let victim = work.path().join("victim");
+    std::fs::write(&victim, "root's\n").unwrap();
+    let planted = theirs.join(".enclave.log.tmp");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    std::os::unix::fs::lchown(&planted, Some(1000), Some(1000)).unwrap();
+    let cfg = config(
+        work.path(),
+        &format!(
+            "[logs]\nlisten = \"unix:{}\"\nfile = \"{}\"\n",
+            work.path().join("logs.sock").display(),
+            theirs.join("enclave.log").display()
+        ),
+    );
+    let checked = cidboot()
+        .args(["host", "--check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        !checked.status.success() && err.contains("logs.file") && err.contains("owned by uid 1000"),
+        "{err}"
+    );
+    let started = cidboot()
+        .args(["host", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = started.id();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(20));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    });
+    let out = started.wait_with_output().unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's\n");
+    assert!(
+        !out.status.success(),
+        "the daemon ran with its log in another user's directory"
+    );
+    assert_eq!(
+        std::fs::read_dir(&theirs).unwrap().count(),
+        1,
+        "something was written there"
+    );
+    drop(killer);
+}
