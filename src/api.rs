@@ -31,6 +31,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9393";
 pub const MAX_BODY: usize = 8 * 1024;
 /// Requests served at once.
 pub const MAX_CONCURRENT: usize = 32;
+/// Connections held at once, idle keep-alive ones included: each costs cidboot some memory
+/// (its buffers and task) that is not the workload's, so their number is bounded too.
+pub const MAX_CONNECTIONS: usize = 128;
 /// Time a client gets to send a request's headers (slowloris bound).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -232,11 +235,20 @@ pub async fn bind(
         log,
         permits: Semaphore::new(MAX_CONCURRENT),
     });
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let serve = async move {
         loop {
             let (stream, peer) = accept_retrying(&listener, "attestation API").await;
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                // Closed at once: nothing is kept for it (an idle connection goes after
+                // HEADER_TIMEOUT, which makes room).
+                drop(stream);
+                debug!(%peer, "attestation API: {MAX_CONNECTIONS} connections already; closing this one");
+                continue;
+            };
             let state = state.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let svc = service_fn(move |req| {
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(handle(state, req).await) }

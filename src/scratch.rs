@@ -50,6 +50,8 @@ pub enum ScratchError {
     NotOurs { path: String, marker: String },
     #[error("{path} exists and is not empty")]
     NotEmpty { path: String },
+    #[error("refusing to stage anything in {path}: {why}; another user could swap what is staged there for a symlink while it is written, and make this process write (as root: overwrite files) where they choose. Use a directory that only root and you can change (sticky ones such as /tmp are fine)")]
+    Exposed { path: String, why: String },
 }
 
 impl ScratchError {
@@ -64,7 +66,9 @@ impl ScratchError {
                     ScratchError::NotEmpty { path } => {
                         (path.clone(), io::ErrorKind::DirectoryNotEmpty)
                     }
-                    ScratchError::NotOurs { path, .. } | ScratchError::Io { path, .. } => {
+                    ScratchError::NotOurs { path, .. }
+                    | ScratchError::Exposed { path, .. }
+                    | ScratchError::Io { path, .. } => {
                         (path.clone(), io::ErrorKind::PermissionDenied)
                     }
                 };
@@ -173,8 +177,15 @@ pub struct PrivateDir {
 
 impl PrivateDir {
     /// Makes `parent/PREFIX<random>`, after removing the dead leftovers (see [`sweep`]) of
-    /// earlier processes in `parent` with the same prefix.
+    /// earlier processes in `parent` with the same prefix. Refused where another user could
+    /// change the way to it ([`others_can_change`]).
     pub fn create(parent: &Path, prefix: &str) -> Result<PrivateDir, ScratchError> {
+        if let Some(why) = others_can_change(parent) {
+            return Err(ScratchError::Exposed {
+                path: parent.display().to_string(),
+                why,
+            });
+        }
         let swept = sweep(parent, prefix);
         if !swept.is_empty() {
             tracing::info!(
@@ -231,6 +242,103 @@ impl Drop for PrivateDir {
         }
         unregister(self.id);
     }
+}
+
+/// Symlinks followed on the way to a directory before it counts as unresolvable (Linux's own
+/// limit).
+const MAX_SYMLINKS: usize = 40;
+
+/// Why another local user could change what a path under `dir` leads to: a directory on the
+/// way to it (every component, each symlink followed from where it is) that is owned by
+/// neither root nor this user, or that its group (other than root's) or others may write to
+/// without the sticky bit. What cidboot stages is written by path, so a user who can rename
+/// entries in one of those directories could swap the staging directory, or one above it, for
+/// a symlink to a directory of theirs while it is written. `None` when nobody else can; a path
+/// that cannot be checked counts as changeable.
+pub fn others_can_change(dir: &Path) -> Option<String> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    use std::path::Component;
+    let me = nix::unistd::geteuid().as_raw();
+    let abs = match std::path::absolute(dir) {
+        Ok(a) => a,
+        Err(e) => return Some(format!("it cannot be checked: {e}")),
+    };
+    let parts = |p: &Path| -> VecDeque<OsString> {
+        p.components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect()
+    };
+    let exposed = |p: &Path, m: &std::fs::Metadata| -> Option<String> {
+        let mode = m.mode() & 0o7777;
+        let sticky = mode & 0o1000 != 0;
+        if m.uid() != 0 && m.uid() != me {
+            return Some(format!("{} is owned by uid {}", p.display(), m.uid()));
+        }
+        let group_writes = mode & 0o020 != 0 && m.gid() != 0;
+        if (group_writes || mode & 0o002 != 0) && !sticky {
+            return Some(format!(
+                "{} (mode {mode:04o}) may be written to by other users and is not sticky",
+                p.display()
+            ));
+        }
+        None
+    };
+    let mut todo = parts(&abs);
+    let mut cur = PathBuf::from("/");
+    let mut links = 0;
+    match std::fs::metadata(&cur) {
+        Ok(m) => {
+            if let Some(why) = exposed(&cur, &m) {
+                return Some(why);
+            }
+        }
+        Err(e) => return Some(format!("/ cannot be checked: {e}")),
+    }
+    while let Some(c) = todo.pop_front() {
+        if c == ".." {
+            // `cur` has no symlink in it: its parent is the real one.
+            cur.pop();
+            continue;
+        }
+        let next = cur.join(&c);
+        let m = match std::fs::symlink_metadata(&next) {
+            Ok(m) => m,
+            // Not there yet: it will be made by this process, inside `cur`.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => return Some(format!("{} cannot be checked: {e}", next.display())),
+        };
+        if m.file_type().is_symlink() {
+            links += 1;
+            if links > MAX_SYMLINKS {
+                return Some(format!("{} has too many symlinks", abs.display()));
+            }
+            // The link itself is in `cur`, which was checked: follow it from there.
+            let target = match std::fs::read_link(&next) {
+                Ok(t) => t,
+                Err(e) => return Some(format!("{} cannot be checked: {e}", next.display())),
+            };
+            if target.is_absolute() {
+                cur = PathBuf::from("/");
+            }
+            let mut rest = parts(&target);
+            rest.extend(todo);
+            todo = rest;
+            continue;
+        }
+        if !m.is_dir() {
+            return Some(format!("{} is not a directory", next.display()));
+        }
+        if let Some(why) = exposed(&next, &m) {
+            return Some(why);
+        }
+        cur = next;
+    }
+    None
 }
 
 /// Opens `path` as a directory (never through a symlink) and tries to lock it: `None` when
@@ -513,6 +621,44 @@ mod tests {
         assert!(!dead.exists());
         assert!(live.path().exists() && other.exists());
         assert!(parent.path().join("x-link").exists() && parent.path().join("x-file").exists());
+    }
+
+    #[test]
+    fn a_directory_another_user_can_change_is_refused_for_staging() {
+        use std::os::unix::fs::chown;
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path();
+        assert_eq!(others_can_change(p), None);
+        assert_eq!(others_can_change(&p.join("not/yet/made")), None);
+        // Another user's directory, and one above the target.
+        let theirs = p.join("theirs");
+        std::fs::create_dir_all(theirs.join("mine")).unwrap();
+        chown(&theirs, Some(1000), Some(1000)).unwrap();
+        let why = others_can_change(&theirs.join("mine")).unwrap();
+        assert!(why.contains("is owned by uid 1000"), "{why}");
+        assert!(matches!(
+            PrivateDir::create(&theirs, "x-"),
+            Err(ScratchError::Exposed { .. })
+        ));
+        assert!(
+            std::fs::read_dir(&theirs).unwrap().count() == 1,
+            "nothing made"
+        );
+        // Writable by others: refused unless sticky.
+        let open = p.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(others_can_change(&open).unwrap().contains("not sticky"));
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(others_can_change(&open), None);
+        // A symlink is followed from where it is, and what it leads to is checked too.
+        std::os::unix::fs::symlink(&theirs, p.join("link")).unwrap();
+        assert!(others_can_change(&p.join("link/mine")).is_some());
+        std::os::unix::fs::symlink("open", p.join("rel")).unwrap();
+        assert_eq!(others_can_change(&p.join("rel")), None);
+        // A symlink inside another user's directory, to a safe one, is theirs to change.
+        std::os::unix::fs::symlink(&open, theirs.join("to-open")).unwrap();
+        assert!(others_can_change(&theirs.join("to-open")).is_some());
     }
 
     #[test]

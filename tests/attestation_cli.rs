@@ -789,3 +789,67 @@ fn attestation_api_bounds_its_inputs() {
     let r = cidboot::verify::verify(&doc, &policy);
     assert!(r.ok, "{:?}", r.checks);
 }
+
+/// Clients that connect and stay (each a keep-alive request answered, then nothing) take at
+/// most `MAX_CONNECTIONS` of the API's connections: one more is closed at once, unanswered,
+/// and a connection let go makes room for the next.
+#[test]
+fn attestation_api_bounds_its_connections() {
+    use cidboot::nsm::software::{SoftwareNsm, TestCa};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ca = TestCa::generate().unwrap();
+    let nsm = std::sync::Arc::new(SoftwareNsm::new(&ca, &[]).unwrap());
+    let cid = cidboot::reference::raw_cid(b"image");
+    let log = cidboot::measure::EventLog::new(cidboot::measure::Inputs {
+        reference: "ipfs://x",
+        root_cid: &cid,
+        manifest_digest: "sha256:m",
+        config_digest: "sha256:c",
+        helpers: vec![],
+        helper_images: vec![],
+        runtime_config_digest: "sha256:r",
+    });
+    let (addr, serve) = rt
+        .block_on(cidboot::api::bind("127.0.0.1:0", nsm, log))
+        .unwrap();
+    rt.spawn(serve);
+    let addr = addr.to_string();
+    let keep_alive = |addr: &str| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        s.write_all(b"GET /v1/measurements HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut got = [0u8; 12];
+        s.read_exact(&mut got).unwrap();
+        (s, String::from_utf8_lossy(&got).into_owned())
+    };
+    let mut held = Vec::new();
+    for _ in 0..cidboot::api::MAX_CONNECTIONS {
+        let (s, status) = keep_alive(&addr);
+        assert_eq!(status, "HTTP/1.1 200");
+        held.push(s);
+    }
+    let mut one_more = std::net::TcpStream::connect(&addr).unwrap();
+    one_more
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let _ = one_more.write_all(b"GET /v1/measurements HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut got = Vec::new();
+    // Closed (or reset, having unread bytes), never answered, and never left waiting.
+    let closed = one_more.read_to_end(&mut got);
+    assert!(
+        got.is_empty()
+            && closed.as_ref().map_or_else(
+                |e| e.kind() == std::io::ErrorKind::ConnectionReset,
+                |_| true
+            ),
+        "{closed:?}: {}",
+        String::from_utf8_lossy(&got)
+    );
+    held.pop();
+    // The API notices the closed connection at once; give it a moment all the same.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (_s, status) = keep_alive(&addr);
+    assert_eq!(status, "HTTP/1.1 200");
+}

@@ -658,3 +658,80 @@ while True:
 open(os.path.join(d, "off"), "w").close()
 time.sleep(3600)
 "#;
+
+/// Sends statuses of a boot of its own to the sink at `sock`, 256 at a time, each batch once
+/// the one before is acknowledged, until `stop`: returns how many.
+fn flood_statuses(sock: &Path, stop: &std::sync::atomic::AtomicBool) -> u64 {
+    use std::io::Write;
+    let frame = |kind: u8, seq: u64, payload: &[u8], out: &mut Vec<u8>| {
+        out.push(kind);
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(payload);
+    };
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut hello = Vec::new();
+    let h = format!(
+        r#"{{"boot":"{:032x}","secret":"{:064x}","name":"flood"}}"#,
+        fastrand::u128(..),
+        fastrand::u128(..)
+    );
+    frame(5, 0, h.as_bytes(), &mut hello);
+    s.write_all(&hello).unwrap();
+    let mut seq = 0u64;
+    let mut ack = [0u8; 13];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut batch = Vec::new();
+        for _ in 0..256 {
+            seq += 1;
+            frame(3, seq, br#"{"exit_code":1,"reason":"flood"}"#, &mut batch);
+        }
+        s.write_all(&batch).unwrap();
+        loop {
+            s.read_exact(&mut ack).unwrap();
+            if u64::from_be_bytes(ack[1..9].try_into().unwrap()) >= seq {
+                break;
+            }
+        }
+    }
+    seq
+}
+
+/// Local peers flood the sink with statuses of boots of their own while the enclave reports
+/// its own, and the supervisor is busy with a slow `describe-enclaves`: the enclave's status
+/// still decides the boot, however many others come around it.
+#[test]
+fn a_flood_of_statuses_from_local_peers_does_not_hide_the_enclaves_own() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let host = Host::start(d, &["wait0"], "restart = \"on-failure\"\nmax_restarts = 1");
+    host.wait_for("fake enclave i-fake-enc1 booted", Duration::from_secs(30));
+    // From now on describe-enclaves takes 0.8 s, as a busy nitro-cli may.
+    let slow = std::fs::read_to_string(d.join("nitro-cli"))
+        .unwrap()
+        .replace("describe-enclaves)\n", "describe-enclaves)\n  sleep 0.8\n");
+    std::fs::write(d.join("nitro-cli.slow"), slow).unwrap();
+    std::fs::set_permissions(
+        d.join("nitro-cli.slow"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::rename(d.join("nitro-cli.slow"), d.join("nitro-cli")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooders: Vec<_> = (0..2)
+        .map(|_| {
+            let (sock, stop) = (d.join("logs.sock"), stop.clone());
+            std::thread::spawn(move || flood_statuses(&sock, &stop))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(d.join("go"), b"").unwrap();
+    let ended = host.wait_for("the enclave ended", Duration::from_secs(30));
+    stop.store(true, Ordering::Relaxed);
+    let sent: u64 = flooders.into_iter().map(|f| f.join().unwrap()).sum();
+    assert!(sent > 1000, "only {sent} statuses were sent");
+    assert!(ended.contains("Succeeded"), "{ended}");
+    assert_eq!(launches(d), 1);
+}

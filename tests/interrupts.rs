@@ -302,6 +302,108 @@ fn unreachable_by_another_user(private: &Path, suid: &Path) {
     assert!(!o.status.success(), "uid 1000 listed {}", private.display());
 }
 
+/// A uid-1000 process that swaps each new staging directory in `dir` (whose entries it may
+/// rename) for a symlink to a directory of its own, as soon as it appears, where the layout's
+/// `index.json` is a symlink to `victim`.
+const SWAPPER: &str = r#"
+import os, sys, time
+d, victim = sys.argv[1], sys.argv[2]
+end = time.time() + 60
+while time.time() < end:
+    for n in os.listdir(d):
+        p = os.path.join(d, n)
+        if n.startswith(".") and ".partial-" in n or n.startswith(".cidboot-unpack-"):
+            if os.path.islink(p):
+                continue
+            os.rename(p, os.path.join(d, "taken-" + n))
+            fake = os.path.join(d, "fake-" + n)
+            inner = n[1:].split(".partial-")[0]
+            for sub in (inner + "/blobs/sha256", "root"):
+                os.makedirs(os.path.join(fake, sub), exist_ok=True)
+            os.symlink(victim, os.path.join(fake, inner, "index.json"))
+            os.symlink(fake, p)
+            print("swapped", n, flush=True)
+    time.sleep(0.0005)
+"#;
+
+/// A directory owned by another user (who could rename what root stages there): `pull`,
+/// `unpack` and `pack` refuse to stage anything in it, so that user cannot make root write
+/// through a symlink of theirs. (Without that refusal, the swapper above made `pull`
+/// overwrite a root-owned file with the layout's index.json.)
+#[test]
+fn root_stages_nothing_where_another_user_could_swap_it() {
+    let s = serve(&setuid_image(json!({"Entrypoint": ["/bin/probe"]})));
+    let theirs = s.work.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(1000), Some(1000)).unwrap();
+    let victim = s.work.path().join("victim");
+    std::fs::write(&victim, "root's\n").unwrap();
+    let mut swapper = Command::new("setpriv")
+        .args([
+            "--reuid=1000",
+            "--regid=1000",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            SWAPPER,
+        ])
+        .arg(&theirs)
+        .arg(&victim)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dir = s.work.path().join("packme");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("f"), b"x").unwrap();
+    for args in [
+        vec![
+            "pull",
+            &s.reference,
+            "--gateway",
+            &s.direct.url,
+            "--oci-layout",
+        ],
+        vec![
+            "unpack",
+            &s.reference,
+            "--gateway",
+            &s.direct.url,
+            "--rootfs",
+        ],
+        vec!["pack", dir.to_str().unwrap(), "--any-dir", "--car"],
+    ] {
+        let target = theirs.join(format!("{}-out", args[0]));
+        let mut args = args.clone();
+        args.push(target.to_str().unwrap());
+        let o = run(&args);
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "root's\n",
+            "{args:?} wrote through another user's symlink"
+        );
+        assert!(
+            !o.ok,
+            "{args:?} staged in another user's directory: {}",
+            o.stderr
+        );
+        assert!(
+            o.stderr.contains("refusing to stage anything in")
+                && o.stderr.contains("is owned by uid 1000"),
+            "{args:?}: {}",
+            o.stderr
+        );
+    }
+    let _ = swapper.kill();
+    let out = swapper.wait_with_output().unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's\n");
+    assert!(
+        entries(&theirs).is_empty(),
+        "{:?} {}",
+        entries(&theirs),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 #[test]
 fn an_interrupted_unpack_leaves_nothing_and_its_staging_is_private_meanwhile() {
     let s = serve(&setuid_image(json!({"Entrypoint": ["/bin/probe"]})));
@@ -434,6 +536,73 @@ fn an_interrupted_pack_leaves_no_partial_car() {
         "{stderr}"
     );
     assert!(entries(&out).is_empty(), "left behind: {:?}", entries(&out));
+}
+
+/// A signal while the CAR is being finished (its blocks all written, its header rewritten and
+/// synced): either the pack stops and leaves nothing, with 130, or it had committed and says
+/// so, with 0 and the CID; never a CAR left in place after "interrupted".
+#[test]
+fn a_signal_as_a_pack_finishes_leaves_nothing_or_reports_the_car() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dir");
+    std::fs::create_dir(&dir).unwrap();
+    // Incompressible and not sparse, so that syncing the CAR takes a moment.
+    std::fs::write(dir.join("large"), common::noise(192 << 20, 7)).unwrap();
+    let out = work.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let car = out.join("image.car");
+    let pack = |car: &Path| {
+        start(
+            &[
+                "pack",
+                dir.to_str().unwrap(),
+                "--any-dir",
+                "--car",
+                car.to_str().unwrap(),
+            ],
+            work.path(),
+        )
+    };
+    // Its full size, from a pack elsewhere.
+    let full = work.path().join("full.car");
+    assert!(pack(&full).wait().unwrap().success());
+    let size = std::fs::metadata(&full).unwrap().len();
+    std::fs::remove_file(&full).unwrap();
+    for _ in 0..3 {
+        let child = pack(&car);
+        // The signal once the partial CAR has all its bytes: the header and the sync remain.
+        let t0 = Instant::now();
+        loop {
+            let done = named(&out, ".image.car.partial-").first().is_some_and(|d| {
+                std::fs::metadata(d.join("image.car")).is_ok_and(|m| m.len() >= size)
+            });
+            if done || car.exists() {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{:?}",
+                entries(&out)
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (code, stdout, stderr) = interrupt(child, Signal::SIGINT);
+        match code {
+            Some(130) => {
+                assert!(
+                    entries(&out).is_empty(),
+                    "left behind after 130: {:?}\n{stderr}",
+                    entries(&out)
+                );
+            }
+            Some(0) => {
+                assert_eq!(entries(&out), ["image.car"], "{stderr}");
+                assert!(stdout.starts_with("bafy"), "{stdout}");
+                std::fs::remove_file(&car).unwrap();
+            }
+            other => panic!("exit {other:?}: {stderr}"),
+        }
+    }
 }
 
 #[test]

@@ -887,3 +887,151 @@ fn the_socket_admits_only_the_daemons_user_unless_sockets_widens_it() {
         );
     }
 }
+
+/// A figure of a process's memory from /proc (`VmHWM`: its peak), in bytes.
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Peers of boots of their own that send records of 64 KiB as fast as they can, each of
+/// control characters that the escaping makes four times longer: every connection holds at
+/// most its read buffer and 1 MiB of records before they are written and acknowledged, and
+/// only one batch's text is built at a time, so the daemon's peak stays within a few MiB per
+/// connection, whatever the peers send.
+#[test]
+fn peers_sending_big_records_fast_cost_the_daemon_a_bounded_amount_of_memory() {
+    const PEERS: usize = 8;
+    const RECORDS: u64 = 512;
+    let work = tempfile::tempdir().unwrap();
+    let cfg = config(work.path(), "[logs]\nlisten = \"tcp:127.0.0.1:0\"\n");
+    // The records go to stdout, which nobody reads here but /dev/null.
+    let mut child = cidboot()
+        .args(["host", "--config"])
+        .arg(&cfg)
+        .env("CIDBOOT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = Lines::default();
+    collect(child.stderr.take().unwrap(), err.clone());
+    let mut host = Host {
+        child,
+        out: Lines::default(),
+        err,
+    };
+    let sink = host.sink();
+    let baseline = peak_memory(host.child.id());
+    let record = frame(1, 0, &[1u8; cidboot::relay::logs::MAX_RECORD]);
+    let peers: Vec<_> = (0..PEERS)
+        .map(|i| {
+            let sink = sink.clone();
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let s = std::net::TcpStream::connect(sink.strip_prefix("tcp:").unwrap()).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+                let mut p = Peer(Box::new(s));
+                let mut bytes = frame(
+                    5,
+                    0,
+                    &hello(&rand_hex(16), &rand_hex(32), Some(&format!("big{i}"))),
+                );
+                for seq in 1..=RECORDS {
+                    let mut f = record.clone();
+                    f[1..9].copy_from_slice(&seq.to_be_bytes());
+                    bytes.extend_from_slice(&f);
+                }
+                p.send(&bytes);
+                while let Some(n) = p.ack() {
+                    if n == RECORDS {
+                        return true;
+                    }
+                }
+                false
+            })
+        })
+        .collect();
+    for p in peers {
+        assert!(
+            p.join().unwrap(),
+            "a peer's records were not all acknowledged"
+        );
+    }
+    let grew = peak_memory(host.child.id()).saturating_sub(baseline);
+    assert!(
+        grew < 48 << 20,
+        "{PEERS} peers sending {RECORDS} records of 64 KiB made the daemon grow by {} MiB",
+        grew >> 20
+    );
+    host.child.kill().unwrap();
+    let _ = host.child.wait();
+}
+
+/// A log directory that another user owns: they could plant a symlink where the daemon writes
+/// (the state file's temporary name, say), and the daemon, run as root, overwrote the file it
+/// names with its state at start. The daemon refuses such a directory, at `--check` and at
+/// start, and writes nothing there.
+#[test]
+fn a_log_directory_another_user_can_change_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let theirs = work.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(1000), Some(1000)).unwrap();
+    let victim = work.path().join("victim");
+    std::fs::write(&victim, "root's\n").unwrap();
+    let planted = theirs.join(".enclave.log.tmp");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    std::os::unix::fs::lchown(&planted, Some(1000), Some(1000)).unwrap();
+    let cfg = config(
+        work.path(),
+        &format!(
+            "[logs]\nlisten = \"unix:{}\"\nfile = \"{}\"\n",
+            work.path().join("logs.sock").display(),
+            theirs.join("enclave.log").display()
+        ),
+    );
+    let checked = cidboot()
+        .args(["host", "--check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        !checked.status.success() && err.contains("logs.file") && err.contains("owned by uid 1000"),
+        "{err}"
+    );
+    let started = cidboot()
+        .args(["host", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = started.id();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(20));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    });
+    let out = started.wait_with_output().unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's\n");
+    assert!(
+        !out.status.success(),
+        "the daemon ran with its log in another user's directory"
+    );
+    assert_eq!(
+        std::fs::read_dir(&theirs).unwrap().count(),
+        1,
+        "something was written there"
+    );
+    drop(killer);
+}

@@ -546,6 +546,11 @@ fn interruptible(command: Command) -> Result<i32, CliError> {
         let result = match command {
             // `run` stops its workload itself before it returns.
             Command::Run(a) => run::run(a, sig.clone()).await,
+            // Packing stops at its next block once interrupted, and checks again just before
+            // it commits: waiting for it (rather than ending at the signal while its thread
+            // goes on) makes what it says, committed or stopped, what happened. (Not when it
+            // copies to stdout, which a reader may stall.)
+            Command::Pack(a) if a.car.as_os_str() != "-" => dispatch(Command::Pack(a)).await,
             other => {
                 tokio::select! {
                     r = dispatch(other) => r,
@@ -560,7 +565,18 @@ fn interruptible(command: Command) -> Result<i32, CliError> {
     };
     rt.shutdown_timeout(STOP_GRACE);
     let (removed, failed) = crate::scratch::clean_up_interrupted();
-    let code = exit::signaled(signal as i32);
+    let code = match &result {
+        // The work was done (committed) before the signal took effect.
+        Ok(c) => {
+            tracing::warn!(
+                "{} came after the command had finished; exit status {c}",
+                signal.as_str()
+            );
+            return Ok(*c);
+        }
+        Err(CliError::StdoutClosed) => exit::STDOUT_CLOSED,
+        Err(_) => exit::signaled(signal as i32),
+    };
     let what = if removed.is_empty() {
         "nothing to remove".to_string()
     } else {
@@ -579,10 +595,8 @@ fn interruptible(command: Command) -> Result<i32, CliError> {
         );
     }
     match result {
-        // The work was done (committed) before the signal took effect.
-        Ok(c) => Ok(c),
         Err(CliError::StdoutClosed) => Err(CliError::StdoutClosed),
-        Err(_) => Err(CliError::Interrupted(signal)),
+        _ => Err(CliError::Interrupted(signal)),
     }
 }
 

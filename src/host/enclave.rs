@@ -14,12 +14,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
-use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::launcher::{LaunchError, Launcher, NitroCli, Qemu};
-use super::status::{self, StatusEvent};
+use super::status::{self, StatusEvent, Watch};
 
 /// Default first relaunch delay (`restart_backoff_secs`); docs/limits.md lists these defaults
 /// and bounds of the `[enclave]` keys.
@@ -317,48 +316,9 @@ impl Supervisor {
 
     /// Supervises until the policy says stop or `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Ended {
-        let statuses = status::subscribe();
         match self {
-            Supervisor::NitroCli(c, l) => supervise(&c, &l, statuses, shutdown).await,
-            Supervisor::Qemu(c, l) => supervise(&c, &l, statuses, shutdown).await,
-        }
-    }
-}
-
-/// Whether a status came from this enclave: over vsock, from its CID (which nothing else can
-/// use); over a Unix socket, from one of the enclave's own processes on the parent (`pids`:
-/// the vsock backend of a QEMU enclave); never over tcp, and never from any other local
-/// process, which can connect to the sink but cannot be those processes.
-fn ours(e: &StatusEvent, cid: u32, pids: &[u32]) -> bool {
-    match (e.cid(), e.pid()) {
-        (Some(c), _) => c == cid,
-        (None, Some(p)) => pids.contains(&p),
-        (None, None) => false,
-    }
-}
-
-/// The next status of this enclave; any other is logged and ignored.
-async fn next_status(
-    rx: &mut broadcast::Receiver<StatusEvent>,
-    cid: u32,
-    pids: &[u32],
-) -> StatusEvent {
-    loop {
-        match rx.recv().await {
-            Ok(e) if ours(&e, cid, pids) => return e,
-            Ok(e) => warn!(
-                client = %e.peer,
-                exit_code = ?e.exit_code,
-                reason = %e.reason,
-                "a status from a peer that is not the supervised enclave: ignored"
-            ),
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                warn!(
-                    missed = n,
-                    "enclave supervisor fell behind the status records"
-                )
-            }
-            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+            Supervisor::NitroCli(c, l) => supervise(&c, &l, shutdown).await,
+            Supervisor::Qemu(c, l) => supervise(&c, &l, shutdown).await,
         }
     }
 }
@@ -373,11 +333,11 @@ async fn watch<L: Launcher>(
     c: &EnclaveConfig,
     l: &L,
     enclave: &mut L::Enclave,
-    statuses: &mut broadcast::Receiver<StatusEvent>,
+    statuses: &mut Watch,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> Watched {
     let id = L::id(enclave);
-    let pids = L::peers(enclave);
+    statuses.set_pids(&L::peers(enclave));
     let mut status: Option<(StatusEvent, Instant)> = None;
     let mut errors = 0u32;
     let mut tick = tokio::time::interval(c.poll());
@@ -385,7 +345,7 @@ async fn watch<L: Launcher>(
     loop {
         tokio::select! {
             () = &mut *shutdown => return Watched::Shutdown,
-            e = next_status(statuses, c.cid, &pids), if status.is_none() => {
+            e = statuses.next(), if status.is_none() => {
                 info!(enclave = %id, exit_code = ?e.exit_code, reason = %e.reason, "the enclave reported its status");
                 status = Some((e, Instant::now()));
             }
@@ -415,7 +375,7 @@ async fn watch<L: Launcher>(
     if status.is_none() {
         tokio::select! {
             () = &mut *shutdown => return Watched::Shutdown,
-            e = next_status(statuses, c.cid, &pids) => status = Some((e, Instant::now())),
+            e = statuses.next() => status = Some((e, Instant::now())),
             _ = tokio::time::sleep(STATUS_GRACE) => {}
         }
     }
@@ -432,7 +392,6 @@ async fn watch<L: Launcher>(
 async fn supervise<L: Launcher>(
     c: &EnclaveConfig,
     l: &L,
-    mut statuses: broadcast::Receiver<StatusEvent>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Ended {
     let mut shutdown = std::pin::pin!(shutdown);
@@ -440,7 +399,7 @@ async fn supervise<L: Launcher>(
     let mut step = 0u32;
     loop {
         // A status published before this launch belongs to an earlier boot.
-        statuses = statuses.resubscribe();
+        let mut statuses = status::watch(c.cid);
         let started = Instant::now();
         info!(eif = %c.eif.display(), cid = c.cid, restarts, "launching the enclave");
         let launched = tokio::select! {
@@ -511,21 +470,6 @@ mod tests {
         let c: EnclaveConfig = toml::from_str(&text).map_err(|e| e.to_string())?;
         c.check().map_err(|e| e.to_string())?;
         Ok(c)
-    }
-
-    #[test]
-    fn only_the_enclaves_cid_or_its_own_processes_decide_its_status() {
-        let ev = |peer: &str| StatusEvent::parse(peer, br#"{"exit_code":0}"#);
-        assert!(ours(&ev("vsock:16:1023"), 16, &[]));
-        assert!(!ours(&ev("vsock:17:1023"), 16, &[77]));
-        assert!(ours(&ev("unix:/run/vsock_8002 (pid 77, uid 0)"), 16, &[77]));
-        assert!(!ours(
-            &ev("unix:/run/vsock_8002 (pid 78, uid 0)"),
-            16,
-            &[77]
-        ));
-        assert!(!ours(&ev("unix:/run/vsock_8002"), 16, &[77]));
-        assert!(!ours(&ev("tcp:127.0.0.1:5000"), 16, &[77]));
     }
 
     #[test]

@@ -426,8 +426,20 @@ fn sink_config(l: &Logs, json: bool) -> SinkConfig {
     }
 }
 
-/// Whether a file can be appended to (or created) without creating it now.
+/// Whether a file can be appended to (or created) without creating it now, in a directory no
+/// other user can change the way to: one who could would plant a symlink where the daemon
+/// writes (the file, or the state file's temporary copy) and have it overwrite what that
+/// names.
 fn check_writable(p: &Path) -> Result<(), String> {
+    let parent = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Some(why) = crate::scratch::others_can_change(parent) {
+        return Err(format!(
+            "{why}: another user could put a symlink where the daemon writes; use a directory only root and the daemon's user can change"
+        ));
+    }
     match std::fs::metadata(p) {
         Ok(m) if !m.is_file() => return Err("not a regular file".into()),
         Ok(_) => {

@@ -125,6 +125,12 @@ pub fn pack_dir(dir: &Path, out: &Path) -> Result<Packed, PackError> {
     })();
     // Either way the private directory goes when `private` is dropped.
     let packed = result?;
+    // A signal during the last block's write, the header or the sync: the CAR is complete,
+    // but the command is ending as interrupted, so it must not appear. (The caller waits for
+    // this function, so a signal after this check finds the CAR committed and says so.)
+    if crate::scratch::interrupted() {
+        return Err(PackError::Interrupted);
+    }
     std::fs::rename(&tmp, out).map_err(ioe(out))?;
     Ok(packed)
 }

@@ -120,6 +120,13 @@ fn dir_error(dir: &Path, reason: String) -> CacheError {
 /// writable directory. `cidboot host --check` runs this.
 pub fn check_dir(dir: &Path) -> Result<(), CacheError> {
     use nix::unistd::{access, AccessFlags};
+    // The cache writes and removes files there by name: nobody else may change the way to it.
+    if let Some(why) = crate::scratch::others_can_change(dir) {
+        return Err(dir_error(
+            dir,
+            format!("{why}: another user could redirect what the cache writes and removes there"),
+        ));
+    }
     match std::fs::metadata(dir) {
         Ok(m) if !m.is_dir() => return Err(dir_error(dir, "is not a directory".into())),
         Ok(_) => {}

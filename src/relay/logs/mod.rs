@@ -76,6 +76,10 @@ pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const MAX_CONNECTIONS: usize = 64;
 /// The sink acknowledges at least every this many records.
 pub const ACK_BATCH: usize = 256;
+/// ... and at least every this many bytes of records: what one connection holds read and not
+/// yet written, whatever its peer sends and however fast (256 records of 64 KiB would be 16
+/// MiB, and four to six times that once escaped).
+pub const ACK_BATCH_BYTES: usize = 1024 * 1024;
 /// Boots remembered in the sink's state file. A boot is forgotten only when it is not
 /// connected and either finished [`FORGET_FINISHED`] ago or idle for [`FORGET_IDLE`]; when every
 /// remembered boot may still be live, a new boot is refused rather than one of them forgotten.

@@ -14,8 +14,8 @@ use tracing::{info, warn};
 use super::state::{Claim, Live, State};
 use super::{
     boot_key, escape, json_line, printable, published_id, read_frame, secret_hash, write_frame,
-    Frame, Hello, Kind, LogError, ACK_BATCH, DEFAULT_IDLE_TIMEOUT, DRAIN_TIMEOUT, FRAME_TIMEOUT,
-    HELLO_TIMEOUT, MAX_CONNECTIONS, SENDER_BUFFER, TAKEOVER_TIMEOUT,
+    Frame, Hello, Kind, LogError, ACK_BATCH, ACK_BATCH_BYTES, DEFAULT_IDLE_TIMEOUT, DRAIN_TIMEOUT,
+    FRAME_TIMEOUT, HELLO_TIMEOUT, MAX_CONNECTIONS, SENDER_BUFFER, TAKEOVER_TIMEOUT,
 };
 use crate::transport::addr::Listener;
 use crate::transport::BoxIo;
@@ -397,6 +397,9 @@ impl Sink {
         }
         let idle = self.cfg.idle();
         let mut batch: Vec<Frame> = Vec::new();
+        // The payload bytes in `batch`: a batch is written once it reaches ACK_BATCH_BYTES, so
+        // a peer that keeps the read buffer full cannot make the sink hold more.
+        let mut batch_bytes = 0usize;
         let mut records = 0u64;
         let why = loop {
             let next = tokio::select! {
@@ -414,11 +417,19 @@ impl Sink {
                 Ok(Some(f)) if matches!(f.kind, Kind::Hello | Kind::Ack) => {
                     break format!("an unexpected {} frame", f.kind.label())
                 }
-                Ok(Some(f)) => batch.push(f),
+                Ok(Some(f)) => {
+                    batch_bytes += f.payload.len();
+                    batch.push(f);
+                }
                 Ok(None) => break "the enclave closed the connection".into(),
                 Err(e) => break e.to_string(),
             }
-            if !batch.is_empty() && (r.buffer().is_empty() || batch.len() >= ACK_BATCH) {
+            if !batch.is_empty()
+                && (r.buffer().is_empty()
+                    || batch.len() >= ACK_BATCH
+                    || batch_bytes >= ACK_BATCH_BYTES)
+            {
+                batch_bytes = 0;
                 match self.flush(boot, peer, &mut batch, w).await {
                     Ok(n) => records += n,
                     Err(e) => break e.to_string(),

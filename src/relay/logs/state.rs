@@ -217,11 +217,13 @@ fn write_state(path: &Path, s: &StateFile) -> Result<(), LogError> {
     };
     let bytes = serde_json::to_vec(s).map_err(|e| err(io::Error::other(e)))?;
     let tmp = path.with_extension("tmp");
+    // Never through a symlink: the temporary copy is the daemon's own file.
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .map_err(err)?;
     f.write_all(&bytes).map_err(err)?;
