@@ -5,7 +5,9 @@
 #   - buildah (apt), which builds the EIF image and the sleeve in the end-to-end test;
 #   - moto (PyPI, in a venv), the independent AWS KMS the KMS client and `seal` are tested
 #     against, and cbor2 for the test KMS that answers the enclave's attested calls (the tests
-#     run $CIDBOOT_MOTO_PYTHON, by default the venv's python).
+#     run $CIDBOOT_MOTO_PYTHON, by default the venv's python);
+#   - the AWS CLI (PyPI, in the same venv, beside that python), which runs the `aws kms`
+#     examples of docs/ against the KMS proxy.
 # Override the cache with CIDBOOT_CACHE (default ~/.cache/cidboot).
 set -euo pipefail
 cache=${CIDBOOT_CACHE:-$HOME/.cache/cidboot}
@@ -47,6 +49,15 @@ if [ ! -f "$moto_stamp" ] || [ ! -x "$moto_venv/bin/python" ]; then
   "$moto_venv/bin/pip" install --quiet --disable-pip-version-check \
     "moto[server]==$MOTO_VERSION" "cbor2==$CBOR2_VERSION" >&2
   touch "$moto_stamp"
+fi
+# The AWS CLI v1 carries its own botocore, so it leaves moto's alone; a stamp of its own, so
+# that adding it does not rebuild the venv (about 20 MB, a few seconds).
+AWSCLI_VERSION=1.46.3
+awscli_stamp="$moto_venv/.awscli-$AWSCLI_VERSION"
+if [ ! -f "$awscli_stamp" ] || [ ! -x "$moto_venv/bin/aws" ]; then
+  echo "setup: installing awscli==$AWSCLI_VERSION into $moto_venv" >&2
+  "$moto_venv/bin/pip" install --quiet --disable-pip-version-check "awscli==$AWSCLI_VERSION" >&2
+  touch "$awscli_stamp"
 fi
 
 tools="$cache/tools"

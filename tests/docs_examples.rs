@@ -2,7 +2,7 @@
 //! parser the program uses. Each ```toml block is preceded by a marker saying which file it
 //! is an example of: `<!-- cidboot.toml -->` (a runtime configuration), `<!-- host.toml -->`
 //! (the `cidboot host` configuration) or `<!-- secrets.toml -->` (a secrets file). A block
-//! without a marker fails the test.
+//! without a marker fails the test. The shell examples run in tests/docs_sh.rs.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

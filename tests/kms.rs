@@ -272,7 +272,7 @@ fn seal_refuses_what_it_cannot_do_safely() {
         &["--key-id", key, "--name", "n", "--kms-endpoint", &moto.url],
         b"v",
         &env,
-        "UnknownIssuer; KMS is trusted only through the web PKI roots, or a CA given with --ca",
+        "UnknownIssuer; KMS is trusted only through the web PKI roots, or a CA given with --ca or AWS_CA_BUNDLE",
     );
     let no_region: Vec<_> = env
         .iter()
@@ -304,6 +304,93 @@ fn seal_refuses_what_it_cannot_do_safely() {
     ];
     let o = seal(&args, b"v", &profile);
     assert!(o.ok, "{}", o.stderr);
+}
+
+/// The AWS CLI's variables for the endpoint and its CA: `seal` with neither flag goes where
+/// `aws kms` would, and the flags win over the variables.
+#[test]
+fn seal_takes_the_endpoint_and_ca_from_the_aws_cli_variables() {
+    let work = tempfile::tempdir().unwrap();
+    let tls = Tls::make(work.path());
+    let moto = Server::moto(&tls, true, 1);
+    let key = moto.keys[0].as_str();
+    let ca = tls.ca.to_str().unwrap();
+    let with = |vars: &[(&str, &str)]| {
+        let mut env = moto.env(work.path());
+        env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    };
+    let sealed = |o: &Out| {
+        assert!(o.ok, "{}", o.stderr);
+        let e = SecretsFile::parse(o.stdout.as_bytes()).unwrap().secrets[0].clone();
+        assert_eq!(e.key_id, key);
+    };
+    let plain = ["--key-id", key, "--name", "n"];
+    // No flag: AWS_ENDPOINT_URL_KMS and AWS_CA_BUNDLE, as `aws kms` reads them; signed, so
+    // moto's authentication mode checks the signature made for that endpoint.
+    let env = with(&[("AWS_ENDPOINT_URL_KMS", &moto.url), ("AWS_CA_BUNDLE", ca)]);
+    sealed(&seal(&plain, b"v", &env));
+    // AWS_ENDPOINT_URL, for every service, when the service's own is not set.
+    sealed(&seal(
+        &plain,
+        b"v",
+        &with(&[("AWS_ENDPOINT_URL", &moto.url), ("AWS_CA_BUNDLE", ca)]),
+    ));
+    // The service's own wins over AWS_ENDPOINT_URL, and the flags over both.
+    let dead = "https://127.0.0.1:9";
+    sealed(&seal(
+        &plain,
+        b"v",
+        &with(&[
+            ("AWS_ENDPOINT_URL", dead),
+            ("AWS_ENDPOINT_URL_KMS", &moto.url),
+            ("AWS_CA_BUNDLE", ca),
+        ]),
+    ));
+    let missing = work.path().join("no-such-ca.pem");
+    let elsewhere = with(&[
+        ("AWS_ENDPOINT_URL_KMS", dead),
+        ("AWS_CA_BUNDLE", missing.to_str().unwrap()),
+    ]);
+    sealed(&seal(
+        &seal_args(&moto, &tls.ca, key, "n"),
+        b"v",
+        &elsewhere,
+    ));
+    // Without AWS_CA_BUNDLE the private CA is not trusted; with one that does not exist, it
+    // is named.
+    let o = seal(&plain, b"v", &with(&[("AWS_ENDPOINT_URL_KMS", &moto.url)]));
+    assert!(
+        !o.ok && o.stderr.contains("UnknownIssuer") && o.stderr.contains("AWS_CA_BUNDLE"),
+        "{}",
+        o.stderr
+    );
+    let o = seal(
+        &plain,
+        b"v",
+        &with(&[
+            ("AWS_ENDPOINT_URL_KMS", &moto.url),
+            ("AWS_CA_BUNDLE", missing.to_str().unwrap()),
+        ]),
+    );
+    assert!(
+        !o.ok && o.stderr.contains(missing.to_str().unwrap()),
+        "{}",
+        o.stderr
+    );
+    // http:// from the variable is refused like the flag's, naming the variable.
+    let o = seal(
+        &plain,
+        b"v",
+        &with(&[("AWS_ENDPOINT_URL_KMS", &moto.url.replace("https", "http"))]),
+    );
+    assert!(
+        !o.ok
+            && o.stderr.contains("only https:// is accepted")
+            && o.stderr.contains("AWS_ENDPOINT_URL_KMS"),
+        "{}",
+        o.stderr
+    );
 }
 
 /// An EIF's PCRs as eif_build prints them.

@@ -619,6 +619,17 @@ fn the_workload_and_an_aws_sdk_get_answers_through_the_proxy_under_cidboot_run()
                 "AWS_SECRET_ACCESS_KEY".to_string(),
                 kms.secret_access_key.clone(),
             ),
+            // The AWS CLI's variables, which `cidboot seal` honours, pointing nowhere: the
+            // proxy asks the measured [kms] only (and sets AWS_ENDPOINT_URL_KMS for the
+            // workload itself).
+            (
+                "AWS_ENDPOINT_URL_KMS".to_string(),
+                "https://127.0.0.1:9".to_string(),
+            ),
+            (
+                "AWS_CA_BUNDLE".to_string(),
+                "/nonexistent/ca.pem".to_string(),
+            ),
         ];
         Booted::start(&args, &env)
     };

@@ -256,7 +256,8 @@ format = "hex"
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CIDBOOT_LOG", "info")
-            .envs(self.kms.env(self.path()));
+            .envs(self.kms.env(self.path()))
+            .envs(OPERATORS_ENDPOINT);
         let o = c.output().unwrap();
         Ran {
             code: o.status.code(),
@@ -265,6 +266,14 @@ format = "hex"
         }
     }
 }
+
+/// The AWS CLI's endpoint and CA variables, which `cidboot seal` honours, pointing nowhere:
+/// a run asks the measured `[kms]` only, so it never reads them.
+const OPERATORS_ENDPOINT: [(&str, &str); 3] = [
+    ("AWS_ENDPOINT_URL_KMS", "https://127.0.0.1:9"),
+    ("AWS_ENDPOINT_URL", "https://127.0.0.1:9"),
+    ("AWS_CA_BUNDLE", "/nonexistent/ca.pem"),
+];
 
 fn secrets_file(dir: &Path, name: &str, entries: &[&SealedSecret]) -> PathBuf {
     let text: String = entries.iter().map(|e| e.to_toml() + "\n").collect();

@@ -32,10 +32,12 @@ pub struct SealArgs {
     /// The AWS region [default: AWS_REGION, AWS_DEFAULT_REGION, or the profile's region].
     #[arg(long)]
     pub region: Option<String>,
-    /// The KMS endpoint, https://host[:port] [default: https://kms.REGION.amazonaws.com].
+    /// The KMS endpoint, https://host[:port] [default: AWS_ENDPOINT_URL_KMS, AWS_ENDPOINT_URL,
+    /// or https://kms.REGION.amazonaws.com].
     #[arg(long, value_name = "URL")]
     pub kms_endpoint: Option<String>,
-    /// Extra CA certificate(s), PEM, trusted beside the web PKI roots for the KMS endpoint.
+    /// Extra CA certificate(s), PEM, trusted beside the web PKI roots for the KMS endpoint
+    /// [default: AWS_CA_BUNDLE].
     #[arg(long, value_name = "PEM")]
     pub ca: Option<PathBuf>,
 }
@@ -54,10 +56,13 @@ pub async fn seal(a: SealArgs) -> Result<(), CliError> {
             )
         })?,
     };
-    let endpoint = Endpoint::new(&region, a.kms_endpoint.as_deref())?;
+    let endpoint = endpoint(&region, a.kms_endpoint.as_deref(), non_empty_var)?;
     let creds = credentials::from_environment(&env)?;
     let source = crate::kms::Credentials::source(&creds);
-    let tls = crate::transport::tls::client_config(a.ca.as_deref())?;
+    let ca =
+        a.ca.clone()
+            .or_else(|| non_empty_var("AWS_CA_BUNDLE").map(PathBuf::from));
+    let tls = crate::transport::tls::client_config(ca.as_deref())?;
     let value = if a.generate {
         None
     } else {
@@ -93,6 +98,42 @@ pub async fn seal(a: SealArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The variables the AWS CLI and SDKs take the KMS endpoint from, the service's own first.
+const ENDPOINT_VARS: [&str; 2] = ["AWS_ENDPOINT_URL_KMS", "AWS_ENDPOINT_URL"];
+
+/// Where `seal` calls KMS: `--kms-endpoint`, else the first of [`ENDPOINT_VARS`] set (unless
+/// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS` is `true`), as the AWS CLI chooses; else the region's.
+/// Only the operator's command reads these variables: an enclave's KMS is the measured `[kms]`
+/// alone, and `cidboot run` and the KMS proxy never look at them.
+fn endpoint(
+    region: &str,
+    flag: Option<&str>,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Endpoint, crate::kms::KmsError> {
+    if flag.is_some() {
+        return Endpoint::new(region, flag);
+    }
+    if var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Endpoint::new(region, None);
+    }
+    match ENDPOINT_VARS.iter().find_map(|k| var(k).map(|v| (*k, v))) {
+        Some((name, url)) => Endpoint::new(region, Some(&url)).map_err(|e| match e {
+            crate::kms::KmsError::Endpoint { endpoint, reason } => crate::kms::KmsError::Endpoint {
+                endpoint,
+                reason: format!("{reason} (the endpoint is {name}'s; --kms-endpoint overrides it)"),
+            },
+            other => other,
+        }),
+        None => Endpoint::new(region, None),
+    }
+}
+
+/// An environment variable's value; an empty one counts as unset, as the AWS CLI counts it,
+/// and so does one that is not UTF-8.
+fn non_empty_var(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
+}
+
 /// The value: exactly the bytes on stdin, 1 to [`MAX_PLAINTEXT`] (KMS `Encrypt`'s limit).
 fn read_value() -> Result<Zeroizing<Vec<u8>>, CliError> {
     use std::io::IsTerminal;
@@ -116,4 +157,65 @@ fn read_value() -> Result<Zeroizing<Vec<u8>>, CliError> {
         )));
     }
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let owned: Vec<(String, String)> = pairs
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| owned.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    fn at(flag: Option<&str>, env: &[(&str, &str)]) -> String {
+        endpoint("eu-west-1", flag, vars(env)).unwrap().to_string()
+    }
+
+    #[test]
+    fn the_endpoint_is_chosen_as_the_aws_cli_chooses_it() {
+        let kms = "https://kms.test:1";
+        let all = "https://all.test:2";
+        assert_eq!(at(None, &[]), "https://kms.eu-west-1.amazonaws.com");
+        assert_eq!(at(None, &[("AWS_ENDPOINT_URL", all)]), all);
+        let both = &[("AWS_ENDPOINT_URL", all), ("AWS_ENDPOINT_URL_KMS", kms)];
+        assert_eq!(at(None, both), kms);
+        assert_eq!(at(Some("https://flag.test:3"), both), "https://flag.test:3");
+        assert_eq!(
+            at(
+                None,
+                &[("AWS_ENDPOINT_URL_KMS", ""), ("AWS_ENDPOINT_URL", all)]
+            ),
+            all
+        );
+        let ignored = &[
+            ("AWS_ENDPOINT_URL_KMS", kms),
+            ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "TRUE"),
+        ];
+        assert_eq!(at(None, ignored), "https://kms.eu-west-1.amazonaws.com");
+        let not_ignored = &[
+            ("AWS_ENDPOINT_URL_KMS", kms),
+            ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "false"),
+        ];
+        assert_eq!(at(None, not_ignored), kms);
+    }
+
+    #[test]
+    fn an_http_endpoint_from_the_environment_is_refused_naming_the_variable() {
+        let e = endpoint(
+            "us-east-1",
+            None,
+            vars(&[("AWS_ENDPOINT_URL_KMS", "http://127.0.0.1:9394")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("only https:// is accepted") && e.contains("AWS_ENDPOINT_URL_KMS's"),
+            "{e}"
+        );
+    }
 }

@@ -65,7 +65,7 @@ pub enum KmsError {
     Sign { call: Call, reason: String },
     #[error("{call}: {source}")]
     Transport { call: Call, source: TransportError },
-    #[error("{call}: TLS with {endpoint} failed: {reason}; KMS is trusted only through the web PKI roots, or a CA given with --ca (in an enclave, the configuration's [tls] extra_ca)")]
+    #[error("{call}: TLS with {endpoint} failed: {reason}; KMS is trusted only through the web PKI roots, or a CA given with --ca or AWS_CA_BUNDLE (cidboot seal; in an enclave and under cidboot run, the configuration's [tls] extra_ca)")]
     Certificate {
         call: Call,
         endpoint: String,

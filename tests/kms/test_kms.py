@@ -31,7 +31,8 @@ Ciphertexts are AES-256-GCM under the key's own random key, the encryption conte
 so a ciphertext opens only with the context it was sealed with (InvalidCiphertextException).
 
 The policy file is read again for every request, so that a test can write the statement
-after the server (and so its key and port) exists.
+after the server (and so its key and port) exists; so is the root, so that it can be the one a
+`cidboot run --nsm-root-out` writes when it starts.
 
 --fault makes it misbehave for the client's failure paths: truncated-cfr (half of the
 CiphertextForRecipient), with-plaintext (a Plaintext beside it), oversize (a 100 KiB answer),
@@ -87,10 +88,6 @@ class State:
     def __init__(self, a):
         self.a = a
         self.region = a.region
-        self.root_der = None
-        if a.root:
-            with open(a.root, "rb") as f:
-                self.root_der = x509.load_pem_x509_certificate(f.read()).public_bytes(serialization.Encoding.DER)
         key_id = str(uuid.uuid4())
         self.key_arn = f"arn:aws:kms:{a.region}:{ACCOUNT}:key/{key_id}"
         self.key_uuid = uuid.UUID(key_id).bytes
@@ -148,6 +145,18 @@ def check_signature(st, headers, body):
 
 # --- The attestation document ---------------------------------------------------------------
 
+def pinned_root(st):
+    """The root certificate (DER), read from --root at every verification; None without one."""
+    if not st.a.root:
+        return None
+    try:
+        with open(st.a.root, "rb") as f:
+            pem = f.read()
+    except FileNotFoundError:
+        return None
+    return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+
+
 def verify_document(st, raw):
     def bad(why):
         return KmsError("ValidationException", f"The attestation document does not verify: {why}")
@@ -168,14 +177,15 @@ def verify_document(st, raw):
         return doc
     if cbor2.loads(protected).get(1) != -35:
         raise bad("not ES384")
-    if st.root_der is None:
-        raise bad("no root to verify it against (--root)")
+    root_der = pinned_root(st)
+    if root_der is None:
+        raise bad(f"no root to verify it against (--root {st.a.root or ''}: none)")
     for k in ("module_id", "digest", "timestamp", "pcrs", "certificate", "cabundle", "public_key"):
         if doc.get(k) is None:
             raise bad(f"no {k}")
     if doc["digest"] != "SHA384":
         raise bad("digest is not SHA384")
-    if not doc["cabundle"] or doc["cabundle"][0] != st.root_der:
+    if not doc["cabundle"] or doc["cabundle"][0] != root_der:
         raise bad("the chain does not start at the pinned root")
     chain = [x509.load_der_x509_certificate(c) for c in doc["cabundle"]]
     chain.append(x509.load_der_x509_certificate(doc["certificate"]))

@@ -2,7 +2,7 @@
 //! Usage: probe [exit N] [write PATH] [attest NONCE_HEX] [http-get URL] [escape-proc PATH]
 //!              [mknod PATH MAJOR MINOR] [mount-devtmpfs DIR] [open PATH] [vsock] [reopen-stdio]
 //!              [allocate-forever] [fork-forever] [kms TARGET JSON] [secret NAME|PATH]
-//!              [cat PATH] [create PATH]
+//!              [cat PATH] [create PATH] [hold ADDR]
 
 fn status_field(name: &str) -> String {
     std::fs::read_to_string("/proc/self/status")
@@ -157,6 +157,22 @@ fn main() {
             "sleep" => {
                 let ms: u64 = it.next().and_then(|c| c.parse().ok()).unwrap_or(0);
                 std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+            "hold" => {
+                // Connects to ADDR and waits until whoever listens there closes the
+                // connection; goes on at once if nobody does.
+                if let Some(addr) = it.next() {
+                    use std::io::{Read, Write};
+                    match std::net::TcpStream::connect(addr) {
+                        Ok(mut s) => {
+                            println!("probe: hold {addr} held");
+                            let _ = std::io::stdout().flush();
+                            let _ = s.read_to_end(&mut Vec::new());
+                            println!("probe: hold {addr} released");
+                        }
+                        Err(e) => println!("probe: hold {addr} {e}"),
+                    }
+                }
             }
             "print" => {
                 if let Some(t) = it.next() {
