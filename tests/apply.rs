@@ -9,6 +9,8 @@
     clippy::cast_possible_wrap
 )]
 
+mod common;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -298,6 +300,24 @@ fn change_of_the_root_type() {
     });
     assert!(e.contains("replace the root directory"), "{e}");
     assert!(s.root.is_dir());
+}
+
+#[test]
+fn the_root_entry_named_slash_by_umoci_insert_sets_the_root() {
+    // `umoci insert DIR /` names the root's own entry `/`; as with `./`, its mode and
+    // ownership are the root's. Any other absolute name is still refused (absolute_name).
+    let s = Scene::new();
+    let tar = common::umoci_root_insert(&s._tmp.path().join("umoci"), 0o751);
+    std::fs::set_permissions(&s.root, std::fs::Permissions::from_mode(0o700)).unwrap();
+    s.apply(tar).unwrap();
+    let m = std::fs::metadata(&s.root).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o751);
+    assert_eq!((m.uid(), m.gid()), (0, 0));
+    assert_eq!(
+        std::fs::read(s.p("etc/hello")).unwrap(),
+        b"hello from the root\n"
+    );
+    s.assert_outside_intact();
 }
 
 #[test]
