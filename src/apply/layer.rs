@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ffi::CString;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::fcntl::{openat, OFlag};
@@ -445,6 +445,8 @@ struct Ctx<'a> {
 
 /// The largest single write of file contents.
 const COPY_CHUNK: usize = 1 << 20;
+/// A chunk of zeros to compare file contents with (a slice comparison is one `memcmp`).
+static ZEROS: [u8; COPY_CHUNK] = [0; COPY_CHUNK];
 
 impl Ctx<'_> {
     /// Removes whatever is at `name` unless it is a directory and `keep_dir` is set.
@@ -515,6 +517,10 @@ impl Ctx<'_> {
             buf.resize(want, 0);
         }
         let mut copied = 0u64;
+        // Runs of zeros become holes: a preallocated or sparse file of hundreds of MiB of
+        // zeros (common in images) then costs no memory in the enclave's tmpfs root, and
+        // reads back the same.
+        let mut holes = false;
         while copied < size {
             let room = buf
                 .len()
@@ -525,7 +531,14 @@ impl Ctx<'_> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ApplyError::Tar(e)),
             };
-            file.write_all(&buf[..n]).map_err(|e| ApplyError::Fs {
+            let wrote = if buf[..n] == ZEROS[..n] {
+                holes = true;
+                file.seek(io::SeekFrom::Start(copied + n as u64))
+                    .map(|_| ())
+            } else {
+                file.write_all(&buf[..n])
+            };
+            wrote.map_err(|e| ApplyError::Fs {
                 path: rel.display(),
                 op: "write",
                 source: e,
@@ -538,6 +551,14 @@ impl Ctx<'_> {
                 io::ErrorKind::UnexpectedEof,
                 format!("{}: file data cut short", rel.display()),
             )));
+        }
+        if holes {
+            // A file that ends in zeros ends in a hole: its size is set, not written.
+            file.set_len(size).map_err(|e| ApplyError::Fs {
+                path: rel.display(),
+                op: "truncate",
+                source: e,
+            })?;
         }
         let fd = OwnedFd::from(file);
         set_owner_mode(&fd, rel, meta)?;

@@ -566,6 +566,39 @@ async fn pull_files(
     Ok(())
 }
 
+/// The layer limits of `run` and `unpack`; each wins over the configuration's `[layers]` key of
+/// the same name. `pull` writes the compressed blobs as they are and inflates nothing, so
+/// these do not apply to it.
+#[derive(Args, Debug, Clone, Default)]
+pub struct LayerLimitArgs {
+    /// MiB all layers may inflate to together [default: [layers] max_image_mib, or 16384].
+    #[arg(long, value_name = "MIB")]
+    pub max_image_mib: Option<u64>,
+    /// MiB one layer may inflate to [default: [layers] max_layer_mib, or 4096].
+    #[arg(long, value_name = "MIB")]
+    pub max_layer_mib: Option<u64>,
+    /// Tar entries in one layer [default: [layers] max_layer_entries, or 1000000].
+    #[arg(long, value_name = "N")]
+    pub max_layer_entries: Option<u64>,
+}
+
+impl LayerLimitArgs {
+    /// The flags given, checked against the bounds the configuration's keys have.
+    pub fn layers(&self) -> Result<crate::config::Layers, CliError> {
+        let l = crate::config::Layers {
+            max_image_mib: self.max_image_mib,
+            max_layer_mib: self.max_layer_mib,
+            max_layer_entries: self.max_layer_entries,
+        };
+        l.validate(|k| format!("--{}", k.replace('_', "-")))
+            .map_err(|e| match e {
+                crate::config::ConfigError::Invalid(m) => CliError::Usage(m),
+                e => CliError::Usage(e.to_string()),
+            })?;
+        Ok(l)
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct UnpackArgs {
     /// ipfs://<CID> or https://<gateway>/ipfs/<CID>
@@ -580,6 +613,8 @@ pub struct UnpackArgs {
     /// (`security.capability` xattrs), so that no local user can use them through the root.
     #[arg(long)]
     pub no_special_files: bool,
+    #[command(flatten)]
+    pub layers: LayerLimitArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -588,6 +623,7 @@ pub struct UnpackArgs {
 /// Fetches, verifies and applies an image into a directory, like `umoci unpack` but from a
 /// CID: the boot path without the measurement and the workload.
 pub async fn unpack(a: UnpackArgs) -> Result<(), CliError> {
+    let layers = a.layers.layers()?;
     let (gw, resolved) = resolve(&a.reference, &a.fetch).await?;
     let io = |what: &Path| {
         let what = what.display().to_string();
@@ -622,10 +658,13 @@ pub async fn unpack(a: UnpackArgs) -> Result<(), CliError> {
         Arc::new(resolved),
         &staged,
         &spill,
-        &crate::apply::ApplyLimits {
-            no_special_files: a.no_special_files,
-            ..crate::apply::ApplyLimits::default()
-        },
+        &layers.apply_to(
+            &crate::config::Layers::default(),
+            crate::apply::ApplyLimits {
+                no_special_files: a.no_special_files,
+                ..crate::apply::ApplyLimits::default()
+            },
+        ),
         super::progress::layers(),
     )
     .await?;

@@ -26,6 +26,8 @@ pub struct RunArgs {
     pub reference: Option<String>,
     #[command(flatten)]
     pub fetch: FetchArgs,
+    #[command(flatten)]
+    pub layers: super::image::LayerLimitArgs,
     /// Runtime configuration (TOML); measured.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -369,6 +371,7 @@ async fn boot_and_run(
         digest: a.fetch.digest.clone(),
         fetch: a.fetch.overrides(),
         attestation_listen: a.attestation_listen.clone(),
+        layers: a.layers.layers()?,
     };
     // Everything up to the workload's exec, which a signal interrupts at any point: what it
     // started (a helper, the sandbox) is killed as its future is dropped.
