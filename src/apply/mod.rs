@@ -50,6 +50,15 @@ pub struct ApplyLimits {
     /// Leave out device nodes, setuid and setgid bits and file capabilities
     /// (`security.capability` xattrs): for a root that is not then mounted `nodev,nosuid`.
     pub no_special_files: bool,
+    /// Applied without root, as `umoci unpack --rootless`: ownership is not applied (all
+    /// belongs to the user applying), device nodes are left out (only root may make them),
+    /// and directories keep their owner's rwx (so that later entries and layers can be
+    /// written into them, and the user can remove the tree).
+    pub rootless: bool,
+    /// The mode the root's own entry (`./`, `/`) gives the root, instead of the image's:
+    /// `unpack` keeps its root its owner's only from the first instant. The entry's ownership
+    /// is still applied.
+    pub root_mode: Option<u32>,
 }
 
 /// Default of `[layers] max_image_mib`: 16 GiB.
@@ -79,6 +88,8 @@ impl Default for ApplyLimits {
             max_pax_size: 1 << 20,
             parallelism: 2,
             no_special_files: false,
+            rootless: false,
+            root_mode: None,
         }
     }
 }
@@ -208,6 +219,8 @@ pub struct ApplyReport {
     pub entries: u64,
     /// Regular files' content, in all.
     pub file_bytes: u64,
+    /// Device nodes (and hard links to them) left out: `--no-special-files`, or no root.
+    pub devices_left_out: u64,
     /// Wall-clock seconds the whole apply took: fetch, verification, inflation and writing.
     pub seconds: f64,
 }
@@ -509,6 +522,7 @@ async fn apply_layers(
         report.compressed_bytes += layer.compressed_bytes;
         report.entries += layer.entries;
         report.file_bytes += layer.file_bytes;
+        report.devices_left_out += stats.devices_left_out;
         report.layers.push(layer);
     }
     report.uncompressed_bytes = total;
