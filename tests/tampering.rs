@@ -45,7 +45,10 @@ enum Attack {
     /// Truncates the first response, and forwards every request without its `entity-bytes`
     /// (a gateway that ignores ranges and resends the whole file).
     TruncateOnceIgnoringRanges,
-    WrongOrder,
+    /// Sends a file's blocks in another order than depth-first (its leaves reversed), which
+    /// the trustless gateway spec allows (`order=unk`): not an attack, but an order the
+    /// client cannot walk as it arrives.
+    OtherOrder,
     /// Answers the first request with 429 and `Retry-After: 1`.
     RateLimitOnce,
     /// Sends half of every multi-block CAR, then stalls.
@@ -104,7 +107,7 @@ async fn tamper(attack: Attack, body: Bytes) -> Bytes {
             let extra = b"one more".to_vec();
             blocks.push((raw_cid(&extra), extra));
         }
-        Attack::WrongOrder => blocks.swap(1, 2),
+        Attack::OtherOrder => blocks[1..].reverse(),
         Attack::Truncate
         | Attack::TruncateOnce
         | Attack::TruncateOnceIgnoringRanges
@@ -234,11 +237,16 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_of(2_500_000)
+}
+
+/// The fixture with a large layer of `size` bytes of noise.
+fn fixture_of(size: usize) -> Fixture {
     let work = tempfile::tempdir().unwrap();
     let img = image(
         "amd64",
         &[
-            vec![("bin/big", noise(2_500_000, 7))],
+            vec![("bin/big", noise(size, 7))],
             vec![("etc/small", b"x".to_vec())],
         ],
     );
@@ -416,9 +424,51 @@ fn rate_limit_is_honoured_then_retried() {
 }
 
 #[test]
-fn wrong_car_order() {
-    let e = attacked(Attack::WrongOrder);
-    assert!(e.contains("blocks out of order"), "{e}");
+fn a_car_in_another_order_is_asked_for_again_block_by_block() {
+    // 2.5 MB: one CAR for the whole blob; 40 MB: parallel ranges, each a CAR (those in the
+    // middle of two leaves and more).
+    for size in [2_500_000, 40_000_000] {
+        another_order(size);
+    }
+}
+
+fn another_order(size: usize) {
+    let f = fixture_of(size);
+    let (url, ca, log) = start_proxy(&f.gateway, Attack::OtherOrder, f.work.path());
+    let out_dir = f.work.path().join("out");
+    let out = run(&[
+        "pull",
+        &format!("ipfs://{}", f.root),
+        "--gateway",
+        &url,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--oci-layout",
+        out_dir.to_str().unwrap(),
+    ]);
+    // pull checks every blob's size and sha256: the layout holds the image exactly.
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the gateway sent a CAR's blocks in another order than depth-first"),
+        "{}",
+        out.stderr
+    );
+    let log = log.lock().unwrap();
+    let car = log
+        .iter()
+        .position(|p| p.contains("format=car&dag-scope=entity"))
+        .unwrap();
+    assert!(
+        log[car..].iter().any(|p| p.contains("format=raw")),
+        "no block asked for alone after the CAR: {log:?}"
+    );
+    if size > 8 << 20 {
+        assert!(
+            log.iter().any(|p| p.contains("entity-bytes=")),
+            "no ranges: {log:?}"
+        );
+    }
 }
 
 #[test]
