@@ -307,3 +307,29 @@ fn a_target_that_cannot_work_is_refused_before_anything_is_fetched() {
         out.stderr
     );
 }
+
+#[test]
+fn run_refuses_a_read_only_rootfs_before_anything_is_fetched() {
+    let work = tempfile::tempdir().unwrap();
+    // run keeps a root only where no other user can reach it.
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let ro = Mount::tmpfs(&work.path().join("ro"), "ro,mode=0700");
+    let out = run(&[
+        "run",
+        "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
+        "--gateway",
+        "http://127.0.0.1:9",
+        "--rootfs",
+        ro.0.to_str().unwrap(),
+    ]);
+    assert!(
+        !out.ok
+            && out.stderr.contains(&format!(
+                "--rootfs {} cannot be written: {} is on a read-only file system",
+                ro.0.display(),
+                ro.0.display()
+            )),
+        "{}",
+        out.stderr
+    );
+}

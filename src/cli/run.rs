@@ -298,6 +298,17 @@ fn claim_rootfs(p: &Path) -> Result<KeptDir, CliError> {
             p.display()
         )));
     }
+    // What cannot work is refused before anything is fetched.
+    match std::fs::metadata(p) {
+        Ok(m) if !m.is_dir() => {
+            return Err(CliError::Usage(format!(
+                "--rootfs {} exists and is not a directory",
+                p.display()
+            )))
+        }
+        Ok(_) => super::unpack_target::check_writable(p, p)?,
+        Err(_) => {}
+    }
     KeptDir::claim(p).map_err(|e| match e {
         ScratchError::NotEmpty { .. } => {
             CliError::Usage(format!("--rootfs {} exists and is not empty", p.display()))

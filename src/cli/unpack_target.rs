@@ -38,7 +38,7 @@ fn io(what: &Path) -> impl FnOnce(std::io::Error) -> CliError {
 
 /// Whether this user can create entries in `dir`: tried, as a read-only mount or an ACL is
 /// only known by trying.
-fn check_writable(rootfs: &Path, dir: &Path) -> Result<(), CliError> {
+pub(crate) fn check_writable(rootfs: &Path, dir: &Path) -> Result<(), CliError> {
     let probe = dir.join(format!(".cidboot-probe-{}", std::process::id()));
     match std::fs::DirBuilder::new().mode(0o700).create(&probe) {
         Ok(()) => std::fs::remove_dir(&probe).map_err(io(&probe)),
