@@ -280,6 +280,30 @@ fn pcr17_to_31_locked_by_the_enclave_must_be_zero_unless_pinned() {
     assert!(!o.stdout.contains("FAIL pcr18"), "{}", o.stdout);
     let pin17 = format!("17={pcr17}");
     assert!(verify(&extended, &["--expect-pcr16", &pcr16, "--pcr", &pin17]).ok);
+    // PCR17 at the zeros every cidboot document has: no pin, and the answer says why.
+    let zeros17 = format!("17={}", "00".repeat(48));
+    let o = verify(&locked, &["--pcr", &zeros17]);
+    assert!(!o.ok && o.stdout.contains("FAIL pinned"), "{}", o.stdout);
+    assert!(o.stdout.contains("PASS pcr17"), "{}", o.stdout);
+    assert!(
+        o.stderr.contains("--pcr 17=zeros pins nothing: cidboot locks PCR17-31 without extending them, so every cidboot document has that value"),
+        "{}",
+        o.stderr
+    );
+    // The software NSM's PCR0-2 are zeros without an EIF's: pinning them pins nothing either.
+    let mut args = vec![];
+    let zero_pins: Vec<String> = (0..3).map(|i| format!("{i}={}", "00".repeat(48))).collect();
+    for p in &zero_pins {
+        args.extend(["--pcr", p.as_str()]);
+    }
+    let o = verify(&locked, &args);
+    assert!(
+        !o.ok
+            && o.stderr
+                .contains("--pcr 0=zeros pins nothing: a debug-mode enclave"),
+        "{}",
+        o.stderr
+    );
     // Only PCR16 locked (a boot that does not lock the rest): fine, unless they are required.
     let (only16, pcr16, _) = doc(false, false);
     assert!(verify(&only16, &["--expect-pcr16", &pcr16]).ok);
@@ -661,6 +685,50 @@ fn round_trip_through_run_and_verify() {
             .unwrap()
             .clone();
         assert_eq!(manifest["status"], "fail", "{want}");
+    }
+    // Two "events" keys: another image's events, then the real boot's (which a reader that
+    // keeps the last would replay to the document's PCR16). Refused, whichever comes last.
+    let real_text = real_log.to_string();
+    let events_of = |v: &serde_json::Value| v["events"].to_string();
+    let other_events = {
+        let oe = run(&[
+            "expect",
+            &other_ref,
+            "--gateway",
+            &other_gw.url,
+            "--ca",
+            other_gw.ca.to_str().unwrap(),
+            "--json",
+        ]);
+        events_of(&oe.json()["measurements"])
+    };
+    for twice in [
+        real_text.replacen('{', &format!("{{\"events\":{other_events},"), 1),
+        format!(
+            "{},\"events\":{other_events}}}",
+            real_text.strip_suffix('}').unwrap()
+        ),
+    ] {
+        let p = work.path().join("twice.json");
+        std::fs::write(&p, &twice).unwrap();
+        let o = run(&[
+            "verify",
+            f,
+            "--root",
+            r,
+            "--measurements",
+            p.to_str().unwrap(),
+            "--expect-manifest",
+            &img.manifest.digest,
+        ]);
+        assert!(
+            !o.ok
+                && o.stdout.contains(
+                    "FAIL measurements: the event log is not the documented JSON: key \"events\" appears twice"
+                ),
+            "{}",
+            o.stdout
+        );
     }
     // The other image's real log is sound, but not the document's.
     let other_log = work.path().join("other-log.json");

@@ -291,6 +291,40 @@ fn a_wrong_digest_stops_the_boot_before_anything_runs() {
 }
 
 #[test]
+fn a_helper_image_with_no_helper_stops_the_boot() {
+    // Its /eigen/bin holds only a symlink: nothing would be installed, and its event would
+    // record nothing a verifier could check (the verifier refuses such a log too).
+    let empty = image_from_tars(
+        &[tar_entries(&[
+            TarEntry::Dir {
+                path: "eigen",
+                mode: 0o755,
+                uid: 0,
+            },
+            TarEntry::Dir {
+                path: "eigen/bin",
+                mode: 0o755,
+                uid: 0,
+            },
+            TarEntry::Symlink {
+                path: "eigen/bin/a-link",
+                target: "/etc/passwd",
+            },
+        ])],
+        json!({}),
+    );
+    let config = "[[helpers.images]]\nimage = \"ipfs://{dep}\"\ndigest = \"{digest}\"\n";
+    let b = boot(&empty, |_| {}, config);
+    assert_eq!(b.ran.code, Some(125), "{}", b.ran.stderr);
+    assert!(
+        b.ran.stderr.contains("has no regular files in /eigen/bin"),
+        "{}",
+        b.ran.stderr
+    );
+    assert!(!b.ran.stdout.contains("probe:"));
+}
+
+#[test]
 fn a_prestart_helper_no_source_provides_stops_the_boot() {
     let dep = dependency_image();
     let b = boot(

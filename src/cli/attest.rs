@@ -304,7 +304,14 @@ pub async fn verify(a: VerifyArgs) -> Result<i32, CliError> {
         measurements,
         allow_unpinned: a.allow_unpinned,
     };
-    if policy.is_pinned() && !(0..=2).all(|i| policy.pcrs.contains_key(&i)) {
+    if policy.is_pinned()
+        && !(0..=2).all(|i| {
+            policy
+                .pcrs
+                .get(&i)
+                .is_some_and(|v| verify::void_pin(i, v).is_none())
+        })
+    {
         notes.push("PCR0, PCR1 and PCR2 are not all pinned: PCR16 and the event log prove what was measured only if the EIF that measured it is pinned too".into());
     }
     let report = verify::verify(&doc, &policy);
@@ -313,6 +320,9 @@ pub async fn verify(a: VerifyArgs) -> Result<i32, CliError> {
             errln!("WARNING: INSECURE VERIFICATION: nothing is pinned (--allow-unpinned): the document is not tied to any EIF or image.");
         } else {
             errln!("error: NOTHING IS PINNED: without --pcr, --expect-image, --expect-pcr16 or --expect-* with --measurements the document is not tied to any EIF or image, so it is refused (--allow-unpinned to check only its signature and chain).");
+        }
+        for v in policy.void_pins() {
+            errln!("error: {v}");
         }
     }
     if report.insecure {
@@ -331,8 +341,19 @@ pub async fn verify(a: VerifyArgs) -> Result<i32, CliError> {
             outln!("measured: cid {}", f.cid)?;
             outln!("measured: manifest {}", f.manifest_digest)?;
             outln!("measured: config {}", f.config_digest)?;
+            for i in &f.helper_images {
+                outln!(
+                    "measured: helper image {} {} {}",
+                    i.reference,
+                    i.pinned_digest,
+                    i.manifest_digest
+                )?;
+            }
             for (n, d) in &f.helpers {
-                outln!("measured: helper {n} {d}")?;
+                match f.helper_sources.get(n) {
+                    Some(m) => outln!("measured: helper {n} {d} {m}")?,
+                    None => outln!("measured: helper {n} {d}")?,
+                }
             }
             outln!("measured: runtime config {}", f.runtime_config_digest)?;
         }
