@@ -549,8 +549,8 @@ fn interruptible(command: Command) -> Result<i32, CliError> {
             // Packing stops at its next block once interrupted, and checks again just before
             // it commits: waiting for it (rather than ending at the signal while its thread
             // goes on) makes what it says, committed or stopped, what happened. (Not when it
-            // copies to stdout, which a reader may stall.)
-            Command::Pack(a) if a.car.as_os_str() != "-" => dispatch(Command::Pack(a)).await,
+            // copies to stdout, a device or a FIFO, which a reader may stall.)
+            Command::Pack(a) if publish::commits_by_rename(&a) => dispatch(Command::Pack(a)).await,
             other => {
                 tokio::select! {
                     r = dispatch(other) => r,
