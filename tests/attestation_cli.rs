@@ -460,6 +460,30 @@ fn round_trip_through_run_and_verify() {
     assert_eq!(v["pcrs"]["PCR0"], p0);
     assert_eq!(v["pcrs"]["PCR1"], "bb".repeat(48), "lowercased");
     let pcr16 = v["pcrs"]["PCR16"].as_str().unwrap().to_string();
+    // PCRs in numeric order, in the JSON as in the text.
+    let at = |s: &str, k: &str| s.find(k).unwrap_or_else(|| panic!("{k} in {s}"));
+    let order: Vec<usize> = ["\"PCR0\"", "\"PCR1\"", "\"PCR2\"", "\"PCR16\""]
+        .iter()
+        .map(|k| at(&e.stdout, k))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{}", e.stdout);
+    let text = run(&[
+        "expect",
+        &reference,
+        "--gateway",
+        &gw.url,
+        "--ca",
+        ca,
+        "--eif-pcrs",
+        eif.to_str().unwrap(),
+    ]);
+    let names: Vec<&str> = text
+        .stdout
+        .lines()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(names, ["PCR0", "PCR1", "PCR2", "PCR16"], "{}", text.stdout);
+    assert!(text.stdout.contains(&format!("PCR16 {pcr16}")));
     // The KMS key-policy statement carries exactly the values `expect` prints.
     let expect_args = |extra: &[&str]| {
         let mut args = vec![
@@ -920,4 +944,93 @@ fn attestation_api_bounds_its_connections() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     let (_s, status) = keep_alive(&addr);
     assert_eq!(status, "HTTP/1.1 200");
+}
+
+#[test]
+fn the_documented_challenge_and_verify_nonce_fit_together() {
+    use base64::Engine;
+    use cidboot::nsm::software::{SoftwareNsm, TestCa};
+    let work = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ca = TestCa::generate().unwrap();
+    let root = work.path().join("root.pem");
+    std::fs::write(&root, ca.root_pem()).unwrap();
+    let nsm = std::sync::Arc::new(SoftwareNsm::new(&ca, &[]).unwrap());
+    let cid = cidboot::reference::raw_cid(b"image");
+    let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    let log = cidboot::measure::EventLog::new(cidboot::measure::Inputs {
+        reference: &format!("ipfs://{cid}"),
+        root_cid: &cid,
+        manifest_digest: &d('a'),
+        config_digest: &d('c'),
+        helpers: vec![],
+        helper_images: vec![],
+        runtime_config_digest: &d('e'),
+    });
+    let events: Vec<Vec<u8>> = log.events.iter().map(|e| e.digest_bytes()).collect();
+    cidboot::nsm::measure_and_lock(nsm.as_ref(), 16, &events).unwrap();
+    let (addr, serve) = rt
+        .block_on(cidboot::api::bind("127.0.0.1:0", nsm, log.clone()))
+        .unwrap();
+    rt.spawn(serve);
+    // The page's own example, as written, run by a shell in a scratch directory.
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/attestation.md"))
+        .unwrap();
+    let block = page
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .find(|b| b.contains("nonce=") && b.contains("/v1/attestation"))
+        .expect("the attestation API's example");
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("set -e\n{block}printf '%s' \"$nonce\"\n"))
+        .current_dir(work.path())
+        .env("CIDBOOT_ATTESTATION_URL", format!("http://{addr}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let nonce = String::from_utf8(o.stdout).unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(&nonce)
+        .unwrap();
+    assert_eq!(raw.len(), 16);
+    let doc = work.path().join("doc.cbor");
+    assert!(doc.exists(), "the example writes doc.cbor");
+    let verify = |n: &str| {
+        run(&[
+            "verify",
+            doc.to_str().unwrap(),
+            "--root",
+            root.to_str().unwrap(),
+            "--expect-pcr16",
+            &log.pcr16,
+            &format!("--nonce={n}"),
+        ])
+    };
+    // The nonce as sent (base64), in hex, and with its form said.
+    for n in [
+        nonce.clone(),
+        hex::encode(&raw),
+        format!("base64:{nonce}"),
+        format!("hex:{}", hex::encode(&raw)),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw),
+    ] {
+        let o = verify(&n);
+        assert!(o.ok, "{n}: {}\n{}", o.stdout, o.stderr);
+        assert!(o
+            .stdout
+            .contains(&format!("PASS nonce: {}", hex::encode(&raw))));
+    }
+    let other = base64::engine::general_purpose::STANDARD.encode([7u8; 16]);
+    let o = verify(&other);
+    assert!(!o.ok && o.stdout.contains("FAIL nonce"), "{}", o.stdout);
+    let o = verify("base64:***");
+    assert!(
+        !o.ok
+            && o.stderr
+                .contains("--nonce \"base64:***\": neither hex nor base64"),
+        "{}",
+        o.stderr
+    );
 }
