@@ -26,7 +26,7 @@ fn both(dir: &Path, work: &Path) -> (String, String) {
         "--json",
     ]);
     assert!(out.ok, "{}", out.stderr);
-    let ours = out.json()["root_cid"].as_str().unwrap().to_string();
+    let ours = out.json()["cid"].as_str().unwrap().to_string();
     // ipfs-car itself can read our CAR back and agrees on the root.
     let o = std::process::Command::new(ipfs_car())
         .arg("roots")

@@ -360,8 +360,17 @@ pub async fn verify(a: VerifyArgs) -> Result<i32, CliError> {
         errln!("WARNING: INSECURE VERIFICATION: the document is unsigned (an emulated NSM); its signature and certificate chain were NOT checked, and it proves nothing about hardware.");
     }
     if a.json {
-        let mut v = serde_json::to_value(&report).unwrap_or_default();
-        v["notes"] = json!(notes);
+        /// The report and its notes, in this order (docs/json.md).
+        #[derive(serde::Serialize)]
+        struct VerifyOut<'a> {
+            #[serde(flatten)]
+            report: &'a verify::Report,
+            notes: &'a [String],
+        }
+        let v = VerifyOut {
+            report: &report,
+            notes: &notes,
+        };
         outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())?;
     } else {
         for n in &notes {
@@ -457,6 +466,9 @@ impl serde::Serialize for Pcrs {
 /// `expect --json`, serialized directly so that its keys keep this order.
 #[derive(serde::Serialize)]
 struct ExpectOut<'a> {
+    cid: &'a str,
+    manifest_digest: &'a str,
+    config_digest: &'a str,
     pcrs: &'a Pcrs,
     measurements: &'a EventLog,
 }
@@ -529,6 +541,9 @@ pub async fn expect(a: ExpectArgs) -> Result<(), CliError> {
         outln!(
             "{}",
             serde_json::to_string_pretty(&ExpectOut {
+                cid: log.events.get(1).map_or("", |e| e.value.as_str()),
+                manifest_digest: log.events.get(2).map_or("", |e| e.value.as_str()),
+                config_digest: log.events.get(3).map_or("", |e| e.value.as_str()),
                 pcrs: &pcrs,
                 measurements: &log
             })

@@ -362,11 +362,20 @@ fn report(e: &CliError, code: u8, json: bool, run: bool) {
         return;
     }
     if json {
-        let mut v = serde_json::json!({ "exit_code": code, "error": e.to_string() });
-        if run {
-            v["ended"] = "cidboot".into();
+        /// Serialized directly, so that the keys keep this order (docs/json.md).
+        #[derive(serde::Serialize)]
+        struct Failed {
+            exit_code: u8,
+            error: String,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            ended: Option<&'static str>,
         }
-        let _ = outln!("{v}");
+        let v = Failed {
+            exit_code: code,
+            error: e.to_string(),
+            ended: run.then_some("cidboot"),
+        };
+        let _ = outln!("{}", serde_json::to_string(&v).unwrap_or_default());
     }
     if !matches!(e, CliError::Interrupted(_)) {
         errln!("error: {e}");

@@ -21,7 +21,7 @@ pub struct PackArgs {
     /// Pack any directory, not only an OCI image layout (as `ipfs-car pack` would).
     #[arg(long)]
     pub any_dir: bool,
-    /// Print {"root_cid": "..."} instead of the bare CID.
+    /// Print JSON (docs/json.md): the CID, the CAR written, its blocks and bytes.
     #[arg(long)]
     pub json: bool,
 }
@@ -94,8 +94,22 @@ pub fn commits_by_rename(a: &PackArgs) -> bool {
 
 /// What `pack` prints: the CID, or its JSON.
 fn line(a: &PackArgs, packed: &packer::Packed) -> String {
+    /// Serialized directly, so that the keys keep this order (docs/json.md).
+    #[derive(serde::Serialize)]
+    struct PackOut<'a> {
+        cid: &'a str,
+        car: Option<String>,
+        blocks: u64,
+        bytes: u64,
+    }
     if a.json {
-        serde_json::json!({ "root_cid": packed.root_cid }).to_string()
+        serde_json::to_string(&PackOut {
+            cid: &packed.root_cid,
+            car: a.car.as_ref().map(|c| c.display().to_string()),
+            blocks: packed.blocks,
+            bytes: packed.bytes,
+        })
+        .unwrap_or_default()
     } else {
         packed.root_cid.clone()
     }
