@@ -507,6 +507,12 @@ fn round_trip_through_run_and_verify() {
     assert_eq!(s["Action"], json!(["kms:Decrypt", "kms:GenerateDataKey*"]));
     let cond = &s["Condition"]["StringEqualsIgnoreCase"];
     assert_eq!(cond.as_object().unwrap().len(), 4, "{cond}");
+    // In the page's order: PCR0 (ImageSha384), PCR1, PCR2, PCR16.
+    let order: Vec<usize> = ["ImageSha384\"", "PCR1\"", "PCR2\"", "PCR16\""]
+        .iter()
+        .map(|name| at(&k.stdout, &format!("kms:RecipientAttestation:{name}")))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{}", k.stdout);
     for (key, pcr) in [
         ("ImageSha384", "PCR0"),
         ("PCR1", "PCR1"),

@@ -476,8 +476,8 @@ struct ExpectOut<'a> {
 /// The key-policy statement for `expect --kms-policy`: the principal may decrypt and generate
 /// data keys only for a request whose attestation document carries exactly these PCRs. KMS
 /// names PCR0 `ImageSha384`; its values are hex, compared ignoring case.
-fn kms_statement(principal: &str, pcrs: &Pcrs) -> Result<serde_json::Value, CliError> {
-    let mut condition = serde_json::Map::new();
+fn kms_statement(principal: &str, pcrs: &Pcrs) -> Result<Statement, CliError> {
+    let mut condition = Vec::new();
     for (pcr, key) in [
         ("PCR0", "kms:RecipientAttestation:ImageSha384"),
         ("PCR1", "kms:RecipientAttestation:PCR1"),
@@ -487,7 +487,7 @@ fn kms_statement(principal: &str, pcrs: &Pcrs) -> Result<serde_json::Value, CliE
         let v = pcrs.get(pcr).ok_or_else(|| {
             CliError::Usage(format!("--kms-policy needs {pcr} (give --eif-pcrs)"))
         })?;
-        condition.insert(key.into(), json!(v));
+        condition.push((key, v.to_string()));
     }
     if ["PCR0", "PCR1", "PCR2"]
         .iter()
@@ -497,14 +497,49 @@ fn kms_statement(principal: &str, pcrs: &Pcrs) -> Result<serde_json::Value, CliE
             "--kms-policy: PCR0, PCR1 or PCR2 is all zeros, as in a debug-mode enclave, which anyone can run with any code: no key policy may trust it".into(),
         ));
     }
-    Ok(json!({
-        "Sid": "DecryptOnlyInTheAttestedEnclave",
-        "Effect": "Allow",
-        "Principal": {"AWS": principal},
-        "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
-        "Resource": "*",
-        "Condition": {"StringEqualsIgnoreCase": condition},
-    }))
+    Ok(Statement {
+        sid: "DecryptOnlyInTheAttestedEnclave",
+        effect: "Allow",
+        principal: json!({ "AWS": principal }),
+        action: ["kms:Decrypt", "kms:GenerateDataKey*"],
+        resource: "*",
+        condition: Condition {
+            string_equals_ignore_case: Ordered(condition),
+        },
+    })
+}
+
+/// The key-policy statement, serialized in the order docs/attestation.md shows it (PCR0-2,
+/// then PCR16).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Statement {
+    sid: &'static str,
+    effect: &'static str,
+    principal: serde_json::Value,
+    action: [&'static str; 2],
+    resource: &'static str,
+    condition: Condition,
+}
+
+#[derive(serde::Serialize)]
+struct Condition {
+    #[serde(rename = "StringEqualsIgnoreCase")]
+    string_equals_ignore_case: Ordered,
+}
+
+/// A JSON object with its keys in this order.
+struct Ordered(Vec<(&'static str, String)>);
+
+impl serde::Serialize for Ordered {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
 }
 
 pub async fn expect(a: ExpectArgs) -> Result<(), CliError> {
