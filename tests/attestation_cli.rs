@@ -418,6 +418,33 @@ fn round_trip_through_run_and_verify() {
             .count(),
         1
     );
+    // The same image named in base36 (`ipfs://k…`) is the same CID: the PCR16 expected for it
+    // is the one the boot measured, as the docs' reimplementation computes from either form.
+    let cid: cid::Cid = reference.strip_prefix("ipfs://").unwrap().parse().unwrap();
+    let base36 = format!(
+        "ipfs://{}",
+        cid.to_string_of_base(cid::multibase::Base::Base36Lower)
+            .unwrap()
+    );
+    assert!(base36.starts_with("ipfs://k"));
+    let o = run(&[
+        "verify",
+        f,
+        "--root",
+        r,
+        "--expect-image",
+        &base36,
+        "--gateway",
+        &gw.url,
+        "--ca",
+        ca,
+    ]);
+    assert!(
+        o.ok && o.stdout.contains("PASS pcr16"),
+        "{}\n{}",
+        o.stdout,
+        o.stderr
+    );
     // The same document does not vouch for another image, another nonce or the AWS root.
     let other = image_from_tars(&[probe_layer()], json!({"Entrypoint": ["/bin/probe"]}));
     let (other_ref, other_gw) = publish(&other, work.path());
