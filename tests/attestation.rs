@@ -506,6 +506,21 @@ fn the_library_returns_the_fields_of_a_sound_log_only() {
     };
     let r = verify::verify(&doc, &policy);
     assert!(r.ok, "{:?}", r.checks);
+    // The helpers and the runtime configuration alone hold for any image booted with them.
+    let no_image = Policy {
+        measurements: Some(verify::Measurements {
+            log: json.clone(),
+            runtime_config_digest: Some(d('e')),
+            helpers: BTreeMap::from([("kms-client".into(), d('1'))]),
+            ..Default::default()
+        }),
+        ..policy.clone()
+    };
+    assert!(!no_image.is_pinned());
+    let n = verify::verify(&doc, &no_image);
+    assert_eq!(failed(&n), vec!["pinned"], "{:?}", n.checks);
+    let pinned = n.checks.iter().find(|c| c.name == "pinned").unwrap();
+    assert!(pinned.detail.contains("pin no image"), "{}", pinned.detail);
     let m = r.measured.unwrap();
     assert_eq!(
         (m.manifest_digest.as_str(), m.cid, m.pcr16.as_str()),

@@ -350,7 +350,7 @@ pub async fn verify(a: VerifyArgs) -> Result<i32, CliError> {
         if policy.allow_unpinned {
             errln!("WARNING: INSECURE VERIFICATION: nothing is pinned (--allow-unpinned): the document is not tied to any EIF or image.");
         } else {
-            errln!("error: NOTHING IS PINNED: without --pcr, --expect-image, --expect-pcr16 or --expect-* with --measurements the document is not tied to any EIF or image, so it is refused (--allow-unpinned to check only its signature and chain).");
+            errln!("error: NOTHING IS PINNED: without --pcr, --expect-image, --expect-pcr16, or --expect-cid, --expect-manifest or --expect-config-digest with --measurements, the document is not tied to any EIF or image, so it is refused (--allow-unpinned to check only its signature and chain).");
         }
         for v in policy.void_pins() {
             errln!("error: {v}");

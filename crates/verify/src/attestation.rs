@@ -86,12 +86,20 @@ pub struct Measurements {
 }
 
 impl Measurements {
+    /// True if it names the image: a root CID, a manifest or an image config. The runtime
+    /// configuration and the helpers alone are shared by every image booted with them.
     fn pins_something(&self) -> bool {
-        self.manifest_digest.is_some()
-            || self.cid.is_some()
-            || self.config_digest.is_some()
-            || self.runtime_config_digest.is_some()
-            || !self.helpers.is_empty()
+        self.manifest_digest.is_some() || self.cid.is_some() || self.config_digest.is_some()
+    }
+
+    /// Why what it expects pins nothing, when it expects something but no image.
+    fn void(&self) -> Option<String> {
+        if self.pins_something()
+            || (self.runtime_config_digest.is_none() && self.helpers.is_empty())
+        {
+            return None;
+        }
+        Some("--expect-runtime-config and --expect-helper pin no image: every image booted with that configuration and those helpers has them (add --expect-cid, --expect-manifest or --expect-config-digest)".into())
     }
 }
 
@@ -126,11 +134,13 @@ impl Policy {
                 .is_some_and(Measurements::pins_something)
     }
 
-    /// The PCR pins that pin nothing, each with the reason ([`void_pin`]).
+    /// The pins that pin nothing, each with the reason ([`void_pin`]; expected measurements
+    /// that name no image).
     pub fn void_pins(&self) -> Vec<String> {
         self.pcrs
             .iter()
             .filter_map(|(i, v)| void_pin(*i, v))
+            .chain(self.measurements.as_ref().and_then(Measurements::void))
             .collect()
     }
 }
