@@ -226,6 +226,18 @@ fn helpers_from_a_pinned_dependency_image_run_and_are_measured() {
     ]);
     assert!(expect.ok, "{}", expect.stderr);
     assert_eq!(expect.json()["pcrs"]["PCR16"], report["pcr16"]);
+    // The verifier reads the boot's real log: the helper image and what came from it.
+    let measured = cidboot::measure::check_log(
+        report["measurements"].to_string().as_bytes(),
+        &hex::decode(report["pcr16"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(measured.helper_images.len(), 1);
+    assert_eq!(measured.helper_images[0].helpers.len(), 2);
+    assert_eq!(
+        measured.helper_images[0].reference,
+        format!("ipfs://{}", b.dep_cid)
+    );
 }
 
 #[test]
