@@ -82,7 +82,7 @@ import json, sys
 name, comp, d, c, u, w = sys.argv[1:]
 write = float(w.split()[0])
 ct, crss = c.split(); ut, urss = u.split()
-rep = json.load(open(f"{d}/cidboot.json"))
+rep = json.load(open(f"{d}/cidboot.json"))["apply"]
 secs = json.load(open(f"{d}/inflate.json"))["seconds"]
 largest = max(secs)
 inf = json.load(open(f"{d}/inflate.json"))

@@ -109,6 +109,10 @@ fn inspect_describes_an_artifact() {
     let out = s.run("inspect", &["--json"]);
     assert!(out.ok, "{}", out.stderr);
     let v = out.json();
+    // The fields docs/json.md lists, in its order (this artifact has no subject).
+    let mut fields = documented_fields("`inspect`", 1);
+    fields.retain(|f| f != "subject");
+    assert_eq!(keys_in_order(&out.stdout), fields, "{}", out.stdout);
     assert_eq!(v["kind"], "artifact");
     assert_eq!(v["artifact_type"], EIGEN_TYPE);
     assert_eq!(v["manifest_digest"], s.manifest);
@@ -156,6 +160,10 @@ fn pull_writes_an_artifact_as_a_layout_other_tools_read() {
     );
     assert!(out.ok, "{}", out.stderr);
     assert_eq!(out.json()["kind"], "artifact");
+    let mut fields = documented_fields("`inspect`", 1);
+    fields.retain(|f| f != "subject");
+    fields.extend(documented_fields("`pull`", 0));
+    assert_eq!(keys_in_order(&out.stdout), fields, "{}", out.stdout);
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
     let entry = &index["manifests"][0];
@@ -198,6 +206,8 @@ fn pull_files_writes_titled_layers_like_oras_pull() {
     let out = s.run("pull", &["--files", dir.to_str().unwrap(), "--json"]);
     assert!(out.ok, "{}", out.stderr);
     let v = out.json();
+    assert_documented(&out.stdout, "`pull`", 1);
+    assert_eq!(v["manifest_digest"], s.manifest);
     assert_eq!(v["files"].as_array().unwrap().len(), 2);
     assert_eq!(
         v["skipped_untitled"][0],

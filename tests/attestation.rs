@@ -388,7 +388,8 @@ fn hostile_documents_fail_cleanly() {
 
 #[test]
 fn a_policy_that_pins_nothing_fails_unless_allowed() {
-    let (_, doc) = real_docs().remove(0);
+    // A production enclave's document (a debug-mode one has PCR0 at zeros, which pins nothing).
+    let doc = std::fs::read(fixtures().join("nitro-attest-2025-01-06.cose")).unwrap();
     let strict = Policy {
         allow_unpinned: false,
         ..aws(At::Document)
@@ -417,6 +418,58 @@ fn a_policy_that_pins_nothing_fails_unless_allowed() {
         .checks
         .iter()
         .any(|c| c.name == "pinned" && c.status == Status::Skipped));
+}
+
+#[test]
+fn a_pcr_every_enclave_shares_is_no_pin() {
+    // A debug-mode document from a real enclave: its PCR0-2 are zeros, whatever it ran.
+    let doc = std::fs::read(fixtures().join("evervault-debug-2023-09-18.cose")).unwrap();
+    let d = Document::parse(&parse_cose(&doc).unwrap().payload).unwrap();
+    let strict = Policy {
+        allow_unpinned: false,
+        ..aws(At::Document)
+    };
+    assert!(d.pcrs[&0].iter().all(|b| *b == 0), "a debug-mode document");
+    let zeros = Policy {
+        pcrs: (0..3).map(|i| (i, d.pcrs[&i].clone())).collect(),
+        ..strict.clone()
+    };
+    assert!(!zeros.is_pinned());
+    let r = verify::verify(&doc, &zeros);
+    // Each PCR holds, yet the document is not verified: nothing told this enclave from another.
+    assert_eq!(failed(&r), vec!["pinned"], "{:?}", r.checks);
+    let pinned = r.checks.iter().find(|c| c.name == "pinned").unwrap();
+    assert!(
+        pinned
+            .detail
+            .contains("--pcr 0=zeros pins nothing: a debug-mode enclave"),
+        "{}",
+        pinned.detail
+    );
+    // A real production document: its unused PCRs (zeros) pin nothing; its PCR0 does.
+    let doc = std::fs::read(fixtures().join("nitro-attest-2025-01-06.cose")).unwrap();
+    let d = Document::parse(&parse_cose(&doc).unwrap().payload).unwrap();
+    let (unused, value) = d
+        .pcrs
+        .iter()
+        .find(|(_, v)| v.iter().all(|b| *b == 0))
+        .expect("a PCR the enclave does not use");
+    let only_unused = Policy {
+        pcrs: BTreeMap::from([(*unused, value.clone())]),
+        ..strict.clone()
+    };
+    let r = verify::verify(&doc, &only_unused);
+    assert_eq!(failed(&r), vec!["pinned"], "{:?}", r.checks);
+    let with_pcr0 = Policy {
+        pcrs: BTreeMap::from([(*unused, value.clone()), (0, d.pcrs[&0].clone())]),
+        ..strict
+    };
+    assert!(with_pcr0.is_pinned());
+    assert!(verify::verify(&doc, &with_pcr0).ok);
+    assert_eq!(
+        verify::void_pin(17, &[0; 48]).unwrap(),
+        "--pcr 17=zeros pins nothing: cidboot locks PCR17-31 without extending them, so every cidboot document has that value"
+    );
 }
 
 #[test]
@@ -453,6 +506,21 @@ fn the_library_returns_the_fields_of_a_sound_log_only() {
     };
     let r = verify::verify(&doc, &policy);
     assert!(r.ok, "{:?}", r.checks);
+    // The helpers and the runtime configuration alone hold for any image booted with them.
+    let no_image = Policy {
+        measurements: Some(verify::Measurements {
+            log: json.clone(),
+            runtime_config_digest: Some(d('e')),
+            helpers: BTreeMap::from([("kms-client".into(), d('1'))]),
+            ..Default::default()
+        }),
+        ..policy.clone()
+    };
+    assert!(!no_image.is_pinned());
+    let n = verify::verify(&doc, &no_image);
+    assert_eq!(failed(&n), vec!["pinned"], "{:?}", n.checks);
+    let pinned = n.checks.iter().find(|c| c.name == "pinned").unwrap();
+    assert!(pinned.detail.contains("pin no image"), "{}", pinned.detail);
     let m = r.measured.unwrap();
     assert_eq!(
         (m.manifest_digest.as_str(), m.cid, m.pcr16.as_str()),

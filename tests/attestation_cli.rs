@@ -280,6 +280,30 @@ fn pcr17_to_31_locked_by_the_enclave_must_be_zero_unless_pinned() {
     assert!(!o.stdout.contains("FAIL pcr18"), "{}", o.stdout);
     let pin17 = format!("17={pcr17}");
     assert!(verify(&extended, &["--expect-pcr16", &pcr16, "--pcr", &pin17]).ok);
+    // PCR17 at the zeros every cidboot document has: no pin, and the answer says why.
+    let zeros17 = format!("17={}", "00".repeat(48));
+    let o = verify(&locked, &["--pcr", &zeros17]);
+    assert!(!o.ok && o.stdout.contains("FAIL pinned"), "{}", o.stdout);
+    assert!(o.stdout.contains("PASS pcr17"), "{}", o.stdout);
+    assert!(
+        o.stderr.contains("--pcr 17=zeros pins nothing: cidboot locks PCR17-31 without extending them, so every cidboot document has that value"),
+        "{}",
+        o.stderr
+    );
+    // The software NSM's PCR0-2 are zeros without an EIF's: pinning them pins nothing either.
+    let mut args = vec![];
+    let zero_pins: Vec<String> = (0..3).map(|i| format!("{i}={}", "00".repeat(48))).collect();
+    for p in &zero_pins {
+        args.extend(["--pcr", p.as_str()]);
+    }
+    let o = verify(&locked, &args);
+    assert!(
+        !o.ok
+            && o.stderr
+                .contains("--pcr 0=zeros pins nothing: a debug-mode enclave"),
+        "{}",
+        o.stderr
+    );
     // Only PCR16 locked (a boot that does not lock the rest): fine, unless they are required.
     let (only16, pcr16, _) = doc(false, false);
     assert!(verify(&only16, &["--expect-pcr16", &pcr16]).ok);
@@ -394,6 +418,33 @@ fn round_trip_through_run_and_verify() {
             .count(),
         1
     );
+    // The same image named in base36 (`ipfs://k…`) is the same CID: the PCR16 expected for it
+    // is the one the boot measured, as the docs' reimplementation computes from either form.
+    let cid: cid::Cid = reference.strip_prefix("ipfs://").unwrap().parse().unwrap();
+    let base36 = format!(
+        "ipfs://{}",
+        cid.to_string_of_base(cid::multibase::Base::Base36Lower)
+            .unwrap()
+    );
+    assert!(base36.starts_with("ipfs://k"));
+    let o = run(&[
+        "verify",
+        f,
+        "--root",
+        r,
+        "--expect-image",
+        &base36,
+        "--gateway",
+        &gw.url,
+        "--ca",
+        ca,
+    ]);
+    assert!(
+        o.ok && o.stdout.contains("PASS pcr16"),
+        "{}\n{}",
+        o.stdout,
+        o.stderr
+    );
     // The same document does not vouch for another image, another nonce or the AWS root.
     let other = image_from_tars(&[probe_layer()], json!({"Entrypoint": ["/bin/probe"]}));
     let (other_ref, other_gw) = publish(&other, work.path());
@@ -436,6 +487,30 @@ fn round_trip_through_run_and_verify() {
     assert_eq!(v["pcrs"]["PCR0"], p0);
     assert_eq!(v["pcrs"]["PCR1"], "bb".repeat(48), "lowercased");
     let pcr16 = v["pcrs"]["PCR16"].as_str().unwrap().to_string();
+    // PCRs in numeric order, in the JSON as in the text.
+    let at = |s: &str, k: &str| s.find(k).unwrap_or_else(|| panic!("{k} in {s}"));
+    let order: Vec<usize> = ["\"PCR0\"", "\"PCR1\"", "\"PCR2\"", "\"PCR16\""]
+        .iter()
+        .map(|k| at(&e.stdout, k))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{}", e.stdout);
+    let text = run(&[
+        "expect",
+        &reference,
+        "--gateway",
+        &gw.url,
+        "--ca",
+        ca,
+        "--eif-pcrs",
+        eif.to_str().unwrap(),
+    ]);
+    let names: Vec<&str> = text
+        .stdout
+        .lines()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(names, ["PCR0", "PCR1", "PCR2", "PCR16"], "{}", text.stdout);
+    assert!(text.stdout.contains(&format!("PCR16 {pcr16}")));
     // The KMS key-policy statement carries exactly the values `expect` prints.
     let expect_args = |extra: &[&str]| {
         let mut args = vec![
@@ -459,6 +534,12 @@ fn round_trip_through_run_and_verify() {
     assert_eq!(s["Action"], json!(["kms:Decrypt", "kms:GenerateDataKey*"]));
     let cond = &s["Condition"]["StringEqualsIgnoreCase"];
     assert_eq!(cond.as_object().unwrap().len(), 4, "{cond}");
+    // In the page's order: PCR0 (ImageSha384), PCR1, PCR2, PCR16.
+    let order: Vec<usize> = ["ImageSha384\"", "PCR1\"", "PCR2\"", "PCR16\""]
+        .iter()
+        .map(|name| at(&k.stdout, &format!("kms:RecipientAttestation:{name}")))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{}", k.stdout);
     for (key, pcr) in [
         ("ImageSha384", "PCR0"),
         ("PCR1", "PCR1"),
@@ -662,6 +743,50 @@ fn round_trip_through_run_and_verify() {
             .clone();
         assert_eq!(manifest["status"], "fail", "{want}");
     }
+    // Two "events" keys: another image's events, then the real boot's (which a reader that
+    // keeps the last would replay to the document's PCR16). Refused, whichever comes last.
+    let real_text = real_log.to_string();
+    let events_of = |v: &serde_json::Value| v["events"].to_string();
+    let other_events = {
+        let oe = run(&[
+            "expect",
+            &other_ref,
+            "--gateway",
+            &other_gw.url,
+            "--ca",
+            other_gw.ca.to_str().unwrap(),
+            "--json",
+        ]);
+        events_of(&oe.json()["measurements"])
+    };
+    for twice in [
+        real_text.replacen('{', &format!("{{\"events\":{other_events},"), 1),
+        format!(
+            "{},\"events\":{other_events}}}",
+            real_text.strip_suffix('}').unwrap()
+        ),
+    ] {
+        let p = work.path().join("twice.json");
+        std::fs::write(&p, &twice).unwrap();
+        let o = run(&[
+            "verify",
+            f,
+            "--root",
+            r,
+            "--measurements",
+            p.to_str().unwrap(),
+            "--expect-manifest",
+            &img.manifest.digest,
+        ]);
+        assert!(
+            !o.ok
+                && o.stdout.contains(
+                    "FAIL measurements: the event log is not the documented JSON: key \"events\" appears twice"
+                ),
+            "{}",
+            o.stdout
+        );
+    }
     // The other image's real log is sound, but not the document's.
     let other_log = work.path().join("other-log.json");
     let oe = run(&[
@@ -852,4 +977,93 @@ fn attestation_api_bounds_its_connections() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     let (_s, status) = keep_alive(&addr);
     assert_eq!(status, "HTTP/1.1 200");
+}
+
+#[test]
+fn the_documented_challenge_and_verify_nonce_fit_together() {
+    use base64::Engine;
+    use cidboot::nsm::software::{SoftwareNsm, TestCa};
+    let work = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ca = TestCa::generate().unwrap();
+    let root = work.path().join("root.pem");
+    std::fs::write(&root, ca.root_pem()).unwrap();
+    let nsm = std::sync::Arc::new(SoftwareNsm::new(&ca, &[]).unwrap());
+    let cid = cidboot::reference::raw_cid(b"image");
+    let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    let log = cidboot::measure::EventLog::new(cidboot::measure::Inputs {
+        reference: &format!("ipfs://{cid}"),
+        root_cid: &cid,
+        manifest_digest: &d('a'),
+        config_digest: &d('c'),
+        helpers: vec![],
+        helper_images: vec![],
+        runtime_config_digest: &d('e'),
+    });
+    let events: Vec<Vec<u8>> = log.events.iter().map(|e| e.digest_bytes()).collect();
+    cidboot::nsm::measure_and_lock(nsm.as_ref(), 16, &events).unwrap();
+    let (addr, serve) = rt
+        .block_on(cidboot::api::bind("127.0.0.1:0", nsm, log.clone()))
+        .unwrap();
+    rt.spawn(serve);
+    // The page's own example, as written, run by a shell in a scratch directory.
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/attestation.md"))
+        .unwrap();
+    let block = page
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .find(|b| b.contains("nonce=") && b.contains("/v1/attestation"))
+        .expect("the attestation API's example");
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("set -e\n{block}printf '%s' \"$nonce\"\n"))
+        .current_dir(work.path())
+        .env("CIDBOOT_ATTESTATION_URL", format!("http://{addr}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let nonce = String::from_utf8(o.stdout).unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(&nonce)
+        .unwrap();
+    assert_eq!(raw.len(), 16);
+    let doc = work.path().join("doc.cbor");
+    assert!(doc.exists(), "the example writes doc.cbor");
+    let verify = |n: &str| {
+        run(&[
+            "verify",
+            doc.to_str().unwrap(),
+            "--root",
+            root.to_str().unwrap(),
+            "--expect-pcr16",
+            &log.pcr16,
+            &format!("--nonce={n}"),
+        ])
+    };
+    // The nonce as sent (base64), in hex, and with its form said.
+    for n in [
+        nonce.clone(),
+        hex::encode(&raw),
+        format!("base64:{nonce}"),
+        format!("hex:{}", hex::encode(&raw)),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw),
+    ] {
+        let o = verify(&n);
+        assert!(o.ok, "{n}: {}\n{}", o.stdout, o.stderr);
+        assert!(o
+            .stdout
+            .contains(&format!("PASS nonce: {}", hex::encode(&raw))));
+    }
+    let other = base64::engine::general_purpose::STANDARD.encode([7u8; 16]);
+    let o = verify(&other);
+    assert!(!o.ok && o.stdout.contains("FAIL nonce"), "{}", o.stdout);
+    let o = verify("base64:***");
+    assert!(
+        !o.ok
+            && o.stderr
+                .contains("--nonce \"base64:***\": neither hex nor base64"),
+        "{}",
+        o.stderr
+    );
 }

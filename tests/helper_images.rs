@@ -226,6 +226,18 @@ fn helpers_from_a_pinned_dependency_image_run_and_are_measured() {
     ]);
     assert!(expect.ok, "{}", expect.stderr);
     assert_eq!(expect.json()["pcrs"]["PCR16"], report["pcr16"]);
+    // The verifier reads the boot's real log: the helper image and what came from it.
+    let measured = cidboot::measure::check_log(
+        report["measurements"].to_string().as_bytes(),
+        &hex::decode(report["pcr16"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(measured.helper_images.len(), 1);
+    assert_eq!(measured.helper_images[0].helpers.len(), 2);
+    assert_eq!(
+        measured.helper_images[0].reference,
+        format!("ipfs://{}", b.dep_cid)
+    );
 }
 
 #[test]
@@ -288,6 +300,40 @@ fn a_wrong_digest_stops_the_boot_before_anything_runs() {
     );
     assert!(b.ran.stderr.contains("helper image ipfs://"));
     assert!(!b.ran.stdout.contains("fake-kms-client:") && !b.ran.stdout.contains("probe:"));
+}
+
+#[test]
+fn a_helper_image_with_no_helper_stops_the_boot() {
+    // Its /eigen/bin holds only a symlink: nothing would be installed, and its event would
+    // record nothing a verifier could check (the verifier refuses such a log too).
+    let empty = image_from_tars(
+        &[tar_entries(&[
+            TarEntry::Dir {
+                path: "eigen",
+                mode: 0o755,
+                uid: 0,
+            },
+            TarEntry::Dir {
+                path: "eigen/bin",
+                mode: 0o755,
+                uid: 0,
+            },
+            TarEntry::Symlink {
+                path: "eigen/bin/a-link",
+                target: "/etc/passwd",
+            },
+        ])],
+        json!({}),
+    );
+    let config = "[[helpers.images]]\nimage = \"ipfs://{dep}\"\ndigest = \"{digest}\"\n";
+    let b = boot(&empty, |_| {}, config);
+    assert_eq!(b.ran.code, Some(125), "{}", b.ran.stderr);
+    assert!(
+        b.ran.stderr.contains("has no regular files in /eigen/bin"),
+        "{}",
+        b.ran.stderr
+    );
+    assert!(!b.ran.stdout.contains("probe:"));
 }
 
 #[test]

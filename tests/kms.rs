@@ -87,6 +87,31 @@ async fn seal_binds_the_name_and_moto_checks_every_signature() {
         ("db-password", key)
     );
     assert_eq!(o.stdout, entry.to_toml(), "nothing else on stdout");
+    // --json: the same entry, with the fields docs/json.md lists.
+    let mut args = seal_args(&moto, &tls.ca, key, "db-password");
+    args.push("--json");
+    let j = seal(&args, value, &env);
+    assert!(j.ok, "{}", j.stderr);
+    assert_documented(&j.stdout, "`seal`", 0);
+    let v = j.json();
+    assert_eq!(
+        (v["name"].as_str(), v["key_id"].as_str()),
+        (Some("db-password"), Some(key))
+    );
+    let opened = moto
+        .client(&tls.ca, None)
+        .decrypt(
+            Some(key),
+            &base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                v["ciphertext"].as_str().unwrap(),
+            )
+            .unwrap(),
+            &context("db-password"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(opened.as_slice(), value);
 
     // moto opens it, with the same signed credentials, only under its own name.
     let client = moto.client(&tls.ca, None);

@@ -12,6 +12,35 @@ use std::process::Command;
 
 use cidboot::measure::{EventLog, Inputs};
 
+/// The PCR16 the documented Python program computes.
+fn python_pcr16(
+    code: &str,
+    reference: &str,
+    helpers: &[(String, String)],
+    config: &str,
+    dependency: &cidboot::measure::HelperImage,
+    m: &str,
+    c: &str,
+) -> String {
+    let script = format!(
+        "{code}\nprint(pcr16({reference:?}, {m:?}, {c:?}, {{{h0:?}: {d0:?}, {h1:?}: {d1:?}}}, {config:?}.encode(), [({dr:?}, {dp:?}, {dm:?}, {{{dh:?}: {dd:?}}})]))\n",
+        dr = dependency.reference, dp = dependency.pinned_digest, dm = dependency.manifest_digest,
+        dh = dependency.helpers[0].0, dd = dependency.helpers[0].1,
+        h0 = helpers[0].0, d0 = helpers[0].1, h1 = helpers[1].0, d1 = helpers[1].1,
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 #[test]
 fn the_documented_python_reimplementation_agrees() {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/attestation.md"))
@@ -23,8 +52,6 @@ fn the_documented_python_reimplementation_agrees() {
         .split("```")
         .next()
         .unwrap();
-    let cid = cidboot::reference::raw_cid(b"cidboot example");
-    let reference = format!("ipfs://{cid}");
     let (m, c) = (
         format!("sha256:{}", "1".repeat(64)),
         format!("sha256:{}", "2".repeat(64)),
@@ -39,42 +66,77 @@ fn the_documented_python_reimplementation_agrees() {
             format!("sha256:{}", "3".repeat(64)),
         ),
     ];
-    let config = b"image = \"x\"\n";
+    let config = "image = \"x\"\n";
+    let cid = cidboot::reference::raw_cid(b"cidboot example");
     let dep_cid = cidboot::reference::raw_cid(b"a dependency image");
-    let dependency = cidboot::measure::HelperImage {
-        reference: format!("ipfs://{dep_cid}"),
-        pinned_digest: format!("sha256:{}", "5".repeat(64)),
-        manifest_digest: format!("sha256:{}", "6".repeat(64)),
-        helpers: vec![("attest-client".into(), format!("sha256:{}", "7".repeat(64)))],
-    };
-    let ours = EventLog::new(Inputs {
-        reference: &reference,
-        root_cid: &cid,
-        manifest_digest: &m,
-        config_digest: &c,
-        helpers: helpers.clone(),
-        helper_images: vec![dependency.clone()],
-        runtime_config_digest: &cidboot::config::Loaded::parse(config.to_vec())
+    let base36 = |c: &cid::Cid| {
+        c.to_string_of_base(cid::multibase::Base::Base36Lower)
             .unwrap()
-            .digest(),
-    });
-    let script = format!(
-        "{code}\nprint(pcr16({reference:?}, bytes.fromhex({cid_hex:?}), {m:?}, {c:?}, {{{h0:?}: {d0:?}, {h1:?}: {d1:?}}}, {config:?}.encode(), [({dr:?}, {dp:?}, {dm:?}, {{{dh:?}: {dd:?}}})]))\n",
-        dr = dependency.reference, dp = dependency.pinned_digest, dm = dependency.manifest_digest,
-        dh = dependency.helpers[0].0, dd = dependency.helpers[0].1,
-        cid_hex = hex::encode(cid.to_bytes()),
-        h0 = helpers[0].0, d0 = helpers[0].1, h1 = helpers[1].0, d1 = helpers[1].1,
-        config = std::str::from_utf8(config).unwrap(),
-    );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), ours.pcr16);
+    };
+    // A CIDv0 (dag-pb, sha2-256): written Qm…, measured so.
+    let v0 = cid::Cid::new_v0(*cidboot::reference::raw_cid(b"a v0 root").hash()).unwrap();
+    let mut pcrs = Vec::new();
+    // The references as a publisher may write them: base32, base36, base58btc, base16, CIDv0.
+    for (reference, dep_reference) in [
+        (format!("ipfs://{cid}"), format!("ipfs://{dep_cid}")),
+        (
+            format!("ipfs://{}", base36(&cid)),
+            format!("ipfs://{}", base36(&dep_cid)),
+        ),
+        (
+            format!(
+                "ipfs://{}",
+                cid.to_string_of_base(cid::multibase::Base::Base58Btc)
+                    .unwrap()
+            ),
+            format!("ipfs://{dep_cid}"),
+        ),
+        (
+            format!(
+                "ipfs://{}",
+                cid.to_string_of_base(cid::multibase::Base::Base16Lower)
+                    .unwrap()
+            ),
+            format!("ipfs://{dep_cid}"),
+        ),
+        (
+            format!("ipfs://{v0}"),
+            format!("ipfs://{}", base36(&dep_cid)),
+        ),
+    ] {
+        // What the boot measures: the reference parsed, in its canonical form.
+        let r = cidboot::reference::ImageRef::parse(&reference).unwrap();
+        let dep = cidboot::reference::ImageRef::parse(&dep_reference).unwrap();
+        let dependency = cidboot::measure::HelperImage {
+            reference: dep.canonical(),
+            pinned_digest: format!("sha256:{}", "5".repeat(64)),
+            manifest_digest: format!("sha256:{}", "6".repeat(64)),
+            helpers: vec![("attest-client".into(), format!("sha256:{}", "7".repeat(64)))],
+        };
+        let ours = EventLog::new(Inputs {
+            reference: &r.canonical(),
+            root_cid: &r.cid,
+            manifest_digest: &m,
+            config_digest: &c,
+            helpers: helpers.clone(),
+            helper_images: vec![dependency.clone()],
+            runtime_config_digest: &cidboot::config::Loaded::parse(config.as_bytes().to_vec())
+                .unwrap()
+                .digest(),
+        });
+        // The verifier follows the docs with the references as written.
+        let written = cidboot::measure::HelperImage {
+            reference: dep_reference.clone(),
+            ..dependency
+        };
+        let theirs = python_pcr16(code, &reference, &helpers, config, &written, &m, &c);
+        assert_eq!(theirs, ours.pcr16, "{reference}");
+        // And the log of that boot passes the verifier's own checks.
+        let log = serde_json::to_vec(&ours).unwrap();
+        cidboot::measure::check_log(&log, &hex::decode(&ours.pcr16).unwrap()).unwrap();
+        pcrs.push(ours.pcr16);
+    }
+    // One CID, one PCR16, whatever base it is written in.
+    assert!(pcrs[..4].iter().all(|p| *p == pcrs[0]), "{pcrs:?}");
+    assert_ne!(pcrs[4], pcrs[0]);
 }

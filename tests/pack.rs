@@ -26,7 +26,7 @@ fn both(dir: &Path, work: &Path) -> (String, String) {
         "--json",
     ]);
     assert!(out.ok, "{}", out.stderr);
-    let ours = out.json()["root_cid"].as_str().unwrap().to_string();
+    let ours = out.json()["cid"].as_str().unwrap().to_string();
     // ipfs-car itself can read our CAR back and agrees on the root.
     let o = std::process::Command::new(ipfs_car())
         .arg("roots")
@@ -188,4 +188,111 @@ fn get(gw: &Gateway, path: &str) -> (u16, Vec<u8>) {
             r.bytes_limited(64 << 20).await.unwrap().unwrap().to_vec(),
         )
     })
+}
+
+/// The file type of `p` itself (not of what a symlink names).
+fn kind_of(p: &Path) -> std::fs::FileType {
+    std::fs::symlink_metadata(p).unwrap().file_type()
+}
+
+#[test]
+fn without_car_only_the_cid_is_printed_and_nothing_is_written() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image("amd64", &[vec![("bin/x", noise(1_500_000, 7))]]);
+    let dir = work.path().join("layout");
+    write_layout(&dir, &[("amd64", &img)]);
+    let theirs = ipfs_car_pack(&dir, &work.path().join("theirs.car"), false);
+    let cwd = work.path().join("cwd");
+    let tmp = work.path().join("tmp");
+    std::fs::create_dir_all(&cwd).unwrap();
+    std::fs::create_dir_all(&tmp).unwrap();
+    let o = cidboot()
+        .arg("pack")
+        .arg(&dir)
+        .current_dir(&cwd)
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), theirs);
+    for d in [&cwd, &tmp, &dir] {
+        let names: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let expected = usize::from(d == &dir) * 3; // the layout's own blobs, oci-layout, index.json
+        assert_eq!(names.len(), expected, "{}: {names:?}", d.display());
+    }
+}
+
+#[test]
+fn a_device_a_fifo_or_a_symlink_is_written_in_place_never_replaced() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image("amd64", &[vec![("bin/x", noise(300_000, 8))]]);
+    let dir = work.path().join("layout");
+    write_layout(&dir, &[("amd64", &img)]);
+    let theirs_car = work.path().join("theirs.car");
+    let theirs = ipfs_car_pack(&dir, &theirs_car, false);
+    let want = std::fs::read(&theirs_car).unwrap();
+    let out = work.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let pack_to = |target: &Path| {
+        let o = run(&[
+            "pack",
+            dir.to_str().unwrap(),
+            "--car",
+            target.to_str().unwrap(),
+        ]);
+        assert!(o.ok, "{}: {}", target.display(), o.stderr);
+        assert_eq!(o.stdout.trim(), theirs);
+    };
+    // A character device with /dev/null's numbers: it must still be one afterwards.
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let null = std::fs::metadata("/dev/null").unwrap().rdev();
+    let dev = out.join("null");
+    let mk = std::process::Command::new("mknod")
+        .arg(&dev)
+        .arg("c")
+        .arg(((null >> 8) & 0xfff).to_string())
+        .arg((null & 0xff).to_string())
+        .status()
+        .unwrap();
+    assert!(mk.success(), "mknod (the tests run as root)");
+    assert!(kind_of(&dev).is_char_device());
+    pack_to(&dev);
+    assert!(kind_of(&dev).is_char_device(), "the device was replaced");
+    assert_eq!(std::fs::metadata(&dev).unwrap().rdev(), null);
+    // A FIFO: its reader gets the whole CAR, and it stays a FIFO.
+    let fifo = out.join("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    pack_to(&fifo);
+    assert_eq!(reader.join().unwrap(), want);
+    assert!(kind_of(&fifo).is_fifo(), "the FIFO was replaced");
+    // A symlink (as /dev/stdout is): written through, and still a symlink.
+    let target = out.join("target.car");
+    std::fs::write(&target, vec![b'x'; want.len() * 2]).unwrap();
+    let link = out.join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    pack_to(&link);
+    assert!(kind_of(&link).is_symlink(), "the symlink was replaced");
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        want,
+        "written whole, truncated"
+    );
+    // Nothing staged is left beside them.
+    let mut names: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["fifo", "link", "null", "target.car"]);
 }

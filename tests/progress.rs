@@ -103,7 +103,8 @@ fn unpack_on_a_terminal_draws_a_bar_per_layer_and_sums_up_with_the_reports_numbe
     let json_root = p.dir("json-root");
     let o = run(&p.args("unpack", &["--rootfs", &json_root, "--json"]));
     assert!(o.ok, "{}", o.stderr);
-    let r = o.json();
+    let whole = o.json();
+    let r = &whole["apply"];
     let layers = r["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 2);
     let sum = |k: &str| layers.iter().map(|l| l[k].as_u64().unwrap()).sum::<u64>();

@@ -269,6 +269,33 @@ fn pull_writes_a_verified_layout_atomically() {
         "{}",
         again.stderr
     );
+    // A FIFO where the layout should go: refused as it is, and left a FIFO.
+    let fifo = work.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let o = run(&[
+        "pull",
+        &r,
+        "--gateway",
+        &gw.url,
+        "--ca",
+        gw.ca.to_str().unwrap(),
+        "--oci-layout",
+        fifo.to_str().unwrap(),
+    ]);
+    assert!(
+        !o.ok && o.stderr.contains("exists and is not a directory"),
+        "{}",
+        o.stderr
+    );
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
 }
 
 #[test]

@@ -107,7 +107,7 @@ fn large_layers_stream_into_the_root_in_order() {
     let p = Published::new(&img);
     let (rootfs, out) = p.unpack("root");
     assert!(out.ok, "{}", out.stderr);
-    let report = out.json();
+    let report = out.json()["apply"].clone();
     assert_eq!(
         report["uncompressed_bytes"],
         (lower.len() + upper.len()) as u64

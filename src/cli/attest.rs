@@ -60,12 +60,13 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "HEX")]
     pub expect_pcr16: Option<String>,
     /// Expect exactly this nonce in the document (the one sent to POST /v1/attestation): proves
-    /// the document is fresh, not replayed.
-    #[arg(long, value_name = "HEX")]
+    /// the document is fresh, not replayed. Hex or base64, as sent: a value that is hex is read
+    /// as hex; write hex:… or base64:… to say which.
+    #[arg(long, value_name = "HEX|BASE64")]
     pub nonce: Option<String>,
     /// Expect exactly this user_data in the document (what the workload bound to it, such as a
-    /// hash of its TLS public key).
-    #[arg(long, value_name = "HEX")]
+    /// hash of its TLS public key). Hex or base64, as for --nonce.
+    #[arg(long, value_name = "HEX|BASE64")]
     pub user_data: Option<String>,
     /// PCRs the document must list, that is, that must be locked: a range or a list (16-31, 16,17).
     #[arg(long, value_name = "RANGE")]
@@ -86,6 +87,36 @@ pub struct VerifyArgs {
 fn hex_arg(what: &str, v: &str) -> Result<Vec<u8>, CliError> {
     hex::decode(v.trim_start_matches("0x"))
         .map_err(|e| CliError::Usage(format!("{what}: not hex: {e}")))
+}
+
+/// A nonce or user_data as the attestation API takes them: hex or base64 (standard, or
+/// URL-safe; padded or not). `hex:` or `base64:` says which; otherwise a value of hex digits
+/// (even in number, `0x` allowed) is hex, anything else base64.
+fn bytes_arg(what: &str, v: &str) -> Result<Vec<u8>, CliError> {
+    use base64::Engine;
+    let b64 = |t: &str| {
+        let engines = [
+            &base64::engine::general_purpose::STANDARD,
+            &base64::engine::general_purpose::STANDARD_NO_PAD,
+            &base64::engine::general_purpose::URL_SAFE,
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ];
+        engines
+            .iter()
+            .find_map(|e| e.decode(t).ok())
+            .ok_or_else(|| CliError::Usage(format!("{what} {v:?}: neither hex nor base64")))
+    };
+    if let Some(h) = v.strip_prefix("hex:") {
+        return hex_arg(what, h);
+    }
+    if let Some(b) = v.strip_prefix("base64:") {
+        return b64(b);
+    }
+    let digits = v.strip_prefix("0x").unwrap_or(v);
+    if digits.len() % 2 == 0 && digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return hex_arg(what, digits);
+    }
+    b64(v)
 }
 
 fn read_input(p: &PathBuf) -> Result<Vec<u8>, CliError> {
@@ -292,12 +323,12 @@ pub async fn verify(a: VerifyArgs) -> Result<i32, CliError> {
         nonce: a
             .nonce
             .as_deref()
-            .map(|v| hex_arg("--nonce", v))
+            .map(|v| bytes_arg("--nonce", v))
             .transpose()?,
         user_data: a
             .user_data
             .as_deref()
-            .map(|v| hex_arg("--user-data", v))
+            .map(|v| bytes_arg("--user-data", v))
             .transpose()?,
         insecure_unsigned: a.insecure_unsigned,
         require_locked: match &a.require_locked {
@@ -307,7 +338,14 @@ pub async fn verify(a: VerifyArgs) -> Result<i32, CliError> {
         measurements,
         allow_unpinned: a.allow_unpinned,
     };
-    if policy.is_pinned() && !(0..=2).all(|i| policy.pcrs.contains_key(&i)) {
+    if policy.is_pinned()
+        && !(0..=2).all(|i| {
+            policy
+                .pcrs
+                .get(&i)
+                .is_some_and(|v| verify::void_pin(i, v).is_none())
+        })
+    {
         notes.push("PCR0, PCR1 and PCR2 are not all pinned: PCR16 and the event log prove what was measured only if the EIF that measured it is pinned too".into());
     }
     let report = verify::verify(&doc, &policy);
@@ -315,15 +353,27 @@ pub async fn verify(a: VerifyArgs) -> Result<i32, CliError> {
         if policy.allow_unpinned {
             errln!("WARNING: INSECURE VERIFICATION: nothing is pinned (--allow-unpinned): the document is not tied to any EIF or image.");
         } else {
-            errln!("error: NOTHING IS PINNED: without --pcr, --expect-image, --expect-pcr16 or --expect-* with --measurements the document is not tied to any EIF or image, so it is refused (--allow-unpinned to check only its signature and chain).");
+            errln!("error: NOTHING IS PINNED: without --pcr, --expect-image, --expect-pcr16, or --expect-cid, --expect-manifest or --expect-config-digest with --measurements, the document is not tied to any EIF or image, so it is refused (--allow-unpinned to check only its signature and chain).");
+        }
+        for v in policy.void_pins() {
+            errln!("error: {v}");
         }
     }
     if report.insecure {
         errln!("WARNING: INSECURE VERIFICATION: the document is unsigned (an emulated NSM); its signature and certificate chain were NOT checked, and it proves nothing about hardware.");
     }
     if a.json {
-        let mut v = serde_json::to_value(&report).unwrap_or_default();
-        v["notes"] = json!(notes);
+        /// The report and its notes, in this order (docs/json.md).
+        #[derive(serde::Serialize)]
+        struct VerifyOut<'a> {
+            #[serde(flatten)]
+            report: &'a verify::Report,
+            notes: &'a [String],
+        }
+        let v = VerifyOut {
+            report: &report,
+            notes: &notes,
+        };
         outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())?;
     } else {
         for n in &notes {
@@ -334,8 +384,19 @@ pub async fn verify(a: VerifyArgs) -> Result<i32, CliError> {
             outln!("measured: cid {}", f.cid)?;
             outln!("measured: manifest {}", f.manifest_digest)?;
             outln!("measured: config {}", f.config_digest)?;
+            for i in &f.helper_images {
+                outln!(
+                    "measured: helper image {} {} {}",
+                    i.reference,
+                    i.pinned_digest,
+                    i.manifest_digest
+                )?;
+            }
             for (n, d) in &f.helpers {
-                outln!("measured: helper {n} {d}")?;
+                match f.helper_sources.get(n) {
+                    Some(m) => outln!("measured: helper {n} {d} {m}")?,
+                    None => outln!("measured: helper {n} {d}")?,
+                }
             }
             outln!("measured: runtime config {}", f.runtime_config_digest)?;
         }
@@ -382,42 +443,106 @@ pub struct ExpectArgs {
     pub json: bool,
 }
 
+/// PCR values by index, hex: printed as `PCR<n>` in numeric order (PCR2 before PCR16).
+#[derive(Default)]
+struct Pcrs(BTreeMap<u16, String>);
+
+impl Pcrs {
+    /// The value of `PCR<n>`.
+    fn get(&self, name: &str) -> Option<&str> {
+        let i: u16 = name.strip_prefix("PCR")?.parse().ok()?;
+        self.0.get(&i).map(String::as_str)
+    }
+}
+
+impl serde::Serialize for Pcrs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (i, v) in &self.0 {
+            m.serialize_entry(&format!("PCR{i}"), v)?;
+        }
+        m.end()
+    }
+}
+
+/// `expect --json`, serialized directly so that its keys keep this order.
+#[derive(serde::Serialize)]
+struct ExpectOut<'a> {
+    cid: &'a str,
+    manifest_digest: &'a str,
+    config_digest: &'a str,
+    pcrs: &'a Pcrs,
+    measurements: &'a EventLog,
+}
+
 /// The key-policy statement for `expect --kms-policy`: the principal may decrypt and generate
 /// data keys only for a request whose attestation document carries exactly these PCRs. KMS
 /// names PCR0 `ImageSha384`; its values are hex, compared ignoring case.
-fn kms_statement(
-    principal: &str,
-    pcrs: &serde_json::Map<String, serde_json::Value>,
-) -> Result<serde_json::Value, CliError> {
-    let mut condition = serde_json::Map::new();
+fn kms_statement(principal: &str, pcrs: &Pcrs) -> Result<Statement, CliError> {
+    let mut condition = Vec::new();
     for (pcr, key) in [
         ("PCR0", "kms:RecipientAttestation:ImageSha384"),
         ("PCR1", "kms:RecipientAttestation:PCR1"),
         ("PCR2", "kms:RecipientAttestation:PCR2"),
         ("PCR16", "kms:RecipientAttestation:PCR16"),
     ] {
-        let v = pcrs.get(pcr).and_then(|v| v.as_str()).ok_or_else(|| {
+        let v = pcrs.get(pcr).ok_or_else(|| {
             CliError::Usage(format!("--kms-policy needs {pcr} (give --eif-pcrs)"))
         })?;
-        condition.insert(key.into(), json!(v));
+        condition.push((key, v.to_string()));
     }
-    if ["PCR0", "PCR1", "PCR2"].iter().any(|k| {
-        pcrs.get(*k)
-            .and_then(|v| v.as_str())
-            .is_some_and(|v| v.bytes().all(|b| b == b'0'))
-    }) {
+    if ["PCR0", "PCR1", "PCR2"]
+        .iter()
+        .any(|k| pcrs.get(k).is_some_and(|v| v.bytes().all(|b| b == b'0')))
+    {
         return Err(CliError::Usage(
             "--kms-policy: PCR0, PCR1 or PCR2 is all zeros, as in a debug-mode enclave, which anyone can run with any code: no key policy may trust it".into(),
         ));
     }
-    Ok(json!({
-        "Sid": "DecryptOnlyInTheAttestedEnclave",
-        "Effect": "Allow",
-        "Principal": {"AWS": principal},
-        "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
-        "Resource": "*",
-        "Condition": {"StringEqualsIgnoreCase": condition},
-    }))
+    Ok(Statement {
+        sid: "DecryptOnlyInTheAttestedEnclave",
+        effect: "Allow",
+        principal: json!({ "AWS": principal }),
+        action: ["kms:Decrypt", "kms:GenerateDataKey*"],
+        resource: "*",
+        condition: Condition {
+            string_equals_ignore_case: Ordered(condition),
+        },
+    })
+}
+
+/// The key-policy statement, serialized in the order docs/attestation.md shows it (PCR0-2,
+/// then PCR16).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Statement {
+    sid: &'static str,
+    effect: &'static str,
+    principal: serde_json::Value,
+    action: [&'static str; 2],
+    resource: &'static str,
+    condition: Condition,
+}
+
+#[derive(serde::Serialize)]
+struct Condition {
+    #[serde(rename = "StringEqualsIgnoreCase")]
+    string_equals_ignore_case: Ordered,
+}
+
+/// A JSON object with its keys in this order.
+struct Ordered(Vec<(&'static str, String)>);
+
+impl serde::Serialize for Ordered {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
 }
 
 pub async fn expect(a: ExpectArgs) -> Result<(), CliError> {
@@ -434,16 +559,16 @@ pub async fn expect(a: ExpectArgs) -> Result<(), CliError> {
         _ => None,
     };
     // The EIF's PCRs are checked before anything is fetched.
-    let mut pcrs = serde_json::Map::new();
+    let mut pcrs = Pcrs::default();
     if let Some(p) = &a.eif_pcrs {
         let eif = crate::nsm::parse_eif_pcrs(&read_input(p)?)
             .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))?;
         for (i, v) in eif {
-            pcrs.insert(format!("PCR{i}"), json!(hex::encode(v)));
+            pcrs.0.insert(i, hex::encode(v));
         }
     }
     let log = expected_log(&a.reference, &a.fetch, a.config.as_ref()).await?;
-    pcrs.insert("PCR16".into(), json!(log.pcr16));
+    pcrs.0.insert(crate::measure::PCR_INDEX, log.pcr16.clone());
     if let Some(principal) = principal {
         let statement = kms_statement(&principal, &pcrs)?;
         outln!(
@@ -453,12 +578,18 @@ pub async fn expect(a: ExpectArgs) -> Result<(), CliError> {
     } else if a.json {
         outln!(
             "{}",
-            serde_json::to_string_pretty(&json!({"pcrs": pcrs, "measurements": log}))
-                .unwrap_or_default()
+            serde_json::to_string_pretty(&ExpectOut {
+                cid: log.events.get(1).map_or("", |e| e.value.as_str()),
+                manifest_digest: log.events.get(2).map_or("", |e| e.value.as_str()),
+                config_digest: log.events.get(3).map_or("", |e| e.value.as_str()),
+                pcrs: &pcrs,
+                measurements: &log
+            })
+            .unwrap_or_default()
         )?;
     } else {
-        for (k, v) in &pcrs {
-            outln!("{k} {}", v.as_str().unwrap_or(""))?;
+        for (i, v) in &pcrs.0 {
+            outln!("PCR{i} {v}")?;
         }
     }
     Ok(())

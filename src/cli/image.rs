@@ -114,6 +114,26 @@ struct ImageOut {
     total_compressed_size: u64,
 }
 
+/// `pull --oci-layout --json`: inspect's fields, then the layout written.
+#[derive(Serialize)]
+struct PullOut<T> {
+    #[serde(flatten)]
+    target: T,
+    oci_layout: String,
+}
+
+/// `unpack --json`, in this order (docs/json.md).
+#[derive(Serialize)]
+struct UnpackOut<'a> {
+    cid: String,
+    manifest_digest: String,
+    config_digest: String,
+    platform: String,
+    rootfs: String,
+    rootless: bool,
+    apply: &'a crate::apply::ApplyReport,
+}
+
 #[derive(Serialize)]
 struct ConfigOut {
     digest: String,
@@ -419,30 +439,35 @@ pub async fn pull(a: PullArgs) -> Result<(), CliError> {
         source: e.into(),
     })?;
     let path = writer.commit(&index)?;
-    let (mut v, what, count, size) = match &target {
+    let oci_layout = path.display().to_string();
+    // What inspect prints, in its order, and then where it was written.
+    let (json, cid, what, count, size) = match &target {
         Target::Image(r) => {
             let o = describe(r);
             let (n, s) = (o.layers.len(), o.total_compressed_size);
-            (serde_json::to_value(&o).unwrap_or_default(), "image", n, s)
+            let cid = o.cid.clone();
+            let out = PullOut {
+                target: o,
+                oci_layout,
+            };
+            (serde_json::to_string_pretty(&out), cid, "image", n, s)
         }
         Target::Artifact(x) => {
             let o = describe_artifact(x);
             let (n, s) = (o.layers.len(), o.total_size);
-            (
-                serde_json::to_value(&o).unwrap_or_default(),
-                "artifact",
-                n,
-                s,
-            )
+            let cid = o.cid.clone();
+            let out = PullOut {
+                target: o,
+                oci_layout,
+            };
+            (serde_json::to_string_pretty(&out), cid, "artifact", n, s)
         }
     };
     if a.json {
-        v["oci_layout"] = serde_json::Value::String(path.display().to_string());
-        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())?;
+        outln!("{}", json.unwrap_or_default())?;
     } else {
         outln!(
-            "verified {what} {} ({count} layers, {size} bytes fetched) into {}",
-            v["cid"].as_str().unwrap_or_default(),
+            "verified {what} {cid} ({count} layers, {size} bytes fetched) into {}",
             path.display()
         )?;
     }
@@ -541,11 +566,28 @@ async fn pull_files(
         })
         .collect();
     if json {
+        /// `pull --files --json`, in this order (docs/json.md).
+        #[derive(Serialize)]
+        struct FilesOut<'a> {
+            cid: String,
+            manifest_digest: String,
+            files: &'a [serde_json::Value],
+            skipped_untitled: &'a [String],
+            dir: String,
+        }
+        let (cid, manifest) = match target {
+            Target::Image(r) => (r.root, r.manifest_desc.digest().to_string()),
+            Target::Artifact(x) => (x.root, x.manifest_desc.digest().to_string()),
+        };
         outln!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "files": files, "skipped_untitled": skipped, "dir": path.display().to_string(),
-            }))
+            serde_json::to_string_pretty(&FilesOut {
+                cid: cid.to_string(),
+                manifest_digest: manifest,
+                files: &files,
+                skipped_untitled: &skipped,
+                dir: path.display().to_string(),
+            })
             .unwrap_or_default()
         )?;
     } else {
@@ -630,6 +672,12 @@ pub async fn unpack(a: UnpackArgs) -> Result<(), CliError> {
     // as `umoci unpack --rootless` does, and the output says so.
     let rootless = !nix::unistd::geteuid().is_root();
     let (gw, resolved) = resolve(&a.reference, &a.fetch).await?;
+    let described = (
+        resolved.root.to_string(),
+        resolved.manifest_desc.digest().to_string(),
+        resolved.config.desc.digest().to_string(),
+        resolved.platform.to_string(),
+    );
     let report = crate::apply::apply_observed(
         gw,
         Arc::new(resolved),
@@ -652,9 +700,17 @@ pub async fn unpack(a: UnpackArgs) -> Result<(), CliError> {
     .await?;
     target.commit()?;
     if a.json {
-        let mut v = serde_json::to_value(&report).unwrap_or_default();
-        v["rootless"] = serde_json::Value::Bool(rootless);
-        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())?;
+        let (cid, manifest_digest, config_digest, platform) = described;
+        let out = UnpackOut {
+            cid,
+            manifest_digest,
+            config_digest,
+            platform,
+            rootfs: a.rootfs.display().to_string(),
+            rootless,
+            apply: &report,
+        };
+        outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default())?;
     } else {
         if rootless {
             outln!(

@@ -363,11 +363,20 @@ fn report(e: &CliError, code: u8, json: bool, run: bool) {
         return;
     }
     if json {
-        let mut v = serde_json::json!({ "exit_code": code, "error": e.to_string() });
-        if run {
-            v["ended"] = "cidboot".into();
+        /// Serialized directly, so that the keys keep this order (docs/json.md).
+        #[derive(serde::Serialize)]
+        struct Failed {
+            exit_code: u8,
+            error: String,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            ended: Option<&'static str>,
         }
-        let _ = outln!("{v}");
+        let v = Failed {
+            exit_code: code,
+            error: e.to_string(),
+            ended: run.then_some("cidboot"),
+        };
+        let _ = outln!("{}", serde_json::to_string(&v).unwrap_or_default());
     }
     if !matches!(e, CliError::Interrupted(_)) {
         errln!("error: {e}");
@@ -550,8 +559,8 @@ fn interruptible(command: Command) -> Result<i32, CliError> {
             // Packing stops at its next block once interrupted, and checks again just before
             // it commits: waiting for it (rather than ending at the signal while its thread
             // goes on) makes what it says, committed or stopped, what happened. (Not when it
-            // copies to stdout, which a reader may stall.)
-            Command::Pack(a) if a.car.as_os_str() != "-" => dispatch(Command::Pack(a)).await,
+            // copies to stdout, a device or a FIFO, which a reader may stall.)
+            Command::Pack(a) if publish::commits_by_rename(&a) => dispatch(Command::Pack(a)).await,
             other => {
                 tokio::select! {
                     r = dispatch(other) => r,

@@ -13,13 +13,15 @@ use crate::transport::tls;
 pub struct PackArgs {
     /// The OCI image layout directory (holding `oci-layout` and `index.json`).
     pub dir: PathBuf,
-    /// Where to write the CAR; `-` writes it to stdout (the CID then goes to stderr).
+    /// Where to write the CAR; `-` writes it to stdout (the CID then goes to stderr). A device,
+    /// a FIFO or a symlink (/dev/stdout) is written in place, never replaced. Without --car,
+    /// only the CID is printed and no CAR is written.
     #[arg(long, value_name = "FILE")]
-    pub car: PathBuf,
+    pub car: Option<PathBuf>,
     /// Pack any directory, not only an OCI image layout (as `ipfs-car pack` would).
     #[arg(long)]
     pub any_dir: bool,
-    /// Print {"root_cid": "..."} instead of the bare CID.
+    /// Print JSON (docs/json.md): the CID, the CAR written, its blocks and bytes.
     #[arg(long)]
     pub json: bool,
 }
@@ -38,7 +40,17 @@ pub fn pack(a: PackArgs) -> Result<(), CliError> {
             )));
         }
     }
-    let to_stdout = a.car.as_os_str() == "-";
+    let Some(car_arg) = &a.car else {
+        let packed = packer::pack_cid(&a.dir)?;
+        outln!("{}", line(&a, &packed))?;
+        tracing::info!(
+            blocks = packed.blocks,
+            bytes = packed.bytes,
+            "packed (no CAR written)"
+        );
+        return Ok(());
+    };
+    let to_stdout = car_arg.as_os_str() == "-";
     let staged = if to_stdout {
         Some(crate::scratch::PrivateDir::create(
             &std::env::temp_dir(),
@@ -49,14 +61,10 @@ pub fn pack(a: PackArgs) -> Result<(), CliError> {
     };
     let car = match &staged {
         Some(t) => t.path().join("out.car"),
-        None => a.car.clone(),
+        None => car_arg.clone(),
     };
     let packed = packer::pack_dir(&a.dir, &car)?;
-    let line = if a.json {
-        serde_json::json!({ "root_cid": packed.root_cid }).to_string()
-    } else {
-        packed.root_cid.clone()
-    };
+    let line = line(&a, &packed);
     if to_stdout {
         // The CAR is built in a file first: its header is rewritten once the root is known.
         let mut f = std::fs::File::open(&car).map_err(|source| CliError::Io {
@@ -71,8 +79,40 @@ pub fn pack(a: PackArgs) -> Result<(), CliError> {
     } else {
         outln!("{line}")?;
     }
-    tracing::info!(blocks = packed.blocks, bytes = packed.bytes, car = %a.car.display(), "packed");
+    tracing::info!(blocks = packed.blocks, bytes = packed.bytes, car = %car_arg.display(), "packed");
     Ok(())
+}
+
+/// True when `pack` writes no CAR or one it renames into place, and so never waits on a
+/// reader.
+pub fn commits_by_rename(a: &PackArgs) -> bool {
+    a.car.as_ref().is_none_or(|c| {
+        c.as_os_str() != "-"
+            && !std::fs::symlink_metadata(c).is_ok_and(|m| !m.is_file() && !m.is_dir())
+    })
+}
+
+/// What `pack` prints: the CID, or its JSON.
+fn line(a: &PackArgs, packed: &packer::Packed) -> String {
+    /// Serialized directly, so that the keys keep this order (docs/json.md).
+    #[derive(serde::Serialize)]
+    struct PackOut<'a> {
+        cid: &'a str,
+        car: Option<String>,
+        blocks: u64,
+        bytes: u64,
+    }
+    if a.json {
+        serde_json::to_string(&PackOut {
+            cid: &packed.root_cid,
+            car: a.car.as_ref().map(|c| c.display().to_string()),
+            blocks: packed.blocks,
+            bytes: packed.bytes,
+        })
+        .unwrap_or_default()
+    } else {
+        packed.root_cid.clone()
+    }
 }
 
 #[cfg(feature = "dev-gateway")]

@@ -476,20 +476,21 @@ async fn boot_and_run(
         None => "the workload exited".to_string(),
     };
     if a.json {
-        let v = json!({
-            "reason": reason,
-            "cid": prepared.resolved.root.to_string(),
-            "manifest_digest": prepared.resolved.manifest_desc.digest().to_string(),
-            "config_digest": prepared.resolved.config.desc.digest().to_string(),
-            "pcr16": prepared.log.pcr16,
-            "measurements": prepared.log,
-            "apply": prepared.report,
-            "process": prepared.spec,
-            "exit_code": code,
-            "ended": "workload",
-            "attestation_api": api.to_string(),
-        });
-        outln!("{v}")?;
+        // Serialized directly, so that the keys keep this order (docs/json.md).
+        let v = RunOut {
+            cid: prepared.resolved.root.to_string(),
+            manifest_digest: prepared.resolved.manifest_desc.digest().to_string(),
+            config_digest: prepared.resolved.config.desc.digest().to_string(),
+            pcr16: &prepared.log.pcr16,
+            measurements: &prepared.log,
+            apply: &prepared.report,
+            process: &prepared.spec,
+            attestation_api: api.to_string(),
+            exit_code: code,
+            reason: &reason,
+            ended: "workload",
+        };
+        outln!("{}", serde_json::to_string(&v).unwrap_or_default())?;
     }
     match cause {
         Some(_) => tracing::warn!(exit_code = code, "the workload ended: {reason}"),
@@ -520,4 +521,20 @@ async fn stop(
     }
     child.kill().await?;
     child.wait().await
+}
+
+/// `run --json`'s last line when the workload ran, in this order.
+#[derive(serde::Serialize)]
+struct RunOut<'a> {
+    cid: String,
+    manifest_digest: String,
+    config_digest: String,
+    pcr16: &'a str,
+    measurements: &'a crate::measure::EventLog,
+    apply: &'a crate::apply::ApplyReport,
+    process: &'a crate::launch::spec::ProcessSpec,
+    attestation_api: String,
+    exit_code: i32,
+    reason: &'a str,
+    ended: &'static str,
 }

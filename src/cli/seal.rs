@@ -40,6 +40,9 @@ pub struct SealArgs {
     /// [default: AWS_CA_BUNDLE].
     #[arg(long, value_name = "PEM")]
     pub ca: Option<PathBuf>,
+    /// Print the entry as JSON (name, key_id, ciphertext: docs/json.md) instead of TOML.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Encrypts the value on stdin (or has one generated) and prints its `[[secrets]]` entry on
@@ -94,7 +97,11 @@ pub async fn seal(a: SealArgs) -> Result<(), CliError> {
         sealed.key_id,
         client.endpoint()
     );
-    print!("{}", entry.to_toml());
+    if a.json {
+        outln!("{}", serde_json::to_string(&entry).unwrap_or_default())?;
+    } else {
+        print!("{}", entry.to_toml());
+    }
     Ok(())
 }
 

@@ -37,9 +37,14 @@ impl Staging {
                     .next()
                     .is_none();
             if !empty {
+                let why = if target.is_dir() {
+                    "exists and is not empty"
+                } else {
+                    "exists and is not a directory"
+                };
                 return Err(werr(
                     target,
-                    io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not empty"),
+                    io::Error::new(io::ErrorKind::AlreadyExists, why),
                 ));
             }
         }

@@ -65,9 +65,16 @@ pub struct Packed {
 /// sibling directory (`.NAME.partial-…`, see [`crate::scratch`]) and renamed into place when
 /// complete; on an error, or if the process is interrupted or killed, nothing is left at `out`
 /// and the sibling is removed (by this process, or by the next pack into the same directory).
+///
+/// An `out` that exists and is neither a regular file nor a directory (a device such as
+/// `/dev/null`, a FIFO, a socket, or a symlink such as `/dev/stdout`) is written in place,
+/// never renamed over: see [`pack_in_place`].
 pub fn pack_dir(dir: &Path, out: &Path) -> Result<Packed, PackError> {
     if !dir.is_dir() {
         return Err(PackError::NotADirectory(dir.display().to_string()));
+    }
+    if std::fs::symlink_metadata(out).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return pack_in_place(dir, out);
     }
     let name = out
         .file_name()
@@ -89,7 +96,8 @@ pub fn pack_dir(dir: &Path, out: &Path) -> Result<Packed, PackError> {
     let result = (|| {
         let f = File::create(&tmp).map_err(ioe(&tmp))?;
         let mut w = CarOut {
-            w: BufWriter::with_capacity(1 << 20, f),
+            w: Some(BufWriter::with_capacity(1 << 20, f)),
+            counted: 0,
             blocks: 0,
             path: tmp.clone(),
         };
@@ -97,12 +105,15 @@ pub fn pack_dir(dir: &Path, out: &Path) -> Result<Packed, PackError> {
         // header of the same length can be rewritten in place once the root is known.
         let placeholder = cid_for(CODEC_DAG_PB, b"");
         let header = car::encode_header(&placeholder);
-        w.w.write_all(&header).map_err(ioe(&tmp))?;
-        let (root, _) = pack_entry(&mut w, dir, 0)?.ok_or_else(|| PackError::Unsupported {
-            path: dir.display().to_string(),
-            reason: "nothing to pack".into(),
-        })?;
-        let mut f = w.w.into_inner().map_err(|e| PackError::Io {
+        w.header(&header)?;
+        let root = pack_root(&mut w, dir)?;
+        let Some(buffered) = w.w else {
+            return Err(PackError::Unsupported {
+                path: tmp.display().to_string(),
+                reason: "no output".into(),
+            });
+        };
+        let mut f = buffered.into_inner().map_err(|e| PackError::Io {
             path: tmp.display().to_string(),
             source: e.into_error(),
         })?;
@@ -135,19 +146,112 @@ pub fn pack_dir(dir: &Path, out: &Path) -> Result<Packed, PackError> {
     Ok(packed)
 }
 
+/// Packs `dir` for its root CID alone: every block is made and hashed as for a CAR, and
+/// counted, but nothing is written anywhere.
+pub fn pack_cid(dir: &Path) -> Result<Packed, PackError> {
+    if !dir.is_dir() {
+        return Err(PackError::NotADirectory(dir.display().to_string()));
+    }
+    let mut w = CarOut {
+        w: None,
+        counted: 0,
+        blocks: 0,
+        path: PathBuf::new(),
+    };
+    w.header(&car::encode_header(&cid_for(CODEC_DAG_PB, b"")))?;
+    let root = pack_root(&mut w, dir)?;
+    if crate::scratch::interrupted() {
+        return Err(PackError::Interrupted);
+    }
+    Ok(Packed {
+        root_cid: root.to_string(),
+        blocks: w.blocks,
+        bytes: w.counted,
+    })
+}
+
+/// A CAR for an `out` that is not a regular file or a directory: built in a private directory
+/// under the system's temporary directory (its header is rewritten once the root is known, so
+/// it cannot be streamed), then copied into `out` opened for writing as it is. Renaming a file
+/// over `/dev/null` would turn the device into a regular file for every other program.
+fn pack_in_place(dir: &Path, out: &Path) -> Result<Packed, PackError> {
+    let staged = PrivateDir::create(&std::env::temp_dir(), "cidboot-pack-").map_err(|e| {
+        let (path, source) = e.into_io();
+        PackError::Io { path, source }
+    })?;
+    let tmp = staged.path().join("out.car");
+    let packed = pack_dir(dir, &tmp)?;
+    // A symlink to a regular file is written through and truncated; a device or a FIFO is
+    // written as it is.
+    let regular = std::fs::metadata(out).is_ok_and(|m| m.is_file());
+    let mut to = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(regular)
+        .open(out)
+        .map_err(ioe(out))?;
+    let mut from = File::open(&tmp).map_err(ioe(&tmp))?;
+    io::copy(&mut from, &mut to)
+        .and_then(|_| to.flush())
+        .map_err(ioe(out))?;
+    Ok(packed)
+}
+
+/// The root of `dir`, every block below it put first.
+fn pack_root(w: &mut CarOut, dir: &Path) -> Result<Cid, PackError> {
+    let (root, _) = pack_entry(w, dir, 0)?.ok_or_else(|| PackError::Unsupported {
+        path: dir.display().to_string(),
+        reason: "nothing to pack".into(),
+    })?;
+    Ok(root)
+}
+
 struct CarOut {
-    w: BufWriter<File>,
+    /// None: the CID alone is wanted, and the bytes are only counted.
+    w: Option<BufWriter<File>>,
+    counted: u64,
     blocks: u64,
     path: PathBuf,
 }
 
+/// Counts what would be written.
+struct Count(u64);
+
+impl Write for Count {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 impl CarOut {
+    fn header(&mut self, header: &[u8]) -> Result<(), PackError> {
+        match &mut self.w {
+            Some(w) => w.write_all(header).map_err(ioe(&self.path)),
+            None => {
+                self.counted += header.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
     fn put(&mut self, cid: &Cid, block: &[u8]) -> Result<(), PackError> {
         if crate::scratch::interrupted() {
             return Err(PackError::Interrupted);
         }
         self.blocks += 1;
-        car::write_section(&mut self.w, cid, block).map_err(ioe(&self.path))
+        match &mut self.w {
+            Some(w) => car::write_section(w, cid, block).map_err(ioe(&self.path)),
+            None => {
+                let mut c = Count(0);
+                car::write_section(&mut c, cid, block).map_err(ioe(&self.path))?;
+                self.counted += c.0;
+                Ok(())
+            }
+        }
     }
 }
 

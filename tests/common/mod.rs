@@ -843,3 +843,71 @@ pub fn umoci_root_insert(layout: &Path, root_mode: u32) -> Vec<u8> {
     assert_eq!(&tar[..2], b"/\0", "umoci no longer names the root entry /");
     tar
 }
+
+/// The top-level fields docs/json.md lists in the `n`th table (from 0) of its `## `section``
+/// section, in order.
+pub fn documented_fields(section: &str, n: usize) -> Vec<String> {
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/json.md")).unwrap();
+    let body = page
+        .split("\n## ")
+        .find(|s| s.starts_with(section))
+        .unwrap_or_else(|| panic!("no section {section:?} in docs/json.md"));
+    let mut tables: Vec<Vec<String>> = Vec::new();
+    let mut in_table = false;
+    for line in body.lines() {
+        if line.starts_with("| field |") {
+            tables.push(Vec::new());
+            in_table = true;
+        } else if in_table && line.starts_with("| `") {
+            let name = line[3..].split('`').next().unwrap().to_string();
+            tables.last_mut().unwrap().push(name);
+        } else if !line.starts_with('|') {
+            in_table = false;
+        }
+    }
+    tables
+        .get(n)
+        .cloned()
+        .unwrap_or_else(|| panic!("no table {n} in section {section:?}"))
+}
+
+/// The top-level keys of a JSON object, in the order written.
+pub fn keys_in_order(text: &str) -> Vec<String> {
+    struct Keys(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Keys, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut m: A,
+                ) -> Result<Keys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some(k) = m.next_key::<String>()? {
+                        m.next_value::<serde::de::IgnoredAny>()?;
+                        keys.push(k);
+                    }
+                    Ok(Keys(keys))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_str::<Keys>(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text}"))
+        .0
+}
+
+/// Asserts that `text` is a JSON object with exactly the fields docs/json.md lists, in order.
+pub fn assert_documented(text: &str, section: &str, table: usize) {
+    assert_eq!(
+        keys_in_order(text),
+        documented_fields(section, table),
+        "`{section}` (table {table}): {text}"
+    );
+}

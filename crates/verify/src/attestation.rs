@@ -86,23 +86,62 @@ pub struct Measurements {
 }
 
 impl Measurements {
+    /// True if it names the image: a root CID, a manifest or an image config. The runtime
+    /// configuration and the helpers alone are shared by every image booted with them.
     fn pins_something(&self) -> bool {
-        self.manifest_digest.is_some()
-            || self.cid.is_some()
-            || self.config_digest.is_some()
-            || self.runtime_config_digest.is_some()
-            || !self.helpers.is_empty()
+        self.manifest_digest.is_some() || self.cid.is_some() || self.config_digest.is_some()
+    }
+
+    /// Why what it expects pins nothing, when it expects something but no image.
+    fn void(&self) -> Option<String> {
+        if self.pins_something()
+            || (self.runtime_config_digest.is_none() && self.helpers.is_empty())
+        {
+            return None;
+        }
+        Some("--expect-runtime-config and --expect-helper pin no image: every image booted with that configuration and those helpers has them (add --expect-cid, --expect-manifest or --expect-config-digest)".into())
     }
 }
 
+/// Why pinning PCR `index` to `value` tells no enclave from another, if it does not: a PCR of
+/// zero bytes is one nothing extended, which every enclave that does not use it shares
+/// (PCR17-31 of every cidboot document; PCR0-2 of every debug-mode enclave, whatever it runs).
+pub fn void_pin(index: u16, value: &[u8]) -> Option<String> {
+    if !value.iter().all(|b| *b == 0) {
+        return None;
+    }
+    let why = match index {
+        i if UNUSED_PCRS.contains(&i) => {
+            "cidboot locks PCR17-31 without extending them, so every cidboot document has that value"
+        }
+        0..=2 => "a debug-mode enclave has PCR0-2 at zero whatever code it runs",
+        _ => "a PCR at zero is one nothing extended, which every enclave that does not use it has",
+    };
+    Some(format!(
+        "--pcr {index}={} pins nothing: {why}",
+        if value.is_empty() { "(empty)" } else { "zeros" }
+    ))
+}
+
 impl Policy {
-    /// True if the policy ties a document to something: a PCR value or a measured field.
+    /// True if the policy ties a document to something that tells one enclave from another: a
+    /// PCR value other than zeros ([`void_pin`]), or a measured field.
     pub fn is_pinned(&self) -> bool {
-        !self.pcrs.is_empty()
+        self.pcrs.iter().any(|(i, v)| void_pin(*i, v).is_none())
             || self
                 .measurements
                 .as_ref()
                 .is_some_and(Measurements::pins_something)
+    }
+
+    /// The pins that pin nothing, each with the reason ([`void_pin`]; expected measurements
+    /// that name no image).
+    pub fn void_pins(&self) -> Vec<String> {
+        self.pcrs
+            .iter()
+            .filter_map(|(i, v)| void_pin(*i, v))
+            .chain(self.measurements.as_ref().and_then(Measurements::void))
+            .collect()
     }
 }
 
@@ -350,11 +389,14 @@ pub fn verify(doc: &[u8], policy: &Policy) -> Report {
         report.measured = measurement_checks(&mut c, &d, m);
     }
     if !policy.is_pinned() {
-        let why = "nothing is pinned (no PCR, no image, no measured field): the document is not tied to any EIF or image";
+        let mut why = "nothing is pinned (no PCR, no image, no measured field): the document is not tied to any EIF or image".to_string();
+        for v in policy.void_pins() {
+            why = format!("{why}; {v}");
+        }
         if policy.allow_unpinned {
             c.skip("pinned", &format!("INSECURE: {why}"));
         } else {
-            c.add("pinned", Err(why.into()));
+            c.add("pinned", Err(why));
         }
     }
     for (name, want, have) in [

@@ -347,6 +347,59 @@ struct RawEvent {
     digest: String,
 }
 
+/// Any JSON value in which no object has the same key twice.
+struct Unique;
+
+impl<'de> Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Unique, D::Error> {
+        d.deserialize_any(UniqueVisitor)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
+    type Value = Unique;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Unique, E> {
+        Ok(Unique)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Unique, E> {
+        Ok(Unique)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Unique, E> {
+        Ok(Unique)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Unique, E> {
+        Ok(Unique)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Unique, E> {
+        Ok(Unique)
+    }
+    fn visit_unit<E>(self) -> Result<Unique, E> {
+        Ok(Unique)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Unique, A::Error> {
+        while seq.next_element::<Unique>()?.is_some() {}
+        Ok(Unique)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Unique, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if seen.contains(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "key {key:?} appears twice in one object"
+                )));
+            }
+            map.next_value::<Unique>()?;
+            seen.insert(key);
+        }
+        Ok(Unique)
+    }
+}
+
 /// `sha256:` and 64 lowercase hex digits: the only digest form cidboot measures.
 pub fn is_sha256(s: &str) -> bool {
     s.strip_prefix("sha256:").is_some_and(|h| {
@@ -370,6 +423,9 @@ pub fn check_log(log: &[u8], document_pcr16: &[u8]) -> Result<Measured, LogError
             log.len()
         )));
     }
+    // serde_json keeps the last of two equal keys: a log with two "events" would be read by
+    // its last, while another reader may take the first. Such a log is refused.
+    serde_json::from_slice::<Unique>(log).map_err(|e| LogError::Shape(e.to_string()))?;
     let v: serde_json::Value =
         serde_json::from_slice(log).map_err(|e| LogError::Shape(e.to_string()))?;
     // The version first: a later encoding may change the rest of the shape.
@@ -446,6 +502,23 @@ pub fn check_log(log: &[u8], document_pcr16: &[u8]) -> Result<Measured, LogError
     fields(decoded, replayed)
 }
 
+/// The form cidboot measures a reference in: `ipfs://` and the CID's canonical string (a
+/// CIDv1 in base32, `b…`, whatever base it was written in; a CIDv0 as `Qm…`). Any other
+/// spelling is one no boot measures.
+pub fn canonical_reference(s: &str) -> Result<String, String> {
+    let c = s
+        .strip_prefix("ipfs://")
+        .ok_or_else(|| format!("{s:?} is not ipfs://<CID>"))?;
+    let cid = cid::Cid::try_from(c).map_err(|e| format!("{s:?} does not name a CID: {e}"))?;
+    let canonical = format!("ipfs://{cid}");
+    if canonical != s {
+        return Err(format!(
+            "{s:?} is not the canonical form cidboot measures ({canonical})"
+        ));
+    }
+    Ok(canonical)
+}
+
 /// The value a log must show for an event, derived from its data alone.
 fn encoded_value(kind: Kind, data: &[u8]) -> Result<String, String> {
     let text = |d: &[u8]| String::from_utf8(d.to_vec()).map_err(|_| "is not UTF-8".to_string());
@@ -458,14 +531,7 @@ fn encoded_value(kind: Kind, data: &[u8]) -> Result<String, String> {
         }
     };
     match kind {
-        Kind::ImageReference => {
-            let s = text(data)?;
-            if s.starts_with("ipfs://") {
-                Ok(s)
-            } else {
-                Err(format!("{s:?} is not ipfs://<CID>"))
-            }
-        }
+        Kind::ImageReference => canonical_reference(&text(data)?),
         Kind::RootCid => {
             let c = cid::Cid::try_from(data).map_err(|e| format!("is not a CID: {e}"))?;
             if c.to_bytes() != data {
@@ -488,10 +554,7 @@ fn encoded_value(kind: Kind, data: &[u8]) -> Result<String, String> {
         }
         Kind::HelperImage => match data.split(|b| *b == 0).collect::<Vec<_>>().as_slice() {
             [r, p, m] => {
-                let r = text(r)?;
-                if !r.starts_with("ipfs://") {
-                    return Err(format!("{r:?} is not ipfs://<CID>"));
-                }
+                let r = canonical_reference(&text(r)?)?;
                 Ok(format!("{r} {} {}", digest(p)?, digest(m)?))
             }
             _ => Err("is not reference 0x00 pinned digest 0x00 manifest digest".into()),
@@ -575,13 +638,36 @@ fn fields(events: Vec<(Kind, Vec<u8>)>, pcr16: String) -> Result<Measured, LogEr
         }
         helpers.insert(text(name), text(digest));
     }
+    // Every helper image measured installed at least one helper: an event that records nothing
+    // is no boot's, and beside an exact set of expected helpers it would pass unseen.
+    for (n, img) in helper_images.iter().enumerate() {
+        if img.helpers.is_empty() {
+            return Err(LogError::Data {
+                index: fixed.len() + n + 1,
+                kind: Kind::HelperImage.name(),
+                why: format!(
+                    "names {}, from which no helper event that follows comes (a helper image installs at least one helper)",
+                    img.reference
+                ),
+            });
+        }
+    }
     let cid = cid::Cid::try_from(events[1].1.as_slice()).map_err(|e| LogError::Data {
         index: 2,
         kind: Kind::RootCid.name(),
         why: format!("is not a CID: {e}"),
     })?;
+    // The reference and the root CID measure the same thing twice: they must agree.
+    let reference = text(&events[0].1);
+    if reference != format!("ipfs://{cid}") {
+        return Err(LogError::Data {
+            index: 1,
+            kind: Kind::ImageReference.name(),
+            why: format!("names {reference}, but the root-cid event measures {cid}"),
+        });
+    }
     Ok(Measured {
-        reference: text(&events[0].1),
+        reference,
         cid,
         manifest_digest: text(&events[2].1),
         config_digest: text(&events[3].1),
@@ -837,7 +923,7 @@ mod tests {
         let logs: Vec<(Vec<Event>, &str)> = vec![
             (
                 vec![
-                    ev(Kind::ImageReference, b"ipfs://x".to_vec()),
+                    ev(Kind::ImageReference, format!("ipfs://{cid}").into_bytes()),
                     ev(Kind::RootCid, cid.to_bytes()),
                     ev(Kind::ConfigDigest, d('c').into_bytes()),
                     ev(Kind::ManifestDigest, d('a').into_bytes()),
@@ -847,7 +933,7 @@ mod tests {
             ),
             (
                 vec![
-                    ev(Kind::ImageReference, b"ipfs://x".to_vec()),
+                    ev(Kind::ImageReference, format!("ipfs://{cid}").into_bytes()),
                     ev(Kind::RootCid, cid.to_bytes()),
                     ev(Kind::ManifestDigest, d('a').into_bytes()),
                     ev(Kind::ConfigDigest, d('c').into_bytes()),
@@ -865,7 +951,7 @@ mod tests {
             ),
             (
                 vec![
-                    ev(Kind::ImageReference, b"ipfs://x".to_vec()),
+                    ev(Kind::ImageReference, format!("ipfs://{cid}").into_bytes()),
                     ev(Kind::RootCid, cid.to_bytes()),
                     ev(Kind::ManifestDigest, d('a').into_bytes()),
                     ev(Kind::ConfigDigest, d('c').into_bytes()),
@@ -894,5 +980,133 @@ mod tests {
         ] {
             assert!(encoded_value(k, &data).is_err(), "{k:?} {data:?}");
         }
+    }
+
+    /// A log of these events, sound in every event, with its PCR16.
+    fn log_of(events: Vec<Event>) -> (serde_json::Value, String) {
+        let pcr16 = hex::encode(replay(events.iter().map(|e| e.digest_bytes())));
+        let log = EventLog {
+            version: 1,
+            pcr: PCR_INDEX,
+            events,
+            pcr16: pcr16.clone(),
+        };
+        (json(&log), pcr16)
+    }
+
+    #[test]
+    fn a_log_with_a_key_twice_is_refused() {
+        let log = sample(vec![]);
+        let pcr = hex::decode(&log.pcr16).unwrap();
+        let good = serde_json::to_string(&log).unwrap();
+        assert!(check_log(good.as_bytes(), &pcr).is_ok());
+        // Another log's events first, this boot's last: serde_json alone would read the last.
+        let other = sample(vec![("x".into(), format!("sha256:{}", "1".repeat(64)))]);
+        let other_events = serde_json::to_string(&json(&other)["events"]).unwrap();
+        let twice = good.replacen("{", &format!("{{\"events\":{other_events},"), 1);
+        let e = check_log(twice.as_bytes(), &pcr).unwrap_err();
+        assert!(
+            matches!(&e, LogError::Shape(w) if w.contains("key \"events\" appears twice")),
+            "{e}"
+        );
+        // In an event too.
+        let value = &log.events[2].value;
+        let twice = good.replacen(
+            &format!("\"value\":\"{value}\""),
+            &format!(
+                "\"value\":\"sha256:{}\",\"value\":\"{value}\"",
+                "b".repeat(64)
+            ),
+            1,
+        );
+        assert_ne!(twice, good);
+        let e = check_log(twice.as_bytes(), &pcr).unwrap_err();
+        assert!(
+            matches!(&e, LogError::Shape(w) if w.contains("key \"value\" appears twice")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_reference_must_be_the_root_cid_in_its_measured_form() {
+        let cid = raw_cid(b"image");
+        let other = raw_cid(b"another image");
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let events = |reference: &str| {
+            vec![
+                Event::new(
+                    Kind::ImageReference,
+                    reference.into(),
+                    reference.as_bytes().to_vec(),
+                ),
+                Event::new(Kind::RootCid, cid.to_string(), cid.to_bytes()),
+                Event::new(Kind::ManifestDigest, d('a'), d('a').into_bytes()),
+                Event::new(Kind::ConfigDigest, d('c'), d('c').into_bytes()),
+                Event::new(Kind::RuntimeConfig, d('e'), d('e').into_bytes()),
+            ]
+        };
+        let (v, pcr16) = log_of(events(&format!("ipfs://{cid}")));
+        assert_eq!(
+            check(&v, &pcr16).unwrap().reference,
+            format!("ipfs://{cid}")
+        );
+        // Another image's reference beside this root CID.
+        let (v, pcr16) = log_of(events(&format!("ipfs://{other}")));
+        let e = check(&v, &pcr16).unwrap_err();
+        assert!(
+            e.to_string().contains(&format!(
+                "event 1 (image-reference): data names ipfs://{other}, but the root-cid event measures {cid}"
+            )),
+            "{e}"
+        );
+        // The same CID in base36: no boot measures that spelling.
+        let base36 = cid
+            .to_string_of_base(cid::multibase::Base::Base36Lower)
+            .unwrap();
+        assert!(base36.starts_with('k'));
+        let (v, pcr16) = log_of(events(&format!("ipfs://{base36}")));
+        let e = check(&v, &pcr16).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("is not the canonical form cidboot measures"),
+            "{e}"
+        );
+        assert_eq!(
+            canonical_reference(&format!("ipfs://{cid}")),
+            Ok(format!("ipfs://{cid}"))
+        );
+    }
+
+    #[test]
+    fn a_helper_image_that_installed_nothing_is_refused() {
+        let cid = raw_cid(b"image");
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let dep = |helpers: Vec<(String, String)>| HelperImage {
+            reference: format!("ipfs://{}", raw_cid(b"dep")),
+            pinned_digest: d('5'),
+            manifest_digest: d('6'),
+            helpers,
+        };
+        let log = |dep: HelperImage| {
+            EventLog::new(Inputs {
+                reference: &format!("ipfs://{cid}"),
+                root_cid: &cid,
+                manifest_digest: &d('a'),
+                config_digest: &d('c'),
+                helpers: vec![("attest".into(), d('8'))],
+                helper_images: vec![dep],
+                runtime_config_digest: &d('e'),
+            })
+        };
+        let full = log(dep(vec![("kms-client".into(), d('7'))]));
+        assert!(check(&json(&full), &full.pcr16).is_ok());
+        let empty = log(dep(vec![]));
+        let e = check(&json(&empty), &empty.pcr16).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("event 5 (helper-image): data names ipfs://"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("no helper event"), "{e}");
     }
 }
