@@ -139,7 +139,7 @@ fn a_user_without_root_unpacks_rootless_and_is_told_so() {
     let out = run_as_nobody(&json_args);
     assert!(out.ok, "{}", out.stderr);
     assert_eq!(out.json()["rootless"], true);
-    assert_eq!(out.json()["devices_left_out"], 1);
+    assert_eq!(out.json()["apply"]["devices_left_out"], 1);
 }
 
 /// A tmpfs mounted at `path` for the test's life.
