@@ -331,8 +331,19 @@ pub async fn verify(a: VerifyArgs) -> Result<i32, CliError> {
             outln!("measured: cid {}", f.cid)?;
             outln!("measured: manifest {}", f.manifest_digest)?;
             outln!("measured: config {}", f.config_digest)?;
+            for i in &f.helper_images {
+                outln!(
+                    "measured: helper image {} pinned {} manifest {}",
+                    i.reference,
+                    i.pinned_digest,
+                    i.manifest_digest
+                )?;
+            }
             for (n, d) in &f.helpers {
-                outln!("measured: helper {n} {d}")?;
+                match f.helper_sources.get(n) {
+                    Some(m) => outln!("measured: helper {n} {d} from the helper image {m}")?,
+                    None => outln!("measured: helper {n} {d}")?,
+                }
             }
             outln!("measured: runtime config {}", f.runtime_config_digest)?;
         }

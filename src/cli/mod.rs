@@ -73,7 +73,8 @@ pub struct FetchArgs {
     /// gateway (or an intercepting proxy) needs.
     #[arg(long, value_name = "PEM", env = "CIDBOOT_CA")]
     pub ca: Option<PathBuf>,
-    /// Platform to select from an image index (default: the configuration's, or linux/amd64).
+    /// Platform to select from an image index (default: linux/amd64, or the `platform` of a
+    /// command's --config).
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
     /// Take the index.json entry with this tag (`org.opencontainers.image.ref.name`).
@@ -82,28 +83,28 @@ pub struct FetchArgs {
     /// Take the index.json entry with this digest.
     #[arg(long, value_name = "sha256:HEX")]
     pub digest: Option<String>,
-    /// Seconds to connect (TCP or tunnel, and TLS) [default: [fetch] connect_timeout_secs, or 10].
+    /// Seconds to connect (TCP or tunnel, and TLS) [default: 10, or --config's [fetch] connect_timeout_secs].
     #[arg(long, value_name = "SECS")]
     pub connect_timeout: Option<u64>,
-    /// Seconds from a request to its response headers [default: [fetch] first_byte_timeout_secs, or 30].
+    /// Seconds from a request to its response headers [default: 30, or --config's [fetch] first_byte_timeout_secs].
     #[arg(long, value_name = "SECS")]
     pub first_byte_timeout: Option<u64>,
-    /// Longest silence, in seconds, inside a response body [default: [fetch] idle_timeout_secs, or 30].
+    /// Longest silence, in seconds, inside a response body [default: 30, or --config's [fetch] idle_timeout_secs].
     #[arg(long, value_name = "SECS")]
     pub idle_timeout: Option<u64>,
     /// Least bytes per second a response body must average over each --rate-window (0: off)
-    /// [default: [fetch] min_rate, or 16384].
+    /// [default: 16384, or --config's [fetch] min_rate].
     #[arg(long, value_name = "BYTES")]
     pub min_rate: Option<u64>,
     /// Seconds of waiting on a gateway after which its throughput is compared with --min-rate
-    /// [default: [fetch] rate_window_secs, or 30].
+    /// [default: 30, or --config's [fetch] rate_window_secs].
     #[arg(long, value_name = "SECS")]
     pub rate_window: Option<u64>,
-    /// Tries per gateway for one object before failing over [default: [fetch] tries, or 3].
+    /// Tries per gateway for one object before failing over [default: 3, or --config's [fetch] tries].
     #[arg(long, value_name = "N")]
     pub tries: Option<u32>,
     /// Longest time, in seconds, spent on one object across all gateways
-    /// [default: [fetch] object_deadline_secs, or 1800].
+    /// [default: 1800, or --config's [fetch] object_deadline_secs].
     #[arg(long, value_name = "SECS")]
     pub object_deadline: Option<u64>,
 }
