@@ -31,6 +31,7 @@ pub struct VerifyArgs {
     #[command(flatten)]
     pub fetch: FetchArgs,
     /// The runtime configuration the enclave was given (for --expect-image; default: none).
+    /// Its `[fetch]`, `platform`, `tag` and `digest` apply where their flags are not given.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// The event log served by the enclave's GET /v1/measurements (or `cidboot run --json`'s
@@ -373,7 +374,8 @@ pub struct ExpectArgs {
     pub reference: String,
     #[command(flatten)]
     pub fetch: FetchArgs,
-    /// The runtime configuration the enclave will be given (default: none).
+    /// The runtime configuration the enclave will be given (default: none). Its `[fetch]`,
+    /// `platform`, `tag` and `digest` apply where their flags are not given.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// The JSON that eif_build (or nitro-cli build-enclave) printed, for PCR0-2.

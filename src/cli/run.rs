@@ -26,7 +26,8 @@ pub struct RunArgs {
     pub reference: Option<String>,
     #[command(flatten)]
     pub fetch: FetchArgs,
-    /// Runtime configuration (TOML); measured.
+    /// Runtime configuration (TOML); measured. Its `[fetch]`, `platform`, `tag` and `digest`
+    /// apply where their flags are not given.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// The sealed secrets the configuration's [[secrets]] name (what `cidboot seal` prints);
