@@ -69,6 +69,9 @@ pub struct RuntimeConfig {
     /// `[fetch]`: timeouts, retries and parallel ranges.
     #[serde(default)]
     pub fetch: Fetch,
+    /// `[layers]`: how large the image may be once uncompressed.
+    #[serde(default)]
+    pub layers: Layers,
     /// `[kms]`: the AWS KMS the enclave asks for its secrets.
     pub kms: Option<Kms>,
     /// `[kms_proxy]`: the AWS KMS JSON API on loopback for the workload (needs `[kms]`).
@@ -250,6 +253,66 @@ impl Fetch {
                 held >> 20,
                 MAX_FETCH_HELD_BYTES >> 20
             )));
+        }
+        Ok(())
+    }
+}
+
+/// `[layers]`: the uncompressed size of an image and of each layer, and a layer's entries.
+/// Every key is optional (the defaults are in docs/limits.md); the flags of the same names of
+/// `cidboot run` and `cidboot unpack` win over them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layers {
+    /// MiB all layers may inflate to, together.
+    pub max_image_mib: Option<u64>,
+    /// MiB one layer may inflate to.
+    pub max_layer_mib: Option<u64>,
+    /// Tar entries in one layer.
+    pub max_layer_entries: Option<u64>,
+}
+
+/// The most `[layers] max_image_mib` and `max_layer_mib` accept: 1 TiB.
+pub const MAX_LAYERS_MIB: u64 = 1 << 20;
+/// The most `[layers] max_layer_entries` accepts.
+pub const MAX_LAYER_ENTRIES: u64 = 100_000_000;
+
+impl Layers {
+    /// These limits over `base`, each flag given in `flags` winning over this key.
+    pub fn apply_to(
+        &self,
+        flags: &Layers,
+        mut base: crate::apply::ApplyLimits,
+    ) -> crate::apply::ApplyLimits {
+        if let Some(m) = flags.max_image_mib.or(self.max_image_mib) {
+            base.max_total_uncompressed = m << 20;
+        }
+        if let Some(m) = flags.max_layer_mib.or(self.max_layer_mib) {
+            base.max_layer_uncompressed = m << 20;
+        }
+        if let Some(n) = flags.max_layer_entries.or(self.max_layer_entries) {
+            base.max_entries = n;
+        }
+        base
+    }
+
+    /// Each value within its bounds; `name` gives a key's name as its source spells it.
+    pub fn validate(&self, name: impl Fn(&str) -> String) -> Result<(), ConfigError> {
+        for (key, v, max) in [
+            ("max_image_mib", self.max_image_mib, MAX_LAYERS_MIB),
+            ("max_layer_mib", self.max_layer_mib, MAX_LAYERS_MIB),
+            (
+                "max_layer_entries",
+                self.max_layer_entries,
+                MAX_LAYER_ENTRIES,
+            ),
+        ] {
+            if matches!(v, Some(v) if v == 0 || v > max) {
+                return Err(ConfigError::Invalid(format!(
+                    "{} must be 1..={max}",
+                    name(key)
+                )));
+            }
         }
         Ok(())
     }
@@ -538,6 +601,7 @@ impl RuntimeConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.fetch.validate()?;
+        self.layers.validate(|k| format!("[layers] {k}"))?;
         if let Some(k) = &self.kms {
             k.endpoint()
                 .map_err(|e| ConfigError::Invalid(format!("[kms] {e}")))?;

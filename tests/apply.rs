@@ -9,6 +9,8 @@
     clippy::cast_possible_wrap
 )]
 
+mod common;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -301,6 +303,24 @@ fn change_of_the_root_type() {
 }
 
 #[test]
+fn the_root_entry_named_slash_by_umoci_insert_sets_the_root() {
+    // `umoci insert DIR /` names the root's own entry `/`; as with `./`, its mode and
+    // ownership are the root's. Any other absolute name is still refused (absolute_name).
+    let s = Scene::new();
+    let tar = common::umoci_root_insert(&s._tmp.path().join("umoci"), 0o751);
+    std::fs::set_permissions(&s.root, std::fs::Permissions::from_mode(0o700)).unwrap();
+    s.apply(tar).unwrap();
+    let m = std::fs::metadata(&s.root).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o751);
+    assert_eq!((m.uid(), m.gid()), (0, 0));
+    assert_eq!(
+        std::fs::read(s.p("etc/hello")).unwrap(),
+        b"hello from the root\n"
+    );
+    s.assert_outside_intact();
+}
+
+#[test]
 fn device_number_overflow() {
     let s = Scene::new();
     let e = s.refuse({
@@ -331,9 +351,8 @@ fn device_number_overflow() {
 }
 
 #[test]
-fn decompression_bomb() {
-    // 64 MiB of zeros compress to about 64 KiB; with the ratio limit at 100 the layer may
-    // inflate to 6.4 MiB at most.
+fn inflation_stops_at_the_layer_and_the_image_limits() {
+    // 64 MiB of zeros compress to about 64 KiB.
     let zeros = vec![0u8; 64 << 20];
     let gz = {
         use std::io::Write;
@@ -341,15 +360,45 @@ fn decompression_bomb() {
         e.write_all(&zeros).unwrap();
         e.finish().unwrap()
     };
-    let max = (gz.len() as u64) * 100;
+    let max = 6 << 20;
     let mut out = Vec::new();
-    let e = inflate::inflate(&gz[..], Compression::Gzip, max, &mut out).unwrap_err();
-    assert!(matches!(e, ApplyError::Bomb { .. }), "{e}");
+    let e = inflate::inflate(
+        &gz[..],
+        Compression::Gzip,
+        &inflate::Budget::single(max),
+        &mut out,
+    )
+    .unwrap_err();
+    assert!(matches!(e, ApplyError::LayerTooLarge { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("past 6 MiB, the limit on one layer's")
+            && e.to_string().contains("--max-layer-mib"),
+        "{e}"
+    );
     assert!(out.len() as u64 <= max, "wrote past the limit");
     // Zstd is bounded the same way.
     let zst = zstd::encode_all(&zeros[..], 3).unwrap();
-    let e = inflate::inflate(&zst[..], Compression::Zstd, 1 << 20, std::io::sink()).unwrap_err();
-    assert!(matches!(e, ApplyError::Bomb { .. }), "{e}");
+    let e = inflate::inflate(
+        &zst[..],
+        Compression::Zstd,
+        &inflate::Budget::single(1 << 20),
+        std::io::sink(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, ApplyError::LayerTooLarge { .. }), "{e}");
+    // The image's limit is shared by its layers as they inflate: two layers of 40 MiB do not
+    // fit in 64 MiB, though each fits in its own limit.
+    let part = zstd::encode_all(&zeros[..40 << 20], 3).unwrap();
+    let budget = inflate::Budget {
+        layer_max: 1 << 30,
+        image: inflate::ImageBudget::new(64 << 20),
+    };
+    let (n, _) = inflate::inflate(&part[..], Compression::Zstd, &budget, std::io::sink()).unwrap();
+    assert_eq!(n, 40 << 20);
+    let e = inflate::inflate(&part[..], Compression::Zstd, &budget, std::io::sink()).unwrap_err();
+    assert!(matches!(e, ApplyError::TotalTooLarge { .. }), "{e}");
+    assert!(e.to_string().contains("--max-image-mib"), "{e}");
 }
 
 #[test]
@@ -420,6 +469,7 @@ fn entry_and_size_limits() {
     }
     let e = s.apply_with(t.bytes(), &limits).unwrap_err();
     assert!(e.to_string().contains("more than 3 entries"), "{e}");
+    assert!(e.to_string().contains("--max-layer-entries"), "{e}");
     let deep = vec!["d"; 300].join("/");
     let e = s
         .apply({
@@ -432,6 +482,32 @@ fn entry_and_size_limits() {
 }
 
 // ---- OCI semantics ----
+
+#[test]
+fn runs_of_zeros_become_holes_and_read_back_the_same() {
+    let s = Scene::new();
+    let mut tail = vec![0u8; 8 << 20];
+    tail.extend_from_slice(b"end");
+    let mut mid = vec![7u8; 3 << 20];
+    mid.extend_from_slice(&vec![0u8; 4 << 20]);
+    mid.extend_from_slice(&[7u8; 100]);
+    s.apply({
+        let mut t = RawTar::new();
+        t.file("zeros", &vec![0u8; 16 << 20])
+            .file("tail", &tail)
+            .file("mid", &mid)
+            .file("small", &[0u8; 10]);
+        t.bytes()
+    })
+    .unwrap();
+    let zeros = std::fs::metadata(s.p("zeros")).unwrap();
+    assert_eq!(zeros.len(), 16 << 20);
+    assert!(zeros.blocks() * 512 < 1 << 20, "{} blocks", zeros.blocks());
+    assert!(std::fs::read(s.p("zeros")).unwrap().iter().all(|b| *b == 0));
+    assert_eq!(std::fs::read(s.p("tail")).unwrap(), tail);
+    assert_eq!(std::fs::read(s.p("mid")).unwrap(), mid);
+    assert_eq!(std::fs::read(s.p("small")).unwrap(), [0u8; 10]);
+}
 
 #[test]
 fn whiteouts_and_opaque_directories_in_any_order() {

@@ -434,9 +434,10 @@ fn an_interrupted_unpack_leaves_nothing_and_its_staging_is_private_meanwhile() {
     );
     let suid = staged[0].join("root/bin/suid-probe");
     wait_for(&suid);
-    // The image made its root 0755: still nothing another user can reach.
+    // The image makes its root 0755; unpack keeps it 0700 from the first entry, inside a
+    // private directory: nothing another user can reach.
     let root_mode = std::fs::metadata(staged[0].join("root")).unwrap().mode() & 0o7777;
-    assert_eq!(root_mode, 0o755);
+    assert_eq!(root_mode, 0o700);
     unreachable_by_another_user(&staged[0], &suid);
     let (code, stdout, stderr) = interrupt(child, Signal::SIGINT);
     assert_eq!(code, Some(130), "{stderr}");

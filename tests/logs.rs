@@ -483,6 +483,13 @@ fn a_record_numbered_2_64_minus_1_drops_its_connection_and_the_boot_goes_on() {
     assert_boot(&file, "real", &want);
     assert!(!std::fs::read_to_string(&file).unwrap().contains("poison"));
     host.wait_log("a boot reconnected to the log sink", Duration::from_secs(1));
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    assert_eq!(
+        mode & 0o777,
+        0o640,
+        "the log file the daemon created is not 0640"
+    );
 }
 
 /// A line of the daemon's output holds no control character but a tab, and no C1 control.

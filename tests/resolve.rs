@@ -741,3 +741,73 @@ fn without_block(car: &[u8], cid: &cid::Cid) -> Vec<u8> {
     assert!(out.len() < car.len(), "the block was not in the CAR");
     out
 }
+
+#[test]
+fn platform_chooses_among_entries_without_one_by_their_configs() {
+    use std::ffi::OsStr;
+    // Two single-platform images written by umoci, whose index.json entries carry a tag and
+    // no platform; the second is made arm64 in its config only.
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("platforms");
+    umoci_layout(&layout, &["amd", "arm"]);
+    umoci(&[
+        OsStr::new("config"),
+        OsStr::new("--image"),
+        OsStr::new(&format!("{}:arm", layout.display())),
+        OsStr::new("--architecture"),
+        OsStr::new("arm64"),
+    ]);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{index}");
+    assert!(
+        entries.iter().all(|e| e.get("platform").is_none()),
+        "{index}"
+    );
+    let digest_of = |tag: &str| {
+        entries
+            .iter()
+            .find(|e| e["annotations"]["org.opencontainers.image.ref.name"] == tag)
+            .unwrap()["digest"]
+            .clone()
+    };
+    let car = layout.with_extension("car");
+    let root = ipfs_car_pack(&layout, &car, false);
+    let gw = Gateway::start(&[car], work.path());
+    for (platform, tag) in [("linux/arm64", "arm"), ("linux/amd64", "amd")] {
+        let out = inspect(&gw, &root, &["--platform", platform]);
+        assert!(out.ok, "{platform}: {}", out.stderr);
+        assert_eq!(out.json()["manifest_digest"], digest_of(tag), "{platform}");
+        assert_eq!(out.json()["platform"], platform);
+    }
+    let out = inspect(&gw, &root, &["--platform", "linux/s390x"]);
+    assert!(
+        !out.ok
+            && out.stderr.contains(
+                "no manifest for linux/s390x in the index (available, from the images' configs: \
+                 linux/amd64, linux/arm64)"
+            ),
+        "{}",
+        out.stderr
+    );
+    // unpack applies the image the platform chose.
+    let rootfs = work.path().join("root");
+    let out = run(&[
+        "unpack",
+        &format!("ipfs://{root}"),
+        "--gateway",
+        &gw.url,
+        "--ca",
+        gw.ca.to_str().unwrap(),
+        "--platform",
+        "linux/arm64",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(
+        std::fs::read(rootfs.join("etc/greeting")).unwrap(),
+        b"hello from arm\n"
+    );
+}

@@ -241,3 +241,21 @@ fn layers_apply_in_order_with_whiteouts() {
     );
     assert!(!rootfs.join("dev/nsm").exists());
 }
+
+#[test]
+fn a_layer_from_umoci_insert_at_the_root_runs() {
+    // The layer's first entry is `/`, mode 0755: the root stays searchable by the
+    // workload's user, who reads what the layer put there.
+    let work = tempfile::tempdir().unwrap();
+    let tar = umoci_root_insert(&work.path().join("umoci"), 0o755);
+    let img = image_from_tars(
+        &[base_layer(), tar],
+        json!({"Entrypoint": ["/bin/probe"], "Cmd": ["cat", "/etc/hello"], "User": "app"}),
+    );
+    let r = run_image(&img, None, None, &[]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(
+        r.line("probe: cat /etc/hello hex="),
+        hex::encode(b"hello from the root\n")
+    );
+}

@@ -45,7 +45,13 @@ enum Attack {
     /// Truncates the first response, and forwards every request without its `entity-bytes`
     /// (a gateway that ignores ranges and resends the whole file).
     TruncateOnceIgnoringRanges,
-    WrongOrder,
+    /// Sends a file's blocks in another order than depth-first (its leaves reversed), which
+    /// the trustless gateway spec allows (`order=unk`): not an attack, but an order the
+    /// client cannot walk as it arrives.
+    OtherOrder,
+    /// Sends a file's blocks breadth-first (`order=unk`): every node of a level before the
+    /// next level's.
+    BreadthFirst,
     /// Answers the first request with 429 and `Retry-After: 1`.
     RateLimitOnce,
     /// Sends half of every multi-block CAR, then stalls.
@@ -104,7 +110,8 @@ async fn tamper(attack: Attack, body: Bytes) -> Bytes {
             let extra = b"one more".to_vec();
             blocks.push((raw_cid(&extra), extra));
         }
-        Attack::WrongOrder => blocks.swap(1, 2),
+        Attack::OtherOrder => blocks[1..].reverse(),
+        Attack::BreadthFirst => blocks = breadth_first(&root, blocks),
         Attack::Truncate
         | Attack::TruncateOnce
         | Attack::TruncateOnceIgnoringRanges
@@ -120,6 +127,23 @@ async fn tamper(attack: Attack, body: Bytes) -> Bytes {
         out.truncate(out.len() - 1000);
     }
     Bytes::from(out)
+}
+
+/// The blocks of a DAG rooted at `root`, reordered level by level.
+fn breadth_first(root: &cid::Cid, blocks: Vec<(cid::Cid, Vec<u8>)>) -> Vec<(cid::Cid, Vec<u8>)> {
+    let by_cid: std::collections::HashMap<cid::Cid, Vec<u8>> = blocks.into_iter().collect();
+    let mut queue = std::collections::VecDeque::from([*root]);
+    let mut out = Vec::new();
+    while let Some(c) = queue.pop_front() {
+        let data = by_cid[&c].clone();
+        if c.codec() == cidboot_ipld::block::CODEC_DAG_PB {
+            let block = cidboot_ipld::block::verify_block(&c, &Bytes::from(data.clone())).unwrap();
+            let node = cidboot_ipld::dagpb::decode(&block).unwrap();
+            queue.extend(node.links.iter().map(|l| l.cid));
+        }
+        out.push((c, data));
+    }
+    out
 }
 
 /// Starts the tampering proxy in its own runtime; returns its URL and CA.
@@ -234,11 +258,16 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_of(2_500_000)
+}
+
+/// The fixture with a large layer of `size` bytes of noise.
+fn fixture_of(size: usize) -> Fixture {
     let work = tempfile::tempdir().unwrap();
     let img = image(
         "amd64",
         &[
-            vec![("bin/big", noise(2_500_000, 7))],
+            vec![("bin/big", noise(size, 7))],
             vec![("etc/small", b"x".to_vec())],
         ],
     );
@@ -416,9 +445,51 @@ fn rate_limit_is_honoured_then_retried() {
 }
 
 #[test]
-fn wrong_car_order() {
-    let e = attacked(Attack::WrongOrder);
-    assert!(e.contains("blocks out of order"), "{e}");
+fn a_car_in_another_order_is_asked_for_again_block_by_block() {
+    // 2.5 MB: one CAR for the whole blob; 40 MB: parallel ranges, each a CAR (those in the
+    // middle of two leaves and more).
+    for size in [2_500_000, 40_000_000] {
+        another_order(size);
+    }
+}
+
+fn another_order(size: usize) {
+    let f = fixture_of(size);
+    let (url, ca, log) = start_proxy(&f.gateway, Attack::OtherOrder, f.work.path());
+    let out_dir = f.work.path().join("out");
+    let out = run(&[
+        "pull",
+        &format!("ipfs://{}", f.root),
+        "--gateway",
+        &url,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--oci-layout",
+        out_dir.to_str().unwrap(),
+    ]);
+    // pull checks every blob's size and sha256: the layout holds the image exactly.
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the gateway sent a CAR's blocks in another order than depth-first"),
+        "{}",
+        out.stderr
+    );
+    let log = log.lock().unwrap();
+    let car = log
+        .iter()
+        .position(|p| p.contains("format=car&dag-scope=entity"))
+        .unwrap();
+    assert!(
+        log[car..].iter().any(|p| p.contains("format=raw")),
+        "no block asked for alone after the CAR: {log:?}"
+    );
+    if size > 8 << 20 {
+        assert!(
+            log.iter().any(|p| p.contains("entity-bytes=")),
+            "no ranges: {log:?}"
+        );
+    }
 }
 
 #[test]
@@ -621,5 +692,118 @@ fn a_gateway_serving_wrong_content_is_abandoned_for_the_healthy_one() {
     assert!(
         stderr.contains("does not hash to its CID") && stderr.contains("trying the next one"),
         "{stderr}"
+    );
+}
+
+/// A dag-pb UnixFS file node over `children` (CID, content size).
+fn file_node(children: &[(cid::Cid, u64)]) -> (cid::Cid, Vec<u8>) {
+    use cidboot_ipld::dagpb::{PbLink, PbNode};
+    use cidboot_ipld::unixfs::{Data, Kind};
+    let sizes: Vec<u64> = children.iter().map(|c| c.1).collect();
+    let data = Data {
+        kind: Kind::File,
+        data: None,
+        filesize: Some(sizes.iter().sum()),
+        blocksizes: sizes,
+        hash_type: None,
+        fanout: None,
+    };
+    let node = PbNode {
+        links: children
+            .iter()
+            .map(|(c, _)| PbLink {
+                cid: *c,
+                name: None,
+                tsize: None,
+            })
+            .collect(),
+        data: Some(Bytes::from(data.encode())),
+    };
+    let bytes = cidboot_ipld::dagpb::encode(&node);
+    (
+        cidboot_ipld::block::cid_for(cidboot_ipld::block::CODEC_DAG_PB, &bytes),
+        bytes,
+    )
+}
+
+fn raw_block(data: &[u8]) -> (cid::Cid, Vec<u8>) {
+    (raw_cid(data), data.to_vec())
+}
+
+#[test]
+fn a_three_level_dag_sent_breadth_first_is_read_block_by_block() {
+    // A layer of four leaves under two nodes under its root, published as a manifest whose
+    // blobs are found by ipfs:// URLs; a real gateway serves it, and the proxy in front of it
+    // sends each CAR breadth-first: root, both nodes, then the leaves.
+    let work = tempfile::tempdir().unwrap();
+    let leaves: Vec<_> = (0..4u64)
+        .map(|i| raw_block(&noise(300_000, 100 + i)))
+        .collect();
+    let len = 300_000u64;
+    let n1 = file_node(&[(leaves[0].0, len), (leaves[1].0, len)]);
+    let n2 = file_node(&[(leaves[2].0, len), (leaves[3].0, len)]);
+    let root = file_node(&[(n1.0, 2 * len), (n2.0, 2 * len)]);
+    let blob: Vec<u8> = leaves.iter().flat_map(|l| l.1.clone()).collect();
+    let config = raw_block(
+        &serde_json::to_vec(&json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(&blob))]},
+        }))
+        .unwrap(),
+    );
+    let manifest = raw_block(
+        &serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": MT_MANIFEST,
+            "config": {
+                "mediaType": MT_CONFIG, "digest": format!("sha256:{}", sha256_hex(&config.1)),
+                "size": config.1.len(), "urls": [format!("ipfs://{}", config.0)],
+            },
+            "layers": [{
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": format!("sha256:{}", sha256_hex(&blob)),
+                "size": blob.len(), "urls": [format!("ipfs://{}", root.0)],
+            }],
+        }))
+        .unwrap(),
+    );
+    let car_path = work.path().join("dag.car");
+    let mut car = encode_header(&manifest.0);
+    for (c, b) in [&manifest, &config, &root, &n1, &leaves[0], &leaves[1], &n2]
+        .into_iter()
+        .chain(&leaves[2..])
+    {
+        write_section(&mut car, c, b).unwrap();
+    }
+    std::fs::write(&car_path, car).unwrap();
+    let gateway = Gateway::start(&[car_path], work.path());
+    let (url, ca, log) = start_proxy(&gateway, Attack::BreadthFirst, work.path());
+    let out_dir = work.path().join("out");
+    let out = run(&[
+        "pull",
+        &format!("ipfs://{}", manifest.0),
+        "--gateway",
+        &url,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--oci-layout",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the gateway sent a CAR's blocks in another order than depth-first"),
+        "{}",
+        out.stderr
+    );
+    // The blob in the layout is the layer, byte for byte.
+    assert_eq!(
+        std::fs::read(out_dir.join("blobs/sha256").join(sha256_hex(&blob))).unwrap(),
+        blob
+    );
+    let log = log.lock().unwrap();
+    assert!(
+        log.iter()
+            .any(|p| p.contains(&format!("{}?format=raw", leaves[3].0))),
+        "{log:?}"
     );
 }

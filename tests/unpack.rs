@@ -273,6 +273,47 @@ fn a_layer_from_umoci_insert_without_end_of_archive_blocks_unpacks() {
     );
 }
 
+#[test]
+fn a_layer_from_umoci_insert_at_the_root_unpacks_as_umoci_unpack_does() {
+    use std::ffi::OsStr;
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("umoci");
+    umoci_root_insert(&layout, 0o755);
+    // umoci itself accepts its layer.
+    let by_umoci = work.path().join("by-umoci");
+    umoci(&[
+        OsStr::new("unpack"),
+        OsStr::new("--rootless"),
+        OsStr::new("--image"),
+        OsStr::new(&format!("{}:latest", layout.display())),
+        by_umoci.as_os_str(),
+    ]);
+    assert_eq!(
+        std::fs::read(by_umoci.join("rootfs/etc/hello")).unwrap(),
+        b"hello from the root\n"
+    );
+    let car = work.path().join("umoci.car");
+    let root = ipfs_car_pack(&layout, &car, false);
+    let gw = Gateway::start(&[car], work.path());
+    let rootfs = work.path().join("root");
+    let out = run(&[
+        "unpack",
+        &format!("ipfs://{root}"),
+        "--gateway",
+        &gw.url,
+        "--ca",
+        gw.ca.to_str().unwrap(),
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(
+        std::fs::read(rootfs.join("etc/hello")).unwrap(),
+        b"hello from the root\n"
+    );
+}
+
 /// A version 2 `security.capability` value: effective, with CAP_NET_BIND_SERVICE permitted.
 const NET_BIND_CAP: [u8; 20] = [
     0x01, 0, 0, 0x02, 0, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,

@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ffi::CString;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::fcntl::{openat, OFlag};
@@ -38,9 +38,12 @@ pub struct LayerStats {
     pub file_bytes: u64,
     /// Whiteouts (`.wh.` entries) that removed something from a lower layer.
     pub whiteouts: u64,
+    /// Device nodes, and hard links to them, left out (`no_special_files`, `rootless`).
+    pub devices_left_out: u64,
 }
 
 /// Metadata gathered for one entry from its header and any PAX records before it.
+#[derive(Clone)]
 struct Meta {
     path: Vec<u8>,
     link: Option<Vec<u8>>,
@@ -249,7 +252,10 @@ fn apply_entries<R: Read>(
                 op: "dup",
                 source: e,
             })?;
-            set_owner_mode(&fd, &rel, &meta)?;
+            if let Some(m) = limits.root_mode {
+                meta.mode = m;
+            }
+            set_owner_mode(&fd, &rel, &meta, limits.rootless)?;
             dir_times.push((rel, meta.mtime));
             continue;
         }
@@ -284,7 +290,7 @@ fn apply_entries<R: Read>(
                 stats.file_bytes += ctx.regular(&dir, &cn, &rel, &meta, &mut entry, size)?;
             }
             EntryType::Symlink => ctx.symlink(&dir, &cn, &rel, &meta)?,
-            EntryType::Char | EntryType::Block if limits.no_special_files => {
+            EntryType::Char | EntryType::Block if limits.no_special_files || limits.rootless => {
                 // Left out, and whatever a lower layer had at this path goes, as the device
                 // node would have replaced it.
                 remove_all(&dir, name, &rel, 0)?;
@@ -292,7 +298,7 @@ fn apply_entries<R: Read>(
                 left_out_here = true;
             }
             EntryType::Link
-                if limits.no_special_files
+                if (limits.no_special_files || limits.rootless)
                     && meta
                         .link
                         .as_deref()
@@ -325,7 +331,9 @@ fn apply_entries<R: Read>(
             }
             _ => {}
         }
-        if !left_out_here {
+        if left_out_here {
+            stats.devices_left_out += 1;
+        } else {
             // Whatever this entry wrote at a path replaced a device left out there.
             left_out.remove(&rel);
         }
@@ -445,6 +453,8 @@ struct Ctx<'a> {
 
 /// The largest single write of file contents.
 const COPY_CHUNK: usize = 1 << 20;
+/// A chunk of zeros to compare file contents with (a slice comparison is one `memcmp`).
+static ZEROS: [u8; COPY_CHUNK] = [0; COPY_CHUNK];
 
 impl Ctx<'_> {
     /// Removes whatever is at `name` unless it is a directory and `keep_dir` is set.
@@ -487,7 +497,13 @@ impl Ctx<'_> {
             Mode::empty(),
         )
         .map_err(|e| fs_err(rel, "open", e))?;
-        set_owner_mode(&fd, rel, meta)?;
+        if self.limits.rootless {
+            let mut meta = meta.clone();
+            meta.mode |= 0o700;
+            set_owner_mode(&fd, rel, &meta, true)?;
+        } else {
+            set_owner_mode(&fd, rel, meta, false)?;
+        }
         set_xattrs(&fd, rel, meta)
     }
 
@@ -515,6 +531,10 @@ impl Ctx<'_> {
             buf.resize(want, 0);
         }
         let mut copied = 0u64;
+        // Runs of zeros become holes: a preallocated or sparse file of hundreds of MiB of
+        // zeros (common in images) then costs no memory in the enclave's tmpfs root, and
+        // reads back the same.
+        let mut holes = false;
         while copied < size {
             let room = buf
                 .len()
@@ -525,7 +545,14 @@ impl Ctx<'_> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ApplyError::Tar(e)),
             };
-            file.write_all(&buf[..n]).map_err(|e| ApplyError::Fs {
+            let wrote = if buf[..n] == ZEROS[..n] {
+                holes = true;
+                file.seek(io::SeekFrom::Start(copied + n as u64))
+                    .map(|_| ())
+            } else {
+                file.write_all(&buf[..n])
+            };
+            wrote.map_err(|e| ApplyError::Fs {
                 path: rel.display(),
                 op: "write",
                 source: e,
@@ -539,8 +566,16 @@ impl Ctx<'_> {
                 format!("{}: file data cut short", rel.display()),
             )));
         }
+        if holes {
+            // A file that ends in zeros ends in a hole: its size is set, not written.
+            file.set_len(size).map_err(|e| ApplyError::Fs {
+                path: rel.display(),
+                op: "truncate",
+                source: e,
+            })?;
+        }
         let fd = OwnedFd::from(file);
-        set_owner_mode(&fd, rel, meta)?;
+        set_owner_mode(&fd, rel, meta, self.limits.rootless)?;
         set_xattrs(&fd, rel, meta)?;
         let t = TimeSpec::new(meta.mtime, 0);
         nix::sys::stat::futimens(fd.as_fd(), &t, &t).map_err(|e| fs_err(rel, "utimens", e))?;
@@ -569,7 +604,9 @@ impl Ctx<'_> {
         let t = cname(target)?;
         symlinkat(t.as_c_str(), dir.as_fd(), name.as_c_str())
             .map_err(|e| fs_err(rel, "symlink", e))?;
-        owner_nofollow(dir, name, rel, meta)?;
+        if !self.limits.rootless {
+            owner_nofollow(dir, name, rel, meta)?;
+        }
         mtime_nofollow(dir, name, rel, meta)
     }
 
@@ -662,7 +699,9 @@ impl Ctx<'_> {
             nix::sys::stat::makedev(major.into(), minor.into()),
         )
         .map_err(|e| fs_err(rel, "mknod", e))?;
-        owner_nofollow(dir, name, rel, meta)?;
+        if !self.limits.rootless {
+            owner_nofollow(dir, name, rel, meta)?;
+        }
         // The node was just created by mknodat, so it is not a symlink: following is safe,
         // and nothing from the image runs while layers are applied.
         fchmodat(
@@ -724,10 +763,17 @@ fn gid(meta: &Meta, rel: &RelPath) -> Result<Gid, ApplyError> {
 }
 
 /// Ownership first, then mode: chown clears setuid and setgid bits, so the reverse order
-/// would lose them. Both act on an fd, never through a symlink.
-fn set_owner_mode(fd: &OwnedFd, rel: &RelPath, meta: &Meta) -> Result<(), ApplyError> {
-    fchown(fd.as_fd(), Some(uid(meta, rel)?), Some(gid(meta, rel)?))
-        .map_err(|e| fs_err(rel, "chown", e))?;
+/// would lose them. Both act on an fd, never through a symlink. `rootless`: no ownership.
+fn set_owner_mode(
+    fd: &OwnedFd,
+    rel: &RelPath,
+    meta: &Meta,
+    rootless: bool,
+) -> Result<(), ApplyError> {
+    if !rootless {
+        fchown(fd.as_fd(), Some(uid(meta, rel)?), Some(gid(meta, rel)?))
+            .map_err(|e| fs_err(rel, "chown", e))?;
+    }
     fchmod(fd.as_fd(), Mode::from_bits_truncate(meta.mode & 0o7777))
         .map_err(|e| fs_err(rel, "chmod", e))
 }

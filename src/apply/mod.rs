@@ -27,16 +27,17 @@ pub use layer::LayerStats;
 use crate::fetch::{BlobSink, FetchError, Gateways};
 use crate::oci::{OciError, Resolved};
 
-/// Bounds on what layers may do (see docs/limits.md).
+/// Bounds on what layers may do (see docs/limits.md). The three sizes a user may need to
+/// raise (an image's and a layer's uncompressed bytes, a layer's entries) are plain numbers,
+/// not ratios: a layer of zeros compresses a thousandfold and is still a legitimate layer, and
+/// a bomb is stopped by the same numbers before it has cost more than them.
 #[derive(Debug, Clone)]
 pub struct ApplyLimits {
-    /// Uncompressed bytes across all layers.
+    /// Uncompressed bytes across all layers (`[layers] max_image_mib`).
     pub max_total_uncompressed: u64,
-    /// A layer may inflate to `max_ratio` times its compressed size ...
-    pub max_ratio: u64,
-    /// ... or to this, whichever is larger (small layers of zeros are legitimate).
-    pub ratio_floor: u64,
-    /// Entries in one layer.
+    /// Uncompressed bytes of one layer (`[layers] max_layer_mib`).
+    pub max_layer_uncompressed: u64,
+    /// Entries in one layer (`[layers] max_layer_entries`).
     pub max_entries: u64,
     /// Bytes in one entry's path (or link target).
     pub max_path_len: usize,
@@ -49,20 +50,46 @@ pub struct ApplyLimits {
     /// Leave out device nodes, setuid and setgid bits and file capabilities
     /// (`security.capability` xattrs): for a root that is not then mounted `nodev,nosuid`.
     pub no_special_files: bool,
+    /// Applied without root, as `umoci unpack --rootless`: ownership is not applied (all
+    /// belongs to the user applying), device nodes are left out (only root may make them),
+    /// and directories keep their owner's rwx (so that later entries and layers can be
+    /// written into them, and the user can remove the tree).
+    pub rootless: bool,
+    /// The mode the root's own entry (`./`, `/`) gives the root, instead of the image's:
+    /// `unpack` keeps its root its owner's only from the first instant. The entry's ownership
+    /// is still applied.
+    pub root_mode: Option<u32>,
+}
+
+/// Default of `[layers] max_image_mib`: 16 GiB.
+pub const DEFAULT_IMAGE_MIB: u64 = 16 << 10;
+/// Default of `[layers] max_layer_mib`: 4 GiB.
+pub const DEFAULT_LAYER_MIB: u64 = 4 << 10;
+/// Default of `[layers] max_layer_entries`.
+pub const DEFAULT_LAYER_ENTRIES: u64 = 1_000_000;
+
+/// A size in the unit its knob takes: MiB when whole, bytes otherwise.
+fn mib(bytes: &u64) -> String {
+    if bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 impl Default for ApplyLimits {
     fn default() -> Self {
         ApplyLimits {
-            max_total_uncompressed: 32 << 30,
-            max_ratio: 100,
-            ratio_floor: 256 << 20,
-            max_entries: 1_000_000,
+            max_total_uncompressed: DEFAULT_IMAGE_MIB << 20,
+            max_layer_uncompressed: DEFAULT_LAYER_MIB << 20,
+            max_entries: DEFAULT_LAYER_ENTRIES,
             max_path_len: 4096,
             max_path_depth: 256,
             max_pax_size: 1 << 20,
             parallelism: 2,
             no_special_files: false,
+            rootless: false,
+            root_mode: None,
         }
     }
 }
@@ -89,15 +116,15 @@ pub enum ApplyError {
         #[source]
         source: Box<ApplyError>,
     },
-    #[error("decompression bomb: the layer inflates past {max} bytes (the limit for its size)")]
-    Bomb { max: u64 },
+    #[error("the layer inflates past {}, the limit on one layer's uncompressed size (raise it with --max-layer-mib, or max_layer_mib in the configuration's [layers])", mib(.max))]
+    LayerTooLarge { max: u64 },
     #[error("decompressing the layer failed: {0}")]
     Decompress(io::Error),
     #[error("malformed tar stream: {0}")]
     Tar(io::Error),
     #[error("entry {path:?} is longer than {max} bytes")]
     PathTooLong { path: String, max: usize },
-    #[error("more than {0} entries in one layer")]
+    #[error("more than {0} entries in one layer, the limit on a layer's entries (raise it with --max-layer-entries, or max_layer_entries in the configuration's [layers])")]
     TooManyEntries(u64),
     #[error("PAX or long-name header of {size} bytes exceeds the {max}-byte limit")]
     PaxTooLarge { size: u64, max: u64 },
@@ -117,7 +144,7 @@ pub enum ApplyError {
     Owner(String),
     #[error("not supported: {0}")]
     Unsupported(String),
-    #[error("the image inflates past {max} bytes in all")]
+    #[error("the image inflates past {} in all, the limit on an image's uncompressed size (raise it with --max-image-mib, or max_image_mib in the configuration's [layers])", mib(.max))]
     TotalTooLarge { max: u64 },
     #[error("{op} {path}: {source}")]
     Fs {
@@ -192,6 +219,8 @@ pub struct ApplyReport {
     pub entries: u64,
     /// Regular files' content, in all.
     pub file_bytes: u64,
+    /// Device nodes (and hard links to them) left out: `--no-special-files`, or no root.
+    pub devices_left_out: u64,
     /// Wall-clock seconds the whole apply took: fetch, verification, inflation and writing.
     pub seconds: f64,
 }
@@ -297,7 +326,7 @@ async fn stage_layer(
     resolved: Arc<Resolved>,
     index: usize,
     spill: spill::SpillWriter,
-    max_out: u64,
+    budget: inflate::Budget,
     observer: Arc<dyn Observer>,
 ) -> Result<u64, ApplyError> {
     let blob = resolved.layers[index].clone();
@@ -314,7 +343,7 @@ async fn stage_layer(
         let mut out = io::BufWriter::with_capacity(1 << 20, spill);
         // `inflate` flushes on success; on failure the unflushed rest is of no use.
         let result =
-            inflate::inflate(reader, compression, max_out, &mut out).and_then(|(size, diff)| {
+            inflate::inflate(reader, compression, &budget, &mut out).and_then(|(size, diff)| {
                 if format!("sha256:{diff}") == expected {
                     Ok(size)
                 } else {
@@ -415,17 +444,18 @@ async fn apply_layers(
     let started = Instant::now();
     let root = Arc::new(fs::Root::open(rootfs)?);
     let permits = Arc::new(Semaphore::new(limits.parallelism.max(1)));
+    let image_budget = inflate::ImageBudget::new(limits.max_total_uncompressed);
     let mut jobs = Vec::new();
-    for (i, layer) in resolved.layers.iter().enumerate() {
+    for i in 0..resolved.layers.len() {
         let path = scratch.join(format!("layer-{i}.tar"));
         let (writer, reader) = spill::create(&path).map_err(|source| ApplyError::Io {
             what: format!("creating {}", path.display()),
             source,
         })?;
-        let max_out = limits
-            .ratio_floor
-            .max(layer.desc.size().saturating_mul(limits.max_ratio))
-            .min(limits.max_total_uncompressed);
+        let budget = inflate::Budget {
+            layer_max: limits.max_layer_uncompressed,
+            image: image_budget.clone(),
+        };
         let (gw, resolved, permits) = (gw.clone(), resolved.clone(), permits.clone());
         let observer = observer.clone();
         let job = tokio::spawn(async move {
@@ -433,7 +463,7 @@ async fn apply_layers(
                 .acquire_owned()
                 .await
                 .map_err(|_| ApplyError::Internal("semaphore closed".into()))?;
-            stage_layer(gw, resolved, i, writer, max_out, observer).await
+            stage_layer(gw, resolved, i, writer, budget, observer).await
         });
         jobs.push((reader, job));
     }
@@ -471,11 +501,6 @@ async fn apply_layers(
             }
         };
         total += size;
-        if total > limits.max_total_uncompressed {
-            return Err(ApplyError::TotalTooLarge {
-                max: limits.max_total_uncompressed,
-            });
-        }
         let layer = LayerReport {
             digest,
             compressed_bytes: resolved.layers[i].desc.size(),
@@ -497,6 +522,7 @@ async fn apply_layers(
         report.compressed_bytes += layer.compressed_bytes;
         report.entries += layer.entries;
         report.file_bytes += layer.file_bytes;
+        report.devices_left_out += stats.devices_left_out;
         report.layers.push(layer);
     }
     report.uncompressed_bytes = total;

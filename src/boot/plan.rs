@@ -40,6 +40,8 @@ pub struct Overrides {
     pub fetch: Fetch,
     /// Where the attestation API listens, over the configuration's `[attestation] listen`.
     pub attestation_listen: Option<String>,
+    /// Layer limits, each of which wins over the configuration's `[layers]` key of that name.
+    pub layers: crate::config::Layers,
 }
 
 /// What the machine the boot runs on provides.
@@ -186,6 +188,7 @@ pub fn build(config: Loaded, o: &Overrides, m: Machine) -> Result<Plan, BootErro
         cgroup: None,
     };
     let deadline = super::deadline_for(&config);
+    let apply_limits = cfg.layers.apply_to(&o.layers, ApplyLimits::default());
     Ok(Plan {
         reference,
         config,
@@ -194,7 +197,7 @@ pub fn build(config: Loaded, o: &Overrides, m: Machine) -> Result<Plan, BootErro
         helpers_dir: m.helpers_dir,
         sandbox,
         limits: Limits::default(),
-        apply_limits: ApplyLimits::default(),
+        apply_limits,
         nsm: m.nsm,
         attestation_listen,
         egress_dialer: m.egress_dialer,

@@ -133,7 +133,10 @@ async fn expected_log(
         &gw,
         &selector.platform,
         &Limits::default(),
-        &crate::apply::ApplyLimits::default(),
+        &cfg.config.layers.apply_to(
+            &crate::config::Layers::default(),
+            crate::apply::ApplyLimits::default(),
+        ),
         scratch.path(),
         super::progress::layers(),
     )

@@ -1,5 +1,4 @@
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
@@ -10,7 +9,6 @@ use crate::fetch::{BlobSink, Gateways};
 use crate::oci::layout::{FileSink, LayoutWriter};
 use crate::oci::{self, sha256_hex, Artifact, Limits, Resolved, Target};
 use crate::reference::ImageRef;
-use crate::scratch::PrivateDir;
 use crate::transport::TcpConnector;
 
 #[derive(Args, Debug)]
@@ -566,20 +564,57 @@ async fn pull_files(
     Ok(())
 }
 
+/// The layer limits of `run` and `unpack`; each wins over the configuration's `[layers]` key of
+/// the same name. `pull` writes the compressed blobs as they are and inflates nothing, so
+/// these do not apply to it.
+#[derive(Args, Debug, Clone, Default)]
+pub struct LayerLimitArgs {
+    /// MiB all layers may inflate to together [default: [layers] max_image_mib, or 16384].
+    #[arg(long, value_name = "MIB")]
+    pub max_image_mib: Option<u64>,
+    /// MiB one layer may inflate to [default: [layers] max_layer_mib, or 4096].
+    #[arg(long, value_name = "MIB")]
+    pub max_layer_mib: Option<u64>,
+    /// Tar entries in one layer [default: [layers] max_layer_entries, or 1000000].
+    #[arg(long, value_name = "N")]
+    pub max_layer_entries: Option<u64>,
+}
+
+impl LayerLimitArgs {
+    /// The flags given, checked against the bounds the configuration's keys have.
+    pub fn layers(&self) -> Result<crate::config::Layers, CliError> {
+        let l = crate::config::Layers {
+            max_image_mib: self.max_image_mib,
+            max_layer_mib: self.max_layer_mib,
+            max_layer_entries: self.max_layer_entries,
+        };
+        l.validate(|k| format!("--{}", k.replace('_', "-")))
+            .map_err(|e| match e {
+                crate::config::ConfigError::Invalid(m) => CliError::Usage(m),
+                e => CliError::Usage(e.to_string()),
+            })?;
+        Ok(l)
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct UnpackArgs {
     /// ipfs://<CID> or https://<gateway>/ipfs/<CID>
     pub reference: String,
     #[command(flatten)]
     pub fetch: FetchArgs,
-    /// Directory to apply the image into (must not exist, or be empty; ownership needs root).
-    /// It is left mode 0700, whatever mode the image gives `/`.
+    /// Directory to apply the image into: one to create, or an empty directory or mount point,
+    /// filled in place (and emptied again on failure). It is left mode 0700, whatever mode the
+    /// image gives `/`. Without root, the image is unpacked rootless: ownership is not applied
+    /// and device nodes are left out.
     #[arg(long)]
     pub rootfs: PathBuf,
     /// Leave out device nodes, setuid and setgid bits, and file capabilities
     /// (`security.capability` xattrs), so that no local user can use them through the root.
     #[arg(long)]
     pub no_special_files: bool,
+    #[command(flatten)]
+    pub layers: LayerLimitArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -588,63 +623,46 @@ pub struct UnpackArgs {
 /// Fetches, verifies and applies an image into a directory, like `umoci unpack` but from a
 /// CID: the boot path without the measurement and the workload.
 pub async fn unpack(a: UnpackArgs) -> Result<(), CliError> {
+    let layers = a.layers.layers()?;
+    // What cannot work is refused before anything is fetched.
+    let target = super::unpack_target::UnpackTarget::prepare(&a.rootfs)?;
+    // Without root, ownership cannot be applied nor device nodes made: the image is unpacked
+    // as `umoci unpack --rootless` does, and the output says so.
+    let rootless = !nix::unistd::geteuid().is_root();
     let (gw, resolved) = resolve(&a.reference, &a.fetch).await?;
-    let io = |what: &Path| {
-        let what = what.display().to_string();
-        move |source| CliError::Io { what, source }
-    };
-    if a.rootfs.is_file() || std::fs::read_dir(&a.rootfs).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(CliError::Usage(format!(
-            "--rootfs {} exists and is not empty",
-            a.rootfs.display()
-        )));
-    }
-    // The root is applied inside a private directory beside the target (mode 0700 from its
-    // creation, see crate::scratch), and renamed into place only once complete and private
-    // itself: a failure, a signal or a kill leaves nothing usable behind, and at no instant
-    // can another local user reach the image's setuid files or device nodes through it.
-    let parent = match a.rootfs.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
-    let work = PrivateDir::create(&parent, ".cidboot-unpack-")?;
-    let staged = work.path().join("root");
-    let spill = work.path().join("spill");
-    for d in [&staged, &spill] {
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(d)
-            .map_err(io(d))?;
-    }
     let report = crate::apply::apply_observed(
         gw,
         Arc::new(resolved),
-        &staged,
-        &spill,
-        &crate::apply::ApplyLimits {
-            no_special_files: a.no_special_files,
-            ..crate::apply::ApplyLimits::default()
-        },
+        target.root(),
+        target.spill(),
+        &layers.apply_to(
+            &crate::config::Layers::default(),
+            crate::apply::ApplyLimits {
+                no_special_files: a.no_special_files,
+                rootless,
+                // Only its owner may enter the root, whatever mode the image gives `/`: an
+                // image's device nodes and setuid binaries are then of no use to any other
+                // local user, at any instant.
+                root_mode: Some(0o700),
+                ..crate::apply::ApplyLimits::default()
+            },
+        ),
         super::progress::layers(),
     )
     .await?;
-    // Only its owner may enter the root, whatever mode the image gives `/` (its `./` entry
-    // sets it): an image's device nodes and setuid binaries are then of no use to any other
-    // local user. Still inside the private directory, so there is no instant without it.
-    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o700))
-        .map_err(io(&staged))?;
-    if a.rootfs.exists() {
-        std::fs::remove_dir(&a.rootfs).map_err(io(&a.rootfs))?;
-    }
-    std::fs::rename(&staged, &a.rootfs).map_err(io(&a.rootfs))?;
-    drop(work);
+    target.commit()?;
     if a.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        )?;
+        let mut v = serde_json::to_value(&report).unwrap_or_default();
+        v["rootless"] = serde_json::Value::Bool(rootless);
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())?;
     } else {
+        if rootless {
+            outln!(
+                "rootless (not run as root, as umoci unpack --rootless): ownership not applied, everything belongs to uid {}; {} device node(s) left out; directories keep their owner's rwx",
+                nix::unistd::geteuid(),
+                report.devices_left_out
+            )?;
+        }
         outln!("{}", super::progress::summary(&report, &a.rootfs))?;
     }
     Ok(())

@@ -9,6 +9,7 @@ mod publish;
 mod run;
 mod seal;
 mod signals;
+mod unpack_target;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -26,6 +26,8 @@ pub struct RunArgs {
     pub reference: Option<String>,
     #[command(flatten)]
     pub fetch: FetchArgs,
+    #[command(flatten)]
+    pub layers: super::image::LayerLimitArgs,
     /// Runtime configuration (TOML); measured. Its `[fetch]`, `platform`, `tag` and `digest`
     /// apply where their flags are not given.
     #[arg(long)]
@@ -297,6 +299,17 @@ fn claim_rootfs(p: &Path) -> Result<KeptDir, CliError> {
             p.display()
         )));
     }
+    // What cannot work is refused before anything is fetched.
+    match std::fs::metadata(p) {
+        Ok(m) if !m.is_dir() => {
+            return Err(CliError::Usage(format!(
+                "--rootfs {} exists and is not a directory",
+                p.display()
+            )))
+        }
+        Ok(_) => super::unpack_target::check_writable(p, p)?,
+        Err(_) => {}
+    }
     KeptDir::claim(p).map_err(|e| match e {
         ScratchError::NotEmpty { .. } => {
             CliError::Usage(format!("--rootfs {} exists and is not empty", p.display()))
@@ -370,6 +383,7 @@ async fn boot_and_run(
         digest: a.fetch.digest.clone(),
         fetch: a.fetch.overrides(),
         attestation_listen: a.attestation_listen.clone(),
+        layers: a.layers.layers()?,
     };
     // Everything up to the workload's exec, which a signal interrupts at any point: what it
     // started (a helper, the sandbox) is killed as its future is dropped.

@@ -26,6 +26,12 @@ pub(super) const NO_CAR: u8 = 1;
 pub(super) const NO_RAW: u8 = 2;
 /// The gateway ignored `entity-bytes`: it resent a file from its start when asked to resume.
 pub(super) const NO_RANGES: u8 = 4;
+/// The gateway sent a file's CAR in another order than the depth-first one asked for
+/// (`order=unk`, which the trustless gateway spec allows, e.g. breadth-first). Reading such a
+/// stream would mean holding blocks until their turn, as many as the gateway chooses; instead
+/// the gateway is asked again block by block (`format=raw`), the client walking the DAG in its
+/// own order with the raw walk's few blocks ahead.
+pub(super) const NO_DFS: u8 = 8;
 
 /// The statuses with which a gateway says it does not serve a format.
 fn refuses(e: &FetchError) -> Option<u16> {
@@ -40,10 +46,17 @@ impl Gateway {
         self.refused.load(Ordering::Relaxed) & what != 0
     }
 
+    /// Whether this gateway's CARs of whole files can be walked as they arrive.
+    pub(super) fn car_files(&self) -> bool {
+        !self.refused(NO_CAR) && !self.refused(NO_DFS)
+    }
+
     pub(super) fn remember(&self, what: u8, status: u16) {
         self.refused.fetch_or(what, Ordering::Relaxed);
         if what == NO_RANGES {
             warn!(gateway = %self.label, "the gateway ignored entity-bytes and resent the file from its start: resuming from it by reading whole files, skipping what has already verified");
+        } else if what == NO_DFS {
+            warn!(gateway = %self.label, "the gateway sent a CAR's blocks in another order than depth-first (order=unk, which the trustless gateway spec allows): fetching files from it block by block (format=raw) from the verified offset on");
         } else if what == NO_CAR {
             info!(gateway = %self.label, status, "the gateway refuses CAR responses: fetching from it block by block (format=raw)");
         } else {
@@ -107,8 +120,10 @@ impl Gateways {
         size: &mut Option<u64>,
         sink: &mut S,
     ) -> Result<(), FetchError> {
-        if !gw.refused(NO_CAR) {
+        if gw.car_files() {
             match self.file_once(gw, cid, rule, delivered, size, sink).await {
+                // What verified so far stays delivered; the rest is asked for block by block.
+                Err(FetchError::OutOfOrder { .. }) => gw.remember(NO_DFS, 0),
                 Err(e) => match refuses(&e) {
                     Some(status) => gw.remember(NO_CAR, status),
                     None => return Err(e),

@@ -35,7 +35,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tracing::{debug, info, warn};
 
 use super::car::CarReader;
-use super::formats::{NO_CAR, NO_RANGES, NO_RAW, RAW_CONCURRENCY};
+use super::formats::{NO_CAR, NO_DFS, NO_RANGES, NO_RAW, RAW_CONCURRENCY};
 use super::gateway::{check_content_type, check_status, Gateway, Walk, ACCEPT_CAR};
 use super::plan::Planned;
 pub use super::plan::MAX_PLAN_PIECES;
@@ -242,17 +242,22 @@ impl Gateways {
         to: u64,
     ) -> RangeFuture<'a> {
         Box::pin(async move {
-            if gw.refused(NO_CAR) {
-                let t0 = Instant::now();
-                let mut buf = BytesMut::with_capacity(usize::try_from(to - from).unwrap_or(0));
-                let mut at = from;
-                let node = FileNode::parse(&self.block_any(gw, root).await?)?;
-                let ttfb = t0.elapsed();
-                self.range_raw(gw, root, node, from, to, &mut at, &mut buf)
-                    .await?;
-                return finish(root, buf, at, to, ttfb);
+            if gw.car_files() {
+                match self.range_car(gw, root, size, from, to).await {
+                    // Blocks in another order than depth-first: the range is asked for again
+                    // block by block (see formats::NO_DFS).
+                    Err(FetchError::OutOfOrder { .. }) => gw.remember(NO_DFS, 0),
+                    r => return r,
+                }
             }
-            self.range_car(gw, root, size, from, to).await
+            let t0 = Instant::now();
+            let mut buf = BytesMut::with_capacity(usize::try_from(to - from).unwrap_or(0));
+            let mut at = from;
+            let node = FileNode::parse(&self.block_any(gw, root).await?)?;
+            let ttfb = t0.elapsed();
+            self.range_raw(gw, root, node, from, to, &mut at, &mut buf)
+                .await?;
+            finish(root, buf, at, to, ttfb)
         })
     }
 

@@ -263,6 +263,18 @@ impl fmt::Display for Platform {
 }
 
 impl Platform {
+    /// Whether `p` (from an image's config) is this platform; a variant is compared only when
+    /// this one sets it.
+    pub fn matches_platform(&self, p: &Platform) -> bool {
+        p.os == self.os
+            && p.arch == self.arch
+            && match (&self.variant, &p.variant) {
+                (Some(want), Some(have)) => want == have,
+                (Some(_), None) => false,
+                (None, _) => true,
+            }
+    }
+
     /// Whether an index entry's platform is this one; a variant is compared only when this one sets
     /// it.
     pub fn matches(&self, p: &oci_spec::image::Platform) -> bool {

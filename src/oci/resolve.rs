@@ -271,9 +271,20 @@ struct Resolver<'a> {
     in_layout: std::sync::atomic::AtomicBool,
 }
 
-/// Most manifests fetched to tell a runnable image from referrers when index.json lists
-/// several untagged, platform-less entries and nothing was selected.
+/// Most manifests (and their images' configs) read to tell index entries without a platform
+/// apart: referrers from images, and images by the platform their configs give.
 pub const MAX_PROBED_ENTRIES: usize = 16;
+
+/// An index entry without a platform, as its manifest and config describe it.
+struct Probed<'d> {
+    desc: &'d Descriptor,
+    /// Its manifest, kept when it may be the one chosen.
+    manifest: Option<Bytes>,
+    /// Whether its config's platform is the one selected (`None`: not an image).
+    fits: Option<bool>,
+    /// What it is, for messages.
+    platform: String,
+}
 
 impl Resolver<'_> {
     async fn root(&self, root: &Cid) -> Result<(RootKind, Locator, RootDoc), OciError> {
@@ -537,32 +548,42 @@ impl Resolver<'_> {
         } else if unplatformed.len() == 1 {
             unplatformed[0]
         } else if unplatformed.len() > 1 {
-            if !auto || unplatformed.len() > MAX_PROBED_ENTRIES {
+            if unplatformed.len() > MAX_PROBED_ENTRIES {
                 return Err(ambiguous(&unplatformed));
             }
-            // Referrers need not say so in index.json (oras writes them untagged, without
-            // `subject` on the entry): look inside each manifest.
-            let mut runnable = Vec::new();
-            for d in &unplatformed {
-                if !is_manifest(d.media_type()) {
-                    runnable.push((*d, None));
-                    continue;
+            let probed = self.probe(locator, &unplatformed, auto).await?;
+            // One runnable image: the one meant (its platform is checked against its config
+            // when it is resolved). Several: their configs tell them apart, as containerd
+            // does for entries that carry tags but no platform.
+            let fitting: Vec<&Probed> = if probed.len() == 1 {
+                probed.iter().collect()
+            } else {
+                probed.iter().filter(|p| p.fits == Some(true)).collect()
+            };
+            match fitting.as_slice() {
+                [p] => {
+                    prefetched = p.manifest.clone();
+                    p.desc
                 }
-                let cid = locator.locate(d)?;
-                let b = self
-                    .doc(d, cid, "manifest", self.limits.max_manifest)
-                    .await?;
-                let m: serde_json::Value = parse_json("image manifest", &b)?;
-                if !manifest_is_referrer_or_artifact(&m) {
-                    runnable.push((*d, Some(b)));
+                [] if !probed.is_empty() && probed.iter().all(|p| p.fits == Some(false)) => {
+                    return Err(OciError::Platform(format!(
+                        "no manifest for {} in the index (available, from the images' configs: {})",
+                        self.sel.platform,
+                        probed
+                            .iter()
+                            .map(|p| p.platform.clone())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
                 }
-            }
-            match runnable.as_slice() {
-                [(d, b)] => {
-                    prefetched = b.clone();
-                    d
+                _ => {
+                    let c: Vec<&Descriptor> = if fitting.is_empty() {
+                        unplatformed.clone()
+                    } else {
+                        fitting.iter().map(|p| p.desc).collect()
+                    };
+                    return Err(ambiguous(&c));
                 }
-                _ => return Err(ambiguous(&unplatformed)),
             }
         } else {
             let available: Vec<String> = chosen_from
@@ -715,6 +736,70 @@ impl Resolver<'_> {
             image_config,
             layers: blobs,
         })))
+    }
+
+    /// Reads the manifests of index entries without a platform, and each image's config, to
+    /// learn what each is: referrers and artifacts are left out when `skip_referrers`, and
+    /// each image is compared with the selected platform by its config's os, architecture
+    /// and variant. At most [`MAX_PROBED_ENTRIES`] entries, each document within its cap, one
+    /// held at a time (only the manifests of matching images are kept).
+    async fn probe<'d>(
+        &self,
+        locator: &Locator,
+        entries: &[&'d Descriptor],
+        skip_referrers: bool,
+    ) -> Result<Vec<Probed<'d>>, OciError> {
+        let mut out = Vec::new();
+        for d in entries {
+            if !is_manifest(d.media_type()) {
+                // A nested index: what it holds is chosen inside it.
+                out.push(Probed {
+                    desc: d,
+                    manifest: None,
+                    fits: None,
+                    platform: "an index".into(),
+                });
+                continue;
+            }
+            let cid = locator.locate(d)?;
+            let b = self
+                .doc(d, cid, "manifest", self.limits.max_manifest)
+                .await?;
+            let m: serde_json::Value = parse_json("image manifest", &b)?;
+            if manifest_is_referrer_or_artifact(&m) {
+                if skip_referrers {
+                    continue;
+                }
+                out.push(Probed {
+                    desc: d,
+                    manifest: Some(b),
+                    fits: None,
+                    platform: "an artifact".into(),
+                });
+                continue;
+            }
+            let manifest: ImageManifest = parse_json("image manifest", &b)?;
+            let config_desc = manifest.config();
+            let config_cid = locator.locate(config_desc)?;
+            let config = self
+                .doc(config_desc, config_cid, "config", self.limits.max_config)
+                .await?;
+            let config: ImageConfiguration = parse_json("image config", &config)?;
+            let platform = Platform {
+                os: config.os().to_string(),
+                arch: config.architecture().to_string(),
+                variant: config.variant().clone(),
+            };
+            let fits = self.sel.platform.matches_platform(&platform);
+            debug!(manifest = %d.digest(), %platform, fits, "index entry without a platform, read from its config");
+            out.push(Probed {
+                desc: d,
+                manifest: fits.then_some(b),
+                fits: Some(fits),
+                platform: platform.to_string(),
+            });
+        }
+        Ok(out)
     }
 
     /// Fetches a document named by a descriptor, refusing it before fetching if over `cap`.

@@ -805,3 +805,41 @@ impl FormatFilter {
         FormatFilter { url, refusals }
     }
 }
+
+/// A layout written by umoci whose one layer is `umoci insert --rootless DIR /`: its first
+/// entry is named `/` and carries DIR's mode (`root_mode`). DIR holds `etc/hello`. Returns the
+/// layer's tar, decompressed.
+pub fn umoci_root_insert(layout: &Path, root_mode: u32) -> Vec<u8> {
+    use std::ffi::OsStr;
+    use std::os::unix::fs::PermissionsExt;
+    let src = layout.with_extension("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::write(src.join("etc/hello"), b"hello from the root\n").unwrap();
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(root_mode)).unwrap();
+    umoci(&[
+        OsStr::new("init"),
+        OsStr::new("--layout"),
+        layout.as_os_str(),
+    ]);
+    let image = format!("{}:latest", layout.display());
+    umoci(&[OsStr::new("new"), OsStr::new("--image"), OsStr::new(&image)]);
+    umoci(&[
+        OsStr::new("insert"),
+        OsStr::new("--rootless"),
+        OsStr::new("--image"),
+        OsStr::new(&image),
+        src.as_os_str(),
+        OsStr::new("/"),
+    ]);
+    let manifest = layout_manifest(layout);
+    let digest = manifest["layers"][0]["digest"].as_str().unwrap();
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&layout_blob(layout, digest)[..]),
+        &mut tar,
+    )
+    .unwrap();
+    // The property the callers test: umoci named the root's own entry `/`.
+    assert_eq!(&tar[..2], b"/\0", "umoci no longer names the root entry /");
+    tar
+}

@@ -8,7 +8,9 @@ pub struct RelPath(pub Vec<Vec<u8>>);
 
 impl RelPath {
     /// Normalizes an archive name. Absolute names and `..` components are refused: neither
-    /// appears in a well-formed layer, and both are classic escape attempts.
+    /// appears in a well-formed layer, and both are classic escape attempts. The one exception
+    /// is the root's own entry, `/` (or `/.`, `//`): `umoci insert DIR /` writes it, and GNU
+    /// tar and umoci apply it to the root as `./`. It names nothing outside the root.
     pub fn parse(raw: &[u8], max_len: usize, max_depth: usize) -> Result<RelPath, RootfsError> {
         let shown = || String::from_utf8_lossy(raw).into_owned();
         if raw.len() > max_len {
@@ -17,7 +19,9 @@ impl RelPath {
                 max: max_len,
             });
         }
-        if raw.first() == Some(&b'/') {
+        if raw.first() == Some(&b'/')
+            && !raw.split(|b| *b == b'/').all(|c| c.is_empty() || c == b".")
+        {
             return Err(RootfsError::AbsolutePath(shown()));
         }
         let mut parts = Vec::new();
@@ -86,6 +90,15 @@ mod tests {
         let p = RelPath::parse(b"./a//b/./c/", 100, 10).unwrap();
         assert_eq!(p.display(), "/a/b/c");
         assert!(RelPath::parse(b"./", 100, 10).unwrap().is_root());
+        for root in [&b"/"[..], b"//", b"/.", b"/./"] {
+            assert!(RelPath::parse(root, 100, 10).unwrap().is_root());
+        }
+        for abs in [&b"/etc/x"[..], b"/./etc", b"//x", b"/.."] {
+            assert!(matches!(
+                RelPath::parse(abs, 100, 10),
+                Err(RootfsError::AbsolutePath(_))
+            ));
+        }
         assert!(matches!(
             RelPath::parse(b"/etc/passwd", 100, 10),
             Err(RootfsError::AbsolutePath(_))

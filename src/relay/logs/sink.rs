@@ -56,10 +56,14 @@ struct Output {
     file: Option<std::fs::File>,
 }
 
+/// A new log file is readable by the daemon's group at most: the workload's output is its own,
+/// not every local user's. An existing file keeps the mode its operator gave it.
 fn open_log(path: &Path) -> Result<std::fs::File, LogError> {
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o640)
         .open(path)
         .map_err(|source| LogError::File {
             path: path.display().to_string(),
