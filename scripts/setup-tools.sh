@@ -13,19 +13,33 @@ set -euo pipefail
 cache=${CIDBOOT_CACHE:-$HOME/.cache/cidboot}
 IPFS_CAR_VERSION=3.1.0
 
+# Each step is recorded as done (its stamp, or the program it installs) only once it succeeded:
+# a run that failed half-way is repaired by the next one.
 need_apt=()
-command -v node >/dev/null || need_apt+=(nodejs)
-command -v npm >/dev/null || need_apt+=(npm)
-command -v gzip >/dev/null || need_apt+=(gzip)
-command -v umoci >/dev/null || need_apt+=(umoci)
-command -v skopeo >/dev/null || need_apt+=(skopeo)
-command -v buildah >/dev/null || need_apt+=(buildah)
-command -v openssl >/dev/null || need_apt+=(openssl)
-command -v python3 >/dev/null || need_apt+=(python3)
+# A package dpkg left half-installed or half-configured (an interrupted install) is installed
+# again, even though its program may already be there.
+half_installed() {
+  local s
+  s=$(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null) || return 1
+  [ "${s:0:1}" = i ] && [ "$s" != "ii " ]
+}
+need() { # $1: a program, $2: the Debian package that has it
+  if ! command -v "$1" >/dev/null || half_installed "$2"; then need_apt+=("$2"); fi
+}
+need node nodejs
+need npm npm
+need gzip gzip
+need umoci umoci
+need skopeo skopeo
+need buildah buildah
+need openssl openssl
+need python3 python3
 # Debian's python3 makes venvs only with python3-venv (ensurepip).
-if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then need_apt+=(python3-venv); fi
+if ! python3 -c 'import ensurepip, venv' 2>/dev/null || half_installed python3-venv; then need_apt+=(python3-venv); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} with apt-get" >&2
+  # An install that dpkg left unfinished blocks every later one until it is completed.
+  [ -z "$(dpkg --audit 2>/dev/null)" ] || dpkg --configure -a >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 

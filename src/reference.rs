@@ -22,6 +22,9 @@ pub use cidboot_ipld::block::{
 pub enum RefError {
     #[error("image reference {0:?} must be ipfs://<CID> or https://<gateway>/ipfs/<CID>")]
     Syntax(String),
+    /// A CID alone (or `/ipfs/<CID>`) where a reference is expected.
+    #[error("image reference {input:?} must be ipfs://<CID> or https://<gateway>/ipfs/<CID>: did you mean ipfs://{cid}?")]
+    BareCid { input: String, cid: String },
     #[error("{input:?} is not a valid CID: {reason}")]
     BadCid { input: String, reason: String },
     /// A well-formed CID that is not on the allow-list.
@@ -76,6 +79,16 @@ impl ImageRef {
             return Ok(ImageRef {
                 cid: parse_cid(cid_str)?,
                 gateway: Some(format!("https://{authority}")),
+            });
+        }
+        let bare = input
+            .trim_start_matches("/ipfs/")
+            .trim_start_matches("ipfs/")
+            .trim_end_matches('/');
+        if !bare.is_empty() && Cid::from_str(bare).is_ok() {
+            return Err(RefError::BareCid {
+                input: input.to_string(),
+                cid: bare.to_string(),
             });
         }
         Err(syntax())

@@ -191,6 +191,14 @@ impl Drop for Host {
     }
 }
 
+/// The `-L` directory `host` checks for QEMU's firmware, as the emulator's setup lays it out.
+fn qemu_firmware(d: &Path) {
+    std::fs::create_dir_all(d.join("fw")).unwrap();
+    for f in ["bios-microvm.bin", "linuxboot_dma.bin"] {
+        std::fs::write(d.join("fw").join(f), b"firmware").unwrap();
+    }
+}
+
 fn launches(d: &Path) -> usize {
     std::fs::read_to_string(d.join("calls"))
         .unwrap_or_default()
@@ -258,7 +266,7 @@ fn on_failure_relaunches_failed_boots_with_doubling_capped_backoff_until_one_suc
     let ended = host.all("the enclave ended");
     assert_eq!(ended.len(), 6, "{ended:#?}");
     assert!(ended[1].contains("without a status"), "{}", ended[1]);
-    assert!(ended[5].contains("Succeeded"), "{}", ended[5]);
+    assert!(ended[5].contains("outcome=succeeded"), "{}", ended[5]);
     let delays: Vec<String> = host
         .all("relaunching the enclave after a delay")
         .iter()
@@ -324,7 +332,7 @@ fn always_relaunches_successful_boots_up_to_max_restarts() {
     assert!(host
         .all("the enclave ended")
         .iter()
-        .all(|l| l.contains("Succeeded")));
+        .all(|l| l.contains("outcome=succeeded")));
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(launches(d), 3);
 }
@@ -334,10 +342,60 @@ fn a_launch_that_fails_is_a_failed_boot_and_names_nitro_clis_error() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let host = Host::start(d, &["fail", "0"], "restart = \"on-failure\"");
-    let e = host.wait_for("launching the enclave failed", Duration::from_secs(30));
+    let e = host.wait_for("the enclave failed to start", Duration::from_secs(30));
     assert!(e.contains("Insufficient memory requested"), "{e}");
-    host.wait_for("not relaunching the enclave", Duration::from_secs(30));
+    // The policy is named as host.toml spells it.
+    assert!(e.contains("policy=on-failure"), "{e}");
+    let l = host.wait_for(
+        "relaunching the enclave after a delay",
+        Duration::from_secs(5),
+    );
+    assert!(l.contains("policy=on-failure"), "{l}");
+    let l = host.wait_for("not relaunching the enclave", Duration::from_secs(30));
+    assert!(
+        l.contains("policy=on-failure") && l.contains("succeeded"),
+        "{l}"
+    );
     assert_eq!(launches(d), 2);
+}
+
+/// Stopped while waiting to relaunch an enclave that never started, the host says that no
+/// enclave ran and why the last one did not start, and terminates nothing.
+#[test]
+fn a_stop_after_a_failed_start_says_no_enclave_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut host = Host::start(
+        d,
+        &["fail"],
+        "restart = \"on-failure\"\nrestart_backoff_secs = 60",
+    );
+    host.wait_for(
+        "relaunching the enclave after a delay",
+        Duration::from_secs(30),
+    );
+    let pid = nix::unistd::Pid::from_raw(host.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let start = Instant::now();
+    while host.child.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopped = host.wait_for("enclave supervision stopped", Duration::from_secs(5));
+    assert!(
+        stopped.contains("no enclave was running")
+            && stopped.contains("failed to start")
+            && stopped.contains("Insufficient memory requested"),
+        "{stopped}"
+    );
+    let all = host.lines.lock().unwrap().join("\n");
+    assert!(!all.contains("the enclave was terminated"), "{all}");
+    assert!(!all.contains("OnFailure"), "{all}");
+    let calls = std::fs::read_to_string(d.join("calls")).unwrap();
+    assert!(!calls.contains("terminate-enclave"), "{calls}");
 }
 
 #[test]
@@ -368,6 +426,10 @@ fn sigterm_terminates_the_enclave_and_then_the_host() {
     );
     assert!(!d.join("running.i-fake-enc1").exists());
     assert_eq!(launches(d), 1);
+    host.wait_for(
+        "enclave supervision stopped: the enclave was terminated",
+        Duration::from_secs(5),
+    );
 }
 
 #[test]
@@ -430,6 +492,7 @@ fn the_qemu_launcher_starts_the_backend_then_qemu_and_stops_both_on_sigterm() {
         "[ -e \"$d/vsock.vhost\" ] || exit 3\necho \"$*\" >\"$d/qemu.args\"\necho 'console line from the fake machine'",
     );
     std::fs::write(d.join("x.eif"), b"an EIF").unwrap();
+    qemu_firmware(d);
     let config = format!(
         "[logs]\nlisten = \"unix:{d}/vsock_8002\"\n[enclave]\nlauncher = \"qemu\"\neif = \"{d}/x.eif\"\nmemory_mib = 256\ncpu_count = 1\ncid = 4\ndebug_mode = true\npoll_secs = 1\n[enclave.qemu]\nqemu = \"{q}\"\nfirmware = \"{d}/fw\"\nvhost_device_vsock = \"{v}\"\nuds_path = \"{d}/vsock\"\nappend = \"cidboot.parent_cid=2\"\n",
         d = d.display(),
@@ -559,7 +622,7 @@ fn a_forged_status_beside_a_nitro_cli_enclave_is_ignored() {
     std::fs::write(d.join("go"), b"").unwrap();
     host.wait_for("not relaunching the enclave", Duration::from_secs(30));
     let ended = host.wait_for("the enclave ended", Duration::from_secs(1));
-    assert!(ended.contains("Succeeded"), "{ended}");
+    assert!(ended.contains("outcome=succeeded"), "{ended}");
     assert_eq!(launches(d), 1);
 }
 
@@ -588,6 +651,7 @@ fn a_forged_status_beside_a_qemu_enclave_is_ignored_and_qemu_runs_on() {
         "while [ ! -e \"$d/off\" ]; do sleep 0.1; done\necho 'powered off'",
     );
     std::fs::write(d.join("x.eif"), b"an EIF").unwrap();
+    qemu_firmware(d);
     let config = format!(
         "[logs]\nlisten = \"unix:{d}/vsock_8002\"\n[enclave]\nlauncher = \"qemu\"\neif = \"{d}/x.eif\"\nmemory_mib = 256\ncpu_count = 1\ncid = 4\ndebug_mode = true\npoll_secs = 1\nrestart = \"never\"\n[enclave.qemu]\nqemu = \"{q}\"\nfirmware = \"{d}/fw\"\nvhost_device_vsock = \"{v}\"\nuds_path = \"{d}/vsock\"\n",
         d = d.display(),
@@ -631,7 +695,7 @@ fn a_forged_status_beside_a_qemu_enclave_is_ignored_and_qemu_runs_on() {
     std::fs::write(d.join("go"), b"").unwrap();
     host.wait_for("not relaunching the enclave", Duration::from_secs(30));
     let ended = host.wait_for("the enclave ended", Duration::from_secs(1));
-    assert!(ended.contains("Succeeded"), "{ended}");
+    assert!(ended.contains("outcome=succeeded"), "{ended}");
     assert!(host.find("QEMU exited").is_some());
     assert!(host.find("terminating it").is_none());
 }
@@ -732,6 +796,6 @@ fn a_flood_of_statuses_from_local_peers_does_not_hide_the_enclaves_own() {
     stop.store(true, Ordering::Relaxed);
     let sent: u64 = flooders.into_iter().map(|f| f.join().unwrap()).sum();
     assert!(sent > 1000, "only {sent} statuses were sent");
-    assert!(ended.contains("Succeeded"), "{ended}");
+    assert!(ended.contains("outcome=succeeded"), "{ended}");
     assert_eq!(launches(d), 1);
 }

@@ -103,6 +103,17 @@ fn boot(dep: &Image, tamper: impl FnOnce(&Path), config: &str) -> Boot {
 
 /// [`boot`] with a workload image of the caller's.
 fn boot_workload(dep: &Image, tamper: impl FnOnce(&Path), config: &str, workload: &Image) -> Boot {
+    boot_with(dep, tamper, config, workload, &[])
+}
+
+/// [`boot_workload`] with more arguments for `run`.
+fn boot_with(
+    dep: &Image,
+    tamper: impl FnOnce(&Path),
+    config: &str,
+    workload: &Image,
+    extra: &[&str],
+) -> Boot {
     // Private: the kept root is under it.
     let work = private_tempdir();
     let (dep_cid, dep_car) = pack(dep, work.path(), tamper);
@@ -128,6 +139,7 @@ fn boot_workload(dep: &Image, tamper: impl FnOnce(&Path), config: &str, workload
         .arg("--rootfs")
         .arg(&rootfs)
         .args(["--attestation-listen", "127.0.0.1:0", "--json"])
+        .args(extra)
         .env("CIDBOOT_LOG", "info")
         .output()
         .unwrap();
@@ -238,6 +250,74 @@ fn helpers_from_a_pinned_dependency_image_run_and_are_measured() {
         measured.helper_images[0].reference,
         format!("ipfs://{}", b.dep_cid)
     );
+}
+
+/// `verify --measurements` prints what it read from the log, the helper images and where each
+/// helper came from included, and the log's helper events carry the image's manifest as their
+/// third field.
+#[test]
+fn verify_prints_the_helper_images_it_read_from_the_log() {
+    let dep = dependency_image();
+    let nonce = "00112233445566778899aabbccddeeff";
+    let workload = probe_image(json!({"Entrypoint": ["/bin/probe"], "Cmd": ["attest", nonce]}));
+    let root = private_tempdir();
+    let root_pem = root.path().join("nsm-root.pem");
+    let config = "[[helpers.images]]\nimage = \"ipfs://{dep}\"\ndigest = \"{digest}\"\n";
+    let b = boot_with(
+        &dep,
+        |_| {},
+        config,
+        &workload,
+        &[
+            "--nsm",
+            "software",
+            "--nsm-root-out",
+            root_pem.to_str().unwrap(),
+        ],
+    );
+    let r = &b.ran;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let doc = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("probe: attestation="))
+        .expect("the workload got a document");
+    let report: serde_json::Value = serde_json::from_str(r.stdout.lines().last().unwrap()).unwrap();
+    let work = root.path();
+    std::fs::write(work.join("doc.b64"), doc).unwrap();
+    std::fs::write(work.join("log.json"), report["measurements"].to_string()).unwrap();
+    let d = &dep.manifest.digest;
+    let kms = format!(
+        "sha256:{}",
+        sha256_hex(&std::fs::read(sample_bin("fake-kms-client")).unwrap())
+    );
+    let v = run(&[
+        "verify",
+        work.join("doc.b64").to_str().unwrap(),
+        "--root",
+        root_pem.to_str().unwrap(),
+        "--measurements",
+        work.join("log.json").to_str().unwrap(),
+        "--expect-cid",
+        &b.workload,
+        "--expect-helper",
+        &format!("fake-kms-client={kms}"),
+        "--expect-helper",
+        &format!(
+            "fake-tls-client=sha256:{}",
+            sha256_hex(&std::fs::read(sample_bin("fake-tls-client")).unwrap())
+        ),
+    ]);
+    assert!(v.ok, "{}\n{}", v.stdout, v.stderr);
+    for want in [
+        format!(
+            "measured: helper image ipfs://{} pinned {d} manifest {d}",
+            b.dep_cid
+        ),
+        format!("measured: helper fake-kms-client {kms} from the helper image {d}"),
+    ] {
+        assert!(v.stdout.contains(&want), "{want:?} not in:\n{}", v.stdout);
+    }
 }
 
 #[test]

@@ -1254,6 +1254,95 @@ fn check_refuses_each_bad_configuration_naming_the_file_and_the_key() {
     assert!(!err.contains("listening on"), "bound before failing: {err}");
 }
 
+/// `host --check` looks at the machine the way a start would need it and names every
+/// problem at once: a missing launcher program, EIF, socket or log directory, a CA file, two
+/// services on one address, an address that is not this machine's.
+#[test]
+fn check_names_every_missing_part_of_the_machine_at_once() {
+    let work = tempfile::tempdir().unwrap();
+    let w = w_str(work.path());
+    std::fs::write(format!("{w}/a-file"), b"not a directory").unwrap();
+    let config = format!(
+        "[logs]\nlisten = \"unix:{w}/no-run/logs.sock\"\nfile = \"{w}/no-log/enclave.log\"\n\n\
+         [heartbeat]\nlisten = \"unix:{w}/no-run/logs.sock\"\n\n\
+         [egress]\nlisten = \"tcp:192.0.2.7:8000\"\nallow = []\n\n\
+         [cache]\nlisten = \"tcp:127.0.0.1:0\"\ndir = \"{w}/a-file/cache\"\ngateways = [\"https://ipfs.io\"]\nca = \"{w}/no-ca.pem\"\n\n\
+         [enclave]\neif = \"{w}/no.eif\"\nmemory_mib = 512\ncpu_count = 2\ncid = 16\nnitro_cli = \"{w}/no-nitro-cli\"\n"
+    );
+    let (passed, text) = check(work.path(), &config);
+    assert!(!passed, "{text}");
+    for want in [
+        "problems:",
+        &format!("logs.listen unix:{w}/no-run/logs.sock: its directory {w}/no-run"),
+        &format!("logs.file {w}/no-log/enclave.log"),
+        "heartbeat.listen",
+        "logs.listen listens there too",
+        "egress.listen 192.0.2.7:8000: not an address of this machine",
+        &format!("{w}/a-file"),
+        &format!("cache.ca: CA file {w}/no-ca.pem"),
+        &format!("[enclave] eif {w}/no.eif"),
+        &format!("[enclave] nitro_cli {w}/no-nitro-cli"),
+    ] {
+        assert!(text.contains(want), "{want:?} missing from: {text}");
+    }
+
+    // A bare program name is looked up on PATH; QEMU's programs, firmware and socket directory.
+    let eif = format!("{w}/x.eif");
+    std::fs::write(&eif, b"an EIF").unwrap();
+    std::fs::create_dir(format!("{w}/fw")).unwrap();
+    std::fs::write(format!("{w}/fw/bios-microvm.bin"), b"fw").unwrap();
+    let nitro = format!(
+        "[enclave]\neif = \"{eif}\"\nmemory_mib = 512\ncpu_count = 2\ncid = 16\nnitro_cli = \"cidboot-no-such-nitro-cli\"\nrestart_backoff_secs = 0\npoll_secs = 0\n"
+    );
+    let (passed, text) = check(work.path(), &nitro);
+    assert!(!passed, "{text}");
+    for want in [
+        "nitro_cli cidboot-no-such-nitro-cli: not found on PATH",
+        "restart_backoff_secs",
+        "poll_secs",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from: {text}");
+    }
+    let qemu = format!(
+        "[enclave]\nlauncher = \"qemu\"\neif = \"{eif}\"\nmemory_mib = 256\ncpu_count = 1\ncid = 4\n\
+         [enclave.qemu]\nqemu = \"{w}/no-qemu\"\nfirmware = \"{w}/fw\"\nvhost_device_vsock = \"{w}/x.eif\"\nuds_path = \"{w}/no-run/vsock\"\n"
+    );
+    let (passed, text) = check(work.path(), &qemu);
+    assert!(!passed, "{text}");
+    for want in [
+        &format!("qemu.qemu {w}/no-qemu: No such file"),
+        &format!("qemu.vhost_device_vsock {w}/x.eif: not executable"),
+        &format!("qemu.firmware {w}/fw: has no linuxboot_dma.bin"),
+        &format!("qemu.uds_path {w}/no-run/vsock: its directory {w}/no-run"),
+    ] {
+        assert!(text.contains(want), "{want:?} missing from: {text}");
+    }
+    assert!(!text.contains("bios-microvm.bin"), "{text}");
+
+    // With every part in place the same sections pass, and nothing was created.
+    std::fs::create_dir(format!("{w}/run")).unwrap();
+    let program = format!("{w}/program");
+    std::fs::write(&program, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(format!("{w}/fw/linuxboot_dma.bin"), b"fw").unwrap();
+    let good = format!(
+        "[logs]\nlisten = \"unix:{w}/run/vsock_8002\"\nfile = \"{w}/enclave.log\"\n\n\
+         [enclave]\nlauncher = \"qemu\"\neif = \"{eif}\"\nmemory_mib = 256\ncpu_count = 1\ncid = 4\n\
+         [enclave.qemu]\nqemu = \"{program}\"\nfirmware = \"{w}/fw\"\nvhost_device_vsock = \"{program}\"\nuds_path = \"{w}/run/vsock\"\n"
+    );
+    let (passed, text) = check(work.path(), &good);
+    assert!(passed, "{text}");
+    assert_eq!(std::fs::read_dir(format!("{w}/run")).unwrap().count(), 0);
+}
+
+fn w_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
 #[test]
 fn six_hundred_tunnels_under_a_1024_descriptor_limit_get_512_tunnels_and_503s() {
     let rt = tokio::runtime::Runtime::new().unwrap();

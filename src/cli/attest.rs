@@ -31,6 +31,7 @@ pub struct VerifyArgs {
     #[command(flatten)]
     pub fetch: FetchArgs,
     /// The runtime configuration the enclave was given (for --expect-image; default: none).
+    /// Its `[fetch]`, `platform`, `tag` and `digest` apply where their flags are not given.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// The event log served by the enclave's GET /v1/measurements (or `cidboot run --json`'s
@@ -386,7 +387,7 @@ pub async fn verify(a: VerifyArgs) -> Result<i32, CliError> {
             outln!("measured: config {}", f.config_digest)?;
             for i in &f.helper_images {
                 outln!(
-                    "measured: helper image {} {} {}",
+                    "measured: helper image {} pinned {} manifest {}",
                     i.reference,
                     i.pinned_digest,
                     i.manifest_digest
@@ -394,7 +395,7 @@ pub async fn verify(a: VerifyArgs) -> Result<i32, CliError> {
             }
             for (n, d) in &f.helpers {
                 match f.helper_sources.get(n) {
-                    Some(m) => outln!("measured: helper {n} {d} {m}")?,
+                    Some(m) => outln!("measured: helper {n} {d} from the helper image {m}")?,
                     None => outln!("measured: helper {n} {d}")?,
                 }
             }
@@ -426,7 +427,8 @@ pub struct ExpectArgs {
     pub reference: String,
     #[command(flatten)]
     pub fetch: FetchArgs,
-    /// The runtime configuration the enclave will be given (default: none).
+    /// The runtime configuration the enclave will be given (default: none). Its `[fetch]`,
+    /// `platform`, `tag` and `digest` apply where their flags are not given.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// The JSON that eif_build (or nitro-cli build-enclave) printed, for PCR0-2.

@@ -64,7 +64,9 @@ pub enum Command {
     Seal(seal::SealArgs),
 }
 
-/// How to reach content: gateways, trust anchors, platform.
+/// How to reach content: gateways, trust anchors, platform. Where a command takes --config,
+/// these flags win over its `[fetch]`, `platform`, `tag` and `digest`, which replace the
+/// defaults said here.
 #[derive(Args, Debug, Clone)]
 pub struct FetchArgs {
     /// Gateway base URL (repeatable; tried in order, with failover).
@@ -74,7 +76,7 @@ pub struct FetchArgs {
     /// gateway (or an intercepting proxy) needs.
     #[arg(long, value_name = "PEM", env = "CIDBOOT_CA")]
     pub ca: Option<PathBuf>,
-    /// Platform to select from an image index (default: the configuration's, or linux/amd64).
+    /// Platform to select from an image index (default: linux/amd64).
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
     /// Take the index.json entry with this tag (`org.opencontainers.image.ref.name`).
@@ -83,28 +85,28 @@ pub struct FetchArgs {
     /// Take the index.json entry with this digest.
     #[arg(long, value_name = "sha256:HEX")]
     pub digest: Option<String>,
-    /// Seconds to connect (TCP or tunnel, and TLS) [default: [fetch] connect_timeout_secs, or 10].
+    /// Seconds to connect (TCP or tunnel, and TLS) [default: 10].
     #[arg(long, value_name = "SECS")]
     pub connect_timeout: Option<u64>,
-    /// Seconds from a request to its response headers [default: [fetch] first_byte_timeout_secs, or 30].
+    /// Seconds from a request to its response headers [default: 30].
     #[arg(long, value_name = "SECS")]
     pub first_byte_timeout: Option<u64>,
-    /// Longest silence, in seconds, inside a response body [default: [fetch] idle_timeout_secs, or 30].
+    /// Longest silence, in seconds, inside a response body [default: 30].
     #[arg(long, value_name = "SECS")]
     pub idle_timeout: Option<u64>,
     /// Least bytes per second a response body must average over each --rate-window (0: off)
-    /// [default: [fetch] min_rate, or 16384].
+    /// [default: 16384].
     #[arg(long, value_name = "BYTES")]
     pub min_rate: Option<u64>,
     /// Seconds of waiting on a gateway after which its throughput is compared with --min-rate
-    /// [default: [fetch] rate_window_secs, or 30].
+    /// [default: 30].
     #[arg(long, value_name = "SECS")]
     pub rate_window: Option<u64>,
-    /// Tries per gateway for one object before failing over [default: [fetch] tries, or 3].
+    /// Tries per gateway for one object before failing over [default: 3].
     #[arg(long, value_name = "N")]
     pub tries: Option<u32>,
     /// Longest time, in seconds, spent on one object across all gateways
-    /// [default: [fetch] object_deadline_secs, or 1800].
+    /// [default: 1800].
     #[arg(long, value_name = "SECS")]
     pub object_deadline: Option<u64>,
 }
@@ -144,7 +146,9 @@ pub struct HostArgs {
     #[arg(long, value_name = "HOST.TOML")]
     pub config: PathBuf,
     /// Check the configuration completely (every boot configuration, the allowlist, the log
-    /// file) and exit: 0 if the daemon would start.
+    /// file) and what it needs of this machine (listen addresses, socket and log
+    /// directories, the EIF and the launcher's programs), naming every problem, and exit: 0
+    /// if the daemon would start. Creates and binds nothing.
     #[arg(long)]
     pub check: bool,
     /// Log as JSON lines: the daemon's own log (stderr) and the enclave records (stdout and

@@ -131,7 +131,8 @@ pub struct GatewayArgs {
     /// TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Serve HTTPS with a fresh certificate for localhost; its CA goes to this PEM file.
+    /// Serve HTTPS for localhost with a development CA kept in this PEM file (clients' --ca),
+    /// its key beside it (CA_OUT.key), both 0600: made at the first start, reused after.
     #[arg(long, value_name = "CA_OUT", conflicts_with = "tls_cert")]
     pub tls_self_signed: Option<PathBuf>,
     /// Serve the CARs' blocks exactly as they are, without checking them against their CIDs:

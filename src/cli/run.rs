@@ -28,7 +28,8 @@ pub struct RunArgs {
     pub fetch: FetchArgs,
     #[command(flatten)]
     pub layers: super::image::LayerLimitArgs,
-    /// Runtime configuration (TOML); measured.
+    /// Runtime configuration (TOML); measured. Its `[fetch]`, `platform`, `tag` and `digest`
+    /// apply where their flags are not given.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// The sealed secrets the configuration's [[secrets]] name (what `cidboot seal` prints);

@@ -126,7 +126,7 @@ pub enum FetchError {
         "not used: it served a block that failed verification earlier in this run (quarantined)"
     )]
     Quarantined,
-    #[error("no gateway could serve {cid}:{}", summarize(failures))]
+    #[error("no gateway could serve {cid}:{}", summarize(cid, failures))]
     AllGatewaysFailed {
         cid: String,
         failures: Vec<(String, FetchError)>,
@@ -148,11 +148,24 @@ impl From<DecodeError> for FetchError {
     }
 }
 
-fn summarize(failures: &[(String, FetchError)]) -> String {
+fn summarize(cid: &str, failures: &[(String, FetchError)]) -> String {
     failures
         .iter()
-        .map(|(gw, e)| format!("\n  - {gw}: {e}"))
+        .map(|(gw, e)| match e {
+            // The trustless gateway answer for content it does not hold (or cannot find).
+            FetchError::Status { status: 404, .. } => format!(
+                "\n  - {gw}: HTTP 404: {} does not have {cid} (publish the CAR there, or give a gateway that has it)",
+                gateway_host(gw)
+            ),
+            e => format!("\n  - {gw}: {e}"),
+        })
         .collect()
+}
+
+/// The host (and port) of a gateway's label (`https://host:port/prefix`).
+fn gateway_host(label: &str) -> &str {
+    let rest = label.split_once("://").map_or(label, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest)
 }
 
 impl FetchError {

@@ -123,10 +123,22 @@ impl CacheConfig {
     /// What [`CacheConfig::check`] cannot see from the text: that the directory can be the
     /// cache's own and the upstream CA file reads. Creates nothing (`cidboot host --check`).
     pub fn check_files(&self) -> Result<(), CacheError> {
-        check_dir(&self.dir)?;
-        crate::transport::tls::client_config(self.ca.as_deref())
-            .map_err(|e| CacheError::Config(format!("cache.ca: {e}")))?;
-        Ok(())
+        match self.file_problems().into_iter().next() {
+            Some(p) => Err(CacheError::Config(p)),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem [`CacheConfig::check_files`] looks for.
+    pub fn file_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Err(e) = check_dir(&self.dir) {
+            out.push(e.to_string());
+        }
+        if let Err(e) = crate::transport::tls::client_config(self.ca.as_deref()) {
+            out.push(format!("cache.ca: {e}"));
+        }
+        out
     }
 }
 

@@ -13,11 +13,11 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use super::launcher::{LaunchError, Launcher, NitroCli, Qemu};
+use super::launcher::{Launcher, NitroCli, Qemu};
 use super::status::{self, StatusEvent, Watch};
 
 /// Default first relaunch delay (`restart_backoff_secs`); docs/limits.md lists these defaults
@@ -57,11 +57,9 @@ pub enum EnclaveError {
     Config { key: &'static str, reason: String },
     #[error("watching SIGTERM and SIGINT: {0}")]
     Signals(std::io::Error),
-    #[error("[enclave] eif {path}: {source}")]
-    Eif {
-        path: String,
-        source: std::io::Error,
-    },
+    /// What [`super::check::enclave`] found: the EIF, the launcher's programs and files.
+    #[error("{}", .0.join("; "))]
+    Files(Vec<String>),
 }
 
 /// `restart`: which ended boots are followed by a relaunch.
@@ -185,43 +183,52 @@ impl EnclaveConfig {
         secs(self.run_timeout_secs, DEFAULT_RUN_TIMEOUT)
     }
 
-    /// The checks that need no file system.
+    /// The checks that need no file system: the first problem.
     pub fn check(&self) -> Result<(), EnclaveError> {
-        let bad = |key, reason: &str| {
-            Err(EnclaveError::Config {
+        match self.problems().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The checks that need no file system: every problem, each naming its key.
+    pub fn problems(&self) -> Vec<EnclaveError> {
+        let mut out = Vec::new();
+        let mut bad = |key, reason: &str| {
+            out.push(EnclaveError::Config {
                 key,
                 reason: reason.to_string(),
             })
         };
         if self.memory_mib < 64 {
-            return bad("memory_mib", "at least 64 (MiB)");
+            bad("memory_mib", "at least 64 (MiB)");
         }
         if self.cpu_count == 0 {
-            return bad("cpu_count", "at least 1");
+            bad("cpu_count", "at least 1");
         }
         if self.cid < 4 || self.cid == u32::MAX {
-            return bad("cid", "4 to 4294967294 (0-3 are reserved, -1 is any)");
+            bad("cid", "4 to 4294967294 (0-3 are reserved, -1 is any)");
         }
         let b = self.backoff();
         if b.is_zero() || b > MAX_BACKOFF {
-            return bad("restart_backoff_secs", "1 to 3600");
+            bad("restart_backoff_secs", "1 to 3600");
         }
         let m = self.backoff_max();
         if m < b || m > MAX_BACKOFF {
-            return bad(
+            bad(
                 "restart_backoff_max_secs",
                 "at least restart_backoff_secs, at most 3600",
             );
         }
         if self.poll().is_zero() || self.poll() > MAX_POLL {
-            return bad("poll_secs", "1 to 300");
+            bad("poll_secs", "1 to 300");
         }
         for (key, t) in [
             ("command_timeout_secs", self.command_timeout()),
             ("run_timeout_secs", self.run_timeout()),
         ] {
             if t.is_zero() || t > MAX_TIMEOUT {
-                return bad(key, "1 to 3600");
+                bad(key, "1 to 3600");
             }
         }
         match (self.launcher, &self.qemu) {
@@ -229,8 +236,9 @@ impl EnclaveConfig {
             (LauncherKind::NitroCli, Some(_)) => {
                 bad("qemu", "[enclave.qemu] is only for launcher = \"qemu\"")
             }
-            _ => Ok(()),
+            _ => {}
         }
+        out
     }
 
     /// The delay before relaunch number `n` (0 for the first relaunch after a run of failures
@@ -244,23 +252,36 @@ impl EnclaveConfig {
     }
 }
 
-/// For `#[serde(deserialize_with)]` on host.toml's `enclave` field: the section is checked as
-/// it is parsed, so a bad value is reported with its place in the file.
-pub fn checked<'de, D: Deserializer<'de>>(d: D) -> Result<Option<EnclaveConfig>, D::Error> {
-    let c = Option::<EnclaveConfig>::deserialize(d)?;
-    if let Some(c) = &c {
-        c.check().map_err(serde::de::Error::custom)?;
-    }
-    Ok(c)
-}
-
 /// How one boot ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The status reported exit code 0.
     Succeeded,
-    /// Anything else; why, for the log.
+    /// It ran and ended otherwise; why, for the log.
     Failed(String),
+    /// The launcher could not start it; why, for the log.
+    NotStarted(String),
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Succeeded => f.write_str("succeeded (exit code 0)"),
+            Outcome::Failed(why) => write!(f, "failed: {why}"),
+            Outcome::NotStarted(why) => write!(f, "failed to start: {why}"),
+        }
+    }
+}
+
+/// The policy as host.toml spells it.
+impl std::fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RestartPolicy::Never => "never",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Always => "always",
+        })
+    }
 }
 
 /// Why supervision ended.
@@ -268,8 +289,38 @@ pub enum Outcome {
 pub enum Ended {
     /// The restart policy (or `max_restarts`) said not to relaunch; the last boot's outcome.
     Policy(Outcome),
-    /// Shut down on request; the enclave was terminated.
-    Shutdown,
+    /// Shut down on request while an enclave ran: it was terminated.
+    Terminated,
+    /// Shut down on request while no enclave ran: during a launch (abandoned before the
+    /// enclave started) or while waiting to relaunch after `last`.
+    Stopped {
+        /// A launch was under way.
+        launching: bool,
+        /// How the previous boot ended, if there was one.
+        last: Option<Outcome>,
+    },
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Policy(o) => write!(f, "the last boot {o}"),
+            Ended::Terminated => f.write_str("the enclave was terminated"),
+            Ended::Stopped {
+                launching: true, ..
+            } => f.write_str(
+                "no enclave was running: its launch was abandoned before the enclave started",
+            ),
+            Ended::Stopped {
+                launching: false,
+                last: Some(o),
+            } => write!(f, "no enclave was running: the last boot {o}"),
+            Ended::Stopped {
+                launching: false,
+                last: None,
+            } => f.write_str("no enclave was running"),
+        }
+    }
 }
 
 /// A configured launcher, checked and ready.
@@ -281,13 +332,14 @@ pub enum Supervisor {
 }
 
 impl Supervisor {
-    /// Checks what needs the file system (the EIF is readable) and picks the launcher.
+    /// Checks what needs the file system (the EIF is readable, the launcher's programs and
+    /// files are there) and picks the launcher.
     pub fn new(c: &EnclaveConfig) -> Result<Supervisor, EnclaveError> {
         c.check()?;
-        std::fs::File::open(&c.eif).map_err(|source| EnclaveError::Eif {
-            path: c.eif.display().to_string(),
-            source,
-        })?;
+        let problems = super::check::enclave(c);
+        if !problems.is_empty() {
+            return Err(EnclaveError::Files(problems));
+        }
         Ok(match (&c.launcher, &c.qemu) {
             (LauncherKind::Qemu, Some(q)) => Supervisor::Qemu(
                 c.clone(),
@@ -397,13 +449,14 @@ async fn supervise<L: Launcher>(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut restarts = 0u32;
     let mut step = 0u32;
+    let mut last = None;
     loop {
         // A status published before this launch belongs to an earlier boot.
         let mut statuses = status::watch(c.cid);
         let started = Instant::now();
         info!(eif = %c.eif.display(), cid = c.cid, restarts, "launching the enclave");
         let launched = tokio::select! {
-            () = &mut shutdown => return Ended::Shutdown,
+            () = &mut shutdown => return Ended::Stopped { launching: true, last },
             r = l.launch() => r,
         };
         let outcome = match launched {
@@ -414,16 +467,16 @@ async fn supervise<L: Launcher>(
                     warn!(enclave = %id, error = %e, "tearing the enclave down");
                 }
                 match w {
-                    Watched::Shutdown => return Ended::Shutdown,
+                    Watched::Shutdown => return Ended::Terminated,
                     Watched::Done(o) => {
-                        info!(enclave = %id, outcome = ?o, ran_secs = started.elapsed().as_secs(), "the enclave ended");
+                        info!(enclave = %id, outcome = %o, ran_secs = started.elapsed().as_secs(), "the enclave ended");
                         o
                     }
                 }
             }
             Err(e) => {
-                error!(error = %e, "launching the enclave failed");
-                Outcome::Failed(launch_failure(&e))
+                error!(error = %e, policy = %c.restart, "the enclave failed to start");
+                Outcome::NotStarted(e.to_string())
             }
         };
         let again = match c.restart {
@@ -432,12 +485,13 @@ async fn supervise<L: Launcher>(
             RestartPolicy::Always => true,
         };
         if !again {
-            info!(policy = ?c.restart, "not relaunching the enclave");
+            info!(policy = %c.restart, outcome = %outcome, "not relaunching the enclave");
             return Ended::Policy(outcome);
         }
         if c.max_restarts.is_some_and(|m| restarts >= m) {
             warn!(
                 restarts,
+                outcome = %outcome,
                 "max_restarts reached; not relaunching the enclave"
             );
             return Ended::Policy(outcome);
@@ -446,19 +500,16 @@ async fn supervise<L: Launcher>(
             step = 0;
         }
         let delay = c.delay(step);
-        info!(delay_secs = delay.as_secs(), policy = ?c.restart, "relaunching the enclave after a delay");
+        info!(delay_secs = delay.as_secs(), policy = %c.restart, "relaunching the enclave after a delay");
+        last = Some(outcome);
         tokio::select! {
-            () = &mut shutdown => return Ended::Shutdown,
+            () = &mut shutdown => return Ended::Stopped { launching: false, last },
             () = tokio::time::sleep(delay) => {}
         }
         step = step.saturating_add(1);
         restarts += 1;
         super::metrics::inc(&super::metrics::COUNTERS.restarts);
     }
-}
-
-fn launch_failure(e: &LaunchError) -> String {
-    format!("not launched: {e}")
 }
 
 #[cfg(test)]
@@ -522,8 +573,12 @@ mod tests {
 
     #[test]
     fn qemu_gets_the_emulated_machine() {
-        let c = cfg("launcher = \"qemu\"\n[qemu]\nqemu = \"/q\"\nfirmware = \"/fw\"\nvhost_device_vsock = \"/v\"\nuds_path = \"/run/e/vsock\"\nappend = \"cidboot.parent_cid=2\"").unwrap();
         let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let c = cfg(&format!("launcher = \"qemu\"\n[qemu]\nqemu = \"/bin/true\"\nfirmware = \"{d}\"\nvhost_device_vsock = \"/bin/true\"\nuds_path = \"{d}/vsock\"\nappend = \"cidboot.parent_cid=2\"")).unwrap();
+        for f in crate::host::check::QEMU_FIRMWARE {
+            std::fs::write(dir.path().join(f), b"fw").unwrap();
+        }
         let eif = dir.path().join("x.eif");
         std::fs::write(&eif, b"eif").unwrap();
         let c = EnclaveConfig {
@@ -535,7 +590,7 @@ mod tests {
         };
         assert_eq!(
             q.backend_args().join(" "),
-            "--guest-cid=16 --socket=/run/e/vsock.vhost --uds-path=/run/e/vsock"
+            format!("--guest-cid=16 --socket={d}/vsock.vhost --uds-path={d}/vsock")
         );
         let a = q.qemu_args().join(" ");
         assert!(a.contains(&format!("-kernel {}", eif.display())), "{a}");
@@ -543,7 +598,7 @@ mod tests {
         assert!(a.contains("-append cidboot.parent_cid=2 "), "{a}");
         assert!(a.contains("-m 512M -smp 2 -accel tcg -no-reboot"), "{a}");
         assert!(
-            a.ends_with("-chardev socket,id=c0,path=/run/e/vsock.vhost"),
+            a.ends_with(&format!("-chardev socket,id=c0,path={d}/vsock.vhost")),
             "{a}"
         );
         let missing = EnclaveConfig {
@@ -552,7 +607,7 @@ mod tests {
         };
         assert!(matches!(
             Supervisor::new(&missing),
-            Err(EnclaveError::Eif { .. })
+            Err(EnclaveError::Files(_))
         ));
     }
 }

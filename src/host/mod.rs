@@ -31,6 +31,7 @@ use crate::relay::proxy::{Proxy, ProxyLimits};
 use crate::relay::{bootcfg, logs};
 use crate::transport::addr::{Addr, Listener, SocketPerms};
 
+pub mod check;
 pub mod enclave;
 pub mod launcher;
 pub mod status;
@@ -53,6 +54,9 @@ pub enum HostError {
     },
     #[error("host configuration {path}: {reason}")]
     Config { path: String, reason: String },
+    /// Every problem a check found, one per line when there are several.
+    #[error("host configuration {path}: {}", problem_list(.problems))]
+    Problems { path: String, problems: Vec<String> },
     #[error("{service}: binding {addr}: {source}")]
     Bind {
         service: &'static str,
@@ -70,6 +74,28 @@ pub enum HostError {
         service: &'static str,
         reason: String,
     },
+}
+
+fn problem_list(problems: &[String]) -> String {
+    match problems {
+        [one] => one.clone(),
+        many => {
+            let mut s = format!("{} problems:", many.len());
+            for p in many {
+                s.push_str("\n  - ");
+                s.push_str(p);
+            }
+            s
+        }
+    }
+}
+
+/// An error for `problems` (one is reported as it is, several as a list).
+fn problems_error(path: &str, problems: Vec<String>) -> HostError {
+    HostError::Problems {
+        path: path.to_string(),
+        problems,
+    }
 }
 
 /// host.toml. Each section is optional and checked on its own in [`parse`] and [`load`].
@@ -92,7 +118,7 @@ pub struct HostConfig {
     /// The Prometheus endpoint for the daemon's counters.
     pub metrics: Option<Metrics>,
     /// Launch and supervise the enclave (see docs/launching.md).
-    #[serde(default, deserialize_with = "enclave::checked")]
+    #[serde(default)]
     pub enclave: Option<enclave::EnclaveConfig>,
     /// A verified block cache served to the enclave as a trustless gateway (see cache.rs).
     pub cache: Option<cache::CacheConfig>,
@@ -370,45 +396,66 @@ pub struct Checked {
 }
 
 /// Reads and checks a host configuration completely: its own keys, each boot configuration
-/// (with the enclave's parser and the checks the enclave makes before fetching), and that the
-/// log file and state file can be written. Nothing is created or bound.
+/// (with the enclave's parser and the checks the enclave makes before fetching), that the log
+/// file and state file can be written, that every listen address can be listened on, and the
+/// enclave's EIF and launcher programs. Nothing is created or bound. Every problem found is
+/// reported, not only the first.
 pub fn load(path: &Path) -> Result<Checked, HostError> {
     let origin = path.display().to_string();
-    let bad = |reason: String| HostError::Config {
-        path: origin.clone(),
-        reason,
-    };
     let text = std::fs::read_to_string(path).map_err(|source| HostError::Read {
         path: origin.clone(),
         source,
     })?;
-    let cfg = parse(&text, &origin)?;
+    let cfg = deserialize(&text, &origin)?;
+    let mut problems = text_problems(&cfg);
     let boot = match &cfg.boot {
-        Some(b) => Some(load_boot_configs(b).map_err(bad)?),
+        Some(b) => match load_boot_configs_all(b) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                problems.extend(e);
+                None
+            }
+        },
         None => None,
     };
     if let Some(l) = &cfg.logs {
         if let Some(f) = &l.file {
-            check_writable(f).map_err(|e| bad(format!("logs.file {}: {e}", f.display())))?;
+            if let Err(e) = check_writable(f) {
+                problems.push(format!("logs.file {}: {e}", f.display()));
+            }
         }
         let sc = sink_config(l, false);
         if let Some(st) = sc.state_path() {
-            check_writable(&st).map_err(|e| bad(format!("logs.state {}: {e}", st.display())))?;
+            if let Err(e) = check_writable(&st) {
+                problems.push(format!("logs.state {}: {e}", st.display()));
+            }
         }
     }
     if let Some(s) = &cfg.sockets {
-        s.perms().map_err(bad)?;
+        if let (Ok(_), Err(e)) = (s.mode(), s.perms()) {
+            problems.push(e);
+        }
     }
-    // The cache's directory: usable, and its own (it removes files there).
+    problems.extend(check::listeners(&cfg));
+    // The cache's directory: usable, and its own (it removes files there); its CA file.
     if let Some(c) = &cfg.cache {
-        c.check_files().map_err(|e| bad(e.to_string()))?;
+        if c.check().is_ok() {
+            problems.extend(c.file_problems());
+        }
     }
     if let Some(c) = &cfg.credentials {
-        c.source().map_err(bad)?;
+        if let Err(e) = c.source() {
+            if !problems.contains(&e) {
+                problems.push(e);
+            }
+        }
     }
-    // The enclave's EIF and launcher, as a start would check them.
+    // The enclave's EIF and launcher, as a start needs them.
     if let Some(e) = &cfg.enclave {
-        enclave::Supervisor::new(e).map_err(|e| bad(format!("enclave: {e}")))?;
+        problems.extend(check::enclave(e));
+    }
+    if !problems.is_empty() {
+        return Err(problems_error(&origin, problems));
     }
     Ok(Checked {
         path: path.to_path_buf(),
@@ -465,33 +512,46 @@ fn check_writable(p: &Path) -> Result<(), String> {
 }
 
 /// Reads and checks every boot configuration and secrets file `[boot]` names; errors name the
-/// key and file.
+/// key and file (the first problem; [`load`] reports them all).
 pub fn load_boot_configs(b: &Boot) -> Result<BootConfigs, String> {
+    load_boot_configs_all(b).map_err(|e| e.join("; "))
+}
+
+/// Every boot configuration and secrets file `[boot]` names, or every problem with them.
+fn load_boot_configs_all(b: &Boot) -> Result<BootConfigs, Vec<String>> {
     let mut out = BootConfigs::default();
+    let mut problems = Vec::new();
     if b.config.is_some() || b.secrets.is_some() {
-        out.default = Some(load_served(
-            b.config.as_deref(),
-            b.secrets.as_deref(),
-            "boot",
-        )?);
+        match load_served(b.config.as_deref(), b.secrets.as_deref(), "boot") {
+            Ok(s) => out.default = Some(s),
+            Err(e) => problems.push(e),
+        }
     }
     for (key, e) in &b.enclaves {
-        let cid: u32 = key.parse().map_err(|_| {
-            format!("boot.enclaves.{key}: the key is an enclave CID (a number, as given to nitro-cli run-enclave --enclave-cid)")
-        })?;
+        let Ok(cid) = key.parse::<u32>() else {
+            problems.push(format!("boot.enclaves.{key}: the key is an enclave CID (a number, as given to nitro-cli run-enclave --enclave-cid)"));
+            continue;
+        };
         let at = format!("boot.enclaves.{key}");
         if e.config.is_none() && e.secrets.is_none() {
-            return Err(format!("{at}: give config = PATH and/or secrets = PATH"));
+            problems.push(format!("{at}: give config = PATH and/or secrets = PATH"));
+            continue;
         }
-        out.by_cid.insert(
-            cid,
-            load_served(e.config.as_deref(), e.secrets.as_deref(), &at)?,
-        );
+        match load_served(e.config.as_deref(), e.secrets.as_deref(), &at) {
+            Ok(s) => {
+                out.by_cid.insert(cid, s);
+            }
+            Err(e) => problems.push(e),
+        }
     }
-    if out.default.is_none() && out.by_cid.is_empty() {
-        return Err("[boot] needs config = FILE, or [boot.enclaves] CID = FILE".into());
+    if problems.is_empty() && out.default.is_none() && out.by_cid.is_empty() {
+        problems.push("[boot] needs config = FILE, or [boot.enclaves] CID = FILE".into());
     }
-    Ok(out)
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
 }
 
 /// One enclave's configuration and secrets file, each checked as the enclave would check it,
@@ -566,11 +626,25 @@ pub fn check_enclave_config(p: &Path) -> Result<(Part, Loaded), String> {
 /// Parses and checks the text of a host configuration (`origin` names it in errors):
 /// everything [`load`] checks except the files it names.
 pub fn parse(text: &str, origin: &str) -> Result<HostConfig, HostError> {
-    let bad = |reason: String| HostError::Config {
+    let cfg = deserialize(text, origin)?;
+    let problems = text_problems(&cfg);
+    if !problems.is_empty() {
+        return Err(problems_error(origin, problems));
+    }
+    Ok(cfg)
+}
+
+/// The TOML itself: its syntax, its keys and their types (the first error).
+fn deserialize(text: &str, origin: &str) -> Result<HostConfig, HostError> {
+    toml::from_str(text).map_err(|e| HostError::Config {
         path: origin.to_string(),
-        reason,
-    };
-    let cfg: HostConfig = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        reason: e.to_string(),
+    })
+}
+
+/// Every problem that the text alone shows.
+fn text_problems(cfg: &HostConfig) -> Vec<String> {
+    let mut problems = Vec::new();
     if cfg.egress.is_none()
         && cfg.boot.is_none()
         && cfg.credentials.is_none()
@@ -580,38 +654,43 @@ pub fn parse(text: &str, origin: &str) -> Result<HostConfig, HostError> {
         && cfg.enclave.is_none()
         && cfg.cache.is_none()
     {
-        return Err(bad(
+        problems.push(
             "no service configured ([egress], [boot], [credentials], [logs], [[ingress]], [heartbeat], [cache] or [enclave])".into(),
-        ));
+        );
     }
     if let Some(c) = &cfg.cache {
-        c.check().map_err(|e| bad(e.to_string()))?;
+        if let Err(e) = c.check() {
+            problems.push(e.to_string());
+        }
     }
     if let Some(e) = &cfg.egress {
-        Allowlist::new(&e.allow).map_err(|e| bad(format!("egress.allow: {e}")))?;
+        if let Err(e) = Allowlist::new(&e.allow) {
+            problems.push(format!("egress.allow: {e}"));
+        }
         if e.limits().max_connections == 0 {
-            return Err(bad("egress.max_connections must be at least 1".into()));
+            problems.push("egress.max_connections must be at least 1".into());
         }
     }
     if let Some(b) = &cfg.boot {
         if b.config.is_none() && b.secrets.is_none() && b.enclaves.is_empty() {
-            return Err(bad(
-                "[boot] needs config = FILE, or [boot.enclaves] CID = FILE".into(),
-            ));
+            problems.push("[boot] needs config = FILE, or [boot.enclaves] CID = FILE".into());
         }
     }
     if let Some(c) = &cfg.credentials {
         if c.source == CredentialSource::Imds {
-            imds::Imds::new(c.imds_endpoint.as_deref().unwrap_or(imds::DEFAULT_ENDPOINT))
-                .map_err(|e| bad(format!("credentials: {e}")))?;
+            if let Err(e) =
+                imds::Imds::new(c.imds_endpoint.as_deref().unwrap_or(imds::DEFAULT_ENDPOINT))
+            {
+                problems.push(format!("credentials: {e}"));
+            }
         } else if c.imds_endpoint.is_some() {
-            return Err(bad(
-                "credentials.imds_endpoint is for source = \"imds\"".into()
-            ));
+            problems.push("credentials.imds_endpoint is for source = \"imds\"".into());
         }
     }
     if let Some(m) = &cfg.metrics {
-        metrics::loopback(&m.listen).map_err(|e| bad(format!("metrics.listen: {e}")))?;
+        if let Err(e) = metrics::loopback(&m.listen) {
+            problems.push(format!("metrics.listen: {e}"));
+        }
     }
     if let Some(t) = cfg.logs.as_ref().and_then(|l| l.idle_timeout_secs) {
         let (lo, hi) = (
@@ -619,13 +698,18 @@ pub fn parse(text: &str, origin: &str) -> Result<HostConfig, HostError> {
             logs::MAX_IDLE_TIMEOUT.as_secs(),
         );
         if !(lo..=hi).contains(&t) {
-            return Err(bad(format!("logs.idle_timeout_secs {t}: {lo} to {hi}")));
+            problems.push(format!("logs.idle_timeout_secs {t}: {lo} to {hi}"));
         }
     }
     if let Some(s) = &cfg.sockets {
-        s.mode().map_err(bad)?;
+        if let Err(e) = s.mode() {
+            problems.push(e);
+        }
     }
-    Ok(cfg)
+    if let Some(e) = &cfg.enclave {
+        problems.extend(e.problems().iter().map(ToString::to_string));
+    }
+    problems
 }
 
 /// Raises the soft descriptor limit to the hard one: each tunnel holds two descriptors, and
@@ -885,10 +969,10 @@ pub async fn run(checked: Checked, json: bool) -> Result<(), HostError> {
             };
             match sup.run(shutdown).await {
                 enclave::Ended::Policy(outcome) => info!(
-                    ?outcome,
+                    outcome = %outcome,
                     "enclave supervision ended; the other services keep running"
                 ),
-                enclave::Ended::Shutdown => info!("the enclave was terminated"),
+                ended => info!("enclave supervision stopped: {ended}"),
             }
         })
     });
@@ -930,7 +1014,7 @@ pub async fn run(checked: Checked, json: bool) -> Result<(), HostError> {
     }
     sd_notify("STOPPING=1");
     if let Some(t) = enclave_task {
-        info!("stopping: terminating the enclave");
+        info!("stopping: ending the enclave's supervision (terminating the enclave if one runs)");
         let _ = enclave_stop.send(true);
         let _ = tokio::time::timeout(ENCLAVE_STOP_TIMEOUT, t).await;
     }

@@ -93,6 +93,7 @@ impl BlockStore {
                 path: path.clone(),
                 source,
             })?;
+            let mut in_car = 0usize;
             let mut r = CarReader::new(&data[..])
                 .await
                 .map_err(|source| ServeError::Car {
@@ -120,8 +121,10 @@ impl BlockStore {
                     Err(_) => {}
                 }
                 store.blocks.insert(cid, block);
+                in_car += 1;
             }
-            info!(car = %path, blocks = store.blocks.len(), "loaded");
+            // `blocks` is this CAR's; `total` counts distinct blocks of every CAR so far.
+            info!(car = %path, blocks = in_car, total = store.blocks.len(), "loaded");
         }
         Ok(store)
     }
@@ -182,9 +185,28 @@ async fn conn<I>(io: I, store: Arc<BlockStore>, peer: SocketAddr)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |req: Request<Incoming>| {
         let store = store.clone();
-        async move { Ok::<_, Infallible>(handle(&store, req)) }
+        async move {
+            let mut log = RequestLog::default();
+            let method = req.method().clone();
+            let path = req.uri().path().to_string();
+            let r = handle(&store, req, &mut log);
+            let bytes = hyper::body::Body::size_hint(r.body())
+                .exact()
+                .unwrap_or(log.bytes);
+            info!(
+                client = %peer,
+                %method,
+                cid = log.cid.as_deref().unwrap_or("-"),
+                path = %path,
+                format = log.format.unwrap_or("-"),
+                status = r.status().as_u16(),
+                bytes,
+                "request"
+            );
+            Ok::<_, Infallible>(r)
+        }
     });
     let r = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -301,7 +323,18 @@ fn parse_query(q: Option<&str>, accept: &str) -> Result<Query, String> {
     Ok(query)
 }
 
-fn handle(store: &BlockStore, req: Request<Incoming>) -> Response<Body> {
+/// What a request's log line says beside its status: learnt as it is handled.
+#[derive(Default)]
+struct RequestLog {
+    /// The CID asked for, once it parsed.
+    cid: Option<String>,
+    /// `raw` or `car`, once known.
+    format: Option<&'static str>,
+    /// The body's length, for a body that streams (a CAR).
+    bytes: u64,
+}
+
+fn handle(store: &BlockStore, req: Request<Incoming>, log: &mut RequestLog) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
     }
@@ -317,6 +350,7 @@ fn handle(store: &BlockStore, req: Request<Incoming>) -> Response<Body> {
     let Ok(root) = cid_str.parse::<Cid>() else {
         return text(StatusCode::BAD_REQUEST, format!("invalid CID {cid_str:?}"));
     };
+    log.cid = Some(root.to_string());
     let segments: Vec<String> = segs.map(percent_decode).collect();
     let accept = req
         .headers()
@@ -333,7 +367,10 @@ fn handle(store: &BlockStore, req: Request<Incoming>) -> Response<Body> {
             "this is a trustless gateway: ask for format=raw or format=car",
         );
     };
-    debug!(%root, path = ?segments, ?format, "request");
+    log.format = Some(match format {
+        Format::Raw => "raw",
+        Format::Car => "car",
+    });
     match format {
         Format::Raw => {
             let cid = match resolve_path(store, &root, &segments, &mut Vec::new()) {
@@ -368,7 +405,9 @@ fn handle(store: &BlockStore, req: Request<Incoming>) -> Response<Body> {
             let mut r = if head {
                 Response::new(Full::new(Bytes::new()).boxed())
             } else {
-                car_body(store, header, plan)
+                let (body, bytes) = car_body(store, header, plan);
+                log.bytes = bytes;
+                body
             };
             let ct = if q.dups {
                 "application/vnd.ipld.car; version=1; order=dfs; dups=y"
@@ -400,12 +439,19 @@ fn set_headers(r: &mut Response<Body>, ct: &'static str, cid: &Cid) {
     );
 }
 
-/// Streams the planned blocks as CAR sections, a block at a time.
-fn car_body(store: &BlockStore, header: Bytes, plan: Vec<Cid>) -> Response<Body> {
+/// Streams the planned blocks as CAR sections, a block at a time; and the body's length.
+fn car_body(store: &BlockStore, header: Bytes, plan: Vec<Cid>) -> (Response<Body>, u64) {
     let blocks: Vec<(Cid, Bytes)> = plan
         .into_iter()
         .filter_map(|c| store.get(&c).map(|b| (c, b)))
         .collect();
+    let section = |cid: &Cid, block: &Bytes| {
+        let n = (cid.encoded_len() + block.len()) as u64;
+        // The section's length prefix is an unsigned varint: 7 bits a byte.
+        let prefix = (64 - n.max(1).leading_zeros()).div_ceil(7);
+        n + u64::from(prefix)
+    };
+    let bytes = header.len() as u64 + blocks.iter().map(|(c, b)| section(c, b)).sum::<u64>();
     let sections = blocks.into_iter().map(|(cid, block)| {
         let mut out = Vec::with_capacity(block.len() + 48);
         // Writing into a Vec cannot fail.
@@ -414,7 +460,10 @@ fn car_body(store: &BlockStore, header: Bytes, plan: Vec<Cid>) -> Response<Body>
     });
     let stream =
         futures_util::stream::iter(std::iter::once(Ok(Frame::data(header))).chain(sections));
-    Response::new(BodyExt::boxed(StreamBody::new(stream)))
+    (
+        Response::new(BodyExt::boxed(StreamBody::new(stream))),
+        bytes,
+    )
 }
 
 fn resolve_path(

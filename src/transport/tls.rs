@@ -103,19 +103,15 @@ fn server_config_for(
 }
 
 #[cfg(feature = "dev-gateway")]
-/// A throwaway CA and a certificate for `localhost`, `127.0.0.1` and `::1`, for the dev
-/// gateway. The CA certificate is written to `ca_out` for clients to pass as `--ca`.
+/// A development CA and a certificate it signs for `localhost`, `127.0.0.1` and `::1`, for
+/// the dev gateway. The CA is kept: its certificate at `ca_out`, for clients to pass as
+/// `--ca`, and its key beside it (`ca_out` + `.key`), both `0600` (a directory made for them
+/// is `0700`). A later start with the same `ca_out` signs with the same CA, so clients keep
+/// trusting the gateway across restarts; a fresh leaf is made at each start.
 pub fn self_signed(ca_out: &Path) -> Result<Arc<ServerConfig>, TransportError> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
+    use rcgen::{CertificateParams, KeyPair};
     let e = |e: rcgen::Error| TransportError::TlsConfig(format!("generating a certificate: {e}"));
-    let ca_key = KeyPair::generate().map_err(e)?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "cidboot dev gateway CA");
-    let ca = ca_params.self_signed(&ca_key).map_err(e)?;
+    let (ca, ca_key) = dev_ca(ca_out)?;
     let leaf_key = KeyPair::generate().map_err(e)?;
     let leaf_params = CertificateParams::new(vec![
         "localhost".to_string(),
@@ -124,11 +120,130 @@ pub fn self_signed(ca_out: &Path) -> Result<Arc<ServerConfig>, TransportError> {
     ])
     .map_err(e)?;
     let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).map_err(e)?;
-    std::fs::write(ca_out, ca.pem()).map_err(|source| TransportError::BadCa {
-        path: ca_out.display().to_string(),
-        reason: source.to_string(),
-    })?;
     let key = PrivateKeyDer::try_from(leaf_key.serialize_der())
         .map_err(|e| TransportError::TlsConfig(e.to_string()))?;
     server_config_for(vec![leaf.der().clone()], key)
+}
+
+/// The development CA at `ca_out`: the one kept there, or a new one written there.
+#[cfg(feature = "dev-gateway")]
+fn dev_ca(ca_out: &Path) -> Result<(rcgen::Certificate, rcgen::KeyPair), TransportError> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let e = |e: rcgen::Error| TransportError::TlsConfig(format!("generating a certificate: {e}"));
+    let bad = |path: &Path, reason: String| TransportError::BadCa {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut key_path = ca_out.as_os_str().to_owned();
+    key_path.push(".key");
+    let key_path = std::path::PathBuf::from(key_path);
+    // The CA certificate is the same subject and key each time: what a client trusts in it.
+    let params = || -> Result<CertificateParams, TransportError> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "cidboot dev gateway CA");
+        Ok(p)
+    };
+    let kept = match std::fs::symlink_metadata(&key_path) {
+        Ok(m) if !m.is_file() => return Err(bad(&key_path, "not a regular file".into())),
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+            return Err(bad(
+                &key_path,
+                format!(
+                    "the CA's key is mode {:o}: others could sign for localhost; chmod 600 it",
+                    m.permissions().mode() & 0o777
+                ),
+            ))
+        }
+        Ok(_) => {
+            let pem =
+                std::fs::read_to_string(&key_path).map_err(|e| bad(&key_path, e.to_string()))?;
+            Some(
+                KeyPair::from_pem(&pem)
+                    .map_err(|e| bad(&key_path, format!("not the CA's key: {e}")))?,
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(bad(&key_path, e.to_string())),
+    };
+    if let Some(key) = kept {
+        let ca = params()?.self_signed(&key).map_err(e)?;
+        match std::fs::read(ca_out) {
+            Ok(pem) => {
+                let der = CertificateDer::from_pem_slice(&pem)
+                    .map_err(|e| bad(ca_out, format!("no certificate: {e}")))?;
+                let (_, cert) = x509_parser::parse_x509_certificate(&der)
+                    .map_err(|e| bad(ca_out, e.to_string()))?;
+                if cert.public_key().raw != key.public_key_der().as_slice() {
+                    return Err(bad(
+                        ca_out,
+                        format!(
+                            "not the certificate of the CA key {}; remove both to make a new CA",
+                            key_path.display()
+                        ),
+                    ));
+                }
+                tracing::info!(ca = %ca_out.display(), "signing with the kept development CA");
+            }
+            // The key alone: its certificate is written again (the same subject and key).
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                write_private(ca_out, ca.pem().as_bytes(), false)?;
+                tracing::info!(ca = %ca_out.display(), "wrote the kept development CA's certificate again");
+            }
+            Err(err) => return Err(bad(ca_out, err.to_string())),
+        }
+        return Ok((ca, key));
+    }
+    if let Some(dir) = ca_out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|err| bad(ca_out, format!("creating {}: {err}", dir.display())))?;
+        }
+    }
+    let key = KeyPair::generate().map_err(e)?;
+    let ca = params()?.self_signed(&key).map_err(e)?;
+    // The key first, private from its first instant: a certificate without its key is
+    // replaced at the next start, a key without its certificate is kept.
+    write_private(&key_path, key.serialize_pem().as_bytes(), true)?;
+    write_private(ca_out, ca.pem().as_bytes(), false)?;
+    tracing::info!(ca = %ca_out.display(), key = %key_path.display(), "made a development CA; later starts sign with it");
+    Ok((ca, key))
+}
+
+/// Writes `bytes` to `path` with mode `0600` from its creation: a new file (`new`), or a
+/// file put in place by a rename.
+#[cfg(feature = "dev-gateway")]
+fn write_private(path: &Path, bytes: &[u8], new: bool) -> Result<(), TransportError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let bad = |reason: String| TransportError::BadCa {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let target = if new { path } else { tmp.as_path() };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(target)
+        .map_err(|e| bad(e.to_string()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| bad(e.to_string()))?;
+    if !new {
+        std::fs::rename(&tmp, path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            bad(e.to_string())
+        })?;
+    }
+    Ok(())
 }
