@@ -611,13 +611,13 @@ async fn pull_files(
 /// these do not apply to it.
 #[derive(Args, Debug, Clone, Default)]
 pub struct LayerLimitArgs {
-    /// MiB all layers may inflate to together [default: [layers] max_image_mib, or 16384].
+    /// MiB all layers may inflate to together [default: 16384, or `run`'s [layers] max_image_mib].
     #[arg(long, value_name = "MIB")]
     pub max_image_mib: Option<u64>,
-    /// MiB one layer may inflate to [default: [layers] max_layer_mib, or 4096].
+    /// MiB one layer may inflate to [default: 4096, or `run`'s [layers] max_layer_mib].
     #[arg(long, value_name = "MIB")]
     pub max_layer_mib: Option<u64>,
-    /// Tar entries in one layer [default: [layers] max_layer_entries, or 1000000].
+    /// Tar entries in one layer [default: 1000000, or `run`'s [layers] max_layer_entries].
     #[arg(long, value_name = "N")]
     pub max_layer_entries: Option<u64>,
 }
