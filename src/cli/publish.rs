@@ -21,6 +21,12 @@ pub struct PackArgs {
     /// Pack any directory, not only an OCI image layout (as `ipfs-car pack` would).
     #[arg(long)]
     pub any_dir: bool,
+    /// The UnixFS CID profile, which decides the CID: `ipfs-car` (the default) is byte for
+    /// byte what `ipfs-car pack` writes; `unixfs-v1-2025` is IPIP-0499's profile (the same
+    /// files give the same CID in any implementation that has it, kubo 0.40+ and Helia
+    /// among them); `unixfs-v0-2015` gives the CIDv0 (`Qm…`) kubo made by default until 0.39.
+    #[arg(long, value_enum, default_value_t = packer::Profile::IpfsCar, value_name = "NAME")]
+    pub profile: packer::Profile,
     /// Print JSON (docs/json.md): the CID, the CAR written, its blocks and bytes.
     #[arg(long)]
     pub json: bool,
@@ -41,7 +47,7 @@ pub fn pack(a: PackArgs) -> Result<(), CliError> {
         }
     }
     let Some(car_arg) = &a.car else {
-        let packed = packer::pack_cid(&a.dir)?;
+        let packed = packer::pack_cid_as(&a.dir, a.profile)?;
         outln!("{}", line(&a, &packed))?;
         tracing::info!(
             blocks = packed.blocks,
@@ -63,7 +69,7 @@ pub fn pack(a: PackArgs) -> Result<(), CliError> {
         Some(t) => t.path().join("out.car"),
         None => car_arg.clone(),
     };
-    let packed = packer::pack_dir(&a.dir, &car)?;
+    let packed = packer::pack_dir_as(&a.dir, &car, a.profile)?;
     let line = line(&a, &packed);
     if to_stdout {
         // The CAR is built in a file first: its header is rewritten once the root is known.
@@ -101,6 +107,7 @@ fn line(a: &PackArgs, packed: &packer::Packed) -> String {
         car: Option<String>,
         blocks: u64,
         bytes: u64,
+        profile: &'static str,
     }
     if a.json {
         serde_json::to_string(&PackOut {
@@ -108,6 +115,7 @@ fn line(a: &PackArgs, packed: &packer::Packed) -> String {
             car: a.car.as_ref().map(|c| c.display().to_string()),
             blocks: packed.blocks,
             bytes: packed.bytes,
+            profile: a.profile.name(),
         })
         .unwrap_or_default()
     } else {
