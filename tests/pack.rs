@@ -441,6 +441,26 @@ fn profiles_match_helias_importer_on_a_layout_and_on_chunk_edges_widths_and_empt
 }
 
 #[test]
+fn profiles_give_ipip_0499s_empty_directory_cids() {
+    let work = tempfile::tempdir().unwrap();
+    let empty = work.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for (profile, want) in [
+        (
+            "unixfs-v1-2025",
+            "bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354",
+        ),
+        (
+            "unixfs-v0-2015",
+            "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn",
+        ),
+    ] {
+        let car = work.path().join(format!("{profile}.car"));
+        assert_eq!(ours_as(&empty, profile, &car), want);
+    }
+}
+
+#[test]
 fn profiles_shard_directories_where_helias_importer_does() {
     let work = tempfile::tempdir().unwrap();
     // 1001 blobs: sharded by ipfs-car (over 1000 entries), one node under both profiles (well
