@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::CliError;
+use crate::publish::artifact;
 use crate::publish::pack as packer;
 #[cfg(feature = "dev-gateway")]
 use crate::publish::serve;
@@ -121,6 +122,66 @@ fn line(a: &PackArgs, packed: &packer::Packed) -> String {
     } else {
         packed.root_cid.clone()
     }
+}
+
+#[derive(Args, Debug)]
+pub struct ArtifactArgs {
+    /// The EigenRuntime specification (YAML), the artifact's one layer, titled with this
+    /// file's name.
+    pub spec: PathBuf,
+    /// The AVS's name (`avsName` of the config, and the description).
+    #[arg(long)]
+    pub name: String,
+    /// The release (`releaseVersion` of the config), also the layout's tag.
+    #[arg(long)]
+    pub release: String,
+    /// The EigenRuntime kind (`kind` of the config, and the `validationSchema` it names).
+    #[arg(long, default_value = "Hourglass")]
+    pub kind: String,
+    /// `org.opencontainers.image.source` of the manifest (DevKit writes its own repository).
+    #[arg(long, default_value = artifact::DEVKIT_SOURCE, value_name = "URL")]
+    pub source: String,
+    /// Directory to create as an OCI image layout (must not exist, or be empty), ready for
+    /// `cidboot pack`. Its creation time is now, or SOURCE_DATE_EPOCH when set, so that the
+    /// same inputs give the same digests and the same CID.
+    #[arg(long, value_name = "DIR")]
+    pub oci_layout: PathBuf,
+    /// Print JSON (docs/json.md): the layout written and the digests of its manifest, config
+    /// and specification.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn artifact(a: ArtifactArgs) -> Result<(), CliError> {
+    let created = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v.trim().parse::<i64>().map_err(|_| {
+            CliError::Usage(format!(
+                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds since the epoch"
+            ))
+        })?,
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+    };
+    let o = artifact::Options {
+        name: a.name,
+        release: a.release,
+        kind: a.kind,
+        source: a.source,
+        created,
+    };
+    let made = artifact::make(&a.spec, &o, &a.oci_layout)?;
+    if a.json {
+        outln!("{}", serde_json::to_string(&made).unwrap_or_default())?;
+    } else {
+        outln!(
+            "wrote EigenRuntime artifact {} (specification {}) into {}",
+            made.manifest_digest,
+            made.spec_digest,
+            made.oci_layout
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(feature = "dev-gateway")]
