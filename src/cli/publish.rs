@@ -25,7 +25,8 @@ pub struct PackArgs {
     /// The UnixFS CID profile, which decides the CID: `ipfs-car` (the default) is byte for
     /// byte what `ipfs-car pack` writes; `unixfs-v1-2025` is IPIP-0499's profile (the same
     /// files give the same CID in any implementation that has it, kubo 0.40+ and Helia
-    /// among them); `unixfs-v0-2015` gives the CIDv0 (`Qm…`) kubo made by default until 0.39.
+    /// among them); `unixfs-v0-2015` gives the CIDv0 (`Qm…`) kubo made by default until 0.39
+    /// (docs/image-reference.md, "CID profiles").
     #[arg(long, value_enum, default_value_t = packer::Profile::IpfsCar, value_name = "NAME")]
     pub profile: packer::Profile,
     /// Print JSON (docs/json.md): the CID, the CAR written, its blocks and bytes.
