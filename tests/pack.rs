@@ -398,8 +398,11 @@ fn profiles_match_helias_importer_on_a_layout_and_on_chunk_edges_widths_and_empt
             cars.push((profile, name, car, ours));
         }
     }
-    // ipfs-car leaves empty directories out, the IPIP-0499 profiles keep them.
+    // ipfs-car leaves empty directories out, the IPIP-0499 profiles keep them; for a layout
+    // (no empty directory, fewer than 1001 blobs) ipfs-car's CID is unixfs-v1-2025's.
     assert_ne!(cars[1].3, default_tree);
+    let default_layout = run(&["pack", layout.to_str().unwrap()]);
+    assert_eq!(default_layout.stdout.trim(), cars[0].3);
 
     // The layouts read back through a gateway, verified, with every blob as it was written:
     // the legacy one is CIDv0 and dag-pb leaves throughout.
