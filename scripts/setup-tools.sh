@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the tools the tests use, once, behind stamps outside the repository:
 #   - ipfs-car (npm), the independent CAR packer the tests compare against;
+#   - ipfs-unixfs-importer (npm), Helia's UnixFS importer, which `pack --profile` is compared
+#     against (about 60 small packages, 11 MB, a few seconds);
 #   - cargo-deny, which checks the dependency policy;
 #   - buildah (apt), which builds the EIF image and the sleeve in the end-to-end test;
 #   - moto (PyPI, in a venv), the independent AWS KMS the KMS client and `seal` are tested
@@ -81,5 +83,16 @@ if [ ! -f "$stamp" ] || [ ! -x "$tools/node_modules/.bin/ipfs-car" ]; then
   mkdir -p "$tools"
   npm install --prefix "$tools" --no-audit --no-fund --loglevel=error "ipfs-car@$IPFS_CAR_VERSION" >&2
   touch "$stamp"
+fi
+# Helia's importer, in a prefix of its own so that it and ipfs-car keep their own dependencies.
+UNIXFS_IMPORTER_VERSION=17.1.1
+importer="$tools/unixfs-importer"
+importer_stamp="$importer/.ipfs-unixfs-importer-$UNIXFS_IMPORTER_VERSION"
+if [ ! -f "$importer_stamp" ] || [ ! -f "$importer/node_modules/ipfs-unixfs-importer/dist/src/index.js" ]; then
+  echo "setup: installing ipfs-unixfs-importer@$UNIXFS_IMPORTER_VERSION into $importer" >&2
+  mkdir -p "$importer"
+  npm install --prefix "$importer" --no-audit --no-fund --loglevel=error \
+    "ipfs-unixfs-importer@$UNIXFS_IMPORTER_VERSION" >&2
+  touch "$importer_stamp"
 fi
 echo "$tools/node_modules/.bin/ipfs-car"

@@ -306,3 +306,197 @@ fn an_artifact_with_the_empty_config_is_described_and_pulled() {
     assert!(out.ok, "{}", out.stderr);
     assert_eq!(std::fs::read(files.join("sbom.spdx.json")).unwrap(), sbom);
 }
+
+/// `cidboot artifact` with a fixed creation time: its output.
+fn make_artifact(spec: &Path, layout: &Path, extra: &[&str]) -> std::process::Output {
+    make_named(spec, layout, ("demo", "v1.0.0"), extra)
+}
+
+fn make_named(
+    spec: &Path,
+    layout: &Path,
+    (name, release): (&str, &str),
+    extra: &[&str],
+) -> std::process::Output {
+    cidboot()
+        .arg("artifact")
+        .arg(spec)
+        .args(["--name", name, "--release", release, "--oci-layout"])
+        .arg(layout)
+        .args(extra)
+        .env("SOURCE_DATE_EPOCH", "1735689600")
+        .env("CIDBOOT_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn artifact_makes_devkits_eigenruntime_artifact_which_packs_and_reads_back() {
+    let work = tempfile::tempdir().unwrap();
+    let spec_file = work.path().join("runtime.yaml");
+    let spec = b"apiVersion: eigenruntime.io/v1\nkind: Hourglass\nname: demo\nspec:\n  aggregator:\n    registry: ghcr.io/example/aggregator\n    digest: sha256:00\n";
+    std::fs::write(&spec_file, spec).unwrap();
+    let layout = work.path().join("artifact");
+    let o = make_artifact(&spec_file, &layout, &["--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let made: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_documented(&String::from_utf8_lossy(&o.stdout), "`artifact`", 0);
+    let manifest_digest = made["manifest_digest"].as_str().unwrap().to_string();
+    assert_eq!(made["spec_digest"], format!("sha256:{}", sha256_hex(spec)));
+
+    // The manifest as DevKit's artifact package describes it (and with the title oras and
+    // `pull --files` name the file by).
+    let blob = |d: &str| std::fs::read(layout.join("blobs/sha256").join(&d[7..])).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&blob(&manifest_digest)).unwrap();
+    assert_eq!(manifest["schemaVersion"], 2);
+    assert_eq!(manifest["mediaType"], MT_MANIFEST);
+    assert_eq!(manifest["artifactType"], EIGEN_TYPE);
+    assert_eq!(manifest["config"]["mediaType"], EIGEN_CONFIG);
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
+    assert_eq!(manifest["layers"][0]["mediaType"], "text/yaml");
+    assert_eq!(manifest["layers"][0]["size"], spec.len());
+    assert_eq!(
+        manifest["layers"][0]["annotations"]["org.opencontainers.image.title"],
+        "runtime.yaml"
+    );
+    assert_eq!(
+        manifest["annotations"],
+        json!({
+            "io.eigenruntime.spec.version": "v1",
+            "org.opencontainers.image.created": "2025-01-01T00:00:00Z",
+            "org.opencontainers.image.description": "EigenRuntime specification for AVS demo",
+            "org.opencontainers.image.source": "https://github.com/Layr-Labs/devkit-cli",
+        })
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
+    let mut keys: Vec<_> = config.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "avsName",
+            "eigenRuntimeAPIVersion",
+            "formatVersion",
+            "kind",
+            "metadata",
+            "validationSchema"
+        ]
+    );
+    assert_eq!(config["avsName"], "demo");
+    assert_eq!(config["eigenRuntimeAPIVersion"], "v1");
+    assert_eq!(config["formatVersion"], "1.0");
+    assert_eq!(config["kind"], "Hourglass");
+    assert_eq!(
+        config["validationSchema"],
+        "https://eigenruntime.io/schemas/hourglass/v1/manifest.json"
+    );
+    assert_eq!(config["metadata"]["createdAt"], "2025-01-01T00:00:00Z");
+    assert_eq!(config["metadata"]["releaseVersion"], "v1.0.0");
+    // The layout is one other tools read: skopeo finds the manifest under the release's tag.
+    let o = std::process::Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            &format!("oci:{}:v1.0.0", layout.display()),
+        ])
+        .output()
+        .expect("skopeo (installed by scripts/setup-tools.sh)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(format!("sha256:{}", sha256_hex(&o.stdout)), manifest_digest);
+    // The same inputs and time give the same layout, so the same CID.
+    let again = work.path().join("again");
+    assert!(make_artifact(&spec_file, &again, &[]).status.success());
+    let cid_of = |d: &Path| {
+        let o = run(&["pack", d.to_str().unwrap()]);
+        assert!(o.ok, "{}", o.stderr);
+        o.stdout.trim().to_string()
+    };
+    assert_eq!(cid_of(&layout), cid_of(&again));
+
+    // Packed, served, and read back as the tests above read an artifact oras wrote.
+    let car = work.path().join("artifact.car");
+    let o = run(&[
+        "pack",
+        layout.to_str().unwrap(),
+        "--car",
+        car.to_str().unwrap(),
+    ]);
+    assert!(o.ok, "{}", o.stderr);
+    let root = o.stdout.trim().to_string();
+    let gw = Gateway::start(&[car], work.path());
+    let r = format!("ipfs://{root}");
+    let ca = gw.ca.to_str().unwrap();
+    let out = run(&["inspect", &r, "--gateway", &gw.url, "--ca", ca, "--json"]);
+    assert!(out.ok, "{}", out.stderr);
+    let v = out.json();
+    let mut fields = documented_fields("`inspect`", 1);
+    fields.retain(|f| f != "subject");
+    assert_eq!(keys_in_order(&out.stdout), fields, "{}", out.stdout);
+    assert_eq!(v["kind"], "artifact");
+    assert_eq!(v["artifact_type"], EIGEN_TYPE);
+    assert_eq!(v["manifest_digest"], manifest_digest);
+    assert_eq!(v["config"]["media_type"], EIGEN_CONFIG);
+    assert_eq!(v["layers"][0]["media_type"], "text/yaml");
+    assert_eq!(v["layers"][0]["title"], "runtime.yaml");
+    assert_eq!(v["layers"][0]["size"], spec.len());
+    assert_eq!(v["annotations"], manifest["annotations"]);
+    let files = work.path().join("files");
+    let out = run(&[
+        "pull",
+        &r,
+        "--gateway",
+        &gw.url,
+        "--ca",
+        ca,
+        "--files",
+        files.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(out.json()["manifest_digest"], manifest_digest);
+    assert_eq!(std::fs::read(files.join("runtime.yaml")).unwrap(), spec);
+    assert_eq!(std::fs::read_dir(&files).unwrap().count(), 1);
+}
+
+#[test]
+fn artifact_refuses_bad_inputs_and_leaves_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let spec = work.path().join("spec.yaml");
+    std::fs::write(&spec, SPEC).unwrap();
+    let big = work.path().join("big.yaml");
+    std::fs::write(&big, vec![b'a'; (1 << 20) + 1]).unwrap();
+    let binary = work.path().join("bin.yaml");
+    std::fs::write(&binary, [0xff, 0xfe, 0x00]).unwrap();
+    let layout = work.path().join("out");
+    for (file, names, want) in [
+        (&spec, ("a<b", "v1"), "AVS name \"a<b\""),
+        (&spec, ("demo", "v1 beta"), "release \"v1 beta\""),
+        (&big, ("demo", "v1"), "over the 1048576"),
+        (&binary, ("demo", "v1"), "not UTF-8"),
+        (
+            &work.path().join("missing.yaml"),
+            ("demo", "v1"),
+            "missing.yaml",
+        ),
+    ] {
+        let o = make_named(file, &layout, names, &[]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && stderr.contains(want),
+            "{want}: {stderr}"
+        );
+        assert!(!layout.exists(), "{want}");
+    }
+    // A layout that is there already is not overwritten.
+    std::fs::create_dir_all(&layout).unwrap();
+    std::fs::write(layout.join("keep"), b"x").unwrap();
+    let o = make_artifact(&spec, &layout, &[]);
+    assert!(!o.status.success());
+    assert_eq!(std::fs::read(layout.join("keep")).unwrap(), b"x");
+    let names: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains("partial")), "{names:?}");
+}

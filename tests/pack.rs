@@ -296,3 +296,198 @@ fn a_device_a_fifo_or_a_symlink_is_written_in_place_never_replaced() {
     names.sort();
     assert_eq!(names, ["fifo", "link", "null", "target.car"]);
 }
+
+/// The IPIP-0499 profiles `pack --profile` takes.
+const PROFILES: [&str; 2] = ["unixfs-v1-2025", "unixfs-v0-2015"];
+
+/// The root CID Helia's UnixFS importer (ipfs-unixfs-importer, which scripts/setup-tools.sh
+/// installs) makes for `dir` under `profile`, dotfiles left out and empty directories kept.
+fn helia_cid(dir: &Path, profile: &str) -> String {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let index = Path::new(&home).join(
+        ".cache/cidboot/tools/unixfs-importer/node_modules/ipfs-unixfs-importer/dist/src/index.js",
+    );
+    assert!(
+        index.exists(),
+        "ipfs-unixfs-importer not found at {} (run scripts/setup-tools.sh)",
+        index.display()
+    );
+    let o = std::process::Command::new("node")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/unixfs_import.mjs"))
+        .arg(&index)
+        .arg(dir)
+        .arg(profile)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "the importer failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// `cidboot pack --profile` into `car`: the CID it prints.
+fn ours_as(dir: &Path, profile: &str, car: &Path) -> String {
+    let out = run(&[
+        "pack",
+        dir.to_str().unwrap(),
+        "--car",
+        car.to_str().unwrap(),
+        "--any-dir",
+        "--profile",
+        profile,
+        "--json",
+    ]);
+    assert!(out.ok, "{profile}: {}", out.stderr);
+    assert_eq!(out.json()["profile"], profile);
+    let cid = out.json()["cid"].as_str().unwrap().to_string();
+    // Without --car the CID is the same.
+    let o = run(&[
+        "pack",
+        dir.to_str().unwrap(),
+        "--any-dir",
+        "--profile",
+        profile,
+    ]);
+    assert!(o.ok, "{profile}: {}", o.stderr);
+    assert_eq!(o.stdout.trim(), cid, "{profile}: without --car");
+    cid
+}
+
+#[test]
+fn profiles_match_helias_importer_on_a_layout_and_on_chunk_edges_widths_and_empty_directories() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(
+        "amd64",
+        &[
+            vec![("bin/x", noise(3_300_000, 5))],
+            vec![("y", b"y".to_vec())],
+        ],
+    );
+    let layout = work.path().join("layout");
+    write_layout(&layout, &[("amd64", &img)]);
+    let tree = work.path().join("tree");
+    std::fs::create_dir_all(tree.join("a/b/c")).unwrap();
+    std::fs::create_dir_all(tree.join("empty/inner")).unwrap();
+    std::fs::create_dir_all(tree.join("only-hidden")).unwrap();
+    std::fs::write(tree.join("only-hidden/.x"), b"skipped").unwrap();
+    std::fs::write(tree.join("exact"), noise(1 << 20, 1)).unwrap();
+    std::fs::write(tree.join("one-more"), noise((1 << 20) + 1, 2)).unwrap();
+    std::fs::write(tree.join("exact-256k"), noise(256 << 10, 3)).unwrap();
+    std::fs::write(tree.join("one-more-256k"), noise((256 << 10) + 1, 4)).unwrap();
+    // 175 chunks of 256 KiB: one more than a legacy file node links, so a second level.
+    std::fs::write(tree.join("wide"), noise(174 * (256 << 10) + 1, 6)).unwrap();
+    std::fs::write(tree.join("zero"), b"").unwrap();
+    std::fs::write(tree.join(".hidden"), b"skipped").unwrap();
+    std::fs::write(tree.join("a/b/c/deep"), b"deep").unwrap();
+    std::fs::write(tree.join("a/Z-upper"), b"sorting is by bytes").unwrap();
+    std::fs::write(tree.join("a/\u{e9}t\u{e9}"), b"utf-8 name").unwrap();
+    let default_tree = {
+        let o = run(&["pack", tree.to_str().unwrap(), "--any-dir"]);
+        assert!(o.ok, "{}", o.stderr);
+        o.stdout.trim().to_string()
+    };
+    let mut cars = Vec::new();
+    for profile in PROFILES {
+        for (name, dir) in [("layout", &layout), ("tree", &tree)] {
+            let car = work.path().join(format!("{name}-{profile}.car"));
+            let ours = ours_as(dir, profile, &car);
+            assert_eq!(ours, helia_cid(dir, profile), "{name}, {profile}");
+            assert_eq!(ours.starts_with("Qm"), profile == "unixfs-v0-2015");
+            cars.push((profile, name, car, ours));
+        }
+    }
+    // ipfs-car leaves empty directories out, the IPIP-0499 profiles keep them; for a layout
+    // (no empty directory, fewer than 1001 blobs) ipfs-car's CID is unixfs-v1-2025's.
+    assert_ne!(cars[1].3, default_tree);
+    let default_layout = run(&["pack", layout.to_str().unwrap()]);
+    assert_eq!(default_layout.stdout.trim(), cars[0].3);
+
+    // The layouts read back through a gateway, verified, with every blob as it was written:
+    // the legacy one is CIDv0 and dag-pb leaves throughout.
+    let layout_cars: Vec<_> = cars.iter().filter(|c| c.1 == "layout").collect();
+    let gw = Gateway::start(
+        &layout_cars.iter().map(|c| c.2.clone()).collect::<Vec<_>>(),
+        work.path(),
+    );
+    for (profile, _, _, cid) in layout_cars {
+        let out_dir = work.path().join(format!("pulled-{profile}"));
+        let r = format!("ipfs://{cid}");
+        let out = run(&[
+            "pull",
+            &r,
+            "--gateway",
+            &gw.url,
+            "--ca",
+            gw.ca.to_str().unwrap(),
+            "--oci-layout",
+            out_dir.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(out.ok, "{profile}: {}", out.stderr);
+        assert_eq!(
+            out.json()["manifest_digest"],
+            img.manifest.digest,
+            "{profile}"
+        );
+        for blob in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+            let blob = blob.unwrap();
+            assert_eq!(
+                std::fs::read(out_dir.join("blobs/sha256").join(blob.file_name())).unwrap(),
+                std::fs::read(blob.path()).unwrap(),
+                "{profile}: {:?}",
+                blob.file_name()
+            );
+        }
+    }
+}
+
+#[test]
+fn profiles_give_ipip_0499s_empty_directory_cids() {
+    let work = tempfile::tempdir().unwrap();
+    let empty = work.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for (profile, want) in [
+        (
+            "unixfs-v1-2025",
+            "bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354",
+        ),
+        (
+            "unixfs-v0-2015",
+            "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn",
+        ),
+    ] {
+        let car = work.path().join(format!("{profile}.car"));
+        assert_eq!(ours_as(&empty, profile, &car), want);
+    }
+}
+
+#[test]
+fn profiles_shard_directories_where_helias_importer_does() {
+    let work = tempfile::tempdir().unwrap();
+    // 1001 blobs: sharded by ipfs-car (over 1000 entries), one node under both profiles (well
+    // under 256 KiB). 4000: over 256 KiB both as a node and as names and CIDs, so sharded
+    // under both, sub-shards of sub-shards included.
+    for (entries, name) in [(1001, "over"), (4000, "many")] {
+        let dir = work.path().join(name);
+        layout_with_blobs(&dir, entries - 3);
+        let default = {
+            let o = run(&["pack", dir.to_str().unwrap()]);
+            assert!(o.ok, "{}", o.stderr);
+            o.stdout.trim().to_string()
+        };
+        for profile in PROFILES {
+            let car = work.path().join(format!("{name}-{profile}.car"));
+            let ours = ours_as(&dir, profile, &car);
+            assert_eq!(
+                ours,
+                helia_cid(&dir, profile),
+                "{entries} entries, {profile}"
+            );
+            if entries == 1001 {
+                assert_ne!(ours, default, "{profile}: ipfs-car shards 1001 entries");
+            }
+        }
+    }
+}

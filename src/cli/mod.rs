@@ -42,6 +42,8 @@ pub struct Cli {
 pub enum Command {
     /// Pack an OCI image layout directory into a CARv1 and print its root CID.
     Pack(publish::PackArgs),
+    /// Make an EigenRuntime specification artifact (DevKit's) as an OCI image layout to pack.
+    Artifact(publish::ArtifactArgs),
     /// Serve the blocks of CAR files as a trustless gateway (development, tests, air-gapped).
     #[cfg(feature = "dev-gateway")]
     Gateway(publish::GatewayArgs),
@@ -203,6 +205,8 @@ pub enum CliError {
     Apply(#[from] crate::apply::ApplyError),
     #[error(transparent)]
     Pack(#[from] crate::publish::pack::PackError),
+    #[error(transparent)]
+    Artifact(#[from] crate::publish::artifact::ArtifactError),
     #[cfg(feature = "dev-gateway")]
     #[error(transparent)]
     Serve(#[from] crate::publish::serve::ServeError),
@@ -324,6 +328,7 @@ pub fn main() -> ExitCode {
     };
     let json = match &cli.command {
         Command::Pack(a) => a.json,
+        Command::Artifact(a) => a.json,
         Command::Inspect(a) => a.json,
         Command::Pull(a) => a.json,
         Command::Run(a) => a.json,
@@ -624,6 +629,7 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
                 what: "packing".into(),
                 source: std::io::Error::other(e.to_string()),
             })?),
+        Command::Artifact(a) => ok(publish::artifact(a)),
         Command::Inspect(a) => ok(image::inspect(a).await),
         Command::Pull(a) => ok(image::pull(a).await),
         Command::Unpack(a) => ok(image::unpack(a).await),

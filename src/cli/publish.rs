@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::CliError;
+use crate::publish::artifact;
 use crate::publish::pack as packer;
 #[cfg(feature = "dev-gateway")]
 use crate::publish::serve;
@@ -21,6 +22,13 @@ pub struct PackArgs {
     /// Pack any directory, not only an OCI image layout (as `ipfs-car pack` would).
     #[arg(long)]
     pub any_dir: bool,
+    /// The UnixFS CID profile, which decides the CID: `ipfs-car` (the default) is byte for
+    /// byte what `ipfs-car pack` writes; `unixfs-v1-2025` is IPIP-0499's profile (the same
+    /// files give the same CID in any implementation that has it, kubo 0.40+ and Helia
+    /// among them); `unixfs-v0-2015` gives the CIDv0 (`Qm…`) kubo made by default until 0.39
+    /// (docs/image-reference.md, "CID profiles").
+    #[arg(long, value_enum, default_value_t = packer::Profile::IpfsCar, value_name = "NAME")]
+    pub profile: packer::Profile,
     /// Print JSON (docs/json.md): the CID, the CAR written, its blocks and bytes.
     #[arg(long)]
     pub json: bool,
@@ -41,7 +49,7 @@ pub fn pack(a: PackArgs) -> Result<(), CliError> {
         }
     }
     let Some(car_arg) = &a.car else {
-        let packed = packer::pack_cid(&a.dir)?;
+        let packed = packer::pack_cid_as(&a.dir, a.profile)?;
         outln!("{}", line(&a, &packed))?;
         tracing::info!(
             blocks = packed.blocks,
@@ -63,7 +71,7 @@ pub fn pack(a: PackArgs) -> Result<(), CliError> {
         Some(t) => t.path().join("out.car"),
         None => car_arg.clone(),
     };
-    let packed = packer::pack_dir(&a.dir, &car)?;
+    let packed = packer::pack_dir_as(&a.dir, &car, a.profile)?;
     let line = line(&a, &packed);
     if to_stdout {
         // The CAR is built in a file first: its header is rewritten once the root is known.
@@ -101,6 +109,7 @@ fn line(a: &PackArgs, packed: &packer::Packed) -> String {
         car: Option<String>,
         blocks: u64,
         bytes: u64,
+        profile: &'static str,
     }
     if a.json {
         serde_json::to_string(&PackOut {
@@ -108,11 +117,72 @@ fn line(a: &PackArgs, packed: &packer::Packed) -> String {
             car: a.car.as_ref().map(|c| c.display().to_string()),
             blocks: packed.blocks,
             bytes: packed.bytes,
+            profile: a.profile.name(),
         })
         .unwrap_or_default()
     } else {
         packed.root_cid.clone()
     }
+}
+
+#[derive(Args, Debug)]
+pub struct ArtifactArgs {
+    /// The EigenRuntime specification (YAML), the artifact's one layer, titled with this
+    /// file's name.
+    pub spec: PathBuf,
+    /// The AVS's name (`avsName` of the config, and the description).
+    #[arg(long)]
+    pub name: String,
+    /// The release (`releaseVersion` of the config), also the layout's tag.
+    #[arg(long)]
+    pub release: String,
+    /// The EigenRuntime kind (`kind` of the config, and the `validationSchema` it names).
+    #[arg(long, default_value = "Hourglass")]
+    pub kind: String,
+    /// `org.opencontainers.image.source` of the manifest (DevKit writes its own repository).
+    #[arg(long, default_value = artifact::DEVKIT_SOURCE, value_name = "URL")]
+    pub source: String,
+    /// Directory to create as an OCI image layout (must not exist, or be empty), ready for
+    /// `cidboot pack`. Its creation time is now, or SOURCE_DATE_EPOCH when set, so that the
+    /// same inputs give the same digests and the same CID.
+    #[arg(long, value_name = "DIR")]
+    pub oci_layout: PathBuf,
+    /// Print JSON (docs/json.md): the layout written and the digests of its manifest, config
+    /// and specification.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn artifact(a: ArtifactArgs) -> Result<(), CliError> {
+    let created = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v.trim().parse::<i64>().map_err(|_| {
+            CliError::Usage(format!(
+                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds since the epoch"
+            ))
+        })?,
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+    };
+    let o = artifact::Options {
+        name: a.name,
+        release: a.release,
+        kind: a.kind,
+        source: a.source,
+        created,
+    };
+    let made = artifact::make(&a.spec, &o, &a.oci_layout)?;
+    if a.json {
+        outln!("{}", serde_json::to_string(&made).unwrap_or_default())?;
+    } else {
+        outln!(
+            "wrote EigenRuntime artifact {} (specification {}) into {}",
+            made.manifest_digest,
+            made.spec_digest,
+            made.oci_layout
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(feature = "dev-gateway")]

@@ -1,7 +1,11 @@
-//! Packs a directory into a CARv1 exactly as `ipfs-car pack` does, so that the CID printed
-//! here is the CID any IPFS tool computes for the same directory: CIDv1, raw leaves, 1 MiB
-//! chunks, balanced file DAGs 1024 links wide, directory links sorted by name, dotfiles
-//! skipped, and directories of more than 1000 entries HAMT-sharded.
+//! Packs a directory into a CARv1 under a named [`Profile`], so that the CID printed here is
+//! the CID any IPFS tool computes for the same directory with the same parameters. The
+//! default, [`Profile::IpfsCar`], is exactly what `ipfs-car pack` writes, byte for byte:
+//! CIDv1, raw leaves, 1 MiB chunks, balanced file DAGs 1024 links wide, directory links sorted
+//! by name, dotfiles and empty directories skipped, and directories of more than 1000 entries
+//! HAMT-sharded. The UnixFS CID profiles of IPIP-0499 (`unixfs-v1-2025`, and
+//! `unixfs-v0-2015`, kubo's CIDv0 defaults until 0.39) differ in where a directory is sharded,
+//! whether empty directories are kept and, for the legacy one, in everything else.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -22,6 +26,108 @@ pub const CHUNK_SIZE: usize = 1024 * 1024;
 pub const FILE_WIDTH: usize = 1024;
 /// Above this many entries a directory is written HAMT-sharded, as ipfs-car does.
 pub const MAX_DIR_ENTRIES: usize = 1000;
+/// The IPIP-0499 profiles' HAMT threshold: a directory whose estimated node size is over it is
+/// sharded (each profile estimates the size its own way).
+pub const SHARD_THRESHOLD_BYTES: usize = 256 * 1024;
+
+/// A named set of the parameters that decide a UnixFS CID (IPIP-0499), so that a CID made
+/// here can be made again, and checked, by any implementation that has the same profile.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Profile {
+    /// What `ipfs-car pack` (3.x) writes: CIDv1, raw leaves, 1 MiB chunks, 1024 links per
+    /// file node, HAMT over 1000 entries, empty directories left out. It is none of the
+    /// IPIP-0499 profiles: storacha's column of that IPIP's table.
+    #[default]
+    #[value(name = "ipfs-car")]
+    #[serde(rename = "ipfs-car")]
+    IpfsCar,
+    /// IPIP-0499's `unixfs-v1-2025`: as ipfs-car, except that a directory is sharded when its
+    /// dag-pb node would be over 256 KiB, and empty directories are kept.
+    #[value(name = "unixfs-v1-2025")]
+    #[serde(rename = "unixfs-v1-2025")]
+    UnixfsV1,
+    /// IPIP-0499's `unixfs-v0-2015`, kubo's CIDv0 defaults until 0.39: CIDv0, dag-pb leaves,
+    /// 256 KiB chunks, 174 links per file node, HAMT when the links' names and CIDs add up to
+    /// over 256 KiB, empty directories kept.
+    #[value(name = "unixfs-v0-2015")]
+    #[serde(rename = "unixfs-v0-2015")]
+    UnixfsV0,
+}
+
+/// When a directory is written as a HAMT instead of one node.
+#[derive(Debug, Clone, Copy)]
+enum ShardWhen {
+    /// More links than this.
+    LinksCount(usize),
+    /// The links' names and CIDs, in bytes, add up to more than this (boxo's estimate).
+    LinksBytes(usize),
+    /// The directory's dag-pb node, encoded, is larger than this.
+    BlockBytes(usize),
+}
+
+/// A profile's parameters.
+#[derive(Debug, Clone, Copy)]
+struct Params {
+    cid_v0: bool,
+    chunk: usize,
+    width: usize,
+    raw_leaves: bool,
+    shard: ShardWhen,
+    empty_dirs: bool,
+}
+
+impl Profile {
+    /// The profile's name, as `--profile` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::IpfsCar => "ipfs-car",
+            Profile::UnixfsV1 => "unixfs-v1-2025",
+            Profile::UnixfsV0 => "unixfs-v0-2015",
+        }
+    }
+
+    fn params(self) -> Params {
+        match self {
+            Profile::IpfsCar => Params {
+                cid_v0: false,
+                chunk: CHUNK_SIZE,
+                width: FILE_WIDTH,
+                raw_leaves: true,
+                shard: ShardWhen::LinksCount(MAX_DIR_ENTRIES),
+                empty_dirs: false,
+            },
+            Profile::UnixfsV1 => Params {
+                cid_v0: false,
+                chunk: 1024 * 1024,
+                width: 1024,
+                raw_leaves: true,
+                shard: ShardWhen::BlockBytes(SHARD_THRESHOLD_BYTES),
+                empty_dirs: true,
+            },
+            Profile::UnixfsV0 => Params {
+                cid_v0: true,
+                chunk: 256 * 1024,
+                width: 174,
+                raw_leaves: false,
+                shard: ShardWhen::LinksBytes(SHARD_THRESHOLD_BYTES),
+                empty_dirs: true,
+            },
+        }
+    }
+}
+
+impl Params {
+    /// The CID of a dag-pb block: CIDv0 (a bare sha2-256 multihash) or CIDv1.
+    fn dag_cid(&self, block: &[u8]) -> Cid {
+        let v1 = cid_for(CODEC_DAG_PB, block);
+        if self.cid_v0 {
+            // A sha2-256 dag-pb CID always has a CIDv0 form; keep v1 only to stay panic-free.
+            Cid::new_v0(*v1.hash()).unwrap_or(v1)
+        } else {
+            v1
+        }
+    }
+}
 /// Most entries packed into one directory (what cidboot reads back).
 pub const MAX_PACKED_ENTRIES: usize = crate::fetch::hamt::MAX_DIR_ENTRIES;
 /// Deepest directory nesting packed (an OCI layout needs 3).
@@ -70,11 +176,16 @@ pub struct Packed {
 /// `/dev/null`, a FIFO, a socket, or a symlink such as `/dev/stdout`) is written in place,
 /// never renamed over: see [`pack_in_place`].
 pub fn pack_dir(dir: &Path, out: &Path) -> Result<Packed, PackError> {
+    pack_dir_as(dir, out, Profile::default())
+}
+
+/// [`pack_dir`] under `profile`.
+pub fn pack_dir_as(dir: &Path, out: &Path, profile: Profile) -> Result<Packed, PackError> {
     if !dir.is_dir() {
         return Err(PackError::NotADirectory(dir.display().to_string()));
     }
     if std::fs::symlink_metadata(out).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
-        return pack_in_place(dir, out);
+        return pack_in_place(dir, out, profile);
     }
     let name = out
         .file_name()
@@ -100,10 +211,12 @@ pub fn pack_dir(dir: &Path, out: &Path) -> Result<Packed, PackError> {
             counted: 0,
             blocks: 0,
             path: tmp.clone(),
+            p: profile.params(),
         };
-        // The root of a directory is always a 36-byte CIDv1 dag-pb CID, so a placeholder
-        // header of the same length can be rewritten in place once the root is known.
-        let placeholder = cid_for(CODEC_DAG_PB, b"");
+        // The root of a directory is always a dag-pb CID of the profile's version (36 bytes
+        // for a CIDv1, 34 for a CIDv0), so a placeholder header of the same length can be
+        // rewritten in place once the root is known.
+        let placeholder = w.p.dag_cid(b"");
         let header = car::encode_header(&placeholder);
         w.header(&header)?;
         let root = pack_root(&mut w, dir)?;
@@ -149,6 +262,11 @@ pub fn pack_dir(dir: &Path, out: &Path) -> Result<Packed, PackError> {
 /// Packs `dir` for its root CID alone: every block is made and hashed as for a CAR, and
 /// counted, but nothing is written anywhere.
 pub fn pack_cid(dir: &Path) -> Result<Packed, PackError> {
+    pack_cid_as(dir, Profile::default())
+}
+
+/// [`pack_cid`] under `profile`.
+pub fn pack_cid_as(dir: &Path, profile: Profile) -> Result<Packed, PackError> {
     if !dir.is_dir() {
         return Err(PackError::NotADirectory(dir.display().to_string()));
     }
@@ -157,8 +275,10 @@ pub fn pack_cid(dir: &Path) -> Result<Packed, PackError> {
         counted: 0,
         blocks: 0,
         path: PathBuf::new(),
+        p: profile.params(),
     };
-    w.header(&car::encode_header(&cid_for(CODEC_DAG_PB, b"")))?;
+    let placeholder = w.p.dag_cid(b"");
+    w.header(&car::encode_header(&placeholder))?;
     let root = pack_root(&mut w, dir)?;
     if crate::scratch::interrupted() {
         return Err(PackError::Interrupted);
@@ -174,13 +294,13 @@ pub fn pack_cid(dir: &Path) -> Result<Packed, PackError> {
 /// under the system's temporary directory (its header is rewritten once the root is known, so
 /// it cannot be streamed), then copied into `out` opened for writing as it is. Renaming a file
 /// over `/dev/null` would turn the device into a regular file for every other program.
-fn pack_in_place(dir: &Path, out: &Path) -> Result<Packed, PackError> {
+fn pack_in_place(dir: &Path, out: &Path, profile: Profile) -> Result<Packed, PackError> {
     let staged = PrivateDir::create(&std::env::temp_dir(), "cidboot-pack-").map_err(|e| {
         let (path, source) = e.into_io();
         PackError::Io { path, source }
     })?;
     let tmp = staged.path().join("out.car");
-    let packed = pack_dir(dir, &tmp)?;
+    let packed = pack_dir_as(dir, &tmp, profile)?;
     // A symlink to a regular file is written through and truncated; a device or a FIFO is
     // written as it is.
     let regular = std::fs::metadata(out).is_ok_and(|m| m.is_file());
@@ -212,6 +332,7 @@ struct CarOut {
     counted: u64,
     blocks: u64,
     path: PathBuf,
+    p: Params,
 }
 
 /// Counts what would be written.
@@ -256,8 +377,8 @@ impl CarOut {
 }
 
 /// Returns the entry's CID and its cumulative DAG size (the `Tsize` its parent records), or
-/// `None` for a directory with nothing to pack: ipfs-car packs a list of files, so empty
-/// directories below the root do not appear.
+/// `None` for a directory with nothing to pack under a profile that leaves empty directories
+/// out: ipfs-car packs a list of files, so empty directories below the root do not appear.
 fn pack_entry(w: &mut CarOut, path: &Path, depth: usize) -> Result<Option<(Cid, u64)>, PackError> {
     let meta = std::fs::symlink_metadata(path).map_err(ioe(path))?;
     if meta.is_dir() {
@@ -320,10 +441,23 @@ fn pack_dir_node(
             tsize: Some(size),
         });
     }
-    if links.is_empty() && depth > 0 {
+    if links.is_empty() && depth > 0 && !w.p.empty_dirs {
         return Ok(None);
     }
-    if links.len() > MAX_DIR_ENTRIES {
+    let sharded = match w.p.shard {
+        ShardWhen::LinksCount(n) => links.len() > n,
+        // Every link counts, a subdirectory's as a file's, as boxo (kubo) estimates it.
+        ShardWhen::LinksBytes(n) => {
+            links
+                .iter()
+                .map(|l| l.name.as_ref().map_or(0, Vec::len) + l.cid.encoded_len())
+                .sum::<usize>()
+                > n
+        }
+        // Known only once the node is encoded, below.
+        ShardWhen::BlockBytes(_) => false,
+    };
+    if sharded {
         return pack_sharded(w, path, links).map(Some);
     }
     let data = Data {
@@ -334,16 +468,23 @@ fn pack_dir_node(
         hash_type: None,
         fanout: None,
     };
-    let block = dagpb::encode(&PbNode {
+    let node = PbNode {
         links,
         data: Some(data.encode().into()),
-    });
-    let cid = cid_for(CODEC_DAG_PB, &block);
+    };
+    let block = dagpb::encode(&node);
+    if let ShardWhen::BlockBytes(n) = w.p.shard {
+        if block.len() > n {
+            return pack_sharded(w, path, node.links).map(Some);
+        }
+    }
+    let cid = w.p.dag_cid(&block);
     w.put(&cid, &block)?;
     Ok(Some((cid, total + block.len() as u64)))
 }
 
-/// A directory of more than [`MAX_DIR_ENTRIES`] entries, as the HAMT ipfs-car writes.
+/// A directory over its profile's threshold, as the HAMT ipfs-car (and every UnixFS
+/// implementation: 256 slots, murmur3-x64-64 of the names) writes.
 fn pack_sharded(w: &mut CarOut, path: &Path, links: Vec<PbLink>) -> Result<(Cid, u64), PackError> {
     let entries = links
         .into_iter()
@@ -354,7 +495,8 @@ fn pack_sharded(w: &mut CarOut, path: &Path, links: Vec<PbLink>) -> Result<(Cid,
         })
         .collect();
     let mut err = None;
-    let built = hamt::build(entries, &mut |b| {
+    let p = w.p;
+    let built = hamt::build_with(entries, &|b| p.dag_cid(b), &mut |b| {
         w.put(&b.cid, &b.block).map_err(|e| {
             let msg = e.to_string();
             err = Some(e);
@@ -382,27 +524,53 @@ struct Part {
 fn pack_file(w: &mut CarOut, path: &Path) -> Result<(Cid, u64), PackError> {
     let mut f = File::open(path).map_err(ioe(path))?;
     let mut parts = Vec::new();
-    let mut buf = vec![0u8; CHUNK_SIZE];
+    let chunk = w.p.chunk;
+    let width = w.p.width;
+    let mut buf = vec![0u8; chunk];
     loop {
         let n = read_full(&mut f, &mut buf).map_err(ioe(path))?;
         if n == 0 && !parts.is_empty() {
             break;
         }
-        let cid = raw_cid(&buf[..n]);
-        w.put(&cid, &buf[..n])?;
-        parts.push(Part {
-            cid,
-            content: n as u64,
-            dag: n as u64,
-        });
-        if n < CHUNK_SIZE {
+        let content = &buf[..n];
+        if w.p.raw_leaves {
+            let cid = raw_cid(content);
+            w.put(&cid, content)?;
+            parts.push(Part {
+                cid,
+                content: n as u64,
+                dag: n as u64,
+            });
+        } else {
+            // A dag-pb leaf: a UnixFS File node holding the chunk (none for an empty file).
+            let data = Data {
+                kind: Kind::File,
+                data: (n > 0).then(|| bytes::Bytes::copy_from_slice(content)),
+                filesize: Some(n as u64),
+                blocksizes: vec![],
+                hash_type: None,
+                fanout: None,
+            };
+            let block = dagpb::encode(&PbNode {
+                links: vec![],
+                data: Some(data.encode().into()),
+            });
+            let cid = w.p.dag_cid(&block);
+            w.put(&cid, &block)?;
+            parts.push(Part {
+                cid,
+                content: n as u64,
+                dag: block.len() as u64,
+            });
+        }
+        if n < chunk {
             break;
         }
     }
-    // Balanced layout: group FILE_WIDTH parts per node, level by level, until one remains.
+    // Balanced layout: group `width` parts per node, level by level, until one remains.
     while parts.len() > 1 {
-        let mut next = Vec::with_capacity(parts.len().div_ceil(FILE_WIDTH));
-        for group in parts.chunks(FILE_WIDTH) {
+        let mut next = Vec::with_capacity(parts.len().div_ceil(width));
+        for group in parts.chunks(width) {
             let data = Data {
                 kind: Kind::File,
                 data: None,
@@ -423,7 +591,7 @@ fn pack_file(w: &mut CarOut, path: &Path) -> Result<(Cid, u64), PackError> {
                 links,
                 data: Some(data.encode().into()),
             });
-            let cid = cid_for(CODEC_DAG_PB, &block);
+            let cid = w.p.dag_cid(&block);
             w.put(&cid, &block)?;
             next.push(Part {
                 cid,

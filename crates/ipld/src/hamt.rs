@@ -313,16 +313,26 @@ pub fn build(
     entries: Vec<Entry>,
     put: &mut dyn FnMut(Built) -> Result<(), String>,
 ) -> Result<(Cid, u64), String> {
+    build_with(entries, &|b| crate::block::cid_for(CODEC_DAG_PB, b), put)
+}
+
+/// [`build`], each shard block named by `cid` (a CIDv0 for the legacy UnixFS profile).
+pub fn build_with(
+    entries: Vec<Entry>,
+    cid: &dyn Fn(&[u8]) -> Cid,
+    put: &mut dyn FnMut(Built) -> Result<(), String>,
+) -> Result<(Cid, u64), String> {
     let hashed = entries
         .into_iter()
         .map(|e| (murmur3_x64_64(e.name.as_bytes()), e))
         .collect();
-    build_level(hashed, 0, put)
+    build_level(hashed, 0, cid, put)
 }
 
 fn build_level(
     entries: Vec<([u8; 8], Entry)>,
     depth: usize,
+    make_cid: &dyn Fn(&[u8]) -> Cid,
     put: &mut dyn FnMut(Built) -> Result<(), String>,
 ) -> Result<(Cid, u64), String> {
     if depth >= MAX_SHARD_DEPTH {
@@ -344,7 +354,7 @@ fn build_level(
                 (format!("{prefix}{}", e.name), e.cid, e.tsize)
             }
             _ => {
-                let (cid, tsize) = build_level(group, depth + 1, put)?;
+                let (cid, tsize) = build_level(group, depth + 1, make_cid, put)?;
                 (prefix, cid, tsize)
             }
         };
@@ -369,7 +379,7 @@ fn build_level(
         links,
         data: Some(data.encode().into()),
     });
-    let cid = crate::block::cid_for(CODEC_DAG_PB, &block);
+    let cid = make_cid(&block);
     let size = total + block.len() as u64;
     put(Built { cid, block })?;
     Ok((cid, size))
