@@ -757,6 +757,10 @@ async fn the_parent_serves_the_secrets_file_and_the_instance_roles_credentials()
         (a.access_key_id.as_str(), b.access_key_id.as_str()),
         ("ASIAIMDSTEST00000001", "ASIAIMDSTEST00000001")
     );
+    // The host logs each answer after sending it: the first call's line may still be on its
+    // way. Once it is there, a third line (the second call asking again) would follow it.
+    host.wait_for("credentials served", 2);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(
         host.count("credentials served"),
         2,
