@@ -35,6 +35,8 @@ pub enum BootError {
     #[error(transparent)]
     Apply(#[from] ApplyError),
     #[error(transparent)]
+    Crypt(#[from] crate::ocicrypt::CryptError),
+    #[error(transparent)]
     Launch(#[from] LaunchError),
     #[error("measuring into PCR16: {0}")]
     Measure(String),
@@ -92,6 +94,8 @@ pub struct Plan {
     pub sealed: Option<crate::kms::sealed::SecretsFile>,
     /// What signs the KMS calls that open them (needed only with `[[secrets]]`).
     pub credentials: Option<Arc<dyn crate::kms::Credentials>>,
+    /// The private key that opens the image's encrypted layers, if it came with the boot.
+    pub decryption_key: Option<Arc<crate::ocicrypt::DecryptionKey>>,
 }
 
 /// The instant a boot that starts now must reach the workload by.
@@ -166,12 +170,21 @@ pub async fn prepare(plan: &Plan, rootfs: &Path, scratch: &Path) -> Result<Prepa
         .await?,
     );
     info!(cid = %resolved.root, manifest = %resolved.manifest_desc.digest(), layers = resolved.layers.len(), "image resolved and verified");
+    // Encrypted layers without their key are refused here, before any layer is fetched.
+    let layer_keys = crate::ocicrypt::open_layers(
+        resolved.layers.iter().map(|l| &l.desc),
+        plan.decryption_key.as_deref(),
+    )?;
+    let apply_limits = ApplyLimits {
+        layer_keys: Arc::new(layer_keys),
+        ..plan.apply_limits.clone()
+    };
     let report = apply::apply_observed(
         plan.gateways.clone(),
         resolved.clone(),
         rootfs,
         scratch,
-        &plan.apply_limits,
+        &apply_limits,
         plan.observer.clone(),
     )
     .await?;

@@ -202,6 +202,8 @@ pub enum CliError {
     #[error(transparent)]
     Apply(#[from] crate::apply::ApplyError),
     #[error(transparent)]
+    Crypt(#[from] crate::ocicrypt::CryptError),
+    #[error(transparent)]
     Pack(#[from] crate::publish::pack::PackError),
     #[cfg(feature = "dev-gateway")]
     #[error(transparent)]
