@@ -530,3 +530,210 @@ fn run_opens_the_layers_with_its_key_and_refuses_without_it() {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+const ROLE: &str = "arn:aws:iam::111122223333:role/enclave-parent";
+
+/// The image's key as a sealed secret: opened by the test KMS (tests/kms/test_kms.py: SigV4,
+/// the software NSM's attestation verified against its root, the very statement `cidboot
+/// expect --kms-policy` printed for this image and configuration) only for the boot whose
+/// PCR16 that statement names; kept from the workload; refused under another configuration.
+#[test]
+fn the_configurations_sealed_key_opens_the_layers_for_the_attested_boot_only() {
+    use cidboot::kms::sealed::SecretsFile;
+    use cidboot::nsm::software::TestCa;
+    use common::kms::{Server, Tls};
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let dir = private_tempdir();
+    let work = dir.path();
+    let (private, public) = keypair(work, "enclave");
+    let enc = format!("jwe:{}", public.display());
+    let model = noise(5000, 4);
+    let img = image_from_tars(
+        &[
+            base_layer(),
+            tar_entries(&[
+                TarEntry::Dir {
+                    path: "opt",
+                    mode: 0o755,
+                    uid: 0,
+                },
+                TarEntry::File {
+                    path: "opt/model",
+                    mode: 0o644,
+                    data: model.clone(),
+                },
+            ]),
+        ],
+        json!({"Entrypoint": ["/bin/probe"], "User": "app"}),
+    );
+    let layout = encrypted(
+        work,
+        &img,
+        &["--encrypt-layer", "1", "--encryption-key", &enc],
+    );
+    let (reference, gw) = serve(&layout, work);
+
+    let tls = Tls::make(work);
+    let ca = TestCa::generate().unwrap();
+    let ca_cert = work.join("nsm-root.pem");
+    std::fs::write(&ca_cert, ca.root_pem()).unwrap();
+    let ca_key = work.join("nsm-root.key");
+    std::fs::write(&ca_key, ca.key_pem()).unwrap();
+    let policy = work.join("statement.json");
+    std::fs::write(&policy, "{\"Effect\": \"Deny\"}").unwrap();
+    let kms = Server::test_kms(&tls, &ca_cert, &policy, ROLE, None);
+    let eif = work.join("eif.json");
+    let m = json!({"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": "a0".repeat(48), "PCR1": "b1".repeat(48), "PCR2": "c2".repeat(48)}});
+    std::fs::write(&eif, m.to_string()).unwrap();
+
+    // `cidboot seal` of the private key's PEM, as the operator does.
+    let mut seal = cidboot()
+        .args([
+            "seal",
+            "--key-id",
+            &kms.keys[0],
+            "--name",
+            "image-key",
+            "--kms-endpoint",
+        ])
+        .arg(&kms.url)
+        .arg("--ca")
+        .arg(&tls.ca)
+        .env_clear()
+        .env("CIDBOOT_LOG", "warn")
+        .envs(kms.env(work))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    seal.stdin
+        .take()
+        .unwrap()
+        .write_all(&std::fs::read(&private).unwrap())
+        .unwrap();
+    let o = seal.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sealed = SecretsFile::parse(&o.stdout).unwrap();
+    let secrets = work.join("secrets.toml");
+    std::fs::write(&secrets, sealed.secrets[0].to_toml()).unwrap();
+
+    let cmd = [
+        "cat",
+        "/opt/model",
+        "open",
+        "/run/secrets/image-key",
+        "cat",
+        "/proc/self/environ",
+    ];
+    let text = format!(
+        r#"decryption_key = "image-key"
+
+[kms]
+region = "{region}"
+endpoint = "{url}"
+
+[tls]
+extra_ca = """
+{ca}"""
+
+[workload]
+cmd = {cmd}
+
+[[secrets]]
+name = "image-key"
+key_id = "{key}"
+"#,
+        region = kms.region,
+        url = kms.url,
+        ca = std::fs::read_to_string(&tls.ca).unwrap(),
+        key = kms.keys[0],
+        cmd = serde_json::to_string(&cmd).unwrap(),
+    );
+    let config = work.join("cidboot.toml");
+    std::fs::write(&config, &text).unwrap();
+    let o = run(&[
+        "expect",
+        &reference,
+        "--gateway",
+        &gw.url,
+        "--ca",
+        gw.ca.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--eif-pcrs",
+        eif.to_str().unwrap(),
+        "--kms-policy",
+        "--principal",
+        ROLE,
+    ]);
+    assert!(o.ok, "expect: {}", o.stderr);
+    std::fs::write(&policy, &o.stdout).unwrap();
+
+    let boot = |config: &Path| {
+        let o = cidboot()
+            .args(["run", &reference, "--gateway", &gw.url, "--ca"])
+            .arg(&gw.ca)
+            .arg("--config")
+            .arg(config)
+            .arg("--secrets")
+            .arg(&secrets)
+            .args(["--nsm", "software", "--nsm-pcrs"])
+            .arg(&eif)
+            .arg("--nsm-ca-cert")
+            .arg(&ca_cert)
+            .arg("--nsm-ca-key")
+            .arg(&ca_key)
+            .args(["--attestation-listen", "127.0.0.1:0"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CIDBOOT_LOG", "info")
+            .envs(kms.env(work))
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = boot(&config);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("probe: cat /opt/model hex={}", hex(&model))),
+        "{stdout}\n{stderr}"
+    );
+    // The key is cidboot's: not in the workload's files, nor in its environment.
+    assert!(
+        stdout.contains("probe: open /run/secrets/image-key ENOENT"),
+        "{stdout}"
+    );
+    let environ = stdout
+        .lines()
+        .find(|l| l.starts_with("probe: cat /proc/self/environ hex="))
+        .unwrap();
+    assert!(!environ.contains(&hex(b"PRIVATE KEY")), "{environ}");
+    // PCR16 was locked before the layers were applied, and the log names the key.
+    let locked = stderr.find("PCR16 extended and locked").unwrap();
+    let opened = stderr
+        .find("encrypted layers opened with the sealed decryption key")
+        .unwrap();
+    let applied = stderr.find("image applied").unwrap();
+    assert!(locked < opened && opened < applied, "{stderr}");
+    assert!(stderr.contains("key=image-key"), "{stderr}");
+
+    // One byte more in the configuration: another PCR16, and KMS keeps the key.
+    let edited = work.join("edited.toml");
+    std::fs::write(&edited, format!("{text}#\n")).unwrap();
+    let (code, stdout, stderr) = boot(&edited);
+    assert_eq!(code, Some(125), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("probe:"), "{stdout}");
+    let err = stderr.lines().find(|l| l.starts_with("error: ")).unwrap();
+    assert!(
+        err.contains("secret \"image-key\"") && err.contains("AccessDeniedException"),
+        "{err}"
+    );
+    assert!(!stderr.contains("image applied"), "{stderr}");
+}
