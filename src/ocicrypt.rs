@@ -41,6 +41,8 @@ pub const ANN_PUBOPTS: &str = "org.opencontainers.image.enc.pubopts";
 pub const CIPHER: &str = "AES_256_CTR_HMAC_SHA256";
 /// Recipients tried per layer, across all of its JWEs.
 pub const MAX_RECIPIENTS: usize = 64;
+/// Recipients tried per image: each costs an RSA private-key operation.
+pub const MAX_IMAGE_RECIPIENTS: usize = 1024;
 /// Bytes of a private key file.
 pub const MAX_KEY_FILE: u64 = 64 << 10;
 
@@ -68,7 +70,7 @@ pub enum CryptError {
         digest: String,
         reason: String,
     },
-    #[error("the decryption key {what}: {reason}")]
+    #[error("the decryption key {what} {reason}")]
     Key { what: String, reason: String },
 }
 
@@ -258,9 +260,10 @@ pub fn open_layers<'a>(
         return Err(CryptError::NoKey(encrypted));
     };
     let mut keys = Vec::with_capacity(layers.len());
+    let mut budget = MAX_IMAGE_RECIPIENTS;
     for (i, d) in layers.iter().enumerate() {
         keys.push(if is_encrypted(d) {
-            Some(open_layer(i, d, key)?)
+            Some(open_layer(i, d, key, &mut budget)?)
         } else {
             None
         });
@@ -455,7 +458,13 @@ fn open_jwe(jwe: &Jwe, key: &DecryptionKey) -> Option<Zeroizing<Vec<u8>>> {
 }
 
 /// Opens the key of encrypted layer `index`.
-fn open_layer(index: usize, d: &Descriptor, key: &DecryptionKey) -> Result<LayerKey, CryptError> {
+/// `budget` is what is left of [`MAX_IMAGE_RECIPIENTS`].
+fn open_layer(
+    index: usize,
+    d: &Descriptor,
+    key: &DecryptionKey,
+    budget: &mut usize,
+) -> Result<LayerKey, CryptError> {
     let digest = d.digest().to_string();
     let malformed = |reason: String| CryptError::Malformed {
         index,
@@ -506,6 +515,11 @@ fn open_layer(index: usize, d: &Descriptor, key: &DecryptionKey) -> Result<Layer
         if tried > MAX_RECIPIENTS {
             return Err(malformed(format!("more than {MAX_RECIPIENTS} recipients")));
         }
+        *budget = budget.checked_sub(jwe.recipients.len()).ok_or_else(|| {
+            malformed(format!(
+                "the image's layers have more than {MAX_IMAGE_RECIPIENTS} recipients in all"
+            ))
+        })?;
         if let Some(pt) = open_jwe(&jwe, key) {
             opened = Some(pt);
             break;
@@ -542,4 +556,90 @@ fn open_layer(index: usize, d: &Descriptor, key: &DecryptionKey) -> Result<Layer
         nonce,
         hmac,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwe(v: serde_json::Value) -> String {
+        STANDARD.encode(v.to_string())
+    }
+
+    fn protected(h: serde_json::Value) -> String {
+        URL_SAFE_NO_PAD.encode(h.to_string())
+    }
+
+    #[test]
+    fn only_the_jwe_shape_ocicrypt_writes_is_read() {
+        let p = protected(serde_json::json!({"alg": "RSA-OAEP", "enc": "A256GCM"}));
+        let ok = serde_json::json!({"protected": p, "encrypted_key": "AAAA", "iv": "AAAA", "ciphertext": "AAAA", "tag": "AAAA"});
+        let j = parse_jwe(&jwe(ok.clone())).unwrap();
+        assert_eq!(j.recipients.len(), 1);
+        assert_eq!(j.recipients[0].alg, "RSA-OAEP");
+        for (change, want) in [
+            (
+                serde_json::json!({"protected": protected(serde_json::json!({"alg": "RSA-OAEP", "enc": "A128CBC-HS256"}))}),
+                "A256GCM is supported",
+            ),
+            (
+                serde_json::json!({"protected": protected(serde_json::json!({"alg": "RSA-OAEP", "enc": "A256GCM", "zip": "DEF"}))}),
+                "compression or critical extensions",
+            ),
+            (
+                serde_json::json!({"encrypted_key": null}),
+                "neither one encrypted_key nor a recipients list",
+            ),
+            (
+                serde_json::json!({"recipients": vec![serde_json::json!({"encrypted_key": "AAAA"}); MAX_RECIPIENTS + 1]}),
+                "more than 64",
+            ),
+            (serde_json::json!({"iv": "!!"}), "iv is not base64url"),
+        ] {
+            let mut v = ok.clone();
+            for (k, x) in change.as_object().unwrap() {
+                if x.is_null() {
+                    v.as_object_mut().unwrap().remove(k);
+                } else {
+                    v[k] = x.clone();
+                }
+            }
+            let e = parse_jwe(&jwe(v)).err().unwrap();
+            assert!(e.contains(want), "{e}");
+        }
+        assert!(parse_jwe("not base64!").is_err());
+    }
+
+    #[test]
+    fn a_key_that_is_not_an_unencrypted_rsa_private_key_is_named() {
+        for (pem, want) in [
+            ("", "has no PEM private key block"),
+            (
+                "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+                "passphrase",
+            ),
+            (
+                "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+                "\"PUBLIC KEY\" PEM block",
+            ),
+            (
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+                "is not an RSA private key",
+            ),
+        ] {
+            let e = DecryptionKey::from_pem(pem.as_bytes(), "k.pem").unwrap_err();
+            assert!(e.to_string().starts_with("the decryption key k.pem "), "{e}");
+            assert!(e.to_string().contains(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn pkcs1_is_wrapped_as_pkcs8_with_der_lengths() {
+        let short = pkcs1_to_pkcs8(&[0x30, 0x00]);
+        assert_eq!(short[..2], [0x30, 22]);
+        let long = pkcs1_to_pkcs8(&vec![0u8; 300]);
+        // 18 bytes of head, the OCTET STRING's 4-byte header, 300 bytes: a 2-byte long form.
+        assert_eq!(long[..4], [0x30, 0x82, 0x01, 0x42]);
+        assert_eq!(long.len(), 4 + 18 + 4 + 300);
+    }
 }

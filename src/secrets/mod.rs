@@ -398,6 +398,39 @@ mod tests {
     }
 
     #[test]
+    fn decryption_key_names_a_secret_that_alone_may_go_undelivered() {
+        let parse = |top: &str, secret: &str| {
+            let text = format!(
+                "{top}\n[kms]\nregion = \"us-east-1\"\n[[secrets]]\nname = \"image-key\"\nkey_id = \"{ARN}\"\n{secret}"
+            );
+            Loaded::parse(text.into_bytes())
+                .map(drop)
+                .map_err(|e| e.to_string())
+        };
+        parse("decryption_key = \"image-key\"", "").unwrap();
+        parse(
+            "decryption_key = \"image-key\"",
+            "file = \"/run/secrets/image-key\"",
+        )
+        .unwrap();
+        let e = parse("", "").unwrap_err();
+        assert!(
+            e.contains("only the secret decryption_key names may have neither"),
+            "{e}"
+        );
+        let e = parse("decryption_key = \"other\"", "env = \"K\"").unwrap_err();
+        assert!(
+            e.contains("decryption_key = \"other\" names no [[secrets]] entry"),
+            "{e}"
+        );
+        let e = Loaded::parse(b"decryption_key = \"k\"\n".to_vec())
+            .map(drop)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("names no [[secrets]] entry"), "{e}");
+    }
+
+    #[test]
     fn secrets_in_the_configuration_are_checked_when_it_is_read() {
         let ok = "[[secrets]]\nname = \"db\"\nkey_id = \"KEY\"\nenv = \"DB_PASSWORD\"\nfile = \"/run/secrets/db\"\n[[secrets]]\nname = \"app-key\"\nkey_id = \"k\"\nenv = \"MNEMONIC\"\nformat = \"mnemonic\"\n";
         check(ok).unwrap();
