@@ -20,7 +20,7 @@ use std::sync::Arc;
 use aws_lc_rs::cipher::{DecryptionContext, StreamingDecryptingKey, UnboundCipherKey, AES_256};
 use aws_lc_rs::hmac;
 
-use super::{cause, inflate, spill, ApplyError, Observer};
+use super::{inflate, spill, ApplyError, Observer};
 use crate::fetch::{BlobSink, Gateways};
 use crate::oci::Resolved;
 use crate::ocicrypt::{LayerKey, LayerKeys};
@@ -145,12 +145,11 @@ async fn fetch_and_open(
     let expected = resolved.image_config.rootfs().diff_ids()[index].clone();
     let digest = blob.desc.digest().to_string();
     let path = path.to_path_buf();
-    let (keys2, path2) = (keys.clone(), path.clone());
-    let inflated = tokio::task::spawn_blocking(move || {
-        let result = keys2
+    tokio::task::spawn_blocking(move || {
+        let result = keys
             .get(index)
             .ok_or(ApplyError::NoLayerKey)
-            .and_then(|key| decrypt_inflate(key, &path2, compression, &budget, spill));
+            .and_then(|key| decrypt_inflate(key, &path, compression, &budget, spill));
         match result {
             Ok((size, diff, spill)) if format!("sha256:{diff}") == expected => Ok((size, spill)),
             Ok((_, diff, spill)) => {
@@ -168,10 +167,7 @@ async fn fetch_and_open(
     })
     .await
     .map_err(|e| ApplyError::Internal(format!("decrypting inflater: {e}")))
-    .and_then(|r| r);
-    let ((), staged) = cause(Ok(()), inflated)?;
-    drop(path);
-    Ok(staged)
+    .and_then(|r| r)
 }
 
 /// Decrypts the authenticated ciphertext at `path` through the inflater into `spill`.
