@@ -79,6 +79,11 @@ pub struct RuntimeConfig {
     /// `[[secrets]]`: the sealed secrets the workload gets, and how (see [`crate::secrets`]).
     #[serde(default)]
     pub secrets: Vec<Secret>,
+    /// The `[[secrets]]` entry whose value is the PEM private key that opens the image's
+    /// encrypted (ocicrypt) layers. It is opened for cidboot itself, after PCR16 is locked and
+    /// before the layers are applied, and reaches the workload only if that entry also says
+    /// `env` or `file`.
+    pub decryption_key: Option<String>,
 }
 
 /// `[kms_proxy]`: a loopback endpoint that speaks the AWS KMS JSON API to the workload and

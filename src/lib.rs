@@ -22,6 +22,7 @@ pub mod launch;
 pub use cidboot_verify::measure;
 pub mod nsm;
 pub mod oci;
+pub mod ocicrypt;
 pub mod publish;
 pub mod reference;
 pub mod relay;

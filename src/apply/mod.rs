@@ -7,6 +7,7 @@
 //! the root before anything in it runs. Layers are fetched and inflated in parallel into spill
 //! files and applied strictly in order, the applier following the current layer's inflater.
 
+mod decrypt;
 pub mod fs;
 pub mod inflate;
 pub mod layer;
@@ -59,6 +60,9 @@ pub struct ApplyLimits {
     /// `unpack` keeps its root its owner's only from the first instant. The entry's ownership
     /// is still applied.
     pub root_mode: Option<u32>,
+    /// The keys of the image's encrypted (ocicrypt) layers, opened before anything is fetched;
+    /// an encrypted layer without one is refused.
+    pub layer_keys: Arc<crate::ocicrypt::LayerKeys>,
 }
 
 /// Default of `[layers] max_image_mib`: 16 GiB.
@@ -90,6 +94,7 @@ impl Default for ApplyLimits {
             no_special_files: false,
             rootless: false,
             root_mode: None,
+            layer_keys: Arc::default(),
         }
     }
 }
@@ -159,6 +164,13 @@ pub enum ApplyError {
     Interrupted(String),
     #[error("internal: {0}")]
     Internal(String),
+    #[error("the layer is encrypted, and no key opened it")]
+    NoLayerKey,
+    #[error("the encrypted blob fails its HMAC-SHA256 (the layer's authentication tag): it is not the ciphertext its key was made for; nothing of it was decrypted")]
+    LayerAuth,
+    #[error("decrypting the layer failed: {0}")]
+    Decrypt(String),
+
     /// A path or file operation the confined filesystem refused or that failed there.
     #[error(transparent)]
     Rootfs(#[from] cidboot_rootfs::RootfsError),
@@ -328,7 +340,13 @@ async fn stage_layer(
     spill: spill::SpillWriter,
     budget: inflate::Budget,
     observer: Arc<dyn Observer>,
+    keys: (Arc<crate::ocicrypt::LayerKeys>, std::path::PathBuf),
 ) -> Result<u64, ApplyError> {
+    if crate::ocicrypt::is_encrypted(&resolved.layers[index].desc) {
+        let (keys, path) = keys;
+        return decrypt::stage_encrypted(gw, resolved, index, spill, budget, observer, keys, path)
+            .await;
+    }
     let blob = resolved.layers[index].clone();
     let compression = resolved.layer_compression(index)?;
     let expected = resolved.image_config.rootfs().diff_ids()[index].clone();
@@ -458,12 +476,16 @@ async fn apply_layers(
         };
         let (gw, resolved, permits) = (gw.clone(), resolved.clone(), permits.clone());
         let observer = observer.clone();
+        let keys = (
+            limits.layer_keys.clone(),
+            scratch.join(format!("layer-{i}.enc")),
+        );
         let job = tokio::spawn(async move {
             let _permit = permits
                 .acquire_owned()
                 .await
                 .map_err(|_| ApplyError::Internal("semaphore closed".into()))?;
-            stage_layer(gw, resolved, i, writer, budget, observer).await
+            stage_layer(gw, resolved, i, writer, budget, observer, keys).await
         });
         jobs.push((reader, job));
     }

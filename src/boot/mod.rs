@@ -35,6 +35,8 @@ pub enum BootError {
     #[error(transparent)]
     Apply(#[from] ApplyError),
     #[error(transparent)]
+    Crypt(#[from] crate::ocicrypt::CryptError),
+    #[error(transparent)]
     Launch(#[from] LaunchError),
     #[error("measuring into PCR16: {0}")]
     Measure(String),
@@ -92,6 +94,8 @@ pub struct Plan {
     pub sealed: Option<crate::kms::sealed::SecretsFile>,
     /// What signs the KMS calls that open them (needed only with `[[secrets]]`).
     pub credentials: Option<Arc<dyn crate::kms::Credentials>>,
+    /// The private key that opens the image's encrypted layers, if it came with the boot.
+    pub decryption_key: Option<Arc<crate::ocicrypt::DecryptionKey>>,
 }
 
 /// The instant a boot that starts now must reach the workload by.
@@ -129,6 +133,9 @@ pub struct Prepared {
     pub report: ApplyReport,
     /// The pinned helpers, verified, each sealed in the memfd it runs from.
     pub helpers: Vec<helpers::Helper>,
+    /// PCR16 was already extended and locked, before the layers were applied (to open the
+    /// sealed key of encrypted layers): [`measure`] has nothing left to do.
+    pub measured: bool,
 }
 
 /// Resolves, verifies and applies the image into `rootfs` and measures it.
@@ -166,12 +173,31 @@ pub async fn prepare(plan: &Plan, rootfs: &Path, scratch: &Path) -> Result<Prepa
         .await?,
     );
     info!(cid = %resolved.root, manifest = %resolved.manifest_desc.digest(), layers = resolved.layers.len(), "image resolved and verified");
+    // The event log names nothing the layers hold: it is known before they are applied.
+    let log = EventLog::new(Inputs {
+        reference: &plan.reference.canonical(),
+        root_cid: &resolved.root,
+        manifest_digest: resolved.manifest_desc.digest().as_ref(),
+        config_digest: resolved.config.desc.digest().as_ref(),
+        helpers: verified_helpers
+            .iter()
+            .filter(|h| h.source.is_none())
+            .map(|h| (h.name.clone(), h.digest.clone()))
+            .collect(),
+        helper_images: from_images.into_iter().map(|f| f.measured).collect(),
+        runtime_config_digest: &plan.config.digest(),
+    });
+    let (layer_keys, measured) = layer_keys(plan, &resolved, &log).await?;
+    let apply_limits = ApplyLimits {
+        layer_keys: Arc::new(layer_keys),
+        ..plan.apply_limits.clone()
+    };
     let report = apply::apply_observed(
         plan.gateways.clone(),
         resolved.clone(),
         rootfs,
         scratch,
-        &plan.apply_limits,
+        &apply_limits,
         plan.observer.clone(),
     )
     .await?;
@@ -187,19 +213,6 @@ pub async fn prepare(plan: &Plan, rootfs: &Path, scratch: &Path) -> Result<Prepa
     root.remove(&RelPath::parse(b"dev/nsm", 16, 4)?)?;
     helpers::install(&root, &verified_helpers, &helper_cfg.dir)?;
     let spec = spec::build(&root, &resolved.image_config, &plan.config.config.workload)?;
-    let log = EventLog::new(Inputs {
-        reference: &plan.reference.canonical(),
-        root_cid: &resolved.root,
-        manifest_digest: resolved.manifest_desc.digest().as_ref(),
-        config_digest: resolved.config.desc.digest().as_ref(),
-        helpers: verified_helpers
-            .iter()
-            .filter(|h| h.source.is_none())
-            .map(|h| (h.name.clone(), h.digest.clone()))
-            .collect(),
-        helper_images: from_images.into_iter().map(|f| f.measured).collect(),
-        runtime_config_digest: &plan.config.digest(),
-    });
     Ok(Prepared {
         resolved,
         root,
@@ -207,22 +220,81 @@ pub async fn prepare(plan: &Plan, rootfs: &Path, scratch: &Path) -> Result<Prepa
         log,
         report,
         helpers: verified_helpers,
+        measured,
     })
+}
+
+/// The keys of the image's encrypted layers, and whether PCR16 was measured to get them.
+/// Without encrypted layers there is nothing to open. With `cidboot run --decryption-key`,
+/// that key. With the configuration's `decryption_key`, its sealed secret, which KMS opens
+/// only for an attestation of the final PCR16: so PCR16 is extended and locked first (the
+/// event log is complete before any layer is applied), then the key is opened, kept in
+/// memory only. Refused, naming the encrypted layers, before any of them is fetched.
+async fn layer_keys(
+    plan: &Plan,
+    resolved: &Resolved,
+    log: &EventLog,
+) -> Result<(crate::ocicrypt::LayerKeys, bool), BootError> {
+    use crate::ocicrypt::{is_encrypted, open_layers, DecryptionKey};
+    let descs = || resolved.layers.iter().map(|l| &l.desc);
+    let encrypted: Vec<usize> = resolved
+        .layers
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| is_encrypted(&l.desc))
+        .map(|(i, _)| i)
+        .collect();
+    if encrypted.is_empty() || plan.decryption_key.is_some() {
+        return Ok((open_layers(descs(), plan.decryption_key.as_deref())?, false));
+    }
+    let cfg = &plan.config.config;
+    let Some(name) = &cfg.decryption_key else {
+        return Ok((open_layers(descs(), None)?, false));
+    };
+    let secret = cfg
+        .secrets
+        .iter()
+        .find(|s| s.name == *name)
+        .ok_or_else(|| {
+            BootError::Plan(format!(
+                "decryption_key {name:?} names no [[secrets]] entry"
+            ))
+        })?;
+    measure_log(plan, log)?;
+    let credentials = plan.credentials.clone().ok_or_else(|| {
+        BootError::Plan("decryption_key: no AWS credentials to sign the KMS call with".into())
+    })?;
+    let client = crate::secrets::client(cfg, plan.egress_dialer.clone(), credentials)
+        .map_err(BootError::Plan)?;
+    let pem =
+        crate::secrets::open_one(&client, plan.nsm.as_ref(), secret, plan.sealed.as_ref()).await?;
+    let key = DecryptionKey::from_pem(&pem, &format!("sealed as {name:?}"))?;
+    let keys = open_layers(descs(), Some(&key))?;
+    info!(layers = ?encrypted, key = %name, "encrypted layers opened with the sealed decryption key");
+    Ok((keys, true))
 }
 
 /// Extends PCR16 with every event, locks it, and checks the NSM agrees with the replay.
 pub fn measure(plan: &Plan, p: &Prepared) -> Result<(), BootError> {
-    let events: Vec<Vec<u8>> = p.log.events.iter().map(|e| e.digest_bytes()).collect();
+    if p.measured {
+        return Ok(());
+    }
+    measure_log(plan, &p.log)
+}
+
+fn measure_log(plan: &Plan, log: &EventLog) -> Result<(), BootError> {
+    let p = log;
+    let events: Vec<Vec<u8>> = p.events.iter().map(|e| e.digest_bytes()).collect();
     let value = crate::nsm::measure_and_lock(plan.nsm.as_ref(), PCR_INDEX, &events)
         .map_err(|e| BootError::Measure(e.to_string()))?;
-    if hex::encode(&value) != p.log.pcr16 {
+    if hex::encode(&value) != p.pcr16 {
         return Err(BootError::Measure(format!(
             "the NSM's PCR16 is {}, but the event log replays to {} (was PCR16 extended before cidboot?)",
             hex::encode(&value),
-            p.log.pcr16
+            p.pcr16
         )));
     }
-    info!(pcr16 = %p.log.pcr16, events = events.len(), "PCR16 extended and locked");
+    info!(pcr16 = %p.pcr16, events = events.len(), "PCR16 extended and locked");
     Ok(())
 }
 

@@ -61,6 +61,9 @@ pub struct Machine {
     /// What signs the KMS calls that open them: the parent's credentials in an enclave, the
     /// AWS environment and profile under `cidboot run`.
     pub credentials: Option<Arc<dyn crate::kms::Credentials>>,
+    /// The private key that opens the image's encrypted layers (`cidboot run
+    /// --decryption-key`); not measured, like the sealed secrets.
+    pub decryption_key: Option<Arc<crate::ocicrypt::DecryptionKey>>,
 }
 
 /// Which index entry: the flags, else the configuration, else linux/amd64 and no tag.
@@ -205,6 +208,7 @@ pub fn build(config: Loaded, o: &Overrides, m: Machine) -> Result<Plan, BootErro
         observer: m.observer,
         sealed: m.sealed,
         credentials: m.credentials,
+        decryption_key: m.decryption_key,
     })
 }
 

@@ -82,10 +82,14 @@ struct LayerOut {
     cid: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     title: Option<String>,
+    /// Present only for an encrypted (ocicrypt) layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encryption: Option<crate::ocicrypt::Encryption>,
 }
 
 fn layer_out(l: &oci::Blob) -> LayerOut {
     LayerOut {
+        encryption: crate::ocicrypt::describe(&l.desc),
         digest: l.desc.digest().to_string(),
         size: l.desc.size(),
         media_type: l.desc.media_type().to_string(),
@@ -217,6 +221,17 @@ fn print_human(o: &ImageOut) -> Result<(), CliError> {
     outln!("layers:")?;
     for l in &o.layers {
         outln!("  {}  {:>12}  {}", l.digest, l.size, l.media_type)?;
+        if let Some(e) = &l.encryption {
+            outln!(
+                "    encrypted: {}; recipients: {}",
+                e.cipher.as_deref().unwrap_or("cipher not named"),
+                if e.recipients.is_empty() {
+                    "none".to_string()
+                } else {
+                    e.recipients.join(", ")
+                }
+            )?;
+        }
     }
     outln!("total_compressed_size: {}", o.total_compressed_size)
 }
@@ -657,21 +672,58 @@ pub struct UnpackArgs {
     pub no_special_files: bool,
     #[command(flatten)]
     pub layers: LayerLimitArgs,
+    /// The PEM RSA private key that opens the image's encrypted (ocicrypt) layers: the key
+    /// whose public half they were encrypted for (`skopeo copy --encryption-key jwe:PUB.pem`).
+    #[arg(long, value_name = "FILE")]
+    pub decryption_key: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Reads a `--decryption-key` file (bounded; the key stays in memory only).
+pub(crate) fn decryption_key(
+    path: Option<&std::path::Path>,
+) -> Result<Option<Arc<crate::ocicrypt::DecryptionKey>>, CliError> {
+    let Some(path) = path else { return Ok(None) };
+    let io = |source| CliError::Io {
+        what: format!("reading the decryption key {}", path.display()),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let mut pem = zeroize::Zeroizing::new(Vec::new());
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(f, crate::ocicrypt::MAX_KEY_FILE + 1),
+        &mut pem,
+    )
+    .map_err(io)?;
+    if pem.len() as u64 > crate::ocicrypt::MAX_KEY_FILE {
+        return Err(CliError::Usage(format!(
+            "the decryption key {} is larger than {} bytes",
+            path.display(),
+            crate::ocicrypt::MAX_KEY_FILE
+        )));
+    }
+    let key = crate::ocicrypt::DecryptionKey::from_pem(&pem, &path.display().to_string())?;
+    Ok(Some(Arc::new(key)))
 }
 
 /// Fetches, verifies and applies an image into a directory, like `umoci unpack` but from a
 /// CID: the boot path without the measurement and the workload.
 pub async fn unpack(a: UnpackArgs) -> Result<(), CliError> {
     let layers = a.layers.layers()?;
+    let key = decryption_key(a.decryption_key.as_deref())?;
     // What cannot work is refused before anything is fetched.
     let target = super::unpack_target::UnpackTarget::prepare(&a.rootfs)?;
     // Without root, ownership cannot be applied nor device nodes made: the image is unpacked
     // as `umoci unpack --rootless` does, and the output says so.
     let rootless = !nix::unistd::geteuid().is_root();
     let (gw, resolved) = resolve(&a.reference, &a.fetch).await?;
+    // Encrypted layers without their key are refused before any layer is fetched.
+    let layer_keys = Arc::new(crate::ocicrypt::open_layers(
+        resolved.layers.iter().map(|l| &l.desc),
+        key.as_deref(),
+    )?);
     let described = (
         resolved.root.to_string(),
         resolved.manifest_desc.digest().to_string(),
@@ -692,6 +744,7 @@ pub async fn unpack(a: UnpackArgs) -> Result<(), CliError> {
                 // image's device nodes and setuid binaries are then of no use to any other
                 // local user, at any instant.
                 root_mode: Some(0o700),
+                layer_keys,
                 ..crate::apply::ApplyLimits::default()
             },
         ),

@@ -204,6 +204,8 @@ pub enum CliError {
     #[error(transparent)]
     Apply(#[from] crate::apply::ApplyError),
     #[error(transparent)]
+    Crypt(#[from] crate::ocicrypt::CryptError),
+    #[error(transparent)]
     Pack(#[from] crate::publish::pack::PackError),
     #[error(transparent)]
     Artifact(#[from] crate::publish::artifact::ArtifactError),

@@ -36,6 +36,11 @@ pub struct RunArgs {
     /// not measured. KMS is asked with the AWS environment variables and profile.
     #[arg(long, value_name = "FILE")]
     pub secrets: Option<PathBuf>,
+    /// The PEM RSA private key that opens the image's encrypted (ocicrypt) layers; not
+    /// measured. In an enclave the key comes as a sealed secret instead (`[image]
+    /// decryption_key`).
+    #[arg(long, value_name = "FILE")]
+    pub decryption_key: Option<PathBuf>,
     /// Apply into this directory (must not exist, or be empty) and keep it afterwards; it must
     /// be inside a directory only root can enter. If the boot fails or the run is interrupted,
     /// it is emptied again (by the next run in the same place, if this one was killed).
@@ -339,6 +344,7 @@ async fn boot_and_run(
     };
     let (sealed, credentials) =
         crate::secrets::for_run(&config.config, a.secrets.as_deref()).map_err(CliError::Usage)?;
+    let decryption_key = super::image::decryption_key(a.decryption_key.as_deref())?;
     // The helpers' and the workload's cgroup, below cidboot's own; removed when it is dropped.
     let cgroup = crate::launch::cgroup::for_run(config.config.workload.limits.as_ref())
         .map_err(|e| boot::BootError::from(crate::launch::LaunchError::from(e)))?
@@ -402,6 +408,7 @@ async fn boot_and_run(
             observer: super::progress::layers(),
             sealed,
             credentials,
+            decryption_key,
         };
         let mut plan = boot::plan::build(config, &overrides, machine)?;
         plan.sandbox.cgroup = cgroup.clone();

@@ -291,6 +291,7 @@ async fn boot(
             observer: Arc::new(crate::apply::Unobserved),
             sealed,
             credentials,
+            decryption_key: None,
         },
     )
     .map_err(|e| InitError::Config(e.to_string()))?;

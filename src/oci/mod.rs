@@ -143,6 +143,15 @@ pub enum Compression {
 
 /// The layer media types cidboot applies; anything else is refused by name.
 pub fn layer_compression(mt: &MediaType) -> Result<Compression, OciError> {
+    // An ocicrypt layer is its base type's blob under encryption: the base says how the
+    // decrypted blob inflates.
+    if let MediaType::Other(s) = mt {
+        if let Some(base) = s.strip_suffix(crate::ocicrypt::ENCRYPTED_SUFFIX) {
+            if !base.ends_with(crate::ocicrypt::ENCRYPTED_SUFFIX) {
+                return layer_compression(&MediaType::from(base));
+            }
+        }
+    }
     match mt {
         MediaType::ImageLayer => Ok(Compression::None),
         MediaType::ImageLayerGzip => Ok(Compression::Gzip),
@@ -158,7 +167,7 @@ pub fn layer_compression(mt: &MediaType) -> Result<Compression, OciError> {
         _ => Err(OciError::MediaType {
             what: "layer",
             media_type: mt.to_string(),
-            reason: "supported: OCI tar, tar+gzip, tar+zstd and Docker rootfs.diff.tar.gzip",
+            reason: "supported: OCI tar, tar+gzip, tar+zstd (each also +encrypted) and Docker rootfs.diff.tar.gzip",
         }),
     }
 }

@@ -62,6 +62,13 @@ pub struct SecretError {
 /// each once, a key, an environment variable and/or a file for each, each variable and file
 /// once, no variable cidboot sets itself, and a `[kms]` to ask.
 pub fn check_config(cfg: &RuntimeConfig) -> Result<(), String> {
+    if let Some(name) = &cfg.decryption_key {
+        if !cfg.secrets.iter().any(|s| s.name == *name) {
+            return Err(format!(
+                "decryption_key = {name:?} names no [[secrets]] entry: add one with name = {name:?} and the key_id it was sealed under"
+            ));
+        }
+    }
     if cfg.secrets.is_empty() {
         return Ok(());
     }
@@ -92,9 +99,9 @@ pub fn check_config(cfg: &RuntimeConfig) -> Result<(), String> {
         }
         let region = cfg.kms.as_ref().map_or("", |k| k.region.as_str());
         check_key_arn(&s.key_id, region).map_err(bad)?;
-        if s.env.is_none() && s.file.is_none() {
+        if s.env.is_none() && s.file.is_none() && cfg.decryption_key.as_deref() != Some(&s.name) {
             return Err(bad(
-                "give env = \"VAR\" and/or file = \"/run/secrets/NAME\": how the workload gets it"
+                "give env = \"VAR\" and/or file = \"/run/secrets/NAME\": how the workload gets it (only the secret decryption_key names may have neither)"
                     .into(),
             ));
         }
@@ -270,14 +277,11 @@ pub async fn open(
             name: s.name.clone(),
             reason,
         };
-        let sealed = given
-            .and_then(|f| f.get(&s.name))
-            .ok_or_else(|| missing(&s.name, given.is_some()))?;
-        let ciphertext = sealed.ciphertext_bytes().map_err(|e| fail(e.to_string()))?;
-        let value = client
-            .decrypt_attested(nsm, Some(&s.key_id), &ciphertext, &sealed::context(&s.name))
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        if s.env.is_none() && s.file.is_none() {
+            // For cidboot itself (decryption_key), opened when the layers need it.
+            continue;
+        }
+        let value = open_one(client, nsm, s, given).await?;
         if let Some(var) = &s.env {
             let v = s.format.encode_env(&value).map_err(fail)?;
             out.env
@@ -304,6 +308,27 @@ pub async fn open(
         }
     }
     Ok(out)
+}
+
+/// Decrypts one secret with an attested `Decrypt`: its value, wiped when dropped.
+pub async fn open_one(
+    client: &KmsClient,
+    nsm: &dyn Nsm,
+    s: &Secret,
+    given: Option<&SecretsFile>,
+) -> Result<Zeroizing<Vec<u8>>, SecretError> {
+    let fail = |reason: String| SecretError {
+        name: s.name.clone(),
+        reason,
+    };
+    let sealed = given
+        .and_then(|f| f.get(&s.name))
+        .ok_or_else(|| missing(&s.name, given.is_some()))?;
+    let ciphertext = sealed.ciphertext_bytes().map_err(|e| fail(e.to_string()))?;
+    client
+        .decrypt_attested(nsm, Some(&s.key_id), &ciphertext, &sealed::context(&s.name))
+        .await
+        .map_err(|e| fail(e.to_string()))
 }
 
 /// The KMS client the boot opens its secrets with: the measured `[kms]` endpoint, reached the
@@ -370,6 +395,39 @@ mod tests {
         Loaded::parse(text.into_bytes())
             .map(drop)
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn decryption_key_names_a_secret_that_alone_may_go_undelivered() {
+        let parse = |top: &str, secret: &str| {
+            let text = format!(
+                "{top}\n[kms]\nregion = \"us-east-1\"\n[[secrets]]\nname = \"image-key\"\nkey_id = \"{ARN}\"\n{secret}"
+            );
+            Loaded::parse(text.into_bytes())
+                .map(drop)
+                .map_err(|e| e.to_string())
+        };
+        parse("decryption_key = \"image-key\"", "").unwrap();
+        parse(
+            "decryption_key = \"image-key\"",
+            "file = \"/run/secrets/image-key\"",
+        )
+        .unwrap();
+        let e = parse("", "").unwrap_err();
+        assert!(
+            e.contains("only the secret decryption_key names may have neither"),
+            "{e}"
+        );
+        let e = parse("decryption_key = \"other\"", "env = \"K\"").unwrap_err();
+        assert!(
+            e.contains("decryption_key = \"other\" names no [[secrets]] entry"),
+            "{e}"
+        );
+        let e = Loaded::parse(b"decryption_key = \"k\"\n".to_vec())
+            .map(drop)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("names no [[secrets]] entry"), "{e}");
     }
 
     #[test]
