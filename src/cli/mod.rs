@@ -3,6 +3,7 @@
 #[macro_use]
 mod out;
 mod attest;
+mod check;
 mod image;
 mod progress;
 mod publish;
@@ -45,6 +46,9 @@ pub enum Command {
     /// Serve the blocks of CAR files as a trustless gateway (development, tests, air-gapped).
     #[cfg(feature = "dev-gateway")]
     Gateway(publish::GatewayArgs),
+    /// Fetch and verify an image from each gateway given, and report which serve it, how fast
+    /// and in which formats; exit 1 when fewer than --min do.
+    Check(check::CheckArgs),
     /// Resolve and verify an image's index, manifest and config, and describe it.
     Inspect(image::InspectArgs),
     /// Fetch and verify a whole image and write it as an OCI image layout.
@@ -324,6 +328,7 @@ pub fn main() -> ExitCode {
     };
     let json = match &cli.command {
         Command::Pack(a) => a.json,
+        Command::Check(a) => a.json,
         Command::Inspect(a) => a.json,
         Command::Pull(a) => a.json,
         Command::Run(a) => a.json,
@@ -624,6 +629,7 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
                 what: "packing".into(),
                 source: std::io::Error::other(e.to_string()),
             })?),
+        Command::Check(a) => check::check(a).await,
         Command::Inspect(a) => ok(image::inspect(a).await),
         Command::Pull(a) => ok(image::pull(a).await),
         Command::Unpack(a) => ok(image::unpack(a).await),
