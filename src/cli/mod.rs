@@ -43,6 +43,10 @@ pub struct Cli {
 pub enum Command {
     /// Pack an OCI image layout directory into a CARv1 and print its root CID.
     Pack(publish::PackArgs),
+    /// Pack an OCI image layout and upload it: to S3-compatible buckets that import CARs,
+    /// kubo-compatible RPC endpoints, Pinning Service API providers; then, with --check,
+    /// check it on gateways.
+    Publish(publish::PublishArgs),
     /// Serve the blocks of CAR files as a trustless gateway (development, tests, air-gapped).
     #[cfg(feature = "dev-gateway")]
     Gateway(publish::GatewayArgs),
@@ -207,6 +211,8 @@ pub enum CliError {
     Apply(#[from] crate::apply::ApplyError),
     #[error(transparent)]
     Pack(#[from] crate::publish::pack::PackError),
+    #[error(transparent)]
+    Upload(#[from] crate::publish::upload::UploadError),
     #[cfg(feature = "dev-gateway")]
     #[error(transparent)]
     Serve(#[from] crate::publish::serve::ServeError),
@@ -329,6 +335,7 @@ pub fn main() -> ExitCode {
     let json = match &cli.command {
         Command::Pack(a) => a.json,
         Command::Check(a) => a.json,
+        Command::Publish(a) => a.json,
         Command::Inspect(a) => a.json,
         Command::Pull(a) => a.json,
         Command::Run(a) => a.json,
@@ -630,6 +637,7 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
                 source: std::io::Error::other(e.to_string()),
             })?),
         Command::Check(a) => check::check(a).await,
+        Command::Publish(a) => publish::publish(a).await,
         Command::Inspect(a) => ok(image::inspect(a).await),
         Command::Pull(a) => ok(image::pull(a).await),
         Command::Unpack(a) => ok(image::unpack(a).await),
