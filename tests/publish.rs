@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
@@ -186,4 +186,436 @@ fn publish_puts_the_car_in_an_s3_bucket_that_imports_cars() {
     );
     assert_eq!(code, Some(125), "{stderr}");
     assert!(stderr.contains("AWS credentials: "), "{stderr}");
+}
+
+/// An IPFS node's HTTP face for the tests: kubo's `dag/import`, the Pinning Service API, and
+/// a trustless gateway of what it holds. What it takes in is checked by ipfs-car, an
+/// independent implementation (`ipfs-car unpack` verifies every block against its CID, and
+/// `ipfs-car roots` names the root), then served by a `cidboot gateway` process over the CARs
+/// it holds, to which its `/ipfs/` requests are relayed byte for byte.
+struct Node {
+    url: String,
+    state: Arc<Mutex<NodeState>>,
+    _work: tempfile::TempDir,
+}
+
+struct NodeState {
+    token: String,
+    max_body: usize,
+    work: PathBuf,
+    cars: Vec<PathBuf>,
+    gateway: Option<Gateway>,
+    pins: std::collections::HashMap<String, serde_json::Value>,
+    /// Every request line, in order.
+    log: Vec<String>,
+}
+
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+/// Imports a CAR as a node would: every block verified by ipfs-car, the root it names returned.
+fn import(state: &Arc<Mutex<NodeState>>, car: &Path) -> Result<String, String> {
+    let out = car.with_extension("unpacked");
+    let o = Command::new(ipfs_car())
+        .arg("unpack")
+        .arg(car)
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    if !o.status.success() {
+        return Err(format!(
+            "ipfs-car unpack: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    let o = Command::new(ipfs_car())
+        .arg("roots")
+        .arg(car)
+        .output()
+        .unwrap();
+    let root = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let mut s = state.lock().unwrap();
+    s.cars.push(car.to_path_buf());
+    let cars = s.cars.clone();
+    // The old gateway stops when it is replaced.
+    s.gateway = Some(Gateway::start_plain(&cars));
+    Ok(root)
+}
+
+fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) {
+    let head = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(body);
+}
+
+fn json_reply(s: &mut TcpStream, status: u16, v: &serde_json::Value) {
+    respond(s, status, "application/json", v.to_string().as_bytes());
+}
+
+/// The pin's provider fetches the CID from its origins (`/ip4/IP/tcp/PORT/http`: a trustless
+/// gateway), as a CAR, and imports it.
+fn fetch_pin(state: Arc<Mutex<NodeState>>, id: String, cid: String, origins: Vec<String>) {
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    state.lock().unwrap().pins.get_mut(&id).unwrap()["status"] = "pinning".into();
+    let work = state.lock().unwrap().work.clone();
+    let mut why = format!("no origin had {cid}");
+    for (i, o) in origins.iter().enumerate() {
+        let parts: Vec<&str> = o.split('/').collect();
+        let ["", "ip4", ip, "tcp", port, "http"] = parts[..] else {
+            why = format!("origin {o}: not an /ip4/…/tcp/…/http address");
+            continue;
+        };
+        let car = work.join(format!("{id}-{i}.car"));
+        let ok = Command::new("curl")
+            .args(["-sf", "-H", "accept: application/vnd.ipld.car", "-o"])
+            .arg(&car)
+            .arg(format!(
+                "http://{ip}:{port}/ipfs/{cid}?format=car&dag-scope=all"
+            ))
+            .status()
+            .unwrap()
+            .success();
+        if !ok {
+            why = format!("origin {o} did not serve {cid}");
+            continue;
+        }
+        match import(&state, &car) {
+            Ok(root) if root == cid => {
+                let mut s = state.lock().unwrap();
+                s.pins.get_mut(&id).unwrap()["status"] = "pinned".into();
+                return;
+            }
+            Ok(root) => why = format!("origin {o} served {root}"),
+            Err(e) => why = e,
+        }
+    }
+    let mut s = state.lock().unwrap();
+    let p = s.pins.get_mut(&id).unwrap();
+    p["status"] = "failed".into();
+    p["info"] = serde_json::json!({ "status_details": why });
+}
+
+fn serve_one(state: Arc<Mutex<NodeState>>, mut s: TcpStream) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).unwrap_or(0) == 0 || buf.len() > 65536 {
+            return;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let mut lines = head.split("\r\n");
+    let request = lines.next().unwrap_or_default().to_string();
+    let headers: std::collections::HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut words = request.split(' ');
+    let (method, path) = (
+        words.next().unwrap_or_default(),
+        words.next().unwrap_or_default().to_string(),
+    );
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    let (token, max_body) = {
+        let mut st = state.lock().unwrap();
+        st.log.push(request.clone());
+        (st.token.clone(), st.max_body)
+    };
+    if path.starts_with("/ipfs/") {
+        let gw = state
+            .lock()
+            .unwrap()
+            .gateway
+            .as_ref()
+            .map(|g| g.url.clone());
+        let Some(gw) = gw else {
+            return respond(&mut s, 404, "text/plain", b"nothing pinned here");
+        };
+        let mut up = TcpStream::connect(gw.trim_start_matches("http://")).unwrap();
+        let accept = headers.get("accept").cloned().unwrap_or_default();
+        write!(
+            up,
+            "GET {path} HTTP/1.0\r\nhost: gw\r\naccept: {accept}\r\n\r\n"
+        )
+        .unwrap();
+        let _ = std::io::copy(&mut up, &mut s);
+        return;
+    }
+    if headers.get("authorization") != Some(&format!("Bearer {token}")) {
+        if path.starts_with("/pins") {
+            return json_reply(
+                &mut s,
+                401,
+                &serde_json::json!({"error": {"reason": "UNAUTHORIZED", "details": "the access token is not valid"}}),
+            );
+        }
+        return json_reply(
+            &mut s,
+            401,
+            &serde_json::json!({"Message": "invalid bearer token", "Code": 0, "Type": "error"}),
+        );
+    }
+    if len > max_body {
+        return json_reply(
+            &mut s,
+            413,
+            &serde_json::json!({"Message": format!("request body of {len} bytes exceeds the {max_body}-byte limit"), "Code": 0, "Type": "error"}),
+        );
+    }
+    match (method, path.split('?').next().unwrap_or_default()) {
+        ("POST", "/api/v0/dag/import") => {
+            let boundary = headers["content-type"]
+                .split("boundary=")
+                .nth(1)
+                .unwrap()
+                .to_string();
+            let start = body.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let end_marker = format!("\r\n--{boundary}--");
+            let end = body
+                .windows(end_marker.len())
+                .rposition(|w| w == end_marker.as_bytes())
+                .unwrap();
+            let work = state.lock().unwrap().work.clone();
+            let car = work.join(format!("import-{}.car", fastrand::u32(..)));
+            std::fs::write(&car, &body[start..end]).unwrap();
+            match import(&state, &car) {
+                Ok(root) => {
+                    let line = serde_json::json!({"Root": {"Cid": {"/": root}, "PinErrorMsg": ""}});
+                    respond(
+                        &mut s,
+                        200,
+                        "application/json",
+                        format!("{line}\n").as_bytes(),
+                    )
+                }
+                Err(e) => json_reply(
+                    &mut s,
+                    500,
+                    &serde_json::json!({"Message": e, "Code": 0, "Type": "error"}),
+                ),
+            }
+        }
+        ("POST", "/pins") => {
+            let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let id = format!("pin-{}", fastrand::u32(..));
+            let cid = req["cid"].as_str().unwrap().to_string();
+            let status = serde_json::json!({
+                "requestid": id, "status": "queued", "created": "2026-01-01T00:00:00Z",
+                "pin": req, "delegates": [], "info": null
+            });
+            state
+                .lock()
+                .unwrap()
+                .pins
+                .insert(id.clone(), status.clone());
+            let origins: Vec<String> = req["origins"]
+                .as_array()
+                .map(|a| a.iter().map(|o| o.as_str().unwrap().to_string()).collect())
+                .unwrap_or_default();
+            let st = state.clone();
+            std::thread::spawn(move || fetch_pin(st, id, cid, origins));
+            json_reply(&mut s, 202, &status)
+        }
+        ("GET", p) if p.starts_with("/pins/") => {
+            let id = p.trim_start_matches("/pins/");
+            let status = state.lock().unwrap().pins.get(id).cloned();
+            match status {
+                Some(v) => json_reply(&mut s, 200, &v),
+                None => json_reply(
+                    &mut s,
+                    404,
+                    &serde_json::json!({"error": {"reason": "NOT_FOUND"}}),
+                ),
+            }
+        }
+        _ => respond(&mut s, 404, "text/plain", b"no such endpoint"),
+    }
+}
+
+impl Node {
+    fn start(token: &str, max_body: usize) -> Node {
+        let work = tempfile::tempdir().unwrap();
+        let state = Arc::new(Mutex::new(NodeState {
+            token: token.into(),
+            max_body,
+            work: work.path().to_path_buf(),
+            cars: Vec::new(),
+            gateway: None,
+            pins: Default::default(),
+            log: Vec::new(),
+        }));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                let st = st.clone();
+                std::thread::spawn(move || serve_one(st, s));
+            }
+        });
+        Node {
+            url,
+            state,
+            _work: work,
+        }
+    }
+}
+
+impl Drop for Node {
+    /// The listener's thread lives on; the gateway process must not.
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.gateway = None;
+        }
+    }
+}
+
+#[test]
+fn publish_imports_into_an_rpc_endpoint_and_checks_the_cid_through_its_gateway() {
+    let work = tempfile::tempdir().unwrap();
+    let (dir, cid, _) = layout(work.path());
+    let node = Node::start("node-token", 64 << 20);
+    let rpc = format!("rpc:{}", node.url);
+    let d = dir.to_str().unwrap();
+    let (code, stdout, stderr) = publish(
+        &[d, "--to", &rpc, "--check", "--gateway", &node.url, "--json"],
+        &[("CIDBOOT_RPC_TOKEN", "node-token")],
+        work.path(),
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(j["cid"], cid.as_str());
+    assert_eq!(j["uploads"][0]["to"], rpc.as_str());
+    assert_eq!(j["uploads"][0]["cid"], cid.as_str());
+    // ipfs-car verified the import; the CID is then fetched back through the node, verified.
+    let g = &j["check"]["gateways"][0];
+    assert_eq!(g["result"], "verified", "{g:#}");
+    assert_eq!(g["blobs"], 2, "{g:#}");
+    assert_eq!(j["check"]["ok"], true);
+    let log = node.state.lock().unwrap().log.clone();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("POST /api/v0/dag/import?pin-roots=true ")),
+        "{log:?}"
+    );
+
+    // The token from a file; a wrong one is refused by the endpoint, and said so.
+    let token = work.path().join("token");
+    std::fs::write(&token, "not-the-token\n").unwrap();
+    let (code, _, stderr) = publish(
+        &[d, "--to", &rpc],
+        &[("CIDBOOT_RPC_TOKEN_FILE", token.to_str().unwrap())],
+        work.path(),
+    );
+    assert_eq!(code, Some(125), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{rpc}: HTTP 401: invalid bearer token (the credentials were refused"
+        )),
+        "{stderr}"
+    );
+    // No token at all: named before anything is sent.
+    let (code, _, stderr) = publish(&[d, "--to", &rpc], &[], work.path());
+    assert_eq!(code, Some(125), "{stderr}");
+    assert!(
+        stderr.contains("no token: set CIDBOOT_RPC_TOKEN, or CIDBOOT_RPC_TOKEN_FILE"),
+        "{stderr}"
+    );
+    // An endpoint that takes smaller requests.
+    let small = Node::start("node-token", 1000);
+    let (code, _, stderr) = publish(
+        &[d, "--to", &format!("rpc:{}", small.url)],
+        &[("CIDBOOT_RPC_TOKEN", "node-token")],
+        work.path(),
+    );
+    assert_eq!(code, Some(125), "{stderr}");
+    assert!(
+        stderr.contains("HTTP 413: request body of")
+            && stderr.contains("larger than this destination accepts"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn publish_pins_by_cid_with_origins_and_reports_a_failed_pin() {
+    let work = tempfile::tempdir().unwrap();
+    let (dir, cid, car) = layout(work.path());
+    // The node that has the content: a trustless gateway, announced by its HTTP multiaddr.
+    let origin = Gateway::start_plain(&[car]);
+    let port = origin.url.rsplit(':').next().unwrap();
+    let maddr = format!("/ip4/127.0.0.1/tcp/{port}/http");
+    let node = Node::start("pin-token", 64 << 20);
+    let pins = format!("pins:{}", node.url);
+    let (code, stdout, stderr) = publish(
+        &[
+            dir.to_str().unwrap(),
+            "--to",
+            &pins,
+            "--origin",
+            &maddr,
+            "--name",
+            "release-1",
+            "--check",
+            "--gateway",
+            &node.url,
+            "--json",
+        ],
+        &[("CIDBOOT_PINS_TOKEN", "pin-token")],
+        work.path(),
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(j["uploads"][0]["cid"], cid.as_str(), "{j:#}");
+    assert!(
+        j["uploads"][0]["location"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}/pins/pin-", node.url)),
+        "{j:#}"
+    );
+    assert_eq!(j["check"]["gateways"][0]["result"], "verified", "{j:#}");
+    let pinned = node.state.lock().unwrap().pins.clone();
+    let p = pinned.values().next().unwrap();
+    assert_eq!(p["pin"]["name"], "release-1");
+    assert_eq!(p["pin"]["origins"], serde_json::json!([maddr]));
+
+    // Another image, which the origin does not have: the pin ends `failed`, with the
+    // provider's own words.
+    let other = work.path().join("other");
+    write_layout(
+        &other,
+        &[("amd64", &image("amd64", &[vec![("etc/x", b"x".to_vec())]]))],
+    );
+    let (code, _, stderr) = publish(
+        &[other.to_str().unwrap(), "--to", &pins, "--origin", &maddr],
+        &[("CIDBOOT_PINS_TOKEN", "pin-token")],
+        work.path(),
+    );
+    assert_eq!(code, Some(125), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{pins}: the pin ended `failed`:"))
+            && stderr.contains("did not serve"),
+        "{stderr}"
+    );
+    // A wrong token: the provider's error document, read.
+    let (code, _, stderr) = publish(
+        &[dir.to_str().unwrap(), "--to", &pins],
+        &[("CIDBOOT_PINS_TOKEN", "wrong")],
+        work.path(),
+    );
+    assert_eq!(code, Some(125), "{stderr}");
+    assert!(
+        stderr.contains("HTTP 401: UNAUTHORIZED: the access token is not valid"),
+        "{stderr}"
+    );
 }
