@@ -493,6 +493,7 @@ fn publish_imports_into_an_rpc_endpoint_and_checks_the_cid_through_its_gateway()
         work.path(),
     );
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert_documented(&stdout, "`publish`", 0);
     let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(j["cid"], cid.as_str());
     assert_eq!(j["uploads"][0]["to"], rpc.as_str());
