@@ -510,6 +510,38 @@ fn publish_imports_into_an_rpc_endpoint_and_checks_the_cid_through_its_gateway()
         "{log:?}"
     );
 
+    // The same from a publisher configuration; a token in it is refused.
+    let config = work.path().join("publish.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "to = [\"{rpc}\"]\n[check]\ngateways = [\"{}\"]\nmin = 1\n",
+            node.url
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = publish(
+        &[d, "--config", config.to_str().unwrap(), "--json"],
+        &[("CIDBOOT_RPC_TOKEN", "node-token")],
+        work.path(),
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(j["uploads"][0]["to"], rpc.as_str());
+    assert_eq!(j["check"]["min"], 1);
+    assert_eq!(j["check"]["gateways"][0]["result"], "verified", "{j:#}");
+    std::fs::write(&config, format!("to = [\"{rpc}\"]\ntoken = \"x\"\n")).unwrap();
+    let (code, _, stderr) = publish(
+        &[d, "--config", config.to_str().unwrap()],
+        &[("CIDBOOT_RPC_TOKEN", "node-token")],
+        work.path(),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("tokens are never kept in publish.toml"),
+        "{stderr}"
+    );
+
     // The token from a file; a wrong one is refused by the endpoint, and said so.
     let token = work.path().join("token");
     std::fs::write(&token, "not-the-token\n").unwrap();

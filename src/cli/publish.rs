@@ -167,26 +167,30 @@ pub struct PublishArgs {
     /// Where to upload (repeatable, in order): s3://BUCKET[/PREFIX] (a bucket that imports
     /// CARs: Filebase's `import: car`), rpc:https://HOST (kubo-compatible `dag/import`) or
     /// pins:https://HOST (a Pinning Service API: pin by CID).
-    #[arg(long = "to", value_name = "DEST", required = true)]
+    #[arg(long = "to", value_name = "DEST")]
     pub to: Vec<upload::Destination>,
+    /// A publisher configuration (TOML: `to`, `origins`, `name`, `pin_timeout_secs`, and
+    /// `[check]` with `gateways` and `min`); the flags given win over it.
+    #[arg(long, value_name = "PUBLISH.TOML")]
+    pub config: Option<PathBuf>,
     /// A multiaddr of a node that has the content, handed to pinning services (repeatable).
     #[arg(long = "origin", value_name = "MULTIADDR")]
     pub origins: Vec<String>,
     /// The pin's name on pinning services [default: the CID].
     #[arg(long)]
     pub name: Option<String>,
-    /// Seconds a pin may stay queued or pinning before publish gives up on it.
-    #[arg(long, value_name = "SECS", default_value_t = 600)]
-    pub pin_timeout: u64,
+    /// Seconds a pin may stay queued or pinning before publish gives up on it [default: 600].
+    #[arg(long, value_name = "SECS")]
+    pub pin_timeout: Option<u64>,
     /// Keep the CAR in this file (it is otherwise removed once uploaded).
     #[arg(long, value_name = "FILE")]
     pub car: Option<PathBuf>,
     /// Then check the published image on the --gateway URLs, as `cidboot check` does; exit 1
     /// when fewer than --min serve it.
-    #[arg(long, requires = "gateways")]
+    #[arg(long)]
     pub check: bool,
     /// With --check: how many gateways must serve it [default: all].
-    #[arg(long, value_name = "N", requires = "check")]
+    #[arg(long, value_name = "N")]
     pub min: Option<usize>,
     #[command(flatten)]
     pub fetch: super::FetchArgs,
@@ -216,8 +220,39 @@ fn check_layout(dir: &std::path::Path) -> Result<(), CliError> {
 
 /// `cidboot publish`: pack, upload to each destination in order (stopping at the first that
 /// fails), then, with --check, check the gateways.
-pub async fn publish(a: PublishArgs) -> Result<i32, CliError> {
+pub async fn publish(mut a: PublishArgs) -> Result<i32, CliError> {
     check_layout(&a.dir)?;
+    if let Some(path) = &a.config {
+        let (c, dests) = upload::config::load(path).map_err(CliError::Usage)?;
+        if a.to.is_empty() {
+            a.to = dests;
+        }
+        if a.origins.is_empty() {
+            a.origins = c.origins;
+        }
+        a.name = a.name.or(c.name);
+        a.pin_timeout = a.pin_timeout.or(c.pin_timeout_secs);
+        if let Some(ch) = c.check {
+            a.check = true;
+            if a.fetch.gateways.is_empty() {
+                a.fetch.gateways = ch.gateways;
+            }
+            a.min = a.min.or(ch.min);
+        }
+    }
+    if a.to.is_empty() {
+        return Err(CliError::Usage(
+            "nowhere to publish: give --to DEST (repeatable), or `to` in --config".into(),
+        ));
+    }
+    if a.check && a.fetch.gateways.is_empty() {
+        return Err(CliError::Usage(
+            "--check needs the gateways to check: give --gateway URL (repeatable), or [check] gateways in --config".into(),
+        ));
+    }
+    if a.min.is_some() && !a.check {
+        return Err(CliError::Usage("--min goes with --check".into()));
+    }
     let ca_bundle = match std::env::var_os("AWS_CA_BUNDLE").filter(|v| !v.is_empty()) {
         Some(p) => Some(std::fs::read_to_string(&p).map_err(|source| CliError::Io {
             what: format!("AWS_CA_BUNDLE={}", PathBuf::from(&p).display()),
@@ -252,7 +287,7 @@ pub async fn publish(a: PublishArgs) -> Result<i32, CliError> {
     let mut up = upload::Uploader::new(http);
     up.origins = a.origins.clone();
     up.name = Some(a.name.clone().unwrap_or_else(|| cid.clone()));
-    up.pin_timeout = std::time::Duration::from_secs(a.pin_timeout);
+    up.pin_timeout = std::time::Duration::from_secs(a.pin_timeout.unwrap_or(600));
     let mut done = Vec::new();
     for dest in &a.to {
         let _s = super::progress::Spinner::new(format!("publishing {cid} to {dest}"));

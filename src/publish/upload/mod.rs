@@ -3,6 +3,7 @@
 //! on an IPFS Pinning Service API provider. Every answer is read with a cap, and every
 //! failure names the destination and what it said.
 
+pub mod config;
 pub mod pins;
 pub mod rpc;
 pub mod s3;
