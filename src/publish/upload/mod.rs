@@ -181,6 +181,11 @@ impl Uploader {
         car: &std::path::Path,
         cid: &str,
     ) -> Result<Uploaded, UploadError> {
+        if let Destination::Rpc { url } | Destination::Pins { url } = dest {
+            if url.to_ascii_lowercase().starts_with("http://") {
+                tracing::warn!(to = %dest, "plain HTTP: the token is visible to anyone on the path");
+            }
+        }
         match dest {
             Destination::S3 { bucket, prefix } => {
                 s3::put(self, dest, bucket, prefix, &read_car(car)?, cid).await
@@ -276,5 +281,53 @@ pub(crate) fn transport(dest: &Destination) -> impl Fn(TransportError) -> Upload
     move |source| UploadError::Transport {
         dest: dest.to_string(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_parse_and_wrong_ones_say_what_is_expected() {
+        assert_eq!(
+            "s3://my-images/releases/".parse::<Destination>(),
+            Ok(Destination::S3 {
+                bucket: "my-images".into(),
+                prefix: "releases/".into()
+            })
+        );
+        assert_eq!(
+            "rpc:https://rpc.filebase.io/".parse::<Destination>(),
+            Ok(Destination::Rpc {
+                url: "https://rpc.filebase.io".into()
+            })
+        );
+        let d: Destination = "pins:https://api.pinata.cloud/psa".parse().unwrap();
+        assert_eq!(d.to_string(), "pins:https://api.pinata.cloud/psa");
+        for (bad, says) in [
+            ("s3://UPPER", "bucket name"),
+            ("s3://ok-bucket/a b", "key prefix"),
+            ("rpc:ftp://x", "http(s)://"),
+            ("ipfs://bafy", "give s3://BUCKET"),
+        ] {
+            let e = bad.parse::<Destination>().unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_configuration_names_its_destinations_and_refuses_tokens() {
+        let (c, to) = config::parse(
+            "to = [\"s3://b-1\", \"pins:https://p.example\"]\n[check]\ngateways = [\"https://g.example\"]\nmin = 1\n",
+        )
+        .unwrap();
+        assert_eq!(to.len(), 2);
+        assert_eq!(c.check.unwrap().min, Some(1));
+        let e = config::parse("token = \"x\"\n").unwrap_err();
+        assert!(e.contains("tokens are never kept"), "{e}");
+        let e = config::parse("[check]\ngateways = [\"https://g\"]\nmin = 2\n").unwrap_err();
+        assert!(e.contains("from 1 to the 1"), "{e}");
+        assert!(config::parse("to = [\"nowhere\"]\n").is_err());
     }
 }

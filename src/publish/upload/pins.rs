@@ -139,9 +139,16 @@ pub(super) async fn pin(
         wait = (wait * 2).min(POLL_MAX);
         status = call(up, dest, &origin, &format!("{base}/pins/{id}"), &auth, None).await?;
     }
+    let pinned = status["pin"]["cid"].as_str().map(str::to_string);
+    if let Some(p) = pinned.as_deref().filter(|p| *p != cid) {
+        return Err(UploadError::Answer {
+            dest: dest.to_string(),
+            reason: format!("it pinned {p}, not {cid}"),
+        });
+    }
     Ok(Uploaded {
         to: dest.to_string(),
         location: format!("{origin}{base}/pins/{id}"),
-        cid: status["pin"]["cid"].as_str().map(str::to_string),
+        cid: pinned,
     })
 }
