@@ -1,6 +1,7 @@
 //! `cidboot publish` against real servers on loopback: moto's S3 (SigV4 checked, the
-//! object's metadata read back), and servers that import the CAR and serve it back as a
-//! trustless gateway, through which `cidboot check` then fetches and verifies the CID.
+//! object's metadata read back), and servers that import the CAR (checked by ipfs-car) and
+//! serve it back as a trustless gateway written in JavaScript, through which `cidboot check`
+//! then fetches and verifies the CID.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -191,8 +192,9 @@ fn publish_puts_the_car_in_an_s3_bucket_that_imports_cars() {
 /// An IPFS node's HTTP face for the tests: kubo's `dag/import`, the Pinning Service API, and
 /// a trustless gateway of what it holds. What it takes in is checked by ipfs-car, an
 /// independent implementation (`ipfs-car unpack` verifies every block against its CID, and
-/// `ipfs-car roots` names the root), then served by a `cidboot gateway` process over the CARs
-/// it holds, to which its `/ipfs/` requests are relayed byte for byte.
+/// `ipfs-car roots` names the root), then served by a gateway written in JavaScript over the
+/// CARs it holds (tests/publish/js_gateway.mjs, raw blocks only), to which its `/ipfs/`
+/// requests are relayed byte for byte.
 struct Node {
     url: String,
     state: Arc<Mutex<NodeState>>,
@@ -204,7 +206,7 @@ struct NodeState {
     max_body: usize,
     work: PathBuf,
     cars: Vec<PathBuf>,
-    gateway: Option<Gateway>,
+    gateway: Option<JsGateway>,
     pins: std::collections::HashMap<String, serde_json::Value>,
     /// Every request line, in order.
     log: Vec<String>,
@@ -239,8 +241,45 @@ fn import(state: &Arc<Mutex<NodeState>>, car: &Path) -> Result<String, String> {
     s.cars.push(car.to_path_buf());
     let cars = s.cars.clone();
     // The old gateway stops when it is replaced.
-    s.gateway = Some(Gateway::start_plain(&cars));
+    s.gateway = Some(JsGateway::start(&cars));
     Ok(root)
+}
+
+/// tests/publish/js_gateway.mjs: a raw-only trustless gateway in JavaScript, which checks
+/// every block of the CARs it is given; killed on drop.
+struct JsGateway {
+    url: String,
+    child: Child,
+}
+
+impl JsGateway {
+    fn start(cars: &[PathBuf]) -> JsGateway {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/publish/js_gateway.mjs");
+        let mut child = Command::new("node")
+            .arg(script)
+            .args(cars)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start node");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line.trim().to_string();
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "js_gateway said {url:?}"
+        );
+        JsGateway { url, child }
+    }
+}
+
+impl Drop for JsGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) {
@@ -502,6 +541,9 @@ fn publish_imports_into_an_rpc_endpoint_and_checks_the_cid_through_its_gateway()
     let g = &j["check"]["gateways"][0];
     assert_eq!(g["result"], "verified", "{g:#}");
     assert_eq!(g["blobs"], 2, "{g:#}");
+    // Served block by block by the JavaScript gateway, which refuses CARs.
+    assert_eq!(g["formats"]["raw"], "served", "{g:#}");
+    assert_eq!(g["formats"]["car"], "refused (HTTP 406)", "{g:#}");
     assert_eq!(j["check"]["ok"], true);
     let log = node.state.lock().unwrap().log.clone();
     assert!(
