@@ -1,7 +1,8 @@
 //! Every TOML example in docs/ (and README.md) is a configuration the program accepts, parsed with the same
 //! parser the program uses. Each ```toml block is preceded by a marker saying which file it
 //! is an example of: `<!-- cidboot.toml -->` (a runtime configuration), `<!-- host.toml -->`
-//! (the `cidboot host` configuration) or `<!-- secrets.toml -->` (a secrets file). A block
+//! (the `cidboot host` configuration), `<!-- secrets.toml -->` (a secrets file) or
+//! `<!-- publish.toml -->` (a publisher configuration). A block
 //! without a marker fails the test. The shell examples run in tests/docs_sh.rs.
 #![allow(
     clippy::unwrap_used,
@@ -22,6 +23,7 @@ enum Kind {
     Runtime,
     Host,
     Secrets,
+    Publish,
 }
 
 #[derive(Debug)]
@@ -37,6 +39,7 @@ fn marker(line: &str) -> Option<Kind> {
         "<!-- cidboot.toml -->" => Some(Kind::Runtime),
         "<!-- host.toml -->" => Some(Kind::Host),
         "<!-- secrets.toml -->" => Some(Kind::Secrets),
+        "<!-- publish.toml -->" => Some(Kind::Publish),
         _ => None,
     }
 }
@@ -107,6 +110,8 @@ fn check(b: &Block) -> Result<(), String> {
         Some(Kind::Secrets) => cidboot::kms::sealed::SecretsFile::parse(b.text.as_bytes())
             .map(|f| assert!(!f.secrets.is_empty(), "{}: an empty secrets file", b.file))
             .map_err(|e| e.to_string()),
+        Some(Kind::Publish) => cidboot::publish::upload::config::parse(&b.text)
+            .map(|(_, to)| assert!(!to.is_empty(), "{}: publishes nowhere", b.file)),
     }
 }
 
@@ -125,6 +130,10 @@ fn every_toml_example_in_docs_parses() {
     assert!(
         all.iter().any(|b| b.kind == Some(Kind::Secrets)),
         "no secrets.toml example found in docs/"
+    );
+    assert!(
+        all.iter().any(|b| b.kind == Some(Kind::Publish)),
+        "no publish.toml example found in docs/"
     );
     assert!(
         all.iter()
@@ -223,7 +232,7 @@ fn the_ingress_examples_agree() {
                     }
                 }
             }
-            Some(Kind::Secrets) | None => {}
+            Some(Kind::Secrets | Kind::Publish) | None => {}
         }
     }
     assert!(!targets.is_empty() && !listens.is_empty());

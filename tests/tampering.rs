@@ -807,3 +807,122 @@ fn a_three_level_dag_sent_breadth_first_is_read_block_by_block() {
         "{log:?}"
     );
 }
+
+/// `cidboot check` over three real gateways at once: one that has the image, one that does not
+/// (404), and one that tampers with what it relays; each is fetched whole and verified, and
+/// reported by what it did.
+#[test]
+fn check_tells_a_serving_a_missing_and_a_tampering_gateway_apart() {
+    let f = fixture();
+    let work = f.work.path();
+    let (tampering, mitm_ca, _) = start_proxy(&f.gateway, Attack::FlipByte, work);
+    let dir = work.join("other-layout");
+    let other = image("amd64", &[vec![("etc/other", b"y".to_vec())]]);
+    write_layout(&dir, &[("amd64", &other)]);
+    let other_car = work.join("other.car");
+    ipfs_car_pack(&dir, &other_car, false);
+    let without = Gateway::start(&[other_car], work);
+    let ca = work.join("cas.pem");
+    let pems: Vec<u8> = [&f.gateway.ca, &without.ca, &mitm_ca]
+        .iter()
+        .flat_map(|p| std::fs::read(p).unwrap())
+        .collect();
+    std::fs::write(&ca, pems).unwrap();
+    let reference = format!("ipfs://{}", f.root);
+    let check = |extra: &[&str]| {
+        let mut args = vec![
+            "check",
+            &reference,
+            "--gateway",
+            &f.gateway.url,
+            "--gateway",
+            &without.url,
+            "--gateway",
+            &tampering,
+            "--ca",
+            ca.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = cidboot()
+            .args(&args)
+            .env("CIDBOOT_LOG", "error")
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+
+    let (code, stdout, stderr) = check(&["--json"]);
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert_documented(&stdout, "`check`", 0);
+    let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let mut keys: Vec<String> = j["gateways"][0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let mut documented = documented_fields("`check`", 1);
+    keys.sort();
+    documented.sort();
+    assert_eq!(keys, documented);
+    assert_eq!(j["cid"], f.root.as_str());
+    assert_eq!(
+        (j["verified"].as_u64(), j["min"].as_u64()),
+        (Some(1), Some(3))
+    );
+    assert_eq!(j["ok"], false);
+    let g = j["gateways"].as_array().unwrap();
+    assert_eq!(g.len(), 3, "{j:#}");
+
+    let good = &g[0];
+    assert_eq!(good["result"], "verified", "{good:#}");
+    assert_eq!(good["gateway"].as_str(), Some(f.gateway.url.as_str()));
+    // Both layers, whole: the big one is 2.5 MB of noise (gzip cannot shrink it).
+    assert_eq!(good["blobs"], 2, "{good:#}");
+    assert!(good["bytes"].as_u64().unwrap() > 2_500_000, "{good:#}");
+    assert!(good["bytes_per_sec"].as_u64().unwrap() > 0, "{good:#}");
+    assert!(good["ttfb_ms"].is_u64(), "{good:#}");
+    assert_eq!(good["formats"]["raw"], "served", "{good:#}");
+    assert_eq!(good["formats"]["car"], "served", "{good:#}");
+    assert_eq!(good["formats"]["ranges"], "served", "{good:#}");
+    assert_eq!(good["errors"], serde_json::json!([]), "{good:#}");
+
+    let missing = &g[1];
+    assert_eq!(missing["result"], "missing", "{missing:#}");
+    assert_eq!(missing["bytes"], 0);
+    // It answered, quickly, and said it has not got the CID.
+    assert!(missing["ttfb_ms"].is_u64(), "{missing:#}");
+    let e = missing["errors"][0].as_str().unwrap();
+    assert!(e.contains("does not have") && e.contains("HTTP 404"), "{e}");
+    assert!(e.contains(&f.root), "{e}");
+
+    let bad = &g[2];
+    assert_eq!(bad["result"], "tampered", "{bad:#}");
+    assert_eq!(bad["bytes_per_sec"], serde_json::Value::Null);
+    let e = bad["errors"][0].as_str().unwrap();
+    assert!(
+        e.contains("fails verification") && e.contains("does not hash to its CID"),
+        "{e}"
+    );
+
+    // One gateway suffices if the publisher says so; the words say which is which.
+    let (code, stdout, stderr) = check(&["--min", "1"]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("  VERIFIED  first byte "), "{stdout}");
+    assert!(stdout.contains("  MISSING  "), "{stdout}");
+    assert!(stdout.contains("  TAMPERED  "), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "1 of 3 gateway(s) serve ipfs://{}, verified (1 required): ok",
+            f.root
+        )),
+        "{stdout}"
+    );
+    let (code, _, stderr) = check(&["--min", "4"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--min 4"), "{stderr}");
+}

@@ -3,6 +3,7 @@
 #[macro_use]
 mod out;
 mod attest;
+mod check;
 mod image;
 mod progress;
 mod publish;
@@ -44,9 +45,16 @@ pub enum Command {
     Pack(publish::PackArgs),
     /// Make an EigenRuntime specification artifact (DevKit's) as an OCI image layout to pack.
     Artifact(publish::ArtifactArgs),
+    /// Pack an OCI image layout and upload it: to S3-compatible buckets that import CARs,
+    /// kubo-compatible RPC endpoints, Pinning Service API providers; then, with --check,
+    /// check it on gateways.
+    Publish(publish::PublishArgs),
     /// Serve the blocks of CAR files as a trustless gateway (development, tests, air-gapped).
     #[cfg(feature = "dev-gateway")]
     Gateway(publish::GatewayArgs),
+    /// Fetch and verify an image from each gateway given, and report which serve it, how fast
+    /// and in which formats; exit 1 when fewer than --min do.
+    Check(check::CheckArgs),
     /// Resolve and verify an image's index, manifest and config, and describe it.
     Inspect(image::InspectArgs),
     /// Fetch and verify a whole image and write it as an OCI image layout.
@@ -209,6 +217,7 @@ pub enum CliError {
     Pack(#[from] crate::publish::pack::PackError),
     #[error(transparent)]
     Artifact(#[from] crate::publish::artifact::ArtifactError),
+    Upload(#[from] crate::publish::upload::UploadError),
     #[cfg(feature = "dev-gateway")]
     #[error(transparent)]
     Serve(#[from] crate::publish::serve::ServeError),
@@ -331,6 +340,8 @@ pub fn main() -> ExitCode {
     let json = match &cli.command {
         Command::Pack(a) => a.json,
         Command::Artifact(a) => a.json,
+        Command::Check(a) => a.json,
+        Command::Publish(a) => a.json,
         Command::Inspect(a) => a.json,
         Command::Pull(a) => a.json,
         Command::Run(a) => a.json,
@@ -632,6 +643,8 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
                 source: std::io::Error::other(e.to_string()),
             })?),
         Command::Artifact(a) => ok(publish::artifact(a)),
+        Command::Check(a) => check::check(a).await,
+        Command::Publish(a) => publish::publish(a).await,
         Command::Inspect(a) => ok(image::inspect(a).await),
         Command::Pull(a) => ok(image::pull(a).await),
         Command::Unpack(a) => ok(image::unpack(a).await),

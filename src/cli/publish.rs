@@ -7,6 +7,7 @@ use crate::publish::artifact;
 use crate::publish::pack as packer;
 #[cfg(feature = "dev-gateway")]
 use crate::publish::serve;
+use crate::publish::upload;
 #[cfg(feature = "dev-gateway")]
 use crate::transport::tls;
 
@@ -227,4 +228,180 @@ pub async fn gateway(a: GatewayArgs) -> Result<(), CliError> {
     }
     serve::run(&a.cars, &a.listen, tls, !a.insecure_serve_unverified).await?;
     Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    /// The OCI image layout directory (holding `oci-layout` and `index.json`).
+    pub dir: PathBuf,
+    /// Where to upload (repeatable, in order): s3://BUCKET[/PREFIX] (a bucket that imports
+    /// CARs: Filebase's `import: car`), rpc:https://HOST (kubo-compatible `dag/import`) or
+    /// pins:https://HOST (a Pinning Service API: pin by CID).
+    #[arg(long = "to", value_name = "DEST")]
+    pub to: Vec<upload::Destination>,
+    /// A publisher configuration (TOML: `to`, `origins`, `name`, `pin_timeout_secs`, and
+    /// `[check]` with `gateways` and `min`); the flags given win over it.
+    #[arg(long, value_name = "PUBLISH.TOML")]
+    pub config: Option<PathBuf>,
+    /// A multiaddr of a node that has the content, handed to pinning services (repeatable).
+    #[arg(long = "origin", value_name = "MULTIADDR")]
+    pub origins: Vec<String>,
+    /// The pin's name on pinning services [default: the CID].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Seconds a pin may stay queued or pinning before publish gives up on it [default: 600].
+    #[arg(long, value_name = "SECS")]
+    pub pin_timeout: Option<u64>,
+    /// Keep the CAR in this file (it is otherwise removed once uploaded).
+    #[arg(long, value_name = "FILE")]
+    pub car: Option<PathBuf>,
+    /// Then check the published image on the --gateway URLs, as `cidboot check` does; exit 1
+    /// when fewer than --min serve it.
+    #[arg(long)]
+    pub check: bool,
+    /// With --check: how many gateways must serve it [default: all].
+    #[arg(long, value_name = "N")]
+    pub min: Option<usize>,
+    #[command(flatten)]
+    pub fetch: super::FetchArgs,
+    /// Print JSON (docs/json.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Refuses a directory that is not an OCI image layout, naming what is missing.
+fn check_layout(dir: &std::path::Path) -> Result<(), CliError> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    let missing: Vec<&str> = ["oci-layout", "index.json"]
+        .into_iter()
+        .filter(|f| !dir.join(f).is_file())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(CliError::Usage(format!(
+        "{} is not an OCI image layout (no {}): write one with `skopeo copy docker://IMAGE oci:DIR:TAG`, `docker buildx build --output type=oci,tar=false,dest=DIR` or `umoci init`",
+        dir.display(),
+        missing.join(", no ")
+    )))
+}
+
+/// `cidboot publish`: pack, upload to each destination in order (stopping at the first that
+/// fails), then, with --check, check the gateways.
+pub async fn publish(mut a: PublishArgs) -> Result<i32, CliError> {
+    check_layout(&a.dir)?;
+    if let Some(path) = &a.config {
+        let (c, dests) = upload::config::load(path).map_err(CliError::Usage)?;
+        if a.to.is_empty() {
+            a.to = dests;
+        }
+        if a.origins.is_empty() {
+            a.origins = c.origins;
+        }
+        a.name = a.name.or(c.name);
+        a.pin_timeout = a.pin_timeout.or(c.pin_timeout_secs);
+        if let Some(ch) = c.check {
+            a.check = true;
+            if a.fetch.gateways.is_empty() {
+                a.fetch.gateways = ch.gateways;
+            }
+            a.min = a.min.or(ch.min);
+        }
+    }
+    if a.to.is_empty() {
+        return Err(CliError::Usage(
+            "nowhere to publish: give --to DEST (repeatable), or `to` in --config".into(),
+        ));
+    }
+    if a.check && a.fetch.gateways.is_empty() {
+        return Err(CliError::Usage(
+            "--check needs the gateways to check: give --gateway URL (repeatable), or [check] gateways in --config".into(),
+        ));
+    }
+    if a.min.is_some() && !a.check {
+        return Err(CliError::Usage("--min goes with --check".into()));
+    }
+    let ca_bundle = match std::env::var_os("AWS_CA_BUNDLE").filter(|v| !v.is_empty()) {
+        Some(p) => Some(std::fs::read_to_string(&p).map_err(|source| CliError::Io {
+            what: format!("AWS_CA_BUNDLE={}", PathBuf::from(&p).display()),
+            source,
+        })?),
+        None => None,
+    };
+    let tls =
+        crate::transport::tls::client_config_with(a.fetch.ca.as_deref(), ca_bundle.as_deref())?;
+    let http = crate::transport::http::HttpClient::new(
+        std::sync::Arc::new(crate::transport::TcpConnector),
+        tls,
+        crate::transport::http::Timeouts::default(),
+    );
+    let staged = crate::scratch::PrivateDir::create(&std::env::temp_dir(), "cidboot-publish-")?;
+    let car = match &a.car {
+        Some(c) => c.clone(),
+        None => staged.path().join("image.car"),
+    };
+    let packed = {
+        let _s = super::progress::Spinner::new(format!("packing {}", a.dir.display()));
+        let (dir, out) = (a.dir.clone(), car.clone());
+        tokio::task::spawn_blocking(move || packer::pack_dir(&dir, &out))
+            .await
+            .map_err(|e| CliError::Io {
+                what: "packing".into(),
+                source: std::io::Error::other(e.to_string()),
+            })??
+    };
+    let cid = packed.root_cid.clone();
+    tracing::info!(%cid, blocks = packed.blocks, bytes = packed.bytes, "packed");
+    let mut up = upload::Uploader::new(http);
+    up.origins = a.origins.clone();
+    up.name = Some(a.name.clone().unwrap_or_else(|| cid.clone()));
+    up.pin_timeout = std::time::Duration::from_secs(a.pin_timeout.unwrap_or(600));
+    let mut done = Vec::new();
+    for dest in &a.to {
+        let _s = super::progress::Spinner::new(format!("publishing {cid} to {dest}"));
+        let u = up.upload(dest, &car, &cid).await?;
+        tracing::info!(to = %dest, location = %u.location, "published");
+        if !a.json {
+            outln!("{dest}: {}", u.location)?;
+        }
+        done.push(u);
+    }
+    let report = if a.check {
+        Some(super::check::check_gateways(&format!("ipfs://{cid}"), &a.fetch, a.min).await?)
+    } else {
+        None
+    };
+    /// Serialized directly, so that the keys keep this order (docs/json.md).
+    #[derive(serde::Serialize)]
+    struct PublishOut<'a> {
+        cid: &'a str,
+        blocks: u64,
+        bytes: u64,
+        uploads: &'a [upload::Uploaded],
+        check: Option<&'a super::check::Report>,
+    }
+    if a.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&PublishOut {
+                cid: &cid,
+                blocks: packed.blocks,
+                bytes: packed.bytes,
+                uploads: &done,
+                check: report.as_ref(),
+            })
+            .unwrap_or_default()
+        )?;
+    } else {
+        if let Some(r) = &report {
+            super::check::print(r, false)?;
+        }
+        outln!("{cid}")?;
+    }
+    Ok(match report {
+        Some(r) if !r.ok => i32::from(super::exit::NO),
+        _ => 0,
+    })
 }

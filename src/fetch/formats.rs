@@ -85,7 +85,11 @@ impl Gateways {
     }
 
     /// One block as a CAR of exactly that block.
-    async fn block_via_car(&self, gw: &Gateway, cid: &Cid) -> Result<VerifiedBlock, FetchError> {
+    pub(super) async fn block_via_car(
+        &self,
+        gw: &Gateway,
+        cid: &Cid,
+    ) -> Result<VerifiedBlock, FetchError> {
         let path = format!("{}/ipfs/{cid}?format=car&dag-scope=block", gw.prefix);
         let resp = self
             .get_following(gw, &path, &[("accept", ACCEPT_CAR)])

@@ -17,7 +17,7 @@ use super::{BlobSink, FetchError, MAX_DAG_DEPTH};
 use crate::reference::{verify_block, VerifiedBlock, CODEC_RAW, MAX_BLOCK_SIZE};
 use crate::transport::http::{HttpClient, Origin};
 
-const ACCEPT_RAW: &str = "application/vnd.ipld.raw";
+pub(super) const ACCEPT_RAW: &str = "application/vnd.ipld.raw";
 pub(super) const ACCEPT_CAR: &str = "application/vnd.ipld.car; version=1; order=dfs; dups=y";
 
 /// Retry and failover policy. Every number here is documented in docs/limits.md.

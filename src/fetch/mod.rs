@@ -6,6 +6,7 @@
 //! [`VerifiedBlock`](crate::reference::VerifiedBlock). Only verified bytes leave this module.
 
 pub mod car;
+pub mod check;
 /// dag-pb, decoded strictly (the IPLD crate).
 pub use cidboot_ipld::dagpb;
 pub mod formats;

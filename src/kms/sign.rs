@@ -31,6 +31,43 @@ pub fn sign(
     service: &str,
     time: SystemTime,
 ) -> Result<Vec<(String, String)>, String> {
+    sign_with(
+        req,
+        creds,
+        region,
+        service,
+        time,
+        SigningSettings::default(),
+    )
+}
+
+/// [`sign`] for S3, whose signing differs from every other service's: the path is signed as
+/// sent (not normalized, not encoded twice), and the body's SHA-256 goes in
+/// `x-amz-content-sha256`, which is added to the headers returned.
+pub fn sign_s3(
+    req: &Request<'_>,
+    creds: &AwsCredentials,
+    region: &str,
+    time: SystemTime,
+) -> Result<Vec<(String, String)>, String> {
+    use aws_sigv4::http_request::{
+        PayloadChecksumKind, PercentEncodingMode, UriPathNormalizationMode,
+    };
+    let mut settings = SigningSettings::default();
+    settings.percent_encoding_mode = PercentEncodingMode::Single;
+    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+    sign_with(req, creds, region, "s3", time, settings)
+}
+
+fn sign_with(
+    req: &Request<'_>,
+    creds: &AwsCredentials,
+    region: &str,
+    service: &str,
+    time: SystemTime,
+    settings: SigningSettings,
+) -> Result<Vec<(String, String)>, String> {
     let identity: Identity = aws_credential_types::Credentials::new(
         creds.access_key_id.clone(),
         creds.secret_access_key.as_str().to_string(),
@@ -44,7 +81,7 @@ pub fn sign(
         .region(region)
         .name(service)
         .time(time)
-        .settings(SigningSettings::default())
+        .settings(settings)
         .build()
         .map_err(|e| e.to_string())?
         .into();
