@@ -217,6 +217,7 @@ pub enum CliError {
     Pack(#[from] crate::publish::pack::PackError),
     #[error(transparent)]
     Artifact(#[from] crate::publish::artifact::ArtifactError),
+    #[error(transparent)]
     Upload(#[from] crate::publish::upload::UploadError),
     #[cfg(feature = "dev-gateway")]
     #[error(transparent)]
