@@ -26,6 +26,10 @@
 #      the workload prints a hash of each secret, and asks KMS for random bytes through the KMS
 #      proxy ([kms_proxy]), which signs with those credentials. The same boot with one byte more in its
 #      configuration gets AccessDeniedException and powers off before anything runs.
+#   6. encrypted layers: the image of those two boots is the sample encrypted by skopeo (ocicrypt,
+#      jwe), its private key sealed with `cidboot seal` and named by the configuration's
+#      decryption_key: the honest boot opens it after PCR16 is locked and runs the workload; the
+#      boot with one byte more gets AccessDeniedException for that key and applies nothing.
 # Runs are judged by what the enclave reports to the host, never by QEMU's exit status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -92,8 +96,21 @@ env -i HOME="$work" "${kms_env[@]}" "$bin" seal --generate --key-id "$kms_key" -
 secrets_toml=$(printf '[kms]\nregion = "us-east-1"\nendpoint = "%s"\n\n[kms_proxy]\n\n[workload]\ncmd = ["--secrets", "DB_PASSWORD", "/run/secrets/db-password", "APP_MNEMONIC"]\n\n[[secrets]]\nname = "db-password"\nkey_id = "%s"\nenv = "DB_PASSWORD"\nfile = "/run/secrets/db-password"\n\n[[secrets]]\nname = "app-key"\nkey_id = "%s"\nenv = "APP_MNEMONIC"\nformat = "mnemonic"\n' "$kms_url" "$kms_key" "$kms_key")
 say "test KMS on $kms_url; db-password and app-key sealed"
 
+say "encrypting the sample image with skopeo (jwe) and sealing its private key"
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/image-key.pem" 2>/dev/null
+openssl pkey -in "$work/image-key.pem" -pubout -out "$work/image-pub.pem"
+skopeo copy -q --encryption-key "jwe:$work/image-pub.pem" "oci:$work/layout:latest" "oci:$work/enc-layout:latest" \
+  2>"$work/skopeo.log" || fail "skopeo copy --encryption-key: $(cat "$work/skopeo.log")"
+grep -q 'encrypted' "$work/enc-layout/blobs/sha256/"* 2>/dev/null || fail "skopeo wrote no encrypted layer"
+enc_cid=$("$bin" pack "$work/enc-layout" --car "$work/enc.car" 2>/dev/null)
+enc_layer=$(python3 -c 'import json,sys; d=sys.argv[1]; i=json.load(open(d+"/index.json")); m=json.load(open(d+"/blobs/sha256/"+i["manifests"][0]["digest"][7:])); print(m["layers"][-1]["digest"])' "$work/enc-layout")
+env -i HOME="$work" "${kms_env[@]}" "$bin" seal --key-id "$kms_key" --name image-key \
+  --kms-endpoint "$kms_url" --ca "$work/kms-ca.pem" <"$work/image-key.pem" >>"$work/secrets.toml" 2>>"$work/seal.log" || fail "seal image-key: $(cat "$work/seal.log")"
+enc_toml=$(printf '%s\n\n[[secrets]]\nname = "image-key"\nkey_id = "%s"\n' "$secrets_toml" "$kms_key")
+say "the encrypted image is ipfs://$enc_cid; its key is sealed as image-key"
+
 start_gateway() { # $1: extra flags, $2: the sample's CAR; sets gw_url
-  "$bin" gateway --car "$2" --car "$work/helpers.car" --listen 127.0.0.1:0 --tls-self-signed "$work/ca.pem" $1 >"$work/gateway.url" 2>"$work/gateway.log" &
+  "$bin" gateway --car "$2" --car "$work/helpers.car" --car "$work/enc.car" --listen 127.0.0.1:0 --tls-self-signed "$work/ca.pem" $1 >"$work/gateway.url" 2>"$work/gateway.log" &
   pids+=($!)
   for _ in $(seq 100); do [ -s "$work/gateway.url" ] && break; sleep 0.1; done
   gw_url=$(head -n1 "$work/gateway.url")
@@ -106,12 +123,12 @@ boot_enclave() { # $1: name, $2: more [enclave] keys, $3: the EIF ($work/$3.eif,
   local name=$1 dir="$work/$1"
   mkdir -p "$dir"
   local port=${gw_url##*:}
-  { printf 'image = "ipfs://%s"\ngateways = ["%s"]\n\n' "$cid" "$gw_url"
+  { printf 'image = "ipfs://%s"\ngateways = ["%s"]\n%s\n\n' "${image_cid:-$cid}" "$gw_url" "${top_keys:-}"
     printf '[[helpers.images]]\nimage = "ipfs://%s"\ndigest = "%s"\n\n' "$helpers_cid" "$helpers_digest"
     printf '[[prestart]]\nhelper = "fake-kms-client"\nargs = ["/run/kms.env"]\nenv_file = "/run/kms.env"\n\n'
     printf '[tls]\nextra_ca = """\n'; cat "$work/ca.pem" "$work/kms-ca.pem"; printf '"""\n'; printf '%s\n' "${5:-}"; } >"$dir/enclave.toml"
   if [ "${6:-}" = admit ]; then
-    "$bin" expect "ipfs://$cid" --gateway "$gw_url" --ca "$work/ca.pem" --config "$dir/enclave.toml" --eif-pcrs "$work/eif.json" \
+    "$bin" expect "ipfs://${image_cid:-$cid}" --gateway "$gw_url" --ca "$work/ca.pem" --config "$dir/enclave.toml" --eif-pcrs "$work/eif.json" \
       --kms-policy --principal "$role" >"$work/statement.json" 2>"$work/$name-expect.log" || fail "$name: expect --kms-policy: $(cat "$work/$name-expect.log")"
   elif [ -n "${6:-}" ]; then
     printf '%s\n' "$6" >>"$dir/enclave.toml"
@@ -247,7 +264,9 @@ say "EIF image and sleeve built: layouts and entrypoints as documented; the hone
 
 say "booting the enclave (honest gateway)"
 start_gateway "" "$work/sample.car"
-boot_enclave good 'restart = "on-failure"' sleeve 1 "$secrets_toml" admit
+image_cid=$enc_cid top_keys='decryption_key = "image-key"'
+boot_enclave good 'restart = "on-failure"' sleeve 1 "$enc_toml" admit
+unset image_cid top_keys
 log="$work/good.log"
 grep -q 'not relaunching the enclave' "$work/good-host.log" || fail "the supervisor did not take exit code 0 as success"
 grep -q 'heartbeat answered' "$log" || fail "no heartbeat"
@@ -272,10 +291,17 @@ say "the workload got its sealed secret (sha256 $db_sha, in its environment and 
 grep -q '^[^ ]* [^ ]* [0-9]* \[stdout\] kms proxy: GenerateRandom status=200 plaintext-bytes=32 plaintext-sha256=[0-9a-f]\{64\}$' "$log" ||
   fail "the workload's call through the KMS proxy failed: $(grep 'kms proxy' "$log")"
 say "the workload's GenerateRandom through the KMS proxy was answered, with the parent's credentials"
+# The sealed key opened the encrypted layers after PCR16 was locked, before any layer was applied.
+locked=$(grep -n 'PCR16 extended and locked' "$work/good-console.log" | head -n1 | cut -d: -f1)
+opened=$(grep -n 'encrypted layers opened with the sealed decryption key' "$work/good-console.log" | head -n1 | cut -d: -f1)
+applied=$(grep -n "layer applied .*digest=$enc_layer" "$work/good-console.log" | head -n1 | cut -d: -f1)
+[ -n "$locked" ] && [ -n "$opened" ] && [ -n "$applied" ] && [ "$locked" -lt "$opened" ] && [ "$opened" -lt "$applied" ] ||
+  fail "not PCR16 locked, then the layer key opened, then the layers applied: $locked $opened $applied"
+say "the encrypted image ran: its key opened by KMS after PCR16 was locked, before its layers were applied"
 nonce=$(sed -n 's/^[^ ]* [^ ]* [0-9]* \[stdout\] attestation nonce: //p' "$log")
 sed -n 's/^[^ ]* [^ ]* [0-9]* \[stdout\] attestation document: //p' "$log" >"$work/doc.b64"
 [ -s "$work/doc.b64" ] || fail "no attestation document"
-"$bin" expect "ipfs://$cid" --gateway "$gw_url" --ca "$work/ca.pem" --config "$work/good/enclave.toml" \
+"$bin" expect "ipfs://$enc_cid" --gateway "$gw_url" --ca "$work/ca.pem" --config "$work/good/enclave.toml" \
   --eif-pcrs "$work/eif.json" --json >"$work/expect.json"
 ex() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['pcrs'][sys.argv[2]])" "$work/expect.json" "$1"; }
 # PCR16-31 must be in the document (it lists only locked PCRs); verify checks PCR17-31 are zero.
@@ -310,9 +336,12 @@ tail -n1 "$work/forks.log" | grep -q '\[status\]' || fail "the status is not the
 say "the pids limit ended the workload: status $(status_of forks)"
 
 say "booting the enclave (one byte more in the configuration: the key policy refuses it)"
-boot_enclave notadmitted 'restart = "never"' cidboot 1 "$secrets_toml" "#"
+image_cid=$enc_cid top_keys='decryption_key = "image-key"'
+boot_enclave notadmitted 'restart = "never"' cidboot 1 "$enc_toml" "#"
+unset image_cid top_keys
+grep -q "layer applied .*digest=$enc_layer" "$work/notadmitted-console.log" && fail "the encrypted layer was applied without its key"
 # The status is JSON, which the log sink escapes once more: the name's quotes come as \\".
-grep -q '^[^ ]* [^ ]* [0-9]* \[status\] {"exit_code":null,"reason":"fatal: secret [\\"]*db-password[\\"]*: KMS Decrypt with key .*AccessDeniedException.*PCR16=' "$work/notadmitted.log" ||
+grep -q '^[^ ]* [^ ]* [0-9]* \[status\] {"exit_code":null,"reason":"fatal: .*secret [\\"]*image-key[\\"]*: KMS Decrypt with key .*AccessDeniedException.*PCR16=' "$work/notadmitted.log" ||
   fail "no AccessDeniedException naming the secret: $(status_of notadmitted)"
 grep -q '^[^ ]* [^ ]* [0-9]* \[stdout\]' "$work/notadmitted.log" && fail "the workload ran without its secrets"
 grep -q 'fake-kms-client: wrote' "$work/notadmitted-console.log" && fail "a helper ran before the secrets were opened"
@@ -337,5 +366,5 @@ grep -q 'max_restarts reached' "$work/tampered-host.log" || fail "the supervisor
 say "the failed boot was relaunched once after 1 s, then max_restarts stopped it"
 grep -q '^[^ ]* [^ ]* [0-9]* \[status\] {"exit_code":null,"reason":"fatal: .*does not hash to its CID' "$log" || fail "no verification error reported: $(grep '^[^ ]* [^ ]* [0-9]* \[status\]' "$log")"
 grep -q '^[^ ]* [^ ]* [0-9]* \[stdout\]' "$log" && fail "the workload ran on tampered content"
-say "PASS: 5 passed, 0 failed"
-echo "5 passed, 0 failed"
+say "PASS: 6 passed, 0 failed"
+echo "6 passed, 0 failed"
