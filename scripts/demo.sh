@@ -28,6 +28,8 @@ echo "$url"
 
 echo "== inspect: index, manifest and config verified against the CID =="
 "$bin" inspect "ipfs://$cid" --gateway "$url" --ca "$work/ca.pem"
+echo "== check: the gateway serves the whole image, every block verified =="
+"$bin" check "ipfs://$cid" --gateway "$url" --ca "$work/ca.pem" --quiet
 echo "== run: fetch, verify, apply, measure, launch =="
 sudo_cmd=()
 [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
