@@ -22,6 +22,15 @@ pub struct Request<'a> {
     pub body: &'a [u8],
 }
 
+/// A request whose body is too large to hold, signed by the body's SHA-256 (lowercase hex),
+/// computed beforehand: its `body` is ignored.
+pub struct Hashed<'a> {
+    /// The request, its `body` left empty.
+    pub req: Request<'a>,
+    /// The body's SHA-256, lowercase hex.
+    pub sha256_hex: &'a str,
+}
+
 /// Signs `req` for `service` in `region` at `time` and returns the headers to add:
 /// `authorization`, `x-amz-date`, and `x-amz-security-token` with temporary credentials.
 pub fn sign(
@@ -33,12 +42,25 @@ pub fn sign(
 ) -> Result<Vec<(String, String)>, String> {
     sign_with(
         req,
+        SignableBody::Bytes(req.body),
         creds,
         region,
         service,
         time,
         SigningSettings::default(),
     )
+}
+
+/// S3's signing settings.
+fn s3_settings() -> SigningSettings {
+    use aws_sigv4::http_request::{
+        PayloadChecksumKind, PercentEncodingMode, UriPathNormalizationMode,
+    };
+    let mut settings = SigningSettings::default();
+    settings.percent_encoding_mode = PercentEncodingMode::Single;
+    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+    settings
 }
 
 /// [`sign`] for S3, whose signing differs from every other service's: the path is signed as
@@ -50,18 +72,24 @@ pub fn sign_s3(
     region: &str,
     time: SystemTime,
 ) -> Result<Vec<(String, String)>, String> {
-    use aws_sigv4::http_request::{
-        PayloadChecksumKind, PercentEncodingMode, UriPathNormalizationMode,
-    };
-    let mut settings = SigningSettings::default();
-    settings.percent_encoding_mode = PercentEncodingMode::Single;
-    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-    settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
-    sign_with(req, creds, region, "s3", time, settings)
+    let body = SignableBody::Bytes(req.body);
+    sign_with(req, body, creds, region, "s3", time, s3_settings())
+}
+
+/// [`sign_s3`] for a body streamed from a file, signed by its SHA-256 computed beforehand.
+pub fn sign_s3_hashed(
+    h: &Hashed<'_>,
+    creds: &AwsCredentials,
+    region: &str,
+    time: SystemTime,
+) -> Result<Vec<(String, String)>, String> {
+    let body = SignableBody::Precomputed(h.sha256_hex.to_string());
+    sign_with(&h.req, body, creds, region, "s3", time, s3_settings())
 }
 
 fn sign_with(
     req: &Request<'_>,
+    body: SignableBody<'_>,
     creds: &AwsCredentials,
     region: &str,
     service: &str,
@@ -85,13 +113,8 @@ fn sign_with(
         .build()
         .map_err(|e| e.to_string())?
         .into();
-    let signable = SignableRequest::new(
-        req.method,
-        req.url,
-        req.headers.iter().copied(),
-        SignableBody::Bytes(req.body),
-    )
-    .map_err(|e| e.to_string())?;
+    let signable = SignableRequest::new(req.method, req.url, req.headers.iter().copied(), body)
+        .map_err(|e| e.to_string())?;
     let (instructions, _signature) = aws_sigv4::http_request::sign(signable, &params)
         .map_err(|e| e.to_string())?
         .into_parts();

@@ -29,6 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Method;
 use http::{HeaderMap, Request, StatusCode, Uri, Version};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1::SendRequest;
@@ -38,6 +39,7 @@ use tokio::io::AsyncRead;
 use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsConnector;
 
+use super::body::{FileBody, Progress};
 use super::{BoxIo, Connector, TransportError};
 
 /// Per-request time limits.
@@ -182,7 +184,9 @@ pub const POOL_IDLE: Duration = Duration::from_secs(20);
 /// (microseconds, normally), so that a request made right after finds the connection pooled.
 const SETTLE: Duration = Duration::from_millis(100);
 
-type Sender = SendRequest<Full<Bytes>>;
+/// A request body: in memory, or streamed from a file ([`FileBody`]).
+type ReqBody = UnsyncBoxBody<Bytes, io::Error>;
+type Sender = SendRequest<ReqBody>;
 
 /// A connection waiting for its next request.
 struct Idle {
@@ -414,16 +418,53 @@ impl HttpClient {
             for (k, v) in headers {
                 req = req.header(*k, *v);
             }
-            req.body(Full::new(body.clone()))
+            req.body(
+                Full::new(body.clone())
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
         };
         if let Some(sender) = self.pool.checkout(origin) {
-            match self.send(sender, build()?, origin, &addr).await {
+            match self.send(sender, build()?, origin, &addr, None).await {
                 Err(Failure::Stale(_)) => {}
                 other => return other.map_err(Failure::into_inner),
             }
         }
         let sender = self.handshake(origin, &addr).await?;
-        self.send(sender, build()?, origin, &addr)
+        self.send(sender, build()?, origin, &addr, None)
+            .await
+            .map_err(Failure::into_inner)
+    }
+
+    /// Sends `method path` with `body` streamed from its file, always on a fresh connection
+    /// (a streamed body cannot be sent twice). While the body goes out, the request fails
+    /// only when no chunk has left for the idle timeout; once it is all sent, the answer
+    /// has the first-byte timeout.
+    pub async fn send_file(
+        &self,
+        method: Method,
+        origin: &Origin,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: FileBody,
+    ) -> Result<Response, TransportError> {
+        let addr = origin.to_string();
+        let progress = body.progress();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, origin.authority())
+            .header(
+                http::header::USER_AGENT,
+                concat!("cidboot/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(http::header::CONTENT_LENGTH, body.len());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(body.boxed_unsync())?;
+        let sender = self.handshake(origin, &addr).await?;
+        self.send(sender, req, origin, &addr, Some(progress))
             .await
             .map_err(Failure::into_inner)
     }
@@ -449,17 +490,29 @@ impl HttpClient {
     async fn send(
         &self,
         mut sender: Sender,
-        req: Request<Full<Bytes>>,
+        req: Request<ReqBody>,
         origin: &Origin,
         addr: &str,
+        upload: Option<Arc<Progress>>,
     ) -> Result<Response, Failure> {
-        let resp = match timeout(self.timeouts.first_byte, sender.send_request(req)).await {
-            Err(_) => {
+        let answer = match upload {
+            None => timeout(self.timeouts.first_byte, sender.send_request(req))
+                .await
+                .map_err(|_| "waiting for the response"),
+            Some(p) => self.wait_upload(sender.send_request(req), &p).await,
+        };
+        let resp = match answer {
+            Err(phase) => {
+                let secs = if phase == SENDING {
+                    self.timeouts.idle.as_secs()
+                } else {
+                    self.timeouts.first_byte.as_secs()
+                };
                 return Err(Failure::Other(TransportError::Timeout {
-                    phase: "waiting for the response",
+                    phase,
                     addr: addr.to_string(),
-                    secs: self.timeouts.first_byte.as_secs(),
-                }))
+                    secs,
+                }));
             }
             Ok(Err(source)) => {
                 let stale = is_stale(&source);
@@ -489,6 +542,30 @@ impl HttpClient {
             addr: addr.to_string(),
             lease,
         })
+    }
+
+    /// Waits for the answer to a streamed upload: silence while sending is judged by the
+    /// idle timeout, the wait after the last byte by the first-byte timeout.
+    async fn wait_upload<F: std::future::Future>(
+        &self,
+        answer: F,
+        p: &Progress,
+    ) -> Result<F::Output, &'static str> {
+        let mut answer = std::pin::pin!(answer);
+        let mut sent_at: Option<Instant> = None;
+        loop {
+            if let Ok(r) = timeout(Duration::from_millis(250), answer.as_mut()).await {
+                return Ok(r);
+            }
+            if p.done() {
+                let at = *sent_at.get_or_insert_with(Instant::now);
+                if at.elapsed() >= self.timeouts.first_byte {
+                    return Err("waiting for the response");
+                }
+            } else if p.silent() >= self.timeouts.idle {
+                return Err(SENDING);
+            }
+        }
     }
 
     async fn open(&self, origin: &Origin, addr: &str) -> Result<BoxIo, TransportError> {
@@ -531,6 +608,9 @@ impl HttpClient {
             })?
     }
 }
+
+/// The phase of a streamed upload that the idle timeout judges.
+const SENDING: &str = "sending the request body, which stalled,";
 
 /// How a request failed: `Stale` only for a connection closed before the response head.
 enum Failure {

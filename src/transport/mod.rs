@@ -2,6 +2,7 @@
 //! HTTP client runs over TCP on a developer machine and over the vsock tunnel in an enclave.
 
 pub mod addr;
+pub mod body;
 pub mod connect;
 pub mod head;
 pub mod http;

@@ -18,8 +18,9 @@ use crate::transport::TransportError;
 
 /// Largest answer read from a destination (the CAR is what is large, and it goes the other way).
 pub const MAX_ANSWER: usize = 1 << 20;
-/// Largest CAR uploaded: it is held in memory while it is signed and sent (S3's single
-/// `PutObject` takes at most 5 GiB).
+/// Largest CAR uploaded. It is streamed from its file, never held in memory; the limit keeps
+/// one request within what a single S3 `PutObject` takes (5 GiB) and a pinning service's
+/// single import.
 pub const MAX_CAR: u64 = 4 << 30;
 /// Largest token file read.
 pub const MAX_TOKEN_FILE: u64 = 64 << 10;
@@ -188,24 +189,44 @@ impl Uploader {
         }
         match dest {
             Destination::S3 { bucket, prefix } => {
-                s3::put(self, dest, bucket, prefix, &read_car(car)?, cid).await
+                s3::put(self, dest, bucket, prefix, car, car_size(car)?, cid).await
             }
-            Destination::Rpc { url } => rpc::import(self, dest, url, &read_car(car)?, cid).await,
+            Destination::Rpc { url } => {
+                rpc::import(self, dest, url, car, car_size(car)?, cid).await
+            }
             Destination::Pins { url } => pins::pin(self, dest, url, cid).await,
         }
     }
 }
 
-fn read_car(car: &std::path::Path) -> Result<Vec<u8>, UploadError> {
-    let err = |source| UploadError::Read {
-        path: car.display().to_string(),
-        source,
-    };
-    let size = std::fs::metadata(car).map_err(err)?.len();
+/// The CAR's size, checked against [`MAX_CAR`] before anything is read or sent.
+fn car_size(car: &std::path::Path) -> Result<u64, UploadError> {
+    let size = std::fs::metadata(car)
+        .map_err(|source| read_error(car, source))?
+        .len();
     if size > MAX_CAR {
         return Err(UploadError::TooLarge { size, max: MAX_CAR });
     }
-    std::fs::read(car).map_err(err)
+    Ok(size)
+}
+
+pub(crate) fn read_error(car: &std::path::Path, source: std::io::Error) -> UploadError {
+    UploadError::Read {
+        path: car.display().to_string(),
+        source,
+    }
+}
+
+/// The CAR streamed from its file between `head` and `tail`.
+pub(crate) async fn car_body(
+    car: &std::path::Path,
+    size: u64,
+    head: bytes::Bytes,
+    tail: bytes::Bytes,
+) -> Result<crate::transport::body::FileBody, UploadError> {
+    crate::transport::body::FileBody::open(head, car, size, tail)
+        .await
+        .map_err(|source| read_error(car, source))
 }
 
 /// A token from `VAR`, or from the file `VAR_FILE` names (its whitespace trimmed): never from

@@ -1,10 +1,16 @@
 //! A kubo-compatible RPC endpoint (kubo, IPFS Cluster's proxy, Filebase's RPC):
 //! `POST /api/v0/dag/import?pin-roots=true` with the CAR as a multipart file, the token as a
-//! bearer token. Its answer names each root and whether pinning it failed.
+//! bearer token, the CAR streamed from its file. Its answer names each root and whether
+//! pinning it failed.
+
+use std::path::Path;
 
 use bytes::Bytes;
+use http::Method;
 
-use super::{body, refused, token, transport, Destination, UploadError, Uploaded, Uploader};
+use super::{
+    body, car_body, refused, token, transport, Destination, UploadError, Uploaded, Uploader,
+};
 use crate::transport::http::Origin;
 
 /// The environment variable holding the endpoint's token (or `…_FILE`, a file holding it).
@@ -16,27 +22,28 @@ pub(super) async fn import(
     up: &Uploader,
     dest: &Destination,
     url: &str,
-    car: &[u8],
+    car: &Path,
+    size: u64,
     cid: &str,
 ) -> Result<Uploaded, UploadError> {
     let token = token(dest, TOKEN_VAR)?;
     let (origin, base) = Origin::parse(url).map_err(transport(dest))?;
     let path = format!("{base}/api/v0/dag/import?pin-roots=true");
-    let mut form = format!(
+    let head = format!(
         "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{cid}.car\"\r\nContent-Type: application/vnd.ipld.car\r\n\r\n"
-    )
-    .into_bytes();
-    form.extend_from_slice(car);
-    form.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    );
+    let tail = format!("\r\n--{BOUNDARY}--\r\n");
+    let form = car_body(car, size, Bytes::from(head), Bytes::from(tail)).await?;
     let auth = format!("Bearer {}", token.as_str());
     let ctype = format!("multipart/form-data; boundary={BOUNDARY}");
     let resp = up
         .http
-        .post(
+        .send_file(
+            Method::POST,
             &origin,
             &path,
             &[("authorization", &auth), ("content-type", &ctype)],
-            Bytes::from(form),
+            form,
         )
         .await
         .map_err(transport(dest))?;

@@ -2,11 +2,17 @@
 //! Filebase's convention (the object then stands for the CAR's root, which Filebase pins and
 //! answers in `x-amz-meta-cid`). Signed with SigV4 by AWS's crate, with the credentials,
 //! region and endpoint the AWS CLI would use (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`;
-//! path-style requests, which every S3-compatible service takes).
+//! path-style requests, which every S3-compatible service takes). The CAR is read twice from
+//! its file, never held: once for the SHA-256 the signature covers, then as the body.
+
+use std::path::Path;
 
 use bytes::Bytes;
+use http::Method;
 
-use super::{body, refused, transport, Destination, UploadError, Uploaded, Uploader};
+use super::{
+    body, car_body, read_error, refused, transport, Destination, UploadError, Uploaded, Uploader,
+};
 use crate::kms::credentials::{self, Credentials, Environment};
 use crate::kms::sign;
 use crate::transport::http::Origin;
@@ -29,12 +35,43 @@ fn xml_field<'a>(doc: &'a str, tag: &str) -> Option<&'a str> {
     doc.get(start..start + len)
 }
 
+/// The file's SHA-256 (lowercase hex), read in chunks: the first of the two passes over a
+/// CAR too large to hold, whose signature covers its hash.
+fn sha256_file(car: &Path, size: u64) -> Result<String, UploadError> {
+    use sha2::Digest;
+    use std::io::Read;
+    let f = std::fs::File::open(car).map_err(|e| read_error(car, e))?;
+    let mut r = f.take(size);
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut seen = 0u64;
+    loop {
+        let n = r.read(&mut buf).map_err(|e| read_error(car, e))?;
+        let Some(chunk) = buf.get(..n).filter(|c| !c.is_empty()) else {
+            break;
+        };
+        h.update(chunk);
+        seen += n as u64;
+    }
+    if seen != size {
+        return Err(read_error(
+            car,
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{seen} bytes, not {size}: it changed while it was read"),
+            ),
+        ));
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
 pub(super) async fn put(
     up: &Uploader,
     dest: &Destination,
     bucket: &str,
     prefix: &str,
-    car: &[u8],
+    car: &Path,
+    size: u64,
     cid: &str,
 ) -> Result<Uploaded, UploadError> {
     let cred_err = |e: crate::kms::KmsError| UploadError::Credentials {
@@ -55,17 +92,24 @@ pub(super) async fn put(
     let path = format!("{base}/{bucket}/{prefix}{cid}.car");
     let host = origin.authority();
     let full = format!("{origin}{path}");
+    let owned = car.to_path_buf();
+    let sha = tokio::task::spawn_blocking(move || sha256_file(&owned, size))
+        .await
+        .map_err(|e| read_error(car, std::io::Error::other(e.to_string())))??;
     let unsigned = [
         ("content-type", "application/vnd.ipld.car"),
         ("host", host.as_str()),
         ("x-amz-meta-import", "car"),
     ];
-    let signed = sign::sign_s3(
-        &sign::Request {
-            method: "PUT",
-            url: &full,
-            headers: &unsigned,
-            body: car,
+    let signed = sign::sign_s3_hashed(
+        &sign::Hashed {
+            req: sign::Request {
+                method: "PUT",
+                url: &full,
+                headers: &unsigned,
+                body: &[],
+            },
+            sha256_hex: &sha,
         },
         &creds,
         &region,
@@ -80,9 +124,10 @@ pub(super) async fn put(
         ("x-amz-meta-import", "car"),
     ];
     headers.extend(signed.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let object = car_body(car, size, Bytes::new(), Bytes::new()).await?;
     let resp = up
         .http
-        .put(&origin, &path, &headers, Bytes::copy_from_slice(car))
+        .send_file(Method::PUT, &origin, &path, &headers, object)
         .await
         .map_err(transport(dest))?;
     let status = resp.status.as_u16();
