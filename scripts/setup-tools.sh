@@ -3,6 +3,7 @@
 #   - ipfs-car (npm), the independent CAR packer the tests compare against;
 #   - ipfs-unixfs-importer (npm), Helia's UnixFS importer, which `pack --profile` is compared
 #     against (about 60 small packages, 11 MB, a few seconds);
+#   - @helia/car and Helia's blockstore (npm), which the test IPFS node is built on;
 #   - cargo-deny, which checks the dependency policy;
 #   - buildah (apt), which builds the EIF image and the sleeve in the end-to-end test;
 #   - moto (PyPI, in a venv), the independent AWS KMS the KMS client and `seal` are tested
@@ -94,5 +95,20 @@ if [ ! -f "$importer_stamp" ] || [ ! -f "$importer/node_modules/ipfs-unixfs-impo
   npm install --prefix "$importer" --no-audit --no-fund --loglevel=error \
     "ipfs-unixfs-importer@$UNIXFS_IMPORTER_VERSION" >&2
   touch "$importer_stamp"
+fi
+# Helia's CAR import and export over Helia's blockstore, which the test IPFS node
+# (tests/publish/helia_node.mjs) is built on: dag/import, the Pinning Service API and a
+# trustless gateway (75 small packages, 19 MB, about 10 seconds). Helia's libp2p node is
+# left out (150 MB more): the test node has no networking.
+HELIA_CAR_VERSION=6.0.5
+helia="$tools/helia"
+helia_stamp="$helia/.helia-car-$HELIA_CAR_VERSION"
+if [ ! -f "$helia_stamp" ] || [ ! -f "$helia/node_modules/@helia/car/package.json" ]; then
+  echo "setup: installing @helia/car@$HELIA_CAR_VERSION into $helia" >&2
+  mkdir -p "$helia"
+  npm install --prefix "$helia" --no-audit --no-fund --loglevel=error \
+    "@helia/car@$HELIA_CAR_VERSION" blockstore-core@7.0.1 @ipld/car@5.4.7 @ipld/dag-pb@4.2.0 \
+    @ipld/dag-cbor@10.0.2 multiformats@14.0.5 @libp2p/logger@6.2.13 >&2
+  touch "$helia_stamp"
 fi
 echo "$tools/node_modules/.bin/ipfs-car"

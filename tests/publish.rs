@@ -1,7 +1,8 @@
 //! `cidboot publish` against real servers on loopback: moto's S3 (SigV4 checked, the
-//! object's metadata read back), and servers that import the CAR (checked by ipfs-car) and
-//! serve it back as a trustless gateway written in JavaScript, through which `cidboot check`
-//! then fetches and verifies the CID.
+//! object's metadata read back), and an IPFS node built on Helia (tests/publish/helia_node.mjs:
+//! kubo's `dag/import`, the Pinning Service API, pin by CID from the origins) that imports the
+//! CAR, verifying every block, and serves it back as a trustless gateway, through which
+//! `cidboot check` then fetches and verifies the CID.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -13,10 +14,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
+use common::helia::HeliaNode;
 use common::kms::{moto_python, Tls};
 use common::*;
 
@@ -83,7 +85,7 @@ fn layout(work: &Path) -> (PathBuf, String, PathBuf) {
     let img = image(
         "amd64",
         &[
-            vec![("bin/app", noise(300_000, 3))],
+            vec![("bin/app", noise(3_000_000, 3))],
             vec![("etc/conf", b"published".to_vec())],
         ],
     );
@@ -189,341 +191,11 @@ fn publish_puts_the_car_in_an_s3_bucket_that_imports_cars() {
     assert!(stderr.contains("AWS credentials: "), "{stderr}");
 }
 
-/// An IPFS node's HTTP face for the tests: kubo's `dag/import`, the Pinning Service API, and
-/// a trustless gateway of what it holds. What it takes in is checked by ipfs-car, an
-/// independent implementation (`ipfs-car unpack` verifies every block against its CID, and
-/// `ipfs-car roots` names the root), then served by a gateway written in JavaScript over the
-/// CARs it holds (tests/publish/js_gateway.mjs, raw blocks only), to which its `/ipfs/`
-/// requests are relayed byte for byte.
-struct Node {
-    url: String,
-    state: Arc<Mutex<NodeState>>,
-    _work: tempfile::TempDir,
-}
-
-struct NodeState {
-    token: String,
-    max_body: usize,
-    work: PathBuf,
-    cars: Vec<PathBuf>,
-    gateway: Option<JsGateway>,
-    pins: std::collections::HashMap<String, serde_json::Value>,
-    /// Every request line, in order.
-    log: Vec<String>,
-}
-
-use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
-
-/// Imports a CAR as a node would: every block verified by ipfs-car, the root it names returned.
-fn import(state: &Arc<Mutex<NodeState>>, car: &Path) -> Result<String, String> {
-    let out = car.with_extension("unpacked");
-    let o = Command::new(ipfs_car())
-        .arg("unpack")
-        .arg(car)
-        .arg("--output")
-        .arg(&out)
-        .output()
-        .unwrap();
-    if !o.status.success() {
-        return Err(format!(
-            "ipfs-car unpack: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ));
-    }
-    let o = Command::new(ipfs_car())
-        .arg("roots")
-        .arg(car)
-        .output()
-        .unwrap();
-    let root = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    let mut s = state.lock().unwrap();
-    s.cars.push(car.to_path_buf());
-    let cars = s.cars.clone();
-    // The old gateway stops when it is replaced.
-    s.gateway = Some(JsGateway::start(&cars));
-    Ok(root)
-}
-
-/// tests/publish/js_gateway.mjs: a raw-only trustless gateway in JavaScript, which checks
-/// every block of the CARs it is given; killed on drop.
-struct JsGateway {
-    url: String,
-    child: Child,
-}
-
-impl JsGateway {
-    fn start(cars: &[PathBuf]) -> JsGateway {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/publish/js_gateway.mjs");
-        let mut child = Command::new("node")
-            .arg(script)
-            .args(cars)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start node");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line.trim().to_string();
-        assert!(
-            url.starts_with("http://127.0.0.1:"),
-            "js_gateway said {url:?}"
-        );
-        JsGateway { url, child }
-    }
-}
-
-impl Drop for JsGateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) {
-    let head = format!(
-        "HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = s.write_all(head.as_bytes());
-    let _ = s.write_all(body);
-}
-
-fn json_reply(s: &mut TcpStream, status: u16, v: &serde_json::Value) {
-    respond(s, status, "application/json", v.to_string().as_bytes());
-}
-
-/// The pin's provider fetches the CID from its origins (`/ip4/IP/tcp/PORT/http`: a trustless
-/// gateway), as a CAR, and imports it.
-fn fetch_pin(state: Arc<Mutex<NodeState>>, id: String, cid: String, origins: Vec<String>) {
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    state.lock().unwrap().pins.get_mut(&id).unwrap()["status"] = "pinning".into();
-    let work = state.lock().unwrap().work.clone();
-    let mut why = format!("no origin had {cid}");
-    for (i, o) in origins.iter().enumerate() {
-        let parts: Vec<&str> = o.split('/').collect();
-        let ["", "ip4", ip, "tcp", port, "http"] = parts[..] else {
-            why = format!("origin {o}: not an /ip4/…/tcp/…/http address");
-            continue;
-        };
-        let car = work.join(format!("{id}-{i}.car"));
-        let ok = Command::new("curl")
-            .args(["-sf", "-H", "accept: application/vnd.ipld.car", "-o"])
-            .arg(&car)
-            .arg(format!(
-                "http://{ip}:{port}/ipfs/{cid}?format=car&dag-scope=all"
-            ))
-            .status()
-            .unwrap()
-            .success();
-        if !ok {
-            why = format!("origin {o} did not serve {cid}");
-            continue;
-        }
-        match import(&state, &car) {
-            Ok(root) if root == cid => {
-                let mut s = state.lock().unwrap();
-                s.pins.get_mut(&id).unwrap()["status"] = "pinned".into();
-                return;
-            }
-            Ok(root) => why = format!("origin {o} served {root}"),
-            Err(e) => why = e,
-        }
-    }
-    let mut s = state.lock().unwrap();
-    let p = s.pins.get_mut(&id).unwrap();
-    p["status"] = "failed".into();
-    p["info"] = serde_json::json!({ "status_details": why });
-}
-
-fn serve_one(state: Arc<Mutex<NodeState>>, mut s: TcpStream) {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if s.read(&mut byte).unwrap_or(0) == 0 || buf.len() > 65536 {
-            return;
-        }
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).into_owned();
-    let mut lines = head.split("\r\n");
-    let request = lines.next().unwrap_or_default().to_string();
-    let headers: std::collections::HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut words = request.split(' ');
-    let (method, path) = (
-        words.next().unwrap_or_default(),
-        words.next().unwrap_or_default().to_string(),
-    );
-    let len: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).unwrap();
-    let (token, max_body) = {
-        let mut st = state.lock().unwrap();
-        st.log.push(request.clone());
-        (st.token.clone(), st.max_body)
-    };
-    if path.starts_with("/ipfs/") {
-        let gw = state
-            .lock()
-            .unwrap()
-            .gateway
-            .as_ref()
-            .map(|g| g.url.clone());
-        let Some(gw) = gw else {
-            return respond(&mut s, 404, "text/plain", b"nothing pinned here");
-        };
-        let mut up = TcpStream::connect(gw.trim_start_matches("http://")).unwrap();
-        let accept = headers.get("accept").cloned().unwrap_or_default();
-        write!(
-            up,
-            "GET {path} HTTP/1.0\r\nhost: gw\r\naccept: {accept}\r\n\r\n"
-        )
-        .unwrap();
-        let _ = std::io::copy(&mut up, &mut s);
-        return;
-    }
-    if headers.get("authorization") != Some(&format!("Bearer {token}")) {
-        if path.starts_with("/pins") {
-            return json_reply(
-                &mut s,
-                401,
-                &serde_json::json!({"error": {"reason": "UNAUTHORIZED", "details": "the access token is not valid"}}),
-            );
-        }
-        return json_reply(
-            &mut s,
-            401,
-            &serde_json::json!({"Message": "invalid bearer token", "Code": 0, "Type": "error"}),
-        );
-    }
-    if len > max_body {
-        return json_reply(
-            &mut s,
-            413,
-            &serde_json::json!({"Message": format!("request body of {len} bytes exceeds the {max_body}-byte limit"), "Code": 0, "Type": "error"}),
-        );
-    }
-    match (method, path.split('?').next().unwrap_or_default()) {
-        ("POST", "/api/v0/dag/import") => {
-            let boundary = headers["content-type"]
-                .split("boundary=")
-                .nth(1)
-                .unwrap()
-                .to_string();
-            let start = body.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-            let end_marker = format!("\r\n--{boundary}--");
-            let end = body
-                .windows(end_marker.len())
-                .rposition(|w| w == end_marker.as_bytes())
-                .unwrap();
-            let work = state.lock().unwrap().work.clone();
-            let car = work.join(format!("import-{}.car", fastrand::u32(..)));
-            std::fs::write(&car, &body[start..end]).unwrap();
-            match import(&state, &car) {
-                Ok(root) => {
-                    let line = serde_json::json!({"Root": {"Cid": {"/": root}, "PinErrorMsg": ""}});
-                    respond(
-                        &mut s,
-                        200,
-                        "application/json",
-                        format!("{line}\n").as_bytes(),
-                    )
-                }
-                Err(e) => json_reply(
-                    &mut s,
-                    500,
-                    &serde_json::json!({"Message": e, "Code": 0, "Type": "error"}),
-                ),
-            }
-        }
-        ("POST", "/pins") => {
-            let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            let id = format!("pin-{}", fastrand::u32(..));
-            let cid = req["cid"].as_str().unwrap().to_string();
-            let status = serde_json::json!({
-                "requestid": id, "status": "queued", "created": "2026-01-01T00:00:00Z",
-                "pin": req, "delegates": [], "info": null
-            });
-            state
-                .lock()
-                .unwrap()
-                .pins
-                .insert(id.clone(), status.clone());
-            let origins: Vec<String> = req["origins"]
-                .as_array()
-                .map(|a| a.iter().map(|o| o.as_str().unwrap().to_string()).collect())
-                .unwrap_or_default();
-            let st = state.clone();
-            std::thread::spawn(move || fetch_pin(st, id, cid, origins));
-            json_reply(&mut s, 202, &status)
-        }
-        ("GET", p) if p.starts_with("/pins/") => {
-            let id = p.trim_start_matches("/pins/");
-            let status = state.lock().unwrap().pins.get(id).cloned();
-            match status {
-                Some(v) => json_reply(&mut s, 200, &v),
-                None => json_reply(
-                    &mut s,
-                    404,
-                    &serde_json::json!({"error": {"reason": "NOT_FOUND"}}),
-                ),
-            }
-        }
-        _ => respond(&mut s, 404, "text/plain", b"no such endpoint"),
-    }
-}
-
-impl Node {
-    fn start(token: &str, max_body: usize) -> Node {
-        let work = tempfile::tempdir().unwrap();
-        let state = Arc::new(Mutex::new(NodeState {
-            token: token.into(),
-            max_body,
-            work: work.path().to_path_buf(),
-            cars: Vec::new(),
-            gateway: None,
-            pins: Default::default(),
-            log: Vec::new(),
-        }));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let st = state.clone();
-        std::thread::spawn(move || {
-            for s in listener.incoming().flatten() {
-                let st = st.clone();
-                std::thread::spawn(move || serve_one(st, s));
-            }
-        });
-        Node {
-            url,
-            state,
-            _work: work,
-        }
-    }
-}
-
-impl Drop for Node {
-    /// The listener's thread lives on; the gateway process must not.
-    fn drop(&mut self) {
-        if let Ok(mut s) = self.state.lock() {
-            s.gateway = None;
-        }
-    }
-}
-
 #[test]
 fn publish_imports_into_an_rpc_endpoint_and_checks_the_cid_through_its_gateway() {
     let work = tempfile::tempdir().unwrap();
     let (dir, cid, _) = layout(work.path());
-    let node = Node::start("node-token", 64 << 20);
+    let node = HeliaNode::start("node-token", 64 << 20);
     let rpc = format!("rpc:{}", node.url);
     let d = dir.to_str().unwrap();
     let (code, stdout, stderr) = publish(
@@ -537,18 +209,20 @@ fn publish_imports_into_an_rpc_endpoint_and_checks_the_cid_through_its_gateway()
     assert_eq!(j["cid"], cid.as_str());
     assert_eq!(j["uploads"][0]["to"], rpc.as_str());
     assert_eq!(j["uploads"][0]["cid"], cid.as_str());
-    // ipfs-car verified the import; the CID is then fetched back through the node, verified.
+    // Helia verified every block it imported; the CID is then fetched back through the node,
+    // verified.
     let g = &j["check"]["gateways"][0];
     assert_eq!(g["result"], "verified", "{g:#}");
     assert_eq!(g["blobs"], 2, "{g:#}");
-    // Served block by block by the JavaScript gateway, which refuses CARs.
+    // Helia's blockstore serves raw blocks, and @helia/car exports CARs, ranges included.
     assert_eq!(g["formats"]["raw"], "served", "{g:#}");
-    assert_eq!(g["formats"]["car"], "refused (HTTP 406)", "{g:#}");
+    assert_eq!(g["formats"]["car"], "served", "{g:#}");
+    assert_eq!(g["formats"]["ranges"], "served", "{g:#}");
     assert_eq!(j["check"]["ok"], true);
-    let log = node.state.lock().unwrap().log.clone();
+    let log = node.log.lock().unwrap().clone();
     assert!(
         log.iter()
-            .any(|l| l.starts_with("POST /api/v0/dag/import?pin-roots=true ")),
+            .any(|l| l == "POST /api/v0/dag/import?pin-roots=true"),
         "{log:?}"
     );
 
@@ -607,7 +281,7 @@ fn publish_imports_into_an_rpc_endpoint_and_checks_the_cid_through_its_gateway()
         "{stderr}"
     );
     // An endpoint that takes smaller requests.
-    let small = Node::start("node-token", 1000);
+    let small = HeliaNode::start("node-token", 1000);
     let (code, _, stderr) = publish(
         &[d, "--to", &format!("rpc:{}", small.url)],
         &[("CIDBOOT_RPC_TOKEN", "node-token")],
@@ -629,7 +303,7 @@ fn publish_pins_by_cid_with_origins_and_reports_a_failed_pin() {
     let origin = Gateway::start_plain(&[car]);
     let port = origin.url.rsplit(':').next().unwrap();
     let maddr = format!("/ip4/127.0.0.1/tcp/{port}/http");
-    let node = Node::start("pin-token", 64 << 20);
+    let node = HeliaNode::start("pin-token", 64 << 20);
     let pins = format!("pins:{}", node.url);
     let (code, stdout, stderr) = publish(
         &[
@@ -659,8 +333,9 @@ fn publish_pins_by_cid_with_origins_and_reports_a_failed_pin() {
         "{j:#}"
     );
     assert_eq!(j["check"]["gateways"][0]["result"], "verified", "{j:#}");
-    let pinned = node.state.lock().unwrap().pins.clone();
-    let p = pinned.values().next().unwrap();
+    let pinned = node.pins("pin-token");
+    let p = &pinned[0];
+    assert_eq!(p["status"], "pinned", "{p:#}");
     assert_eq!(p["pin"]["name"], "release-1");
     assert_eq!(p["pin"]["origins"], serde_json::json!([maddr]));
 
@@ -693,4 +368,197 @@ fn publish_pins_by_cid_with_origins_and_reports_a_failed_pin() {
         stderr.contains("HTTP 401: UNAUTHORIZED: the access token is not valid"),
         "{stderr}"
     );
+
+    // `cidboot check` through the node that pinned it, and through one that does not have it.
+    let empty = HeliaNode::start("other-token", 1 << 20);
+    let o = cidboot()
+        .args(["check", &format!("ipfs://{cid}")])
+        .args(["--gateway", &node.url, "--gateway", &empty.url, "--json"])
+        .env("CIDBOOT_LOG", "error")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{stdout}");
+    let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(j["ok"], false, "{j:#}");
+    assert_eq!(j["gateways"][0]["result"], "verified", "{j:#}");
+    let missing = &j["gateways"][1];
+    assert_eq!(missing["result"], "missing", "{j:#}");
+    assert!(
+        missing["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains(&format!("it does not have {cid} (HTTP 404)")),
+        "{j:#}"
+    );
+    // With --min 1, the one that has it is enough.
+    let o = cidboot()
+        .args(["check", &format!("ipfs://{cid}"), "--min", "1"])
+        .args(["--gateway", &node.url, "--gateway", &empty.url])
+        .env("CIDBOOT_LOG", "error")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+}
+
+/// What docs/limits.md allows `publish` whatever the CAR's size: the process (runtime, TLS,
+/// HTTP), packing, and one upload's chunks and write buffers.
+const PUBLISH_BOUND: u64 = 64 << 20;
+
+/// An image layout whose one layer is `size` bytes from /dev/urandom, written and hashed in
+/// pieces (never held), so that a layout of hundreds of MB takes seconds.
+fn big_layout(dir: &Path, size: u64) {
+    use sha2::Digest;
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let tmp = blobs.join("layer.partial");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap());
+    let mut rand = std::fs::File::open("/dev/urandom").unwrap();
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        std::io::Read::read_exact(&mut rand, &mut buf[..n]).unwrap();
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    out.flush().unwrap();
+    let layer = hex::encode(h.finalize());
+    std::fs::rename(&tmp, blobs.join(&layer)).unwrap();
+    let put = |bytes: &[u8]| {
+        let d = sha256_hex(bytes);
+        std::fs::write(blobs.join(&d), bytes).unwrap();
+        (format!("sha256:{d}"), bytes.len())
+    };
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer}")]},
+        "config": {}
+    });
+    let (cd, cl) = put(config.to_string().as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cl},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{layer}"), "size": size}]
+    });
+    let (md, ml) = put(manifest.to_string().as_bytes());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ml}]
+    });
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+/// `cidboot publish ARGS` with exactly `env`: its exit code, stdout, stderr and peak resident
+/// memory: the kernel's high-water mark of the process (`VmHWM`), read while it runs. (Its
+/// `ru_maxrss` would not do here: a child spawned from this multi-threaded test process starts
+/// with the test process's own peak.)
+fn publish_peak(args: &[&str], env: &[(&str, &str)], home: &Path) -> (i32, String, String, u64) {
+    let mut child = cidboot()
+        .arg("publish")
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("HOME", home)
+        .env("CIDBOOT_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let read = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut r, &mut s);
+            s
+        })
+    };
+    let o = read(Box::new(child.stdout.take().unwrap()));
+    let e = read(Box::new(child.stderr.take().unwrap()));
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    let status = loop {
+        if let Ok(s) = std::fs::read_to_string(&status_file) {
+            if let Some(kb) = s
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak = peak.max(kb * 1024);
+            }
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    (
+        status.code().unwrap_or(-1),
+        o.join().unwrap(),
+        e.join().unwrap(),
+        peak,
+    )
+}
+
+/// A CAR of 320 MiB goes to moto's S3 and to the Helia node's `dag/import` streamed from its
+/// file: publish's peak memory stays within the bound docs/limits.md gives, far below the
+/// CAR's size, and what arrived is the whole CAR.
+#[test]
+fn a_car_of_hundreds_of_megabytes_is_published_in_bounded_memory() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("big");
+    let size: u64 = 320 << 20;
+    big_layout(&dir, size);
+    let car = work.path().join("big.car");
+
+    let tls = Tls::make(work.path());
+    let mut s3 = S3::start(&tls, "cidboot-images");
+    let ca = tls.ca.to_str().unwrap();
+    let (code, stdout, stderr, peak) = publish_peak(
+        &[
+            dir.to_str().unwrap(),
+            "--to",
+            "s3://cidboot-images",
+            "--car",
+            car.to_str().unwrap(),
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", &s3.id.clone()),
+            ("AWS_SECRET_ACCESS_KEY", &s3.secret.clone()),
+            ("AWS_REGION", &s3.region.clone()),
+            ("AWS_ENDPOINT_URL_S3", &s3.url.clone()),
+            ("AWS_CA_BUNDLE", ca),
+        ],
+        work.path(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    eprintln!(
+        "publish to S3 of a {} MiB CAR: peak {} MiB",
+        std::fs::metadata(&car).unwrap().len() >> 20,
+        peak >> 20
+    );
+    assert!(peak < PUBLISH_BOUND, "peak {} MiB", peak >> 20);
+    let cid = stdout.lines().last().unwrap().trim().to_string();
+    let o = s3.object(&format!("{cid}.car"));
+    assert_eq!(
+        o["size"].as_u64(),
+        Some(std::fs::metadata(&car).unwrap().len()),
+        "{o}"
+    );
+    drop(s3);
+
+    let node = HeliaNode::start("node-token", 1 << 30);
+    let (code, stdout, stderr, peak) = publish_peak(
+        &[dir.to_str().unwrap(), "--to", &format!("rpc:{}", node.url)],
+        &[("CIDBOOT_RPC_TOKEN", "node-token")],
+        work.path(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    eprintln!("publish to the Helia node: peak {} MiB", peak >> 20);
+    assert_eq!(stdout.lines().last(), Some(cid.as_str()), "{stdout}");
+    assert!(peak < PUBLISH_BOUND, "peak {} MiB", peak >> 20);
 }

@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+pub mod helia;
 pub mod kms;
 
 pub fn cidboot() -> Command {
