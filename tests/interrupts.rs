@@ -878,3 +878,86 @@ fn the_leftovers_of_killed_runs_are_removed_by_the_next_and_live_ones_kept() {
     assert!(rootfs.join("bin/suid-probe").exists());
     assert_eq!(entries(&private), vec!["root".to_string()]);
 }
+
+/// A kubo-compatible RPC endpoint whose network stalls mid-upload: it reads the request head
+/// and the first 64 KiB of the body, then stops reading, and holds the connection.
+fn stalling_endpoint() -> (String, Arc<AtomicBool>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let stalled = Arc::new(AtomicBool::new(false));
+    let flag = stalled.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let flag = flag.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 8192];
+                while got.len() < 64 << 10 {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                flag.store(true, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_secs(600));
+            });
+        }
+    });
+    (url, stalled)
+}
+
+/// `publish` interrupted while the CAR goes out: its staged CAR (private meanwhile) is removed
+/// and it ends with 128 + the signal.
+#[test]
+fn an_interrupted_publish_mid_upload_leaves_no_staged_car() {
+    let s = serve(&setuid_image(json!({"Entrypoint": ["/bin/probe"]})));
+    let layout = s.work.path().join("layout");
+    for (sig, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
+        let (url, stalled) = stalling_endpoint();
+        let tmp = s.tmpdir(&format!("tmp-{code}"));
+        let mut c = cidboot();
+        c.args(["publish", layout.to_str().unwrap(), "--to"])
+            .arg(format!("rpc:{url}"))
+            .env("TMPDIR", &tmp)
+            .env("CIDBOOT_LOG", "info")
+            .env("CIDBOOT_RPC_TOKEN", "t")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = c.spawn().unwrap();
+        let t0 = Instant::now();
+        while !stalled.load(Ordering::SeqCst) {
+            assert!(t0.elapsed() < Duration::from_secs(60), "no upload began");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let staged = named(&tmp, "cidboot-publish-");
+        assert_eq!(staged.len(), 1, "{:?}", entries(&tmp));
+        assert_eq!(
+            std::fs::symlink_metadata(&staged[0]).unwrap().mode() & 0o7777,
+            0o700
+        );
+        assert!(staged[0].join("image.car").is_file());
+        let (got, _, stderr) = interrupt(child, sig);
+        assert_eq!(got, Some(code), "{stderr}");
+        assert!(
+            stderr.contains(&format!("interrupted by {}: removed", sig.as_str())),
+            "{stderr}"
+        );
+        assert!(entries(&tmp).is_empty(), "left behind: {:?}", entries(&tmp));
+    }
+}
+
+/// `check` interrupted while it fetches the image's large layer: nothing is left, and it ends
+/// with 128 + the signal.
+#[test]
+fn an_interrupted_check_mid_transfer_leaves_nothing() {
+    let s = serve(&setuid_image(json!({"Entrypoint": ["/bin/probe"]})));
+    let tmp = s.tmpdir("tmp");
+    let child = start(&["check", &s.reference, "--gateway", &s.staller.url], &tmp);
+    s.staller.wait_stalled();
+    let (code, _, stderr) = interrupt(child, Signal::SIGTERM);
+    assert_eq!(code, Some(143), "{stderr}");
+    assert!(stderr.contains("interrupted by SIGTERM"), "{stderr}");
+    assert!(entries(&tmp).is_empty(), "left behind: {:?}", entries(&tmp));
+}
