@@ -100,15 +100,15 @@ fi
 # (tests/publish/helia_node.mjs) is built on: dag/import, the Pinning Service API and a
 # trustless gateway (75 small packages, 19 MB, about 10 seconds). Helia's libp2p node is
 # left out (150 MB more): the test node has no networking.
-HELIA_CAR_VERSION=6.0.5
+HELIA_PACKAGES=(@helia/car@6.0.5 blockstore-core@7.0.1 @ipld/car@5.4.7 @ipld/dag-pb@4.2.0
+  @ipld/dag-cbor@10.0.2 multiformats@14.0.5 @libp2p/logger@6.2.13)
 helia="$tools/helia"
-helia_stamp="$helia/.helia-car-$HELIA_CAR_VERSION"
+# The stamp names every pinned version: changing one installs them again.
+helia_stamp="$helia/.helia-$(echo "${HELIA_PACKAGES[*]}" | sha256sum | cut -c1-16)"
 if [ ! -f "$helia_stamp" ] || [ ! -f "$helia/node_modules/@helia/car/package.json" ]; then
-  echo "setup: installing @helia/car@$HELIA_CAR_VERSION into $helia" >&2
+  echo "setup: installing ${HELIA_PACKAGES[*]} into $helia" >&2
   mkdir -p "$helia"
-  npm install --prefix "$helia" --no-audit --no-fund --loglevel=error \
-    "@helia/car@$HELIA_CAR_VERSION" blockstore-core@7.0.1 @ipld/car@5.4.7 @ipld/dag-pb@4.2.0 \
-    @ipld/dag-cbor@10.0.2 multiformats@14.0.5 @libp2p/logger@6.2.13 >&2
+  npm install --prefix "$helia" --no-audit --no-fund --loglevel=error "${HELIA_PACKAGES[@]}" >&2
   touch "$helia_stamp"
 fi
 echo "$tools/node_modules/.bin/ipfs-car"
