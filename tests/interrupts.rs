@@ -952,12 +952,17 @@ fn an_interrupted_publish_mid_upload_leaves_no_staged_car() {
 /// with 128 + the signal.
 #[test]
 fn an_interrupted_check_mid_transfer_leaves_nothing() {
-    let s = serve(&setuid_image(json!({"Entrypoint": ["/bin/probe"]})));
-    let tmp = s.tmpdir("tmp");
-    let child = start(&["check", &s.reference, "--gateway", &s.staller.url], &tmp);
-    s.staller.wait_stalled();
-    let (code, _, stderr) = interrupt(child, Signal::SIGTERM);
-    assert_eq!(code, Some(143), "{stderr}");
-    assert!(stderr.contains("interrupted by SIGTERM"), "{stderr}");
-    assert!(entries(&tmp).is_empty(), "left behind: {:?}", entries(&tmp));
+    for (sig, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
+        let s = serve(&setuid_image(json!({"Entrypoint": ["/bin/probe"]})));
+        let tmp = s.tmpdir("tmp");
+        let child = start(&["check", &s.reference, "--gateway", &s.staller.url], &tmp);
+        s.staller.wait_stalled();
+        let (got, _, stderr) = interrupt(child, sig);
+        assert_eq!(got, Some(code), "{stderr}");
+        assert!(
+            stderr.contains(&format!("interrupted by {}", sig.as_str())),
+            "{stderr}"
+        );
+        assert!(entries(&tmp).is_empty(), "left behind: {:?}", entries(&tmp));
+    }
 }
