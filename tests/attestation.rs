@@ -484,6 +484,7 @@ fn the_library_returns_the_fields_of_a_sound_log_only() {
         root_cid: &cid,
         manifest_digest: &d('a'),
         config_digest: &d('c'),
+        encrypted_layers: None,
         helpers: vec![("kms-client".into(), d('1'))],
         helper_images: vec![],
         runtime_config_digest: &d('e'),

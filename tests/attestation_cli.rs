@@ -844,6 +844,7 @@ fn attestation_api_bounds_its_inputs() {
         root_cid: &cid,
         manifest_digest: "sha256:m",
         config_digest: "sha256:c",
+        encrypted_layers: None,
         helpers: vec![],
         helper_images: vec![],
         runtime_config_digest: "sha256:r",
@@ -915,6 +916,52 @@ fn attestation_api_bounds_its_inputs() {
     assert!(r.ok, "{:?}", r.checks);
 }
 
+/// `GET /v1/measurements` serves the boot's log as measured, the encrypted-layers event
+/// included, and that log is what a verifier reads back against the document's PCR16.
+#[test]
+fn the_attestation_api_serves_the_encrypted_layers_event() {
+    use cidboot::nsm::software::{SoftwareNsm, TestCa};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ca = TestCa::generate().unwrap();
+    let nsm = std::sync::Arc::new(SoftwareNsm::new(&ca, &[]).unwrap());
+    let cid = cidboot::reference::raw_cid(b"an encrypted image");
+    let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    let encrypted = cidboot::measure::EncryptedLayers {
+        key: "image-key".into(),
+        layers: vec![d('1'), d('3')],
+    };
+    let log = cidboot::measure::EventLog::new(cidboot::measure::Inputs {
+        reference: &format!("ipfs://{cid}"),
+        root_cid: &cid,
+        manifest_digest: &d('a'),
+        config_digest: &d('c'),
+        encrypted_layers: Some(encrypted.clone()),
+        helpers: vec![],
+        helper_images: vec![],
+        runtime_config_digest: &d('e'),
+    });
+    let events: Vec<Vec<u8>> = log.events.iter().map(|e| e.digest_bytes()).collect();
+    let pcr16 = cidboot::nsm::measure_and_lock(nsm.as_ref(), 16, &events).unwrap();
+    assert_eq!(hex::encode(&pcr16), log.pcr16);
+    let (addr, serve) = rt
+        .block_on(cidboot::api::bind("127.0.0.1:0", nsm, log.clone()))
+        .unwrap();
+    rt.spawn(serve);
+    let (s, b) = http(
+        &addr.to_string(),
+        "GET /v1/measurements HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(s, 200);
+    let served: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(served["events"][4]["kind"], "encrypted-layers");
+    assert_eq!(
+        served["events"][4]["value"],
+        format!("image-key {} {}", d('1'), d('3'))
+    );
+    let measured = cidboot::measure::check_log(&b, &pcr16).unwrap();
+    assert_eq!(measured.encrypted_layers, Some(encrypted));
+}
+
 /// Clients that connect and stay (each a keep-alive request answered, then nothing) take at
 /// most `MAX_CONNECTIONS` of the API's connections: one more is closed at once, unanswered,
 /// and a connection let go makes room for the next.
@@ -930,6 +977,7 @@ fn attestation_api_bounds_its_connections() {
         root_cid: &cid,
         manifest_digest: "sha256:m",
         config_digest: "sha256:c",
+        encrypted_layers: None,
         helpers: vec![],
         helper_images: vec![],
         runtime_config_digest: "sha256:r",
@@ -996,6 +1044,7 @@ fn the_documented_challenge_and_verify_nonce_fit_together() {
         root_cid: &cid,
         manifest_digest: &d('a'),
         config_digest: &d('c'),
+        encrypted_layers: None,
         helpers: vec![],
         helper_images: vec![],
         runtime_config_digest: &d('e'),

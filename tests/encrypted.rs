@@ -57,13 +57,94 @@ fn skopeo_copy(src: &Path, dst: &Path, args: &[&str]) {
     );
 }
 
-/// A source layout holding `img`, and the same image copied by skopeo with `args`.
-fn encrypted(work: &Path, img: &Image, args: &[&str]) -> PathBuf {
+/// `img` copied by skopeo with `args` (which layers, what compression) and encrypted for a
+/// fresh key pair, the enclave's, then for each of the `more` recipients' public keys: the
+/// enclave's private key and the encrypted layout.
+fn encrypt(work: &Path, img: &Image, args: &[&str], more: &[&Path]) -> (PathBuf, PathBuf) {
+    let (private, public) = keypair(work, "enclave");
     let src = work.join("src");
     write_layout(&src, &[("amd64", img)]);
     let dst = work.join(format!("enc-{}", fastrand::u32(..)));
-    skopeo_copy(&src, &dst, args);
-    dst
+    let keys: Vec<String> = std::iter::once(public.as_path())
+        .chain(more.iter().copied())
+        .flat_map(|k| {
+            [
+                "--encryption-key".to_string(),
+                format!("jwe:{}", k.display()),
+            ]
+        })
+        .collect();
+    let all: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(keys.iter().map(String::as_str))
+        .collect();
+    skopeo_copy(&src, &dst, &all);
+    (private, dst)
+}
+
+/// An image encrypted by skopeo (see [`encrypt`]), packed by ipfs-car and served by a real
+/// HTTPS gateway: where every test starts.
+struct Encrypted {
+    /// The enclave's private key (PEM), which opens every encrypted layer.
+    private: PathBuf,
+    /// The layout skopeo wrote.
+    layout: PathBuf,
+    /// `ipfs://<root CID>` of its CAR.
+    reference: String,
+    gw: Gateway,
+}
+
+impl Encrypted {
+    fn new(work: &Path, img: &Image, args: &[&str], more: &[&Path]) -> Encrypted {
+        let (private, layout) = encrypt(work, img, args, more);
+        let (reference, gw) = serve(&layout, work);
+        Encrypted {
+            private,
+            layout,
+            reference,
+            gw,
+        }
+    }
+
+    /// The enclave's private key, as `--decryption-key` takes it.
+    fn key(&self) -> &str {
+        self.private.to_str().unwrap()
+    }
+
+    /// `REF --gateway URL --ca CA`, for any command that fetches the image.
+    fn source(&self) -> [&str; 5] {
+        [
+            &self.reference,
+            "--gateway",
+            &self.gw.url,
+            "--ca",
+            self.gw.ca.to_str().unwrap(),
+        ]
+    }
+
+    /// `cidboot unpack` of the image into `rootfs`.
+    fn unpack(&self, rootfs: &Path, extra: &[&str]) -> Out {
+        unpack(&self.reference, &self.gw, rootfs, extra)
+    }
+
+    /// `cidboot run` of the image, its attestation API on a free port, with `extra` flags:
+    /// (exit code, stdout, stderr).
+    fn boot(&self, extra: &[&str]) -> (Option<i32>, String, String) {
+        let o = cidboot()
+            .arg("run")
+            .args(self.source())
+            .args(["--attestation-listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("CIDBOOT_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
 }
 
 /// The media types of a layout's layers.
@@ -160,41 +241,23 @@ fn assert_nothing_applied(rootfs: &Path) {
 #[test]
 fn inspect_shows_the_encrypted_layers_and_unpack_without_the_key_names_them() {
     let work = tempfile::tempdir().unwrap();
-    let (_, public) = keypair(work.path(), "enclave");
     let (_, public2) = keypair(work.path(), "operator");
-    let enc = format!("jwe:{}", public.display());
-    let enc2 = format!("jwe:{}", public2.display());
     // The middle layer only, for two recipients.
-    let layout = encrypted(
+    let img = Encrypted::new(
         work.path(),
         &three_layers(),
-        &[
-            "--encrypt-layer",
-            "1",
-            "--encryption-key",
-            &enc,
-            "--encryption-key",
-            &enc2,
-        ],
+        &["--encrypt-layer", "1"],
+        &[&public2],
     );
     assert_eq!(
-        media_types(&layout),
+        media_types(&img.layout),
         [
             "application/vnd.oci.image.layer.v1.tar+gzip",
             "application/vnd.oci.image.layer.v1.tar+gzip+encrypted",
             "application/vnd.oci.image.layer.v1.tar+gzip",
         ]
     );
-    let (reference, gw) = serve(&layout, work.path());
-    let out = run(&[
-        "inspect",
-        &reference,
-        "--gateway",
-        &gw.url,
-        "--ca",
-        gw.ca.to_str().unwrap(),
-        "--json",
-    ]);
+    let out = run(&[&["inspect"], &img.source()[..], &["--json"]].concat());
     assert!(out.ok, "{}", out.stderr);
     let layers = out.json()["layers"].clone();
     assert!(layers[0].get("encryption").is_none(), "{layers}");
@@ -203,14 +266,7 @@ fn inspect_shows_the_encrypted_layers_and_unpack_without_the_key_names_them() {
         layers[1]["encryption"],
         json!({"cipher": "AES_256_CTR_HMAC_SHA256", "recipients": ["jwe RSA-OAEP 2048-bit", "jwe RSA-OAEP 2048-bit"]})
     );
-    let human = run(&[
-        "inspect",
-        &reference,
-        "--gateway",
-        &gw.url,
-        "--ca",
-        gw.ca.to_str().unwrap(),
-    ]);
+    let human = run(&[&["inspect"], &img.source()[..]].concat());
     assert!(
         human
             .stdout
@@ -220,7 +276,7 @@ fn inspect_shows_the_encrypted_layers_and_unpack_without_the_key_names_them() {
     );
 
     let rootfs = work.path().join("root");
-    let out = unpack(&reference, &gw, &rootfs, &[]);
+    let out = img.unpack(&rootfs, &[]);
     assert!(!out.ok);
     let digest = layers[1]["digest"].as_str().unwrap();
     assert!(
@@ -236,39 +292,25 @@ fn inspect_shows_the_encrypted_layers_and_unpack_without_the_key_names_them() {
 #[test]
 fn gzip_layers_some_clear_unpack_with_the_key_and_pull_copies_them_as_they_are() {
     let work = tempfile::tempdir().unwrap();
-    let (private, public) = keypair(work.path(), "enclave");
-    let enc = format!("jwe:{}", public.display());
-    let layout = encrypted(
+    let img = Encrypted::new(
         work.path(),
         &three_layers(),
-        &[
-            "--encrypt-layer",
-            "1",
-            "--encrypt-layer",
-            "2",
-            "--encryption-key",
-            &enc,
-        ],
+        &["--encrypt-layer", "1", "--encrypt-layer", "2"],
+        &[],
     );
     assert_eq!(
-        media_types(&layout)[1..],
+        media_types(&img.layout)[1..],
         [
             "application/vnd.oci.image.layer.v1.tar+gzip+encrypted",
             "application/vnd.oci.image.layer.v1.tar+gzip+encrypted",
         ]
     );
-    let (reference, gw) = serve(&layout, work.path());
     let rootfs = work.path().join("root");
-    let out = unpack(
-        &reference,
-        &gw,
-        &rootfs,
-        &["--decryption-key", private.to_str().unwrap(), "--json"],
-    );
+    let out = img.unpack(&rootfs, &["--decryption-key", img.key(), "--json"]);
     assert!(out.ok, "{}", out.stderr);
     assert_three_layers_applied(&rootfs);
     // The encrypted blobs' sizes as fetched are the ciphertexts'.
-    let manifest = layout_manifest(&layout);
+    let manifest = layout_manifest(&img.layout);
     let report = out.json()["apply"]["layers"].clone();
     for i in 0..3 {
         assert_eq!(report[i]["compressed_bytes"], manifest["layers"][i]["size"]);
@@ -277,47 +319,33 @@ fn gzip_layers_some_clear_unpack_with_the_key_and_pull_copies_them_as_they_are()
     // pull: the same blobs, byte for byte, still encrypted.
     let pulled = work.path().join("pulled");
     let out = run(&[
-        "pull",
-        &reference,
-        "--gateway",
-        &gw.url,
-        "--ca",
-        gw.ca.to_str().unwrap(),
-        "--oci-layout",
-        pulled.to_str().unwrap(),
-    ]);
+        &["pull"],
+        &img.source()[..],
+        &["--oci-layout", pulled.to_str().unwrap()],
+    ]
+    .concat());
     assert!(out.ok, "{}", out.stderr);
     assert_eq!(layout_manifest(&pulled), manifest);
     for l in manifest["layers"].as_array().unwrap() {
         let d = l["digest"].as_str().unwrap();
-        assert_eq!(layout_blob(&pulled, d), layout_blob(&layout, d));
+        assert_eq!(layout_blob(&pulled, d), layout_blob(&img.layout, d));
     }
 }
 
 #[test]
 fn zstd_every_layer_encrypted_opens_with_either_recipients_key_in_pkcs1_or_pkcs8() {
     let work = tempfile::tempdir().unwrap();
-    let (private, public) = keypair(work.path(), "enclave");
     let (private2, public2) = keypair(work.path(), "operator");
-    let enc = format!("jwe:{}", public.display());
-    let enc2 = format!("jwe:{}", public2.display());
-    let layout = encrypted(
+    let img = Encrypted::new(
         work.path(),
         &three_layers(),
-        &[
-            "--dest-compress-format",
-            "zstd",
-            "--encryption-key",
-            &enc,
-            "--encryption-key",
-            &enc2,
-        ],
+        &["--dest-compress-format", "zstd"],
+        &[&public2],
     );
     assert_eq!(
-        media_types(&layout),
+        media_types(&img.layout),
         ["application/vnd.oci.image.layer.v1.tar+zstd+encrypted"; 3]
     );
-    let (reference, gw) = serve(&layout, work.path());
     // The second recipient's key, in the traditional PKCS#1 form.
     let pkcs1 = work.path().join("operator.pkcs1.pem");
     let o = Command::new("openssl")
@@ -331,14 +359,9 @@ fn zstd_every_layer_encrypted_opens_with_either_recipients_key_in_pkcs1_or_pkcs8
     assert!(std::fs::read_to_string(&pkcs1)
         .unwrap()
         .starts_with("-----BEGIN RSA PRIVATE KEY-----"));
-    for (n, key) in [&private, &pkcs1].into_iter().enumerate() {
+    for (n, key) in [&img.private, &pkcs1].into_iter().enumerate() {
         let rootfs = work.path().join(format!("root{n}"));
-        let out = unpack(
-            &reference,
-            &gw,
-            &rootfs,
-            &["--decryption-key", key.to_str().unwrap()],
-        );
+        let out = img.unpack(&rootfs, &["--decryption-key", key.to_str().unwrap()]);
         assert!(out.ok, "{}", out.stderr);
         assert_three_layers_applied(&rootfs);
     }
@@ -347,26 +370,19 @@ fn zstd_every_layer_encrypted_opens_with_either_recipients_key_in_pkcs1_or_pkcs8
 #[test]
 fn another_key_is_refused_before_anything_is_applied() {
     let work = tempfile::tempdir().unwrap();
-    let (_, public) = keypair(work.path(), "enclave");
     let (other, _) = keypair(work.path(), "other");
-    let enc = format!("jwe:{}", public.display());
-    let layout = encrypted(
+    let img = Encrypted::new(
         work.path(),
         &three_layers(),
-        &["--encrypt-layer", "-1", "--encryption-key", &enc],
+        &["--encrypt-layer", "-1"],
+        &[],
     );
-    let digest = layout_manifest(&layout)["layers"][2]["digest"]
+    let digest = layout_manifest(&img.layout)["layers"][2]["digest"]
         .as_str()
         .unwrap()
         .to_string();
-    let (reference, gw) = serve(&layout, work.path());
     let rootfs = work.path().join("root");
-    let out = unpack(
-        &reference,
-        &gw,
-        &rootfs,
-        &["--decryption-key", other.to_str().unwrap()],
-    );
+    let out = img.unpack(&rootfs, &["--decryption-key", other.to_str().unwrap()]);
     assert!(!out.ok);
     assert!(
         out.stderr.contains(&format!(
@@ -379,12 +395,7 @@ fn another_key_is_refused_before_anything_is_applied() {
     // Something that is not a key at all is named as such.
     let junk = work.path().join("junk.pem");
     std::fs::write(&junk, "not a key").unwrap();
-    let out = unpack(
-        &reference,
-        &gw,
-        &rootfs,
-        &["--decryption-key", junk.to_str().unwrap()],
-    );
+    let out = img.unpack(&rootfs, &["--decryption-key", junk.to_str().unwrap()]);
     assert!(!out.ok);
     assert!(
         out.stderr.contains("has no PEM private key block"),
@@ -399,13 +410,7 @@ fn another_key_is_refused_before_anything_is_applied() {
 #[test]
 fn a_changed_ciphertext_or_tag_is_refused_before_anything_is_decrypted() {
     let work = tempfile::tempdir().unwrap();
-    let (private, public) = keypair(work.path(), "enclave");
-    let enc = format!("jwe:{}", public.display());
-    let layout = encrypted(
-        work.path(),
-        &three_layers(),
-        &["--encrypt-layer", "1", "--encryption-key", &enc],
-    );
+    let (private, layout) = encrypt(work.path(), &three_layers(), &["--encrypt-layer", "1"], &[]);
     let copy = |name: &str| {
         let to = work.path().join(name);
         let o = Command::new("cp")
@@ -463,10 +468,51 @@ fn a_changed_ciphertext_or_tag_is_refused_before_anything_is_decrypted() {
 #[test]
 fn run_opens_the_layers_with_its_key_and_refuses_without_it() {
     let work = tempfile::tempdir().unwrap();
-    let (private, public) = keypair(work.path(), "enclave");
-    let enc = format!("jwe:{}", public.display());
     let model = noise(5000, 3);
-    let img = image_from_tars(
+    let img = model_image(
+        &model,
+        json!({"Entrypoint": ["/bin/probe"], "Cmd": ["cat", "/opt/model"], "User": "app"}),
+    );
+    let img = Encrypted::new(work.path(), &img, &["--encrypt-layer", "1"], &[]);
+    let (code, stdout, stderr) = img.boot(&["--decryption-key", img.key(), "--json"]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("probe: cat /opt/model hex={}", hex(&model))),
+        "{stdout}\n{stderr}"
+    );
+    // The log names the encrypted layer and a key from outside the configuration ("-"), and
+    // `expect` (without a configuration, so naming no key either) predicts that very log.
+    let boot: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let layer = layout_manifest(&img.layout)["layers"][1]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let events = boot["measurements"]["events"].as_array().unwrap();
+    assert_eq!(events[4]["kind"], "encrypted-layers", "{events:?}");
+    assert_eq!(events[4]["value"], format!("- {layer}"));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["kind"] == "encrypted-layers")
+            .count(),
+        1
+    );
+    let expect = run(&[&["expect"], &img.source()[..], &["--json"]].concat());
+    assert!(expect.ok, "{}", expect.stderr);
+    assert_eq!(expect.json()["measurements"], boot["measurements"]);
+    assert_eq!(expect.json()["pcrs"]["PCR16"], boot["pcr16"]);
+    let (code, stdout, stderr) = img.boot(&[]);
+    assert_ne!(code, Some(0));
+    assert!(!stdout.contains("probe:"), "{stdout}");
+    assert!(
+        stderr.contains("this image has a layer that is encrypted (layer 1 sha256:"),
+        "{stderr}"
+    );
+}
+
+/// The probe, and `model` at /opt/model in a layer of its own (the one the tests encrypt).
+fn model_image(model: &[u8], config: Value) -> Image {
+    image_from_tars(
         &[
             base_layer(),
             tar_entries(&[
@@ -478,53 +524,12 @@ fn run_opens_the_layers_with_its_key_and_refuses_without_it() {
                 TarEntry::File {
                     path: "opt/model",
                     mode: 0o644,
-                    data: model.clone(),
+                    data: model.to_vec(),
                 },
             ]),
         ],
-        json!({"Entrypoint": ["/bin/probe"], "Cmd": ["cat", "/opt/model"], "User": "app"}),
-    );
-    let layout = encrypted(
-        work.path(),
-        &img,
-        &["--encrypt-layer", "1", "--encryption-key", &enc],
-    );
-    let (reference, gw) = serve(&layout, work.path());
-    let boot = |extra: &[&str]| {
-        let o = cidboot()
-            .args([
-                "run",
-                &reference,
-                "--gateway",
-                &gw.url,
-                "--ca",
-                gw.ca.to_str().unwrap(),
-                "--attestation-listen",
-                "127.0.0.1:0",
-            ])
-            .args(extra)
-            .env("CIDBOOT_LOG", "warn")
-            .output()
-            .unwrap();
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
-    let (code, stdout, stderr) = boot(&["--decryption-key", private.to_str().unwrap()]);
-    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
-    assert!(
-        stdout.contains(&format!("probe: cat /opt/model hex={}", hex(&model))),
-        "{stdout}\n{stderr}"
-    );
-    let (code, stdout, stderr) = boot(&[]);
-    assert_ne!(code, Some(0));
-    assert!(!stdout.contains("probe:"), "{stdout}");
-    assert!(
-        stderr.contains("this image has a layer that is encrypted (layer 1 sha256:"),
-        "{stderr}"
-    );
+        config,
+    )
 }
 
 fn hex(b: &[u8]) -> String {
@@ -547,33 +552,9 @@ fn the_configurations_sealed_key_opens_the_layers_for_the_attested_boot_only() {
 
     let dir = private_tempdir();
     let work = dir.path();
-    let (private, public) = keypair(work, "enclave");
-    let enc = format!("jwe:{}", public.display());
     let model = noise(5000, 4);
-    let img = image_from_tars(
-        &[
-            base_layer(),
-            tar_entries(&[
-                TarEntry::Dir {
-                    path: "opt",
-                    mode: 0o755,
-                    uid: 0,
-                },
-                TarEntry::File {
-                    path: "opt/model",
-                    mode: 0o644,
-                    data: model.clone(),
-                },
-            ]),
-        ],
-        json!({"Entrypoint": ["/bin/probe"], "User": "app"}),
-    );
-    let layout = encrypted(
-        work,
-        &img,
-        &["--encrypt-layer", "1", "--encryption-key", &enc],
-    );
-    let (reference, gw) = serve(&layout, work);
+    let img = model_image(&model, json!({"Entrypoint": ["/bin/probe"], "User": "app"}));
+    let img = Encrypted::new(work, &img, &["--encrypt-layer", "1"], &[]);
 
     let tls = Tls::make(work);
     let ca = TestCa::generate().unwrap();
@@ -612,7 +593,7 @@ fn the_configurations_sealed_key_opens_the_layers_for_the_attested_boot_only() {
     seal.stdin
         .take()
         .unwrap()
-        .write_all(&std::fs::read(&private).unwrap())
+        .write_all(&std::fs::read(&img.private).unwrap())
         .unwrap();
     let o = seal.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -620,6 +601,7 @@ fn the_configurations_sealed_key_opens_the_layers_for_the_attested_boot_only() {
     let secrets = work.join("secrets.toml");
     std::fs::write(&secrets, sealed.secrets[0].to_toml()).unwrap();
 
+    let nonce = "5eed".repeat(8);
     let cmd = [
         "cat",
         "/opt/model",
@@ -627,6 +609,8 @@ fn the_configurations_sealed_key_opens_the_layers_for_the_attested_boot_only() {
         "/run/secrets/image-key",
         "cat",
         "/proc/self/environ",
+        "attest",
+        &nonce,
     ];
     let text = format!(
         r#"decryption_key = "image-key"
@@ -654,29 +638,27 @@ key_id = "{key}"
     );
     let config = work.join("cidboot.toml");
     std::fs::write(&config, &text).unwrap();
-    let o = run(&[
-        "expect",
-        &reference,
-        "--gateway",
-        &gw.url,
-        "--ca",
-        gw.ca.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--eif-pcrs",
-        eif.to_str().unwrap(),
-        "--kms-policy",
-        "--principal",
-        ROLE,
-    ]);
-    assert!(o.ok, "expect: {}", o.stderr);
+    let expect = |config: &Path, extra: &[&str]| {
+        let o = run(&[
+            &["expect"],
+            &img.source()[..],
+            &["--config", config.to_str().unwrap()],
+            &["--eif-pcrs", eif.to_str().unwrap()],
+            extra,
+        ]
+        .concat());
+        assert!(o.ok, "expect: {}", o.stderr);
+        o
+    };
+    let o = expect(&config, &["--kms-policy", "--principal", ROLE]);
     std::fs::write(&policy, &o.stdout).unwrap();
+    let expected = expect(&config, &["--json"]).json();
 
-    let boot = |config: &Path| {
+    let boot = |config: &Path, extra: &[&str]| {
         let o = cidboot()
-            .args(["run", &reference, "--gateway", &gw.url, "--ca"])
-            .arg(&gw.ca)
-            .arg("--config")
+            .arg("run")
+            .args(img.source())
+            .args(["--json", "--config"])
             .arg(config)
             .arg("--secrets")
             .arg(&secrets)
@@ -687,6 +669,7 @@ key_id = "{key}"
             .arg("--nsm-ca-key")
             .arg(&ca_key)
             .args(["--attestation-listen", "127.0.0.1:0"])
+            .args(extra)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CIDBOOT_LOG", "info")
@@ -699,7 +682,7 @@ key_id = "{key}"
             String::from_utf8_lossy(&o.stderr).into_owned(),
         )
     };
-    let (code, stdout, stderr) = boot(&config);
+    let (code, stdout, stderr) = boot(&config, &[]);
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert!(
         stdout.contains(&format!("probe: cat /opt/model hex={}", hex(&model))),
@@ -724,10 +707,106 @@ key_id = "{key}"
     assert!(locked < opened && opened < applied, "{stderr}");
     assert!(stderr.contains("key=image-key"), "{stderr}");
 
+    // The boot measured what `expect` predicted, event for event: the encrypted-layers event
+    // right after the config names the encrypted layer and the key name that opened it.
+    let layer = layout_manifest(&img.layout)["layers"][1]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let booted: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let log = &booted["measurements"];
+    assert_eq!(log, &expected["measurements"]);
+    assert_eq!(booted["pcr16"], expected["pcrs"]["PCR16"]);
+    let events = log["events"].as_array().unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "image-reference",
+            "root-cid",
+            "manifest-digest",
+            "config-digest",
+            "encrypted-layers",
+            "runtime-config"
+        ]
+    );
+    assert_eq!(events[4]["value"], format!("image-key {layer}"));
+    // The workload's document and that log pass `verify`, which shows the event.
+    let doc = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("probe: attestation="))
+        .expect("the workload got a document");
+    let (doc_file, log_file) = (work.join("doc.b64"), work.join("log.json"));
+    std::fs::write(&doc_file, doc).unwrap();
+    std::fs::write(&log_file, log.to_string()).unwrap();
+    let verify = |extra: &[&str]| {
+        run(&[
+            &[
+                "verify",
+                doc_file.to_str().unwrap(),
+                "--root",
+                ca_cert.to_str().unwrap(),
+                "--nonce",
+                &nonce,
+                "--measurements",
+                log_file.to_str().unwrap(),
+                "--expect-pcr16",
+                expected["pcrs"]["PCR16"].as_str().unwrap(),
+            ],
+            extra,
+        ]
+        .concat())
+    };
+    let v = verify(&[]);
+    assert!(v.ok, "{}\n{}", v.stdout, v.stderr);
+    assert!(
+        v.stdout.contains(&format!(
+            "measured: encrypted layers {layer} opened with the sealed secret image-key"
+        )),
+        "{}",
+        v.stdout
+    );
+    let v = verify(&["--json"]);
+    assert!(v.ok, "{}\n{}", v.stdout, v.stderr);
+    assert_eq!(
+        v.json()["measured"]["encrypted_layers"],
+        json!({"key": "image-key", "layers": [layer]})
+    );
+
+    // The same configuration, but the key from a file: the layers open without KMS, and the
+    // log says the key came from outside the configuration. Only that event differs, so
+    // PCR16 is not the one `expect` (and the key policy) name.
+    let (code, stdout, stderr) = boot(&config, &["--decryption-key", img.key()]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("encrypted layers opened with the sealed decryption key"));
+    let given: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let given_events = given["measurements"]["events"].as_array().unwrap();
+    assert_eq!(given_events.len(), events.len());
+    for (i, (a, b)) in events.iter().zip(given_events).enumerate() {
+        if i == 4 {
+            assert_eq!(b["value"], format!("- {layer}"));
+            assert_ne!(a["digest"], b["digest"]);
+        } else {
+            assert_eq!(a, b, "event {i}");
+        }
+    }
+    assert_ne!(given["pcr16"], booted["pcr16"]);
+
+    // Another key name (the same key sealed under it): `expect` predicts another
+    // encrypted-layers event, and so another PCR16.
+    let renamed = work.join("renamed.toml");
+    std::fs::write(&renamed, text.replace("image-key", "image-key-2")).unwrap();
+    let other = expect(&renamed, &["--json"]).json();
+    assert_eq!(
+        other["measurements"]["events"][4]["value"],
+        format!("image-key-2 {layer}")
+    );
+    assert_ne!(other["pcrs"]["PCR16"], expected["pcrs"]["PCR16"]);
+
     // One byte more in the configuration: another PCR16, and KMS keeps the key.
     let edited = work.join("edited.toml");
     std::fs::write(&edited, format!("{text}#\n")).unwrap();
-    let (code, stdout, stderr) = boot(&edited);
+    let (code, stdout, stderr) = boot(&edited, &[]);
     assert_eq!(code, Some(125), "{stdout}\n{stderr}");
     assert!(!stdout.contains("probe:"), "{stdout}");
     let err = stderr.lines().find(|l| l.starts_with("error: ")).unwrap();

@@ -118,6 +118,7 @@ fn the_documented_python_reimplementation_agrees() {
             root_cid: &r.cid,
             manifest_digest: &m,
             config_digest: &c,
+            encrypted_layers: None,
             helpers: helpers.clone(),
             helper_images: vec![dependency.clone()],
             runtime_config_digest: &cidboot::config::Loaded::parse(config.as_bytes().to_vec())
@@ -139,4 +140,100 @@ fn the_documented_python_reimplementation_agrees() {
     // One CID, one PCR16, whatever base it is written in.
     assert!(pcrs[..4].iter().all(|p| *p == pcrs[0]), "{pcrs:?}");
     assert_ne!(pcrs[4], pcrs[0]);
+}
+
+/// What the documented Python program prints for `call`.
+fn python_call(code: &str, call: &str) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(format!("{code}\nprint({call})\n"))
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn the_documented_python_reimplementation_agrees_on_encrypted_layers() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/attestation.md"))
+        .unwrap();
+    let code = doc
+        .split("```python\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    let cid = cidboot::reference::raw_cid(b"an encrypted image");
+    let reference = format!("ipfs://{cid}");
+    // The configuration's exact bytes are measured, whether or not they would load.
+    let config = "decryption_key = \"image-key\"\n";
+    let runtime = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(config.as_bytes()))
+    );
+    let ours = |enc: Option<(&str, Vec<String>)>| {
+        EventLog::new(Inputs {
+            reference: &reference,
+            root_cid: &cid,
+            manifest_digest: &d('1'),
+            config_digest: &d('2'),
+            encrypted_layers: enc.map(|(key, layers)| cidboot::measure::EncryptedLayers {
+                key: key.into(),
+                layers,
+            }),
+            helpers: vec![("attest".into(), d('3'))],
+            helper_images: vec![],
+            runtime_config_digest: &runtime,
+        })
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for enc in [
+        None,
+        Some(("image-key", vec![d('4')])),
+        Some(("image-key", vec![d('4'), d('5')])),
+        Some(("image-key", vec![d('5'), d('4')])),
+        Some(("other.key_2", vec![d('4'), d('5')])),
+        Some(("", vec![d('4'), d('5')])),
+    ] {
+        let arg = match &enc {
+            None => "None".to_string(),
+            Some((k, layers)) => format!("({k:?}, {layers:?})"),
+        };
+        let log = ours(enc.clone());
+        let theirs = python_call(
+            code,
+            &format!(
+                "pcr16({reference:?}, {m:?}, {c:?}, {{\"attest\": {h:?}}}, {config:?}.encode(), (), {arg})",
+                m = d('1'),
+                c = d('2'),
+                h = d('3'),
+            ),
+        );
+        assert_eq!(theirs, log.pcr16, "{arg}");
+        if enc.is_none() {
+            // An image without encrypted layers measures exactly as before the encrypted-layers
+            // event existed: the value the previous version of the documented program gives.
+            assert_eq!(
+                log.pcr16,
+                "fcd414ee94223b292580bb7017cafe95be0495bc1a57c23e6cc9c8a55a7b76d5045d508f457e319a834f9b74b199bf35"
+            );
+        }
+        let f = cidboot::measure::check_log(
+            &serde_json::to_vec(&log).unwrap(),
+            &hex::decode(&log.pcr16).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            f.encrypted_layers.map(|e| (e.key, e.layers)),
+            enc.map(|(k, l)| (k.to_string(), l))
+        );
+        // Every key name and every list of layers is its own PCR16.
+        assert!(seen.insert(log.pcr16), "{arg}");
+    }
 }

@@ -1,8 +1,9 @@
-//! The boot path shared by `cidboot run` and PID 1: resolve, verify, apply, measure, launch.
+//! The boot path shared by `cidboot run` and PID 1: resolve, verify, measure, apply, launch.
 //!
-//! Order matters: every helper pin is checked before anything is fetched, every layer is
-//! verified as it is applied into a root nothing runs from, the measurement covers only what
-//! verified, and the first program from the image starts after the measurement.
+//! Order matters: every helper pin is checked before anything is fetched; PCR16 is extended
+//! and locked once, when everything it names has verified and before KMS is asked for a key
+//! or any layer is applied; every layer is verified as it is applied into a root nothing runs
+//! from; and the first program from the image starts after all of it.
 
 pub mod helper_images;
 pub mod plan;
@@ -19,9 +20,10 @@ use crate::fetch::Gateways;
 use crate::launch::exec::{Sandbox, Sandboxed};
 use crate::launch::spec::ProcessSpec;
 use crate::launch::{helpers, spec, LaunchError};
-use crate::measure::{EventLog, Inputs, PCR_INDEX};
+use crate::measure::{EncryptedLayers, EventLog, Inputs, PCR_INDEX};
 use crate::nsm::Nsm;
 use crate::oci::{self, Limits, OciError, Resolved, Selector};
+use crate::ocicrypt::LayerKeys;
 use crate::reference::ImageRef;
 
 /// Why a boot stopped before the workload ran.
@@ -127,18 +129,16 @@ pub struct Prepared {
     pub root: apply::fs::Root,
     /// The workload's process, from the image config and the runtime configuration.
     pub spec: ProcessSpec,
-    /// The event log that [`measure`] extends PCR16 with; a verifier replays it.
+    /// The event log PCR16 was extended with and locked to; a verifier replays it.
     pub log: EventLog,
     /// What the layers put into the root.
     pub report: ApplyReport,
     /// The pinned helpers, verified, each sealed in the memfd it runs from.
     pub helpers: Vec<helpers::Helper>,
-    /// PCR16 was already extended and locked, before the layers were applied (to open the
-    /// sealed key of encrypted layers): [`measure`] has nothing left to do.
-    pub measured: bool,
 }
 
-/// Resolves, verifies and applies the image into `rootfs` and measures it.
+/// Resolves and verifies the image, measures it into PCR16 and locks it, then applies it into
+/// `rootfs`.
 pub async fn prepare(plan: &Plan, rootfs: &Path, scratch: &Path) -> Result<Prepared, BootError> {
     let helper_cfg = &plan.config.config.helpers;
     let pinned = helpers::verify(helper_cfg, &plan.helpers_dir)?;
@@ -173,12 +173,14 @@ pub async fn prepare(plan: &Plan, rootfs: &Path, scratch: &Path) -> Result<Prepa
         .await?,
     );
     info!(cid = %resolved.root, manifest = %resolved.manifest_desc.digest(), layers = resolved.layers.len(), "image resolved and verified");
-    // The event log names nothing the layers hold: it is known before they are applied.
+    let key = LayerKeySource::of(plan, &resolved)?;
+    // The event log names nothing the layers hold: it is complete before they are applied.
     let log = EventLog::new(Inputs {
         reference: &plan.reference.canonical(),
         root_cid: &resolved.root,
         manifest_digest: resolved.manifest_desc.digest().as_ref(),
         config_digest: resolved.config.desc.digest().as_ref(),
+        encrypted_layers: encrypted_layers(&resolved, key.measured_name()),
         helpers: verified_helpers
             .iter()
             .filter(|h| h.source.is_none())
@@ -187,7 +189,12 @@ pub async fn prepare(plan: &Plan, rootfs: &Path, scratch: &Path) -> Result<Prepa
         helper_images: from_images.into_iter().map(|f| f.measured).collect(),
         runtime_config_digest: &plan.config.digest(),
     });
-    let (layer_keys, measured) = layer_keys(plan, &resolved, &log).await?;
+    // The one place PCR16 is extended and locked: after everything it names has verified (the
+    // pins, the helper images, the image's documents), before KMS is asked for anything (it
+    // opens keys only for the final PCR16), before a byte of a layer reaches the root, and
+    // long before anything from the image runs.
+    measure(plan, &log)?;
+    let layer_keys = key.open(plan, &resolved).await?;
     let apply_limits = ApplyLimits {
         layer_keys: Arc::new(layer_keys),
         ..plan.apply_limits.clone()
@@ -220,81 +227,121 @@ pub async fn prepare(plan: &Plan, rootfs: &Path, scratch: &Path) -> Result<Prepa
         log,
         report,
         helpers: verified_helpers,
-        measured,
     })
 }
 
-/// The keys of the image's encrypted layers, and whether PCR16 was measured to get them.
-/// Without encrypted layers there is nothing to open. With `cidboot run --decryption-key`,
-/// that key. With the configuration's `decryption_key`, its sealed secret, which KMS opens
-/// only for an attestation of the final PCR16: so PCR16 is extended and locked first (the
-/// event log is complete before any layer is applied), then the key is opened, kept in
-/// memory only. Refused, naming the encrypted layers, before any of them is fetched.
-async fn layer_keys(
-    plan: &Plan,
-    resolved: &Resolved,
-    log: &EventLog,
-) -> Result<(crate::ocicrypt::LayerKeys, bool), BootError> {
-    use crate::ocicrypt::{is_encrypted, open_layers, DecryptionKey};
-    let descs = || resolved.layers.iter().map(|l| &l.desc);
-    let encrypted: Vec<usize> = resolved
+/// Where the keys of the image's encrypted layers come from. Settled before PCR16 is
+/// extended: an image with encrypted layers and no key is refused, naming them, before
+/// anything is measured or any layer fetched.
+enum LayerKeySource<'a> {
+    /// The image has no encrypted layers.
+    Clear,
+    /// `cidboot run --decryption-key FILE`: a key from outside the configuration.
+    Given(&'a crate::ocicrypt::DecryptionKey),
+    /// The `[[secrets]]` entry the configuration's `decryption_key` names, which KMS opens
+    /// only for an attestation of the final PCR16.
+    Sealed(&'a crate::config::Secret),
+}
+
+impl<'a> LayerKeySource<'a> {
+    fn of(plan: &'a Plan, resolved: &Resolved) -> Result<LayerKeySource<'a>, BootError> {
+        let encrypted: Vec<(usize, String)> = resolved
+            .layers
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| crate::ocicrypt::is_encrypted(&l.desc))
+            .map(|(i, l)| (i, l.desc.digest().to_string()))
+            .collect();
+        if encrypted.is_empty() {
+            return Ok(LayerKeySource::Clear);
+        }
+        if let Some(k) = plan.decryption_key.as_deref() {
+            return Ok(LayerKeySource::Given(k));
+        }
+        let cfg = &plan.config.config;
+        let Some(name) = &cfg.decryption_key else {
+            return Err(crate::ocicrypt::CryptError::NoKey(encrypted).into());
+        };
+        let secret = cfg
+            .secrets
+            .iter()
+            .find(|s| s.name == *name)
+            .ok_or_else(|| {
+                BootError::Plan(format!(
+                    "decryption_key {name:?} names no [[secrets]] entry"
+                ))
+            })?;
+        Ok(LayerKeySource::Sealed(secret))
+    }
+
+    /// The key name the `encrypted-layers` event measures: the `[[secrets]]` name, or empty
+    /// for a key from outside the configuration.
+    fn measured_name(&self) -> &str {
+        match self {
+            LayerKeySource::Sealed(s) => &s.name,
+            LayerKeySource::Clear | LayerKeySource::Given(_) => "",
+        }
+    }
+
+    /// The keys of the encrypted layers (after the measurement: KMS opens a sealed key only
+    /// for the locked PCR16), kept in memory only.
+    async fn open(&self, plan: &Plan, resolved: &Resolved) -> Result<LayerKeys, BootError> {
+        use crate::ocicrypt::{open_layers, DecryptionKey};
+        let descs = resolved.layers.iter().map(|l| &l.desc);
+        let secret = match self {
+            LayerKeySource::Clear => return Ok(open_layers(descs, None)?),
+            LayerKeySource::Given(k) => return Ok(open_layers(descs, Some(k))?),
+            LayerKeySource::Sealed(s) => s,
+        };
+        let cfg = &plan.config.config;
+        let credentials = plan.credentials.clone().ok_or_else(|| {
+            BootError::Plan("decryption_key: no AWS credentials to sign the KMS call with".into())
+        })?;
+        let client = crate::secrets::client(cfg, plan.egress_dialer.clone(), credentials)
+            .map_err(BootError::Plan)?;
+        let pem =
+            crate::secrets::open_one(&client, plan.nsm.as_ref(), secret, plan.sealed.as_ref())
+                .await?;
+        let key = DecryptionKey::from_pem(&pem, &format!("sealed as {:?}", secret.name))?;
+        let keys = open_layers(descs, Some(&key))?;
+        let layers: Vec<usize> = (0..resolved.layers.len())
+            .filter(|i| keys.get(*i).is_some())
+            .collect();
+        info!(?layers, key = %secret.name, "encrypted layers opened with the sealed decryption key");
+        Ok(keys)
+    }
+}
+
+/// What the `encrypted-layers` event measures of an image: its encrypted layers' digests in
+/// manifest order and the key name (see [`crate::measure::EncryptedLayers`]); `None` when it
+/// has none, so that such an image measures no such event. The boot and `cidboot expect`
+/// both measure with this.
+pub fn encrypted_layers(resolved: &Resolved, key: &str) -> Option<EncryptedLayers> {
+    let layers: Vec<String> = resolved
         .layers
         .iter()
-        .enumerate()
-        .filter(|(_, l)| is_encrypted(&l.desc))
-        .map(|(i, _)| i)
+        .filter(|l| crate::ocicrypt::is_encrypted(&l.desc))
+        .map(|l| l.desc.digest().to_string())
         .collect();
-    if encrypted.is_empty() || plan.decryption_key.is_some() {
-        return Ok((open_layers(descs(), plan.decryption_key.as_deref())?, false));
-    }
-    let cfg = &plan.config.config;
-    let Some(name) = &cfg.decryption_key else {
-        return Ok((open_layers(descs(), None)?, false));
-    };
-    let secret = cfg
-        .secrets
-        .iter()
-        .find(|s| s.name == *name)
-        .ok_or_else(|| {
-            BootError::Plan(format!(
-                "decryption_key {name:?} names no [[secrets]] entry"
-            ))
-        })?;
-    measure_log(plan, log)?;
-    let credentials = plan.credentials.clone().ok_or_else(|| {
-        BootError::Plan("decryption_key: no AWS credentials to sign the KMS call with".into())
-    })?;
-    let client = crate::secrets::client(cfg, plan.egress_dialer.clone(), credentials)
-        .map_err(BootError::Plan)?;
-    let pem =
-        crate::secrets::open_one(&client, plan.nsm.as_ref(), secret, plan.sealed.as_ref()).await?;
-    let key = DecryptionKey::from_pem(&pem, &format!("sealed as {name:?}"))?;
-    let keys = open_layers(descs(), Some(&key))?;
-    info!(layers = ?encrypted, key = %name, "encrypted layers opened with the sealed decryption key");
-    Ok((keys, true))
+    (!layers.is_empty()).then(|| EncryptedLayers {
+        key: key.to_string(),
+        layers,
+    })
 }
 
 /// Extends PCR16 with every event, locks it, and checks the NSM agrees with the replay.
-pub fn measure(plan: &Plan, p: &Prepared) -> Result<(), BootError> {
-    if p.measured {
-        return Ok(());
-    }
-    measure_log(plan, &p.log)
-}
-
-fn measure_log(plan: &Plan, log: &EventLog) -> Result<(), BootError> {
-    let p = log;
-    let events: Vec<Vec<u8>> = p.events.iter().map(|e| e.digest_bytes()).collect();
+fn measure(plan: &Plan, log: &EventLog) -> Result<(), BootError> {
+    let events: Vec<Vec<u8>> = log.events.iter().map(|e| e.digest_bytes()).collect();
     let value = crate::nsm::measure_and_lock(plan.nsm.as_ref(), PCR_INDEX, &events)
         .map_err(|e| BootError::Measure(e.to_string()))?;
-    if hex::encode(&value) != p.pcr16 {
+    if hex::encode(&value) != log.pcr16 {
         return Err(BootError::Measure(format!(
             "the NSM's PCR16 is {}, but the event log replays to {} (was PCR16 extended before cidboot?)",
             hex::encode(&value),
-            p.pcr16
+            log.pcr16
         )));
     }
-    info!(pcr16 = %p.pcr16, events = events.len(), "PCR16 extended and locked");
+    info!(pcr16 = %log.pcr16, events = events.len(), "PCR16 extended and locked");
     Ok(())
 }
 

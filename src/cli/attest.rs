@@ -177,6 +177,12 @@ async fn expected_log(
         root_cid: &resolved.root,
         manifest_digest: resolved.manifest_desc.digest().as_ref(),
         config_digest: resolved.config.desc.digest().as_ref(),
+        // As the enclave measures them: opened by the key the configuration names (empty
+        // when it names none, as for `cidboot run --decryption-key`).
+        encrypted_layers: crate::boot::encrypted_layers(
+            &resolved,
+            cfg.config.decryption_key.as_deref().unwrap_or_default(),
+        ),
         helpers: cfg
             .config
             .helpers
@@ -385,6 +391,16 @@ pub async fn verify(a: VerifyArgs) -> Result<i32, CliError> {
             outln!("measured: cid {}", f.cid)?;
             outln!("measured: manifest {}", f.manifest_digest)?;
             outln!("measured: config {}", f.config_digest)?;
+            if let Some(e) = &f.encrypted_layers {
+                let key = match e.key.as_str() {
+                    "" => "a key from outside the configuration".to_string(),
+                    k => format!("the sealed secret {k}"),
+                };
+                outln!(
+                    "measured: encrypted layers {} opened with {key}",
+                    e.layers.join(" ")
+                )?;
+            }
             for i in &f.helper_images {
                 outln!(
                     "measured: helper image {} pinned {} manifest {}",

@@ -414,7 +414,6 @@ async fn boot_and_run(
         plan.sandbox.cgroup = cgroup.clone();
         let mut prepared =
             boot::by_deadline(&plan, boot::prepare(&plan, &rootfs, &scratch)).await?;
-        boot::measure(&plan, &prepared)?;
         let api = boot::serve_api(&plan, &mut prepared).await?;
         boot::start_kms_proxy(&plan, &mut prepared).await?;
         boot::start_relays(&plan, &mut prepared).await?;

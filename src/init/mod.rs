@@ -307,6 +307,12 @@ async fn boot(
         boot::prepare(&plan, Path::new(NEW_ROOT), Path::new(SPILL)),
     )
     .await?;
+    // PCR16 was extended and locked before the layers were applied (boot::prepare).
+    note(
+        sink,
+        format!("PCR16 extended and locked: {}", prepared.log.pcr16),
+    )
+    .await;
     note(
         sink,
         format!(
@@ -315,12 +321,6 @@ async fn boot(
             prepared.report.layers.len(),
             prepared.report.uncompressed_bytes
         ),
-    )
-    .await;
-    boot::measure(&plan, &prepared)?;
-    note(
-        sink,
-        format!("PCR16 extended and locked: {}", prepared.log.pcr16),
     )
     .await;
     // PID 1 stays in the initramfs: each helper and the workload pivot into the image root

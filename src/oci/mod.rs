@@ -67,7 +67,8 @@ impl Default for Limits {
             max_small_doc: 64 << 10,
             max_blob: 8 << 30,
             max_image: 16 << 30,
-            max_layers: 256,
+            // An encrypted-layers event names at most this many (crate::measure).
+            max_layers: crate::measure::MAX_LAYERS,
             max_index_depth: 4,
         }
     }

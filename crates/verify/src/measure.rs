@@ -31,6 +31,8 @@ pub enum Kind {
     RuntimeConfig = 6,
     /// One dependency image helpers came from.
     HelperImage = 7,
+    /// The key name that opens the image's encrypted layers, and those layers' digests.
+    EncryptedLayers = 8,
 }
 
 /// One measured event.
@@ -102,6 +104,39 @@ pub struct HelperImage {
     pub helpers: Vec<(String, String)>,
 }
 
+/// The encrypted layers of an image, and the key that opens them, as measured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EncryptedLayers {
+    /// The `[[secrets]]` name the configuration's `decryption_key` gives; empty for a key
+    /// from outside the configuration (`cidboot run --decryption-key FILE`).
+    pub key: String,
+    /// `sha256:<hex>` of each encrypted layer blob, in manifest order.
+    pub layers: Vec<String>,
+}
+
+impl EncryptedLayers {
+    /// The event's data: the key name, then `0x00` and a digest per layer.
+    fn data(&self) -> Vec<u8> {
+        let mut parts = vec![self.key.as_bytes()];
+        parts.extend(self.layers.iter().map(|l| l.as_bytes()));
+        parts.join(&0u8)
+    }
+
+    /// The event's value: the key name (`-` for one from outside the configuration, which no
+    /// `[[secrets]]` name can be), then the digests, space-separated.
+    fn value(&self) -> String {
+        let key = if self.key.is_empty() {
+            "-"
+        } else {
+            self.key.as_str()
+        };
+        std::iter::once(key)
+            .chain(self.layers.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
 /// The inputs of a measurement.
 pub struct Inputs<'a> {
     /// The canonical image reference.
@@ -112,6 +147,9 @@ pub struct Inputs<'a> {
     pub manifest_digest: &'a str,
     /// The image config used.
     pub config_digest: &'a str,
+    /// The image's encrypted layers and the key name that opens them; `None` for an image
+    /// without encrypted layers, which then measures no such event.
+    pub encrypted_layers: Option<EncryptedLayers>,
     /// `(name, sha256:<hex>)` of the boot image's pinned helpers, in any order: every helper
     /// (these and those of `helper_images`) is measured sorted by name.
     pub helpers: Vec<(String, String)>,
@@ -142,6 +180,9 @@ impl EventLog {
                 i.config_digest.as_bytes().to_vec(),
             ),
         ];
+        if let Some(e) = &i.encrypted_layers {
+            events.push(Event::new(Kind::EncryptedLayers, e.value(), e.data()));
+        }
         let mut helpers: Vec<(String, String, Option<String>)> =
             i.helpers.into_iter().map(|(n, d)| (n, d, None)).collect();
         for img in &i.helper_images {
@@ -202,7 +243,7 @@ pub fn replay<I: IntoIterator<Item = Vec<u8>>>(datas: I) -> [u8; 48] {
 
 impl Kind {
     /// Every kind this version of the encoding defines.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::ImageReference,
         Kind::RootCid,
         Kind::ManifestDigest,
@@ -210,6 +251,7 @@ impl Kind {
         Kind::Helper,
         Kind::RuntimeConfig,
         Kind::HelperImage,
+        Kind::EncryptedLayers,
     ];
 
     /// The name used in the JSON event log.
@@ -222,6 +264,7 @@ impl Kind {
             Kind::Helper => "helper",
             Kind::RuntimeConfig => "runtime-config",
             Kind::HelperImage => "helper-image",
+            Kind::EncryptedLayers => "encrypted-layers",
         }
     }
 
@@ -233,8 +276,12 @@ impl Kind {
 
 /// Most `[[helpers.images]]` a configuration may list (each is one event).
 pub const MAX_HELPER_IMAGES: usize = 16;
-/// Most events a log may hold: the five fixed ones, one per helper and one per helper image.
-pub const MAX_EVENTS: usize = 5 + 256 + MAX_HELPER_IMAGES;
+/// Most layers an image may have (the resolver's limit), so most digests an
+/// `encrypted-layers` event may name.
+pub const MAX_LAYERS: usize = 256;
+/// Most events a log may hold: the five fixed ones, one for encrypted layers, one per helper
+/// and one per helper image.
+pub const MAX_EVENTS: usize = 5 + 1 + 256 + MAX_HELPER_IMAGES;
 /// Largest event log accepted, in bytes (a log of [`MAX_EVENTS`] is under 200 KiB).
 pub const MAX_LOG: usize = 1024 * 1024;
 
@@ -309,6 +356,8 @@ pub struct Measured {
     pub manifest_digest: String,
     /// The image config digest, as measured.
     pub config_digest: String,
+    /// The encrypted layers and the key name that opened them; absent for an image without.
+    pub encrypted_layers: Option<EncryptedLayers>,
     /// Helper name to `sha256:<hex>`.
     pub helpers: BTreeMap<String, String>,
     /// Helper name to the manifest digest of the dependency image it came from (absent for
@@ -559,12 +608,44 @@ fn encoded_value(kind: Kind, data: &[u8]) -> Result<String, String> {
             }
             _ => Err("is not reference 0x00 pinned digest 0x00 manifest digest".into()),
         },
+        Kind::EncryptedLayers => {
+            let parts: Vec<&[u8]> = data.split(|b| *b == 0).collect();
+            let key = text(parts[0])?;
+            if !key.is_empty() && !is_key_name(&key) {
+                return Err(format!(
+                    "names the key {key:?}, which is no [[secrets]] name (letters, digits, '.', '_', '-', at most {MAX_KEY_NAME} bytes, first a letter or digit)"
+                ));
+            }
+            let layers = &parts[1..];
+            if layers.is_empty() || layers.len() > MAX_LAYERS {
+                return Err(format!(
+                    "names {} layers: an encrypted-layers event names 1 to {MAX_LAYERS} (key name 0x00 digest [0x00 digest]...)",
+                    layers.len()
+                ));
+            }
+            let layers = layers
+                .iter()
+                .map(|d| digest(d))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(EncryptedLayers { key, layers }.value())
+        }
     }
 }
 
+/// Longest `[[secrets]]` name (`cidboot seal --name`).
+pub const MAX_KEY_NAME: usize = 64;
+
+/// A name as `[[secrets]]` takes it: what `decryption_key` can name.
+fn is_key_name(s: &str) -> bool {
+    s.len() <= MAX_KEY_NAME
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
 /// Reads the fields of a log already proven sound, checking the documented order: the image
-/// reference, the root CID, the manifest, the config, the helpers sorted by name, and the
-/// runtime configuration last.
+/// reference, the root CID, the manifest, the config, the encrypted layers if any, the helper
+/// images, the helpers sorted by name, and the runtime configuration last.
 fn fields(events: Vec<(Kind, Vec<u8>)>, pcr16: String) -> Result<Measured, LogError> {
     let order = |i: usize, k: Kind, why: String| LogError::Order {
         index: i + 1,
@@ -584,8 +665,23 @@ fn fields(events: Vec<(Kind, Vec<u8>)>, pcr16: String) -> Result<Measured, LogEr
             None => return Err(LogError::Missing(want.name())),
         }
     }
+    // The encrypted layers, if the image has any, right after the config.
+    let encrypted_layers = match events.get(fixed.len()) {
+        Some((Kind::EncryptedLayers, d)) => {
+            let parts: Vec<&[u8]> = d.split(|b| *b == 0).collect();
+            Some(EncryptedLayers {
+                key: String::from_utf8_lossy(parts[0]).into_owned(),
+                layers: parts[1..]
+                    .iter()
+                    .map(|l| String::from_utf8_lossy(l).into_owned())
+                    .collect(),
+            })
+        }
+        _ => None,
+    };
+    let first = fixed.len() + usize::from(encrypted_layers.is_some());
     let last = match events.last() {
-        Some((Kind::RuntimeConfig, _)) if events.len() > fixed.len() => events.len() - 1,
+        Some((Kind::RuntimeConfig, _)) if events.len() > first => events.len() - 1,
         _ => return Err(LogError::Missing(Kind::RuntimeConfig.name())),
     };
     // Data were checked by `encoded_value`: UTF-8 where text is expected, one 0x00 in a helper.
@@ -594,7 +690,7 @@ fn fields(events: Vec<(Kind, Vec<u8>)>, pcr16: String) -> Result<Measured, LogEr
     let mut helper_sources = BTreeMap::new();
     let mut helper_images: Vec<HelperImage> = Vec::new();
     let mut previous: Option<&[u8]> = None;
-    for (i, (k, d)) in events.iter().enumerate().take(last).skip(fixed.len()) {
+    for (i, (k, d)) in events.iter().enumerate().take(last).skip(first) {
         let parts: Vec<&[u8]> = d.split(|b| *b == 0).collect();
         match k {
             Kind::HelperImage if previous.is_none() => {
@@ -611,7 +707,7 @@ fn fields(events: Vec<(Kind, Vec<u8>)>, pcr16: String) -> Result<Measured, LogEr
                 return Err(order(
                     i,
                     *k,
-                    "only helper images, then helpers, come between the config and the runtime configuration".into(),
+                    "only the encrypted layers, then helper images, then helpers, come between the config and the runtime configuration".into(),
                 ))
             }
         }
@@ -643,7 +739,7 @@ fn fields(events: Vec<(Kind, Vec<u8>)>, pcr16: String) -> Result<Measured, LogEr
     for (n, img) in helper_images.iter().enumerate() {
         if img.helpers.is_empty() {
             return Err(LogError::Data {
-                index: fixed.len() + n + 1,
+                index: first + n + 1,
                 kind: Kind::HelperImage.name(),
                 why: format!(
                     "names {}, from which no helper event that follows comes (a helper image installs at least one helper)",
@@ -671,6 +767,7 @@ fn fields(events: Vec<(Kind, Vec<u8>)>, pcr16: String) -> Result<Measured, LogEr
         cid,
         manifest_digest: text(&events[2].1),
         config_digest: text(&events[3].1),
+        encrypted_layers,
         helpers,
         helper_sources,
         helper_images,
@@ -710,6 +807,7 @@ mod tests {
                 root_cid: &cid,
                 manifest_digest: "sha256:m",
                 config_digest: "sha256:c",
+                encrypted_layers: None,
                 helpers,
                 helper_images: vec![],
                 runtime_config_digest: cfg,
@@ -734,6 +832,7 @@ mod tests {
             root_cid: &cid,
             manifest_digest: &d('a'),
             config_digest: &d('c'),
+            encrypted_layers: None,
             helpers,
             helper_images: vec![],
             runtime_config_digest: &d('e'),
@@ -788,6 +887,7 @@ mod tests {
             root_cid: &cid,
             manifest_digest: &d('a'),
             config_digest: &d('c'),
+            encrypted_layers: None,
             helpers: vec![("attest".into(), d('8'))],
             helper_images: vec![dep.clone()],
             runtime_config_digest: &d('e'),
@@ -804,6 +904,7 @@ mod tests {
             root_cid: &cid,
             manifest_digest: &d('a'),
             config_digest: &d('c'),
+            encrypted_layers: None,
             helpers: vec![],
             helper_images: vec![dep],
             runtime_config_digest: &d('e'),
@@ -836,6 +937,7 @@ mod tests {
             root_cid: &cid,
             manifest_digest: &format!("sha256:{}", "b".repeat(64)),
             config_digest: &format!("sha256:{}", "c".repeat(64)),
+            encrypted_layers: None,
             helpers: vec![],
             helper_images: vec![],
             runtime_config_digest: &format!("sha256:{}", "e".repeat(64)),
@@ -1093,6 +1195,7 @@ mod tests {
                 root_cid: &cid,
                 manifest_digest: &d('a'),
                 config_digest: &d('c'),
+                encrypted_layers: None,
                 helpers: vec![("attest".into(), d('8'))],
                 helper_images: vec![dep],
                 runtime_config_digest: &d('e'),
@@ -1108,5 +1211,140 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("no helper event"), "{e}");
+    }
+    #[test]
+    fn encrypted_layers_are_one_event_after_the_config_read_back_and_counted() {
+        let cid = raw_cid(b"image");
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let log = |enc: Option<EncryptedLayers>| {
+            EventLog::new(Inputs {
+                reference: &format!("ipfs://{cid}"),
+                root_cid: &cid,
+                manifest_digest: &d('a'),
+                config_digest: &d('c'),
+                encrypted_layers: enc,
+                helpers: vec![("attest".into(), d('8'))],
+                helper_images: vec![],
+                runtime_config_digest: &d('e'),
+            })
+        };
+        let enc = |key: &str, layers: Vec<String>| {
+            Some(EncryptedLayers {
+                key: key.into(),
+                layers,
+            })
+        };
+        let clear = log(None);
+        let two = log(enc("image-key", vec![d('1'), d('2')]));
+        assert_eq!(clear.events.len() + 1, two.events.len());
+        let e = &two.events[4];
+        assert_eq!(e.kind, Kind::EncryptedLayers);
+        assert_eq!(e.value, format!("image-key {} {}", d('1'), d('2')));
+        assert_eq!(
+            hex::decode(&e.data).unwrap(),
+            [
+                b"image-key\0".as_slice(),
+                d('1').as_bytes(),
+                b"\0",
+                d('2').as_bytes()
+            ]
+            .concat()
+        );
+        let f = check(&json(&two), &two.pcr16).unwrap();
+        assert_eq!(f.encrypted_layers, enc("image-key", vec![d('1'), d('2')]));
+        assert_eq!(f.helpers.len(), 1);
+        assert_eq!(
+            check(&json(&clear), &clear.pcr16).unwrap().encrypted_layers,
+            None
+        );
+        // The key name, the set of layers and their order each change PCR16.
+        let pcrs = [
+            clear.pcr16,
+            two.pcr16,
+            log(enc("other-key", vec![d('1'), d('2')])).pcr16,
+            log(enc("image-key", vec![d('2'), d('1')])).pcr16,
+            log(enc("image-key", vec![d('1')])).pcr16,
+            log(enc("", vec![d('1'), d('2')])).pcr16,
+        ];
+        let distinct: std::collections::BTreeSet<_> = pcrs.iter().collect();
+        assert_eq!(distinct.len(), pcrs.len(), "{pcrs:?}");
+        // A key from outside the configuration is shown as "-", which no secret is named.
+        let outside = log(enc("", vec![d('1')]));
+        assert_eq!(outside.events[4].value, format!("- {}", d('1')));
+        assert_eq!(
+            check(&json(&outside), &outside.pcr16)
+                .unwrap()
+                .encrypted_layers,
+            enc("", vec![d('1')])
+        );
+    }
+
+    #[test]
+    fn encrypted_layers_out_of_place_or_malformed_are_refused() {
+        let cid = raw_cid(b"image");
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let ev = |k: Kind, data: Vec<u8>| Event::new(k, encoded_value(k, &data).unwrap(), data);
+        let enc = ev(
+            Kind::EncryptedLayers,
+            [b"k\0".to_vec(), d('1').into_bytes()].concat(),
+        );
+        let head = || {
+            vec![
+                ev(Kind::ImageReference, format!("ipfs://{cid}").into_bytes()),
+                ev(Kind::RootCid, cid.to_bytes()),
+                ev(Kind::ManifestDigest, d('a').into_bytes()),
+                ev(Kind::ConfigDigest, d('c').into_bytes()),
+            ]
+        };
+        let helper = ev(
+            Kind::Helper,
+            [b"a\0".to_vec(), d('1').into_bytes()].concat(),
+        );
+        let runtime = ev(Kind::RuntimeConfig, d('e').into_bytes());
+        for (tail, want) in [
+            (
+                vec![helper.clone(), enc.clone(), runtime.clone()],
+                "event 6 (encrypted-layers): out of order",
+            ),
+            (
+                vec![enc.clone(), enc.clone(), runtime.clone()],
+                "event 6 (encrypted-layers): out of order",
+            ),
+            (vec![enc.clone()], "without runtime-config"),
+        ] {
+            let (v, pcr16) = log_of([head(), tail].concat());
+            let e = check(&v, &pcr16).unwrap_err();
+            assert!(e.to_string().contains(want), "{want}: {e}");
+        }
+        let (v, pcr16) = log_of([head(), vec![enc, helper, runtime]].concat());
+        assert!(check(&v, &pcr16).is_ok());
+        let many = vec![d('1'); MAX_LAYERS + 1];
+        for (data, want) in [
+            (b"k".to_vec(), "names 0 layers"),
+            (b"k\0".to_vec(), "is not sha256:"),
+            (
+                [b"k\0".to_vec(), d('1').into_bytes(), b"\0".to_vec()].concat(),
+                "is not sha256:",
+            ),
+            (
+                [b"-\0".to_vec(), d('1').into_bytes()].concat(),
+                "which is no [[secrets]] name",
+            ),
+            (
+                [b"a b\0".to_vec(), d('1').into_bytes()].concat(),
+                "which is no [[secrets]] name",
+            ),
+            (
+                [b"k\0".to_vec(), d('A').into_bytes()].concat(),
+                "is not sha256:",
+            ),
+            (
+                [b"k\0".to_vec(), many.join("\0").into_bytes()].concat(),
+                "names 257 layers",
+            ),
+        ] {
+            let e = encoded_value(Kind::EncryptedLayers, &data).unwrap_err();
+            assert!(e.contains(want), "{want}: {e}");
+        }
     }
 }
