@@ -712,3 +712,37 @@ fn what_a_hostile_endpoint_says_reaches_the_terminal_defused_and_cut() {
     assert_eq!(code, Some(125), "{stderr:.2000}");
     shown_defused(&stderr, "the pin ended `failed`: ");
 }
+
+#[test]
+fn a_pin_reported_pinned_must_name_the_cid_that_was_asked_for() {
+    let work = tempfile::tempdir().unwrap();
+    let (dir, cid, _) = layout(work.path());
+    let dir = dir.to_str().unwrap();
+    // `pinned` at once, with no `pin` (which the Pinning Service API requires), then with
+    // another CID's: neither says that this CID is pinned.
+    let silent = Hostile::start(|_, _| {
+        let doc = serde_json::json!({"requestid": "r-1", "status": "pinned"});
+        (202, "application/json", doc.to_string().into_bytes())
+    });
+    let other = Hostile::start(|_, _| {
+        let doc = serde_json::json!({"requestid": "r-1", "status": "pinned",
+            "pin": {"cid": "bafkqaaa"}});
+        (202, "application/json", doc.to_string().into_bytes())
+    });
+    for (pins, says) in [
+        (
+            &silent,
+            "its pin status says `pinned` but names no CID (pin.cid)".to_string(),
+        ),
+        (&other, format!("it pinned bafkqaaa, not {cid}")),
+    ] {
+        let to = format!("pins:{}", pins.url);
+        let (code, stdout, stderr) = publish(
+            &[dir, "--to", &to, "--json"],
+            &[("CIDBOOT_PINS_TOKEN", "t")],
+            work.path(),
+        );
+        assert_eq!(code, Some(125), "{stdout}\n{stderr}");
+        assert!(stderr.contains(&format!("{to}: {says}")), "{stderr}");
+    }
+}

@@ -142,16 +142,23 @@ pub(super) async fn pin(
         wait = (wait * 2).min(POLL_MAX);
         status = call(up, dest, &origin, &format!("{base}/pins/{id}"), &auth, None).await?;
     }
-    let pinned = status["pin"]["cid"].as_str().map(str::to_string);
-    if let Some(p) = pinned.as_deref().filter(|p| *p != cid) {
+    // The API's status always carries the pin it is about; without its CID, `pinned` says
+    // nothing of this one.
+    let Some(pinned) = status["pin"]["cid"].as_str().map(str::to_string) else {
         return Err(UploadError::Answer {
             dest: dest.to_string(),
-            reason: format!("it pinned {}, not {cid}", said(p)),
+            reason: "its pin status says `pinned` but names no CID (pin.cid)".into(),
+        });
+    };
+    if pinned != cid {
+        return Err(UploadError::Answer {
+            dest: dest.to_string(),
+            reason: format!("it pinned {}, not {cid}", said(&pinned)),
         });
     }
     Ok(Uploaded {
         to: dest.to_string(),
         location: format!("{origin}{base}/pins/{id}"),
-        cid: pinned,
+        cid: Some(pinned),
     })
 }
