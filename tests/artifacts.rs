@@ -522,13 +522,13 @@ fn inspect_shows_what_a_hostile_artifact_says_without_its_control_characters() {
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": MT_MANIFEST,
-        "artifactType": EIGEN_TYPE,
+        "artifactType": format!("application/x-{hostile}"),
         "config": config,
         "layers": [layer],
         "annotations": {"org.opencontainers.image.description": hostile, hostile: "key"},
     });
     let mut d = put_blob(&dir, MT_MANIFEST, &serde_json::to_vec(&manifest).unwrap());
-    d["artifactType"] = json!(EIGEN_TYPE);
+    d["artifactType"] = json!(format!("application/x-{hostile}"));
     add_index_entry(&dir, d);
     let car = work.path().join("artifact.car");
     let root = ipfs_car_pack(&dir, &car, false);
@@ -552,7 +552,29 @@ fn inspect_shows_what_a_hostile_artifact_says_without_its_control_characters() {
         "org.opencontainers.image.description: \\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{9b}32mverified",
         "\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{9b}32mverified: key",
         "  \\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{9b}32mverified.yaml",
+        "artifact_type:   application/x-\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{9b}32mverified",
     ] {
         assert!(out.stdout.contains(shown), "{shown}\n{}", out.stdout);
     }
+    // An error that quotes it (here unpack's, refusing an artifact) is shown the same way.
+    let rootfs = work.path().join("root");
+    let out = run(&[
+        "unpack",
+        &format!("ipfs://{root}"),
+        "--gateway",
+        &gw.url,
+        "--ca",
+        gw.ca.to_str().unwrap(),
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+    ]);
+    assert!(!out.ok);
+    assert!(
+        !out.stderr.contains(['\u{1b}', '\u{7}', '\u{9b}'])
+            && out.stderr.contains(
+                "error: this is an OCI artifact (artifactType application/x-\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{9b}32mverified), not a runnable image"
+            ),
+        "{:?}",
+        out.stderr
+    );
 }
