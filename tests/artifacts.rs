@@ -500,3 +500,81 @@ fn artifact_refuses_bad_inputs_and_leaves_nothing() {
         .collect();
     assert!(names.iter().all(|n| !n.contains("partial")), "{names:?}");
 }
+
+#[test]
+fn inspect_shows_what_a_hostile_artifact_says_without_its_control_characters() {
+    // Anyone can publish a CID, and its strings are the publisher's: here terminal controls
+    // (a title, a screen clear, the one-byte CSI) that would have `inspect` draw what it likes.
+    let hostile = "\u{1b}]0;owned\u{7}\u{1b}[2J\u{9b}32mverified";
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("artifact");
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": []}))
+            .unwrap(),
+    )
+    .unwrap();
+    let config = put_blob(&dir, EIGEN_CONFIG, br#"{"version":1}"#);
+    let mut layer = put_blob(&dir, "text/yaml", SPEC);
+    layer["annotations"] = json!({"org.opencontainers.image.title": format!("{hostile}.yaml")});
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": MT_MANIFEST,
+        "artifactType": format!("application/x-{hostile}"),
+        "config": config,
+        "layers": [layer],
+        "annotations": {"org.opencontainers.image.description": hostile, hostile: "key"},
+    });
+    let mut d = put_blob(&dir, MT_MANIFEST, &serde_json::to_vec(&manifest).unwrap());
+    d["artifactType"] = json!(format!("application/x-{hostile}"));
+    add_index_entry(&dir, d);
+    let car = work.path().join("artifact.car");
+    let root = ipfs_car_pack(&dir, &car, false);
+    let gw = Gateway::start(&[car], work.path());
+    let out = run(&[
+        "inspect",
+        &format!("ipfs://{root}"),
+        "--gateway",
+        &gw.url,
+        "--ca",
+        gw.ca.to_str().unwrap(),
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        !out.stdout.contains(['\u{1b}', '\u{7}', '\u{9b}']),
+        "{:?}",
+        out.stdout
+    );
+    // Shown, escaped, so that a reader sees what the artifact holds.
+    for shown in [
+        "org.opencontainers.image.description: \\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{9b}32mverified",
+        "\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{9b}32mverified: key",
+        "  \\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{9b}32mverified.yaml",
+        "artifact_type:   application/x-\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{9b}32mverified",
+    ] {
+        assert!(out.stdout.contains(shown), "{shown}\n{}", out.stdout);
+    }
+    // An error that quotes it (here unpack's, refusing an artifact) is shown the same way.
+    let rootfs = work.path().join("root");
+    let out = run(&[
+        "unpack",
+        &format!("ipfs://{root}"),
+        "--gateway",
+        &gw.url,
+        "--ca",
+        gw.ca.to_str().unwrap(),
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+    ]);
+    assert!(!out.ok);
+    assert!(
+        !out.stderr.contains(['\u{1b}', '\u{7}', '\u{9b}'])
+            && out.stderr.contains(
+                "error: this is an OCI artifact (artifactType application/x-\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{9b}32mverified), not a runnable image"
+            ),
+        "{:?}",
+        out.stderr
+    );
+}

@@ -287,6 +287,37 @@ fn inspect_shows_the_encrypted_layers_and_unpack_without_the_key_names_them() {
         out.stderr
     );
     assert_nothing_applied(&rootfs);
+
+    // The public options are the publisher's text: a cipher named with terminal controls is
+    // shown escaped, never acted on.
+    rewrite_layer(&layout, 1, |d, _| {
+        use base64::Engine as _;
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        let key = "org.opencontainers.image.enc.pubopts";
+        let mut opts: Value =
+            serde_json::from_slice(&b64.decode(d["annotations"][key].as_str().unwrap()).unwrap())
+                .unwrap();
+        opts["cipher"] = json!("\u{1b}[2J\u{9b}32mAES_256_CTR_HMAC_SHA256");
+        d["annotations"][key] = json!(b64.encode(serde_json::to_vec(&opts).unwrap()));
+    });
+    let (reference, gw) = serve(&layout, work.path());
+    let human = run(&[
+        "inspect",
+        &reference,
+        "--gateway",
+        &gw.url,
+        "--ca",
+        gw.ca.to_str().unwrap(),
+    ]);
+    assert!(human.ok, "{}", human.stderr);
+    assert!(
+        !human.stdout.contains(['\u{1b}', '\u{9b}'])
+            && human
+                .stdout
+                .contains("encrypted: \\u{1b}[2J\\u{9b}32mAES_256_CTR_HMAC_SHA256; recipients: "),
+        "{:?}",
+        human.stdout
+    );
 }
 
 #[test]

@@ -700,6 +700,48 @@ fn the_workload_and_an_aws_sdk_get_answers_through_the_proxy_under_cidboot_run()
         assert_eq!(e["status"], 400, "{sdk}");
         assert!(e["message"].as_str().unwrap().contains(target), "{sdk}");
     }
+    // What only cidboot opens stays cidboot's: the same key and statement admit this enclave,
+    // but the workload cannot have the proxy open a sealed secret (here an image's decryption
+    // key, which no `env` or `file` hands it), nor make a data key under a secret's name, whose
+    // ciphertext a parent could serve back as that secret, its value known to the workload.
+    let image_key = rt
+        .block_on(kms.client(&tls.ca, None).encrypt(
+            &key,
+            b"-----BEGIN PRIVATE KEY-----",
+            &cidboot::kms::sealed::context("image-key"),
+        ))
+        .unwrap();
+    let proxy: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let sealed_ctx = json!({"cidboot:secret": "image-key"});
+    refused(
+        post(
+            proxy,
+            "TrentService.Decrypt",
+            &json!({"CiphertextBlob": b64(&image_key.ciphertext), "KeyId": key,
+                "EncryptionContext": sealed_ctx})
+            .to_string(),
+        ),
+        400,
+        "ValidationException",
+        "EncryptionContext name \"cidboot:secret\" is reserved",
+    );
+    refused(
+        post(
+            proxy,
+            "TrentService.GenerateDataKey",
+            &json!({"KeyId": key, "KeySpec": "AES_256",
+                "EncryptionContext": {"purpose": "x", "cidboot:secret": "db-password"}})
+            .to_string(),
+        ),
+        400,
+        "ValidationException",
+        "reserved",
+    );
+    // Its own contexts still work.
+    assert_eq!(
+        boto3(dir, &url, &sealed.ciphertext, &key)["decrypt"]["ok"]["sha256"],
+        sha256_hex(secret)
+    );
     assert_eq!(booted.stop(), Some(143));
 
     // One byte of the configuration: another PCR16, which the statement does not admit. KMS

@@ -562,3 +562,187 @@ fn a_car_of_hundreds_of_megabytes_is_published_in_bounded_memory() {
     assert_eq!(stdout.lines().last(), Some(cid.as_str()), "{stdout}");
     assert!(peak < PUBLISH_BOUND, "peak {} MiB", peak >> 20);
 }
+
+/// What a hostile endpoint answers a request (its path and body): status, type, body.
+type Answer = fn(&str, &[u8]) -> (u16, &'static str, Vec<u8>);
+
+/// A hostile publishing endpoint on loopback (plain HTTP, which destinations take with a
+/// warning): reads each request whole, then answers what `answer` makes of its path and body.
+struct Hostile {
+    url: String,
+}
+
+impl Hostile {
+    fn start(answer: Answer) -> Hostile {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 64 * 1024];
+                let head_end = loop {
+                    if let Some(p) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break req.len(),
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&req[..head_end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                while req.len() < head_end + len {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                let (status, ctype, body) = answer(&path, &req[head_end..]);
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status} Hostile\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(&body);
+            }
+        });
+        Hostile { url }
+    }
+}
+
+/// What a hostile endpoint says: terminal controls (a title, a screen clear, the one-byte
+/// CSI of C1) around a visible word, then 300 KB, within what an answer may be.
+fn hostile_words() -> String {
+    format!(
+        "\u{1b}]0;owned\u{7}\u{1b}[2Jowned\u{9b}31m{}",
+        "A".repeat(300_000)
+    )
+}
+
+/// An error shows what the endpoint said, but nothing a terminal acts on and not all of it.
+#[track_caller]
+fn shown_defused(stderr: &str, says: &str) {
+    assert!(stderr.contains(says), "{stderr:.2000}");
+    assert!(stderr.contains("owned"), "{stderr:.2000}");
+    assert!(
+        !stderr.contains(['\u{1b}', '\u{7}', '\u{9b}']),
+        "{:?}",
+        &stderr[..stderr.len().min(2000)]
+    );
+    assert!(stderr.len() < 8 * 1024, "{} bytes of error", stderr.len());
+}
+
+#[test]
+fn what_a_hostile_endpoint_says_reaches_the_terminal_defused_and_cut() {
+    let work = tempfile::tempdir().unwrap();
+    let (dir, _, _) = layout(work.path());
+    let dir = dir.to_str().unwrap();
+    let home = work.path();
+
+    // A bucket's XML error, a kubo error document, a Pinning Service error document.
+    let s3 = Hostile::start(|_, _| {
+        let doc = format!(
+            "<Error><Code>AccessDenied{}</Code><Message>{}</Message></Error>",
+            "\u{1b}[2J",
+            hostile_words()
+        );
+        (403, "application/xml", doc.into_bytes())
+    });
+    let (code, _, stderr) = publish(
+        &[dir, "--to", "s3://bucket-1"],
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIDHOSTILETEST00000"),
+            ("AWS_SECRET_ACCESS_KEY", "hostile"),
+            ("AWS_ENDPOINT_URL_S3", &s3.url),
+        ],
+        home,
+    );
+    assert_eq!(code, Some(125), "{stderr:.2000}");
+    shown_defused(&stderr, "s3://bucket-1: HTTP 403: AccessDenied");
+
+    let rpc = Hostile::start(|_, _| {
+        let doc = serde_json::json!({"Message": hostile_words(), "Code": 0, "Type": "error"});
+        (500, "application/json", doc.to_string().into_bytes())
+    });
+    let to = format!("rpc:{}", rpc.url);
+    let (code, _, stderr) = publish(&[dir, "--to", &to], &[("CIDBOOT_RPC_TOKEN", "t")], home);
+    assert_eq!(code, Some(125), "{stderr:.2000}");
+    shown_defused(&stderr, &format!("{to}: HTTP 500: "));
+
+    // An import that names the right root but says it could not pin it.
+    let rpc = Hostile::start(|_, body| {
+        let body = String::from_utf8_lossy(body);
+        let cid = body
+            .split("filename=\"")
+            .nth(1)
+            .and_then(|s| s.split(".car\"").next())
+            .unwrap()
+            .to_string();
+        let line = serde_json::json!({"Root": {"Cid": {"/": cid}, "PinErrorMsg": hostile_words()}});
+        (200, "application/json", format!("{line}\n").into_bytes())
+    });
+    let to = format!("rpc:{}", rpc.url);
+    let (code, _, stderr) = publish(&[dir, "--to", &to], &[("CIDBOOT_RPC_TOKEN", "t")], home);
+    assert_eq!(code, Some(125), "{stderr:.2000}");
+    shown_defused(&stderr, "could not pin it: ");
+
+    let pins = Hostile::start(|_, _| {
+        let doc = serde_json::json!({"error": {"reason": "BAD_REQUEST\u{1b}[2J", "details": hostile_words()}});
+        (400, "application/json", doc.to_string().into_bytes())
+    });
+    let to = format!("pins:{}", pins.url);
+    let (code, _, stderr) = publish(&[dir, "--to", &to], &[("CIDBOOT_PINS_TOKEN", "t")], home);
+    assert_eq!(code, Some(125), "{stderr:.2000}");
+    shown_defused(&stderr, &format!("{to}: HTTP 400: BAD_REQUEST"));
+
+    // A pin that fails at once, its info a large object of hostile strings.
+    let pins = Hostile::start(|_, _| {
+        let doc = serde_json::json!({"requestid": "r-1", "status": "failed",
+            "info": {"why": hostile_words()}});
+        (202, "application/json", doc.to_string().into_bytes())
+    });
+    let to = format!("pins:{}", pins.url);
+    let (code, _, stderr) = publish(&[dir, "--to", &to], &[("CIDBOOT_PINS_TOKEN", "t")], home);
+    assert_eq!(code, Some(125), "{stderr:.2000}");
+    shown_defused(&stderr, "the pin ended `failed`: ");
+}
+
+#[test]
+fn a_pin_reported_pinned_must_name_the_cid_that_was_asked_for() {
+    let work = tempfile::tempdir().unwrap();
+    let (dir, cid, _) = layout(work.path());
+    let dir = dir.to_str().unwrap();
+    // `pinned` at once, with no `pin` (which the Pinning Service API requires), then with
+    // another CID's: neither says that this CID is pinned.
+    let silent = Hostile::start(|_, _| {
+        let doc = serde_json::json!({"requestid": "r-1", "status": "pinned"});
+        (202, "application/json", doc.to_string().into_bytes())
+    });
+    let other = Hostile::start(|_, _| {
+        let doc = serde_json::json!({"requestid": "r-1", "status": "pinned",
+            "pin": {"cid": "bafkqaaa"}});
+        (202, "application/json", doc.to_string().into_bytes())
+    });
+    for (pins, says) in [
+        (
+            &silent,
+            "its pin status says `pinned` but names no CID (pin.cid)".to_string(),
+        ),
+        (&other, format!("it pinned bafkqaaa, not {cid}")),
+    ] {
+        let to = format!("pins:{}", pins.url);
+        let (code, stdout, stderr) = publish(
+            &[dir, "--to", &to, "--json"],
+            &[("CIDBOOT_PINS_TOKEN", "t")],
+            work.path(),
+        );
+        assert_eq!(code, Some(125), "{stdout}\n{stderr}");
+        assert!(stderr.contains(&format!("{to}: {says}")), "{stderr}");
+    }
+}

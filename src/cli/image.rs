@@ -212,23 +212,42 @@ fn layout_name(k: oci::RootKind) -> String {
         .to_string()
 }
 
+/// A string from the image or artifact, fit for a terminal: its publisher chose it, so its
+/// control characters (which a terminal acts on: titles, colours, clearing the screen, the
+/// one-byte CSI) and line separators are shown as `\u{..}` escapes.
+fn plain(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
+    if !s.chars().any(unsafe_char) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
 fn print_human(o: &ImageOut) -> Result<(), CliError> {
     outln!("cid:             {}", o.cid)?;
     outln!("layout:          {}", layout_name(o.layout))?;
-    outln!("platform:        {}", o.platform)?;
+    outln!("platform:        {}", plain(&o.platform))?;
     outln!("manifest_digest: {}", o.manifest_digest)?;
     outln!("config_digest:   {}", o.config_digest)?;
     outln!("layers:")?;
     for l in &o.layers {
-        outln!("  {}  {:>12}  {}", l.digest, l.size, l.media_type)?;
+        outln!("  {}  {:>12}  {}", l.digest, l.size, plain(&l.media_type))?;
         if let Some(e) = &l.encryption {
             outln!(
                 "    encrypted: {}; recipients: {}",
-                e.cipher.as_deref().unwrap_or("cipher not named"),
+                plain(e.cipher.as_deref().unwrap_or("cipher not named")),
                 if e.recipients.is_empty() {
                     "none".to_string()
                 } else {
-                    e.recipients.join(", ")
+                    plain(&e.recipients.join(", ")).into_owned()
                 }
             )?;
         }
@@ -239,13 +258,13 @@ fn print_human(o: &ImageOut) -> Result<(), CliError> {
 fn print_artifact(o: &ArtifactOut) -> Result<(), CliError> {
     outln!("cid:             {}", o.cid)?;
     outln!("layout:          {}", layout_name(o.layout))?;
-    outln!("artifact_type:   {}", o.artifact_type)?;
+    outln!("artifact_type:   {}", plain(&o.artifact_type))?;
     outln!("manifest_digest: {}", o.manifest_digest)?;
     outln!(
         "config:          {}  {}  {}",
         o.config.digest,
         o.config.size,
-        o.config.media_type
+        plain(&o.config.media_type)
     )?;
     if let Some(s) = &o.subject {
         outln!("subject:         {s}")?;
@@ -256,17 +275,17 @@ fn print_artifact(o: &ArtifactOut) -> Result<(), CliError> {
             "  {}  {:>12}  {}{}",
             l.digest,
             l.size,
-            l.media_type,
+            plain(&l.media_type),
             l.title
                 .as_deref()
-                .map(|t| format!("  {t}"))
+                .map(|t| format!("  {}", plain(t)))
                 .unwrap_or_default()
         )?;
     }
     if !o.annotations.is_empty() {
         outln!("annotations:")?;
         for (k, v) in &o.annotations {
-            outln!("  {k}: {v}")?;
+            outln!("  {}: {}", plain(k), plain(v))?;
         }
     }
     outln!("total_size:      {}", o.total_size)

@@ -402,8 +402,23 @@ fn report(e: &CliError, code: u8, json: bool, run: bool) {
         let _ = outln!("{}", serde_json::to_string(&v).unwrap_or_default());
     }
     if !matches!(e, CliError::Interrupted(_)) {
-        errln!("error: {e}");
+        errln!("error: {}", terminal_safe(&e.to_string()));
     }
+}
+
+/// An error's text for the terminal. It may quote what an image, a gateway or an endpoint
+/// said, so every control character but the newlines and tabs of its own layout is shown as
+/// a `\u{..}` escape, never acted on.
+fn terminal_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if (c.is_control() && c != '\n' && c != '\t') || c == '\u{2028}' || c == '\u{2029}' {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn init_logging(json: bool, quiet: bool) {

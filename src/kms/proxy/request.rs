@@ -17,6 +17,11 @@ pub const MAX_GRANT_TOKEN: usize = 8192;
 /// Most bytes of names and values together in one encryption context (cidboot's bound: a
 /// context is a few short strings).
 pub const MAX_CONTEXT: usize = 8192;
+/// The encryption-context names cidboot keeps for itself ([`crate::kms::sealed::CONTEXT_KEY`]
+/// among them). A `Decrypt` with one would open a sealed secret the configuration hands to
+/// cidboot alone; a `GenerateDataKey` would make a ciphertext under a secret's name whose
+/// value the workload knows, which a parent could then serve as that secret.
+pub const RESERVED_CONTEXT: &str = "cidboot:";
 /// Longest custom key store id (KMS's own limit).
 pub const MAX_KEY_STORE_ID: usize = 64;
 
@@ -207,6 +212,12 @@ fn check(name: &str, kind: Kind, v: Value) -> Result<Value, Refusal> {
             };
             let mut total = 0usize;
             for (k, v) in &m {
+                if k.starts_with(RESERVED_CONTEXT) {
+                    let shown: String = k.chars().take(64).collect();
+                    return Err(invalid(format!(
+                        "{name} name {shown:?} is reserved: names starting with {RESERVED_CONTEXT:?} bind cidboot's own sealed secrets (such as an image's decryption key), which the proxy neither opens nor makes for the workload"
+                    )));
+                }
                 let Value::String(s) = v else {
                     return Err(malformed(format!(
                         "{name} {k:?}: the value must be a string"
@@ -462,6 +473,18 @@ mod tests {
                 r#"{"CiphertextBlob":"AQID","Recipient":{}}"#,
                 "ValidationException",
                 "Recipient is not accepted",
+            ),
+            (
+                Op::Decrypt,
+                r#"{"CiphertextBlob":"AQID","EncryptionContext":{"cidboot:secret":"image-key"}}"#,
+                "ValidationException",
+                "\"cidboot:secret\" is reserved",
+            ),
+            (
+                Op::GenerateDataKey,
+                r#"{"KeyId":"k","EncryptionContext":{"a":"b","cidboot:other":"x"}}"#,
+                "ValidationException",
+                "\"cidboot:other\" is reserved",
             ),
             (
                 Op::Decrypt,

@@ -24,6 +24,8 @@ pub const MAX_ANSWER: usize = 1 << 20;
 pub const MAX_CAR: u64 = 4 << 30;
 /// Largest token file read.
 pub const MAX_TOKEN_FILE: u64 = 64 << 10;
+/// Most characters of a destination's own words shown in an error.
+pub const MAX_SAID: usize = 1024;
 
 /// Where a CAR goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,6 +284,27 @@ pub(crate) async fn body(dest: &Destination, resp: Response) -> Result<Vec<u8>, 
         })
 }
 
+/// What a destination said, fit for an error on a terminal: its control characters (which a
+/// terminal acts on: titles, colours, clearing the screen, the one-byte CSI) and line
+/// separators as spaces, cut after [`MAX_SAID`] characters (marked with `…`).
+pub(crate) fn said(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(MAX_SAID)
+        .map(|c| {
+            if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
+    if text.chars().nth(MAX_SAID).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// What a status says, in words, beside the destination's own message.
 pub(crate) fn refused(dest: &Destination, status: u16, message: String) -> UploadError {
     let hint = match status {
@@ -294,7 +317,7 @@ pub(crate) fn refused(dest: &Destination, status: u16, message: String) -> Uploa
     UploadError::Refused {
         dest: dest.to_string(),
         status,
-        message: format!("{message}{hint}"),
+        message: format!("{}{hint}", said(&message)),
     }
 }
 
@@ -335,6 +358,18 @@ mod tests {
             let e = bad.parse::<Destination>().unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn what_a_destination_said_is_shown_without_controls_and_cut() {
+        assert_eq!(
+            said("Access\u{1b}[2JDenied\u{9b}1m\n"),
+            "Access [2JDenied 1m "
+        );
+        let long = said(&"é".repeat(MAX_SAID + 1));
+        assert_eq!(long.chars().count(), MAX_SAID + 1);
+        assert!(long.ends_with("é…"));
+        assert_eq!(said(&"é".repeat(MAX_SAID)), "é".repeat(MAX_SAID));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{body, refused, token, transport, Destination, UploadError, Uploaded, Uploader};
+use super::{body, refused, said, token, transport, Destination, UploadError, Uploaded, Uploader};
 use crate::transport::http::Origin;
 
 /// The environment variable holding the provider's access token (or `…_FILE`).
@@ -61,7 +61,7 @@ async fn call(
     }
     serde_json::from_str(&text).map_err(|e| UploadError::Answer {
         dest: dest.to_string(),
-        reason: format!("a pin status that is not JSON ({e}): {text:.300}"),
+        reason: format!("a pin status that is not JSON ({e}): {}", said(&text)),
     })
 }
 
@@ -99,7 +99,10 @@ pub(super) async fn pin(
         })
         .ok_or_else(|| UploadError::Answer {
             dest: dest.to_string(),
-            reason: format!("a pin status without a usable requestid: {status:.300}"),
+            reason: format!(
+                "a pin status without a usable requestid: {}",
+                said(&status.to_string())
+            ),
         })?
         .to_string();
     let started = Instant::now();
@@ -115,7 +118,7 @@ pub(super) async fn pin(
                     answer: if info.is_null() {
                         "the provider gave no details".into()
                     } else {
-                        info.to_string()
+                        said(&info.to_string())
                     },
                 });
             }
@@ -123,7 +126,7 @@ pub(super) async fn pin(
             other => {
                 return Err(UploadError::Answer {
                     dest: dest.to_string(),
-                    reason: format!("an unknown pin status {other:?}"),
+                    reason: format!("an unknown pin status {:?}", said(other)),
                 })
             }
         }
@@ -139,16 +142,23 @@ pub(super) async fn pin(
         wait = (wait * 2).min(POLL_MAX);
         status = call(up, dest, &origin, &format!("{base}/pins/{id}"), &auth, None).await?;
     }
-    let pinned = status["pin"]["cid"].as_str().map(str::to_string);
-    if let Some(p) = pinned.as_deref().filter(|p| *p != cid) {
+    // The API's status always carries the pin it is about; without its CID, `pinned` says
+    // nothing of this one.
+    let Some(pinned) = status["pin"]["cid"].as_str().map(str::to_string) else {
         return Err(UploadError::Answer {
             dest: dest.to_string(),
-            reason: format!("it pinned {p}, not {cid}"),
+            reason: "its pin status says `pinned` but names no CID (pin.cid)".into(),
+        });
+    };
+    if pinned != cid {
+        return Err(UploadError::Answer {
+            dest: dest.to_string(),
+            reason: format!("it pinned {}, not {cid}", said(&pinned)),
         });
     }
     Ok(Uploaded {
         to: dest.to_string(),
         location: format!("{origin}{base}/pins/{id}"),
-        cid: pinned,
+        cid: Some(pinned),
     })
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::Method;
 
 use super::{
-    body, car_body, refused, token, transport, Destination, UploadError, Uploaded, Uploader,
+    body, car_body, refused, said, token, transport, Destination, UploadError, Uploaded, Uploader,
 };
 use crate::transport::http::Origin;
 
@@ -63,20 +63,20 @@ pub(super) async fn import(
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| UploadError::Answer {
             dest: dest.to_string(),
-            reason: format!("an answer line that is not JSON ({e}): {line:.200}"),
+            reason: format!("an answer line that is not JSON ({e}): {}", said(line)),
         })?;
         let Some(root) = v.get("Root") else { continue };
         let got = root["Cid"]["/"].as_str().unwrap_or_default();
         if got != cid {
             return Err(UploadError::Answer {
                 dest: dest.to_string(),
-                reason: format!("it imported root {got:?}, not {cid}"),
+                reason: format!("it imported root {:?}, not {cid}", said(got)),
             });
         }
         if let Some(e) = root["PinErrorMsg"].as_str().filter(|e| !e.is_empty()) {
             return Err(UploadError::Answer {
                 dest: dest.to_string(),
-                reason: format!("it imported {cid} but could not pin it: {e}"),
+                reason: format!("it imported {cid} but could not pin it: {}", said(e)),
             });
         }
         pinned = true;
@@ -85,8 +85,8 @@ pub(super) async fn import(
         return Err(UploadError::Answer {
             dest: dest.to_string(),
             reason: format!(
-                "its answer names no pinned root (is it a dag/import endpoint?): {:.300}",
-                text.trim()
+                "its answer names no pinned root (is it a dag/import endpoint?): {}",
+                said(text.trim())
             ),
         });
     }
