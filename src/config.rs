@@ -835,6 +835,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn transparent_egress_bounds_are_checked() {
+        let ok = Loaded::parse(
+            b"[egress]\ntransparent = true\nallow = [\"a.test:443\", \"10.0.0.0/8:5432\"]\nmax_connections = 8\ndns_queries_per_sec = 5\nidle_timeout_secs = 30\n".to_vec(),
+        )
+        .unwrap();
+        let l = ok.config.egress.transparent_limits();
+        assert_eq!(
+            (
+                l.max_connections,
+                l.dns_queries_per_sec,
+                l.idle_timeout.as_secs()
+            ),
+            (8, 5, 30)
+        );
+        for (text, want) in [
+            ("[egress]\nmax_connections = 8\n", "set transparent = true"),
+            (
+                "[egress]\ntransparent = true\nmax_connections = 0\n",
+                "max_connections must be 1..=65536",
+            ),
+            (
+                "[egress]\ntransparent = true\ndns_queries_per_sec = 0\n",
+                "dns_queries_per_sec must be",
+            ),
+            (
+                "[egress]\ntransparent = true\nidle_timeout_secs = 100000\n",
+                "idle_timeout_secs must be",
+            ),
+            (
+                "[egress]\nallow = [\"10.0.0.1/8:1\"]\n",
+                "bits set past the prefix length",
+            ),
+        ] {
+            let e = Loaded::parse(text.as_bytes().to_vec())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn parses_and_validates() {
         let pin = format!("sha256:{}", "ab".repeat(32));
         let text = format!(

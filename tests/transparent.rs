@@ -371,7 +371,7 @@ echo "redis-get: $(redis-cli -h redis.test -p {redis_port} GET cidboot)"
         r.line(&format!("probe: connect echo.test:{redis_port} ")),
         "reset"
     );
-    assert_eq!(r.line(&format!("probe: connect echo.test:9 ")), "refused");
+    assert_eq!(r.line("probe: connect echo.test:9 "), "refused");
     // A listed block reaches its address; one outside it has no route; an address of the
     // resolver's range it never handed out is refused.
     assert_eq!(
@@ -429,4 +429,78 @@ echo "redis-get: $(redis-cli -h redis.test -p {redis_port} GET cidboot)"
             r.stderr
         );
     }
+}
+
+/// A `cidboot host` with only an egress proxy (internal destinations refused, its default);
+/// returns it and the proxy's address.
+fn parent_host(allow: &str, work: &Path) -> (KillOnDrop, String, Arc<Mutex<String>>) {
+    let cfg = work.join("host.toml");
+    // The gateway the run fetches from is on 127.0.0.1, a literal the parent connects to as
+    // given.
+    std::fs::write(
+        &cfg,
+        format!("[egress]\nlisten = \"tcp:127.0.0.1:0\"\nallow = [\"{allow}\", \"127.0.0.1:*\"]\n"),
+    )
+    .unwrap();
+    let mut child = cidboot()
+        .args(["host", "--config"])
+        .arg(&cfg)
+        .env("CIDBOOT_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stderr.take().unwrap();
+    let child = KillOnDrop(child);
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let keep = log.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if let Some(a) = line.split("egress proxy listening on ").nth(1) {
+                let _ = tx.send(a.trim().to_string());
+            }
+            keep.lock().unwrap().push_str(&format!("{line}\n"));
+        }
+    });
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("cidboot host announces its egress proxy");
+    (child, addr, log)
+}
+
+#[test]
+fn a_name_the_parent_resolves_to_an_internal_address_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let echo = echo_server();
+    let (_host, parent, host_log) = parent_host(&format!("localhost:{echo}"), work.path());
+    // The workload's resolver hands `localhost` (an allowlisted name) an address of its own
+    // range; the parent resolves it to 127.0.0.1 and refuses.
+    let img = client_image(&format!("/bin/probe connect localhost:{echo}\n"), b"");
+    let cfg = transparent_config(&[format!("localhost:{echo}")], "");
+    let r = run_image(&img, Some(&cfg), None, &["--parent-egress", &parent]);
+    let all = format!("{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.code, Some(0), "{all}");
+    assert!(
+        r.stderr
+            .contains("dns: answered name=localhost address=198.18."),
+        "{all}"
+    );
+    assert_eq!(
+        r.line(&format!("probe: connect localhost:{echo} ")),
+        "reset",
+        "{all}"
+    );
+    assert!(
+        r.stderr.contains("egress connect failed")
+            && r.stderr.contains(&format!("localhost:{echo}")),
+        "{}",
+        r.stderr
+    );
+    let host_log = host_log.lock().unwrap().clone();
+    assert!(
+        host_log.contains(&format!("localhost:{echo}")) && host_log.contains("internal"),
+        "{host_log}"
+    );
 }

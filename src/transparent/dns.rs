@@ -177,7 +177,7 @@ mod tests {
         let mut q = id.to_be_bytes().to_vec();
         q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
         for l in name.split('.') {
-            q.push(l.len() as u8);
+            q.push(u8::try_from(l.len()).unwrap());
             q.extend_from_slice(l.as_bytes());
         }
         q.push(0);
