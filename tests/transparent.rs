@@ -504,3 +504,41 @@ fn a_name_the_parent_resolves_to_an_internal_address_is_refused() {
         "{host_log}"
     );
 }
+
+#[test]
+fn the_resolver_rate_and_the_connection_limit_are_enforced() {
+    let echo = echo_server();
+    let (parent, _asked) = recording_proxy();
+    let img = client_image(
+        &format!(
+            "/bin/probe echo-many echo.test:{echo} 40 1\n/bin/probe echo-many 10.200.0.1:{echo} 10 1\n"
+        ),
+        b"",
+    );
+    let cfg = transparent_config(
+        &[format!("echo.test:{echo}"), format!("10.200.0.0/16:{echo}")],
+        "dns_queries_per_sec = 5\nmax_connections = 2\n",
+    );
+    let r = run_image(&img, Some(&cfg), None, &["--parent-egress", &parent]);
+    let all = format!("{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.code, Some(0), "{all}");
+    // 40 clients resolving at once ask 80 questions, 5 a second are answered: most fail.
+    let named = r.line(&format!("probe: echo-many echo.test:{echo} "));
+    let ok: usize = named[3..].split(' ').next().unwrap().parse().unwrap();
+    assert!(ok < 40, "{named}: {all}");
+    assert!(
+        r.stderr.contains("dns: over the query rate"),
+        "{}",
+        r.stderr
+    );
+    // 10 connections at once, each waiting for all to be open: 2 are carried at a time, and
+    // those over the limit are reset.
+    let literal = r.line(&format!("probe: echo-many 10.200.0.1:{echo} "));
+    let ok: usize = literal[3..].split(' ').next().unwrap().parse().unwrap();
+    assert!(ok < 10, "{literal}: {all}");
+    assert!(
+        r.stderr.contains("reason=\"connection limit\""),
+        "{}",
+        r.stderr
+    );
+}
