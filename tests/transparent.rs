@@ -542,3 +542,72 @@ fn the_resolver_rate_and_the_connection_limit_are_enforced() {
         r.stderr
     );
 }
+
+#[test]
+fn ingress_reaches_a_workload_listening_in_its_own_namespace() {
+    let work = tempfile::tempdir().unwrap();
+    let progs = host_programs(&[("/usr/bin/redis-server", &which("redis-server"))]);
+    let tmp = tar_entries(&[TarEntry::Dir {
+        path: "tmp",
+        mode: 0o1777,
+        uid: 0,
+    }]);
+    let img = image_from_tars(
+        &[base_layer(), progs, tmp],
+        json!({
+            "Entrypoint": ["/usr/bin/redis-server", "--port", "6390", "--bind", "127.0.0.1",
+                           "--save", "", "--appendonly", "no", "--dir", "/tmp"],
+        }),
+    );
+    let (reference, gw) = publish(&img, work.path());
+    let port = free_port();
+    let cfg = work.path().join("cidboot.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}\n[[ingress]]\nlisten = \"tcp:127.0.0.1:{port}\"\nport = 6390\n",
+            transparent_config(&[], "")
+        ),
+    )
+    .unwrap();
+    let mut child = cidboot()
+        .args([
+            "run",
+            &reference,
+            "--gateway",
+            &gw.url,
+            "--ca",
+            gw.ca.to_str().unwrap(),
+        ])
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--attestation-listen", "127.0.0.1:0"])
+        .env("CIDBOOT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pong = String::new();
+    for _ in 0..300 {
+        let o = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "PING"])
+            .output()
+            .unwrap();
+        pong = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        if pong == "PONG" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The workload listens on 127.0.0.1 of its own namespace: nothing of it on the host's.
+    let direct = TcpStream::connect(("127.0.0.1", 6390)).is_ok();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    assert_eq!(pong, "PONG");
+    assert!(
+        !direct,
+        "the workload's port is open on the host's loopback"
+    );
+}
