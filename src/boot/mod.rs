@@ -353,11 +353,22 @@ pub async fn start_kms_proxy(
     Ok(Some(addr))
 }
 
-/// Checks, before anything is fetched, that the workload's egress proxy and the ingress
-/// listeners will be able to listen on their TCP addresses: a busy port should fail the boot at
+/// Checks, before anything is fetched, that transparent egress can make the workload's
+/// network namespace, and that the workload's egress proxy and the ingress listeners will be
+/// able to listen on their TCP addresses: a busy port should fail the boot at
 /// once, not after the whole image has been fetched.
 pub async fn check_listens(cfg: &crate::config::RuntimeConfig) -> Result<(), BootError> {
     use crate::transport::addr::Addr;
+    if cfg.egress.transparent {
+        // What the kernel must have for it (network namespaces, local routes) is tried here,
+        // on a namespace made and dropped, so that a kernel without it fails the boot before
+        // anything is fetched.
+        crate::transparent::ns::Netns::create(vec![(
+            crate::transparent::names::FAKE_NET,
+            crate::transparent::names::FAKE_LEN,
+        )])
+        .map_err(|e| BootError::Relay(format!("[egress] transparent: {e}")))?;
+    }
     let mut listens = Vec::new();
     if !cfg.egress.allow.is_empty() {
         let l = cfg
