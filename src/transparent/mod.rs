@@ -64,7 +64,7 @@ impl Default for Limits {
 }
 
 /// The resolver line the workload's `/etc/resolv.conf` holds.
-pub const RESOLV_CONF: &str = "nameserver 127.0.0.1\noptions edns0\n";
+pub const RESOLV_CONF: &str = "nameserver 127.0.0.1\n";
 
 /// A running transparent egress: its namespace, for the sandboxes to join.
 #[derive(Debug, Clone)]
