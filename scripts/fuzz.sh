@@ -10,7 +10,7 @@ corpus=${CIDBOOT_CACHE:-$HOME/.cache/cidboot}/fuzz-corpus
 command -v cargo-fuzz >/dev/null || cargo install --quiet --locked cargo-fuzz
 rustup toolchain list | grep -q '^nightly' || { echo "fuzz: the nightly toolchain is needed" >&2; exit 1; }
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(car dagpb_unixfs reference oci_documents layer_apply attestation config proxy_request cms_envelope kms_proxy_request)
+[ ${#targets[@]} -gt 0 ] || targets=(car dagpb_unixfs reference oci_documents layer_apply attestation config proxy_request cms_envelope kms_proxy_request dns_query)
 cargo +nightly fuzz build -O >/dev/null
 for t in "${targets[@]}"; do
   mkdir -p "$corpus/$t" "fuzz/seeds/$t"

@@ -6,6 +6,8 @@
 #   - @helia/car and Helia's blockstore (npm), which the test IPFS node is built on;
 #   - cargo-deny, which checks the dependency policy;
 #   - buildah (apt), which builds the EIF image and the sleeve in the end-to-end test;
+#   - redis-server, redis-tools and curl (apt), the raw TCP service, its client and the HTTPS
+#     client the transparent egress tests put into a workload that has no proxy settings;
 #   - moto (PyPI, in a venv), the independent AWS KMS the KMS client and `seal` are tested
 #     against, and cbor2 for the test KMS that answers the enclave's attested calls (the tests
 #     run $CIDBOOT_MOTO_PYTHON, by default the venv's python);
@@ -36,6 +38,9 @@ need umoci umoci
 need skopeo skopeo
 need buildah buildah
 need openssl openssl
+need curl curl
+need redis-server redis-server
+need redis-cli redis-tools
 need python3 python3
 # Debian's python3 makes venvs only with python3-venv (ensurepip).
 if ! python3 -c 'import ensurepip, venv' 2>/dev/null || half_installed python3-venv; then need_apt+=(python3-venv); fi

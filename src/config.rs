@@ -341,6 +341,83 @@ pub struct Egress {
     pub allow: Vec<String>,
     /// Where the workload's proxy listens; default 127.0.0.1:3128.
     pub listen: Option<String>,
+    /// Transparent egress: the workload in a network namespace of its own, whose resolver
+    /// answers only allowlisted names and whose TCP connections to them (and to the listed
+    /// addresses and blocks) are carried out by name; everything else is refused. Default off.
+    #[serde(default)]
+    pub transparent: bool,
+    /// Transparent egress: connections carried at once (default 512).
+    pub max_connections: Option<usize>,
+    /// Transparent egress: resolver queries answered a second (default 200).
+    pub dns_queries_per_sec: Option<u32>,
+    /// Transparent egress: seconds a connection may carry nothing before it is closed
+    /// (default 120).
+    pub idle_timeout_secs: Option<u64>,
+}
+
+/// The bounds `[egress]` accepts for transparent egress.
+pub mod egress_limits {
+    /// Most `max_connections`.
+    pub const MAX_CONNECTIONS: usize = 65_536;
+    /// Most `dns_queries_per_sec`.
+    pub const MAX_DNS_QUERIES_PER_SEC: u32 = 100_000;
+    /// Most `idle_timeout_secs` (a day).
+    pub const MAX_IDLE_SECS: u64 = 86_400;
+}
+
+impl Egress {
+    /// The transparent egress bounds: the defaults, with what the configuration sets.
+    pub fn transparent_limits(&self) -> crate::transparent::Limits {
+        let mut l = crate::transparent::Limits::default();
+        if let Some(n) = self.max_connections {
+            l.max_connections = n;
+        }
+        if let Some(n) = self.dns_queries_per_sec {
+            l.dns_queries_per_sec = n;
+        }
+        if let Some(s) = self.idle_timeout_secs {
+            l.idle_timeout = std::time::Duration::from_secs(s);
+        }
+        l
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |why: String| Err(ConfigError::Invalid(format!("[egress] {why}")));
+        let set = self.max_connections.is_some()
+            || self.dns_queries_per_sec.is_some()
+            || self.idle_timeout_secs.is_some();
+        if set && !self.transparent {
+            return bad("max_connections, dns_queries_per_sec and idle_timeout_secs bound transparent egress: set transparent = true, or remove them".into());
+        }
+        if self
+            .max_connections
+            .is_some_and(|n| n == 0 || n > egress_limits::MAX_CONNECTIONS)
+        {
+            return bad(format!(
+                "max_connections must be 1..={}",
+                egress_limits::MAX_CONNECTIONS
+            ));
+        }
+        if self
+            .dns_queries_per_sec
+            .is_some_and(|n| n == 0 || n > egress_limits::MAX_DNS_QUERIES_PER_SEC)
+        {
+            return bad(format!(
+                "dns_queries_per_sec must be 1..={}",
+                egress_limits::MAX_DNS_QUERIES_PER_SEC
+            ));
+        }
+        if self
+            .idle_timeout_secs
+            .is_some_and(|n| n == 0 || n > egress_limits::MAX_IDLE_SECS)
+        {
+            return bad(format!(
+                "idle_timeout_secs must be 1..={}",
+                egress_limits::MAX_IDLE_SECS
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A port the parent forwards in: connections to `listen` reach 127.0.0.1:`port`.
@@ -689,6 +766,7 @@ impl RuntimeConfig {
         }
         crate::relay::allow::Allowlist::new(&self.egress.allow)
             .map_err(|e| ConfigError::Invalid(format!("egress.allow: {e}")))?;
+        self.egress.check()?;
         if let Some(l) = &self.egress.listen {
             l.parse::<crate::transport::addr::Addr>()
                 .map_err(|e| ConfigError::Invalid(format!("egress.listen: {e}")))?;
@@ -755,6 +833,47 @@ pub(crate) fn check_helper_name(name: &str) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transparent_egress_bounds_are_checked() {
+        let ok = Loaded::parse(
+            b"[egress]\ntransparent = true\nallow = [\"a.test:443\", \"10.0.0.0/8:5432\"]\nmax_connections = 8\ndns_queries_per_sec = 5\nidle_timeout_secs = 30\n".to_vec(),
+        )
+        .unwrap();
+        let l = ok.config.egress.transparent_limits();
+        assert_eq!(
+            (
+                l.max_connections,
+                l.dns_queries_per_sec,
+                l.idle_timeout.as_secs()
+            ),
+            (8, 5, 30)
+        );
+        for (text, want) in [
+            ("[egress]\nmax_connections = 8\n", "set transparent = true"),
+            (
+                "[egress]\ntransparent = true\nmax_connections = 0\n",
+                "max_connections must be 1..=65536",
+            ),
+            (
+                "[egress]\ntransparent = true\ndns_queries_per_sec = 0\n",
+                "dns_queries_per_sec must be",
+            ),
+            (
+                "[egress]\ntransparent = true\nidle_timeout_secs = 100000\n",
+                "idle_timeout_secs must be",
+            ),
+            (
+                "[egress]\nallow = [\"10.0.0.1/8:1\"]\n",
+                "bits set past the prefix length",
+            ),
+        ] {
+            let e = Loaded::parse(text.as_bytes().to_vec())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
 
     #[test]
     fn parses_and_validates() {

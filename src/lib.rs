@@ -28,6 +28,7 @@ pub mod reference;
 pub mod relay;
 pub mod scratch;
 pub mod secrets;
+pub mod transparent;
 pub mod transport;
 /// Attestation documents against a pinned root (the verifier crate).
 pub use cidboot_verify::attestation as verify;

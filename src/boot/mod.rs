@@ -135,6 +135,11 @@ pub struct Prepared {
     pub report: ApplyReport,
     /// The pinned helpers, verified, each sealed in the memfd it runs from.
     pub helpers: Vec<helpers::Helper>,
+    /// cidboot's own loopback services for the workload (attestation API, KMS proxy,
+    /// CONNECT proxy), mirrored into its namespace under transparent egress.
+    pub loopback: Vec<std::net::SocketAddr>,
+    /// The workload's network namespace, under transparent egress.
+    pub netns: Option<crate::transparent::ns::Netns>,
 }
 
 /// Resolves and verifies the image, measures it into PCR16 and locks it, then applies it into
@@ -227,6 +232,8 @@ pub async fn prepare(plan: &Plan, rootfs: &Path, scratch: &Path) -> Result<Prepa
         log,
         report,
         helpers: verified_helpers,
+        loopback: Vec::new(),
+        netns: None,
     })
 }
 
@@ -350,6 +357,7 @@ pub async fn serve_api(plan: &Plan, p: &mut Prepared) -> Result<std::net::Socket
     let (addr, serve) =
         crate::api::bind(&plan.attestation_listen, plan.nsm.clone(), p.log.clone()).await?;
     tokio::spawn(serve);
+    p.loopback.push(addr);
     let url = format!("CIDBOOT_ATTESTATION_URL=http://{addr}");
     p.spec.merge_env([url.as_str()]);
     Ok(addr)
@@ -386,16 +394,28 @@ pub async fn start_kms_proxy(
     .await
     .map_err(|e| fail(e.to_string()))?;
     tokio::spawn(serve);
+    p.loopback.push(addr);
     let var = format!("{}=http://{addr}", crate::kms::proxy::ENDPOINT_VAR);
     p.spec.merge_env([var.as_str()]);
     Ok(Some(addr))
 }
 
-/// Checks, before anything is fetched, that the workload's egress proxy and the ingress
-/// listeners will be able to listen on their TCP addresses: a busy port should fail the boot at
+/// Checks, before anything is fetched, that transparent egress can make the workload's
+/// network namespace, and that the workload's egress proxy and the ingress listeners will be
+/// able to listen on their TCP addresses: a busy port should fail the boot at
 /// once, not after the whole image has been fetched.
 pub async fn check_listens(cfg: &crate::config::RuntimeConfig) -> Result<(), BootError> {
     use crate::transport::addr::Addr;
+    if cfg.egress.transparent {
+        // What the kernel must have for it (network namespaces, local routes) is tried here,
+        // on a namespace made and dropped, so that a kernel without it fails the boot before
+        // anything is fetched.
+        crate::transparent::ns::Netns::create(vec![(
+            crate::transparent::names::FAKE_NET,
+            crate::transparent::names::FAKE_LEN,
+        )])
+        .map_err(|e| BootError::Relay(format!("[egress] transparent: {e}")))?;
+    }
     let mut listens = Vec::new();
     if !cfg.egress.allow.is_empty() {
         let l = cfg
@@ -461,6 +481,11 @@ pub async fn start_relays(plan: &Plan, p: &mut Prepared) -> Result<(), BootError
             dialer: plan.egress_dialer.clone(),
         });
         tokio::spawn(proxy.serve(l));
+        if let Addr::Tcp { host, port } = &bound {
+            if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+                p.loopback.push(std::net::SocketAddr::new(ip, *port));
+            }
+        }
         let url = match &bound {
             Addr::Tcp { host, port } => format!("http://{host}:{port}"),
             other => other.to_string(),
@@ -476,6 +501,9 @@ pub async fn start_relays(plan: &Plan, p: &mut Prepared) -> Result<(), BootError
         ];
         p.spec.merge_env(vars.iter().map(String::as_str));
     }
+    if cfg.egress.transparent {
+        start_transparent(plan, p).await?;
+    }
     for ing in &cfg.ingress {
         let listen: Addr = ing
             .listen
@@ -490,13 +518,57 @@ pub async fn start_relays(plan: &Plan, p: &mut Prepared) -> Result<(), BootError
             port: ing.port,
         };
         info!(from = %listen, to = %target, "ingress listening");
-        tokio::spawn(crate::relay::forward::forward(
-            l,
-            target,
-            Default::default(),
-        ));
+        match &p.netns {
+            // The workload listens in its own namespace: connect to it there.
+            Some(ns) => tokio::spawn(crate::relay::forward::forward_via(
+                l,
+                Arc::new(crate::transparent::NetnsConnector(ns.clone())),
+                target,
+                Default::default(),
+            )),
+            None => tokio::spawn(crate::relay::forward::forward(
+                l,
+                target,
+                Default::default(),
+            )),
+        };
     }
     Ok(())
+}
+
+/// Starts transparent egress: the workload's network namespace, its resolver (written into
+/// the root's `/etc/resolv.conf`) and listeners, and the mirrors of cidboot's loopback
+/// services; every sandbox from here on joins the namespace.
+async fn start_transparent(plan: &Plan, p: &mut Prepared) -> Result<(), BootError> {
+    let cfg = &plan.config.config;
+    let fail = |e: String| BootError::Relay(format!("[egress] transparent: {e}"));
+    let allow =
+        crate::relay::allow::Allowlist::new(&cfg.egress.allow).map_err(|e| fail(e.to_string()))?;
+    let t = crate::transparent::start(
+        allow,
+        cfg.egress.transparent_limits(),
+        plan.egress_dialer.clone(),
+        &p.loopback,
+    )
+    .await
+    .map_err(|e| fail(e.to_string()))?;
+    write_resolv_conf(&p.root).map_err(|e| fail(format!("the root's /etc/resolv.conf: {e}")))?;
+    p.netns = Some(t.netns);
+    Ok(())
+}
+
+/// Replaces the root's `/etc/resolv.conf` (whatever the image put there: a file, a link)
+/// with one naming the namespace's resolver.
+fn write_resolv_conf(root: &apply::fs::Root) -> Result<(), String> {
+    let rel = |s: &str| {
+        crate::apply::path::RelPath::parse(s.as_bytes(), 4096, 256).map_err(|e| e.to_string())
+    };
+    root.write_file(
+        &rel("etc/resolv.conf")?,
+        crate::transparent::RESOLV_CONF.as_bytes(),
+        0o644,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Runs the prestart chain, then starts the workload. Its stdout and stderr are pipes, for
@@ -533,20 +605,24 @@ pub async fn open_secrets(plan: &Plan) -> Result<crate::secrets::Opened, BootErr
 /// ready to spawn, with its secrets.
 pub async fn prepare_launch(plan: &Plan, p: &mut Prepared) -> Result<Sandboxed, BootError> {
     let secrets = open_secrets(plan).await?;
+    let sandbox = crate::launch::exec::Sandbox {
+        netns: p.netns.as_ref().map(|n| n.shared_fd()),
+        ..plan.sandbox.clone()
+    };
     helpers::run_chain(
         &p.root,
         &plan.config.config.prestart,
         &plan.config.config.helpers.dir,
         &p.helpers,
         &mut p.spec,
-        &plan.sandbox,
+        &sandbox,
     )
     .await?;
     info!(argv = ?p.spec.argv, uid = p.spec.user.uid, gid = p.spec.user.gid, cwd = %p.spec.cwd, secrets = ?secrets, "starting the workload");
     Ok(crate::launch::exec::command_with_secrets(
         &p.root,
         &p.spec,
-        &plan.sandbox,
+        &sandbox,
         None,
         Some(&secrets),
     )?)

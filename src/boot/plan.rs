@@ -189,6 +189,7 @@ pub fn build(config: Loaded, o: &Overrides, m: Machine) -> Result<Plan, BootErro
         stage: m.stage,
         policy: cfg.workload.policy(),
         cgroup: None,
+        netns: None,
     };
     let deadline = super::deadline_for(&config);
     let apply_limits = cfg.layers.apply_to(&o.layers, ApplyLimits::default());

@@ -33,6 +33,9 @@ pub struct Sandbox {
     pub policy: Policy,
     /// The cgroup every sandbox joins before its stage 1 runs (none: no limits).
     pub cgroup: Option<Arc<super::cgroup::Cgroup>>,
+    /// The network namespace every sandbox joins before its stage 1 runs (transparent
+    /// egress); none: the supervisor's own.
+    pub netns: Option<Arc<OwnedFd>>,
 }
 
 /// A sandboxed process, ready to spawn.
@@ -131,6 +134,7 @@ pub fn command_with_secrets(
         .map(|c| c.join_fds())
         .unwrap_or_default();
     // PID 1 keeps the OOM killer off itself (init::system); the sandbox gets the default back.
+    let netns = sandbox.netns.as_ref().map(|f| f.as_raw_fd());
     let reset_oom_score = std::fs::read_to_string("/proc/self/oom_score_adj")
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
@@ -150,6 +154,13 @@ pub fn command_with_secrets(
         // PID 1 blocks the signals it forwards; the sandbox gets a clean mask.
         nix::sys::signal::SigSet::empty().thread_set_mask()?;
         nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+        if let Some(fd) = netns {
+            // SAFETY: setns(2) on a descriptor the supervisor holds open; it changes this
+            // process's network namespace only.
+            if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
         // Into the workload's cgroup before stage 1 is exec'd: everything the sandbox starts
         // is inside it from its first instruction.
         for fd in &join {

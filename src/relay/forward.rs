@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::splice::splice;
 use crate::transport::addr::{Addr, Listener};
+use crate::transport::{BoxIo, Connector};
 
 /// Bounds on one forwarder's connections, so that clients cannot exhaust the parent or the enclave.
 #[derive(Debug, Clone)]
@@ -36,6 +37,33 @@ impl Default for ForwardLimits {
 
 /// Accepts on `listener` and connects each connection to `target`.
 pub async fn forward(listener: Listener, target: Addr, limits: ForwardLimits) {
+    forward_with(listener, None, target, limits).await
+}
+
+/// [`forward`] to a TCP `target` reached through `via` (inside the workload's network
+/// namespace, under transparent egress).
+pub async fn forward_via(
+    listener: Listener,
+    via: Arc<dyn Connector>,
+    target: Addr,
+    limits: ForwardLimits,
+) {
+    forward_with(listener, Some(via), target, limits).await
+}
+
+async fn connect(via: Option<&Arc<dyn Connector>>, target: &Addr) -> std::io::Result<BoxIo> {
+    match (via, target) {
+        (Some(c), Addr::Tcp { host, port }) => c.connect(host, *port).await,
+        _ => target.connect().await,
+    }
+}
+
+async fn forward_with(
+    listener: Listener,
+    via: Option<Arc<dyn Connector>>,
+    target: Addr,
+    limits: ForwardLimits,
+) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let target = Arc::new(target);
     loop {
@@ -44,10 +72,15 @@ pub async fn forward(listener: Listener, target: Addr, limits: ForwardLimits) {
             warn!(client = %peer, "ingress connection limit reached; closing");
             continue;
         };
-        let (target, limits) = (target.clone(), limits.clone());
+        let (target, limits, via) = (target.clone(), limits.clone(), via.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let up = match tokio::time::timeout(limits.connect_timeout, target.connect()).await {
+            let up = match tokio::time::timeout(
+                limits.connect_timeout,
+                connect(via.as_ref(), &target),
+            )
+            .await
+            {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     return warn!(client = %peer, target = %target, error = %e, "ingress connect failed")

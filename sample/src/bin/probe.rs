@@ -2,7 +2,7 @@
 //! Usage: probe [exit N] [write PATH] [attest NONCE_HEX] [http-get URL] [escape-proc PATH]
 //!              [mknod PATH MAJOR MINOR] [mount-devtmpfs DIR] [open PATH] [vsock] [reopen-stdio]
 //!              [allocate-forever] [fork-forever] [kms TARGET JSON] [secret NAME|PATH]
-//!              [cat PATH] [create PATH] [hold ADDR]
+//!              [cat PATH] [create PATH] [hold ADDR] [connect ADDR] [echo-many ADDR N BYTES]
 
 fn status_field(name: &str) -> String {
     std::fs::read_to_string("/proc/self/status")
@@ -28,6 +28,67 @@ fn http_get(url: &str) -> u16 {
     String::from_utf8_lossy(&resp).split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
 
+/// Connects to ADDR, sends a line and reports how the connection went: `refused`, `reset`,
+/// `eof` or `data` (the first line read), or the connect error.
+fn connect(addr: &str) -> String {
+    use std::io::{ErrorKind, Read, Write};
+    let mut s = match std::net::TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => return "refused".into(),
+        Err(e) => return format!("error {e}"),
+    };
+    if let Ok(peer) = s.peer_addr() {
+        println!("probe: connected {addr} {}", peer.ip());
+    }
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    // A reset that came before the write is reported by the write (and then gone).
+    match s.write_all(b"PING\r\n") {
+        Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => return "reset".into(),
+        _ => {}
+    }
+    let mut buf = [0u8; 256];
+    match s.read(&mut buf) {
+        Ok(0) => "eof".into(),
+        Ok(n) => format!("data {}", String::from_utf8_lossy(&buf[..n]).trim()),
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => "reset".into(),
+        Err(e) => format!("error {e}"),
+    }
+}
+
+/// Opens N connections to ADDR at once; each sends BYTES bytes of its own pattern while
+/// reading them back, and counts as ok only if every byte came back in order.
+fn echo_many(addr: &str, n: usize, bytes: usize) -> (usize, u64) {
+    use std::io::{Read, Write};
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let (addr, barrier) = (addr.to_string(), barrier.clone());
+            std::thread::spawn(move || -> Option<u64> {
+                let s = std::net::TcpStream::connect(&addr).ok();
+                // Every connection is open before any byte moves.
+                barrier.wait();
+                let mut s = s?;
+                s.set_read_timeout(Some(std::time::Duration::from_secs(60))).ok()?;
+                let data: Vec<u8> = (0..bytes).map(|k| (k.wrapping_mul(31) ^ i.wrapping_mul(7)) as u8).collect();
+                let mut w = s.try_clone().ok()?;
+                let sent = data.clone();
+                let writer = std::thread::spawn(move || w.write_all(&sent).is_ok() && w.shutdown(std::net::Shutdown::Write).is_ok());
+                let mut back = Vec::with_capacity(bytes);
+                s.read_to_end(&mut back).ok()?;
+                (writer.join().ok()? && back == data).then_some(back.len() as u64)
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut total = 0;
+    for t in threads {
+        if let Ok(Some(b)) = t.join() {
+            ok += 1;
+            total += b;
+        }
+    }
+    (ok, total)
+}
 
 fn main() {
     println!("probe: uid={}", status_field("Uid:"));
@@ -173,6 +234,18 @@ fn main() {
                         Err(e) => println!("probe: hold {addr} {e}"),
                     }
                 }
+            }
+            "connect" => {
+                if let Some(addr) = it.next() {
+                    println!("probe: connect {addr} {}", connect(addr));
+                }
+            }
+            "echo-many" => {
+                let addr = it.next().cloned().unwrap_or_default();
+                let n: usize = it.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+                let bytes: usize = it.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+                let (ok, total) = echo_many(&addr, n, bytes);
+                println!("probe: echo-many {addr} ok={ok} of {n} bytes={total}");
             }
             "print" => {
                 if let Some(t) = it.next() {
