@@ -290,7 +290,7 @@ fn inspect_shows_the_encrypted_layers_and_unpack_without_the_key_names_them() {
 
     // The public options are the publisher's text: a cipher named with terminal controls is
     // shown escaped, never acted on.
-    rewrite_layer(&layout, 1, |d, _| {
+    rewrite_layer(&img.layout, 1, |d, _| {
         use base64::Engine as _;
         let b64 = &base64::engine::general_purpose::STANDARD;
         let key = "org.opencontainers.image.enc.pubopts";
@@ -300,7 +300,7 @@ fn inspect_shows_the_encrypted_layers_and_unpack_without_the_key_names_them() {
         opts["cipher"] = json!("\u{1b}[2J\u{9b}32mAES_256_CTR_HMAC_SHA256");
         d["annotations"][key] = json!(b64.encode(serde_json::to_vec(&opts).unwrap()));
     });
-    let (reference, gw) = serve(&layout, work.path());
+    let (reference, gw) = serve(&img.layout, work.path());
     let human = run(&[
         "inspect",
         &reference,
